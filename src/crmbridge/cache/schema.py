@@ -1,0 +1,142 @@
+"""The cache's tables as versioned migrations; `PRAGMA user_version` holds the version reached.
+
+Each entry of MIGRATIONS is one SQL script; version N means scripts 1..N ran. Append, never edit
+a released script: a cache written by an older crmbridge is migrated forward on open, and a cache
+written by a newer one is refused (see store.open_cache).
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: the read path of the foundation issue.
+    """
+    CREATE TABLE deals (
+        id INTEGER PRIMARY KEY,          -- Bitrix24 deal ID
+        title TEXT,
+        category_id INTEGER,             -- pipeline (CATEGORY_ID); 0 = the default pipeline
+        stage_id TEXT,                   -- STAGE_ID as the portal has it, e.g. 'C1:NEW'
+        stage_semantic TEXT,             -- P in progress, S won, F lost
+        amount REAL,                     -- OPPORTUNITY; NULL when empty (not the same as 0)
+        currency TEXT,
+        assigned_by_id INTEGER,          -- responsible manager (users.id)
+        contact_id INTEGER,
+        company_id INTEGER,
+        date_create TEXT,                -- ISO 8601 with the portal's offset
+        date_modify TEXT,
+        closed INTEGER,                  -- 1 when CLOSED = Y
+        close_date TEXT,
+        probability REAL,
+        deleted INTEGER NOT NULL DEFAULT 0,  -- 1 when a full sync no longer found it on the portal
+        synced_at TEXT,                  -- when crmbridge last wrote this row (UTC)
+        raw TEXT NOT NULL                -- the record exactly as the portal sent it (JSON), UF_CRM_* included
+    );
+    CREATE INDEX deals_date_modify ON deals(date_modify);
+    CREATE INDEX deals_category_stage ON deals(category_id, stage_id);
+    CREATE INDEX deals_assigned ON deals(assigned_by_id);
+
+    CREATE TABLE pipelines (
+        id INTEGER PRIMARY KEY,          -- CATEGORY_ID
+        name TEXT,
+        sort INTEGER,
+        is_default INTEGER,
+        raw TEXT NOT NULL
+    );
+
+    CREATE TABLE stages (
+        status_id TEXT PRIMARY KEY,      -- STAGE_ID value, e.g. 'C1:NEW'
+        category_id INTEGER,
+        entity_id TEXT,                  -- DEAL_STAGE or DEAL_STAGE_<n>
+        name TEXT,
+        sort INTEGER,
+        semantics TEXT,                  -- P (process), S (success), F (failure)
+        raw TEXT NOT NULL
+    );
+
+    CREATE TABLE deal_fields (
+        field_name TEXT PRIMARY KEY,     -- e.g. UF_CRM_1700000105
+        user_type_id TEXT,               -- string, double, date, enumeration, ...
+        label TEXT,
+        multiple INTEGER,
+        mandatory INTEGER,
+        options TEXT,                    -- JSON [{"ID": "101", "VALUE": "Да"}, ...] for enumerations
+        raw TEXT NOT NULL
+    );
+
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        name TEXT,
+        last_name TEXT,
+        email TEXT,
+        active INTEGER,
+        departments TEXT,                -- JSON list of department ids (UF_DEPARTMENT)
+        raw TEXT NOT NULL
+    );
+
+    CREATE TABLE contacts (
+        id INTEGER PRIMARY KEY,
+        name TEXT,
+        last_name TEXT,
+        company_id INTEGER,
+        has_phone INTEGER,
+        has_email INTEGER,
+        raw TEXT NOT NULL                -- PHONE / EMAIL multifields included
+    );
+
+    CREATE TABLE companies (
+        id INTEGER PRIMARY KEY,
+        title TEXT,
+        has_phone INTEGER,
+        has_email INTEGER,
+        raw TEXT NOT NULL
+    );
+
+    CREATE TABLE stage_history (
+        id INTEGER PRIMARY KEY,          -- crm.stagehistory.list ID (append-only on the portal)
+        deal_id INTEGER,                 -- OWNER_ID
+        type_id INTEGER,                 -- 1 created, 2 moved, 3 moved to a final stage, 5 pipeline changed
+        category_id INTEGER,
+        stage_id TEXT,
+        stage_semantic TEXT,
+        created_time TEXT,
+        raw TEXT NOT NULL
+    );
+    CREATE INDEX stage_history_deal ON stage_history(deal_id, id);
+
+    CREATE TABLE tasks (
+        id INTEGER PRIMARY KEY,
+        deal_id INTEGER,                 -- the first deal it is bound to (UF_CRM_TASK 'D_<id>')
+        title TEXT,
+        status INTEGER,                  -- 2 pending, 3 in progress, 4 awaiting control, 5 completed, 6 deferred
+        responsible_id INTEGER,
+        deadline TEXT,
+        created_date TEXT,
+        changed_date TEXT,
+        closed_date TEXT,
+        raw TEXT NOT NULL
+    );
+    CREATE INDEX tasks_deal ON tasks(deal_id);
+
+    CREATE TABLE sync_state (
+        entity TEXT PRIMARY KEY,         -- deals, stage_history, tasks, ...
+        mode TEXT,                       -- full or incremental: what the last run of this entity was
+        status TEXT,                     -- running (interrupted if found on start) or done
+        cursor TEXT,                     -- incremental cursor: portal time a finished run started at
+        run_cursor TEXT,                 -- the cursor the running run will set when it finishes
+        last_id INTEGER,                 -- last ID committed by a running full sync (resume point)
+        started_at TEXT,
+        finished_at TEXT
+    );
+
+    CREATE TABLE sync_runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        mode TEXT,
+        started_at TEXT,
+        finished_at TEXT,
+        status TEXT,                     -- running, done, failed
+        summary TEXT                     -- JSON: counts, requests, seconds
+    );
+    """,
+    # <-- further migrations (violations, actions, ...) go below, one string each.
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,89 @@
+"""The `crmbridge` command line: parse, call, print. One clear line on error, a traceback only with --debug."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import typer
+
+from crmbridge import __version__
+from crmbridge.commands import common
+from crmbridge.errors import ConfigError, CrmBridgeError, MappingError
+
+app = typer.Typer(
+    name="crmbridge",
+    help="Make a hosted Bitrix24 follow the company's written sales regulation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+#: command modules, each with register(app); optional ones may not exist yet in a checkout
+COMMAND_MODULES = [
+    "crmbridge.commands.sync",
+    "crmbridge.commands.sandbox",
+    "crmbridge.commands.demo",
+    "crmbridge.commands.regulation",
+    "crmbridge.commands.enforce",
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"crmbridge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    common.state.debug = debug
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+for _module in COMMAND_MODULES:
+    try:
+        importlib.import_module(_module).register(app)
+    except ModuleNotFoundError as exc:
+        if exc.name != _module:
+            raise
+
+
+def main() -> None:
+    """Console-script entry point: exit 0 on success, 1 on a CRM or cache error, 2 on a config/mapping error."""
+    try:
+        app(standalone_mode=False)
+    except CrmBridgeError as exc:
+        if common.state.debug:
+            raise
+        if isinstance(exc, MappingError):
+            for problem in exc.problems:
+                common.err_console.print(problem, markup=False, highlight=False)
+        else:
+            common.err_console.print(f"crmbridge: error: {exc}", markup=False, highlight=False)
+        sys.exit(2 if isinstance(exc, (ConfigError, MappingError)) else 1)
+    except KeyboardInterrupt:
+        common.err_console.print("crmbridge: interrupted; a sync resumes from its last commit next time")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as exc:  # click usage errors come through here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""What every CLI command shares: settings, the client, the cache, the console and how errors are shown."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+
+from crmbridge.cache.store import Cache, open_cache
+from crmbridge.config import Settings, load_settings
+from crmbridge.connectors.bitrix24.client import Bitrix24Client, validate_webhook_url
+from crmbridge.errors import ConfigError
+
+console = Console(stderr=False, highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+class CliState:
+    """Options given before the command (`crmbridge --debug sync`)."""
+
+    debug: bool = False
+
+
+state = CliState()
+
+
+def settings() -> Settings:
+    return load_settings()
+
+
+def client_from(settings: Settings, webhook_url: str | None = None) -> Bitrix24Client:
+    """The client for the configured portal; the URL is validated before any request or file write."""
+    url = webhook_url or (settings.bitrix24_webhook_url.get_secret_value() if settings.bitrix24_webhook_url else None)
+    if not url:
+        raise ConfigError(
+            "CRMBRIDGE_BITRIX24_WEBHOOK_URL is not set",
+            hint="put your portal's inbound webhook URL (https://<portal>/rest/<user>/<code>/) in .env, "
+            "or run `make demo` to try the built-in sandbox portal",
+        )
+    return Bitrix24Client(
+        validate_webhook_url(url),
+        rate=settings.bitrix24_rate,
+        burst=settings.bitrix24_burst,
+        operating_limit=settings.bitrix24_operating_limit,
+    )
+
+
+def cache_from(settings: Settings) -> Cache:
+    return open_cache(settings.cache_path)
+
+
+def print_json(payload: Any) -> None:
+    sys.stdout.write(json.dumps(payload, ensure_ascii=False, indent=2, default=str) + "\n")

@@ -1,0 +1,82 @@
+"""`crmbridge sync`: read the portal into the local cache, full or incremental, with a progress bar."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Iterator
+
+import typer
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from crmbridge.commands import common
+from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
+from crmbridge.sync import ProgressCallback, Syncer, SyncSummary
+
+ENTITY_LABELS = {"deals": "deals", "stage_history": "stage history", "tasks": "tasks"}
+
+
+@contextmanager
+def progress_bar(enabled: bool) -> Iterator[ProgressCallback | None]:
+    """Counts per entity on a terminal; nothing when piped or with --json (scheduled jobs)."""
+    if not enabled:
+        yield None
+        return
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description:<14}"),
+        BarColumn(bar_width=None),
+        TextColumn("{task.completed:>9,} rows"),
+        TimeElapsedColumn(),
+        console=common.err_console,
+        transient=False,
+    ) as progress:
+        tasks: dict[str, int] = {}
+
+        def advance(entity: str, count: int) -> None:
+            if entity not in tasks:
+                tasks[entity] = progress.add_task(ENTITY_LABELS.get(entity, entity), total=None)
+            progress.advance(tasks[entity], count)
+
+        yield advance
+
+
+def run_sync(webhook_url: str | None, *, full: bool, show_progress: bool) -> SyncSummary:
+    settings = common.settings()
+    client = common.client_from(settings, webhook_url)
+    cache = common.cache_from(settings)
+    try:
+        with progress_bar(show_progress) as advance:
+            syncer = Syncer(
+                Bitrix24Reader(client), cache,
+                overlap=timedelta(minutes=settings.sync_overlap_minutes), progress=advance,
+            )
+            return syncer.run(full=full)
+    finally:
+        cache.close()
+
+
+def print_summary(summary: SyncSummary, cache_path: object) -> None:
+    resumed = " (resumed an interrupted full sync)" if summary.resumed else ""
+    common.console.print(
+        f"[green]✓[/green] {summary.mode} sync{resumed}: {summary.deals_read:,} deals read, "
+        f"{summary.deals_changed:,} changed, {summary.deals_deleted:,} marked deleted; "
+        f"{summary.contacts_read:,} contacts, {summary.companies_read:,} companies, "
+        f"{summary.stage_history_read:,} stage changes, {summary.tasks_read:,} tasks; "
+        f"{summary.http_requests} HTTP requests in {summary.seconds:.1f} s → {cache_path}"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def sync(
+        full: bool = typer.Option(False, "--full", help="Re-read everything and mark deals gone from the portal as deleted."),
+        as_json: bool = typer.Option(False, "--json", help="Print a JSON summary (for scheduled jobs)."),
+    ) -> None:
+        """Sync the portal into the local SQLite cache (first run full, then incremental by DATE_MODIFY)."""
+        summary = run_sync(None, full=full, show_progress=not as_json and sys.stderr.isatty())
+        if as_json:
+            common.print_json(summary.as_dict())
+        else:
+            print_summary(summary, common.settings().cache_path)

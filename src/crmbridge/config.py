@@ -1,0 +1,56 @@
+"""Settings of crmbridge: read from the environment and `.env`, prefix `CRMBRIDGE_`; secrets stay `SecretStr`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from crmbridge.errors import ConfigError
+
+ENV_PREFIX = "CRMBRIDGE_"
+
+
+class Settings(BaseSettings):
+    """Every setting crmbridge reads; `.env.example` documents each one."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    #: inbound webhook of the portal, e.g. https://example.bitrix24.ru/rest/1/abc123/ ; the code in it is a secret.
+    #: Empty means "the built-in sandbox portal" for `make demo`.
+    bitrix24_webhook_url: SecretStr | None = None
+    #: leaky bucket of the portal: drain per second and capacity (Enterprise: 5 and 250)
+    bitrix24_rate: float = Field(default=2.0, gt=0)
+    bitrix24_burst: int = Field(default=50, ge=1)
+    #: seconds of method time a portal allows per method per 10 minutes (docs' example: 480)
+    bitrix24_operating_limit: float = Field(default=480.0, gt=0)
+    #: application token of the portal's outgoing webhook (to authenticate incoming events)
+    bitrix24_application_token: SecretStr | None = None
+
+    cache_path: Path = Path("crmbridge.db")
+    mappings_dir: Path = Path("mappings")
+    jobs_dir: Path = Path("jobs")
+
+    #: minutes re-read before the incremental cursor, so edits committed late on the portal are not missed
+    sync_overlap_minutes: int = Field(default=5, ge=0)
+
+    @field_validator("bitrix24_webhook_url", "bitrix24_application_token", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings; a wrong value becomes one ConfigError line naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = ENV_PREFIX + str(err["loc"][0]).upper() if err.get("loc") else "a CRMBRIDGE_ setting"
+        raise ConfigError(f"{name}: {err['msg']}", hint="fix it in the environment or in .env") from None

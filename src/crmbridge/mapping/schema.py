@@ -1,0 +1,453 @@
+"""Pydantic models of `mappings/regulation.yaml` and `mappings/bitrix24.yaml`; their JSON Schema drives editors."""
+
+from __future__ import annotations
+
+import re
+from datetime import date, timedelta
+from functools import cached_property
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from crmbridge.model import LOST, WON, Mode
+
+RULE_IDS: tuple[str, ...] = tuple(f"R{n}" for n in range(1, 12))
+
+_DURATION = re.compile(r"^(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?$")
+DURATION_PATTERN = r"^(\d+w)?(\d+d)?(\d+h)?(\d+m)?$"
+
+
+def parse_duration(text: Any) -> timedelta:
+    """`3d`, `1h`, `90m`, `2w`, `1h30m` -> timedelta; anything else is a ValueError saying how to write it."""
+    if isinstance(text, timedelta):
+        return text
+    if isinstance(text, bool) or not isinstance(text, (str, int)):
+        raise ValueError(f"expected a duration such as 90m, 1h or 3d, got {_show(text)} — write a number with a unit: m, h, d or w")
+    if isinstance(text, int):
+        raise ValueError(f"the duration {text} has no unit — write e.g. {text}m, {text}h or {text}d")
+    compact = text.strip().replace(" ", "")
+    match = _DURATION.match(compact)
+    if not compact or match is None:
+        raise ValueError(f"{_show(text)} is not a duration — write a number with a unit: 90m, 1h, 3d, 2w (or 1h30m)")
+    weeks, days, hours, minutes = (int(part) if part else 0 for part in match.groups())
+    return timedelta(weeks=weeks, days=days, hours=hours, minutes=minutes)
+
+
+def format_duration(span: timedelta) -> str:
+    """The inverse of parse_duration, for messages and schema defaults."""
+    minutes = int(span.total_seconds() // 60)
+    days, rest = divmod(minutes, 1440)
+    hours, minutes = divmod(rest, 60)
+    text = (f"{days}d" if days else "") + (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "")
+    return text or "0m"
+
+
+def _show(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema(
+        {"type": "string", "pattern": DURATION_PATTERN, "examples": ["90m", "1h", "3d"],
+         "description": "A duration: a number with a unit m (minutes), h (hours), d (days), w (weeks), e.g. 90m, 1h, 3d."}
+    ),
+]
+
+Id = Annotated[
+    str,
+    Field(pattern=r"^[a-z][a-z0-9_]*$", description="An id: lower-case latin letters, digits and _ (e.g. client_interest)."),
+]
+RuleId = Literal["R1", "R2", "R3", "R4", "R5", "R6", "R7", "R8", "R9", "R10", "R11"]
+
+
+def _as_str(value: Any) -> Any:
+    """CRM ids may be written as numbers in YAML (`0:`, `- 2`); they are strings in the CRM."""
+    if isinstance(value, bool):
+        return value
+    return str(value) if isinstance(value, int) else value
+
+
+CrmId = Annotated[str, BeforeValidator(_as_str), Field(min_length=1)]
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors (with did-you-mean), never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- the regulation
+
+
+FieldType = Literal["text", "number", "date", "datetime", "enum", "link", "phone", "email"]
+
+
+class FieldSpec(Strict):
+    """A regulated field: what it means and what a valid value is."""
+
+    type: FieldType = Field(description="text; number (must be > 0); date; datetime; enum (one of options); link (URL); phone / email (the client's card has one)")
+    label: str = Field("", description="The field's name in the admin's language, used in messages.")
+    options: list[Id] = Field(default_factory=list, description="For enum: the regulated option ids, bound to CRM option ids in the binding.")
+
+    @model_validator(mode="after")
+    def _options_fit_type(self) -> "FieldSpec":
+        if self.type == "enum" and not self.options:
+            raise ValueError("an enum field needs options — add `options: [yes, no]` (your option ids)")
+        if self.type != "enum" and self.options:
+            raise ValueError(f"only enum fields have options, this one is {self.type} — remove `options` or set `type: enum`")
+        return self
+
+
+def _requirement(value: Any) -> Any:
+    return {"field": value} if isinstance(value, str) else value
+
+
+class RequirementSpec(Strict):
+    """A field that must hold a valid value; written as `field_id` or as a mapping with extra conditions."""
+
+    field: Id
+    equals: Id | None = Field(None, description="For enum fields: the option the field must hold (e.g. yes).")
+    future: bool = Field(False, description="For dates: the date must not be in the past.")
+
+
+Requirement = Annotated[RequirementSpec, BeforeValidator(_requirement)]
+
+
+class TaskSpec(Strict):
+    """A formal task the manager must do (R3 stage task, R5 follow-up)."""
+
+    title: str = Field(min_length=1)
+    description: str = ""
+    deadline: Duration = Field(timedelta(days=1), description="Deadline counted from when the deal entered the stage.")
+    responsible: Literal["manager", "head"] = "manager"
+    must_complete: bool = Field(False, description="R3: the task must be completed before the deal leaves the stage.")
+
+
+class StageSpec(Strict):
+    """One regulated stage of a direction, in order."""
+
+    id: Id
+    name: str = Field(min_length=1)
+    probability: int = Field(ge=0, le=100, description="Probability of closing, percent (R4).")
+    purpose: str = ""
+    requires_to_enter: list[Requirement] = Field(default_factory=list, description="R2: fields required to enter this stage.")
+    requires_to_leave: list[Requirement] = Field(default_factory=list, description="R2: fields required before leaving this stage.")
+    task: TaskSpec | None = Field(None, description="R3: the stage's formal task.")
+    stale_after: Duration | None = Field(None, description="R11: overrides the rule's stale_after for this stage.")
+
+
+class FinalStageSpec(Strict):
+    """Won or Lost of a direction."""
+
+    name: str = Field(min_length=1)
+    probability: int = Field(ge=0, le=100)
+    requires: list[Requirement] = Field(default_factory=list, description="R2: fields required to close the deal this way.")
+    task: TaskSpec | None = None
+
+
+class RuleSpec(Strict):
+    """Common to every rule: its mode, the clause it enforces and the manager's message."""
+
+    mode: Mode = Field(Mode.AUDIT, description="off; audit (record only); warn (task / notification); enforce (correct the CRM).")
+    clause: str = Field("", description="The regulation's text of the rule, quoted in audits.")
+    message: str = Field("", description="What the manager reads; placeholders like {title}, {stage}, {missing}.")
+
+
+class R1Order(RuleSpec):
+    """R1: a deal moves forward one stage at a time."""
+
+    allow_backward: bool = True
+    allow_skip: bool = False
+    won_from: list[Id] = Field(default_factory=list, description="Stages Won may be reached from; empty = the last stage.")
+    lost_from_any: bool = True
+    created_in: list[Id] = Field(default_factory=list, description="Stages a deal may be created in besides the first one.")
+    pipeline_change_any_stage: bool = Field(True, description="A deal moved into this direction may arrive in any stage.")
+
+
+class R2RequiredFields(RuleSpec):
+    """R2: required fields of the stages a deal entered or left."""
+
+    cumulative: bool = Field(True, description="A deal in stage N also needs the leave-fields of stages 1..N-1.")
+
+
+class R3StageTask(RuleSpec):
+    """R3: the stage's formal task exists (and is completed before leaving, where required)."""
+
+    create_within: Duration = Field(timedelta(minutes=15), description="Grace after entering a stage before the task must exist.")
+
+
+class R4Probability(RuleSpec):
+    """R4: the deal's probability equals its stage's."""
+
+
+class R5Postponed(RuleSpec):
+    """R5: a postponed client has a next-contact date 3/6/9 months ahead and a follow-up task."""
+
+    reason_field: Id = "loss_reason"
+    reasons: list[Id] = Field(default_factory=lambda: ["not_now"])
+    next_contact_field: Id = "next_contact_date"
+    months: list[Annotated[int, Field(ge=1, le=36)]] = Field(default_factory=lambda: [3, 6, 9])
+    tolerance: Duration = timedelta(days=7)
+    follow_up_task: TaskSpec = Field(default_factory=lambda: TaskSpec(title="Follow up with the client"))
+
+
+class R6ContactData(RuleSpec):
+    """R6: the client's card carries a phone and an e-mail from the named stages on."""
+
+    stages: list[Id] = Field(default_factory=list, description="From these stages on (any direction that has them) contact data is required.")
+    require: list[Literal["phone", "email"]] = Field(default_factory=lambda: ["phone", "email"])
+
+
+class R7ResponseTime(RuleSpec):
+    """R7: an inbound lead is contacted within the SLA."""
+
+    sla: Duration = timedelta(hours=1)
+    contact_field: Id = "first_contact_time"
+    stages: list[Id] = Field(default_factory=list, description="Stages where the lead waits for contact; empty = the first stage.")
+    working_hours: bool = True
+    reassign: bool = Field(True, description="enforce: reassign round robin within the manager's team.")
+
+
+class R8Payment(RuleSpec):
+    """R8: once the client agreed, the deal reaches payment within the limit."""
+
+    from_stages: list[Id] = Field(default_factory=list, description="Stages meaning the client agreed to buy.")
+    within: Duration = timedelta(hours=72)
+    paid_field: Id = "payment_date"
+    working_hours: bool = False
+
+
+class R9Receivables(RuleSpec):
+    """R9: overdue payments are reported with their reason; instalment reminders."""
+
+    due_field: Id = "payment_due_date"
+    paid_field: Id = "payment_date"
+    grace: Duration = timedelta(0)
+    remind_middle: bool = True
+    remind_day_before: bool = True
+    working_hours: bool = False
+
+
+class SegmentSpec(Strict):
+    """R10: a client segment by time since the last purchase, and its touch cadence."""
+
+    option: Id = Field(description="The segment field's option id.")
+    after: Duration = Field(timedelta(0), description="Since the last purchase, at least.")
+    before: Duration | None = Field(None, description="Since the last purchase, less than; empty = no limit.")
+    touch_every: Duration | None = None
+
+
+class R10Segments(RuleSpec):
+    """R10: the client's segment field follows the time since the last purchase, and touches follow its cadence."""
+
+    segment_field: Id = "client_segment"
+    segments: list[SegmentSpec] = Field(default_factory=list)
+    working_hours: bool = False
+
+
+class R11Stale(RuleSpec):
+    """R11: no deal sits without activity on its stage longer than allowed."""
+
+    stale_after: Duration = timedelta(days=14)
+    working_hours: bool = False
+
+
+class RulesSpec(Strict):
+    """R1..R11 with their parameters and modes."""
+
+    R1: R1Order = Field(default_factory=R1Order)
+    R2: R2RequiredFields = Field(default_factory=R2RequiredFields)
+    R3: R3StageTask = Field(default_factory=R3StageTask)
+    R4: R4Probability = Field(default_factory=R4Probability)
+    R5: R5Postponed = Field(default_factory=R5Postponed)
+    R6: R6ContactData = Field(default_factory=R6ContactData)
+    R7: R7ResponseTime = Field(default_factory=R7ResponseTime)
+    R8: R8Payment = Field(default_factory=R8Payment)
+    R9: R9Receivables = Field(default_factory=R9Receivables)
+    R10: R10Segments = Field(default_factory=R10Segments)
+    R11: R11Stale = Field(default_factory=R11Stale)
+
+
+class DirectionSpec(Strict):
+    """A direction (sales process): its ordered stages, Won, Lost and rule overrides."""
+
+    name: str = Field(min_length=1)
+    stages: list[StageSpec] = Field(min_length=1)
+    won: FinalStageSpec
+    lost: FinalStageSpec
+    rules: dict[RuleId, dict[str, Any]] = Field(
+        default_factory=dict, description="Per-direction overrides of rule parameters, e.g. R7: {sla: 5m}."
+    )
+
+    @cached_property
+    def stage_ids(self) -> tuple[str, ...]:
+        return tuple(stage.id for stage in self.stages)
+
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_HOURS = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
+
+
+class CalendarSpec(Strict):
+    """Working hours for timers (R7, and R8..R11 where they say working_hours: true)."""
+
+    timezone: str = "Europe/Moscow"
+    working_hours: str = Field("09:00-18:00", pattern=r"^\d\d:\d\d-\d\d:\d\d$")
+    working_days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(
+        default_factory=lambda: ["mon", "tue", "wed", "thu", "fri"]
+    )
+    holidays: list[date] = Field(default_factory=list)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, zone: str) -> str:
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            from difflib import get_close_matches
+
+            close = get_close_matches(zone, sorted(available_timezones()), n=1)
+            hint = f'did you mean "{close[0]}"?' if close else "use an IANA name such as Europe/Moscow"
+            raise ValueError(f'unknown time zone "{zone}" — {hint}') from None
+        return zone
+
+    @field_validator("working_hours")
+    @classmethod
+    def _hours(cls, text: str) -> str:
+        match = _HOURS.match(text)
+        if match is None or (int(match[1]), int(match[2])) >= (int(match[3]), int(match[4])):
+            raise ValueError(f'"{text}" is not a working day — write start-end in 24h time, e.g. 09:00-18:00')
+        return text
+
+
+class RegulationSpec(Strict):
+    """The company's sales regulation, CRM-neutral: no pipeline, stage, field or user ids of any CRM."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="crmbridge regulation")
+
+    version: Literal[1] = 1
+    language: str = "ru"
+    calendar: CalendarSpec | None = Field(None, description="Working hours; without it timers count calendar time.")
+    fields: dict[Id, FieldSpec] = Field(default_factory=dict)
+    directions: dict[Id, DirectionSpec] = Field(min_length=1)
+    rules: RulesSpec = Field(default_factory=RulesSpec)
+
+    def rules_for(self, direction: str) -> RulesSpec:
+        """The rules with the direction's overrides applied."""
+        cache = self.__dict__.setdefault("_rules_for", {})
+        if direction not in cache:
+            overrides = self.directions[direction].rules if direction in self.directions else {}
+            if not overrides:
+                cache[direction] = self.rules
+            else:
+                merged = self.rules.model_dump()
+                for rule, params in overrides.items():
+                    merged[rule] = {**merged[rule], **params}
+                cache[direction] = RulesSpec.model_validate(merged)
+        return cache[direction]
+
+
+# ---------------------------------------------------------------- the Bitrix24 binding
+
+IGNORE = "ignore"
+
+
+class PipelineBinding(Strict):
+    """One CRM pipeline (CATEGORY_ID): its direction and what each of its stages means."""
+
+    direction: Id = Field(description="A direction id of the regulation, or `ignore` for an unregulated pipeline.")
+    name: str = Field("", description="The pipeline's name in the CRM (informational).")
+    stages: dict[str, Id] = Field(
+        default_factory=dict,
+        description="STAGE_ID -> regulated stage id, won, lost, or ignore. Every CRM stage must be listed.",
+    )
+
+
+def _field_binding(value: Any) -> Any:
+    return {"crm_field": value} if isinstance(value, str) else value
+
+
+class FieldBindingSpec(Strict):
+    """Where a regulated field lives in the CRM."""
+
+    crm_field: str = Field(pattern=r"^[A-Z][A-Z0-9_]*$", description="e.g. UF_CRM_1700000101 or OPPORTUNITY")
+    options: dict[CrmId, Id] = Field(default_factory=dict, description="CRM enum option id -> regulated option id.")
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _keys_as_text(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {_as_str(key): option for key, option in value.items()}
+        return value
+
+
+FieldBinding = Annotated[FieldBindingSpec, BeforeValidator(_field_binding)]
+
+
+class TeamSpec(Strict):
+    """Managers who share leads round robin (R7)."""
+
+    members: list[CrmId] = Field(min_length=1)
+    directions: list[Id] = Field(default_factory=list, description="Directions the team works; empty = all.")
+
+
+class HeadSpec(Strict):
+    """A head of sales to notify."""
+
+    user: CrmId
+    directions: list[Id] = Field(default_factory=list, description="Empty = all directions.")
+    rules: list[RuleId] = Field(default_factory=list, description="Empty = all rules.")
+
+
+class BindingSpec(Strict):
+    """How one Bitrix24 portal maps onto the regulation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="crmbridge Bitrix24 binding")
+
+    crm: Literal["bitrix24"] = "bitrix24"
+    regulation: str = Field("regulation.yaml", description="The regulation file, relative to this one.")
+    timezone: str | None = Field(None, description="The portal's time zone for dates without an offset; default: the regulation's calendar.")
+    pipelines: dict[CrmId, PipelineBinding] = Field(min_length=1)
+    fields: dict[Id, FieldBinding] = Field(default_factory=dict)
+    teams: dict[Id, TeamSpec] = Field(default_factory=dict)
+    heads: list[HeadSpec] = Field(default_factory=list)
+
+    @field_validator("pipelines", mode="before")
+    @classmethod
+    def _keys_as_text(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {_as_str(key): pipeline for key, pipeline in value.items()}
+        return value
+
+
+REGULATION_SCHEMA_FILE = "regulation.schema.json"
+BINDING_SCHEMA_FILE = "bitrix24.schema.json"
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """File name -> JSON Schema, for `crmbridge schema`."""
+    return {
+        REGULATION_SCHEMA_FILE: RegulationSpec.model_json_schema(mode="validation"),
+        BINDING_SCHEMA_FILE: BindingSpec.model_json_schema(mode="validation"),
+    }
+
+
+__all__ = [
+    "BINDING_SCHEMA_FILE", "BindingSpec", "CalendarSpec", "DirectionSpec", "FieldBindingSpec", "FieldSpec",
+    "FinalStageSpec", "HeadSpec", "IGNORE", "LOST", "PipelineBinding", "REGULATION_SCHEMA_FILE", "RULE_IDS",
+    "RegulationSpec", "RequirementSpec", "RulesSpec", "StageSpec", "TaskSpec", "TeamSpec", "WEEKDAYS", "WON",
+    "format_duration", "json_schemas", "parse_duration",
+]

@@ -1,0 +1,198 @@
+"""Small typed values of the regulation's vocabulary: deals, stage entries, tasks, clients and violations."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, Mapping
+
+#: stage ids every direction has besides its ordered open stages
+WON = "won"
+LOST = "lost"
+
+
+class Mode(str, enum.Enum):
+    """What crmbridge does when a rule is broken (Kyverno-style audit vs enforce)."""
+
+    OFF = "off"
+    AUDIT = "audit"  # record only
+    WARN = "warn"  # record, task / notification for people
+    ENFORCE = "enforce"  # record and correct the CRM
+
+
+class Outcome(str, enum.Enum):
+    """Where a deal is in its life: still being worked, won or lost."""
+
+    OPEN = "open"
+    WON = "won"
+    LOST = "lost"
+
+
+class EntryKind(str, enum.Enum):
+    """How a deal came to a stage (Bitrix24 stage history TYPE_ID 1, 2, 3, 5)."""
+
+    CREATED = "created"
+    MOVED = "moved"
+    CLOSED = "closed"
+    PIPELINE_CHANGED = "pipeline_changed"
+
+
+class TaskStatus(str, enum.Enum):
+    """A CRM task's state, reduced to what the regulation cares about."""
+
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    DEFERRED = "deferred"
+    OTHER = "other"
+
+
+class Verdict(str, enum.Enum):
+    """What one rule says about one deal in an explanation."""
+
+    PASSED = "passed"
+    FAILED = "failed"
+    NOT_APPLICABLE = "not_applicable"
+
+
+@dataclass(frozen=True, slots=True)
+class StageEntry:
+    """One arrival of a deal in a stage: the unit R1..R3 judge and the planner keys its actions on."""
+
+    crm_stage: str  # the CRM's stage id, e.g. "C1:NEW"
+    entered: datetime
+    kind: EntryKind
+    direction: str | None  # regulated direction, None when the pipeline is not bound
+    stage: str | None  # regulated stage id, WON, LOST, or None when the CRM stage is ignored
+    crm_id: str = ""  # the history row's id in the CRM, for traceability
+
+    @property
+    def key(self) -> str:
+        """A stable id of this entry, used in idempotency keys."""
+        return f"{self.crm_stage}@{self.entered.isoformat()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A CRM task bound to a deal."""
+
+    id: str
+    title: str
+    status: TaskStatus
+    responsible: str | None
+    created: datetime | None
+    deadline: datetime | None = None
+    closed: datetime | None = None
+
+    @property
+    def completed(self) -> bool:
+        return self.status is TaskStatus.COMPLETED
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """A contact or company card: what R6 and R10 look at."""
+
+    id: str
+    kind: str  # "contact" or "company"
+    name: str
+    phones: tuple[str, ...] = ()
+    emails: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FieldValue:
+    """A regulated field of a deal: the parsed value, or why the raw CRM value is not usable."""
+
+    value: Any  # str, Decimal, date, datetime, or the regulated enum option id; None when empty
+    raw: Any = None  # the CRM's own value, kept for messages
+    problem: str | None = None  # e.g. "not a date: '31.02.2026'"; None when valid or empty
+
+    @property
+    def empty(self) -> bool:
+        return self.value is None and self.problem is None
+
+
+EMPTY = FieldValue(None)
+
+
+@dataclass(frozen=True, slots=True)
+class Deal:
+    """A deal in the regulation's vocabulary, with everything the rules need and nothing CRM-specific."""
+
+    id: str
+    title: str
+    direction: str | None  # None: the deal's pipeline is not bound; no rule applies
+    stage: str | None  # regulated stage id, WON, LOST, or None when its CRM stage is ignored
+    crm_stage: str
+    outcome: Outcome
+    manager: str | None
+    created: datetime
+    modified: datetime | None = None
+    last_activity: datetime | None = None
+    closed_at: datetime | None = None
+    amount: Decimal | None = None
+    probability: int | None = None
+    fields: Mapping[str, FieldValue] = field(default_factory=dict)
+    history: tuple[StageEntry, ...] = ()  # oldest first
+    tasks: tuple[Task, ...] = ()
+    contact: Client | None = None
+    company: Client | None = None
+
+    def field(self, name: str) -> FieldValue:
+        return self.fields.get(name, EMPTY)
+
+    @property
+    def current_entry(self) -> StageEntry | None:
+        """The entry that brought the deal to where it is now (the last one of its current pipeline)."""
+        return self.history[-1] if self.history else None
+
+    @property
+    def client_key(self) -> str | None:
+        """Who the client is, for per-client rules (R10)."""
+        if self.company is not None:
+            return f"company:{self.company.id}"
+        if self.contact is not None:
+            return f"contact:{self.contact.id}"
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """One broken rule on one deal: what the audit records and the enforcement planner acts on."""
+
+    rule: str  # "R1".."R11"
+    deal: str  # deal id
+    severity: Mode  # the rule's mode for the deal's direction
+    clause: str  # the regulation's text of the rule
+    message: str  # what the manager reads, from the regulation file
+    since: datetime  # when the deal started breaking the rule
+    direction: str | None
+    stage: str | None  # regulated stage the violation belongs to
+    entry: StageEntry | None = None  # the stage entry it belongs to (idempotency)
+    missing: tuple[str, ...] = ()  # regulated items missing or wrong (field ids, "task:<title>", ...)
+    manager: str | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """Stable identity of this violation across runs: rule, deal and the stage entry (or since)."""
+        anchor = self.entry.key if self.entry is not None else self.since.isoformat()
+        return f"{self.rule}:{self.deal}:{anchor}"
+
+
+@dataclass(frozen=True, slots=True)
+class RuleExplanation:
+    """One line of `audit --deal`: a rule's verdict on a deal and why."""
+
+    rule: str
+    verdict: Verdict
+    reason: str
+    violations: tuple[Violation, ...] = ()
+
+
+def as_date(moment: date | datetime) -> date:
+    """The calendar date of a value that may be a date or a datetime."""
+    return moment.date() if isinstance(moment, datetime) else moment
