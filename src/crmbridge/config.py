@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     bitrix24_burst: int = Field(default=50, ge=1)
     #: seconds of method time a portal allows per method per 10 minutes (docs' example: 480)
     bitrix24_operating_limit: float = Field(default=480.0, gt=0)
+    #: attempts per request on transient failures (5xx, resets, timeouts) before giving up
+    bitrix24_max_attempts: int = Field(default=8, ge=1, le=50)
     #: application token of the portal's outgoing webhook (to authenticate incoming events)
     bitrix24_application_token: SecretStr | None = None
 

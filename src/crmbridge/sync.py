@@ -72,7 +72,7 @@ class Syncer:
     def __init__(
         self,
         reader: Bitrix24Reader,
-        cache: Cache,
+        cache: Cache | Callable[[], Cache],
         *,
         overlap: timedelta = timedelta(minutes=5),
         progress: ProgressCallback | None = None,
@@ -80,7 +80,8 @@ class Syncer:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.reader = reader
-        self.cache = cache
+        # a factory is opened only after the portal answered, so bad input leaves no file behind
+        self._cache_or_factory = cache
         self.overlap = overlap
         self.progress = progress or (lambda entity, count: None)
         self.now = now
@@ -92,6 +93,7 @@ class Syncer:
         # Ask the portal first: a wrong URL, a missing scope or an outage fails before anything is written.
         _, portal_time = self.reader.check_scopes()
         portal_time = portal_time or datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.cache = self._cache_or_factory if isinstance(self._cache_or_factory, Cache) else self._cache_or_factory()
 
         deals_state = self.cache.sync_state("deals")
         resuming = deals_state.status == "running" and deals_state.mode == "full"

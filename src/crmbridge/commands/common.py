@@ -44,6 +44,7 @@ def client_from(settings: Settings, webhook_url: str | None = None) -> Bitrix24C
         rate=settings.bitrix24_rate,
         burst=settings.bitrix24_burst,
         operating_limit=settings.bitrix24_operating_limit,
+        max_attempts=settings.bitrix24_max_attempts,
     )
 
 

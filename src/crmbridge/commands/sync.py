@@ -45,16 +45,16 @@ def progress_bar(enabled: bool) -> Iterator[ProgressCallback | None]:
 def run_sync(webhook_url: str | None, *, full: bool, show_progress: bool) -> SyncSummary:
     settings = common.settings()
     client = common.client_from(settings, webhook_url)
-    cache = common.cache_from(settings)
-    try:
-        with progress_bar(show_progress) as advance:
-            syncer = Syncer(
-                Bitrix24Reader(client), cache,
-                overlap=timedelta(minutes=settings.sync_overlap_minutes), progress=advance,
-            )
+    with progress_bar(show_progress) as advance:
+        syncer = Syncer(
+            Bitrix24Reader(client), lambda: common.cache_from(settings),
+            overlap=timedelta(minutes=settings.sync_overlap_minutes), progress=advance,
+        )
+        try:
             return syncer.run(full=full)
-    finally:
-        cache.close()
+        finally:
+            if hasattr(syncer, "cache"):
+                syncer.cache.close()
 
 
 def print_summary(summary: SyncSummary, cache_path: object) -> None:

@@ -1,0 +1,163 @@
+"""Client-side model of the portal's limits: the leaky request bucket and each method's operating-time budget."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Limiter", "OperatingState"]
+
+log = logging.getLogger("crmbridge.bitrix24")
+
+#: fallback when an answer reports operating seconds but no reset time: the portal's window is made
+#: of one-minute baskets, so the oldest one expires within a minute
+_DEFAULT_RESET_DELAY = 60.0
+
+
+@dataclass
+class OperatingState:
+    """What the portal last said about one method: seconds used in the 10-minute window, and when some are freed."""
+
+    operating: float
+    reset_at: float  # wall-clock unix seconds
+
+
+class Limiter:
+    """Decides how long to wait before the next request so that a steady workload never hits 503 or 429.
+
+    Leaky bucket (D `limits.md`): each request adds 1 to a counter that drains by `rate` per second;
+    over `burst` the portal answers 503 QUERY_LIMIT_EXCEEDED. The model drains by the same rule and
+    keeps `safety_margin` slots free for jitter between our clock and the portal's.
+
+    Operating time: every answer carries `time.operating` (the method's seconds in the current 10-minute
+    window) and `time.operating_reset_at` (wall clock). Once a method is at `operating_threshold` of
+    `operating_limit`, the next call to it waits until `operating_reset_at` instead of running into 429.
+
+    The monotonic clock, the wall clock and sleep are injected, so the arithmetic is tested without sleeping.
+    """
+
+    def __init__(
+        self,
+        *,
+        rate: float = 2.0,
+        burst: int = 50,
+        operating_limit: float = 480.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        wall: Callable[[], float] = time.time,
+        safety_margin: float = 2.0,
+        operating_threshold: float = 0.85,
+        reset_pad: float = 1.0,
+        max_operating_wait: float = 660.0,
+    ) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be > 0 and burst >= 1")
+        if operating_limit <= 0 or not 0 < operating_threshold <= 1:
+            raise ValueError("operating_limit must be > 0 and operating_threshold in (0, 1]")
+        self.rate = float(rate)
+        self.burst = int(burst)
+        self.operating_limit = float(operating_limit)
+        self.operating_threshold = float(operating_threshold)
+        # Never below one slot, or a tiny burst would block forever.
+        self.capacity = max(1.0, self.burst - safety_margin)
+        self.reset_pad = reset_pad
+        # A corrupt or far-future reset time must not park a sync for hours: the window is 10 minutes.
+        self.max_operating_wait = max_operating_wait
+        self._clock = clock
+        self._sleep = sleep
+        self._wall = wall
+        # Starts empty: a portal left alone drains to zero; a 503 tells us otherwise (see rate_limited).
+        self._level = 0.0
+        self._updated = clock()
+        self._operating: dict[str, OperatingState] = {}
+        #: total seconds this limiter has slept, for the sync summary
+        self.waited = 0.0
+
+    # -- leaky bucket -------------------------------------------------------------------------
+    def _drain(self) -> None:
+        now = self._clock()
+        self._level = max(0.0, self._level - (now - self._updated) * self.rate)
+        self._updated = now
+
+    @property
+    def level(self) -> float:
+        """The modelled bucket counter right now."""
+        self._drain()
+        return self._level
+
+    def _wait_for_bucket(self) -> None:
+        self._drain()
+        overflow = self._level + 1.0 - self.capacity
+        if overflow > 0:
+            delay = overflow / self.rate
+            log.debug("bitrix24 limiter: bucket at %.1f/%d, waiting %.2f s", self._level, self.burst, delay)
+            self._pause(delay)
+            self._drain()
+        self._level += 1.0
+
+    def rate_limited(self) -> None:
+        """The portal said 503 QUERY_LIMIT_EXCEEDED: its bucket is full (others share it per IP), so is ours."""
+        self._drain()
+        self._level = max(self._level, float(self.burst))
+
+    # -- operating time ------------------------------------------------------------------------
+    def observe(self, method: str, time_block: Mapping[str, Any] | None) -> None:
+        """Record `operating` / `operating_reset_at` of one answer (or one batch command's `result_time`)."""
+        if not time_block:
+            return
+        try:
+            operating = float(time_block["operating"])
+        except (KeyError, TypeError, ValueError):
+            return  # on-premise portals and old versions do not report it: nothing to pace by
+        try:
+            reset_at = float(time_block["operating_reset_at"])
+        except (KeyError, TypeError, ValueError):
+            previous = self._operating.get(method)
+            reset_at = previous.reset_at if previous else self._wall() + _DEFAULT_RESET_DELAY
+        self._operating[method] = OperatingState(operating=operating, reset_at=reset_at)
+
+    def block(self, methods: Iterable[str], reset_at: float | None) -> None:
+        """The portal said 429 OPERATION_TIME_LIMIT: hold these methods until `reset_at` (wall clock)."""
+        until = reset_at if reset_at is not None else self._wall() + _DEFAULT_RESET_DELAY
+        for method in methods:
+            self._operating[method] = OperatingState(operating=self.operating_limit, reset_at=until)
+
+    def operating_seconds(self) -> dict[str, float]:
+        """Latest operating seconds per method, as last reported by the portal."""
+        return {method: state.operating for method, state in self._operating.items()}
+
+    def _wait_for_operating(self, method: str) -> None:
+        state = self._operating.get(method)
+        if state is None or state.operating < self.operating_threshold * self.operating_limit:
+            return
+        remaining = state.reset_at - self._wall()
+        if remaining <= 0:
+            # The oldest basket has expired; how much that freed only the next answer will tell.
+            return
+        delay = min(remaining + self.reset_pad, self.max_operating_wait)
+        log.info(
+            "bitrix24 limiter: %s has used %.0f of %.0f operating seconds; pausing %.0f s until its budget resets",
+            method,
+            state.operating,
+            self.operating_limit,
+            delay,
+        )
+        self._pause(delay)
+
+    # -- entry point ----------------------------------------------------------------------------
+    def acquire(self, methods: Iterable[str] = ()) -> None:
+        """Wait until one request that runs `methods` may be sent, then count it in the bucket.
+
+        Operating waits come first: they can be minutes long, and the bucket drains meanwhile.
+        """
+        for method in dict.fromkeys(methods):
+            self._wait_for_operating(method)
+        self._wait_for_bucket()
+
+    def _pause(self, seconds: float) -> None:
+        if seconds > 0:
+            self._sleep(seconds)
+            self.waited += seconds

@@ -1,0 +1,391 @@
+"""In-memory portal of the sandbox: tables of rows exactly as the API returns them, and the write rules (history, dates)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+from typing import Any, Callable
+
+from .catalog import (
+    DEAL_FIELDS,
+    STAGE_BY_ID,
+    STAGES,
+    UF_BY_NAME,
+    deal_field_types,
+)
+from .query import Table
+from .wire import PORTAL_TZ, fmt_day_dt, fmt_dt, norm_date, norm_dt, num_str, truthy
+
+DealEventHook = Callable[[str, int], None]
+
+CONTACT_TYPES: dict[str, str] = {
+    "ID": "int", "NAME": "str", "SECOND_NAME": "str", "LAST_NAME": "str", "POST": "str", "TYPE_ID": "str",
+    "SOURCE_ID": "str", "COMPANY_ID": "int", "ASSIGNED_BY_ID": "int", "CREATED_BY_ID": "int", "MODIFY_BY_ID": "int",
+    "DATE_CREATE": "datetime", "DATE_MODIFY": "datetime", "OPENED": "flag", "EXPORT": "flag", "HAS_PHONE": "flag",
+    "HAS_EMAIL": "flag", "HAS_IMOL": "flag", "COMMENTS": "str", "LAST_ACTIVITY_TIME": "datetime",
+    "PHONE": "multi", "EMAIL": "multi",
+}
+COMPANY_TYPES: dict[str, str] = {
+    "ID": "int", "TITLE": "str", "COMPANY_TYPE": "str", "INDUSTRY": "str", "EMPLOYEES": "str", "REVENUE": "float",
+    "CURRENCY_ID": "str", "ASSIGNED_BY_ID": "int", "CREATED_BY_ID": "int", "MODIFY_BY_ID": "int",
+    "DATE_CREATE": "datetime", "DATE_MODIFY": "datetime", "OPENED": "flag", "HAS_PHONE": "flag", "HAS_EMAIL": "flag",
+    "HAS_IMOL": "flag", "COMMENTS": "str", "LAST_ACTIVITY_TIME": "datetime", "PHONE": "multi", "EMAIL": "multi",
+}
+HISTORY_TYPES: dict[str, str] = {
+    "ID": "int", "TYPE_ID": "int", "OWNER_ID": "int", "CREATED_TIME": "datetime", "CATEGORY_ID": "int",
+    "STAGE_SEMANTIC_ID": "str", "STAGE_ID": "str",
+}
+#: tasks.task.* answer in camelCase but are filtered, ordered and selected by UPPER_CASE names
+TASK_KEYS: dict[str, str] = {
+    "ID": "id", "PARENT_ID": "parentId", "TITLE": "title", "DESCRIPTION": "description", "STATUS": "status",
+    "REAL_STATUS": "status", "PRIORITY": "priority", "RESPONSIBLE_ID": "responsibleId", "CREATED_BY": "createdBy",
+    "CREATED_DATE": "createdDate", "CHANGED_BY": "changedBy", "CHANGED_DATE": "changedDate",
+    "STATUS_CHANGED_DATE": "statusChangedDate", "CLOSED_BY": "closedBy", "CLOSED_DATE": "closedDate",
+    "DEADLINE": "deadline", "GROUP_ID": "groupId", "UF_CRM_TASK": "ufCrmTask",
+}
+TASK_TYPES: dict[str, str] = {
+    "id": "int", "parentId": "int", "title": "str", "description": "str", "status": "int", "priority": "int",
+    "responsibleId": "int", "createdBy": "int", "createdDate": "datetime", "changedBy": "int",
+    "changedDate": "datetime", "statusChangedDate": "datetime", "closedBy": "int", "closedDate": "datetime",
+    "deadline": "datetime", "groupId": "int", "ufCrmTask": "list",
+}
+COMMENT_TYPES: dict[str, str] = {
+    "ID": "int", "CREATED": "datetime", "ENTITY_ID": "int", "ENTITY_TYPE": "str", "AUTHOR_ID": "int", "COMMENT": "str",
+}
+
+
+class PortalState:
+    """Everything the portal holds. Rows carry wire values (strings for ids, `Y`/`N`, `+03:00` datetimes).
+
+    Access it under `lock` when the server is running: request threads read and write it.
+    `planted` maps a deal id to the regulation violations the seeder planted in it (ground truth for tests).
+    """
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.lock = threading.RLock()
+        self.deals = Table("deal", types=deal_field_types())
+        self.contacts = Table("contact", types=dict(CONTACT_TYPES))
+        self.companies = Table("company", types=dict(COMPANY_TYPES))
+        self.history = Table("stagehistory", types=dict(HISTORY_TYPES))
+        self.tasks = Table("task", id_key="id", types=dict(TASK_TYPES), key_map=dict(TASK_KEYS), default_desc=True)
+        self.comments = Table("timelinecomment", types=dict(COMMENT_TYPES), default_desc=True)
+        self.activities: dict[int, dict[str, Any]] = {}
+        self.notifications: list[dict[str, Any]] = []
+        self.planted: dict[int, list[str]] = {}
+        self.on_deal_event: DealEventHook | None = None
+        self._next_activity = 1
+        self._next_notification = 1
+
+    # --- time -----------------------------------------------------------------------------------
+
+    def now(self) -> float:
+        return self.clock()
+
+    def now_wire(self) -> str:
+        return fmt_dt(self.clock()) or ""
+
+    # --- deals ----------------------------------------------------------------------------------
+
+    def normalise_deal_fields(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """Client values -> wire values; unknown and read-only fields are dropped, as the portal ignores them."""
+        out: dict[str, Any] = {}
+        for key, value in fields.items():
+            key = str(key).upper() if not str(key).startswith("UF_") else str(key)
+            if key in DEAL_FIELDS:
+                api_type, _, read_only, _ = DEAL_FIELDS[key]
+                if read_only:
+                    continue
+                out[key] = _to_wire(api_type, value)
+            elif key in UF_BY_NAME:
+                out[key] = _uf_to_wire(UF_BY_NAME[key].type, value)
+            elif key == "CONTACT_IDS" and isinstance(value, list):
+                out["CONTACT_ID"] = str(value[0]) if value else None
+        return out
+
+    def add_deal(self, fields: dict[str, Any], *, user_id: int = 1) -> int:
+        """crm.deal.add: a new deal in its pipeline's first stage unless one is given; writes TYPE_ID 1 history."""
+        with self.lock:
+            wire = self.normalise_deal_fields(fields)
+            category = int(wire.get("CATEGORY_ID") or 0)
+            if category not in STAGES:
+                category = 0
+            stage_id = wire.get("STAGE_ID")
+            if stage_id not in STAGE_BY_ID or STAGE_BY_ID[stage_id].category != category:
+                stage_id = STAGES[category][0].status_id
+            stage = STAGE_BY_ID[stage_id]
+            now = self.now()
+            now_s = fmt_dt(now)
+            deal_id = self.deals.next_id()
+            row: dict[str, Any] = blank_deal()
+            row.update(wire)
+            row.update({
+                "ID": str(deal_id),
+                "CATEGORY_ID": str(category),
+                "STAGE_ID": stage_id,
+                "STAGE_SEMANTIC_ID": stage.semantics,
+                "CLOSED": "N" if stage.semantics == "P" else "Y",
+                "IS_NEW": "Y",
+                "CREATED_BY_ID": str(user_id),
+                "MODIFY_BY_ID": str(user_id),
+                "MOVED_BY_ID": str(user_id),
+                "DATE_CREATE": now_s,
+                "DATE_MODIFY": now_s,
+                "MOVED_TIME": now_s,
+                "LAST_ACTIVITY_TIME": now_s,
+                "LAST_ACTIVITY_BY": str(user_id),
+            })
+            row.setdefault("TITLE", "")
+            if not row.get("ASSIGNED_BY_ID"):
+                row["ASSIGNED_BY_ID"] = str(user_id)
+            if not row.get("PROBABILITY"):
+                row["PROBABILITY"] = str(stage.probability)
+            if not row.get("BEGINDATE"):
+                row["BEGINDATE"] = fmt_day_dt(now)
+            if not row.get("CLOSEDATE"):
+                row["CLOSEDATE"] = fmt_day_dt(now + 7 * 86400)
+            self.deals.insert(deal_id, row)
+            self.add_history(1, deal_id, now, category, stage)
+        self._fire("ONCRMDEALADD", deal_id)
+        return deal_id
+
+    def update_deal(self, deal_id: int, fields: dict[str, Any], *, user_id: int = 1,
+                    allow_category_change: bool = True) -> None:
+        """Apply an update: moves DATE_MODIFY, writes stage history (2 / 3 final / 5 pipeline), recomputes CLOSED.
+
+        `allow_category_change=False` is crm.deal.update's rule (CATEGORY_ID is immutable there);
+        the Python API allows it to simulate a user dragging the deal to another pipeline.
+        Raises KeyError when the deal does not exist.
+        """
+        with self.lock:
+            row = self.deals.rows.get(int(deal_id))
+            if row is None:
+                raise KeyError(deal_id)
+            wire = self.normalise_deal_fields(fields)
+            new_category = row["CATEGORY_ID"]
+            if "CATEGORY_ID" in wire:
+                requested = str(wire.pop("CATEGORY_ID"))
+                if allow_category_change and requested.isdigit() and int(requested) in STAGES:
+                    new_category = requested
+            new_stage_id = wire.pop("STAGE_ID", None) or row["STAGE_ID"]
+            if new_stage_id not in STAGE_BY_ID:
+                new_stage_id = row["STAGE_ID"]  # an unknown stage is ignored like any bad value
+            if new_category != row["CATEGORY_ID"]:
+                if STAGE_BY_ID[new_stage_id].category != int(new_category):
+                    new_stage_id = STAGES[int(new_category)][0].status_id
+            elif STAGE_BY_ID[new_stage_id].category != int(row["CATEGORY_ID"]):
+                if allow_category_change:
+                    new_category = str(STAGE_BY_ID[new_stage_id].category)
+                else:
+                    new_stage_id = row["STAGE_ID"]
+            now = self.now()
+            now_s = fmt_dt(now)
+            row.update(wire)
+            stage = STAGE_BY_ID[new_stage_id]
+            if new_category != row["CATEGORY_ID"]:
+                row["CATEGORY_ID"] = new_category
+                self._move(row, stage, now, now_s, user_id, type_id=5)
+            elif new_stage_id != row["STAGE_ID"]:
+                self._move(row, stage, now, now_s, user_id, type_id=2 if stage.semantics == "P" else 3)
+            row["IS_NEW"] = "N"
+            row["DATE_MODIFY"] = now_s
+            row["MODIFY_BY_ID"] = str(user_id)
+        self._fire("ONCRMDEALUPDATE", int(deal_id))
+
+    def _move(self, row: dict[str, Any], stage: Any, now: float, now_s: str | None, user_id: int, type_id: int) -> None:
+        was_closed = row["CLOSED"] == "Y"
+        row["STAGE_ID"] = stage.status_id
+        row["STAGE_SEMANTIC_ID"] = stage.semantics
+        row["CLOSED"] = "N" if stage.semantics == "P" else "Y"
+        row["MOVED_TIME"] = now_s
+        row["MOVED_BY_ID"] = str(user_id)
+        if row["CLOSED"] == "Y" and not was_closed:
+            row["CLOSEDATE"] = fmt_day_dt(now)  # closing stamps the close date, as the portal does
+        self.add_history(type_id, int(row["ID"]), now, int(row["CATEGORY_ID"]), stage)
+
+    def delete_deal(self, deal_id: int) -> None:
+        with self.lock:
+            if int(deal_id) not in self.deals.rows:
+                raise KeyError(deal_id)
+            self.deals.delete(int(deal_id))
+        self._fire("ONCRMDEALDELETE", int(deal_id))
+
+    def add_history(self, type_id: int, owner_id: int, ts: float, category: int, stage: Any) -> int:
+        hid = self.history.next_id()
+        self.history.insert(hid, {
+            "ID": hid, "TYPE_ID": type_id, "OWNER_ID": owner_id, "CREATED_TIME": fmt_dt(ts),
+            "CATEGORY_ID": category, "STAGE_SEMANTIC_ID": stage.semantics, "STAGE_ID": stage.status_id,
+        })
+        return hid
+
+    def _fire(self, event: str, deal_id: int) -> None:
+        hook = self.on_deal_event
+        if hook is not None:
+            hook(event, deal_id)
+
+    # --- tasks ----------------------------------------------------------------------------------
+
+    def add_task(self, fields: dict[str, Any], *, user_id: int = 1) -> int:
+        with self.lock:
+            now_s = self.now_wire()
+            task_id = self.tasks.next_id()
+            row = blank_task()
+            row.update({
+                "id": str(task_id), "createdBy": str(user_id), "createdDate": now_s, "changedBy": str(user_id),
+                "changedDate": now_s, "statusChangedDate": now_s,
+            })
+            row.update(task_fields_to_wire(fields))
+            self.tasks.insert(task_id, row)
+            return task_id
+
+    def update_task(self, task_id: int, fields: dict[str, Any], *, user_id: int = 1) -> None:
+        with self.lock:
+            row = self.tasks.rows.get(int(task_id))
+            if row is None:
+                raise KeyError(task_id)
+            wire = task_fields_to_wire(fields)
+            now_s = self.now_wire()
+            if "status" in wire and wire["status"] != row["status"]:
+                row["statusChangedDate"] = now_s
+                if wire["status"] == "5":
+                    row["closedDate"], row["closedBy"] = now_s, str(user_id)
+                else:
+                    row["closedDate"], row["closedBy"] = None, None
+            row.update(wire)
+            row["changedDate"], row["changedBy"] = now_s, str(user_id)
+
+    # --- activities, comments, notifications ----------------------------------------------------
+
+    def add_activity(self, row: dict[str, Any]) -> int:
+        with self.lock:
+            aid = self._next_activity
+            self._next_activity += 1
+            self.activities[aid] = dict(row, id=aid)
+            return aid
+
+    def add_comment(self, entity_type: str, entity_id: int, comment: str, author_id: int) -> int:
+        with self.lock:
+            cid = self.comments.next_id()
+            self.comments.insert(cid, {
+                "ID": str(cid), "CREATED": self.now_wire(), "ENTITY_ID": str(entity_id),
+                "ENTITY_TYPE": entity_type.lower(), "AUTHOR_ID": str(author_id), "COMMENT": comment, "FILES": [],
+            })
+            return cid
+
+    def add_notification(self, user_id: int, message: str, extra: dict[str, Any]) -> int:
+        with self.lock:
+            nid = self._next_notification
+            self._next_notification += 1
+            self.notifications.append(dict(extra, ID=nid, USER_ID=user_id, MESSAGE=message, DATE=self.now_wire()))
+            return nid
+
+    def deal_tasks(self, deal_id: int) -> list[dict[str, Any]]:
+        """Tasks bound to a deal (UF_CRM_TASK contains D_<id>)."""
+        binding = f"D_{deal_id}"
+        with self.lock:
+            return [t for t in self.tasks.rows.values() if binding in (t.get("ufCrmTask") or [])]
+
+    def deal_history(self, deal_id: int) -> list[dict[str, Any]]:
+        with self.lock:
+            return [h for h in self.history.rows.values() if h["OWNER_ID"] == deal_id]
+
+
+_DEAL_BLANK: dict[str, Any] = {
+    "TITLE": "", "TYPE_ID": "SALE", "CATEGORY_ID": "0", "STAGE_ID": "NEW", "STAGE_SEMANTIC_ID": "P", "IS_NEW": "N",
+    "IS_RECURRING": "N", "IS_RETURN_CUSTOMER": "N", "IS_REPEATED_APPROACH": "N", "PROBABILITY": None,
+    "CURRENCY_ID": "RUB", "OPPORTUNITY": "0.00", "IS_MANUAL_OPPORTUNITY": "N", "TAX_VALUE": "0.00",
+    "COMPANY_ID": "0", "CONTACT_ID": None, "QUOTE_ID": None, "BEGINDATE": "", "CLOSEDATE": "", "OPENED": "Y",
+    "CLOSED": "N", "COMMENTS": None, "ASSIGNED_BY_ID": None, "CREATED_BY_ID": None, "MODIFY_BY_ID": None,
+    "MOVED_BY_ID": None, "DATE_CREATE": None, "DATE_MODIFY": None, "MOVED_TIME": None, "SOURCE_ID": None,
+    "SOURCE_DESCRIPTION": None, "LEAD_ID": None, "ADDITIONAL_INFO": None, "LOCATION_ID": None,
+    "ORIGINATOR_ID": None, "ORIGIN_ID": None, "UTM_SOURCE": None, "UTM_MEDIUM": None, "UTM_CAMPAIGN": None,
+    "UTM_CONTENT": None, "UTM_TERM": None, "LAST_ACTIVITY_TIME": None, "LAST_ACTIVITY_BY": None,
+}
+_UF_BLANK: dict[str, Any] = {name: "" for name in UF_BY_NAME}
+
+
+def blank_deal() -> dict[str, Any]:
+    """A deal row with every standard field and user field present (unset user fields read as "")."""
+    row = {"ID": None}
+    row.update(_DEAL_BLANK)
+    row.update(_UF_BLANK)
+    return row
+
+
+def blank_task() -> dict[str, Any]:
+    return {
+        "id": None, "parentId": "0", "title": "", "description": "", "status": "2", "priority": "1",
+        "responsibleId": None, "createdBy": None, "createdDate": None, "changedBy": None, "changedDate": None,
+        "statusChangedDate": None, "closedBy": None, "closedDate": None, "deadline": None, "groupId": "0",
+        "ufCrmTask": [],
+    }
+
+
+def task_fields_to_wire(fields: dict[str, Any]) -> dict[str, Any]:
+    """tasks.task.add/update `fields` (UPPER_CASE) -> camelCase wire row values."""
+    out: dict[str, Any] = {}
+    for key, value in fields.items():
+        camel = TASK_KEYS.get(str(key).upper())
+        if camel is None or camel in ("id", "createdDate", "changedDate", "closedDate", "statusChangedDate"):
+            continue
+        ftype = TASK_TYPES[camel]
+        if ftype == "list":
+            items = list(value.values()) if isinstance(value, dict) else value
+            out[camel] = [str(v) for v in items] if isinstance(items, list) else ([str(items)] if items else [])
+        elif ftype == "datetime":
+            out[camel] = norm_dt(value)
+        elif ftype == "int":
+            out[camel] = str(int(float(value))) if value not in (None, "") else None
+        else:
+            out[camel] = "" if value is None else str(value)
+    return out
+
+
+def _to_wire(api_type: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if api_type in ("integer", "user", "crm_company", "crm_contact", "crm_category", "crm_lead", "crm_quote"):
+        try:
+            return str(int(float(value)))
+        except (TypeError, ValueError):
+            return None
+    if api_type == "double":
+        try:
+            return num_str(float(value))
+        except (TypeError, ValueError):
+            return "0.00"
+    if api_type == "char":
+        return "Y" if truthy(value) else "N"
+    if api_type == "date":
+        parsed = norm_dt(value)
+        return (parsed[:10] + "T00:00:00+03:00") if parsed else ""
+    if api_type == "datetime":
+        return norm_dt(value)
+    return str(value)
+
+
+def _uf_to_wire(uf_type: str, value: Any) -> Any:
+    if value is None or value == "" or value is False:
+        return ""
+    if isinstance(value, list):
+        value = value[0] if value else ""
+    if uf_type == "date":
+        return norm_date(value) or ""
+    if uf_type == "datetime":
+        return norm_dt(value) or ""
+    if uf_type == "double":
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return ""
+        return str(int(number)) if number.is_integer() else str(number)
+    if uf_type == "enumeration":
+        try:
+            return str(int(float(value)))
+        except (TypeError, ValueError):
+            return ""
+    return str(value)
+
+
+def portal_datetime(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, PORTAL_TZ)

@@ -1,0 +1,152 @@
+"""Sync against the sandbox portal over loopback: full, incremental, resumed, under faults, within limits."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crmbridge.cache.store import Cache, open_cache
+from crmbridge.sandbox import SandboxPortal
+from tests.integration.conftest import make_syncer
+
+pytestmark = pytest.mark.integration
+
+
+def portal_deals(portal: SandboxPortal) -> dict[int, dict[str, Any]]:
+    """Every deal as the portal's API returns it (all fields incl. UF_CRM_*)."""
+    return {int(deal["ID"]): deal for deal in portal.state.api_deals()}
+
+
+def cached_deals(cache: Cache) -> dict[int, dict[str, Any]]:
+    return {row["id"]: json.loads(row["raw"]) for row in cache.query("SELECT id, raw FROM deals WHERE deleted = 0")}
+
+
+def assert_cache_equals_portal(cache: Cache, portal: SandboxPortal) -> None:
+    expected = portal_deals(portal)
+    actual = cached_deals(cache)
+    assert actual.keys() == expected.keys()
+    different = [deal_id for deal_id in expected if actual[deal_id] != expected[deal_id]]
+    assert not different, f"{len(different)} deals differ, e.g. {different[:5]}"
+    assert cache.count("stage_history") == portal.state.count("stage_history")
+    deal_tasks = portal.state.deal_task_ids()
+    assert {row["id"] for row in cache.query("SELECT id FROM tasks")} == deal_tasks
+    wanted_contacts = {int(d["CONTACT_ID"]) for d in expected.values() if d.get("CONTACT_ID") not in (None, "", "0")}
+    cached_contacts = {row["id"] for row in cache.query("SELECT id FROM contacts")}
+    assert wanted_contacts <= cached_contacts
+
+
+def test_full_sync_of_10000_deals_equals_the_portal(make_portal: Any, cache: Cache) -> None:
+    portal = make_portal(deals=10_000, seed=7)
+    summary = make_syncer(portal, cache).run()
+    assert summary.mode == "full"
+    assert summary.deals_read == 10_000
+    assert_cache_equals_portal(cache, portal)
+    # the fast list pattern: 2,500 deals per HTTP request
+    assert portal.stats.requests_for("crm.deal.list") <= 10_000 // 50 + 1
+    assert summary.http_requests <= 60
+    # reference data arrived too
+    assert cache.count("pipelines") == 4
+    assert cache.count("stages", "category_id = 0") == 8
+    assert cache.count("users") == 9
+    assert cache.count("deal_fields") >= 19
+
+
+def test_incremental_sync_fetches_just_what_changed(make_portal: Any, cache: Cache) -> None:
+    portal = make_portal(deals=3_000, seed=11)
+    make_syncer(portal, cache).run()
+    changed_ids = [17, 1234, 2999]
+    for deal_id in changed_ids:
+        portal.update_deal(deal_id, {"TITLE": f"changed {deal_id}", "OPPORTUNITY": "777.00"})
+    summary = make_syncer(portal, cache).run()
+    assert summary.mode == "incremental"
+    assert summary.deals_changed == 3
+    # besides the three, only deals inside the overlap window may be re-read (and are de-duplicated)
+    assert summary.deals_read <= 3 + portal.state.count_modified_within(minutes=5, before_last_sync=True)
+    for deal_id in changed_ids:
+        row = cache.query("SELECT title, amount FROM deals WHERE id = ?", [deal_id])[0]
+        assert row == {"title": f"changed {deal_id}", "amount": 777.0}
+    assert_cache_equals_portal(cache, portal)
+
+
+def test_stage_change_arrives_with_its_history(make_portal: Any, cache: Cache) -> None:
+    portal = make_portal(deals=500, seed=5)
+    make_syncer(portal, cache).run()
+    history_before = cache.count("stage_history", "deal_id = 42")
+    deal = portal_deals(portal)[42]
+    target = "LOSE" if deal["STAGE_ID"] != "LOSE" else "NEW"
+    portal.update_deal(42, {"STAGE_ID": target} if deal["CATEGORY_ID"] == "0" else {"STAGE_ID": f"C{deal['CATEGORY_ID']}:LOSE"})
+    make_syncer(portal, cache).run()
+    assert cache.count("stage_history", "deal_id = 42") == history_before + 1
+    assert_cache_equals_portal(cache, portal)
+
+
+def test_full_sync_marks_vanished_deals_deleted(make_portal: Any, cache: Cache) -> None:
+    portal = make_portal(deals=300, seed=2)
+    make_syncer(portal, cache).run()
+    portal.delete_deal(100)
+    summary = make_syncer(portal, cache).run(full=True)
+    assert summary.deals_deleted == 1
+    assert cache.query("SELECT deleted FROM deals WHERE id = 100") == [{"deleted": 1}]
+    assert_cache_equals_portal(cache, portal)
+
+
+def test_sync_under_20_percent_faults_ends_identical(make_portal: Any, cache: Cache) -> None:
+    portal = make_portal(deals=2_000, seed=13, faults=0.2)
+    summary = make_syncer(portal, cache, max_attempts=12).run()
+    assert summary.deals_read >= 2_000
+    assert portal.stats.faults_injected > 0
+    assert_cache_equals_portal(cache, portal)
+
+
+def test_steady_sync_never_draws_a_503(make_portal: Any, cache: Cache) -> None:
+    # a small bucket, so the sync needs more requests than the burst allows at once
+    portal = make_portal(deals=1_500, seed=4, rate=4.0, burst=6)
+    make_syncer(portal, cache, rate=4.0, burst=6).run(full=True)
+    make_syncer(portal, cache, rate=4.0, burst=6).run(full=True)
+    assert portal.stats.requests_total > 6
+    assert portal.stats.query_limit_exceeded == 0
+
+
+def test_full_sync_killed_midway_resumes_from_its_last_commit(make_portal: Any, tmp_path: Path) -> None:
+    portal = make_portal(deals=10_000, seed=21, latency_ms=250)
+    cache_file = tmp_path / "resume.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRMBRIDGE_")}
+    env.update({"CRMBRIDGE_BITRIX24_WEBHOOK_URL": portal.webhook_url, "CRMBRIDGE_CACHE_PATH": str(cache_file)})
+    command = [sys.executable, "-m", "crmbridge", "sync", "--json"]
+    process = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    committed = 0
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with sqlite3.connect(cache_file, timeout=1) as conn:
+                row = conn.execute("SELECT last_id FROM sync_state WHERE entity = 'deals'").fetchone()
+            committed = row[0] if row and row[0] else 0
+        except sqlite3.Error:
+            committed = 0
+        if committed > 0:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "the sync finished before it could be interrupted"
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
+    assert 0 < committed < 10_000
+
+    finished = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    summary = json.loads(finished.stdout)
+    assert summary["resumed"] is True
+    assert summary["deals_read"] <= 10_000 - committed
+    cache = open_cache(cache_file)
+    try:
+        assert_cache_equals_portal(cache, portal)
+    finally:
+        cache.close()
