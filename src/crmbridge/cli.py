@@ -43,7 +43,8 @@ def root(
 ) -> None:
     common.state.debug = debug
     logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
+        # retries and pacing are logged at WARNING/INFO: shown with --debug, kept off an admin's screen otherwise
+        level=logging.DEBUG if debug else logging.ERROR,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
 
@@ -63,14 +64,14 @@ def main() -> None:
     except CrmBridgeError as exc:
         if common.state.debug:
             raise
+        # plain writes: one line per problem, never wrapped, so logs and scripts can grep them
         if isinstance(exc, MappingError):
-            for problem in exc.problems:
-                common.err_console.print(problem, markup=False, highlight=False)
+            sys.stderr.write("".join(f"{problem}\n" for problem in exc.problems))
         else:
-            common.err_console.print(f"crmbridge: error: {exc}", markup=False, highlight=False)
+            sys.stderr.write(f"crmbridge: error: {exc}\n")
         sys.exit(2 if isinstance(exc, (ConfigError, MappingError)) else 1)
     except KeyboardInterrupt:
-        common.err_console.print("crmbridge: interrupted; a sync resumes from its last commit next time")
+        sys.stderr.write("crmbridge: interrupted; a sync resumes from its last commit next time\n")
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

@@ -85,6 +85,11 @@ class Task:
     created: datetime | None
     deadline: datetime | None = None
     closed: datetime | None = None
+    title_key: str = field(default="", compare=False, repr=False)  # the title as stage tasks are matched
+
+    def __post_init__(self) -> None:
+        if not self.title_key:
+            object.__setattr__(self, "title_key", " ".join(self.title.split()).casefold())
 
     @property
     def completed(self) -> bool:
@@ -113,6 +118,14 @@ class FieldValue:
     @property
     def empty(self) -> bool:
         return self.value is None and self.problem is None
+
+    @property
+    def ok(self) -> bool:
+        """Filled with a valid value (a number > 0): what R2 wants of most fields."""
+        value = self.value
+        if value is None or self.problem is not None:
+            return False
+        return not (type(value) is Decimal and value <= 0)
 
 
 EMPTY = FieldValue(None)
@@ -167,7 +180,7 @@ class Violation:
     deal: str  # deal id
     severity: Mode  # the rule's mode for the deal's direction
     clause: str  # the regulation's text of the rule
-    message: str  # what the manager reads, from the regulation file
+    template: str  # the message template from the regulation file
     since: datetime  # when the deal started breaking the rule
     direction: str | None
     stage: str | None  # regulated stage the violation belongs to
@@ -175,6 +188,17 @@ class Violation:
     missing: tuple[str, ...] = ()  # regulated items missing or wrong (field ids, "task:<title>", ...)
     manager: str | None = None
     details: Mapping[str, Any] = field(default_factory=dict)
+    values: Mapping[str, Any] = field(default_factory=dict)  # placeholders of the template
+
+    @property
+    def message(self) -> str:
+        """What the manager reads: the regulation's template filled in (rendered on demand, it is not free)."""
+        values = _Placeholders(self.values)
+        values.setdefault("since", self.since.strftime("%Y-%m-%d %H:%M"))
+        try:
+            return self.template.format_map(values)
+        except (ValueError, IndexError, AttributeError, KeyError):
+            return self.template
 
     @property
     def key(self) -> str:
@@ -191,6 +215,13 @@ class RuleExplanation:
     verdict: Verdict
     reason: str
     violations: tuple[Violation, ...] = ()
+
+
+class _Placeholders(dict):
+    """Unknown placeholders stay visible in a message instead of failing."""
+
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
 
 
 def as_date(moment: date | datetime) -> date:

@@ -51,10 +51,10 @@ def test_missing_webhook_url_names_the_setting(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "url",
     [
-        "http://example.bitrix24.ru/rest/1/abc123/",  # plain http to a real host
+        "http://example.bitrix24.ru/rest/1/zz9secret/",  # plain http to a real host
         "https://example.bitrix24.ru/",  # no /rest/<user>/<code>/
-        "example.bitrix24.ru/rest/1/abc123/",  # no scheme
-        "https://example.bitrix24.ru/rest/x/abc123/",  # user id must be a number
+        "example.bitrix24.ru/rest/1/zz9secret/",  # no scheme
+        "https://example.bitrix24.ru/rest/x/zz9secret/",  # user id must be a number
     ],
 )
 def test_malformed_or_plain_http_url_is_refused_before_any_request(tmp_path: Path, url: str) -> None:
@@ -62,7 +62,7 @@ def test_malformed_or_plain_http_url_is_refused_before_any_request(tmp_path: Pat
     assert result.returncode == 2
     line = one_line(result)
     assert "CRMBRIDGE_BITRIX24_WEBHOOK_URL" in line
-    assert "abc123" not in line  # the webhook code is a secret
+    assert "zz9secret" not in line  # the webhook code is a secret
     assert not (tmp_path / "cache.db").exists()
 
 

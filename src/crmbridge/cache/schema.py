@@ -137,6 +137,67 @@ MIGRATIONS: list[str] = [
     );
     """,
     # <-- further migrations (violations, actions, ...) go below, one string each.
+    # 2: compliance history (issue 3): one row per violation episode, opened and resolved as deals change.
+    """
+    CREATE TABLE violations (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        key TEXT NOT NULL,               -- rule:deal:stage entry; stable across runs (Violation.key)
+        deal_id INTEGER NOT NULL,        -- deals.id
+        rule TEXT NOT NULL,              -- R1..R11
+        direction TEXT,                  -- regulated direction, e.g. project_sales
+        stage TEXT,                      -- regulated stage the violation belongs to
+        entry TEXT,                      -- the stage entry (CRM stage @ time) it belongs to
+        severity TEXT,                   -- the rule's mode when last seen: audit, warn, enforce
+        manager_id INTEGER,              -- the deal's responsible manager (users.id)
+        opened TEXT NOT NULL,            -- when the deal started breaking the rule (ISO 8601, portal offset)
+        detected TEXT NOT NULL,          -- when crmbridge first found it (UTC)
+        checked TEXT NOT NULL,           -- the last evaluation that still found it (UTC)
+        resolved TEXT,                   -- the first evaluation that no longer found it (UTC); NULL = open
+        missing TEXT,                    -- JSON list of missing / wrong regulated items
+        message TEXT,                    -- what the manager reads
+        details TEXT                     -- JSON: the rule's specifics
+    );
+    CREATE UNIQUE INDEX violations_open_key ON violations(key) WHERE resolved IS NULL;
+    CREATE INDEX violations_deal ON violations(deal_id, rule);
+    CREATE INDEX violations_open_rule ON violations(rule, manager_id) WHERE resolved IS NULL;
+    """,
+    # 3: enforcement (issue 4): the audit log / outbox of every write to the CRM, and the round-robin pointers.
+    """
+    CREATE TABLE actions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        idempotency_key TEXT NOT NULL UNIQUE,  -- what the action fixes (rule, deal, stage entry): written once
+        marker TEXT NOT NULL,            -- [crmbridge:<hash>] put into created tasks / comments, found on reconcile
+        run_id TEXT,                     -- the enforce run that last touched the row
+        planned TEXT NOT NULL,           -- when first planned (UTC)
+        updated TEXT NOT NULL,           -- last status change (UTC)
+        rule TEXT NOT NULL,              -- R1..R11; a revert fixing several rules lists them: R1,R2
+        deal_id INTEGER NOT NULL,        -- deals.id
+        kind TEXT NOT NULL,              -- create_task, revert_stage, set_field, reassign, comment, notify
+        method TEXT NOT NULL,            -- the REST method, e.g. tasks.task.add
+        payload TEXT NOT NULL,           -- JSON: the method's parameters as sent
+        summary TEXT,                    -- one line: what the action does
+        reason TEXT,                     -- the violation's message (why)
+        clause TEXT,                     -- the regulation's clause
+        violation_keys TEXT,             -- JSON list of violations.key it fixes
+        recipient_id INTEGER,            -- the user a task / notification goes to
+        status TEXT NOT NULL,            -- intent (recorded before the write; unknown outcome if found later),
+                                         -- done, failed, cancelled (no longer needed when its outcome was unknown)
+        attempts INTEGER NOT NULL DEFAULT 0,  -- writes tried
+        result TEXT,                     -- JSON: the CRM's answer, or how reconciliation found it
+        crm_ids TEXT,                    -- JSON list of ids created in the CRM (task, comment, notification)
+        error TEXT,                      -- the last error: code and description
+        sent TEXT,                       -- when the write was last sent (UTC)
+        done TEXT                        -- when the result was recorded (UTC)
+    );
+    CREATE INDEX actions_deal ON actions(deal_id, done);
+    CREATE INDEX actions_status ON actions(status);
+    CREATE INDEX actions_done ON actions(done);
+
+    CREATE TABLE enforce_state (
+        name TEXT PRIMARY KEY,           -- e.g. rotation:b2b (next member index of a team's round robin, R7)
+        value TEXT
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -25,6 +25,7 @@ from crmbridge.mapping.schema import (
 from crmbridge.mapping.yamlpos import LocatedDocument, Path, Problem, read_yaml
 
 REGULATION_FILE = "regulation.yaml"
+TODO = "todo"  # what `crmbridge discover` writes where the admin must decide
 BINDING_FILE = "bitrix24.yaml"
 
 
@@ -160,19 +161,19 @@ def _translate(doc: LocatedDocument, root: type[BaseModel], error: dict[str, Any
                         f'"{value}" is not a valid id', "use lower-case latin letters, digits and _, e.g. client_interest",
                         key=True)
         return
-    if kind == "literal_error":
+    if kind in ("literal_error", "enum"):
         expected = error.get("ctx", {}).get("expected", "")
         options = [part.strip(" '") for part in expected.replace(" or ", ",").split(",") if part.strip(" '")]
         doc.problem(loc, f'"{name}" is {_show(value)}, which is not allowed', did_you_mean(value, options))
         return
     if kind == "string_pattern_mismatch":
-        if name in ("crm_field",):
-            fix = "write the CRM field name in capitals, e.g. UF_CRM_1700000101"
-        elif name in ("working_hours",):
-            fix = "write start-end in 24h time, e.g. 09:00-18:00"
+        if name == "crm_field":
+            what, fix = "not a CRM field name", "write the CRM field name in capitals, e.g. UF_CRM_1700000101"
+        elif name == "working_hours":
+            what, fix = "not a working day", "write start-end in 24h time, e.g. 09:00-18:00"
         else:
-            fix = "an id uses lower-case latin letters, digits and _, e.g. client_interest"
-        doc.problem(loc, f'"{name}" is {_show(value)}, which is not a valid id', fix)
+            what, fix = "not a valid id", "an id uses lower-case latin letters, digits and _, e.g. client_interest"
+        doc.problem(loc, f'"{name}" is {_show(value)}, {what}', fix)
         return
     if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
         fix = "use a percentage from 0 to 100" if name == "probability" else "change the value"
@@ -332,10 +333,11 @@ def _lint_rule(doc: LocatedDocument, path: Path, rule_id: str, params: dict[str,
                stage_ids: set[str], *, direction_only: bool) -> None:
     scope = "this direction" if direction_only else "any direction"
     for param in _RULE_STAGE_PARAMS.get(rule_id, ()):
+        allowed = stage_ids | {WON} if rule_id == "R8" else stage_ids
         for index, stage_id in enumerate(_list(params.get(param))):
-            if isinstance(stage_id, str) and stage_id not in stage_ids:
+            if isinstance(stage_id, str) and stage_id not in allowed:
                 doc.problem(path + (param, index), f'{rule_id}.{param}: no stage "{stage_id}" in {scope}',
-                            did_you_mean(stage_id, stage_ids))
+                            did_you_mean(stage_id, allowed))
     if params.get("mode") != "off":
         for param, kinds in _RULE_FIELD_PARAMS.get(rule_id, {}).items():
             field_id = params.get(param)
@@ -393,7 +395,10 @@ def _lint_binding(doc: LocatedDocument, regulation: RegulationSpec | None) -> No
         if not isinstance(direction_id, str):
             continue
         direction = directions.get(direction_id)
-        if direction is None and direction_id != IGNORE:
+        if direction_id == TODO:
+            doc.problem(base + ("direction",), f"pipeline {category}: the direction is still todo",
+                        "choose one of: " + ", ".join([*directions, IGNORE]))
+        elif direction is None and direction_id != IGNORE:
             doc.problem(base + ("direction",), f'unknown direction "{direction_id}"',
                         did_you_mean(direction_id, list(directions) + [IGNORE]))
         allowed = set(direction.stage_ids) | {WON, LOST, IGNORE} if direction is not None else {IGNORE, WON, LOST}
@@ -408,7 +413,10 @@ def _lint_binding(doc: LocatedDocument, regulation: RegulationSpec | None) -> No
                 doc.problem(where, f'CRM stage "{crm_stage}" is mapped twice (also in pipeline {owner_of_stage[crm_stage]})',
                             "map every CRM stage once", key=True)
             owner_of_stage.setdefault(crm_stage, str(category))
-            if isinstance(target, str) and direction is not None and target not in allowed:
+            if target == TODO:
+                doc.problem(where, f'CRM stage "{crm_stage}" is still todo',
+                            "map it to one of: " + ", ".join(sorted(allowed)))
+            elif isinstance(target, str) and direction is not None and target not in allowed:
                 doc.problem(where, f'"{target}" is not a stage of direction "{direction_id}"',
                             did_you_mean(target, allowed))
             if isinstance(target, str):
@@ -427,13 +435,20 @@ def _lint_binding(doc: LocatedDocument, regulation: RegulationSpec | None) -> No
             doc.problem(where, f'unknown regulated field "{field_id}"', did_you_mean(field_id, fields), key=True)
             continue
         spec = fields[field_id]
+        crm_field = binding if isinstance(binding, str) else _dict(binding).get("crm_field")
+        if isinstance(crm_field, str) and crm_field.upper().startswith("TODO"):
+            doc.problem(where, f'the CRM field of "{field_id}" is still todo',
+                        "write its UF_CRM_… name (see `crmbridge discover` comments)", key=True)
         options = _dict(_dict(binding).get("options"))
         if options and spec.type != "enum":
             doc.problem(where + ("options",), f'"{field_id}" is {spec.type}, only enum fields have options',
                         "remove `options`", key=True)
             continue
         for crm_option, option in options.items():
-            if isinstance(option, str) and option not in spec.options:
+            if option == TODO:
+                doc.problem(where + ("options", crm_option), f'CRM option {crm_option} of "{field_id}" is still todo',
+                            "map it to one of: " + ", ".join(spec.options))
+            elif isinstance(option, str) and option not in spec.options:
                 doc.problem(where + ("options", crm_option), f'"{option}" is not an option of "{field_id}"',
                             did_you_mean(option, spec.options))
         if spec.type == "enum":
@@ -478,7 +493,7 @@ def _needed_fields(regulation: RegulationSpec) -> set[str]:
 def parse_regulation(text: str, file: str = REGULATION_FILE) -> tuple[RegulationSpec | None, list[Problem]]:
     """Parse and lint regulation text; returns the model (None if invalid) and every problem found."""
     doc = read_yaml(text, file)
-    model = _validate(doc, RegulationSpec) if not doc.problems or doc.data is not None else None
+    model = _validate(doc, RegulationSpec)
     if doc.data is not None:
         _lint_regulation(doc)
     problems = sorted(set(doc.problems))
@@ -488,7 +503,7 @@ def parse_regulation(text: str, file: str = REGULATION_FILE) -> tuple[Regulation
 def parse_binding(text: str, regulation: RegulationSpec | None, file: str = BINDING_FILE) -> tuple[BindingSpec | None, list[Problem]]:
     """Parse and lint binding text against a (valid) regulation."""
     doc = read_yaml(text, file)
-    model = _validate(doc, BindingSpec) if doc.data is not None else None
+    model = _validate(doc, BindingSpec)
     if doc.data is not None:
         _lint_binding(doc, regulation)
     problems = sorted(set(doc.problems))

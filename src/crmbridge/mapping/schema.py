@@ -53,7 +53,7 @@ def format_duration(span: timedelta) -> str:
 
 
 def _show(value: Any) -> str:
-    return repr(value) if isinstance(value, str) else str(value)
+    return f'"{value}"' if isinstance(value, str) else str(value)
 
 
 Duration = Annotated[
@@ -122,6 +122,11 @@ class RequirementSpec(Strict):
     equals: Id | None = Field(None, description="For enum fields: the option the field must hold (e.g. yes).")
     future: bool = Field(False, description="For dates: the date must not be in the past.")
 
+    @cached_property
+    def plain(self) -> bool:
+        """Only "filled and valid" is asked, no extra condition."""
+        return self.equals is None and not self.future
+
 
 Requirement = Annotated[RequirementSpec, BeforeValidator(_requirement)]
 
@@ -187,6 +192,8 @@ class R3StageTask(RuleSpec):
     """R3: the stage's formal task exists (and is completed before leaving, where required)."""
 
     create_within: Duration = Field(timedelta(minutes=15), description="Grace after entering a stage before the task must exist.")
+    match: Literal["exact", "contains", "any"] = Field(
+        "exact", description="How a CRM task is recognised as the stage task: same title, title contains it, or any task.")
 
 
 class R4Probability(RuleSpec):
@@ -224,7 +231,7 @@ class R7ResponseTime(RuleSpec):
 class R8Payment(RuleSpec):
     """R8: once the client agreed, the deal reaches payment within the limit."""
 
-    from_stages: list[Id] = Field(default_factory=list, description="Stages meaning the client agreed to buy.")
+    from_stages: list[Id] = Field(default_factory=list, description="Stages meaning the client agreed to buy (`won` allowed).")
     within: Duration = timedelta(hours=72)
     paid_field: Id = "payment_date"
     working_hours: bool = False
@@ -261,7 +268,7 @@ class R10Segments(RuleSpec):
 class R11Stale(RuleSpec):
     """R11: no deal sits without activity on its stage longer than allowed."""
 
-    stale_after: Duration = timedelta(days=14)
+    stale_after: Duration = timedelta(days=45)
     working_hours: bool = False
 
 
@@ -333,6 +340,29 @@ class CalendarSpec(Strict):
         return text
 
 
+class WordingSpec(Strict):
+    """Words crmbridge puts into messages, in the admin's language (the rules' own texts are in `rules:`)."""
+
+    empty: str = "empty"
+    not_positive: str = "must be greater than 0"
+    zero: str = "is 0, must be greater than 0"
+    wrong_option: str = "must be «{expected}»"
+    in_past: str = "is in the past"
+    not_a_date: str = "is not a valid value"
+    no_phone: str = "phone"
+    no_email: str = "e-mail"
+    no_client: str = "no contact or company"
+    task_missing: str = "task «{task}» is not set"
+    task_not_completed: str = "task «{task}» was not completed before leaving «{stage}»"
+    next_contact_off: str = "the next-contact date is not {months} months after the refusal"
+    follow_up_missing: str = "no follow-up task on {date}"
+    contacted_late: str = "contacted {waited} after creation"
+    segment_wrong: str = "segment should be «{expected}»"
+    touch_overdue: str = "no touch for {days} days"
+    won_not_from_last: str = "Won may only be reached from «{stage}»"
+    not_set: str = "not set"
+
+
 class RegulationSpec(Strict):
     """The company's sales regulation, CRM-neutral: no pipeline, stage, field or user ids of any CRM."""
 
@@ -344,6 +374,7 @@ class RegulationSpec(Strict):
     fields: dict[Id, FieldSpec] = Field(default_factory=dict)
     directions: dict[Id, DirectionSpec] = Field(min_length=1)
     rules: RulesSpec = Field(default_factory=RulesSpec)
+    wording: WordingSpec = Field(default_factory=WordingSpec, description="Words used inside messages, in the admin's language.")
 
     def rules_for(self, direction: str) -> RulesSpec:
         """The rules with the direction's overrides applied."""

@@ -27,8 +27,15 @@ class Problem:
     fix: str = ""
 
     def __str__(self) -> str:
-        fix = f" — {self.fix}" if self.fix else ""
-        return f"{self.file}:{self.line}:{self.column}: {self.what}{fix}"
+        fix = f" — {_one_line(self.fix)}" if self.fix else ""
+        return f"{self.file}:{self.line}:{self.column}: {_one_line(self.what)}{fix}"
+
+
+def _one_line(text: str) -> str:
+    """Control characters and line breaks from the file are shown escaped: a problem is one line."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 @dataclass

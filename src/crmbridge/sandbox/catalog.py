@@ -175,15 +175,16 @@ UF_LOSS_REASON, UF_NEXT_CONTACT, UF_SEGMENT, UF_PAID_DATE, UF_PAY_DUE, UF_FIRST_
 LOSS_NO_INTEREST_NOW = "123"  # "Нет интереса сейчас": requires a next-contact date
 PAY_DEFERRED = "113"
 
-#: The regulation the seeded data is built against (what a clean deal has filled once it reached
-#: the stage). The planted violations (`PortalState.planted`) break exactly these rules.
+#: What a clean deal has filled once it has entered a stage, following mappings/regulation.yaml
+#: (pipeline 0 "requires_to_leave" the previous stage, pipelines 1-3 "requires_to_enter").
+#: The planted violations (`PortalState.planted`) break exactly these rules.
 REQUIRED_BY_STAGE: dict[str, tuple[str, ...]] = {
     "NEW": (UF_SEGMENT,),
-    "PREPARATION": (UF_INTEREST, UF_BUDGET, UF_LPR),
-    "PREPAYMENT_INVOICE": (UF_NEEDS, UF_FIRST_MEETING),
-    "EXECUTING": (UF_PRESENTATION, UF_TZ_URL),
-    "FINAL_INVOICE": (UF_KP_DATE, UF_KP_SUM, UF_CONTRACT_NO, UF_CONTRACT_SUM, UF_PAY_TERMS, UF_PAY_DUE),
-    "WON": (UF_SIGN_DATE, UF_PAID_DATE),
+    "PREPARATION": (UF_INTEREST, UF_BUDGET, UF_NEEDS, UF_LPR, UF_FIRST_MEETING),
+    "PREPAYMENT_INVOICE": (UF_PRESENTATION,),
+    "EXECUTING": (UF_TZ_URL,),
+    "FINAL_INVOICE": (UF_KP_DATE, UF_KP_SUM),
+    "WON": (UF_CONTRACT_NO, UF_CONTRACT_SUM, UF_SIGN_DATE, UF_PAY_TERMS, UF_PAID_DATE),
     "LOSE": (UF_LOSS_REASON,),
     "APOLOGY": (UF_LOSS_REASON,),
     "C1:NEW": (UF_SEGMENT,),
@@ -203,7 +204,39 @@ REQUIRED_BY_STAGE: dict[str, tuple[str, ...]] = {
 }
 
 #: stages where an invoice is out and UF_CRM_1700000118 (receivable due date) is watched
-INVOICE_STAGES = frozenset({"FINAL_INVOICE", "C1:FINAL_INVOICE", "C2:FINAL_INVOICE", "C3:EXECUTING"})
+INVOICE_STAGES = frozenset({"C1:FINAL_INVOICE", "C2:FINAL_INVOICE", "C3:EXECUTING"})
+
+#: the regulation's stage tasks (R3 matches titles exactly), one per stage that has one
+STAGE_TASK_TITLES: dict[str, str] = {
+    "NEW": "Оценить клиента и назначить первую встречу",
+    "PREPARATION": "Подготовить и провести презентацию",
+    "PREPAYMENT_INVOICE": "Провести диагностику и согласовать техническое задание",
+    "EXECUTING": "Подготовить и направить коммерческое предложение",
+    "FINAL_INVOICE": "Подписать договор",
+    "WON": "Контроль выполнения срока оказания услуги/отгрузки товара",
+    "C1:NEW": "Подготовить и провести презентацию",
+    "C1:PREPARATION": "Подготовить и направить коммерческое предложение",
+    "C1:EXECUTING": "Получить обратную связь",
+    "C1:FINAL_INVOICE": "Подготовить и направить договор",
+    "C2:NEW": "Подготовить и направить индивидуальное коммерческое предложение",
+    "C2:FINAL_INVOICE": "Подготовить и направить договор",
+    "C3:NEW": "Связаться с клиентом и выставить счёт",
+    "C3:EXECUTING": "Получить оплату",
+}
+FOLLOW_UP_TITLE = "Связаться с отложенным клиентом"
+
+#: from which stage on (and for won deals) the client's cards must carry a phone and an e-mail (R6)
+CONTACT_DATA_FROM: dict[int, str] = {0: "PREPARATION", 1: "C1:PREPARATION", 2: "C2:NEW", 3: "C3:EXECUTING"}
+
+#: pipelines where the first-contact timer (R7, 1 h of working time) applies; regular clients are exempt
+FIRST_CONTACT_CATEGORIES = frozenset({0, 1, 3})
+
+#: the company's business calendar (mappings/regulation.yaml): Mon-Fri 09:00-18:00 MSK minus holidays
+WORK_START_HOUR, WORK_END_HOUR = 9, 18
+HOLIDAYS: frozenset[str] = frozenset({
+    "2026-01-01", "2026-01-02", "2026-01-07", "2026-02-23", "2026-03-09", "2026-05-01", "2026-05-11",
+    "2026-06-12", "2026-11-04",
+})
 
 SOURCES: tuple[tuple[str, str], ...] = (
     ("CALL", "Звонок"), ("EMAIL", "Электронная почта"), ("WEB", "Веб-сайт"), ("ADVERTISING", "Реклама"),

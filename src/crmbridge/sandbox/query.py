@@ -68,6 +68,16 @@ class Table:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def __getitem__(self, row_id: int) -> Row:
+        return self.rows[int(row_id)]
+
+    def __contains__(self, row_id: object) -> bool:
+        return isinstance(row_id, (int, str)) and str(row_id).isdigit() and int(row_id) in self.rows
+
+    def values(self) -> list[Row]:
+        """Rows in id order (a snapshot list: safe while the server writes)."""
+        return [self.rows[i] for i in list(self.ids)]
+
 
 @dataclass
 class QueryResult:

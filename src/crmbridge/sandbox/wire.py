@@ -68,25 +68,41 @@ def php_map(mapping: dict[str, Any]) -> Any:
     return mapping
 
 
+_OFFSET_SECONDS = 3 * 3600
+_DAY_NAMES: dict[int, str] = {}
+
+
+def _day(day_number: int) -> str:
+    # seeding formats ~10 datetimes per deal; caching the calendar part per day makes that cheap
+    name = _DAY_NAMES.get(day_number)
+    if name is None:
+        name = datetime.fromtimestamp(day_number * 86400, timezone.utc).strftime("%Y-%m-%d")
+        _DAY_NAMES[day_number] = name
+    return name
+
+
 def fmt_dt(ts: float | None) -> str | None:
     """A unix timestamp as Bitrix24 sends a datetime: `YYYY-MM-DDThh:mm:ss+03:00` (portal zone)."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, PORTAL_TZ).isoformat(timespec="seconds")
+    day_number, seconds = divmod(int(ts) + _OFFSET_SECONDS, 86400)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{_day(day_number)}T{hours:02d}:{minutes:02d}:{secs:02d}{PORTAL_OFFSET}"
 
 
 def fmt_date(ts: float | None) -> str:
     """A unix timestamp as a `date` user field value: `YYYY-MM-DD` in the portal zone (empty string when unset)."""
     if ts is None:
         return ""
-    return datetime.fromtimestamp(ts, PORTAL_TZ).strftime("%Y-%m-%d")
+    return _day((int(ts) + _OFFSET_SECONDS) // 86400)
 
 
 def fmt_day_dt(ts: float | None) -> str:
     """A standard `date` field (BEGINDATE, CLOSEDATE) as legacy CRM methods send it: midnight with offset."""
     if ts is None:
         return ""
-    return datetime.fromtimestamp(ts, PORTAL_TZ).strftime("%Y-%m-%dT00:00:00") + PORTAL_OFFSET
+    return f"{fmt_date(ts)}T00:00:00{PORTAL_OFFSET}"
 
 
 _DT_FORMATS = (

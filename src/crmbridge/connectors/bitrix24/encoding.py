@@ -1,4 +1,4 @@
-"""PHP-style query encoding of batch commands (`method?filter[%3EID]=5&select[0]=ID`), `$result[...]` references kept literal."""
+"""PHP-style encoding of batch commands (`method?filter[%3EID]=5&select[0]=ID`); `$result[...]` stays literal."""
 
 from __future__ import annotations
 

@@ -31,6 +31,7 @@ __all__ = [
     "infer_scope",
     "parse_batch",
     "parse_call",
+    "reported_reset_at",
 ]
 
 #: when a 429 names no reset time, assume the oldest one-minute basket of the window expires within a minute
@@ -104,7 +105,7 @@ def infer_scope(method: str) -> str | None:
 
 
 def _one_line(text: str) -> str:
-    """A description fit for a one-line message: tags (`<br>`) and entities gone, whitespace collapsed, secrets hidden."""
+    """A description fit for a one-line message: no tags (`<br>`) or entities, one line, secrets hidden."""
     text = html.unescape(re.sub(r"<[^>]*>", " ", text))
     text = " ".join(text.split())
     if len(text) > _MAX_DESCRIPTION:
@@ -120,18 +121,21 @@ def _number(value: Any) -> float | None:
     return number if number > 0 else None
 
 
-def _reset_at(body: Any, now: float) -> float:
-    """`operating_reset_at` from a 429 body (`time.operating_reset_at`, or top level), else now + 60 s."""
+def reported_reset_at(body: Any) -> float | None:
+    """`operating_reset_at` as an error body reports it (`time.operating_reset_at`, or top level), if it does."""
     if isinstance(body, Mapping):
         time_block = body.get("time")
         if isinstance(time_block, Mapping):
             found = _number(time_block.get("operating_reset_at"))
             if found is not None:
                 return found
-        found = _number(body.get("operating_reset_at"))
-        if found is not None:
-            return found
-    return now + DEFAULT_OPERATING_WAIT
+        return _number(body.get("operating_reset_at"))
+    return None
+
+
+def _reset_at(body: Any, now: float) -> float:
+    found = reported_reset_at(body)
+    return found if found is not None else now + DEFAULT_OPERATING_WAIT
 
 
 def _message(method: str, status: int | None, code: str, description: str, batch_key: str | None) -> str:
@@ -170,7 +174,7 @@ def classify_error(
         return RateLimited(message, **common)
     if code == "OPERATION_TIME_LIMIT":
         reset_at = _reset_at(body, now)
-        when = _dt.datetime.fromtimestamp(reset_at, tz=_dt.timezone.utc).strftime("%H:%M:%S UTC")
+        when = _dt.datetime.fromtimestamp(reset_at, tz=_dt.UTC).strftime("%H:%M:%S UTC")
         return OperatingTimeExceeded(
             message,
             reset_at=reset_at,
@@ -245,6 +249,15 @@ def _int_or_none(value: Any) -> int | None:
 
 def parse_call(method: str, status: int, content: bytes, content_type: str, *, now: float) -> CallResult:
     """Parse one HTTP answer into a CallResult or raise the classified CrmError."""
+    if 300 <= status < 400:
+        # Redirects are not followed (see RequestsTransport); retrying would get the same redirect.
+        raise CrmRejected(
+            f"{method}: HTTP {status}: the portal redirects this request",
+            method=method,
+            status=status,
+            description="redirect",
+            hint=f"check {WEBHOOK_SETTING}: the portal may have moved to another address",
+        )
     body = decode_body(method, status, content, content_type, now=now)
     if not isinstance(body, Mapping):
         raise TransientCrmError(
@@ -265,7 +278,12 @@ def parse_call(method: str, status: int, content: bytes, content_type: str, *, n
     if status >= 300 or "result" not in body:
         # An answer without an error code and without a result: judge it by the status alone.
         raise classify_error(
-            method, status=status, code="", description="the answer has neither result nor error", now=now, body=dict(body)
+            method,
+            status=status,
+            code="",
+            description="the answer has neither result nor error",
+            now=now,
+            body=dict(body),
         )
     time_block = body.get("time")
     return CallResult(
@@ -325,7 +343,11 @@ def parse_batch(outer: Any, methods: Mapping[str, str], *, halt: bool, now: floa
         elif key in results:
             batch.results[key] = results[key]
         else:
-            why = "not run: the batch halted at an earlier error" if halt else "the portal returned neither result nor error"
+            why = (
+                "not run: the batch halted at an earlier error"
+                if halt
+                else "the portal returned neither result nor error"
+            )
             batch.errors[key] = BatchCommandError(
                 f"{method} [batch {key}]: {why}", command=key, method=method, description=why
             )

@@ -120,9 +120,18 @@ class Limiter:
         self._operating[method] = OperatingState(operating=operating, reset_at=reset_at)
 
     def block(self, methods: Iterable[str], reset_at: float | None) -> None:
-        """The portal said 429 OPERATION_TIME_LIMIT: hold these methods until `reset_at` (wall clock)."""
-        until = reset_at if reset_at is not None else self._wall() + _DEFAULT_RESET_DELAY
+        """The portal said 429 OPERATION_TIME_LIMIT: hold these methods until `reset_at` (wall clock).
+
+        Without a reset time in the error, the method's last reported `operating_reset_at` is used
+        if still ahead (a batch's earlier commands report it just before a later one is refused),
+        else a minute.
+        """
+        now = self._wall()
         for method in methods:
+            until = reset_at
+            if until is None:
+                known = self._operating.get(method)
+                until = known.reset_at if known is not None and known.reset_at > now else now + _DEFAULT_RESET_DELAY
             self._operating[method] = OperatingState(operating=self.operating_limit, reset_at=until)
 
     def operating_seconds(self) -> dict[str, float]:

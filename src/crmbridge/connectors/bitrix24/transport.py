@@ -1,4 +1,4 @@
-"""The HTTP seam of the Bitrix24 client: Transport protocol, requests-based default, webhook auth and secret redaction."""
+"""The HTTP seam of the Bitrix24 client: Transport protocol, requests default, webhook auth, secret redaction."""
 
 from __future__ import annotations
 
@@ -71,6 +71,7 @@ def _shown(url: str) -> str:
     try:
         parts = urlsplit(url.strip())
         segments = parts.path.split("/")
+        port = parts.port
     except ValueError:
         return "<unparseable URL>"
     shown: list[str] = []
@@ -78,8 +79,8 @@ def _shown(url: str) -> str:
         keep = index <= 1 or (index == 2 and segment.isdigit())
         shown.append(segment if keep or not segment else "***")
     netloc = parts.hostname or ""
-    if parts.port is not None:
-        netloc = f"{netloc}:{parts.port}"
+    if port is not None:
+        netloc = f"{netloc}:{port}"
     return urlunsplit((parts.scheme, netloc, "/".join(shown), "", ""))
 
 
@@ -179,6 +180,27 @@ class RawResponse:
         return ""
 
 
+_ERRNO_RE = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")
+
+
+def _host(url: str) -> str:
+    parts = urlsplit(url)
+    return parts.netloc or "the portal"
+
+
+def _reason(exc: BaseException) -> str:
+    """The short cause inside requests' nested text ('Connection refused'), never the URL."""
+    text = str(exc)
+    match = _ERRNO_RE.search(text)
+    if match:
+        return match.group(1).strip().lower()
+    if "Read timed out" in text:
+        return "no answer within the read timeout"
+    if "RemoteDisconnected" in text or "Connection aborted" in text:
+        return "the connection was closed without an answer"
+    return type(exc).__name__
+
+
 class TransportError(OSError):
     """No HTTP answer at all (DNS, refused, reset, timeout). The message is already redacted."""
 
@@ -201,18 +223,16 @@ class RequestsTransport:
     def __init__(self, session: requests.Session | None = None) -> None:
         self._session = session if session is not None else requests.Session()
 
-    def post(
-        self, url: str, *, body: bytes, headers: Mapping[str, str], timeout: tuple[float, float]
-    ) -> RawResponse:
+    def post(self, url: str, *, body: bytes, headers: Mapping[str, str], timeout: tuple[float, float]) -> RawResponse:
         try:
             # Redirects are not followed: requests would turn a redirected POST into a GET and drop
             # the body, and a redirect could send the secret URL to another host.
             response = self._session.post(url, data=body, headers=dict(headers), timeout=timeout, allow_redirects=False)
         except requests.Timeout as exc:
-            raise TransportError(f"timed out ({type(exc).__name__}): {redact(str(exc))}", timeout=True) from None
+            raise TransportError(f"{_host(url)} timed out ({_reason(exc)})", timeout=True) from None
         except requests.RequestException as exc:
             # `from None`: the original exception's text contains the webhook URL.
-            raise TransportError(f"no answer ({type(exc).__name__}): {redact(str(exc))}") from None
+            raise TransportError(f"could not reach {_host(url)} ({_reason(exc)})") from None
         return RawResponse(status=response.status_code, content=response.content, headers=dict(response.headers))
 
     def close(self) -> None:

@@ -1,0 +1,250 @@
+"""`crmbridge schema | check | discover | audit`: the regulation files and the compliance of cached deals."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import typer
+from rich.table import Table
+
+from crmbridge.cache.store import Cache
+from crmbridge.commands import common
+from crmbridge.errors import CrmBridgeError, MappingError
+from crmbridge.mapping.binding import DealMapper
+from crmbridge.mapping.cached import load_deals, record_violations
+from crmbridge.mapping.discover import draft_binding
+from crmbridge.mapping.load import BINDING_FILE, Mappings, load_mappings, load_regulation
+from crmbridge.mapping.portal import PortalSnapshot, lint_live
+from crmbridge.mapping.schema import json_schemas
+from crmbridge.model import Deal, Violation
+from crmbridge.regulation.evaluate import RULES, Evaluator, impact
+
+
+@dataclass
+class AuditRun:
+    """One evaluation of the cached deals."""
+
+    deals: list[Deal]
+    violations: list[Violation]
+    evaluator: Evaluator
+    opened: int = 0
+    resolved: int = 0
+
+
+def evaluate_cache(cache: Cache, mappings: Mappings, now: datetime, *, record: bool = True,
+                   deal_ids: Sequence[int | str] | None = None) -> AuditRun:
+    """Map and evaluate cached deals; with `record`, open / resolve rows of the `violations` table."""
+    mapper = DealMapper(mappings.regulation, mappings.binding)
+    deals = load_deals(cache, mapper, deal_ids=deal_ids)
+    # R10 needs each client's last purchase across all deals, not only the ones asked for
+    everyone = deals if deal_ids is None else load_deals(cache, mapper)
+    evaluator = Evaluator.of(mappings.regulation, now, deals_for_purchases=everyone)
+    found = [violation for deal in deals for violation in evaluator.violations(deal)]
+    run = AuditRun(deals, found, evaluator)
+    if record:
+        scope = None if deal_ids is None else {str(deal_id) for deal_id in deal_ids}
+        changes = record_violations(cache, found, now.astimezone(timezone.utc).isoformat(), scope)
+        run.opened, run.resolved = len(changes.opened), len(changes.resolved)
+    return run
+
+
+def _mappings(directory: Path | None) -> Mappings:
+    return load_mappings(directory or common.settings().mappings_dir)
+
+
+def _snapshot(cache_only: bool) -> tuple[PortalSnapshot, str]:
+    """The portal's structure from the cache when it has it, else from the API."""
+    settings = common.settings()
+    cache = common.cache_from(settings)
+    try:
+        snapshot = PortalSnapshot.from_cache(cache)
+    finally:
+        cache.close()
+    if not snapshot.empty:
+        return snapshot, f"cache {settings.cache_path}"
+    if cache_only:
+        raise CrmBridgeError(f"the cache {settings.cache_path} has no pipelines yet",
+                             hint="run `crmbridge sync` first, or drop --cache-only to ask the portal")
+    from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
+
+    reader = Bitrix24Reader(common.client_from(settings))
+    return PortalSnapshot.from_reference(reader.reference_data()), "the portal's API"
+
+
+def _user_names(cache: Cache) -> dict[str, str]:
+    return {str(row["id"]): " ".join(part for part in (row["name"], row["last_name"]) if part)
+            for row in cache.query("SELECT id, name, last_name FROM users")}
+
+
+def violation_json(violation: Violation) -> dict[str, Any]:
+    return {
+        "rule": violation.rule, "deal": violation.deal, "severity": violation.severity.value,
+        "direction": violation.direction, "stage": violation.stage, "since": violation.since.isoformat(),
+        "entry": violation.entry.key if violation.entry else None, "missing": list(violation.missing),
+        "manager": violation.manager, "message": violation.message, "clause": violation.clause,
+        "key": violation.key, "details": dict(violation.details),
+    }
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def schema(
+        out: Path = typer.Option(None, "--out", help="Directory for the JSON Schema files (default: the mappings dir)."),
+    ) -> None:
+        """Write the JSON Schema of regulation.yaml and bitrix24.yaml for editors (yaml-language-server)."""
+        directory = out or common.settings().mappings_dir
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, document in json_schemas().items():
+            (directory / name).write_text(json.dumps(document, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+            common.console.print(f"wrote {directory / name}")
+
+    @app.command()
+    def check(
+        live: bool = typer.Option(False, "--live", help="Also resolve every id against the portal (cache, else API)."),
+        impact_: bool = typer.Option(False, "--impact", help="Show how many cached deals each rule would flag."),
+        mappings_dir: Path = typer.Option(None, "--mappings", help="Directory with regulation.yaml and bitrix24.yaml."),
+        as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    ) -> None:
+        """Validate the regulation and binding files; every problem as file:line:col: what — fix."""
+        mappings = _mappings(mappings_dir)
+        report: dict[str, Any] = {"ok": True, "files": [mappings.regulation_path, mappings.binding_path]}
+        if live:
+            snapshot, source = _snapshot(cache_only=False)
+            text = Path(mappings.binding_path).read_text(encoding="utf-8")
+            problems = lint_live(mappings, snapshot, text)
+            if problems:
+                raise MappingError([str(problem) for problem in problems])
+            report["live"] = source
+        if impact_:
+            settings = common.settings()
+            cache = common.cache_from(settings)
+            try:
+                deals = load_deals(cache, DealMapper(mappings.regulation, mappings.binding))
+            finally:
+                cache.close()
+            report["impact"] = impact(deals, mappings.regulation, datetime.now(timezone.utc))
+            report["deals"] = len(deals)
+        if as_json:
+            common.print_json(report)
+            return
+        common.console.print(f"[green]ok[/green]: {mappings.regulation_path} and {mappings.binding_path}"
+                             + (f" (checked against {report['live']})" if live else ""))
+        if impact_:
+            table = Table(title=f"Impact on {report['deals']:,} cached deals", title_justify="left")
+            for column in ("rule", "mode", "would flag", "flagged with current modes"):
+                table.add_column(column, justify="right" if "flag" in column else "left")
+            for rule, counts in report["impact"].items():
+                mode = getattr(mappings.regulation.rules, rule).mode.value
+                overrides = {d.rules.get(rule, {}).get("mode") for d in mappings.regulation.directions.values()} - {None}
+                shown = mode + (f" ({', '.join(sorted(overrides))} in some directions)" if overrides - {mode} else "")
+                table.add_row(rule, shown, f"{counts['would_flag']:,}", f"{counts['flagged_now']:,}")
+            common.console.print(table)
+
+    @app.command()
+    def discover(
+        out: Path = typer.Option(None, "--out", help="Where to write the draft (default: <mappings>/bitrix24.draft.yaml)."),
+        cache_only: bool = typer.Option(False, "--cache-only", help="Read the portal's structure only from the cache."),
+    ) -> None:
+        """Read the portal's pipelines, stages, fields and users and write a draft binding."""
+        settings = common.settings()
+        regulation = load_regulation(settings.mappings_dir / "regulation.yaml")
+        snapshot, source = _snapshot(cache_only)
+        target = out or settings.mappings_dir / BINDING_FILE.replace(".yaml", ".draft.yaml")
+        if target.exists() and target.name == BINDING_FILE:
+            raise CrmBridgeError(f"{target} exists; discover does not overwrite a binding",
+                                 hint="pass --out with another file name and merge by hand")
+        text = draft_binding(regulation, snapshot)
+        target.write_text(text, encoding="utf-8")
+        todo = text.count(": todo") + text.count("TODO_CRM_FIELD")
+        common.console.print(f"wrote {target} from {source}: {len(snapshot.pipelines)} pipelines, "
+                             f"{sum(len(stages) for stages in snapshot.stages.values())} stages, "
+                             f"{len(snapshot.fields)} fields; {todo} `todo` left for you")
+
+    @app.command()
+    def audit(
+        deal: int = typer.Option(None, "--deal", help="Explain one deal rule by rule."),
+        as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+        record: bool = typer.Option(True, "--record/--no-record", help="Open / resolve rows of the violations table."),
+        mappings_dir: Path = typer.Option(None, "--mappings", help="Directory with regulation.yaml and bitrix24.yaml."),
+    ) -> None:
+        """Evaluate cached deals: open violations by rule and by manager, or one deal explained."""
+        mappings = _mappings(mappings_dir)
+        settings = common.settings()
+        cache = common.cache_from(settings)
+        now = datetime.now(timezone.utc)
+        try:
+            if deal is not None:
+                _explain_deal(cache, mappings, now, deal, as_json)
+                return
+            run = evaluate_cache(cache, mappings, now, record=record)
+            names = _user_names(cache)
+        finally:
+            cache.close()
+        _print_audit(run, names, as_json)
+
+
+def _explain_deal(cache: Cache, mappings: Mappings, now: datetime, deal_id: int, as_json: bool) -> None:
+    mapper = DealMapper(mappings.regulation, mappings.binding)
+    deals = load_deals(cache, mapper, deal_ids=[deal_id])
+    if not deals:
+        raise CrmBridgeError(f"deal {deal_id} is not in the cache", hint="run `crmbridge sync`, or check the ID")
+    evaluator = Evaluator.of(mappings.regulation, now, deals_for_purchases=load_deals(cache, mapper))
+    the_deal = deals[0]
+    lines = evaluator.explain(the_deal)
+    if as_json:
+        common.print_json({"deal": the_deal.id, "title": the_deal.title, "direction": the_deal.direction,
+                           "stage": the_deal.stage, "crm_stage": the_deal.crm_stage,
+                           "rules": [{"rule": line.rule, "verdict": line.verdict.value, "reason": line.reason,
+                                      "violations": [violation_json(v) for v in line.violations]} for line in lines]})
+        return
+    common.console.print(f"[bold]Deal {the_deal.id}[/bold] «{the_deal.title}»: direction {the_deal.direction or '—'}, "
+                         f"stage {the_deal.stage or '—'} (CRM {the_deal.crm_stage}), manager {the_deal.manager or '—'}")
+    colours = {"passed": "green", "failed": "red", "not_applicable": "dim"}
+    table = Table(show_header=True)
+    for column in ("rule", "verdict", "why"):
+        table.add_column(column)
+    for line in lines:
+        severity = f" ({line.violations[0].severity.value})" if line.violations else ""
+        table.add_row(line.rule, f"[{colours[line.verdict.value]}]{line.verdict.value.replace('_', ' ')}{severity}[/]",
+                      line.reason)
+    common.console.print(table)
+
+
+def _print_audit(run: AuditRun, names: dict[str, str], as_json: bool) -> None:
+    by_rule: Counter[str] = Counter(violation.rule for violation in run.violations)
+    by_manager: dict[str, Counter[str]] = defaultdict(Counter)
+    for violation in run.violations:
+        by_manager[violation.manager or "—"][violation.rule] += 1
+    if as_json:
+        common.print_json({
+            "deals": len(run.deals), "violations": len(run.violations), "opened": run.opened, "resolved": run.resolved,
+            "by_rule": dict(sorted(by_rule.items(), key=lambda item: int(item[0][1:]))),
+            "by_manager": {manager: dict(counts) for manager, counts in by_manager.items()},
+            "open": [violation_json(violation) for violation in run.violations],
+        })
+        return
+    common.console.print(f"{len(run.deals):,} deals evaluated: {len(run.violations):,} open violations "
+                         f"({run.opened:,} newly opened, {run.resolved:,} resolved since the last audit)")
+    clauses = {violation.rule: violation.clause for violation in run.violations}
+    table = Table(title="Open violations by rule", title_justify="left")
+    for column in ("rule", "deals", "clause"):
+        table.add_column(column, justify="right" if column == "deals" else "left")
+    for rule in RULES:
+        if by_rule[rule]:
+            table.add_row(rule, f"{by_rule[rule]:,}", clauses[rule][:110])
+    common.console.print(table)
+    rules = [rule for rule in RULES if by_rule[rule]]
+    table = Table(title="Open violations by manager", title_justify="left")
+    table.add_column("manager")
+    for rule in rules:
+        table.add_column(rule, justify="right")
+    table.add_column("total", justify="right")
+    for manager, counts in sorted(by_manager.items(), key=lambda item: -sum(item[1].values())):
+        label = f"{names.get(manager, '')} ({manager})".strip() if manager != "—" else "—"
+        table.add_row(label, *(str(counts[rule] or "") for rule in rules), str(sum(counts.values())))
+    common.console.print(table)

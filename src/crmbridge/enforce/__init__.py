@@ -1,0 +1,1 @@
+"""Enforcement: violations become actions (plan, pure) written back into the CRM exactly once (execute, edge)."""

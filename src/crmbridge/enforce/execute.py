@@ -1,0 +1,285 @@
+"""Execution (edge): actions go out in batches of 50, each written exactly once and recorded in the audit log.
+
+Exactly once, the way it holds here: the intent (with the exact payload) is committed before a batch is
+sent, the result after it. A write batch is never repeated blindly: when its answer is lost (no answer,
+5xx, HTML) the actions may or may not have landed, so they are looked up in the CRM first: a task or
+comment by the marker crmbridge put into its text, a deal update by reading the deal back. Only what is
+not found is sent again. A run killed between intent and result leaves intents that the next run
+reconciles the same way before writing. Notifications cannot be looked up; they carry the marker as
+their TAG, and Bitrix24 keeps one notification per TAG, so sending one again replaces it.
+A command the portal refused for a limit (rate, operating time) did not run and goes into a later batch;
+one it rejected is recorded as failed with the CRM's error, and retried by later runs up to a limit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from crmbridge.connectors.bitrix24.client import MAX_BATCH, Bitrix24Client
+from crmbridge.enforce.audit import DONE, FAILED, INTENT, AuditLog, utc_now
+from crmbridge.enforce.plan import UPDATING, Action, ActionKind, same_value
+from crmbridge.errors import CrmError, OperatingTimeExceeded, RateLimited
+
+log = logging.getLogger("crmbridge.enforce")
+
+#: sends of one action within one run before its outcome is left to the next run
+MAX_SENDS_PER_RUN = 6
+#: sends of one action over all runs before a failed action is given up (it stays in the log as failed)
+MAX_SENDS_TOTAL = 12
+
+
+@dataclass
+class ExecutionSummary:
+    """What one execution did; `crmbridge enforce --json` prints it."""
+
+    planned: int = 0
+    already_done: int = 0  # written by an earlier run (same idempotency key)
+    given_up: int = 0  # failed too often before; left as failed in the log
+    sent: int = 0  # commands sent (a command sent twice counts twice)
+    done: int = 0
+    failed: int = 0
+    found_after_lost_answer: int = 0  # landed although the answer was lost (found by marker / read-back)
+    unknown: int = 0  # outcome still unknown at the end (left as intents for the next run)
+    batches: int = 0
+    http_requests: int = 0
+    done_by_kind: dict[str, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Pending:
+    action: Action
+    params: Mapping[str, Any]
+    sends: int = 0
+
+
+class Executor:
+    """Writes actions through one Bitrix24Client and records every outcome in the audit log."""
+
+    def __init__(self, client: Bitrix24Client, audit: AuditLog, *, run_id: str | None = None,
+                 now: Callable[[], datetime] = utc_now, sleep: Callable[[float], None] = time.sleep,
+                 max_sends_per_run: int = MAX_SENDS_PER_RUN, max_sends_total: int = MAX_SENDS_TOTAL) -> None:
+        self.client = client
+        self.audit = audit
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.now = now
+        self.sleep = sleep
+        self.max_sends_per_run = max_sends_per_run
+        self.max_sends_total = max_sends_total
+
+    # ------------------------------------------------------------ reconciliation of earlier runs
+
+    def reconcile(self, deal_ids: Iterable[int] | None = None) -> tuple[int, int]:
+        """Look in the CRM for intents an earlier run left (killed, or answers lost); returns (found, still unknown)."""
+        rows = self.audit.pending(deal_ids)
+        if not rows:
+            return 0, 0
+        pending = [_Pending(_action_of(row), json.loads(row["payload"])) for row in rows]
+        found = 0
+        for start in range(0, len(pending), MAX_BATCH):
+            hits, _ = self._look_up(pending[start:start + MAX_BATCH])
+            self.audit.record_outcomes(((key, result, ids) for key, (result, ids) in hits.items()), (), self.now(),
+                                       found=True)
+            found += len(hits)
+        return found, len(rows) - found
+
+    # ------------------------------------------------------------ execution
+
+    def execute(self, actions: Sequence[Action]) -> ExecutionSummary:
+        summary = ExecutionSummary(planned=len(actions))
+        requests_before = self.client.requests_made
+        rows = self.audit.rows_for([action.idempotency_key for action in actions])
+        queue: deque[_Pending] = deque()
+        for action in actions:
+            row = rows.get(action.idempotency_key)
+            if row is not None and row["status"] == DONE:
+                summary.already_done += 1
+                continue
+            if row is not None and row["status"] == FAILED and row["attempts"] >= self.max_sends_total:
+                summary.given_up += 1
+                continue
+            # an unconfirmed intent goes out exactly as it was recorded: that is what may have landed
+            params = json.loads(row["payload"]) if row is not None and row["status"] == INTENT else action.params
+            queue.append(_Pending(action, params))
+        done_by_kind: dict[str, int] = defaultdict(int)
+        while queue:
+            chunk = [queue.popleft() for _ in range(min(MAX_BATCH, len(queue)))]
+            retry = self._round(chunk, summary, done_by_kind)
+            for item in retry:
+                if item.sends < self.max_sends_per_run:
+                    queue.append(item)
+                else:
+                    summary.unknown += 1
+                    summary.errors.append(f"{item.action.idempotency_key}: outcome unknown after {item.sends} sends; "
+                                          "the next run reconciles it")
+            if retry:
+                self.sleep(min(5.0, 0.25 * 2 ** max(item.sends for item in retry)))
+        summary.done_by_kind = dict(done_by_kind)
+        summary.http_requests = self.client.requests_made - requests_before
+        return summary
+
+    def _round(self, chunk: list[_Pending], summary: ExecutionSummary, done_by_kind: dict[str, int]) -> list[_Pending]:
+        """One batch: intents, the write, the outcomes. Returns what must be sent again."""
+        self.audit.record_intents([(item.action, item.params) for item in chunk], self.run_id, self.now())
+        commands = {f"a{index}": (item.action.method, dict(item.params)) for index, item in enumerate(chunk)}
+        for item in chunk:
+            item.sends += 1
+        summary.sent += len(chunk)
+        summary.batches += 1
+        try:
+            answer = self._send(commands)
+        except (RateLimited, OperatingTimeExceeded) as exc:
+            # refused before running: nothing landed, the limiter now holds the pace
+            self.audit.note_error([item.action.idempotency_key for item in chunk], _describe(exc), self.now())
+            return chunk
+        except CrmError as exc:
+            if not exc.retryable:
+                raise  # auth, scope, a rejected batch: the run stops; the intents are reconciled next time
+            self.audit.note_error([item.action.idempotency_key for item in chunk], _describe(exc), self.now())
+            hits, unknown = self._look_up(chunk)
+            self.audit.record_outcomes(((key, result, ids) for key, (result, ids) in hits.items()), (), self.now(),
+                                       found=True)
+            summary.found_after_lost_answer += len(hits)
+            summary.done += len(hits)
+            summary.unknown += len(unknown)
+            for item in chunk:
+                if item.action.idempotency_key in hits:
+                    done_by_kind[item.action.kind.value] += 1
+            return [item for item in chunk if item.action.idempotency_key not in hits
+                    and item.action.idempotency_key not in unknown]
+        done: list[tuple[str, Any, list[str]]] = []
+        failed: list[tuple[str, str]] = []
+        again: list[_Pending] = []
+        for index, item in enumerate(chunk):
+            key = f"a{index}"
+            if key in answer.results:
+                result, ids = _outcome(item.action.kind, answer.results[key])
+                done.append((item.action.idempotency_key, result, ids))
+                done_by_kind[item.action.kind.value] += 1
+                continue
+            error = answer.errors.get(key)
+            if error is not None and error.retryable:
+                again.append(item)  # a limit refused this command: it did not run
+                continue
+            text = _describe(error) if error is not None else "no result and no error for this command"
+            failed.append((item.action.idempotency_key, text))
+            summary.errors.append(f"{item.action.rule} deal {item.action.deal} {item.action.kind.value}: {text}")
+        self.audit.record_outcomes(done, failed, self.now())
+        summary.done += len(done)
+        summary.failed += len(failed)
+        return again
+
+    def _send(self, commands: Mapping[str, tuple[str, Mapping[str, Any]]]) -> Any:
+        """One write batch, never repeated by the client: a lost answer may mean it landed (see the module doc)."""
+        attempts = self.client.max_attempts
+        self.client.max_attempts = 1
+        try:
+            return self.client.batch(commands)
+        finally:
+            self.client.max_attempts = attempts
+
+    # ------------------------------------------------------------ looking in the CRM
+
+    def _look_up(self, chunk: Sequence[_Pending]) -> tuple[dict[str, tuple[Any, list[str]]], set[str]]:
+        """Which of these actions are in the CRM already: {key: (what was found, ids)}, and keys still unknown."""
+        tasks, comments, deals = set(), set(), set()
+        for item in chunk:
+            if item.action.kind is ActionKind.CREATE_TASK:
+                tasks.add(item.action.deal)
+            elif item.action.kind is ActionKind.COMMENT:
+                comments.add(item.action.deal)
+            elif item.action.kind in UPDATING:
+                deals.add(item.action.deal)
+        calls: list[tuple[str, str, dict[str, Any]]] = []
+        for deal in sorted(tasks):
+            calls.append(("tasks", deal, {"filter": {"UF_CRM_TASK": f"D_{deal}"}, "order": {"ID": "desc"},
+                                          "select": ["ID", "TITLE", "DESCRIPTION", "UF_CRM_TASK"]}))
+        for deal in sorted(comments):
+            calls.append(("comments", deal, {"filter": {"ENTITY_ID": int(deal), "ENTITY_TYPE": "deal"},
+                                             "order": {"ID": "DESC"}, "select": ["ID", "COMMENT"]}))
+        for deal in sorted(deals):
+            calls.append(("deal", deal, {"id": int(deal)}))
+        methods = {"tasks": "tasks.task.list", "comments": "crm.timeline.comment.list", "deal": "crm.deal.get"}
+        answers = self.client.batch_calls([(methods[kind], params) for kind, _, params in calls]) if calls else []
+        found: dict[tuple[str, str], Any] = {}
+        failed_lookups: set[tuple[str, str]] = set()
+        for (kind, deal, _), answer in zip(calls, answers):
+            if isinstance(answer, CrmError):
+                failed_lookups.add((kind, deal))
+            else:
+                found[kind, deal] = answer
+        hits: dict[str, tuple[Any, list[str]]] = {}
+        unknown: set[str] = set()
+        for item in chunk:
+            action = item.action
+            marker = action.marker
+            if action.kind is ActionKind.CREATE_TASK:
+                if ("tasks", action.deal) in failed_lookups:
+                    unknown.add(action.idempotency_key)
+                    continue
+                rows = found.get(("tasks", action.deal)) or {}
+                rows = rows.get("tasks", []) if isinstance(rows, Mapping) else rows
+                task = next((row for row in rows if marker in str(row.get("description") or row.get("DESCRIPTION") or "")),
+                            None)
+                if task is not None:
+                    task_id = str(task.get("id") or task.get("ID"))
+                    hits[action.idempotency_key] = ({"task_id": task_id}, [task_id])
+            elif action.kind is ActionKind.COMMENT:
+                if ("comments", action.deal) in failed_lookups:
+                    unknown.add(action.idempotency_key)
+                    continue
+                rows = found.get(("comments", action.deal)) or []
+                comment = next((row for row in rows if marker in str(row.get("COMMENT") or "")), None)
+                if comment is not None:
+                    hits[action.idempotency_key] = ({"comment_id": str(comment.get("ID"))}, [str(comment.get("ID"))])
+            elif action.kind in UPDATING:
+                if ("deal", action.deal) in failed_lookups:
+                    unknown.add(action.idempotency_key)
+                    continue
+                deal = found.get(("deal", action.deal)) or {}
+                wanted = dict(item.params.get("fields") or {})
+                if wanted and all(same_value(deal.get(name), value) for name, value in wanted.items()):
+                    hits[action.idempotency_key] = ({"deal_fields": wanted}, [])
+            # NOTIFY: there is nothing to look up; sent again, its TAG replaces the first one
+        return hits, unknown
+
+
+def _action_of(row: Mapping[str, Any]) -> Action:
+    """An Action rebuilt from its audit row (for reconciling an earlier run's intents)."""
+    return Action(row["idempotency_key"], ActionKind(row["kind"]), row["rule"], str(row["deal_id"]),
+                  json.loads(row["payload"]), row["summary"] or "", row["reason"] or "", row["clause"] or "",
+                  tuple(json.loads(row["violation_keys"] or "[]")),
+                  str(row["recipient_id"]) if row["recipient_id"] is not None else None)
+
+
+def _outcome(kind: ActionKind, result: Any) -> tuple[Any, list[str]]:
+    """The part of the CRM's answer worth keeping, and the ids it created."""
+    if kind is ActionKind.CREATE_TASK:
+        task = result.get("task") if isinstance(result, Mapping) else None
+        task_id = str(task.get("id")) if isinstance(task, Mapping) and task.get("id") is not None else None
+        return {"task_id": task_id}, [task_id] if task_id else []
+    if kind in (ActionKind.COMMENT, ActionKind.NOTIFY):
+        return result, [str(result)] if result not in (None, False, "") else []
+    return result, []
+
+
+def _describe(error: CrmError | None) -> str:
+    if error is None:
+        return "unknown error"
+    code = error.code or type(error).__name__
+    description = (error.description or str(error)).replace("<br>", "").strip()
+    return f"{code}: {description}"[:500]
+
+
+__all__ = ["Executor", "ExecutionSummary", "MAX_SENDS_PER_RUN", "MAX_SENDS_TOTAL"]

@@ -1,0 +1,179 @@
+"""One enforcement run: sync, reconcile, evaluate, plan, write, re-sync, evaluate again; the shell calls this."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from crmbridge.cache.store import Cache
+from crmbridge.connectors.bitrix24.client import Bitrix24Client
+from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
+from crmbridge.enforce.audit import DONE, FAILED, AuditLog, utc_now
+from crmbridge.enforce.execute import MAX_SENDS_TOTAL, ExecutionSummary, Executor
+from crmbridge.enforce.plan import DEFAULT_MAX_REVERTS_PER_DAY, Action, Plan, PlanContext, plan
+from crmbridge.mapping.binding import DealMapper
+from crmbridge.mapping.cached import load_deals, record_violations
+from crmbridge.mapping.load import Mappings
+from crmbridge.model import Deal, Mode, Violation
+from crmbridge.regulation.evaluate import Evaluator
+from crmbridge.sync import Syncer
+
+
+@dataclass
+class Compliance:
+    """How many regulated deals break no rule (rules in mode off do not count)."""
+
+    deals: int = 0
+    compliant: int = 0
+    violations: int = 0
+    by_rule: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.compliant / self.deals if self.deals else 1.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"deals": self.deals, "compliant": self.compliant, "rate": round(self.rate, 4),
+                "violations": self.violations, "by_rule": self.by_rule}
+
+
+@dataclass
+class Evaluation:
+    deals: list[Deal]
+    violations: dict[str, list[Violation]]
+    compliance: Compliance
+
+
+@dataclass
+class EnforceReport:
+    """What `crmbridge enforce` did (or, with --dry-run, would do)."""
+
+    dry_run: bool
+    started: datetime
+    before: Compliance
+    plan: Plan
+    to_write: list[Action]  # the plan minus what earlier runs already wrote
+    execution: ExecutionSummary | None = None
+    after: Compliance | None = None
+    reconciled_found: int = 0
+    reconciled_unknown: int = 0
+    cancelled: int = 0
+    sync_requests: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run, "started": self.started.isoformat(),
+            "compliance_before": self.before.as_dict(),
+            "compliance_after": self.after.as_dict() if self.after else None,
+            "planned": len(self.plan.actions), "to_write": len(self.to_write),
+            "by_kind": dict(Counter(action.kind.value for action in self.to_write)),
+            "by_rule": dict(Counter(action.rule for action in self.to_write)),
+            "actions": [action.as_dict() for action in self.to_write],
+            "notes": self.plan.notes,
+            "execution": self.execution.as_dict() if self.execution else None,
+            "reconciled": {"found": self.reconciled_found, "unknown": self.reconciled_unknown,
+                           "cancelled": self.cancelled},
+            "sync_requests": self.sync_requests,
+        }
+
+
+def evaluate(cache: Cache, mappings: Mappings, now: datetime, *, deal_ids: Sequence[int] | None = None,
+             modes: Mapping[str, Mode] | None = None, record: bool = True) -> Evaluation:
+    """Map and evaluate cached deals (all, or the given ones); with `record`, update the `violations` table."""
+    mapper = DealMapper(mappings.regulation, mappings.binding)
+    everyone = load_deals(cache, mapper)
+    deals = everyone if deal_ids is None else [deal for deal in everyone if int(deal.id) in set(deal_ids)]
+    evaluator = Evaluator.of(mappings.regulation, now, deals_for_purchases=everyone, override_modes=modes)
+    found: dict[str, list[Violation]] = {}
+    compliance = Compliance()
+    by_rule: Counter[str] = Counter()
+    for deal in deals:
+        violations = evaluator.violations(deal)
+        if deal.direction in evaluator.regulation.directions:
+            compliance.deals += 1
+            compliance.compliant += not violations
+        if violations:
+            found[deal.id] = violations
+            by_rule.update(violation.rule for violation in violations)
+    compliance.violations = sum(by_rule.values())
+    compliance.by_rule = dict(sorted(by_rule.items(), key=lambda item: int(item[0][1:])))
+    if record:
+        scope = None if deal_ids is None else {str(deal_id) for deal_id in deal_ids}
+        record_violations(cache, [v for vs in found.values() for v in vs],
+                          now.astimezone(timezone.utc).isoformat(), scope)
+    return Evaluation(deals, found, compliance)
+
+
+def plan_context(cache: Cache, mappings: Mappings, evaluator_regulation: Any, now: datetime, audit: AuditLog,
+                 *, max_reverts_per_day: int) -> PlanContext:
+    """The plain facts planning needs, read from the cache and the audit log."""
+    users = cache.query("SELECT id, name, last_name, active FROM users")
+    active = frozenset(str(row["id"]) for row in users if row["active"]) if users else None
+    names = {str(row["id"]): " ".join(part for part in (row["name"], row["last_name"]) if part) for row in users}
+    return PlanContext(evaluator_regulation, mappings.binding, now, active_users=active,
+                       reverts_today=audit.reverts_today(now, evaluator_regulation.calendar.zone),
+                       max_reverts_per_day=max_reverts_per_day, rotation=audit.rotation(), user_names=names)
+
+
+def still_to_write(actions: Iterable[Action], audit: AuditLog) -> list[Action]:
+    """The plan minus what is written already (or failed too often): what a run sends."""
+    actions = list(actions)
+    rows = audit.rows_for([action.idempotency_key for action in actions])
+    wanted = []
+    for action in actions:
+        row = rows.get(action.idempotency_key)
+        if row is not None and (row["status"] == DONE or (row["status"] == FAILED and row["attempts"] >= MAX_SENDS_TOTAL)):
+            continue
+        wanted.append(action)
+    return wanted
+
+
+def enforce(client: Bitrix24Client, cache: Cache, mappings: Mappings, *, now: Callable[[], datetime] = utc_now,
+            dry_run: bool = False, deal_ids: Sequence[int] | None = None, sync: bool = True,
+            modes: Mapping[str, Mode] | None = None, max_reverts_per_day: int = DEFAULT_MAX_REVERTS_PER_DAY,
+            sleep: Callable[[float], None] = time.sleep) -> EnforceReport:
+    """Make the portal follow the regulation; with `dry_run`, show the same plan and write nothing to the CRM."""
+    started = now()
+    requests_before = client.requests_made
+    if sync:
+        Syncer(Bitrix24Reader(client), cache).run(full=False)
+    sync_requests = client.requests_made - requests_before
+    audit = AuditLog(cache)
+    executor = Executor(client, audit, now=now, sleep=sleep)
+    found = unknown = 0
+    if not dry_run:
+        # an earlier run killed between a write and its result: look in the CRM before planning anything again
+        found, unknown = executor.reconcile(deal_ids)
+    moment = now()
+    evaluation = evaluate(cache, mappings, moment, deal_ids=deal_ids, modes=modes, record=not dry_run)
+    regulation = Evaluator.of(mappings.regulation, moment, override_modes=modes).regulation
+    context = plan_context(cache, mappings, regulation, moment, audit, max_reverts_per_day=max_reverts_per_day)
+    deals = [(deal, evaluation.violations.get(deal.id, [])) for deal in evaluation.deals]
+    the_plan = plan(deals, context)
+    report = EnforceReport(dry_run, started, evaluation.compliance, the_plan, still_to_write(the_plan.actions, audit),
+                           reconciled_found=found, reconciled_unknown=unknown, sync_requests=sync_requests)
+    if dry_run:
+        return report
+    report.execution = executor.execute(report.to_write)
+    audit.save_rotation(the_plan.rotation)
+    # intents of evaluated deals the new plan no longer wants (the violation went away) will not be resent
+    planned = {action.idempotency_key for action in the_plan.actions}
+    evaluated = [int(deal.id) for deal in evaluation.deals]
+    leftovers = [row["idempotency_key"] for row in audit.pending(evaluated if deal_ids is not None else None)
+                 if row["idempotency_key"] not in planned]
+    report.cancelled = audit.cancel(leftovers, now())
+    if sync and report.execution.sent:
+        before = client.requests_made
+        Syncer(Bitrix24Reader(client), cache).run(full=False)
+        report.sync_requests += client.requests_made - before
+        report.after = evaluate(cache, mappings, now(), modes=modes, record=True).compliance
+    else:
+        report.after = report.before
+    return report
+
+
+__all__ = ["Compliance", "EnforceReport", "Evaluation", "enforce", "evaluate", "plan_context", "still_to_write"]

@@ -1,0 +1,248 @@
+"""Raw Bitrix24 records (UPPER_CASE string dicts) + the binding -> Deals in the regulation's vocabulary."""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Any, Callable, Iterable, Mapping
+from zoneinfo import ZoneInfo
+
+from crmbridge.mapping.schema import IGNORE, BindingSpec, FieldSpec, RegulationSpec
+from crmbridge.model import (
+    LOST,
+    WON,
+    Client,
+    Deal,
+    EntryKind,
+    FieldValue,
+    Outcome,
+    StageEntry,
+    Task,
+    TaskStatus,
+)
+
+_ENTRY_KINDS = {"1": EntryKind.CREATED, "2": EntryKind.MOVED, "3": EntryKind.CLOSED, "5": EntryKind.PIPELINE_CHANGED}
+_TASK_STATUS = {"1": TaskStatus.PENDING, "2": TaskStatus.PENDING, "3": TaskStatus.IN_PROGRESS,
+                "4": TaskStatus.COMPLETED, "5": TaskStatus.COMPLETED, "6": TaskStatus.DEFERRED}
+_RU_DATE = re.compile(r"^(\d{2})\.(\d{2})\.(\d{4})(?:\s+(\d{2}):(\d{2})(?::(\d{2}))?)?$")
+_URL = re.compile(r"^(https?|ftp)://\S+$|^www\.\S+$", re.IGNORECASE)
+
+
+def parse_moment(raw: Any, zone: Any = timezone.utc) -> datetime | None:
+    """A Bitrix24 date-time ("2026-11-20T10:00:00+03:00", "20.11.2026 10:00:00", "2026-11-20") -> aware datetime."""
+    if raw is None or raw == "" or raw is False:
+        return None
+    if isinstance(raw, datetime):
+        return raw if raw.tzinfo else raw.replace(tzinfo=zone)
+    text = str(raw).strip()
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        match = _RU_DATE.match(text)
+        if match is None:
+            return None
+        day, month, year, hour, minute, second = match.groups()
+        try:
+            moment = datetime(int(year), int(month), int(day), int(hour or 0), int(minute or 0), int(second or 0))
+        except ValueError:
+            return None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=zone)
+    # one tzinfo object for every moment keeps comparisons on CPython's fast path; the instant is unchanged
+    return moment.astimezone(zone) if zone is not timezone.utc else moment
+
+
+def parse_day(raw: Any) -> date | None:
+    """A Bitrix24 date ("2026-01-15", "2026-01-15T00:00:00+03:00", "15.01.2026") -> date, keeping the written day."""
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, datetime):
+        return raw.date()
+    if isinstance(raw, date):
+        return raw
+    text = str(raw).strip()
+    try:
+        return date.fromisoformat(text[:10])
+    except ValueError:
+        moment = parse_moment(text)
+        return moment.date() if moment else None
+
+
+def _first(raw: Any) -> Any:
+    if isinstance(raw, (list, tuple)):
+        return raw[0] if raw else None
+    return raw
+
+
+class DealMapper:
+    """Turns cached Bitrix24 records into Deals, using one regulation and its Bitrix24 binding."""
+
+    def __init__(self, regulation: RegulationSpec, binding: BindingSpec) -> None:
+        self.regulation = regulation
+        self.binding = binding
+        zone_name = binding.timezone or (regulation.calendar.timezone if regulation.calendar else None)
+        self.zone = ZoneInfo(zone_name) if zone_name else timezone.utc
+        self.direction_of: dict[str, str | None] = {}
+        self.stage_of: dict[str, tuple[str | None, str | None]] = {}
+        for category, pipeline in binding.pipelines.items():
+            direction = None if pipeline.direction == IGNORE else pipeline.direction
+            self.direction_of[category] = direction
+            for crm_stage, target in pipeline.stages.items():
+                self.stage_of[crm_stage] = (direction, None if target == IGNORE or direction is None else target)
+        self.readers: list[tuple[str, str, Callable[[Any], FieldValue]]] = []
+        self.client_fields: list[tuple[str, str]] = []
+        for field_id, spec in regulation.fields.items():
+            if spec.type in ("phone", "email"):
+                self.client_fields.append((field_id, spec.type))
+                continue
+            bound = binding.fields.get(field_id)
+            if bound is not None:
+                self.readers.append((field_id, bound.crm_field, self._reader(spec, dict(bound.options))))
+
+    # ------------------------------------------------------------ fields
+
+    def _reader(self, spec: FieldSpec, options: Mapping[str, str]) -> Callable[[Any], FieldValue]:
+        zone = self.zone
+        empty = FieldValue(None)
+
+        def text(raw: Any) -> FieldValue:
+            raw = _first(raw)
+            value = str(raw).strip() if raw not in (None, False) else ""
+            return FieldValue(value, raw) if value else empty
+
+        def number(raw: Any) -> FieldValue:
+            raw = _first(raw)
+            if raw in (None, "", False):
+                return empty
+            try:
+                value = Decimal(str(raw).replace(" ", "").replace(",", ".").split("|")[0])
+            except InvalidOperation:
+                return FieldValue(None, raw, "not a number")
+            return FieldValue(value, raw) if value.is_finite() else FieldValue(None, raw, "not a number")
+
+        def day(raw: Any) -> FieldValue:
+            raw = _first(raw)
+            if raw in (None, "", False):
+                return empty
+            value = parse_day(raw)
+            return FieldValue(value, raw) if value else FieldValue(None, raw, "not a date")
+
+        def moment(raw: Any) -> FieldValue:
+            raw = _first(raw)
+            if raw in (None, "", False):
+                return empty
+            value = parse_moment(raw, zone)
+            return FieldValue(value, raw) if value else FieldValue(None, raw, "not a date")
+
+        def enum(raw: Any) -> FieldValue:
+            raw = _first(raw)
+            if raw in (None, "", False, "0"):
+                return empty
+            option = options.get(str(raw))
+            return FieldValue(option, raw) if option else FieldValue(None, raw, f"unknown option {raw}")
+
+        def link(raw: Any) -> FieldValue:
+            found = text(raw)
+            if found.value is not None and not _URL.match(found.value):
+                return FieldValue(None, raw, "not a link")
+            return found
+
+        return {"text": text, "number": number, "date": day, "datetime": moment, "enum": enum, "link": link}[spec.type]
+
+    # ------------------------------------------------------------ records
+
+    def stage_entry(self, row: Mapping[str, Any]) -> StageEntry | None:
+        entered = parse_moment(row.get("CREATED_TIME"), self.zone)
+        crm_stage = str(row.get("STAGE_ID") or "")
+        if entered is None or not crm_stage:
+            return None
+        direction, stage = self.stage_of.get(crm_stage, (self.direction_of.get(str(row.get("CATEGORY_ID"))), None))
+        return StageEntry(crm_stage, entered, _ENTRY_KINDS.get(str(row.get("TYPE_ID")), EntryKind.MOVED),
+                          direction, stage, str(row.get("ID") or ""))
+
+    def task(self, row: Mapping[str, Any]) -> Task:
+        return Task(
+            id=str(row.get("id") or row.get("ID") or ""),
+            title=str(row.get("title") or row.get("TITLE") or ""),
+            status=_TASK_STATUS.get(str(row.get("status") or row.get("STATUS") or ""), TaskStatus.OTHER),
+            responsible=str(row.get("responsibleId") or row.get("RESPONSIBLE_ID") or "") or None,
+            created=parse_moment(row.get("createdDate") or row.get("CREATED_DATE"), self.zone),
+            deadline=parse_moment(row.get("deadline") or row.get("DEADLINE"), self.zone),
+            closed=parse_moment(row.get("closedDate") or row.get("CLOSED_DATE"), self.zone),
+        )
+
+    @staticmethod
+    def client(row: Mapping[str, Any] | None, kind: str) -> Client | None:
+        if not row:
+            return None
+        def values(key: str) -> tuple[str, ...]:
+            return tuple(str(item.get("VALUE")).strip() for item in row.get(key) or ()
+                         if isinstance(item, Mapping) and str(item.get("VALUE") or "").strip())
+        name = row.get("TITLE") or " ".join(str(part) for part in (row.get("NAME"), row.get("LAST_NAME")) if part)
+        return Client(str(row.get("ID") or ""), kind, str(name or ""), values("PHONE"), values("EMAIL"))
+
+    def deal(self, raw: Mapping[str, Any], history: Iterable[Mapping[str, Any]] = (),
+             tasks: Iterable[Mapping[str, Any]] = (), contact: Mapping[str, Any] | None = None,
+             company: Mapping[str, Any] | None = None) -> Deal:
+        """One raw `crm.deal.get` record with its stage history, tasks, contact and company -> Deal."""
+        zone = self.zone
+        crm_stage = str(raw.get("STAGE_ID") or "")
+        category = str(raw.get("CATEGORY_ID") or "0")
+        direction, stage = self.stage_of.get(crm_stage, (self.direction_of.get(category), None))
+        created = parse_moment(raw.get("DATE_CREATE"), zone) or datetime(1970, 1, 1, tzinfo=timezone.utc)
+        entries = [entry for entry in map(self.stage_entry, history) if entry is not None]
+        entries.sort(key=lambda entry: (entry.entered, int(entry.crm_id) if entry.crm_id.isdigit() else 0))
+        if entries and entries[-1].crm_stage != crm_stage:
+            # the history lags behind the deal (not synced yet): the deal's own stage is the truth
+            moved = parse_moment(raw.get("MOVED_TIME"), zone) or parse_moment(raw.get("DATE_MODIFY"), zone) or created
+            entries.append(StageEntry(crm_stage, max(moved, entries[-1].entered), EntryKind.MOVED, direction, stage))
+        semantic = str(raw.get("STAGE_SEMANTIC_ID") or "")
+        if stage == WON or (stage is None and semantic == "S"):
+            outcome = Outcome.WON
+        elif stage == LOST or (stage is None and semantic == "F"):
+            outcome = Outcome.LOST
+        else:
+            outcome = Outcome.OPEN
+        fields = {}
+        for field_id, crm_field, read in self.readers:
+            value = read(raw.get(crm_field))
+            if value.value is not None or value.problem is not None:
+                fields[field_id] = value
+        contact_card = self.client(contact, "contact")
+        company_card = self.client(company, "company")
+        for field_id, kind in self.client_fields:
+            found = [value for card in (contact_card, company_card) if card is not None
+                     for value in (card.phones if kind == "phone" else card.emails)]
+            if found:
+                fields[field_id] = FieldValue(found[0], found[0])
+        probability_raw = raw.get("PROBABILITY")
+        try:
+            probability = int(Decimal(str(probability_raw))) if probability_raw not in (None, "") else None
+        except InvalidOperation:
+            probability = None
+        amount_raw = raw.get("OPPORTUNITY")
+        try:
+            amount = Decimal(str(amount_raw)) if amount_raw not in (None, "") else None
+        except InvalidOperation:
+            amount = None
+        return Deal(
+            id=str(raw.get("ID") or ""),
+            title=str(raw.get("TITLE") or ""),
+            direction=direction,
+            stage=stage,
+            crm_stage=crm_stage,
+            outcome=outcome,
+            manager=str(raw.get("ASSIGNED_BY_ID") or "") or None,
+            created=created,
+            modified=parse_moment(raw.get("DATE_MODIFY"), zone),
+            last_activity=parse_moment(raw.get("LAST_ACTIVITY_TIME"), zone),
+            closed_at=parse_moment(raw.get("CLOSEDATE"), zone) if str(raw.get("CLOSED")) == "Y" else None,
+            amount=amount,
+            probability=probability,
+            fields=fields,
+            history=tuple(entries),
+            tasks=tuple(self.task(row) for row in tasks),
+            contact=contact_card,
+            company=company_card,
+        )

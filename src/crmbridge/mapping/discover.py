@@ -1,0 +1,111 @@
+"""Draft a Bitrix24 binding from the portal: CRM labels as comments, matches by name, `todo` where unsure."""
+
+from __future__ import annotations
+
+from difflib import SequenceMatcher
+from typing import Iterable
+
+from crmbridge.mapping.portal import COMPATIBLE, PortalSnapshot, users_by_department
+from crmbridge.mapping.schema import BINDING_SCHEMA_FILE, LOST, WON, RegulationSpec
+
+TODO = "todo"
+MATCH = 0.6  # similarity of two names (casefolded) to take a match without asking
+
+
+def _similarity(left: str, right: str) -> float:
+    left, right = left.casefold().strip(), right.casefold().strip()
+    if not left or not right:
+        return 0.0
+    if left in right or right in left:
+        return 0.9
+    return SequenceMatcher(None, left, right).ratio()
+
+
+def _best(name: str, candidates: Iterable[tuple[str, str]]) -> tuple[str | None, float]:
+    """The candidate id whose label is most like `name`."""
+    best, score = None, 0.0
+    for candidate, label in candidates:
+        similarity = _similarity(name, label)
+        if similarity > score:
+            best, score = candidate, similarity
+    return (best, score) if score >= MATCH else (None, score)
+
+
+def _quote(text: str) -> str:
+    return text.replace("\n", " ").strip()
+
+
+def draft_binding(regulation: RegulationSpec, snapshot: PortalSnapshot, *, regulation_file: str = "regulation.yaml") -> str:
+    """The text of a draft `bitrix24.yaml` for this portal; `crmbridge check` lists what is left `todo`."""
+    lines = [
+        f"# yaml-language-server: $schema=./{BINDING_SCHEMA_FILE}",
+        "# Draft written by `crmbridge discover`: CRM labels are in comments; every `todo` needs a decision,",
+        "# then run `crmbridge check --live`.",
+        "crm: bitrix24",
+        f"regulation: {regulation_file}",
+        "",
+        "pipelines:",
+    ]
+    directions = [(direction_id, direction.name) for direction_id, direction in regulation.directions.items()]
+    todo_count = 0
+    for category, name in snapshot.pipelines.items():
+        direction_id, _ = _best(name, directions)
+        lines.append(f"  {category}:")
+        lines.append(f'    name: "{_quote(name)}"')
+        if direction_id is None:
+            todo_count += 1
+            options = ", ".join(direction for direction, _ in directions)
+            lines.append(f"    direction: {TODO}  # one of: {options}, ignore")
+        else:
+            lines.append(f"    direction: {direction_id}")
+        lines.append("    stages:")
+        direction = regulation.directions.get(direction_id) if direction_id else None
+        stage_choices = [(stage.id, stage.name) for stage in direction.stages] if direction else []
+        for crm_stage, (stage_name, semantics) in snapshot.stages.get(category, {}).items():
+            if semantics == "S":
+                target = WON
+            elif semantics == "F":
+                target = LOST
+            else:
+                target = _best(stage_name, stage_choices)[0] if stage_choices else None
+            if target is None:
+                todo_count += 1
+                target = TODO
+            lines.append(f"      {crm_stage}: {target}  # {_quote(stage_name)}" + (f" ({semantics})" if semantics in "SF" else ""))
+    lines += ["", "fields:"]
+    custom = [(name, field) for name, field in snapshot.fields.items()]
+    for field_id, spec in regulation.fields.items():
+        if spec.type in ("phone", "email"):
+            continue
+        label = spec.label or field_id
+        fitting = [(name, field.label) for name, field in custom if not field.type or field.type in COMPATIBLE.get(spec.type, {field.type})]
+        crm_field, _ = _best(label, fitting)
+        if crm_field is None:
+            todo_count += 1
+            lines.append(f"  {field_id}: {TODO.upper()}_CRM_FIELD  # todo: the CRM field for «{_quote(label)}»")
+            continue
+        portal_field = snapshot.fields[crm_field]
+        if spec.type == "enum":
+            lines.append(f"  {field_id}:  # {_quote(portal_field.label)}")
+            lines.append(f"    crm_field: {crm_field}")
+            lines.append("    options:")
+            ordered = list(portal_field.options.items())
+            for index, (option_id, option_label) in enumerate(ordered):
+                guess = spec.options[index] if len(ordered) == len(spec.options) else TODO
+                if guess == TODO:
+                    todo_count += 1
+                lines.append(f'      "{option_id}": {guess}  # {_quote(option_label)}' + (" — check the order" if guess != TODO else ""))
+        else:
+            lines.append(f"  {field_id}: {crm_field}  # {_quote(portal_field.label)}")
+    lines += ["", "# Round robin for R7: one team per department of active users; restrict `directions` as needed.", "teams:"]
+    for department, members in sorted(users_by_department(snapshot).items()):
+        names = ", ".join(snapshot.users[user][0] for user in members)
+        lines.append(f"  department_{department}:" if department != "?" else "  no_department:")
+        lines.append(f"    members: [{', '.join(members)}]  # {_quote(names)}")
+    lines += ["", "# Heads to notify: todo — keep the users who should hear about violations.", "heads:"]
+    active = [(user, name) for user, (name, is_active, _) in snapshot.users.items() if is_active]
+    for user, name in active[:1]:
+        lines.append(f"  - user: {user}  # {_quote(name)}")
+    lines.append("")
+    lines.insert(3, f"# {todo_count} decisions left (`todo`).")
+    return "\n".join(lines)

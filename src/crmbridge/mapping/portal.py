@@ -1,0 +1,202 @@
+"""What the portal has (pipelines, stages, fields, users) and the live check of a binding against it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from ruamel.yaml import YAML
+
+from crmbridge.mapping.load import Mappings, did_you_mean
+from crmbridge.mapping.schema import IGNORE
+from crmbridge.mapping.yamlpos import LocatedDocument, Problem, read_yaml
+
+#: standard deal fields a binding may name; they are not in crm.deal.userfield.list
+STANDARD_DEAL_FIELDS = {
+    "ID", "TITLE", "CATEGORY_ID", "STAGE_ID", "STAGE_SEMANTIC_ID", "OPPORTUNITY", "CURRENCY_ID", "PROBABILITY",
+    "ASSIGNED_BY_ID", "CONTACT_ID", "COMPANY_ID", "DATE_CREATE", "DATE_MODIFY", "CLOSED", "CLOSEDATE", "BEGINDATE",
+    "MOVED_TIME", "SOURCE_ID", "COMMENTS", "OPENED", "TYPE_ID", "CREATED_BY_ID", "MODIFY_BY_ID", "LAST_ACTIVITY_TIME",
+    "SOURCE_DESCRIPTION", "ADDITIONAL_INFO", "LEAD_ID",
+}
+#: which CRM field types can hold which regulated type
+COMPATIBLE = {
+    "text": {"string", "char", "text", "url", "employee", "crm", "integer", "double"},
+    "number": {"double", "integer", "money"},
+    "date": {"date", "datetime"},
+    "datetime": {"datetime", "date"},
+    "enum": {"enumeration", "crm_status"},
+    "link": {"url", "string", "file"},
+}
+
+
+@dataclass
+class PortalField:
+    name: str
+    type: str
+    label: str
+    options: dict[str, str] = field(default_factory=dict)  # option id -> label
+
+
+@dataclass
+class PortalSnapshot:
+    """The portal's structure, read from the cache or the API."""
+
+    pipelines: dict[str, str] = field(default_factory=dict)  # CATEGORY_ID -> name
+    stages: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)  # CATEGORY_ID -> STAGE_ID -> (name, semantics)
+    fields: dict[str, PortalField] = field(default_factory=dict)
+    users: dict[str, tuple[str, bool, tuple[str, ...]]] = field(default_factory=dict)  # id -> (name, active, departments)
+
+    @classmethod
+    def from_cache(cls, cache: Any) -> "PortalSnapshot":
+        snapshot = cls()
+        for row in cache.query("SELECT id, name FROM pipelines ORDER BY sort, id"):
+            snapshot.pipelines[str(row["id"])] = row["name"] or ""
+        for row in cache.query("SELECT status_id, category_id, name, semantics FROM stages ORDER BY category_id, sort"):
+            snapshot.stages.setdefault(str(row["category_id"] or 0), {})[row["status_id"]] = (row["name"] or "", row["semantics"] or "P")
+        for category in snapshot.stages:
+            snapshot.pipelines.setdefault(category, "")
+        for row in cache.query("SELECT field_name, user_type_id, label, options FROM deal_fields"):
+            options = {str(item.get("ID")): str(item.get("VALUE") or "") for item in json.loads(row["options"] or "[]")
+                       if isinstance(item, dict)}
+            snapshot.fields[row["field_name"]] = PortalField(row["field_name"], row["user_type_id"] or "", row["label"] or "", options)
+        for row in cache.query("SELECT id, name, last_name, active, departments FROM users"):
+            name = " ".join(part for part in (row["name"], row["last_name"]) if part)
+            departments = tuple(str(item) for item in json.loads(row["departments"] or "[]"))
+            snapshot.users[str(row["id"])] = (name, bool(row["active"]), departments)
+        return snapshot
+
+    @classmethod
+    def from_reference(cls, reference: Any) -> "PortalSnapshot":
+        """From `Bitrix24Reader.reference_data()` (the API)."""
+        snapshot = cls()
+        for pipeline in reference.pipelines:
+            snapshot.pipelines[str(pipeline.get("id", pipeline.get("ID")))] = str(pipeline.get("name", pipeline.get("NAME")) or "")
+        for category, rows in reference.stages.items():
+            snapshot.pipelines.setdefault(str(category), "")
+            for row in rows:
+                semantics = str((row.get("EXTRA") or {}).get("SEMANTICS") or row.get("SEMANTICS") or "P")[:1].upper()
+                snapshot.stages.setdefault(str(category), {})[str(row.get("STATUS_ID"))] = (str(row.get("NAME") or ""), semantics)
+        for row in reference.deal_fields:
+            label = row.get("EDIT_FORM_LABEL") or row.get("LIST_COLUMN_LABEL") or ""
+            if isinstance(label, dict):
+                label = label.get("ru") or next(iter(label.values()), "")
+            options = {str(item.get("ID")): str(item.get("VALUE") or "") for item in row.get("LIST") or () if isinstance(item, dict)}
+            snapshot.fields[str(row.get("FIELD_NAME"))] = PortalField(str(row.get("FIELD_NAME")), str(row.get("USER_TYPE_ID") or ""), str(label), options)
+        for row in reference.users:
+            name = " ".join(str(part) for part in (row.get("NAME"), row.get("LAST_NAME")) if part)
+            active = row.get("ACTIVE") in (True, "Y", "true", 1, "1")
+            snapshot.users[str(row.get("ID"))] = (name, active, tuple(str(item) for item in row.get("UF_DEPARTMENT") or ()))
+        return snapshot
+
+    @property
+    def empty(self) -> bool:
+        return not self.stages
+
+
+def _stage_comments(text: str) -> dict[tuple[str, str], str]:
+    """The `# label` comments after each stage of the binding: what the CRM stage was called when mapped."""
+    comments: dict[tuple[str, str], str] = {}
+    try:
+        data = YAML(typ="rt").load(text)
+        for category, pipeline in (data.get("pipelines") or {}).items():
+            stages = pipeline.get("stages") if hasattr(pipeline, "get") else None
+            items = getattr(getattr(stages, "ca", None), "items", {}) or {}
+            for crm_stage, tokens in items.items():
+                token = tokens[2] if len(tokens) > 2 else None
+                if token is not None:
+                    label = token.value.strip().lstrip("#").strip()
+                    label = label.split("(")[0].strip()
+                    if label:
+                        comments[(str(category), str(crm_stage))] = label
+    except Exception:  # comments are a courtesy; a file that loaded fine may still have odd ones
+        return comments
+    return comments
+
+
+def lint_live(mappings: Mappings, snapshot: PortalSnapshot, binding_text: str) -> list[Problem]:
+    """Resolve every pipeline, stage, field, enum option and user of the binding against the portal."""
+    doc: LocatedDocument = read_yaml(binding_text, mappings.binding_path)
+    doc.problems.clear()
+    binding = mappings.binding
+    comments = _stage_comments(binding_text)
+    for category, pipeline in binding.pipelines.items():
+        where = ("pipelines", category)
+        if category not in snapshot.pipelines:
+            doc.problem(where, f"pipeline {category} does not exist on the portal",
+                        "remove it or use one of: " + ", ".join(f"{cid} ({name})" for cid, name in snapshot.pipelines.items()),
+                        key=True)
+            continue
+        portal_name = snapshot.pipelines[category]
+        if pipeline.name and portal_name and pipeline.name.strip() != portal_name.strip():
+            doc.problem(where + ("name",), f"pipeline {category} is now called «{portal_name}» on the portal, the binding says «{pipeline.name}»",
+                        "check it is still the same pipeline and update `name`")
+        portal_stages = snapshot.stages.get(category, {})
+        for crm_stage in pipeline.stages:
+            if crm_stage not in portal_stages:
+                doc.problem(where + ("stages", crm_stage), f'CRM stage "{crm_stage}" does not exist in pipeline {category}',
+                            did_you_mean(crm_stage, portal_stages), key=True)
+                continue
+            was = comments.get((category, crm_stage))
+            now = portal_stages[crm_stage][0]
+            if was and now and was.casefold() != now.casefold():
+                doc.problem(where + ("stages", crm_stage), f'CRM stage "{crm_stage}" was renamed on the portal: «{was}» -> «{now}»',
+                            "check the mapping still fits and update the comment", key=True)
+        if pipeline.direction != IGNORE:
+            for crm_stage, (name, semantics) in portal_stages.items():
+                if crm_stage not in pipeline.stages:
+                    doc.problem(where + ("stages",), f'CRM stage "{crm_stage}" («{name}») of pipeline {category} is not mapped',
+                                f"add `{crm_stage}: <stage id | won | lost | ignore>`", key=True)
+    for category, name in snapshot.pipelines.items():
+        if category not in binding.pipelines:
+            doc.problem(("pipelines",), f"pipeline {category} («{name}») of the portal is not in the binding",
+                        f"add `{category}:` with a direction, or `direction: ignore`", key=True)
+    regulation = mappings.regulation
+    for field_id, bound in binding.fields.items():
+        where = ("fields", field_id)
+        if bound.crm_field in STANDARD_DEAL_FIELDS:
+            continue
+        portal_field = snapshot.fields.get(bound.crm_field)
+        if portal_field is None:
+            doc.problem(where, f'CRM field {bound.crm_field} does not exist on the portal',
+                        did_you_mean(bound.crm_field, list(snapshot.fields) + sorted(STANDARD_DEAL_FIELDS)), key=True)
+            continue
+        kind = regulation.fields[field_id].type if field_id in regulation.fields else None
+        if kind in COMPATIBLE and portal_field.type and portal_field.type not in COMPATIBLE[kind]:
+            doc.problem(where, f'{bound.crm_field} («{portal_field.label}») is {portal_field.type} on the portal, "{field_id}" is {kind}',
+                        "bind a CRM field of a matching type", key=True)
+        for option in bound.options:
+            if portal_field.options and option not in portal_field.options:
+                doc.problem(where + ("options", option), f"enum option {option} does not exist in {bound.crm_field}",
+                            "use one of: " + ", ".join(f"{oid} ({label})" for oid, label in portal_field.options.items()), key=True)
+        if kind == "enum" and portal_field.options:
+            for option, label in portal_field.options.items():
+                if option not in bound.options:
+                    doc.problem(where + ("options",), f"enum option {option} («{label}») of {bound.crm_field} is not bound",
+                                f"add `{option}: <option id>`", key=True)
+    for name, team in binding.teams.items():
+        for index, user in enumerate(team.members):
+            _check_user(doc, snapshot, ("teams", name, "members", index), user)
+    for number, head in enumerate(binding.heads):
+        _check_user(doc, snapshot, ("heads", number, "user"), head.user)
+    return sorted(set(doc.problems))
+
+
+def _check_user(doc: LocatedDocument, snapshot: PortalSnapshot, path: tuple[Any, ...], user: str) -> None:
+    if user not in snapshot.users:
+        doc.problem(path, f"user {user} does not exist on the portal", "use an ID from the portal's employee list")
+    elif not snapshot.users[user][1]:
+        doc.problem(path, f"user {user} ({snapshot.users[user][0]}) is not active on the portal (fired?)",
+                    "remove them or replace them with an active user")
+
+
+def users_by_department(snapshot: PortalSnapshot) -> Mapping[str, list[str]]:
+    """Active users grouped by department, for discover's draft teams."""
+    groups: dict[str, list[str]] = {}
+    for user, (_, active, departments) in snapshot.users.items():
+        if active:
+            for department in departments or ("?",):
+                groups.setdefault(department, []).append(user)
+    return groups
+
+

@@ -1,0 +1,1 @@
+"""The regulation's rules R1..R11 as pure functions over Deals, and their evaluation."""

@@ -1,0 +1,200 @@
+"""Client rules: R5 postponed clients, R6 contact data, R10 client segments."""
+
+from __future__ import annotations
+
+import calendar as months_calendar
+from datetime import date, datetime, timedelta
+from typing import Any, Iterable
+
+from crmbridge.model import LOST, WON, Deal, Outcome, Violation, as_date
+from crmbridge.regulation.compiled import CompiledDirection, Context, Text, joined, render, violation
+from crmbridge.regulation.stages import NOT_APPLICABLE, Why, current_run
+
+
+def add_months(day: date, months: int) -> date:
+    """The same day `months` later (clamped to the month's end)."""
+    month_index = day.month - 1 + months
+    year, month = day.year + month_index // 12, month_index % 12 + 1
+    return date(year, month, min(day.day, months_calendar.monthrange(year, month)[1]))
+
+
+def _local_day(moment: datetime, ctx: Context) -> date:
+    return moment.astimezone(ctx.regulation.calendar.zone).date()
+
+
+# ---------------------------------------------------------------- R5
+
+
+def check_r5(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = None) -> tuple[Violation, ...] | None:
+    """R5 Postponed client: a next-contact date 3/6/9 months after the refusal, and a follow-up task on it."""
+    spec = direction.rules.R5
+    if deal.outcome is not Outcome.LOST:
+        if why is not None:
+            why.append("the deal is not lost")
+        return NOT_APPLICABLE
+    reason = deal.field(spec.reason_field).value
+    if reason not in spec.reasons:
+        if why is not None:
+            why.append(f"the loss reason ({reason or '—'}) does not postpone the client")
+        return NOT_APPLICABLE
+    wording = ctx.regulation.spec.wording
+    run = current_run(deal)
+    entry = run[-1] if run else None
+    lost_at = entry.entered if entry is not None and entry.stage == LOST else (deal.closed_at or deal.modified or deal.created)
+    lost_day = _local_day(lost_at, ctx)
+    next_contact = deal.field(spec.next_contact_field).value
+    missing: list[str] = []
+    remarks: list[str] = []
+    months_text = "/".join(str(months) for months in spec.months)
+    if next_contact is None:
+        missing.append(spec.next_contact_field)
+        remarks.append(f"{ctx.regulation.label(spec.next_contact_field)} ({wording.empty})")
+    else:
+        next_day = as_date(next_contact)
+        tolerance = spec.tolerance
+        if not any(abs(next_day - add_months(lost_day, months)) <= tolerance for months in spec.months):
+            missing.append(spec.next_contact_field)
+            remarks.append(render(wording.next_contact_off, {"months": months_text}))
+        follow_up = any(
+            task.deadline is not None and abs(_local_day(task.deadline, ctx) - next_day) <= timedelta(days=1)
+            for task in deal.tasks)
+        if not follow_up:
+            missing.append(f"task:{spec.follow_up_task.title}")
+            remarks.append(render(wording.follow_up_missing, {"date": next_day.isoformat()}))
+    if not missing:
+        if why is not None:
+            why.append(f"next contact on {next_contact} with a follow-up task")
+        return ()
+    found = violation("R5", deal, direction, ctx, since=lost_at, entry=entry, missing=tuple(missing),
+                      values={"missing": "; ".join(remarks), "next_contact": str(next_contact or "—"), "months": months_text},
+                      details={"lost_at": lost_at, "next_contact": str(next_contact) if next_contact else None,
+                               "follow_up_task": spec.follow_up_task.title})
+    if why is not None:
+        why.append(found.message)
+    return (found,)
+
+
+# ---------------------------------------------------------------- R6
+
+
+def check_r6(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = None) -> tuple[Violation, ...] | None:
+    """R6 Contact data: from the named stages on, the client's card has a phone and an e-mail."""
+    spec = direction.rules.R6
+    from_position = direction.from_position.get("R6")
+    if from_position is None or deal.stage is None or deal.stage == LOST:
+        if why is not None:
+            why.append("no stage of this direction requires contact data" if from_position is None else "the deal is not in a checked stage")
+        return NOT_APPLICABLE
+    if deal.stage != WON and direction.order[deal.stage] < from_position:
+        if why is not None:
+            why.append(f"contact data is required from «{direction.spec.stages[from_position].name}» on")
+        return NOT_APPLICABLE
+    wording = ctx.regulation.spec.wording
+    cards = [card for card in (deal.contact, deal.company) if card is not None]
+    missing: list[str] = []
+    if not cards:
+        missing = list(spec.require)
+        remark: Any = wording.no_client
+    else:
+        if "phone" in spec.require and not any(card.phones for card in cards):
+            missing.append("phone")
+        if "email" in spec.require and not any(card.emails for card in cards):
+            missing.append("email")
+        remark = Text(joined, [(wording.no_phone if item == "phone" else wording.no_email, {}) for item in missing], ", ")
+    if not missing:
+        if why is not None:
+            why.append("the client's card has " + " and ".join(spec.require))
+        return ()
+    run = current_run(deal)
+    entry = run[-1] if run else None
+    client = cards[0].name if cards else ""
+    found = violation("R6", deal, direction, ctx, since=entry.entered if entry else deal.created, entry=entry,
+                      missing=tuple(missing), values={"missing": remark, "client": client},
+                      details={"contact": deal.contact.id if deal.contact else None,
+                               "company": deal.company.id if deal.company else None})
+    if why is not None:
+        why.append(found.message)
+    return (found,)
+
+
+# ---------------------------------------------------------------- R10
+
+
+def purchase_moment(deal: Deal, paid_field: str | None, ctx: Context) -> datetime | None:
+    """When the client bought in this deal: the payment date if set, else when the deal was won."""
+    if deal.outcome is not Outcome.WON:
+        return None
+    paid = deal.field(paid_field).value if paid_field else None
+    if isinstance(paid, datetime):
+        return paid
+    if isinstance(paid, date):
+        return datetime.combine(paid, datetime.min.time(), ctx.regulation.calendar.zone)
+    if deal.closed_at is not None:
+        return deal.closed_at
+    run = current_run(deal)
+    return run[-1].entered if run else deal.modified
+
+
+def last_purchases(deals: Iterable[Deal], ctx: Context) -> dict[str, tuple[datetime, str]]:
+    """Client key -> (last purchase, deal id): the cross-deal fact R10 needs, computed once per run."""
+    found: dict[str, tuple[datetime, str]] = {}
+    directions = ctx.regulation.directions
+    for deal in deals:
+        key = deal.client_key
+        if key is None or deal.outcome is not Outcome.WON or deal.direction not in directions:
+            continue
+        moment = purchase_moment(deal, directions[deal.direction].rules.R8.paid_field, ctx)
+        if moment is not None and (key not in found or moment > found[key][0]):
+            found[key] = (moment, deal.id)
+    return found
+
+
+def check_r10(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = None) -> tuple[Violation, ...] | None:
+    """R10 Segments: the client's latest won deal carries the segment its age implies, and touches follow the cadence."""
+    spec = direction.rules.R10
+    bought = purchase_moment(deal, direction.rules.R8.paid_field, ctx)
+    if bought is None or not spec.segments:
+        if why is not None:
+            why.append("the deal is not a purchase" if bought is None else "no segments are defined")
+        return NOT_APPLICABLE
+    if ctx.purchases is not None and deal.client_key is not None:
+        latest = ctx.purchases.get(deal.client_key)
+        if latest is not None and latest[1] != deal.id:
+            if why is not None:
+                why.append(f"the client bought later in deal {latest[1]}")
+            return NOT_APPLICABLE
+    age = ctx.now - bought
+    segment = next((item for item in spec.segments
+                    if item.after <= age and (item.before is None or age < item.before)), None)
+    if segment is None:
+        if why is not None:
+            why.append(f"{age.days} days since the purchase: between segments, nothing to check")
+        return NOT_APPLICABLE
+    wording = ctx.regulation.spec.wording
+    missing: list[str] = []
+    remarks: list[str] = []
+    since = bought + segment.after
+    if deal.field(spec.segment_field).value != segment.option:
+        missing.append(spec.segment_field)
+        remarks.append(render(wording.segment_wrong, {"expected": segment.option}))
+    if segment.touch_every is not None:
+        touches = [moment for task in deal.tasks for moment in (task.created, task.closed) if moment is not None]
+        if deal.last_activity is not None:
+            touches.append(deal.last_activity)
+        last_touch = max([bought, *touches])
+        if ctx.now - last_touch > segment.touch_every:
+            missing.append("touch")
+            remarks.append(render(wording.touch_overdue, {"days": (ctx.now - last_touch).days}))
+            since = max(since, last_touch + segment.touch_every)
+    if not missing:
+        if why is not None:
+            why.append(f"segment «{segment.option}» is set and the client was touched in time")
+        return ()
+    found = violation("R10", deal, direction, ctx, since=since, entry=None, missing=tuple(missing),
+                      values={"missing": "; ".join(remarks), "segment": str(deal.field(spec.segment_field).value or "—"),
+                              "expected": segment.option},
+                      details={"expected_segment": segment.option, "bought": bought,
+                               "touch_every_days": segment.touch_every.days if segment.touch_every else None})
+    if why is not None:
+        why.append(found.message)
+    return (found,)

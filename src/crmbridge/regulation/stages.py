@@ -1,0 +1,304 @@
+"""Stage rules: R1 order of stages, R2 required fields, R3 stage task, R4 probability."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from crmbridge.mapping.schema import RequirementSpec
+from crmbridge.model import LOST, WON, Deal, EntryKind, StageEntry, Task, Violation
+from crmbridge.regulation.compiled import CompiledDirection, Context, Text, joined, render, violation
+
+Why = list[str] | None
+NOT_APPLICABLE = None
+#: a task created a little before the history row still belongs to the stage (clocks and webhooks lag)
+TASK_TOLERANCE = timedelta(minutes=5)
+
+
+_last_run: list[Any] = [None, ()]
+
+
+def current_run(deal: Deal) -> tuple[StageEntry, ...]:
+    """The deal's stage entries since it last came into its current direction (oldest first)."""
+    if _last_run[0] is deal:
+        # several rules of one deal ask in a row; Deals are immutable, so the answer cannot go stale
+        return _last_run[1]
+    history = deal.history
+    start = len(history)
+    while start > 0 and history[start - 1].direction == deal.direction:
+        start -= 1
+        if history[start].kind is EntryKind.PIPELINE_CHANGED:
+            break
+    run = history[start:]
+    _last_run[0], _last_run[1] = deal, run
+    return run
+
+
+def previous_regulated(run: tuple[StageEntry, ...]) -> StageEntry | None:
+    """The last entry before the current one that is in a regulated (not ignored) stage."""
+    for entry in reversed(run[:-1]):
+        if entry.stage is not None:
+            return entry
+    return None
+
+
+# ---------------------------------------------------------------- R1
+
+
+def _judge_step(spec: Any, direction: CompiledDirection, entry: StageEntry, previous: StageEntry | None,
+                came_from_other_pipeline: bool) -> tuple[list[str], str, str] | None:
+    """R1 on one arrival: (skipped stages, where it came from, why) when it broke the order, else None."""
+    target = entry.stage
+    order = direction.order
+    if previous is None and came_from_other_pipeline and spec.pipeline_change_any_stage:
+        return None
+    if previous is None:
+        if target == LOST or target == direction.first_stage or target in spec.created_in:
+            return None
+        if target == WON:
+            return list(order), "", "created_won"
+        return [stage for stage, position in order.items() if position < order[target]], "", "created_later"
+    origin = previous.stage or ""
+    if target == origin:
+        return None
+    if target == LOST:
+        return None if spec.lost_from_any else ([], origin, "lost_not_allowed")
+    if target == WON:
+        allowed = spec.won_from or [direction.last_stage]
+        if origin in allowed:
+            return None
+        skipped = [stage for stage, position in order.items() if position > order[origin]] if origin in order else []
+        return (skipped or [allowed[-1]]), origin, "won_not_from_last"
+    step = order[target] - order.get(origin, order[target])
+    if step == 1:
+        return None  # the common case: one stage forward
+    if origin in (WON, LOST) or step <= 0:
+        return None if spec.allow_backward else ([], origin, "backward")
+    skipped = [stage for stage, position in order.items() if order[origin] < position < order[target]]
+    if not skipped or spec.allow_skip:
+        return None
+    return skipped, origin, "skipped"
+
+
+def check_r1(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = None) -> tuple[Violation, ...] | None:
+    """R1 Order: forward one stage at a time, back allowed, Won only from the last stage, Lost from anywhere.
+
+    Every arrival of the deal's current run in its direction is judged; a skip stays open until the deal
+    later passes through the stages it skipped (e.g. it is moved back to them), so history is not forgotten.
+    """
+    spec = direction.rules.R1
+    run = current_run(deal)
+    if not run or deal.stage is None:
+        if why is not None:
+            why.append("no stage history in this direction" if not run else "the current CRM stage is not regulated")
+        return NOT_APPLICABLE
+    from_other_pipeline = len(run) < len(deal.history) or run[0].kind is EntryKind.PIPELINE_CHANGED
+    found: list[Violation] = []
+    previous: StageEntry | None = None
+    for index, entry in enumerate(run):
+        if entry.stage is None:
+            continue
+        verdict = _judge_step(spec, direction, entry, previous, from_other_pipeline)
+        previous = entry
+        if verdict is None:
+            continue
+        skipped, origin, kind = verdict
+        later = {later_entry.stage for later_entry in run[index + 1:]}
+        if skipped and kind in ("skipped", "created_later") and all(stage in later for stage in skipped):
+            continue  # repaired: the deal went through the skipped stages afterwards
+        target = entry.stage
+        skipped_names = ", ".join(f"«{direction.stage_name(stage)}»" for stage in skipped)
+        if kind == "won_not_from_last":
+            note = render(ctx.regulation.spec.wording.won_not_from_last,
+                          {"stage": direction.stage_name((spec.won_from or [direction.last_stage])[0])})
+            skipped_names = f"{skipped_names} ({note})" if skipped_names else note
+        found.append(violation(
+            "R1", deal, direction, ctx, since=entry.entered, entry=entry, stage=target, missing=tuple(skipped),
+            values={"from_stage": direction.stage_name(origin) if origin else "—", "skipped": skipped_names,
+                    "missing": skipped_names},
+            details={"from_stage": origin or None, "to_stage": target, "skipped": skipped, "kind": kind,
+                     "current": index == len(run) - 1}))
+    if why is not None:
+        if found:
+            why.extend(violation.message for violation in found)
+        elif from_other_pipeline and len(run) == 1:
+            why.append(f"moved here from another pipeline into «{direction.stage_name(run[0].stage)}»: any stage is allowed")
+        else:
+            why.append("every move kept the order: " + " -> ".join(direction.stage_name(e.stage) for e in run if e.stage))
+    return tuple(found)
+
+
+# ---------------------------------------------------------------- R2
+
+
+def field_problem(deal: Deal, requirement: RequirementSpec, ctx: Context) -> str | None:
+    """Why a required field is not acceptable (in the regulation's wording), or None when it is."""
+    wording = ctx.regulation.spec.wording
+    value = deal.fields.get(requirement.field)
+    if value is None or value.empty:
+        return wording.empty
+    if value.problem is not None:
+        return f"{wording.not_a_date} ({value.raw})"
+    found = value.value
+    if isinstance(found, Decimal):
+        if found == 0:
+            return wording.zero
+        if found < 0:
+            return wording.not_positive
+    if requirement.equals is not None and found != requirement.equals:
+        return render(wording.wrong_option, {"expected": requirement.equals})
+    if requirement.future:
+        day = found.astimezone(ctx.regulation.calendar.zone).date() if isinstance(found, datetime) else found
+        if isinstance(day, date) and day < ctx.now.astimezone(ctx.regulation.calendar.zone).date():
+            return wording.in_past
+    return None
+
+
+def check_r2(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = None) -> tuple[Violation, ...] | None:
+    """R2 Required fields: the fields the regulation requires for entering / leaving stages are valid."""
+    if deal.stage is None:
+        if why is not None:
+            why.append("the current CRM stage is not regulated")
+        return NOT_APPLICABLE
+    requirements = direction.required.get(deal.stage, ())
+    if deal.stage == LOST and direction.rules.R2.cumulative:
+        run = current_run(deal)
+        previous = previous_regulated(run) if run else None
+        if previous is not None and previous.stage in direction.order:
+            requirements = direction.required[f"{LOST}<{previous.stage}"]
+    elif not direction.rules.R2.cumulative:
+        run = current_run(deal)
+        previous = previous_regulated(run) if run else None
+        if previous is not None and previous.stage in direction.order and deal.stage != previous.stage:
+            stage_spec = direction.stages[previous.stage]
+            requirements = tuple(requirements) + tuple(getattr(stage_spec, "requires_to_leave", ()))
+    if not requirements:
+        if why is not None:
+            why.append(f"nothing is required in «{direction.stage_name(deal.stage)}»")
+        return NOT_APPLICABLE
+    missing: list[str] = []
+    remarks: dict[str, str] = {}
+    fields = deal.fields
+    for requirement in requirements:
+        value = fields.get(requirement.field)
+        if value is not None and value.ok and requirement.plain:
+            continue  # the common case: filled and valid, no extra condition
+        problem = field_problem(deal, requirement, ctx)
+        if problem is not None and requirement.field not in remarks:
+            missing.append(requirement.field)
+            remarks[requirement.field] = problem
+    if not missing:
+        if why is not None:
+            why.append("all required fields are filled: " + ", ".join(ctx.regulation.label(r.field) for r in requirements))
+        return ()
+    run = current_run(deal)
+    entry = run[-1] if run else None
+    listed = Text(joined, [("{label} ({remark})", {"label": ctx.regulation.label(field_id), "remark": remarks[field_id]})
+                           for field_id in missing])
+    found = violation("R2", deal, direction, ctx, since=entry.entered if entry else deal.created, entry=entry,
+                      missing=tuple(missing), values={"missing": listed}, details={"problems": remarks})
+    if why is not None:
+        why.append(found.message)
+    return (found,)
+
+
+# ---------------------------------------------------------------- R3
+
+
+_title_keys: dict[str, str] = {}
+
+
+def stage_task(deal: Deal, title: str, entered: datetime, match: str = "exact") -> Task | None:
+    """The deal's stage task (by the R3 `match` mode), set on or after entering the stage; a completed one wins."""
+    wanted = _title_keys.get(title)
+    if wanted is None:
+        wanted = _title_keys[title] = " ".join(title.split()).casefold()
+    earliest = entered - TASK_TOLERANCE
+    best: Task | None = None
+    for task in deal.tasks:
+        if match == "exact":
+            fits = task.title_key == wanted
+        elif match == "contains":
+            fits = wanted in task.title_key
+        else:
+            fits = True
+        if fits and (task.created is None or task.created >= earliest):
+            if best is None or task.completed:
+                best = task
+    return best
+
+
+def check_r3(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = None) -> tuple[Violation, ...] | None:
+    """R3 Stage task: set when the deal enters a stage; completed before leaving where the regulation says so."""
+    run = current_run(deal)
+    if not run or deal.stage is None:
+        if why is not None:
+            why.append("no stage history in this direction" if not run else "the current CRM stage is not regulated")
+        return NOT_APPLICABLE
+    wording = ctx.regulation.spec.wording
+    match = direction.rules.R3.match
+    entry = run[-1]
+    missing: list[str] = []
+    remarks: list[tuple[str, dict[str, str]]] = []
+    current = direction.stages.get(deal.stage)
+    task_spec = getattr(current, "task", None)
+    since = entry.entered
+    if task_spec is not None:
+        due = entry.entered + direction.rules.R3.create_within
+        if stage_task(deal, task_spec.title, entry.entered, match) is None and ctx.now >= due:
+            missing.append(f"task:{task_spec.title}")
+            remarks.append((wording.task_missing, {"task": task_spec.title}))
+            since = due
+    previous = previous_regulated(run)
+    left_spec = direction.stages.get(previous.stage) if previous is not None and previous.stage else None
+    left_task = getattr(left_spec, "task", None)
+    moved_forward = previous is not None and previous.stage in direction.order and (
+        deal.stage == WON or direction.order.get(deal.stage, -1) > direction.order[previous.stage])
+    if left_task is not None and left_task.must_complete and moved_forward:
+        done = stage_task(deal, left_task.title, previous.entered, match)
+        if done is None or not done.completed or (done.closed is not None and done.closed > entry.entered + TASK_TOLERANCE):
+            missing.append(f"task_not_completed:{left_task.title}")
+            remarks.append((wording.task_not_completed,
+                            {"task": left_task.title, "stage": direction.stage_name(previous.stage)}))
+            since = entry.entered
+    if task_spec is None and left_task is None:
+        if why is not None:
+            why.append(f"«{direction.stage_name(deal.stage)}» has no stage task")
+        return NOT_APPLICABLE
+    if not missing:
+        if why is not None:
+            why.append("the stage task is set" + (" and the previous one was completed" if moved_forward and left_task else ""))
+        return ()
+    found = violation("R3", deal, direction, ctx, since=since, entry=entry, missing=tuple(missing),
+                      values={"missing": Text(joined, remarks), "task": task_spec.title if task_spec else ""},
+                      details={"task": task_spec.title if task_spec else None,
+                               "left_stage": previous.stage if previous else None})
+    if why is not None:
+        why.append(found.message)
+    return (found,)
+
+
+# ---------------------------------------------------------------- R4
+
+
+def check_r4(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = None) -> tuple[Violation, ...] | None:
+    """R4 Probability: the deal's probability equals its stage's."""
+    if deal.stage is None:
+        if why is not None:
+            why.append("the current CRM stage is not regulated")
+        return NOT_APPLICABLE
+    expected = direction.stages[deal.stage].probability
+    if deal.probability == expected:
+        if why is not None:
+            why.append(f"probability {expected}% matches the stage")
+        return ()
+    run = current_run(deal)
+    entry = run[-1] if run else None
+    actual: Any = deal.probability if deal.probability is not None else ctx.regulation.spec.wording.not_set
+    found = violation("R4", deal, direction, ctx, since=entry.entered if entry else deal.created, entry=entry,
+                      missing=("probability",), values={"expected": expected, "actual": actual},
+                      details={"expected": expected, "actual": deal.probability})
+    if why is not None:
+        why.append(found.message)
+    return (found,)

@@ -1,0 +1,176 @@
+"""Timer rules: R7 response time, R8 payment within 72 h, R9 overdue receivables, R11 stale deals."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time, timedelta
+
+from crmbridge.mapping.schema import format_duration
+from crmbridge.model import WON, Deal, Outcome, Violation, as_date
+from crmbridge.regulation.compiled import CompiledDirection, Context, Span, render, violation
+from crmbridge.regulation.stages import NOT_APPLICABLE, Why, current_run
+
+
+def _span(span: timedelta) -> str:
+    return format_duration(span)
+
+
+# ---------------------------------------------------------------- R7
+
+
+def check_r7(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = None) -> tuple[Violation, ...] | None:
+    """R7 Response time: a lead is contacted within the SLA (working time); a waiting one is reassigned."""
+    spec = direction.rules.R7
+    calendar = ctx.regulation.calendar
+    created = deal.history[0].entered if deal.history else deal.created
+    contacted = deal.field(spec.contact_field).value
+    run = current_run(deal)
+    entry = run[0] if run else None
+    if contacted is not None:
+        moment = contacted if isinstance(contacted, datetime) else datetime.combine(contacted, time.max, calendar.zone)
+        if moment - created <= spec.sla:
+            if why is not None:
+                why.append(f"contacted after {_span(moment - created)} (SLA {_span(spec.sla)})")
+            return ()
+        waited = calendar.elapsed(created, moment, working=spec.working_hours)
+        if waited <= spec.sla:
+            if why is not None:
+                why.append(f"contacted after {_span(waited)} of working time (SLA {_span(spec.sla)})")
+            return ()
+        late = render(ctx.regulation.spec.wording.contacted_late, {"waited": _span(waited)})
+        found = violation("R7", deal, direction, ctx, since=calendar.add(created, spec.sla, working=spec.working_hours),
+                          entry=entry, missing=(), values={"missing": late, "sla": Span(spec.sla), "waited": Span(waited)},
+                          details={"contacted": True, "reassign": False, "waited_minutes": int(waited.total_seconds() // 60)})
+    else:
+        deadline = calendar.add(created, spec.sla, working=spec.working_hours)
+        if ctx.now < deadline:
+            if why is not None:
+                why.append(f"not contacted yet; the SLA ends at {deadline:%Y-%m-%d %H:%M}")
+            return ()
+        waited = calendar.elapsed(created, ctx.now, working=spec.working_hours)
+        # only a lead still waiting in its first stage(s) is worth handing to another manager
+        waiting = deal.outcome is Outcome.OPEN and deal.stage in (spec.stages or (direction.first_stage,))
+        found = violation("R7", deal, direction, ctx, since=deadline, entry=entry, missing=(spec.contact_field,),
+                          values={"sla": Span(spec.sla), "waited": Span(waited)},
+                          details={"contacted": False, "waited_minutes": int(waited.total_seconds() // 60),
+                                   "reassign": spec.reassign and waiting})
+    if why is not None:
+        why.append(found.message)
+    return (found,)
+
+
+# ---------------------------------------------------------------- R8
+
+
+def check_r8(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = None) -> tuple[Violation, ...] | None:
+    """R8 Payment: from the stage where the client agreed, the deal reaches payment within the limit."""
+    spec = direction.rules.R8
+    first = direction.from_position.get("R8")
+    agreed_when_won = WON in spec.from_stages
+    if deal.outcome is Outcome.LOST or (deal.outcome is Outcome.WON and not (agreed_when_won or first is not None)) or (
+            deal.outcome is Outcome.OPEN and (first is None or deal.stage not in direction.order
+                                              or direction.order[deal.stage] < first)):
+        if why is not None:
+            why.append("the client has not agreed to buy (or the deal is lost)")
+        return NOT_APPLICABLE
+    if deal.field(spec.paid_field).value is not None:
+        if why is not None:
+            why.append("the payment is recorded")
+        return ()
+    run = current_run(deal)
+    agreed_entry = next((entry for entry in run if (first is not None and entry.stage in direction.order
+                                                     and direction.order[entry.stage] >= first)
+                         or (agreed_when_won and entry.stage == WON)), run[-1] if run else None)
+    agreed_at = agreed_entry.entered if agreed_entry is not None else (deal.closed_at or deal.created)
+    calendar = ctx.regulation.calendar
+    deadline = calendar.add(agreed_at, spec.within, working=spec.working_hours)
+    if ctx.now < deadline:
+        if why is not None:
+            why.append(f"waiting for payment until {deadline:%Y-%m-%d %H:%M}")
+        return ()
+    waited = calendar.elapsed(agreed_at, ctx.now, working=spec.working_hours)
+    found = violation("R8", deal, direction, ctx, since=deadline, entry=agreed_entry, missing=(spec.paid_field,),
+                      values={"within": Span(spec.within), "waited": Span(waited)},
+                      details={"agreed_at": agreed_at, "waited_hours": int(waited.total_seconds() // 3600)})
+    if why is not None:
+        why.append(found.message)
+    return (found,)
+
+
+# ---------------------------------------------------------------- R9
+
+
+def receivable_reminders(start: date, due: date, *, middle: bool = True, day_before: bool = True) -> list[tuple[str, date]]:
+    """R9 instalments: reminder days at the middle of the term and the day before it ends."""
+    reminders: list[tuple[str, date]] = []
+    if due <= start:
+        return reminders
+    if middle:
+        reminders.append(("middle", start + (due - start) / 2))
+    if day_before and due - timedelta(days=1) > start:
+        reminders.append(("day_before", due - timedelta(days=1)))
+    return reminders
+
+
+def check_r9(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = None) -> tuple[Violation, ...] | None:
+    """R9 Receivables: a payment past its due date is reported to management."""
+    spec = direction.rules.R9
+    due_value = deal.field(spec.due_field).value
+    if due_value is None or deal.outcome is Outcome.LOST:
+        if why is not None:
+            why.append("no payment due date" if due_value is None else "the deal is lost")
+        return NOT_APPLICABLE
+    if deal.field(spec.paid_field).value is not None:
+        if why is not None:
+            why.append("paid")
+        return ()
+    due = as_date(due_value)
+    zone = ctx.regulation.calendar.zone
+    overdue_from = datetime.combine(due + timedelta(days=1), time(), zone) + spec.grace
+    if ctx.now < overdue_from:
+        if why is not None:
+            why.append(f"due on {due}, not overdue yet")
+        return ()
+    overdue_days = (ctx.now.astimezone(zone).date() - due).days
+    found = violation("R9", deal, direction, ctx, since=overdue_from, entry=None, missing=(spec.paid_field,),
+                      values={"due": due, "overdue_days": overdue_days},
+                      details={"due": due, "overdue_days": overdue_days,
+                               "amount": str(deal.amount) if deal.amount is not None else None})
+    if why is not None:
+        why.append(found.message)
+    return (found,)
+
+
+# ---------------------------------------------------------------- R11
+
+
+def check_r11(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = None) -> tuple[Violation, ...] | None:
+    """R11 Stale deals: an open deal shows activity on its stage within the allowed time."""
+    spec = direction.rules.R11
+    if deal.outcome is not Outcome.OPEN or deal.stage not in direction.order:
+        if why is not None:
+            why.append("the deal is closed" if deal.outcome is not Outcome.OPEN else "the current CRM stage is not regulated")
+        return NOT_APPLICABLE
+    run = current_run(deal)
+    entry = run[-1] if run else None
+    entered = entry.entered if entry is not None else deal.created
+    last = entered
+    if deal.last_activity is not None and deal.last_activity > last:
+        last = deal.last_activity
+    for task in deal.tasks:
+        for moment in (task.created, task.closed):
+            if moment is not None and moment > last:
+                last = moment
+    limit = direction.stages[deal.stage].stale_after or spec.stale_after  # type: ignore[union-attr]
+    calendar = ctx.regulation.calendar
+    deadline = calendar.add(last, limit, working=spec.working_hours)
+    if ctx.now < deadline:
+        if why is not None:
+            why.append(f"last activity {last:%Y-%m-%d}, within {_span(limit)}")
+        return ()
+    idle_days = (ctx.now - last).days
+    found = violation("R11", deal, direction, ctx, since=deadline, entry=entry, missing=("activity",),
+                      values={"days": idle_days, "last_activity": last.date()},
+                      details={"last_activity": last, "idle_days": idle_days})
+    if why is not None:
+        why.append(found.message)
+    return (found,)
