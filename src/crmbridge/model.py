@@ -119,13 +119,12 @@ class FieldValue:
     def empty(self) -> bool:
         return self.value is None and self.problem is None
 
-    @property
-    def ok(self) -> bool:
-        """Filled with a valid value (a number > 0): what R2 wants of most fields."""
+    ok: bool = field(init=False, compare=False, repr=False)  # filled and valid (a number > 0): what R2 wants
+
+    def __post_init__(self) -> None:
         value = self.value
-        if value is None or self.problem is not None:
-            return False
-        return not (type(value) is Decimal and value <= 0)
+        object.__setattr__(self, "ok", value is not None and self.problem is None
+                           and not (type(value) is Decimal and value <= 0))
 
 
 EMPTY = FieldValue(None)
@@ -194,6 +193,10 @@ class Violation:
     def message(self) -> str:
         """What the manager reads: the regulation's template filled in (rendered on demand, it is not free)."""
         values = _Placeholders(self.values)
+        values.setdefault("rule", self.rule)
+        values.setdefault("deal", self.deal)
+        values.setdefault("manager", self.manager or "")
+        values.setdefault("missing", ", ".join(self.missing))
         values.setdefault("since", self.since.strftime("%Y-%m-%d %H:%M"))
         try:
             return self.template.format_map(values)

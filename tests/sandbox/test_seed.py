@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from crmbridge.sandbox import SandboxPortal
 from crmbridge.sandbox import catalog as c
+from crmbridge.sandbox.seed import working_seconds
 
 NOW = 1_780_000_000.0
 DAY = 86400.0
@@ -23,7 +24,7 @@ def _date_ts(value: str) -> float:
 
 def _violations(p: SandboxPortal, deal: dict[str, Any], history: list[dict[str, Any]],
                 tasks: list[dict[str, Any]]) -> set[str]:
-    """An independent reading of the rules in crmbridge.sandbox.seed's docstring."""
+    """An independent reading of the rules listed in crmbridge.sandbox.seed's docstring (R1..R11)."""
     found: set[str] = set()
     stage = c.STAGE_BY_ID[deal["STAGE_ID"]]
     category = int(deal["CATEGORY_ID"])
@@ -42,26 +43,60 @@ def _violations(p: SandboxPortal, deal: dict[str, Any], history: list[dict[str, 
     else:
         reached = process[:max(process.index(s) for s in proc_visited) + 1] + [deal["STAGE_ID"]]
     required = [n for s in reached for n in c.REQUIRED_BY_STAGE.get(s, ())
-                if n not in (c.UF_PAID_DATE, c.UF_PAY_DUE, c.UF_LOSS_REASON)]
+                if n not in (c.UF_PAID_DATE, c.UF_PAY_DUE, c.UF_LOSS_REASON, c.UF_SEGMENT)]
     if any(not deal[n] for n in required):
         found.add("required_uf_empty")
     if category == 0 and stage.semantics != "F" and int(deal["PROBABILITY"]) != stage.probability:
         found.add("probability_mismatch")
-    if stage.semantics == "F" and deal[c.UF_LOSS_REASON] == "123" and not deal[c.UF_NEXT_CONTACT]:
-        found.add("lost_no_next_contact")
+    if stage.semantics == "F" and deal[c.UF_LOSS_REASON] == "123":
+        lost_day = datetime.fromisoformat(deal["MOVED_TIME"]).date()
+        nxt = deal[c.UF_NEXT_CONTACT]
+        if not nxt:
+            found.add("lost_no_next_contact")
+        else:
+            target = date.fromisoformat(nxt)
+            months_ok = any(abs((target - _add_months(lost_day, m)).days) <= 7 for m in (3, 6, 9))
+            follow_up = any(t["title"] == c.FOLLOW_UP_TITLE and t["deadline"][:10] == nxt for t in tasks)
+            assert months_ok and follow_up, deal["ID"]
     if stage.semantics == "P":
-        if not any(t["status"] in ("2", "3") for t in tasks):
+        title = c.STAGE_TASK_TITLES[deal["STAGE_ID"]]
+        if not any(t["title"] == title and t["status"] in ("2", "3") for t in tasks):
             found.add("no_stage_task")
         if NOW - _ts(deal["MOVED_TIME"]) > 60 * DAY:
             found.add("stale")
-        if deal["STAGE_ID"] in c.INVOICE_STAGES and deal[c.UF_PAY_DUE] and _date_ts(deal[c.UF_PAY_DUE]) < NOW - DAY:
-            found.add("overdue_receivable")
-    if stage.semantics == "S" and not deal[c.UF_PAID_DATE] and NOW - _ts(deal["MOVED_TIME"]) > 72 * 3600:
+    needs_data = stage.semantics == "S" or (
+        stage.semantics == "P" and process.index(deal["STAGE_ID"]) >= process.index(c.CONTACT_DATA_FROM[category]))
+    if needs_data:
+        cards = [p.state.contacts.rows[int(deal["CONTACT_ID"])]]
+        if deal["COMPANY_ID"] != "0":
+            cards.append(p.state.companies.rows[int(deal["COMPANY_ID"])])
+        if not (any(card["PHONE"] for card in cards) and any(card["EMAIL"] for card in cards)):
+            found.add("no_contact_data")
+    due, paid = deal[c.UF_PAY_DUE], deal[c.UF_PAID_DATE]
+    if stage.semantics != "F" and due and not paid and _date_ts(due) < NOW - DAY:
+        found.add("overdue_receivable")
+    if stage.semantics == "S" and not paid and NOW - _ts(deal["MOVED_TIME"]) > 72 * 3600:
         found.add("won_no_payment_date")
-    first = deal[c.UF_FIRST_CONTACT]
-    if not first or _ts(first) - _ts(deal["DATE_CREATE"]) > 3600:
-        found.add("lead_not_contacted")
+    if category in c.FIRST_CONTACT_CATEGORIES:
+        first = deal[c.UF_FIRST_CONTACT]
+        created = _ts(deal["DATE_CREATE"])
+        if not first:
+            if working_seconds(created, NOW) > 3600:
+                found.add("lead_not_contacted")
+        elif _ts(first) - created > 3600 and working_seconds(created, _ts(first)) > 3600:
+            found.add("lead_not_contacted")
     return found
+
+
+def _add_months(day: date, months: int) -> date:
+    month = day.month - 1 + months
+    year, month = day.year + month // 12, month % 12 + 1
+    for last in (31, 30, 29, 28):
+        try:
+            return date(year, month, min(day.day, last))
+        except ValueError:
+            continue
+    raise AssertionError("unreachable")
 
 
 def test_seed_is_deterministic_and_ids_follow_creation_time() -> None:
@@ -96,7 +131,8 @@ def test_planted_violations_are_exactly_what_the_data_shows() -> None:
     assert 0.25 <= share <= 0.35
     kinds = {k for ks in p.state.planted.values() for k in ks}
     assert kinds == {"skipped_stage", "required_uf_empty", "probability_mismatch", "lost_no_next_contact",
-                     "no_stage_task", "stale", "won_no_payment_date", "overdue_receivable", "lead_not_contacted"}
+                     "no_stage_task", "stale", "won_no_payment_date", "overdue_receivable", "lead_not_contacted",
+                     "no_contact_data"}
 
 
 def test_history_is_consistent_with_each_deal() -> None:

@@ -15,15 +15,19 @@ from crmbridge.regulation.evaluate import Evaluator
 MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
 NOW = 1795000000.0  # 2026-11-17, fixed so the seeded portal is the same every run
 
-#: planted kind -> the rule that must find it; `exact`: no other deal may be flagged by that rule
+#: planted kind -> the rule that must find it; the seeder follows mappings/regulation.yaml, so no rule may flag
+#: a deal the seeder did not plant that kind in
 PLANTED = {
-    "skipped_stage": ("R1", True),
-    "probability_mismatch": ("R4", True),
-    "stale": ("R11", True),
-    "won_no_payment_date": ("R8", True),
-    "lost_no_next_contact": ("R5", False),  # R5 also wants 3/6/9 months, the seeder does not
-    "overdue_receivable": ("R9", False),  # an unpaid won deal past its due date is overdue too
-    "no_stage_task": ("R3", False),  # the seeder's tasks are not the regulation's formal stage tasks
+    "skipped_stage": "R1",
+    "required_uf_empty": "R2",
+    "no_stage_task": "R3",
+    "probability_mismatch": "R4",
+    "lost_no_next_contact": "R5",
+    "no_contact_data": "R6",
+    "lead_not_contacted": "R7",
+    "won_no_payment_date": "R8",
+    "overdue_receivable": "R9",
+    "stale": "R11",
 }
 
 
@@ -54,26 +58,18 @@ def evaluated():
 
 
 @pytest.mark.parametrize("kind", sorted(PLANTED))
-def test_planted_violations_are_found(evaluated, kind: str) -> None:
+def test_exactly_the_planted_violations_are_found(evaluated, kind: str) -> None:
     found, planted = evaluated
-    rule, exact = PLANTED[kind]
+    rule = PLANTED[kind]
     with_kind = {deal_id for deal_id, kinds in planted.items() if kind in kinds}
     flagged = {deal_id for deal_id, rules in found.items() if rule in rules}
     assert with_kind, f"the seeder planted no {kind}"
-    assert with_kind <= flagged, f"{rule} missed {sorted(with_kind - flagged)[:5]}"
-    if exact:
-        assert flagged == with_kind, f"{rule} flagged clean deals {sorted(flagged - with_kind)[:5]}"
+    assert with_kind <= flagged, f"{rule} missed {sorted(with_kind - flagged, key=int)[:5]}"
+    assert flagged == with_kind, f"{rule} flagged clean deals {sorted(flagged - with_kind, key=int)[:5]}"
 
 
-def test_overdue_extras_are_unpaid_won_deals(evaluated) -> None:
+def test_clean_deals_break_no_rule_but_r10(evaluated) -> None:
     found, planted = evaluated
-    extra = {deal_id for deal_id, rules in found.items() if "R9" in rules and "overdue_receivable" not in planted.get(deal_id, ())}
-    assert all("won_no_payment_date" in planted.get(deal_id, ()) for deal_id in extra)
-
-
-def test_late_contact_is_found_unless_the_delay_was_outside_working_hours(evaluated) -> None:
-    found, planted = evaluated
-    clean = {deal_id for deal_id in found if deal_id not in planted}
-    assert not any("R7" in found[deal_id] for deal_id in clean)
-    late = {deal_id for deal_id, kinds in planted.items() if "lead_not_contacted" in kinds}
-    assert len({deal_id for deal_id in late if "R7" in found[deal_id]}) >= 0.6 * len(late)
+    clean = [deal_id for deal_id in found if deal_id not in planted]
+    assert len(clean) > 500
+    assert not {rule for deal_id in clean for rule in found[deal_id]} - {"R10"}

@@ -108,6 +108,7 @@ def test_discover_drafts_the_sandbox_binding(shipped) -> None:
         if bound.crm_field.startswith("UF_"):
             assert draft.fields[field_id].crm_field == bound.crm_field, field_id
             assert draft.fields[field_id].options == bound.options, field_id
+    assert draft.fields["deal_amount"].crm_field == "OPPORTUNITY"  # standard fields are candidates too
     assert "Нет интереса сейчас" in text  # the CRM's labels are kept as comments
 
 

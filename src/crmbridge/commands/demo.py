@@ -66,7 +66,7 @@ def register(app: typer.Typer) -> None:
         cache_path: Path = typer.Option(Path("crmbridge-demo.db"), "--cache", help="SQLite file the demo writes."),
         seed: int = typer.Option(1, help="Sandbox seed."),
     ) -> None:
-        """Start the sandbox portal on loopback, sync it, and show what crmbridge sees."""
+        """Start the sandbox portal on loopback, sync it, show what crmbridge sees, then enforce the regulation on it."""
         from crmbridge.sandbox import SandboxPortal
 
         settings = load_settings()
@@ -88,6 +88,11 @@ def register(app: typer.Typer) -> None:
                 print_summary(summary, cache_path)
                 common.console.print(pipeline_table(cache))
                 common.console.print(manager_table(cache))
+                # issue 4: evaluate, show the plan, enforce it on the sandbox, show what changed
+                from crmbridge.enforce.demo import run_demo_enforcement
+                from crmbridge.mapping.load import load_mappings
+
+                run_demo_enforcement(client, cache, load_mappings(settings.mappings_dir))
             finally:
                 cache.close()
             common.console.print(

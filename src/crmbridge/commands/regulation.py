@@ -17,7 +17,7 @@ from crmbridge.commands import common
 from crmbridge.errors import CrmBridgeError, MappingError
 from crmbridge.mapping.binding import DealMapper
 from crmbridge.mapping.cached import load_deals, record_violations
-from crmbridge.mapping.discover import draft_binding
+from crmbridge.mapping.discover import draft_binding, todo_left
 from crmbridge.mapping.load import BINDING_FILE, Mappings, load_mappings, load_regulation
 from crmbridge.mapping.portal import PortalSnapshot, lint_live
 from crmbridge.mapping.schema import json_schemas
@@ -160,7 +160,7 @@ def register(app: typer.Typer) -> None:
                                  hint="pass --out with another file name and merge by hand")
         text = draft_binding(regulation, snapshot)
         target.write_text(text, encoding="utf-8")
-        todo = text.count(": todo") + text.count("TODO_CRM_FIELD")
+        todo = todo_left(text)
         common.console.print(f"wrote {target} from {source}: {len(snapshot.pipelines)} pipelines, "
                              f"{sum(len(stages) for stages in snapshot.stages.values())} stages, "
                              f"{len(snapshot.fields)} fields; {todo} `todo` left for you")
@@ -230,13 +230,16 @@ def _print_audit(run: AuditRun, names: dict[str, str], as_json: bool) -> None:
         return
     common.console.print(f"{len(run.deals):,} deals evaluated: {len(run.violations):,} open violations "
                          f"({run.opened:,} newly opened, {run.resolved:,} resolved since the last audit)")
-    clauses = {violation.rule: violation.clause for violation in run.violations}
+    clauses = {violation.rule: violation.clause.split(".")[0] for violation in run.violations}
+    deals_by_rule: dict[str, set[str]] = defaultdict(set)
+    for violation in run.violations:
+        deals_by_rule[violation.rule].add(violation.deal)
     table = Table(title="Open violations by rule", title_justify="left")
-    for column in ("rule", "deals", "clause"):
-        table.add_column(column, justify="right" if column == "deals" else "left")
+    for column in ("rule", "violations", "deals", "clause"):
+        table.add_column(column, justify="right" if column in ("violations", "deals") else "left")
     for rule in RULES:
         if by_rule[rule]:
-            table.add_row(rule, f"{by_rule[rule]:,}", clauses[rule][:110])
+            table.add_row(rule, f"{by_rule[rule]:,}", f"{len(deals_by_rule[rule]):,}", clauses[rule])
     common.console.print(table)
     rules = [rule for rule in RULES if by_rule[rule]]
     table = Table(title="Open violations by manager", title_justify="left")

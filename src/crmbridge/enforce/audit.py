@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, time, timezone, tzinfo
+from datetime import UTC, datetime, time, tzinfo
 from typing import Any
 
 from crmbridge.cache.store import Cache
@@ -18,7 +18,7 @@ CANCELLED = "cancelled"  # an unknown outcome no longer needed: the violation is
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _json(value: Any) -> str:
@@ -67,7 +67,7 @@ class AuditLog:
 
     def record_intents(self, actions: Sequence[tuple[Action, Mapping[str, Any]]], run_id: str, now: datetime) -> None:
         """Before the write: the action exists as an intent, with the exact payload about to be sent."""
-        stamp = now.astimezone(timezone.utc).isoformat()
+        stamp = now.astimezone(UTC).isoformat()
         with self.cache.atomic():
             for action, params in actions:
                 self.cache.db.execute(
@@ -89,7 +89,7 @@ class AuditLog:
     def record_outcomes(self, done: Iterable[tuple[str, Any, list[str]]], failed: Iterable[tuple[str, str]],
                         now: datetime, *, found: bool = False) -> None:
         """After the write: results (with the ids the CRM created) and errors, in one transaction."""
-        stamp = now.astimezone(timezone.utc).isoformat()
+        stamp = now.astimezone(UTC).isoformat()
         with self.cache.atomic():
             for key, result, crm_ids in done:
                 self.cache.db.execute(
@@ -103,7 +103,7 @@ class AuditLog:
 
     def note_error(self, keys: Iterable[str], error: str, now: datetime) -> None:
         """An error that leaves the outcome unknown (the row stays an intent, to be reconciled)."""
-        stamp = now.astimezone(timezone.utc).isoformat()
+        stamp = now.astimezone(UTC).isoformat()
         with self.cache.atomic():
             for key in keys:
                 self.cache.db.execute("UPDATE actions SET error = ?, updated = ? WHERE idempotency_key = ?",
@@ -120,7 +120,7 @@ class AuditLog:
         return self.cache.query(f"SELECT * FROM actions WHERE status = 'intent' AND deal_id IN ({marks}) ORDER BY id", ids)
 
     def cancel(self, keys: Iterable[str], now: datetime) -> int:
-        stamp = now.astimezone(timezone.utc).isoformat()
+        stamp = now.astimezone(UTC).isoformat()
         count = 0
         with self.cache.atomic():
             for key in keys:
@@ -134,13 +134,24 @@ class AuditLog:
 
     def reverts_today(self, now: datetime, zone: tzinfo, deal_ids: Iterable[str] | None = None) -> dict[str, int]:
         """Stage reverts written per deal since local midnight (the loop guard's counter)."""
-        midnight = datetime.combine(now.astimezone(zone).date(), time(), zone).astimezone(timezone.utc)
+        midnight = datetime.combine(now.astimezone(zone).date(), time(), zone).astimezone(UTC)
         rows = self.cache.query(
             "SELECT deal_id, COUNT(*) AS reverts FROM actions WHERE kind = ? AND status = 'done' AND done >= ? "
             "GROUP BY deal_id", [ActionKind.REVERT_STAGE.value, midnight.isoformat()])
         wanted = None if deal_ids is None else {str(deal_id) for deal_id in deal_ids}
         return {str(row["deal_id"]): int(row["reverts"]) for row in rows
                 if wanted is None or str(row["deal_id"]) in wanted}
+
+    def reverted_entries(self) -> dict[str, dict[str, str]]:
+        """Deal id -> {stage entry the bridge reverted: the CRM stage it moved the deal back to} (done reverts)."""
+        found: dict[str, dict[str, str]] = {}
+        for row in self.cache.query("SELECT deal_id, idempotency_key, payload FROM actions WHERE kind = ? AND status = 'done'",
+                                    [ActionKind.REVERT_STAGE.value]):
+            prefix = f"revert:{row['deal_id']}:"
+            if row["idempotency_key"].startswith(prefix):
+                target = json.loads(row["payload"]).get("fields", {}).get("STAGE_ID")
+                found.setdefault(str(row["deal_id"]), {})[row["idempotency_key"][len(prefix):]] = str(target)
+        return found
 
     def rotation(self) -> dict[str, int]:
         rows = self.cache.query("SELECT name, value FROM enforce_state WHERE name LIKE 'rotation:%'")
@@ -158,13 +169,14 @@ class AuditLog:
     def entries(self, *, deal: int | None = None, since: datetime | None = None, rule: str | None = None,
                 status: str | None = None, limit: int | None = None) -> list[LogEntry]:
         """`crmbridge log`: newest first; `since` compares with the last status change."""
-        where, params = ["1=1"], []  # type: ignore[var-annotated]
+        where: list[str] = ["1=1"]
+        params: list[Any] = []
         if deal is not None:
             where.append("deal_id = ?")
             params.append(deal)
         if since is not None:
             where.append("updated >= ?")
-            params.append(since.astimezone(timezone.utc).isoformat())
+            params.append(since.astimezone(UTC).isoformat())
         if rule is not None:
             where.append("(',' || rule || ',') LIKE ?")
             params.append(f"%,{rule},%")
@@ -200,7 +212,7 @@ def parse_since(text: str, now: datetime) -> datetime:
         raise ValueError(f"--since {text!r}: write a date (2026-11-25), a date-time (2026-11-25T10:00) "
                          "or a span back from now (90m, 2h, 1d, 2w)") from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=now.tzinfo or timezone.utc)
+        moment = moment.replace(tzinfo=now.tzinfo or UTC)
     return moment
 
 

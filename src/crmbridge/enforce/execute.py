@@ -214,7 +214,7 @@ class Executor:
         answers = self.client.batch_calls([(methods[kind], params) for kind, _, params in calls]) if calls else []
         found: dict[tuple[str, str], Any] = {}
         failed_lookups: set[tuple[str, str]] = set()
-        for (kind, deal, _), answer in zip(calls, answers):
+        for (kind, deal, _), answer in zip(calls, answers, strict=True):
             if isinstance(answer, CrmError):
                 failed_lookups.add((kind, deal))
             else:
@@ -247,9 +247,9 @@ class Executor:
                 if ("deal", action.deal) in failed_lookups:
                     unknown.add(action.idempotency_key)
                     continue
-                deal = found.get(("deal", action.deal)) or {}
+                record = found.get(("deal", action.deal)) or {}
                 wanted = dict(item.params.get("fields") or {})
-                if wanted and all(same_value(deal.get(name), value) for name, value in wanted.items()):
+                if wanted and all(same_value(record.get(name), value) for name, value in wanted.items()):
                     hits[action.idempotency_key] = ({"deal_fields": wanted}, [])
             # NOTIFY: there is nothing to look up; sent again, its TAG replaces the first one
         return hits, unknown

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
@@ -47,8 +46,6 @@ class ActionKind(str, enum.Enum):
     NOTIFY = "notify"  # im.notify.system.add to a manager or head
 
 
-#: kinds that create a record in the CRM: a lost answer is reconciled by looking for the marker
-CREATING = frozenset({ActionKind.CREATE_TASK, ActionKind.COMMENT})
 #: kinds that set deal fields: sending them again is harmless, a lost answer is reconciled by reading the deal
 UPDATING = frozenset({ActionKind.REVERT_STAGE, ActionKind.SET_FIELD, ActionKind.REASSIGN})
 
@@ -132,6 +129,8 @@ class PlanContext:
     reverts_today: Mapping[str, int] = field(default_factory=dict)  # deal id -> reverts done today (loop guard)
     max_reverts_per_day: int = DEFAULT_MAX_REVERTS_PER_DAY
     rotation: Mapping[str, int] = field(default_factory=dict)  # team -> next member index (R7 round robin)
+    #: deal id -> {key of a stage entry the bridge reverted: the CRM stage it moved the deal back to}
+    reverted_entries: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     user_names: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -142,12 +141,6 @@ class Plan:
     actions: list[Action] = field(default_factory=list)
     rotation: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what the planner could not do, and why
-
-    def by_kind(self) -> dict[str, int]:
-        counts: dict[str, int] = defaultdict(int)
-        for action in self.actions:
-            counts[action.kind.value] += 1
-        return dict(counts)
 
 
 def plan(deals: Iterable[tuple[Deal, Sequence[Violation]]], context: PlanContext) -> Plan:
@@ -167,6 +160,8 @@ class _DealPlanner:
         self.words = WORDING.get(context.regulation.spec.language, WORDING["en"])
         self.zone = context.regulation.calendar.zone
         self.now = context.now.astimezone(self.zone)
+        self.did = ""  # what the current deal's revert did, told in each reverted violation's notification
+        self.made_by_bridge = False  # the current deal sits in a stage the bridge moved it back to
 
     # ------------------------------------------------------------ per deal
 
@@ -175,7 +170,11 @@ class _DealPlanner:
         if direction is None:
             return
         actions: list[Action] = []
-        reverting = [v for v in violations if v.severity is Mode.ENFORCE and self._reverts(v)]
+        self.did = ""
+        self.made_by_bridge = self._entry_made_by_bridge(deal)
+        run = current_run(deal)
+        current = run[-1].key if run else None
+        reverting = [v for v in violations if v.severity is Mode.ENFORCE and self._reverts(v, current)]
         reverted = self._revert(deal, direction, reverting, actions) if reverting else frozenset()
         for violation in violations:
             if violation.severity not in (Mode.WARN, Mode.ENFORCE):
@@ -190,10 +189,21 @@ class _DealPlanner:
                 self.result.actions.append(action)
 
     @staticmethod
-    def _reverts(violation: Violation) -> bool:
+    def _reverts(violation: Violation, current: str | None) -> bool:
+        """An illegal move the deal made to get where it is now (R1 also reports older ones: those only warn)."""
+        if violation.entry is None or violation.entry.key != current:
+            return False
         if violation.rule == "R3":
             return any(item.startswith("task_not_completed:") for item in violation.missing)
         return violation.rule in REVERT_RULES
+
+    def _entry_made_by_bridge(self, deal: Deal) -> bool:
+        """Whether the deal sits in a stage because crmbridge moved it back there (its revert's own entry)."""
+        reverts = self.ctx.reverted_entries.get(deal.id)
+        if not reverts or len(deal.history) < 2:
+            return False
+        previous, current = deal.history[-2], deal.history[-1]
+        return reverts.get(previous.key) == current.crm_stage
 
     # ------------------------------------------------------------ building blocks
 
@@ -274,9 +284,11 @@ class _DealPlanner:
 
     def _notify_heads(self, actions: list[Action], deal: Deal, violation: Violation, message: str,
                       suffix: str = "head") -> None:
+        if violation.rule not in HEAD_RULES:
+            return
         for head in self._heads(deal, [violation.rule]):
-            if head != deal.manager:
-                self._notify(actions, violation, head, message, f"{suffix}:{head}")
+            # a head who manages the deal gets the head's copy too: keys never depend on who manages it now
+            self._notify(actions, violation, head, message, f"{suffix}:{head}")
 
     def _who(self, user: str | None) -> str:
         if not user:
@@ -307,7 +319,8 @@ class _DealPlanner:
         run = current_run(deal)
         entry = run[-1] if run else None
         previous = previous_regulated(run) if run else None
-        if entry is None or previous is None or previous.crm_stage == entry.crm_stage or entry.stage == LOST:
+        if entry is None or previous is None or entry.stage is None or previous.stage is None \
+                or previous.crm_stage == entry.crm_stage or entry.stage == LOST:
             return frozenset()
         forward = entry.stage == WON or (previous.stage in direction.order and entry.stage in direction.order
                                          and direction.order[entry.stage] > direction.order[previous.stage])
@@ -335,10 +348,7 @@ class _DealPlanner:
         actions.append(Action(comment_key, ActionKind.COMMENT, rules, deal.id,
                               {"fields": {"ENTITY_ID": _as_id(deal.id), "ENTITY_TYPE": "deal", "COMMENT": comment}},
                               "timeline comment: why the stage was reverted", reasons, clauses, keys))
-        first = violations[0]
-        notify = Violation(rules, deal.id, first.severity, clauses, reasons + "\n" + did, first.since,
-                           first.direction, first.stage, entry)
-        self._notify(actions, notify, deal.manager, notify.template, suffix="revert")
+        self.did = did  # each reverted violation's own notification says it
         return frozenset(keys)
 
     def _escalate(self, deal: Deal, entry: StageEntry, violations: list[Violation], rules: str,
@@ -359,14 +369,19 @@ class _DealPlanner:
 
     def _r1(self, deal: Deal, direction: CompiledDirection, violation: Violation, actions: list[Action],
             reverted: frozenset[str]) -> None:
-        """R1 skipped stage: warn tells the manager; enforce reverted the move (see _revert)."""
-        if violation.key not in reverted:
-            self._notify(actions, violation, deal.manager, violation.message)
+        """R1 skipped stage: the manager is told; enforce also reverted the move (see _revert)."""
+        self._notify(actions, violation, deal.manager,
+                     self._text(violation.message, self.did if violation.key in reverted else ""))
 
     def _r2(self, deal: Deal, direction: CompiledDirection, violation: Violation, actions: list[Action],
             reverted: frozenset[str]) -> None:
-        """R2 required fields: warn tells the manager which; enforce reverted the move into the stage."""
-        if violation.key not in reverted:
+        """R2 required fields: the manager is told which; enforce also reverted the move into the stage.
+
+        Not on a stage the bridge itself moved the deal back to: its revert already told the manager why.
+        """
+        if violation.key in reverted:
+            self._notify(actions, violation, deal.manager, self._text(violation.message, self.did))
+        elif not self.made_by_bridge:
             self._notify(actions, violation, deal.manager, violation.message)
 
     def _r3(self, deal: Deal, direction: CompiledDirection, violation: Violation, actions: list[Action],
@@ -381,8 +396,9 @@ class _DealPlanner:
                 self._task(actions, violation, deal, user or deal.manager, spec.title,
                            spec.description or violation.message,
                            self._deadline(violation.entry.entered, spec.deadline), suffix="stage_task")
-            elif item.startswith("task_not_completed:") and violation.key not in reverted:
-                self._notify(actions, violation, deal.manager, violation.message)
+            elif item.startswith("task_not_completed:"):
+                self._notify(actions, violation, deal.manager,
+                             self._text(violation.message, self.did if violation.key in reverted else ""))
 
     def _has_stage_task(self, deal: Deal, spec: TaskSpec) -> bool:
         """The stage's task was already set since the deal first came to this stage in its current run.
@@ -465,8 +481,7 @@ class _DealPlanner:
                 self._notify(actions, violation, deal.manager, self._text(violation.message, message), "notify_old")
                 self._notify(actions, violation, new, self._text(violation.message, message), "notify_new")
                 for head in self._heads(deal, ["R7"]):
-                    if head not in (deal.manager, new):
-                        self._notify(actions, violation, head, self._text(violation.message, message), f"head:{head}")
+                    self._notify(actions, violation, head, self._text(violation.message, message), f"head:{head}")
                 return
             self.result.notes.append(f"R7 deal {deal.id}: no other active member in the manager's team")
         self._notify(actions, violation, deal.manager, violation.message)

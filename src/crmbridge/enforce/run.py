@@ -6,7 +6,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from crmbridge.cache.store import Cache
@@ -104,7 +104,7 @@ def evaluate(cache: Cache, mappings: Mappings, now: datetime, *, deal_ids: Seque
     if record:
         scope = None if deal_ids is None else {str(deal_id) for deal_id in deal_ids}
         record_violations(cache, [v for vs in found.values() for v in vs],
-                          now.astimezone(timezone.utc).isoformat(), scope)
+                          now.astimezone(UTC).isoformat(), scope)
     return Evaluation(deals, found, compliance)
 
 
@@ -116,7 +116,8 @@ def plan_context(cache: Cache, mappings: Mappings, evaluator_regulation: Any, no
     names = {str(row["id"]): " ".join(part for part in (row["name"], row["last_name"]) if part) for row in users}
     return PlanContext(evaluator_regulation, mappings.binding, now, active_users=active,
                        reverts_today=audit.reverts_today(now, evaluator_regulation.calendar.zone),
-                       max_reverts_per_day=max_reverts_per_day, rotation=audit.rotation(), user_names=names)
+                       max_reverts_per_day=max_reverts_per_day, rotation=audit.rotation(),
+                       reverted_entries=audit.reverted_entries(), user_names=names)
 
 
 def still_to_write(actions: Iterable[Action], audit: AuditLog) -> list[Action]:

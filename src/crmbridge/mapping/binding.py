@@ -35,22 +35,33 @@ def parse_moment(raw: Any, zone: Any = timezone.utc) -> datetime | None:
         return None
     if isinstance(raw, datetime):
         return raw if raw.tzinfo else raw.replace(tzinfo=zone)
-    text = str(raw).strip()
+    text = raw if type(raw) is str else str(raw)
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        match = _RU_DATE.match(text)
-        if match is None:
-            return None
-        day, month, year, hour, minute, second = match.groups()
-        try:
-            moment = datetime(int(year), int(month), int(day), int(hour or 0), int(minute or 0), int(second or 0))
-        except ValueError:
+        moment = _parse_other(text.strip())
+        if moment is None:
             return None
     if moment.tzinfo is None:
         return moment.replace(tzinfo=zone)
     # one tzinfo object for every moment keeps comparisons on CPython's fast path; the instant is unchanged
     return moment.astimezone(zone) if zone is not timezone.utc else moment
+
+
+def _parse_other(text: str) -> datetime | None:
+    """Padded ISO text or the portal's localised "20.11.2026 10:00:00"."""
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        pass
+    match = _RU_DATE.match(text)
+    if match is None:
+        return None
+    day, month, year, hour, minute, second = match.groups()
+    try:
+        return datetime(int(year), int(month), int(day), int(hour or 0), int(minute or 0), int(second or 0))
+    except ValueError:
+        return None
 
 
 def parse_day(raw: Any) -> date | None:
@@ -90,6 +101,7 @@ class DealMapper:
             self.direction_of[category] = direction
             for crm_stage, target in pipeline.stages.items():
                 self.stage_of[crm_stage] = (direction, None if target == IGNORE or direction is None else target)
+        self._cards: dict[tuple[str, Any, Any], Client | None] = {}
         self.readers: list[tuple[str, str, Callable[[Any], FieldValue]]] = []
         self.client_fields: list[tuple[str, str]] = []
         for field_id, spec in regulation.fields.items():
@@ -116,16 +128,26 @@ class DealMapper:
             if raw in (None, "", False):
                 return empty
             try:
-                value = Decimal(str(raw).replace(" ", "").replace(",", ".").split("|")[0])
+                value = Decimal(raw) if type(raw) is str else None  # "19999.99": the common case
             except InvalidOperation:
-                return FieldValue(None, raw, "not a number")
+                value = None
+            if value is None:
+                try:  # "1 000,50", "100|RUB" (money fields), numbers from JSON
+                    value = Decimal(str(raw).replace(" ", "").replace(",", ".").split("|")[0])
+                except InvalidOperation:
+                    return FieldValue(None, raw, "not a number")
             return FieldValue(value, raw) if value.is_finite() else FieldValue(None, raw, "not a number")
 
         def day(raw: Any) -> FieldValue:
             raw = _first(raw)
             if raw in (None, "", False):
                 return empty
-            value = parse_day(raw)
+            try:
+                value: date | None = date.fromisoformat(raw[:10]) if type(raw) is str and raw[4:5] == "-" else None
+            except ValueError:
+                value = None
+            if value is None:
+                value = parse_day(raw)
             return FieldValue(value, raw) if value else FieldValue(None, raw, "not a date")
 
         def moment(raw: Any) -> FieldValue:
@@ -172,6 +194,18 @@ class DealMapper:
             closed=parse_moment(row.get("closedDate") or row.get("CLOSED_DATE"), self.zone),
         )
 
+    def _card(self, row: Mapping[str, Any] | None, kind: str) -> Client | None:
+        """A client card, mapped once per version of the contact / company (many deals share one)."""
+        if not row:
+            return None
+        key = (kind, row.get("ID"), row.get("DATE_MODIFY"))
+        card = self._cards.get(key) if key[2] is not None else None
+        if card is None:
+            card = self.client(row, kind)
+            if key[2] is not None:
+                self._cards[key] = card
+        return card
+
     @staticmethod
     def client(row: Mapping[str, Any] | None, kind: str) -> Client | None:
         if not row:
@@ -183,9 +217,9 @@ class DealMapper:
         return Client(str(row.get("ID") or ""), kind, str(name or ""), values("PHONE"), values("EMAIL"))
 
     def deal(self, raw: Mapping[str, Any], history: Iterable[Mapping[str, Any]] = (),
-             tasks: Iterable[Mapping[str, Any]] = (), contact: Mapping[str, Any] | None = None,
-             company: Mapping[str, Any] | None = None) -> Deal:
-        """One raw `crm.deal.get` record with its stage history, tasks, contact and company -> Deal."""
+             tasks: Iterable[Mapping[str, Any]] = (), contact: Mapping[str, Any] | Client | None = None,
+             company: Mapping[str, Any] | Client | None = None) -> Deal:
+        """One raw `crm.deal.get` record with its stage history, tasks, contact and company (raw or mapped) -> Deal."""
         zone = self.zone
         crm_stage = str(raw.get("STAGE_ID") or "")
         category = str(raw.get("CATEGORY_ID") or "0")
@@ -205,12 +239,16 @@ class DealMapper:
         else:
             outcome = Outcome.OPEN
         fields = {}
+        get = raw.get
         for field_id, crm_field, read in self.readers:
-            value = read(raw.get(crm_field))
+            crm_value = get(crm_field)
+            if crm_value is None or crm_value == "" or crm_value is False or crm_value == []:
+                continue  # most fields of most deals are empty
+            value = read(crm_value)
             if value.value is not None or value.problem is not None:
                 fields[field_id] = value
-        contact_card = self.client(contact, "contact")
-        company_card = self.client(company, "company")
+        contact_card = contact if isinstance(contact, Client) else self._card(contact, "contact")
+        company_card = company if isinstance(company, Client) else self._card(company, "company")
         for field_id, kind in self.client_fields:
             found = [value for card in (contact_card, company_card) if card is not None
                      for value in (card.phones if kind == "phone" else card.emails)]

@@ -35,8 +35,8 @@ def load_deals(cache: Cache, mapper: DealMapper, *, deal_ids: Iterable[int | str
     for deal_id, raw in cache.db.execute("SELECT deal_id, raw FROM tasks WHERE deal_id IS NOT NULL"):
         if str(deal_id) in wanted:
             tasks[str(deal_id)].append(json.loads(raw))
-    contacts = _by_id(cache, "contacts")
-    companies = _by_id(cache, "companies")
+    contacts = {key: mapper.client(row, "contact") for key, row in _by_id(cache, "contacts").items()}
+    companies = {key: mapper.client(row, "company") for key, row in _by_id(cache, "companies").items()}
     deals = []
     for raw in raws:
         deal_id = str(raw.get("ID"))

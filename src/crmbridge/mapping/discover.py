@@ -5,10 +5,15 @@ from __future__ import annotations
 from difflib import SequenceMatcher
 from typing import Iterable
 
-from crmbridge.mapping.portal import COMPATIBLE, PortalSnapshot, users_by_department
+from crmbridge.mapping.portal import COMPATIBLE, PortalField, PortalSnapshot, users_by_department
 from crmbridge.mapping.schema import BINDING_SCHEMA_FILE, LOST, WON, RegulationSpec
 
 TODO = "todo"
+#: standard deal fields a regulated field may live in (they are not in crm.deal.userfield.list)
+STANDARD_FIELDS = {
+    "OPPORTUNITY": ("double", "Сумма"), "TITLE": ("string", "Название сделки"), "COMMENTS": ("string", "Комментарий"),
+    "BEGINDATE": ("date", "Дата начала"), "CLOSEDATE": ("date", "Предполагаемая дата закрытия"),
+}
 MATCH = 0.6  # similarity of two names (casefolded) to take a match without asking
 
 
@@ -16,6 +21,8 @@ def _similarity(left: str, right: str) -> float:
     left, right = left.casefold().strip(), right.casefold().strip()
     if not left or not right:
         return 0.0
+    if left == right:
+        return 1.0
     if left in right or right in left:
         return 0.9
     return SequenceMatcher(None, left, right).ratio()
@@ -74,6 +81,9 @@ def draft_binding(regulation: RegulationSpec, snapshot: PortalSnapshot, *, regul
             lines.append(f"      {crm_stage}: {target}  # {_quote(stage_name)}" + (f" ({semantics})" if semantics in "SF" else ""))
     lines += ["", "fields:"]
     custom = [(name, field) for name, field in snapshot.fields.items()]
+    custom += [(name, PortalField(name, kind, label)) for name, (kind, label) in STANDARD_FIELDS.items()
+               if name not in snapshot.fields]
+    known = dict(custom)
     for field_id, spec in regulation.fields.items():
         if spec.type in ("phone", "email"):
             continue
@@ -84,7 +94,7 @@ def draft_binding(regulation: RegulationSpec, snapshot: PortalSnapshot, *, regul
             todo_count += 1
             lines.append(f"  {field_id}: {TODO.upper()}_CRM_FIELD  # todo: the CRM field for «{_quote(label)}»")
             continue
-        portal_field = snapshot.fields[crm_field]
+        portal_field = known[crm_field]
         if spec.type == "enum":
             lines.append(f"  {field_id}:  # {_quote(portal_field.label)}")
             lines.append(f"    crm_field: {crm_field}")
@@ -102,10 +112,17 @@ def draft_binding(regulation: RegulationSpec, snapshot: PortalSnapshot, *, regul
         names = ", ".join(snapshot.users[user][0] for user in members)
         lines.append(f"  department_{department}:" if department != "?" else "  no_department:")
         lines.append(f"    members: [{', '.join(members)}]  # {_quote(names)}")
-    lines += ["", "# Heads to notify: todo — keep the users who should hear about violations.", "heads:"]
+    lines += ["", "# Heads to notify: keep the users who should hear about violations (the first active user for now).",
+              "heads:"]
     active = [(user, name) for user, (name, is_active, _) in snapshot.users.items() if is_active]
     for user, name in active[:1]:
         lines.append(f"  - user: {user}  # {_quote(name)}")
     lines.append("")
     lines.insert(3, f"# {todo_count} decisions left (`todo`).")
     return "\n".join(lines)
+
+
+def todo_left(draft: str) -> int:
+    """How many decisions a draft still leaves to the admin."""
+    first = next((line for line in draft.splitlines() if line.endswith("decisions left (`todo`).")), "# 0")
+    return int(first.split()[1])

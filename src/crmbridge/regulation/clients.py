@@ -89,25 +89,28 @@ def check_r6(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
         if why is not None:
             why.append(f"contact data is required from «{direction.spec.stages[from_position].name}» on")
         return NOT_APPLICABLE
-    wording = ctx.regulation.spec.wording
-    cards = [card for card in (deal.contact, deal.company) if card is not None]
+    contact, company = deal.contact, deal.company
+    has_phone = (contact is not None and bool(contact.phones)) or (company is not None and bool(company.phones))
+    has_email = (contact is not None and bool(contact.emails)) or (company is not None and bool(company.emails))
+    require = spec.require
     missing: list[str] = []
-    if not cards:
-        missing = list(spec.require)
-        remark: Any = wording.no_client
+    if "phone" in require and not has_phone:
+        missing.append("phone")
+    if "email" in require and not has_email:
+        missing.append("email")
+    if missing:
+        wording = ctx.regulation.spec.wording
+        if contact is None and company is None:
+            remark: Any = wording.no_client
+        else:
+            remark = Text(joined, [(wording.no_phone if item == "phone" else wording.no_email, {}) for item in missing], ", ")
     else:
-        if "phone" in spec.require and not any(card.phones for card in cards):
-            missing.append("phone")
-        if "email" in spec.require and not any(card.emails for card in cards):
-            missing.append("email")
-        remark = Text(joined, [(wording.no_phone if item == "phone" else wording.no_email, {}) for item in missing], ", ")
-    if not missing:
         if why is not None:
             why.append("the client's card has " + " and ".join(spec.require))
         return ()
     run = current_run(deal)
     entry = run[-1] if run else None
-    client = cards[0].name if cards else ""
+    client = contact.name if contact is not None else company.name if company is not None else ""
     found = violation("R6", deal, direction, ctx, since=entry.entered if entry else deal.created, entry=entry,
                       missing=tuple(missing), values={"missing": remark, "client": client},
                       details={"contact": deal.contact.id if deal.contact else None,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Mapping
 
 from crmbridge.mapping.schema import (
@@ -32,6 +32,8 @@ class CompiledDirection:
     modes: Mapping[str, Mode]
     specs: Mapping[str, Any]  # rule id -> its parameters (the RulesSpec entry)
     from_position: Mapping[str, int | None] = field(default_factory=dict)  # R6 / R8: first position the rule covers
+    plain_required: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # R2 fast path: stage -> field ids
+    placeholders: Mapping[str | None, Mapping[str, str]] = field(default_factory=dict)  # stage -> its message words
 
     def position_of(self, stages: list[str]) -> int | None:
         positions = [self.order[stage] for stage in stages if stage in self.order]
@@ -87,6 +89,10 @@ def compile_regulation(spec: RegulationSpec) -> CompiledRegulation:
         modes = {rule: getattr(rules, rule).mode for rule in RulesSpec.model_fields}
         specs = {rule: getattr(rules, rule) for rule in RulesSpec.model_fields}
         compiled = CompiledDirection(direction_id, direction, rules, order, stages, required, modes, specs)
+        compiled.plain_required.update({stage: tuple(r.field for r in requirements if r.plain)  # type: ignore[attr-defined]
+                                        for stage, requirements in required.items()})
+        compiled.placeholders.update({stage: {"stage": stage or "", "stage_name": compiled.stage_name(stage),  # type: ignore[attr-defined]
+                                              "direction": direction.name} for stage in (*stages, None)})
         compiled.from_position.update({"R6": compiled.position_of(rules.R6.stages),  # type: ignore[attr-defined]
                                        "R8": compiled.position_of(rules.R8.from_stages)})
         directions[direction_id] = compiled
@@ -120,6 +126,7 @@ class Context:
     now: datetime
     regulation: CompiledRegulation
     purchases: Mapping[str, tuple[datetime, str]] | None = None  # R10: client key -> (last purchase, deal id)
+    today: date | None = None  # `now`'s date in the regulation's zone (computed once per run)
 
 
 def violation(rule: str, deal: Deal, direction: CompiledDirection, ctx: Context, *, since: datetime,
@@ -127,12 +134,11 @@ def violation(rule: str, deal: Deal, direction: CompiledDirection, ctx: Context,
               values: Mapping[str, Any] | None = None, details: Mapping[str, Any] | None = None) -> Violation:
     """Build a Violation with the rule's clause and its message rendered from the regulation file."""
     spec = direction.specs[rule]
-    stage = stage if stage is not None else deal.stage
-    filled = {
-        "rule": rule, "deal": deal.id, "title": deal.title, "stage": stage or "",
-        "stage_name": direction.stage_name(stage), "direction": direction.spec.name,
-        "manager": deal.manager or "", "missing": ", ".join(missing),
-    }
+    if stage is None:
+        stage = deal.stage
+    # rule, deal, manager, missing and since are filled from the Violation itself when the message is read
+    filled = {"title": deal.title}
+    filled.update(direction.placeholders.get(stage) or {"stage": stage or "", "stage_name": stage or ""})
     if values:
         filled.update(values)
     return _new_violation(rule, deal.id, direction.modes[rule], spec.clause or rule,

@@ -55,7 +55,7 @@ class Evaluator:
         # `now` in the regulation's zone: the mapper puts every moment there, and same-zone comparisons are fast
         now = self.now.astimezone(self.regulation.calendar.zone)
         object.__setattr__(self, "now", now)
-        object.__setattr__(self, "_context", Context(now, self.regulation, self.purchases))
+        object.__setattr__(self, "_context", Context(now, self.regulation, self.purchases, now.date()))
         plans: dict[str | None, tuple[CompiledDirection, dict[Outcome, tuple[Rule, ...]]]] = {}
         for direction_id, direction in self.regulation.directions.items():
             plans[direction_id] = (direction, {
@@ -113,7 +113,8 @@ def _with_modes(compiled: CompiledRegulation, modes: Mapping[str, Mode]) -> Comp
         new_modes = {**direction.modes, **modes}
         directions[direction_id] = CompiledDirection(direction.id, direction.spec, direction.rules, direction.order,
                                                      direction.stages, direction.required, new_modes, direction.specs,
-                                                     direction.from_position)
+                                                     direction.from_position, direction.plain_required,
+                                                     direction.placeholders)
     return CompiledRegulation(compiled.spec, directions, compiled.calendar, compiled.fields)
 
 

@@ -96,9 +96,13 @@ def check_r1(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
     from_other_pipeline = len(run) < len(deal.history) or run[0].kind is EntryKind.PIPELINE_CHANGED
     found: list[Violation] = []
     previous: StageEntry | None = None
+    order = direction.order
     for index, entry in enumerate(run):
         if entry.stage is None:
             continue
+        if previous is not None and order.get(entry.stage, -9) - order.get(previous.stage, -9) == 1:
+            previous = entry
+            continue  # one stage forward: the common case, no need to judge further
         verdict = _judge_step(spec, direction, entry, previous, from_other_pipeline)
         previous = entry
         if verdict is None:
@@ -177,9 +181,19 @@ def check_r2(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
         if why is not None:
             why.append(f"nothing is required in «{direction.stage_name(deal.stage)}»")
         return NOT_APPLICABLE
+    fields = deal.fields
+    plain = direction.plain_required.get(deal.stage, ())
+    if len(plain) == len(requirements) and requirements is direction.required.get(deal.stage):
+        for field_id in plain:
+            value = fields.get(field_id)
+            if value is None or not value.ok:
+                break
+        else:
+            if why is not None:
+                why.append("all required fields are filled: " + ", ".join(ctx.regulation.label(r.field) for r in requirements))
+            return ()
     missing: list[str] = []
     remarks: dict[str, str] = {}
-    fields = deal.fields
     for requirement in requirements:
         value = fields.get(requirement.field)
         if value is not None and value.ok and requirement.plain:
@@ -245,10 +259,11 @@ def check_r3(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
     task_spec = getattr(current, "task", None)
     since = entry.entered
     if task_spec is not None:
-        due = entry.entered + direction.rules.R3.create_within
-        if stage_task(deal, task_spec.title, entry.entered, match) is None and ctx.now >= due:
+        grace = direction.rules.R3.create_within
+        if ctx.now - entry.entered >= grace and stage_task(deal, task_spec.title, entry.entered, match) is None:
             missing.append(f"task:{task_spec.title}")
             remarks.append((wording.task_missing, {"task": task_spec.title}))
+            due = entry.entered + grace
             since = due
     previous = previous_regulated(run)
     left_spec = direction.stages.get(previous.stage) if previous is not None and previous.stage else None

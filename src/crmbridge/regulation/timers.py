@@ -20,9 +20,14 @@ def _span(span: timedelta) -> str:
 def check_r7(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = None) -> tuple[Violation, ...] | None:
     """R7 Response time: a lead is contacted within the SLA (working time); a waiting one is reassigned."""
     spec = direction.rules.R7
-    calendar = ctx.regulation.calendar
     created = deal.history[0].entered if deal.history else deal.created
-    contacted = deal.field(spec.contact_field).value
+    contacted = deal.fields.get(spec.contact_field)
+    contacted = contacted.value if contacted is not None else None
+    if type(contacted) is datetime and contacted - created <= spec.sla:
+        if why is not None:
+            why.append(f"contacted after {_span(contacted - created)} (SLA {_span(spec.sla)})")
+        return ()
+    calendar = ctx.regulation.calendar
     run = current_run(deal)
     entry = run[0] if run else None
     if contacted is not None:
@@ -82,6 +87,10 @@ def check_r8(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
                          or (agreed_when_won and entry.stage == WON)), run[-1] if run else None)
     agreed_at = agreed_entry.entered if agreed_entry is not None else (deal.closed_at or deal.created)
     calendar = ctx.regulation.calendar
+    if not (spec.working_hours and calendar.spec) and ctx.now - agreed_at < spec.within:
+        if why is not None:
+            why.append(f"waiting for payment until {agreed_at + spec.within:%Y-%m-%d %H:%M}")
+        return ()
     deadline = calendar.add(agreed_at, spec.within, working=spec.working_hours)
     if ctx.now < deadline:
         if why is not None:
@@ -125,6 +134,10 @@ def check_r9(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
         return ()
     due = as_date(due_value)
     zone = ctx.regulation.calendar.zone
+    if not spec.grace and (ctx.today or ctx.now.astimezone(zone).date()) <= due:
+        if why is not None:
+            why.append(f"due on {due}, not overdue yet")
+        return ()
     overdue_from = datetime.combine(due + timedelta(days=1), time(), zone) + spec.grace
     if ctx.now < overdue_from:
         if why is not None:
@@ -162,6 +175,10 @@ def check_r11(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why =
                 last = moment
     limit = direction.stages[deal.stage].stale_after or spec.stale_after  # type: ignore[union-attr]
     calendar = ctx.regulation.calendar
+    if not (spec.working_hours and calendar.spec) and ctx.now - last < limit:
+        if why is not None:
+            why.append(f"last activity {last:%Y-%m-%d}, within {_span(limit)}")
+        return ()
     deadline = calendar.add(last, limit, working=spec.working_hours)
     if ctx.now < deadline:
         if why is not None:

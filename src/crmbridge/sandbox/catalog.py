@@ -52,7 +52,7 @@ CATEGORIES: dict[int, tuple[str, int]] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # stages are singletons: identity equality keeps seeding's list lookups cheap
 class Stage:
     status_id: str
     name: str

@@ -150,6 +150,7 @@ def deal_list(ctx: Context, params: dict[str, Any]) -> MethodResult:
     select = _as_list(_ci(params, "select"))
     start = parse_start(_ci(params, "start", 0))
     with ctx.state.lock:
+        ctx.state.note_deal_list()
         qr = run_query(ctx.state.deals, filt, order, start)
         keys = _crm_keys(select, c.DEAL_STANDARD_KEYS, _UF_NAMES, (), _DEAL_ALL)
         return _list_result(qr, _project(qr.rows, keys))

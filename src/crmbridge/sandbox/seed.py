@@ -3,26 +3,32 @@
 About 30% of deals break the regulation in `catalog.REQUIRED_BY_STAGE` and the rules below, each
 recorded in `PortalState.planted[deal_id]` (ground truth for tests and demos):
 
-    skipped_stage          history jumps over an intermediate stage of the deal's pipeline
-    required_uf_empty      a user field required by a stage the deal reached is empty
-    probability_mismatch   PROBABILITY differs from the stage's (pipeline 0 only: 10/25/50/75/90, won 100)
-    lost_no_next_contact   lost with "Нет интереса сейчас" (123) and no UF_CRM_1700000115
-    no_stage_task          an open deal without an open task (status 2/3) bound to it
-    stale                  an open deal whose stage has not moved for 60+ days
-    won_no_payment_date    won more than 72 h ago and UF_CRM_1700000117 is empty
-    overdue_receivable     at an invoice stage with UF_CRM_1700000118 in the past
-    lead_not_contacted     UF_CRM_1700000119 empty or more than 1 h after DATE_CREATE
+    skipped_stage          history jumps over an intermediate stage of the deal's pipeline       (R1)
+    required_uf_empty      a user field required by a stage the deal reached is empty              (R2)
+    no_stage_task          an open deal without its stage's task (exact title) bound to it         (R3)
+    probability_mismatch   PROBABILITY differs from the stage's (pipeline 0: 10/25/50/75/90, 100) (R4)
+    lost_no_next_contact   lost with "Нет интереса сейчас" (123) and no UF_CRM_1700000115          (R5)
+    no_contact_data        from the R6 stage on (or won), contact + company lack a phone or e-mail  (R6)
+    lead_not_contacted     UF_CRM_1700000119 empty, or later than 1 h of working time (not pipeline 2) (R7)
+    won_no_payment_date    won more than 72 h ago and UF_CRM_1700000117 is empty                    (R8)
+    overdue_receivable     not lost, unpaid, UF_CRM_1700000118 in the past                          (R9)
+    stale                  an open deal with no move and no activity for 60+ days                   (R11)
 
-Clean deals satisfy all of them. About 12% of pipeline-2 deals were opened in pipeline 1 and moved
-over (history: TYPE_ID 1 in C1:NEW, then TYPE_ID 5 into C2:NEW). Ids follow creation time (as on a real portal), so `>ID` and
+The rules are those of mappings/regulation.yaml (R1..R11); `catalog` holds the stage fields, stage
+task titles and the business calendar they use. R10 (client segments, audit mode) is not planted.
+
+Clean deals satisfy all of them (checked against crmbridge.regulation: planted == found, per rule).
+About 12% of pipeline-2 deals were opened in pipeline 1 and moved over (history: TYPE_ID 1 in C1:NEW,
+then TYPE_ID 5 into C2:NEW). Ids follow creation time (as on a real portal), so `>ID` and
 `DATE_CREATE` orders agree.
 """
 
 from __future__ import annotations
 
 import random
-from datetime import datetime
-from typing import Any
+from datetime import date, datetime, timedelta
+from operator import itemgetter
+from typing import Any, NamedTuple
 
 from . import catalog as c
 from .state import PortalState, blank_deal, blank_task
@@ -49,9 +55,6 @@ _PRODUCTS = ("Внедрение CRM", "Поставка оборудовани�
              "Обучение сотрудников", "Техподдержка", "Разработка портала", "Миграция данных", "Аналитика продаж")
 _NEEDS = ("Автоматизация отдела продаж, 12 менеджеров", "Учёт заявок и счетов", "Единая база клиентов",
           "Интеграция телефонии и почты", "Контроль дебиторки", "Отчётность для руководителя")
-_TASK_ACTIONS = {
-    "P": ("Связаться с клиентом", "Подготовить КП", "Назначить встречу", "Отправить договор", "Уточнить потребности"),
-}
 _TRANSLIT = str.maketrans({
     "а": "a", "б": "b", "в": "v", "г": "g", "д": "d", "е": "e", "ё": "e", "ж": "zh", "з": "z", "и": "i", "й": "y",
     "к": "k", "л": "l", "м": "m", "н": "n", "о": "o", "п": "p", "р": "r", "с": "s", "т": "t", "у": "u", "ф": "f",
@@ -64,17 +67,69 @@ _LOSE = {cat: c.lose_stage(cat) for cat in c.STAGES}
 _APOLOGY = c.STAGE_BY_ID["APOLOGY"]
 
 
+def _pick(rng: random.Random, seq: Any) -> Any:
+    """rng.choice without its rejection-sampling loop: seeding calls this ~15 times per deal."""
+    return seq[int(rng.random() * len(seq))]
+
+
 def _phone(rng: random.Random) -> str:
     return f"+79{rng.randrange(10, 99)}{rng.randrange(1000000, 9999999)}"
 
 
 def _email(rng: random.Random, last: str, n: int) -> str:
-    domain = rng.choice(("mail.ru", "yandex.ru", "gmail.com", "company.ru", "bk.ru"))
+    domain = _pick(rng, ("mail.ru", "yandex.ru", "gmail.com", "company.ru", "bk.ru"))
     return f"{last.lower().translate(_TRANSLIT)}.{n}@{domain}"
 
 
 def _multi(kind: str, value: str, fm_id: int, value_type: str) -> dict[str, str]:
     return {"ID": str(fm_id), "VALUE_TYPE": value_type, "VALUE": value, "TYPE_ID": kind}
+
+
+def _local_day(ts: float) -> date:
+    return datetime.fromtimestamp(ts, PORTAL_TZ).date()
+
+
+def _is_workday(day: date) -> bool:
+    return day.weekday() < 5 and day.isoformat() not in c.HOLIDAYS
+
+
+def working_seconds(start: float, end: float) -> float:
+    """Working time (Mon-Fri 09-18 MSK minus holidays) between two moments, as the R7 timer counts it."""
+    total = 0.0
+    day = _local_day(start)
+    last = _local_day(end)
+    while day <= last:
+        if _is_workday(day):
+            opens = datetime(day.year, day.month, day.day, c.WORK_START_HOUR, tzinfo=PORTAL_TZ).timestamp()
+            closes = datetime(day.year, day.month, day.day, c.WORK_END_HOUR, tzinfo=PORTAL_TZ).timestamp()
+            total += max(0.0, min(end, closes) - max(start, opens))
+        day += timedelta(days=1)
+    return total
+
+
+def add_working(start: float, seconds: float) -> float:
+    """The moment when `seconds` of working time have passed since `start`."""
+    day = _local_day(start)
+    left = seconds
+    while True:
+        if _is_workday(day):
+            opens = datetime(day.year, day.month, day.day, c.WORK_START_HOUR, tzinfo=PORTAL_TZ).timestamp()
+            closes = datetime(day.year, day.month, day.day, c.WORK_END_HOUR, tzinfo=PORTAL_TZ).timestamp()
+            begin = max(start, opens)
+            if begin < closes:
+                if begin + left <= closes:
+                    return begin + left
+                left -= closes - begin
+        day += timedelta(days=1)
+
+
+def _add_months(day: date, months: int) -> date:
+    month = day.month - 1 + months
+    year = day.year + month // 12
+    month = month % 12 + 1
+    last_day = [31, 29 if year % 4 == 0 and (year % 100 != 0 or year % 400 == 0) else 28, 31, 30, 31, 30,
+                31, 31, 30, 31, 30, 31][month - 1]
+    return date(year, month, min(day.day, last_day))
 
 
 def seed_portal(state: PortalState, *, deals: int, seed: int, now: float) -> None:
@@ -90,46 +145,58 @@ def seed_portal(state: PortalState, *, deals: int, seed: int, now: float) -> Non
     n_companies = max(20, deals // 10)
     n_contacts = max(50, deals // 3)
     horizon = 560 * DAY
+    companies_with_email: list[int] = []
+    companies_without_email: list[int] = []
     company_times = sorted(now - horizon - rng.uniform(0, 200 * DAY) + rng.uniform(0, horizon) for _ in range(n_companies))
     for cid, created in enumerate(company_times, start=1):
-        title = f"{rng.choice(_COMPANY_FORMS)} «{rng.choice(_COMPANY_WORDS)}{'' if rng.random() < 0.6 else ' ' + str(rng.randrange(2, 99))}»"
+        title = f"{_pick(rng, _COMPANY_FORMS)} «{_pick(rng, _COMPANY_WORDS)}{'' if rng.random() < 0.6 else ' ' + str(rng.randrange(2, 99))}»"
         has_phone = rng.random() < 0.85
         has_email = rng.random() < 0.7
+        (companies_with_email if has_email else companies_without_email).append(cid)
         created_s = fmt_dt(created)
         state.companies.insert(cid, {
-            "ID": str(cid), "TITLE": title, "COMPANY_TYPE": "CUSTOMER", "INDUSTRY": rng.choice(_INDUSTRIES),
-            "EMPLOYEES": rng.choice(("EMPLOYEES_1", "EMPLOYEES_2", "EMPLOYEES_3", "EMPLOYEES_4")),
+            "ID": str(cid), "TITLE": title, "COMPANY_TYPE": "CUSTOMER", "INDUSTRY": _pick(rng, _INDUSTRIES),
+            "EMPLOYEES": _pick(rng, ("EMPLOYEES_1", "EMPLOYEES_2", "EMPLOYEES_3", "EMPLOYEES_4")),
             "REVENUE": f"{rng.randrange(1, 500) * 1000000}.00", "CURRENCY_ID": "RUB",
-            "ASSIGNED_BY_ID": str(rng.choice(c.B2B_MANAGERS)), "CREATED_BY_ID": "1", "MODIFY_BY_ID": "1",
+            "ASSIGNED_BY_ID": str(_pick(rng, c.B2B_MANAGERS)), "CREATED_BY_ID": "1", "MODIFY_BY_ID": "1",
             "DATE_CREATE": created_s, "DATE_MODIFY": created_s, "OPENED": "Y",
             "HAS_PHONE": "Y" if has_phone else "N", "HAS_EMAIL": "Y" if has_email else "N", "HAS_IMOL": "N",
             "COMMENTS": None, "LAST_ACTIVITY_TIME": created_s,
             "PHONE": [_multi("PHONE", _phone(rng), next_fm(), "WORK")] if has_phone else [],
-            "EMAIL": [_multi("EMAIL", f"info{cid}@{rng.choice(('company.ru', 'corp.ru', 'group.ru'))}", next_fm(), "WORK")]
+            "EMAIL": [_multi("EMAIL", f"info{cid}@{_pick(rng, ('company.ru', 'corp.ru', 'group.ru'))}", next_fm(), "WORK")]
             if has_email else [],
         })
 
     contact_times = sorted(now - horizon - rng.uniform(0, 100 * DAY) + rng.uniform(0, horizon) for _ in range(n_contacts))
     contact_names: dict[int, str] = {}
+    full_contacts: list[int] = []  # phone and e-mail: what R6 asks for
+    phone_only_contacts: list[int] = []
+    other_contacts: list[int] = []
     for pid, created in enumerate(contact_times, start=1):
         female = rng.random() < 0.45
-        last = rng.choice(_LAST_NAMES) + ("а" if female else "")
-        first = rng.choice(_FIRST_NAMES_F if female else _FIRST_NAMES_M)
+        last = _pick(rng, _LAST_NAMES) + ("а" if female else "")
+        first = _pick(rng, _FIRST_NAMES_F if female else _FIRST_NAMES_M)
         contact_names[pid] = last
         roll = rng.random()
         # ~15% of contacts have neither phone nor e-mail, so "no way to reach the client" cases exist
         has_phone = roll < 0.70
         has_email = 0.45 < roll < 0.85
+        if has_phone and has_email:
+            full_contacts.append(pid)
+        elif has_phone:
+            phone_only_contacts.append(pid)
+        else:
+            other_contacts.append(pid)
         created_s = fmt_dt(created)
         state.contacts.insert(pid, {
             "ID": str(pid), "NAME": first, "SECOND_NAME": None, "LAST_NAME": last, "POST": None,
-            "TYPE_ID": "CLIENT", "SOURCE_ID": rng.choice(c.SOURCES)[0],
+            "TYPE_ID": "CLIENT", "SOURCE_ID": _pick(rng, c.SOURCES)[0],
             "COMPANY_ID": str(rng.randrange(1, n_companies + 1)) if rng.random() < 0.5 else None,
             "ASSIGNED_BY_ID": str(rng.randrange(2, 9)), "CREATED_BY_ID": "1", "MODIFY_BY_ID": "1",
             "DATE_CREATE": created_s, "DATE_MODIFY": created_s, "OPENED": "Y", "EXPORT": "Y",
             "HAS_PHONE": "Y" if has_phone else "N", "HAS_EMAIL": "Y" if has_email else "N", "HAS_IMOL": "N",
             "COMMENTS": None, "LAST_ACTIVITY_TIME": created_s,
-            "PHONE": [_multi("PHONE", _phone(rng), next_fm(), rng.choice(("WORK", "MOBILE")))] if has_phone else [],
+            "PHONE": [_multi("PHONE", _phone(rng), next_fm(), _pick(rng, ("WORK", "MOBILE")))] if has_phone else [],
             "EMAIL": [_multi("EMAIL", _email(rng, last, pid), next_fm(), "WORK")] if has_email else [],
         })
 
@@ -150,12 +217,14 @@ def seed_portal(state: PortalState, *, deals: int, seed: int, now: float) -> Non
     events: list[tuple[float, int, int, int, Any]] = []  # (time, deal id, type id, category, stage)
     tasks: list[tuple[float, dict[str, Any]]] = []
     formatted = _memo_fmt()  # deals, history and tasks share timestamps: format (and store) each once
+    people = _People(full_contacts or phone_only_contacts or other_contacts, phone_only_contacts or other_contacts,
+                     list(range(1, n_contacts + 1)), companies_with_email or list(range(1, n_companies + 1)),
+                     companies_without_email, list(range(1, n_companies + 1)), contact_names)
     for deal_id, (created, category, outcome) in enumerate(specs, start=1):
-        _build_deal(state, rng, deal_id, created, category, outcome, now,
-                    n_companies, n_contacts, contact_names, events, tasks, formatted)
+        _build_deal(state, rng, deal_id, created, category, outcome, now, people, events, tasks, formatted)
 
     # stage history and tasks get ids in time order, as a real portal's autoincrement would
-    events.sort(key=lambda e: (e[0], e[1]))
+    events.sort(key=itemgetter(0, 1))
     history = state.history
     for hid, (ts, owner, type_id, category, stage) in enumerate(events, start=1):
         history.rows[hid] = {
@@ -163,17 +232,28 @@ def seed_portal(state: PortalState, *, deals: int, seed: int, now: float) -> Non
             "CATEGORY_ID": category, "STAGE_SEMANTIC_ID": stage.semantics, "STAGE_ID": stage.status_id,
         }
         history.ids.append(hid)
-    tasks.sort(key=lambda t: t[0])
+    tasks.sort(key=itemgetter(0))
     for tid, (_, task) in enumerate(tasks, start=1):
         task["id"] = str(tid)
         state.tasks.rows[tid] = task
         state.tasks.ids.append(tid)
 
 
+class _People(NamedTuple):
+    """Contacts and companies grouped by what R6 looks at (phone and e-mail on the client's cards)."""
+
+    full_contacts: list[int]
+    phone_only_contacts: list[int]
+    all_contacts: list[int]
+    companies_with_email: list[int]
+    companies_without_email: list[int]
+    all_companies: list[int]
+    contact_names: dict[int, str]
+
+
 def _build_deal(
     state: PortalState, rng: random.Random, deal_id: int, created: float, category: int, outcome: str, now: float,
-    n_companies: int, n_contacts: int, contact_names: dict[int, str],
-    events: list[tuple[float, int, int, int, Any]], tasks: list[tuple[float, dict[str, Any]]],
+    people: _People, events: list[tuple[float, int, int, int, Any]], tasks: list[tuple[float, dict[str, Any]]],
     fmt: Any,
 ) -> None:
     process = _PROCESS[category]
@@ -192,8 +272,16 @@ def _build_deal(
 
     # which rules this deal breaks
     kinds: list[str] = []
+    position = process.index(current) if current in process else len(process)
+    needs_contact_data = outcome == "won" or (
+        outcome == "open" and position >= process.index(c.STAGE_BY_ID[c.CONTACT_DATA_FROM[category]]))
     if rng.random() < VIOLATION_SHARE:
-        applicable = ["lead_not_contacted"]
+        applicable = []
+        # more than 6 days always hold a full working day (the longest break is 4 days); skip the day walk
+        if category in c.FIRST_CONTACT_CATEGORIES and (now - created > 6 * DAY or working_seconds(created, now) > 2 * HOUR):
+            applicable.append("lead_not_contacted")
+        if needs_contact_data and people.phone_only_contacts:
+            applicable.append("no_contact_data")
         proc_len = sum(1 for s in path if s.semantics == "P")
         if outcome == "open":
             applicable.append("no_stage_task")
@@ -213,9 +301,9 @@ def _build_deal(
             applicable.append("probability_mismatch")
         if outcome != "lost" or len(path) > 1:
             applicable.append("required_uf_empty")
-        kinds.append(rng.choice(applicable))
+        kinds.append(_pick(rng, applicable))
         if rng.random() < 0.2:
-            second = rng.choice(applicable)
+            second = _pick(rng, applicable)
             if second not in kinds:
                 kinds.append(second)
 
@@ -247,10 +335,11 @@ def _build_deal(
         # never the first stage and never the deal's current stage: an intermediate one goes missing
         candidates = [i for i in proc_positions if 0 < i < len(history_path) - 1]
         if candidates:
-            del history_path[rng.choice(candidates)]
+            del history_path[_pick(rng, candidates)]
         else:
             kinds.remove("skipped_stage")
     first_index = 0
+    moved = created
     if category == 2 and len(history_path) >= 2 and "skipped_stage" not in kinds and rng.random() < 0.12:
         # some regular-client deals were opened in the new-client pipeline and moved over (TYPE_ID 5)
         first_stage, first_ts = history_path[0]
@@ -264,27 +353,35 @@ def _build_deal(
 
     # --- participants and money -------------------------------------------------------------------
     if category in (1, 2):
-        assigned = rng.choice(c.B2B_MANAGERS)
+        assigned = _pick(rng, c.B2B_MANAGERS)
         if outcome != "open" and now - created > 180 * DAY and rng.random() < 0.15:
             assigned = c.FIRED_MANAGER  # the fired manager still owns some old closed deals
     elif category == 3:
-        assigned = rng.choice(c.B2C_MANAGERS)
+        assigned = _pick(rng, c.B2C_MANAGERS)
     else:
         assigned = 1 if rng.random() < 0.05 else rng.randrange(2, 9)
-    contact_id = rng.randrange(1, n_contacts + 1)
-    company_id = rng.randrange(1, n_companies + 1) if category != 3 else 0
+    if "no_contact_data" in kinds:
+        # the client's cards together lack an e-mail: a phone-only contact, a company without e-mail
+        contact_id = _pick(rng, people.phone_only_contacts)
+        company_id = _pick(rng, people.companies_without_email) if category != 3 and people.companies_without_email else 0
+    elif needs_contact_data:
+        contact_id = _pick(rng, people.full_contacts)
+        company_id = _pick(rng, people.all_companies) if category != 3 else 0
+    else:
+        contact_id = _pick(rng, people.all_contacts)
+        company_id = _pick(rng, people.all_companies) if category != 3 else 0
     low, high = {0: (150_000, 3_000_000), 1: (50_000, 800_000), 2: (30_000, 600_000), 3: (3_000, 80_000)}[category]
     amount = round(rng.uniform(low, high), -2)
     if rng.random() < 0.15:
         amount -= 0.01  # shop-style prices such as 19999.99 exist too
     if category == 3:
-        title = f"Заказ №{10000 + deal_id} — {contact_names.get(contact_id, 'Клиент')}"
+        title = f"Заказ №{10000 + deal_id} — {people.contact_names.get(contact_id, 'Клиент')}"
     else:
-        title = f"{rng.choice(_PRODUCTS)} #{deal_id}"
+        title = f"{_pick(rng, _PRODUCTS)} #{deal_id}"
 
     probability = current.probability
     if "probability_mismatch" in kinds:
-        probability = rng.choice([p for p in (5, 15, 20, 30, 40, 60, 80, 95) if p != current.probability])
+        probability = _pick(rng, [p for p in (5, 15, 20, 30, 40, 60, 80, 95) if p != current.probability])
 
     # --- user fields, filled as the deal passed each stage ---------------------------------------
     ufs: dict[str, str] = {}
@@ -292,27 +389,40 @@ def _build_deal(
         entered = enter[stage.status_id]
         for name in c.REQUIRED_BY_STAGE.get(stage.status_id, ()):
             ufs[name] = _uf_value(rng, name, deal_id, amount, entered, now, stage, current)
+    follow_up: float | None = None
     if current.semantics == "F":
         if ufs.get(c.UF_LOSS_REASON) == c.LOSS_NO_INTEREST_NOW or "lost_no_next_contact" in kinds:
             ufs[c.UF_LOSS_REASON] = c.LOSS_NO_INTEREST_NOW
             if "lost_no_next_contact" not in kinds:
-                ufs[c.UF_NEXT_CONTACT] = fmt_date(end + rng.uniform(20 * DAY, 120 * DAY))
+                # R5: 3, 6 or 9 months after the refusal (7 days tolerance), with a follow-up task that day
+                next_day = _add_months(_local_day(end), _pick(rng, (3, 6, 9))) + timedelta(days=rng.randint(-3, 3))
+                ufs[c.UF_NEXT_CONTACT] = next_day.isoformat()
+                follow_up = datetime(next_day.year, next_day.month, next_day.day, 10, tzinfo=PORTAL_TZ).timestamp()
     if "won_no_payment_date" in kinds:
         ufs.pop(c.UF_PAID_DATE, None)
+        if category != 0 and "required_uf_empty" not in kinds:
+            kinds.append("required_uf_empty")  # these pipelines also require the payment date to be won (R2)
     if "overdue_receivable" in kinds:
         ufs[c.UF_PAY_DUE] = fmt_date(now - rng.uniform(DAY, 40 * DAY))
     if "required_uf_empty" in kinds:
         required = [n for s in path for n in c.REQUIRED_BY_STAGE.get(s.status_id, ())
-                    if n not in (c.UF_PAID_DATE, c.UF_PAY_DUE, c.UF_LOSS_REASON)]
+                    if n not in (c.UF_PAID_DATE, c.UF_PAY_DUE, c.UF_LOSS_REASON, c.UF_SEGMENT)]
         if required:
-            ufs.pop(rng.choice(required), None)
+            ufs.pop(_pick(rng, required), None)
         else:
             kinds.remove("required_uf_empty")
     if "lead_not_contacted" in kinds:
-        if rng.random() < 0.5:
-            ufs[c.UF_FIRST_CONTACT] = fmt_dt(created + rng.uniform(1.2 * HOUR, 30 * HOUR)) or ""
+        # late in working time too (R7 counts working hours), and never in the future
+        late = add_working(created, rng.uniform(1.5 * HOUR, 12 * HOUR))
+        if rng.random() < 0.5 and late < min(now, end if len(path) > 1 else now) - 60:
+            ufs[c.UF_FIRST_CONTACT] = fmt_dt(late) or ""
     else:
         ufs[c.UF_FIRST_CONTACT] = fmt_dt(created + rng.uniform(180, 55 * 60)) or ""
+
+    due = ufs.get(c.UF_PAY_DUE)
+    if (outcome != "lost" and due and not ufs.get(c.UF_PAID_DATE) and due < fmt_date(now)
+            and "overdue_receivable" not in kinds):
+        kinds.append("overdue_receivable")
 
     modified = min(end + rng.uniform(0, 3 * DAY), now - 60)
     if outcome == "open" and "stale" not in kinds:
@@ -324,7 +434,7 @@ def _build_deal(
     row.update({
         "ID": str(deal_id),
         "TITLE": title,
-        "TYPE_ID": "SALE" if category == 3 else rng.choice(("SALE", "COMPLEX", "SERVICES")),
+        "TYPE_ID": "SALE" if category == 3 else _pick(rng, ("SALE", "COMPLEX", "SERVICES")),
         "CATEGORY_ID": str(category),
         "STAGE_ID": current.status_id,
         "STAGE_SEMANTIC_ID": current.semantics,
@@ -345,7 +455,7 @@ def _build_deal(
         "DATE_CREATE": created_s,
         "DATE_MODIFY": modified_s,
         "MOVED_TIME": moved_s,
-        "SOURCE_ID": rng.choice(c.SOURCES)[0],
+        "SOURCE_ID": _pick(rng, c.SOURCES)[0],
         "LAST_ACTIVITY_TIME": modified_s,
         "LAST_ACTIVITY_BY": str(assigned),
     })
@@ -355,17 +465,32 @@ def _build_deal(
     if kinds:
         state.planted[deal_id] = kinds
 
-    # --- tasks: one completed task for the previous stage, one open task for the current ---------
+    # --- tasks: the regulation's stage task for every stage entered (R3), done before leaving -------
     binding = [f"D_{deal_id}"]
-    if len(path) >= 2:
-        prev = path[-2]
-        _add_task(tasks, rng, fmt, prev, binding, assigned, enter[prev.status_id], end, status="5", title_of=title)
-    if outcome == "open":
-        if "no_stage_task" not in kinds:
-            _add_task(tasks, rng, fmt, current, binding, assigned, end, None, status=rng.choice(("2", "3")),
+    entries = list(history_path)
+    if first_index:
+        entries[0] = (entries[0][0], moved)  # the first stage's task comes with the pipeline change
+    for i, (stage, entered) in enumerate(entries):
+        title_text = c.STAGE_TASK_TITLES.get(stage.status_id)
+        if title_text is None or (category != 0 and stage.semantics == "S"):
+            continue
+        is_current = i == len(entries) - 1
+        if is_current and stage.semantics == "P":
+            if "no_stage_task" in kinds:
+                continue
+            _add_task(tasks, rng, fmt, title_text, binding, assigned, entered, None, status=_pick(rng, ("2", "3")),
                       title_of=title, deadline=now + rng.uniform(DAY, 10 * DAY))
-    elif len(path) < 2:
-        _add_task(tasks, rng, fmt, current, binding, assigned, created, end, status="5", title_of=title)
+        elif is_current:  # the won stage's own task (pipeline 0): closed once the 14 days are over
+            closed = entered + 14 * DAY if entered + 14 * DAY < now else None
+            _add_task(tasks, rng, fmt, title_text, binding, assigned, entered, closed,
+                      status="5" if closed else "2", title_of=title, deadline=entered + 14 * DAY)
+        else:
+            leaves = entries[i + 1][1]
+            _add_task(tasks, rng, fmt, title_text, binding, assigned, entered,
+                      entered + (leaves - entered) * rng.uniform(0.5, 0.95), status="5", title_of=title)
+    if follow_up is not None:
+        _add_task(tasks, rng, fmt, c.FOLLOW_UP_TITLE, binding, assigned, end, None, status="2",
+                  title_of=title, deadline=follow_up)
 
 
 def _memo_fmt() -> Any:
@@ -380,17 +505,17 @@ def _memo_fmt() -> Any:
     return formatted
 
 
-def _add_task(tasks: list[tuple[float, dict[str, Any]]], rng: random.Random, fmt: Any, stage: Any, binding: list[str],
+def _add_task(tasks: list[tuple[float, dict[str, Any]]], rng: random.Random, fmt: Any, title: str, binding: list[str],
               responsible: int, created: float, closed: float | None, *, status: str, title_of: str,
               deadline: float | None = None) -> None:
     task = blank_task()
     created_s = fmt(created)
     changed_s = fmt(closed) if closed is not None else created_s
     task.update({
-        "title": f"{rng.choice(_TASK_ACTIONS['P'])} ({stage.name})",
+        "title": title,
         "description": f"Сделка: {title_of}",
         "status": status,
-        "priority": rng.choice(("1", "1", "2")),
+        "priority": _pick(rng, ("1", "1", "2")),
         "responsibleId": str(responsible),
         "createdBy": str(responsible),
         "createdDate": created_s,
@@ -408,15 +533,15 @@ def _add_task(tasks: list[tuple[float, dict[str, Any]]], rng: random.Random, fmt
 def _uf_value(rng: random.Random, name: str, deal_id: int, amount: float, entered: float, now: float,
               stage: Any, current: Any) -> str:
     if name == c.UF_SEGMENT:
-        return rng.choice(("131", "132", "133"))
+        return _pick(rng, ("131", "132", "133"))
     if name == c.UF_INTEREST:
         return "101"
     if name == c.UF_BUDGET:
         return str(int(round(amount * rng.uniform(1.0, 2.0), -3)))
     if name == c.UF_LPR:
-        return f"{rng.choice(_FIRST_NAMES_M)} {rng.choice(_LAST_NAMES)}, генеральный директор"
+        return f"{_pick(rng, _FIRST_NAMES_M)} {_pick(rng, _LAST_NAMES)}, генеральный директор"
     if name == c.UF_NEEDS:
-        return rng.choice(_NEEDS)
+        return _pick(rng, _NEEDS)
     if name in (c.UF_FIRST_MEETING, c.UF_PRESENTATION, c.UF_KP_DATE, c.UF_SIGN_DATE):
         return fmt_date(entered)
     if name == c.UF_TZ_URL:
@@ -426,7 +551,7 @@ def _uf_value(rng: random.Random, name: str, deal_id: int, amount: float, entere
     if name == c.UF_CONTRACT_NO:
         return f"Д-{datetime.fromtimestamp(entered, PORTAL_TZ).year}/{deal_id}"
     if name == c.UF_PAY_TERMS:
-        return rng.choice(("111", "112", "113"))
+        return _pick(rng, ("111", "112", "113"))
     if name == c.UF_PAY_DUE:
         if stage is current:
             return fmt_date(now + rng.uniform(DAY, 25 * DAY))  # still at the invoice stage: not yet due
@@ -434,5 +559,5 @@ def _uf_value(rng: random.Random, name: str, deal_id: int, amount: float, entere
     if name == c.UF_PAID_DATE:
         return fmt_date(min(entered + rng.uniform(0, DAY), now))
     if name == c.UF_LOSS_REASON:
-        return rng.choice(("121", "122", "123", "124"))
+        return _pick(rng, ("121", "122", "123", "124"))
     return ""

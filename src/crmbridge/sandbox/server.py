@@ -74,6 +74,31 @@ class PortalStats:
     def sent_429(self) -> int:
         return self.operation_time_limit
 
+    @property
+    def requests_total(self) -> int:
+        return self.requests
+
+    @property
+    def faults_injected(self) -> int:
+        return sum(self.faults.values())
+
+    @property
+    def operating_total(self) -> float:
+        return sum(self.operating_seconds.values())
+
+    def requests_for(self, method: str) -> int:
+        """Calls of one method, nested batch commands included."""
+        return self.calls.get(method, 0)
+
+    def snapshot(self) -> dict[str, Any]:
+        """A plain dict (picklable, JSON-ready) of everything above."""
+        return {
+            "requests_total": self.requests, "calls": dict(self.calls),
+            "query_limit_exceeded": self.query_limit_exceeded, "operation_time_limit": self.operation_time_limit,
+            "operating_seconds": dict(self.operating_seconds), "operating_total": self.operating_total,
+            "faults": dict(self.faults), "faults_injected": self.faults_injected, "events_sent": self.events_sent, "events_failed": self.events_failed,
+        }
+
 
 @dataclass
 class _Counters:

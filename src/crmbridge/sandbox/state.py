@@ -76,6 +76,9 @@ class PortalState:
         self.on_deal_event: DealEventHook | None = None
         self._next_activity = 1
         self._next_notification = 1
+        # portal-clock times that let tests reason about sync overlap windows (count_modified_within)
+        self._last_deal_list: float | None = None
+        self._list_before_last_write: float | None = None
 
     # --- time -----------------------------------------------------------------------------------
 
@@ -219,6 +222,7 @@ class PortalState:
         return hid
 
     def _fire(self, event: str, deal_id: int) -> None:
+        self._list_before_last_write = self._last_deal_list
         hook = self.on_deal_event
         if hook is not None:
             hook(event, deal_id)
@@ -288,6 +292,53 @@ class PortalState:
     def deal_history(self, deal_id: int) -> list[dict[str, Any]]:
         with self.lock:
             return [h for h in self.history.rows.values() if h["OWNER_ID"] == deal_id]
+
+    # --- views for tests and benchmarks ---------------------------------------------------------
+
+    def api_deals(self) -> list[dict[str, Any]]:
+        """Every deal as crm.deal.get returns it (all fields incl. UF_CRM_*), copies in id order."""
+        with self.lock:
+            return [dict(self.deals.rows[i]) for i in self.deals.ids]
+
+    _COUNTABLE = {"deals": "deals", "contacts": "contacts", "companies": "companies", "stage_history": "history",
+                  "history": "history", "stagehistory": "history", "tasks": "tasks", "comments": "comments",
+                  "timeline_comments": "comments"}
+
+    def count(self, what: str) -> int:
+        """Rows of a table by name: deals, contacts, companies, stage_history, tasks, comments, activities."""
+        with self.lock:
+            if what == "activities":
+                return len(self.activities)
+            return len(getattr(self, self._COUNTABLE[what]))
+
+    def deal_task_ids(self) -> set[int]:
+        """Ids of the tasks bound to a deal (UF_CRM_TASK holds a D_<id>)."""
+        with self.lock:
+            return {int(t["id"]) for t in self.tasks.rows.values()
+                    if any(str(b).startswith("D_") for b in (t.get("ufCrmTask") or ()))}
+
+    def note_deal_list(self) -> None:
+        """Called on each crm.deal.list: remembers when the deals were last read."""
+        self._last_deal_list = self.clock()
+
+    def count_modified_within(self, minutes: float, *, before_last_sync: bool = True) -> int:
+        """Deals a `>=DATE_MODIFY` cursor with an overlap of `minutes` would read again.
+
+        The cursor is the newest DATE_MODIFY a reader could have seen: as of the last crm.deal.list
+        before the latest deal write (`before_last_sync`), or as of now. Deals changed after that
+        moment are included too, so the result bounds what an incremental sync re-reads.
+        """
+        with self.lock:
+            reference = self.clock()
+            if before_last_sync and self._list_before_last_write is not None:
+                reference = self._list_before_last_write
+            ref_wire = fmt_dt(reference) or ""
+            seen = [d["DATE_MODIFY"] for d in self.deals.rows.values() if d["DATE_MODIFY"] and d["DATE_MODIFY"] <= ref_wire]
+            if not seen:
+                return len(self.deals)
+            cursor = datetime.fromisoformat(max(seen)).timestamp()
+            floor = fmt_dt(cursor - minutes * 60) or ""
+            return sum(1 for d in self.deals.rows.values() if d["DATE_MODIFY"] and d["DATE_MODIFY"] >= floor)
 
 
 _DEAL_BLANK: dict[str, Any] = {

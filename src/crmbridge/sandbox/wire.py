@@ -81,14 +81,16 @@ def _day(day_number: int) -> str:
     return name
 
 
+#: "Thh:mm:ss+03:00" for every second of a day: formatting becomes a lookup (~30 ms to build, once)
+_CLOCK: list[str] = [f"T{h:02d}:{m:02d}:{s:02d}{PORTAL_OFFSET}" for h in range(24) for m in range(60) for s in range(60)]
+
+
 def fmt_dt(ts: float | None) -> str | None:
     """A unix timestamp as Bitrix24 sends a datetime: `YYYY-MM-DDThh:mm:ss+03:00` (portal zone)."""
     if ts is None:
         return None
     day_number, seconds = divmod(int(ts) + _OFFSET_SECONDS, 86400)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{_day(day_number)}T{hours:02d}:{minutes:02d}:{secs:02d}{PORTAL_OFFSET}"
+    return _day(day_number) + _CLOCK[seconds]
 
 
 def fmt_date(ts: float | None) -> str:
