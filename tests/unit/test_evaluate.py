@@ -13,7 +13,7 @@ from crmbridge.mapping.load import parse_binding
 from crmbridge.model import Mode, Verdict
 from crmbridge.regulation.evaluate import Evaluator, evaluate, explain, impact
 from crmbridge.regulation.ledger import reconcile
-from regulation_kit import COMPILED, REGULATION, SPEC, WON, at, deal, entry, regulation, task
+from regulation_kit import COMPILED, REGULATION, SPEC, at, deal, entry, regulation, task
 from test_mapping_load import BINDING
 
 SKIPPING = deal("three", history=[entry("created", "one", "2026-11-02 10:00"), entry("moved", "three", "2026-11-03 10:00")],

@@ -70,3 +70,13 @@ def test_since_takes_dates_times_and_spans() -> None:
     assert parse_since("2026-11-19T10:00+03:00", now) == datetime(2026, 11, 19, 7, 0, tzinfo=UTC)
     with pytest.raises(ValueError, match="--since"):
         parse_since("last tuesday", now)
+
+
+def test_one_enforce_run_writes_at_a_time(audit: AuditLog) -> None:
+    now = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+    assert audit.acquire_lock("first", now) is None
+    assert audit.acquire_lock("second", now + timedelta(minutes=5)) == f"run first since {now.isoformat()}"
+    assert audit.acquire_lock("first", now + timedelta(minutes=5)) is None  # the holder may take it again
+    assert audit.acquire_lock("third", now + timedelta(hours=1)) is None  # a dead run's lock is taken over
+    audit.release_lock("third")
+    assert audit.acquire_lock("second", now + timedelta(hours=1)) is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, tzinfo
+from datetime import UTC, datetime, time, timedelta, tzinfo
 from typing import Any
 
 from crmbridge.cache.store import Cache
@@ -152,6 +152,29 @@ class AuditLog:
                 target = json.loads(row["payload"]).get("fields", {}).get("STAGE_ID")
                 found.setdefault(str(row["deal_id"]), {})[row["idempotency_key"][len(prefix):]] = str(target)
         return found
+
+    def acquire_lock(self, run_id: str, now: datetime, *, stale_after: timedelta = timedelta(minutes=30)) -> str | None:
+        """Take the one-writer lock (two overlapping scheduled runs would write twice); None when taken,
+        else a description of the run that holds it. A lock older than `stale_after` is a dead run's: taken over."""
+        stamp = now.astimezone(UTC)
+        with self.cache.atomic():
+            rows = self.cache.query("SELECT value FROM enforce_state WHERE name = 'lock'")
+            if rows:
+                holder, _, since = str(rows[0]["value"]).partition("@")
+                try:
+                    held_since = datetime.fromisoformat(since)
+                except ValueError:
+                    held_since = stamp - stale_after
+                if holder != run_id and stamp - held_since < stale_after:
+                    return f"run {holder} since {since}"
+            self.cache.db.execute("INSERT INTO enforce_state (name, value) VALUES ('lock', ?) "
+                                  "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                                  [f"{run_id}@{stamp.isoformat()}"])
+        return None
+
+    def release_lock(self, run_id: str) -> None:
+        with self.cache.atomic():
+            self.cache.db.execute("DELETE FROM enforce_state WHERE name = 'lock' AND value LIKE ?", [f"{run_id}@%"])
 
     def rotation(self) -> dict[str, int]:
         rows = self.cache.query("SELECT name, value FROM enforce_state WHERE name LIKE 'rotation:%'")

@@ -15,6 +15,7 @@ from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
 from crmbridge.enforce.audit import DONE, FAILED, AuditLog, utc_now
 from crmbridge.enforce.execute import MAX_SENDS_TOTAL, ExecutionSummary, Executor
 from crmbridge.enforce.plan import DEFAULT_MAX_REVERTS_PER_DAY, Action, Plan, PlanContext, plan
+from crmbridge.errors import CrmBridgeError
 from crmbridge.mapping.binding import DealMapper
 from crmbridge.mapping.cached import load_deals, record_violations
 from crmbridge.mapping.load import Mappings
@@ -145,6 +146,24 @@ def enforce(client: Bitrix24Client, cache: Cache, mappings: Mappings, *, now: Ca
     sync_requests = client.requests_made - requests_before
     audit = AuditLog(cache)
     executor = Executor(client, audit, now=now, sleep=sleep)
+    # one writer at a time: two overlapping scheduled runs would plan the same actions and both write them
+    holder = None if dry_run else audit.acquire_lock(executor.run_id, now())
+    if holder is not None:
+        raise CrmBridgeError(f"another enforce run is writing to this portal ({holder})",
+                             hint="wait for it to finish; a lock older than 30 minutes is taken over")
+    try:
+        return _plan_and_write(client, cache, mappings, audit, executor, now=now, dry_run=dry_run, deal_ids=deal_ids,
+                               sync=sync, modes=modes, max_reverts_per_day=max_reverts_per_day, started=started,
+                               sync_requests=sync_requests)
+    finally:
+        if not dry_run:
+            audit.release_lock(executor.run_id)
+
+
+def _plan_and_write(client: Bitrix24Client, cache: Cache, mappings: Mappings, audit: AuditLog, executor: Executor, *,
+                    now: Callable[[], datetime], dry_run: bool, deal_ids: Sequence[int] | None, sync: bool,
+                    modes: Mapping[str, Mode] | None, max_reverts_per_day: int, started: datetime,
+                    sync_requests: int) -> EnforceReport:
     found = unknown = 0
     if not dry_run:
         # an earlier run killed between a write and its result: look in the CRM before planning anything again

@@ -1,0 +1,277 @@
+"""Enforcement against the sandbox portal over loopback: every action lands once, with the right fields."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import pytest
+
+from crmbridge.cache.store import Cache
+from crmbridge.connectors.bitrix24.client import Bitrix24Client
+from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
+from crmbridge.connectors.bitrix24.transport import RawResponse, RequestsTransport
+from crmbridge.enforce.audit import AuditLog
+from crmbridge.enforce.plan import ActionKind, marker_of, same_value
+from crmbridge.enforce.run import EnforceReport, enforce
+from crmbridge.mapping.load import Mappings, load_mappings
+from crmbridge.model import Mode
+from crmbridge.sandbox import SandboxPortal
+from crmbridge.sync import Syncer
+
+pytestmark = pytest.mark.integration
+
+MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
+#: every kind of action: reverts (R1..R3), probability (R4), next contact (R5), reassign (R7), segment (R10)
+ALL_KINDS = {"R1": Mode.ENFORCE, "R2": Mode.ENFORCE, "R3": Mode.ENFORCE, "R4": Mode.ENFORCE, "R5": Mode.ENFORCE,
+             "R7": Mode.ENFORCE, "R10": Mode.ENFORCE}
+#: without R10: reverting a won deal changes which deal is its client's last purchase, so R10 may then
+#: (rightly) judge another deal of the client; every other correction settles in one run
+SETTLING = {rule: mode for rule, mode in ALL_KINDS.items() if rule != "R10"}
+WRITE_METHODS = ("tasks.task.add", "crm.deal.update", "crm.timeline.comment.add", "im.notify.system.add")
+
+
+def writes(portal: SandboxPortal) -> int:
+    calls = portal.stats.calls
+    return sum(calls.get(method, 0) for method in WRITE_METHODS)
+
+
+@pytest.fixture
+def mappings() -> Mappings:
+    return load_mappings(MAPPINGS)
+
+
+def fast_client(portal: SandboxPortal, **options: Any) -> Bitrix24Client:
+    return Bitrix24Client(portal.webhook_url, rate=1000, burst=1000, backoff_initial=0.01, backoff_max=0.05, **options)
+
+
+def synced(make_portal: Callable[..., SandboxPortal], cache: Cache, *, deals: int = 200, seed: int = 1,
+           **options: Any) -> tuple[SandboxPortal, Bitrix24Client]:
+    portal = make_portal(deals=deals, seed=seed, limits=False, **options)
+    client = fast_client(portal)
+    Syncer(Bitrix24Reader(client), cache).run(full=True)
+    return portal, client
+
+
+def run(client: Bitrix24Client, cache: Cache, mappings: Mappings, modes: Mapping[str, Mode] = ALL_KINDS,
+        **options: Any) -> EnforceReport:
+    return enforce(client, cache, mappings, modes=modes, sleep=lambda seconds: None, **options)
+
+
+def done_rows(cache: Cache) -> list[dict[str, Any]]:
+    return cache.query("SELECT * FROM actions WHERE status = 'done' ORDER BY id")
+
+
+def assert_each_lands_once(portal: SandboxPortal, cache: Cache) -> None:
+    """Every done action is in the portal exactly once (notifications: once per TAG, as Bitrix24 keeps them)."""
+    state = portal.state
+    task_markers = Counter(marker for task in state.tasks.rows.values()
+                           for marker in _markers(task.get("description")))
+    comment_markers = Counter(marker for comment in state.comments.rows.values()
+                              for marker in _markers(comment.get("COMMENT")))
+    tags = {note.get("TAG") for note in state.notifications}
+    for row in done_rows(cache):
+        payload = json.loads(row["payload"])
+        if row["kind"] == ActionKind.CREATE_TASK.value:
+            assert task_markers[row["marker"]] == 1, row["idempotency_key"]
+        elif row["kind"] == ActionKind.COMMENT.value:
+            assert comment_markers[row["marker"]] == 1, row["idempotency_key"]
+        elif row["kind"] == ActionKind.NOTIFY.value:
+            assert payload["TAG"] in tags, row["idempotency_key"]
+    assert all(count == 1 for count in task_markers.values())
+    assert all(count == 1 for count in comment_markers.values())
+
+
+def _markers(text: Any) -> list[str]:
+    """Every [crmbridge:<hash>] in a text."""
+    return re.findall(r"\[crmbridge:[0-9a-f]+\]", "" if text is None else str(text))
+
+
+def test_every_action_type_lands_in_the_portal_with_the_right_fields(make_portal, cache, mappings) -> None:
+    portal, client = synced(make_portal, cache)
+    report = run(client, cache, mappings)
+    assert report.execution is not None and report.execution.failed == 0 and report.execution.unknown == 0
+    rows = done_rows(cache)
+    assert {row["kind"] for row in rows} == {kind.value for kind in ActionKind}
+    state = portal.state
+    teams = {member for team in mappings.binding.teams.values() for member in team.members}
+    for row in rows:
+        payload, ids = json.loads(row["payload"]), json.loads(row["crm_ids"])
+        deal = state.deals.rows[row["deal_id"]]
+        if row["kind"] == "create_task":
+            fields = payload["fields"]
+            task = state.tasks.rows[int(ids[0])]
+            assert task["title"] == fields["TITLE"] and task["responsibleId"] == str(fields["RESPONSIBLE_ID"])
+            assert task["ufCrmTask"] == [f"D_{row['deal_id']}"] and row["marker"] in task["description"]
+            assert datetime.fromisoformat(task["deadline"]) == datetime.fromisoformat(fields["DEADLINE"])
+        elif row["kind"] == "comment":
+            comment = state.comments.rows[int(ids[0])]
+            assert comment["ENTITY_TYPE"] == "deal" and comment["ENTITY_ID"] == str(row["deal_id"])
+            assert row["marker"] in comment["COMMENT"] and row["rule"].split(",")[0] in comment["COMMENT"]
+        elif row["kind"] == "notify":
+            note = next(note for note in state.notifications if note["ID"] == int(ids[0]))
+            assert note["USER_ID"] == payload["USER_ID"] and note["TAG"] == payload["TAG"]
+        elif row["kind"] == "revert_stage":
+            target = payload["fields"]["STAGE_ID"]
+            history = state.deal_history(row["deal_id"])
+            assert target in [entry["STAGE_ID"] for entry in history[-3:]]  # the move back is in the history
+            assert int(deal["PROBABILITY"]) >= 0
+        elif row["kind"] == "reassign":
+            assert deal["ASSIGNED_BY_ID"] == str(payload["fields"]["ASSIGNED_BY_ID"])
+            assert deal["ASSIGNED_BY_ID"] in teams and deal["ASSIGNED_BY_ID"] != "9"  # 9 is the fired manager
+        if row["kind"] in ("set_field", "revert_stage", "reassign"):
+            for name, value in payload["fields"].items():
+                if name != "STAGE_ID" or not _moved_later(cache, row):
+                    assert same_value(deal.get(name), value), (row["idempotency_key"], name, deal.get(name), value)
+    assert report.after is not None and report.after.rate > report.before.rate
+
+
+def _moved_later(cache: Cache, row: dict[str, Any]) -> bool:
+    """Another revert of the same deal came after this one (a deal can be corrected twice in a run: never here)."""
+    later = cache.query("SELECT 1 FROM actions WHERE deal_id = ? AND kind = 'revert_stage' AND id > ?",
+                        [row["deal_id"], row["id"]])
+    return bool(later)
+
+
+def test_a_second_run_writes_nothing(make_portal, cache, mappings) -> None:
+    portal, client = synced(make_portal, cache)
+    first = run(client, cache, mappings, SETTLING)
+    assert first.execution is not None and first.execution.done > 50
+    before = writes(portal)
+    second = run(client, cache, mappings, SETTLING)
+    assert second.to_write == [] and second.execution is not None and second.execution.sent == 0
+    assert writes(portal) == before
+
+
+def test_dry_run_shows_the_same_plan_and_sends_no_write(make_portal, cache, mappings) -> None:
+    portal, client = synced(make_portal, cache)
+    before = writes(portal)
+    dry = run(client, cache, mappings, dry_run=True)
+    assert dry.to_write and dry.execution is None
+    assert writes(portal) == before and cache.count("actions") == 0
+    real = run(client, cache, mappings)
+    assert [a.idempotency_key for a in real.to_write] == [a.idempotency_key for a in dry.to_write]
+
+
+class DyingTransport(RequestsTransport):
+    """Dies (KeyboardInterrupt) right after the portal answered the Nth write batch: written, not recorded."""
+
+    def __init__(self, die_after: int) -> None:
+        super().__init__()
+        self.die_after = die_after
+        self.write_batches = 0
+
+    def post(self, url: str, *, body: bytes, headers: Mapping[str, str], timeout: tuple[float, float]) -> RawResponse:
+        answer = super().post(url, body=body, headers=headers, timeout=timeout)
+        if url.endswith("/batch.json") and any(method.encode() in body for method in WRITE_METHODS):
+            self.write_batches += 1
+            if self.write_batches == self.die_after:
+                raise KeyboardInterrupt
+        return answer
+
+
+def test_a_run_killed_after_n_actions_resumes_without_duplicates(make_portal, cache, mappings) -> None:
+    portal, _ = synced(make_portal, cache)
+    dying = Bitrix24Client(portal.webhook_url, rate=1000, burst=1000, transport=DyingTransport(die_after=2))
+    with pytest.raises(KeyboardInterrupt):
+        run(dying, cache, mappings, SETTLING)
+    audit = AuditLog(cache)
+    pending = audit.pending()
+    assert len(pending) == 50  # the second batch landed, its results were never recorded
+    assert cache.count("actions", "status = 'done'") == 50
+    notifications = sum(row["kind"] == "notify" for row in pending)
+    resumed = run(fast_client(portal), cache, mappings, SETTLING)
+    # tasks and comments found by their marker, deal updates read back; notifications cannot be looked up
+    assert (resumed.reconciled_found, resumed.reconciled_unknown) == (50 - notifications, notifications)
+    assert resumed.execution is not None and resumed.execution.failed == 0
+    assert audit.pending() == []
+    assert_each_lands_once(portal, cache)
+    again = run(fast_client(portal), cache, mappings, SETTLING)
+    assert again.execution is not None and again.execution.sent == 0
+
+
+def test_with_20_percent_faults_every_action_lands_exactly_once(make_portal, cache, mappings) -> None:
+    portal, client = synced(make_portal, cache, deals=150, slow_seconds=(0.05, 0.1))
+    portal.faults = 0.2
+    report = run(client, cache, mappings, SETTLING)
+    assert report.execution is not None and report.execution.failed == 0 and report.execution.unknown == 0
+    assert sum(portal.stats.faults.values()) > 0
+    assert cache.count("actions", "status = 'done'") == len(report.to_write)
+    assert_each_lands_once(portal, cache)
+    portal.faults = 0.0
+    again = run(client, cache, mappings, SETTLING)
+    assert again.execution is not None and again.execution.sent == 0
+
+
+class EventSink:
+    """The bridge's webhook endpoint, as far as this test needs one: it records ONCRMDEAL* events."""
+
+    def __init__(self) -> None:
+        self.deals: list[int] = []
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+                form = parse_qs(body)
+                if form.get("event", [""])[0] == "ONCRMDEALUPDATE":
+                    sink.deals.append(int(form["data[FIELDS][ID]"][0]))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/events"
+
+
+@pytest.fixture
+def sink() -> Iterator[EventSink]:
+    receiver = EventSink()
+    yield receiver
+    receiver.server.shutdown()
+
+
+def test_the_event_a_correction_causes_produces_no_new_action(make_portal, cache, mappings, sink) -> None:
+    portal, client = synced(make_portal, cache, events_url=sink.url, events_delay=0.0)
+    report = run(client, cache, mappings, SETTLING)
+    corrected = {int(a.deal) for a in report.to_write if a.kind.value in ("revert_stage", "set_field", "reassign")}
+    assert corrected
+    deadline = time.monotonic() + 10
+    while not corrected <= set(sink.deals) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert corrected <= set(sink.deals)
+    before = writes(portal)
+    echo = run(client, cache, mappings, SETTLING, deal_ids=sorted(set(sink.deals)))
+    assert echo.to_write == [] and writes(portal) == before
+
+
+def test_loop_guard_stops_reverting_and_escalates_to_the_head(make_portal, cache, mappings) -> None:
+    portal, client = synced(make_portal, cache)
+    first = run(client, cache, mappings, SETTLING, max_reverts_per_day=2)
+    revert = next(a for a in first.to_write if a.kind is ActionKind.REVERT_STAGE)
+    deal_id = int(revert.deal)
+    illegal = revert.summary.split(" ")[2]  # "move back <from> → <to>"
+    portal.update_deal(deal_id, {"STAGE_ID": illegal}, user_id=int(portal.state.deals.rows[deal_id]["ASSIGNED_BY_ID"]))
+    second = run(client, cache, mappings, SETTLING, max_reverts_per_day=2)
+    assert [a.kind for a in second.to_write if a.deal == str(deal_id)].count(ActionKind.REVERT_STAGE) == 1
+    portal.update_deal(deal_id, {"STAGE_ID": illegal})
+    third = run(client, cache, mappings, SETTLING, max_reverts_per_day=2)
+    mine = [a for a in third.to_write if a.deal == str(deal_id)]
+    assert ActionKind.REVERT_STAGE not in [a.kind for a in mine]
+    escalations = [a for a in mine if "|escalate:" in a.idempotency_key]
+    assert escalations and {a.params["USER_ID"] for a in escalations} >= {1}
+    assert portal.state.deals.rows[deal_id]["STAGE_ID"] == illegal  # the bridge let the head decide
+    assert any(note["TAG"] == escalations[0].params["TAG"] for note in portal.state.notifications)
+    assert marker_of(escalations[0].idempotency_key)[11:-1] in escalations[0].params["TAG"]
