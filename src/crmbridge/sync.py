@@ -158,6 +158,8 @@ class Syncer:
         since = minus_overlap(state.cursor, self.overlap) if state.cursor else None
         for chunk in chunks(self.reader.iter_deals(modified_since=since)):
             self._write_deals(chunk, summary, state_update=None)
+        if since:
+            self._sync_changed_clients(since, summary)
         state.mode, state.status = "incremental", "done"
         state.cursor, state.finished_at = portal_time, self.now()
         self.cache.save_sync_state(state)
@@ -185,6 +187,29 @@ class Syncer:
         summary.contacts_read += len(contacts)
         summary.companies_read += len(companies)
         self.progress("deals", len(deal_rows))
+
+    def _sync_changed_clients(self, since: str, summary: SyncSummary) -> None:
+        """A contact or company edited without touching its deals (R6 reads its phone / e-mail)."""
+        for entity, column, to_row in (
+            ("contacts", "contact_id", cache_rows.contact_row),
+            ("companies", "company_id", cache_rows.company_row),
+        ):
+            referenced = {
+                row["ref"] for row in self.cache.query(
+                    f"SELECT DISTINCT {column} AS ref FROM deals WHERE {column} IS NOT NULL"
+                )
+            }
+            if entity == "companies":  # a contact's company counts too
+                referenced |= {row["ref"] for row in self.cache.query(
+                    "SELECT DISTINCT company_id AS ref FROM contacts WHERE company_id IS NOT NULL")}
+            for chunk in chunks(self.reader.iter_changed_clients(entity, modified_since=since)):
+                client_rows = [row for row in map(to_row, chunk) if row["id"] in referenced]
+                with self.cache.atomic():
+                    self.cache.upsert(entity, client_rows)
+                if entity == "contacts":
+                    summary.contacts_read += len(client_rows)
+                else:
+                    summary.companies_read += len(client_rows)
 
     # --- stage history and tasks --------------------------------------------------------------
 

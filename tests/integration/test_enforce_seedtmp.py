@@ -54,7 +54,7 @@ def fast_client(portal: SandboxPortal, **options: Any) -> Bitrix24Client:
     return Bitrix24Client(portal.webhook_url, rate=1000, burst=1000, backoff_initial=0.01, backoff_max=0.05, **options)
 
 
-def synced(make_portal: Callable[..., SandboxPortal], cache: Cache, *, deals: int = 200, seed: int = 1,
+def synced(make_portal: Callable[..., SandboxPortal], cache: Cache, *, deals: int = 200, seed: int = 7,
            **options: Any) -> tuple[SandboxPortal, Bitrix24Client]:
     portal = make_portal(deals=deals, seed=seed, limits=False, **options)
     client = fast_client(portal)

@@ -151,3 +151,17 @@ def test_full_sync_killed_midway_resumes_from_its_last_commit(make_portal: Any, 
         assert_cache_equals_portal(cache, portal)
     finally:
         cache.close()
+
+
+def test_contact_edited_alone_is_picked_up_incrementally(make_portal: Any, cache: Cache) -> None:
+    portal = make_portal(deals=400, seed=8)
+    make_syncer(portal, cache).run()
+    contact_id = cache.query("SELECT contact_id FROM deals WHERE contact_id IS NOT NULL LIMIT 1")[0]["contact_id"]
+    with portal.state.lock:  # the sandbox has no crm.contact.update: edit as the portal's UI would
+        contact = portal.state.contacts.rows[contact_id]
+        contact["PHONE"] = [{"ID": "990001", "VALUE_TYPE": "WORK", "VALUE": "+7 900 000-00-01", "TYPE_ID": "PHONE"}]
+        contact["DATE_MODIFY"] = portal.state.now_wire()
+    summary = make_syncer(portal, cache).run()
+    assert summary.mode == "incremental" and summary.deals_changed == 0
+    row = cache.query("SELECT has_phone, raw FROM contacts WHERE id = ?", [contact_id])[0]
+    assert row["has_phone"] == 1 and "+7 900 000-00-01" in row["raw"]

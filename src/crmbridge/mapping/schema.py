@@ -43,13 +43,16 @@ def parse_duration(text: Any) -> timedelta:
     return timedelta(weeks=weeks, days=days, hours=hours, minutes=minutes)
 
 
-def format_duration(span: timedelta) -> str:
-    """The inverse of parse_duration, for messages and schema defaults."""
+def format_duration(span: timedelta, units: str = "d h m") -> str:
+    """The inverse of parse_duration (`1h30m`); with other units (`д ч мин`) for messages: `1 ч 30 мин`."""
     minutes = int(span.total_seconds() // 60)
     days, rest = divmod(minutes, 1440)
     hours, minutes = divmod(rest, 60)
-    text = (f"{days}d" if days else "") + (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "")
-    return text or "0m"
+    day, hour, minute = (units.split() + ["d", "h", "m"])[:3] if units != "d h m" else ("d", "h", "m")
+    parts = [(days, day), (hours, hour), (minutes, minute)]
+    if units == "d h m":
+        return "".join(f"{count}{unit}" for count, unit in parts if count) or "0m"
+    return " ".join(f"{count} {unit}" for count, unit in parts if count) or f"0 {minute}"
 
 
 def _show(value: Any) -> str:
@@ -361,6 +364,8 @@ class WordingSpec(Strict):
     touch_overdue: str = "no touch for {days} days"
     won_not_from_last: str = "Won may only be reached from «{stage}»"
     not_set: str = "not set"
+    not_contacted: str = "no contact yet, waiting {waited}"
+    units: str = Field("d h m", description="Days, hours, minutes as durations are shown in messages, e.g. `д ч мин`.")
 
 
 class RegulationSpec(Strict):
@@ -468,11 +473,28 @@ REGULATION_SCHEMA_FILE = "regulation.schema.json"
 BINDING_SCHEMA_FILE = "bitrix24.schema.json"
 
 
+_ISO_SPAN = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?$")
+
+
+def _durations_as_written(node: Any) -> Any:
+    """Pydantic writes timedelta defaults as ISO 8601 (PT1H); editors should show them as the file has them (1h)."""
+    if isinstance(node, dict):
+        return {key: _durations_as_written(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_durations_as_written(value) for value in node]
+    if isinstance(node, str) and len(node) > 1:
+        match = _ISO_SPAN.match(node)
+        if match:
+            days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
+            return format_duration(timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds))
+    return node
+
+
 def json_schemas() -> dict[str, dict[str, Any]]:
     """File name -> JSON Schema, for `crmbridge schema`."""
     return {
-        REGULATION_SCHEMA_FILE: RegulationSpec.model_json_schema(mode="validation"),
-        BINDING_SCHEMA_FILE: BindingSpec.model_json_schema(mode="validation"),
+        REGULATION_SCHEMA_FILE: _durations_as_written(RegulationSpec.model_json_schema(mode="validation")),
+        BINDING_SCHEMA_FILE: _durations_as_written(BindingSpec.model_json_schema(mode="validation")),
     }
 
 

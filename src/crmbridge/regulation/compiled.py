@@ -187,15 +187,16 @@ def joined(template_values: Any, separator: str = "; ") -> str:
 class Span:
     """A duration shown as 1h30m / 3d in a message, formatted only if the message is read."""
 
-    __slots__ = ("span",)
+    __slots__ = ("span", "units")
 
-    def __init__(self, span: Any) -> None:
+    def __init__(self, span: Any, units: str = "d h m") -> None:
         self.span = span
+        self.units = units
 
     def __str__(self) -> str:
         from crmbridge.mapping.schema import format_duration
 
-        return format_duration(self.span)
+        return format_duration(self.span, self.units)
 
     def __format__(self, spec: str) -> str:
         return format(str(self), spec)

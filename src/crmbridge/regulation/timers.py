@@ -6,7 +6,7 @@ from datetime import date, datetime, time, timedelta
 
 from crmbridge.mapping.schema import format_duration
 from crmbridge.model import WON, Deal, Outcome, Violation, as_date
-from crmbridge.regulation.compiled import CompiledDirection, Context, Span, render, violation
+from crmbridge.regulation.compiled import CompiledDirection, Context, Span, Text, render, violation
 from crmbridge.regulation.stages import NOT_APPLICABLE, Why, current_run
 
 
@@ -41,9 +41,11 @@ def check_r7(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
             if why is not None:
                 why.append(f"contacted after {_span(waited)} of working time (SLA {_span(spec.sla)})")
             return ()
-        late = render(ctx.regulation.spec.wording.contacted_late, {"waited": _span(waited)})
+        wording = ctx.regulation.spec.wording
+        late = render(wording.contacted_late, {"waited": Span(waited, wording.units)})
         found = violation("R7", deal, direction, ctx, since=calendar.add(created, spec.sla, working=spec.working_hours),
-                          entry=entry, missing=(), values={"missing": late, "sla": Span(spec.sla), "waited": Span(waited)},
+                          entry=entry, missing=(), values={"missing": late, "sla": Span(spec.sla, wording.units),
+                                                           "waited": Span(waited, wording.units)},
                           details={"contacted": True, "reassign": False, "waited_minutes": int(waited.total_seconds() // 60)})
     else:
         deadline = calendar.add(created, spec.sla, working=spec.working_hours)
@@ -54,8 +56,10 @@ def check_r7(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
         waited = calendar.elapsed(created, ctx.now, working=spec.working_hours)
         # only a lead still waiting in its first stage(s) is worth handing to another manager
         waiting = deal.outcome is Outcome.OPEN and deal.stage in (spec.stages or (direction.first_stage,))
+        wording = ctx.regulation.spec.wording
         found = violation("R7", deal, direction, ctx, since=deadline, entry=entry, missing=(spec.contact_field,),
-                          values={"sla": Span(spec.sla), "waited": Span(waited)},
+                          values={"sla": Span(spec.sla, wording.units), "waited": Span(waited, wording.units),
+                                  "missing": Text(render, wording.not_contacted, {"waited": Span(waited, wording.units)})},
                           details={"contacted": False, "waited_minutes": int(waited.total_seconds() // 60),
                                    "reassign": spec.reassign and waiting})
     if why is not None:
@@ -98,7 +102,8 @@ def check_r8(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
         return ()
     waited = calendar.elapsed(agreed_at, ctx.now, working=spec.working_hours)
     found = violation("R8", deal, direction, ctx, since=deadline, entry=agreed_entry, missing=(spec.paid_field,),
-                      values={"within": Span(spec.within), "waited": Span(waited)},
+                      values={"within": Span(spec.within, ctx.regulation.spec.wording.units),
+                              "waited": Span(waited, ctx.regulation.spec.wording.units)},
                       details={"agreed_at": agreed_at, "waited_hours": int(waited.total_seconds() // 3600)})
     if why is not None:
         why.append(found.message)

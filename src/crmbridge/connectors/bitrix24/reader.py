@@ -113,6 +113,11 @@ class Bitrix24Reader:
             "tasks.task.list", filter=task_filter, select=TASK_SELECT, id_field="ID", result_key="tasks"
         )
 
+    def iter_changed_clients(self, entity: str, *, modified_since: str) -> Iterator[RawRecord]:
+        """Contacts or companies edited on their own (a phone added) since a portal time."""
+        method, select = {"contacts": ("crm.contact.list", CONTACT_SELECT), "companies": ("crm.company.list", COMPANY_SELECT)}[entity]
+        return self.client.iter_list_fast(method, filter={">=DATE_MODIFY": modified_since}, select=select, id_field="ID")
+
     def contacts(self, ids: Iterable[int]) -> list[RawRecord]:
         return self._by_ids("crm.contact.list", ids, CONTACT_SELECT)
 
