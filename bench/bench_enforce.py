@@ -62,7 +62,9 @@ def main() -> int:
 
             portal.limits = not args.no_limits
             portal.faults = args.faults
-            client = Bitrix24Client(portal.webhook_url, backoff_initial=0.05, backoff_max=1.0)  # the real pace: 2 req/s, burst 50
+            # the client paces itself like the portal: 2 req/s, burst 50 (unpaced when the portal has no limits)
+            pace = {"rate": 1000.0, "burst": 1000} if args.no_limits else {}
+            client = Bitrix24Client(portal.webhook_url, backoff_initial=0.05, backoff_max=1.0, **pace)
             served_before = portal.stats.requests
             started = time.perf_counter()
             summary = Executor(client, AuditLog(cache)).execute(actions)

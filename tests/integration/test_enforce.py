@@ -8,7 +8,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,8 @@ from crmbridge.connectors.bitrix24.client import Bitrix24Client
 from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
 from crmbridge.connectors.bitrix24.transport import RawResponse, RequestsTransport
 from crmbridge.enforce.audit import AuditLog
-from crmbridge.enforce.plan import ActionKind, marker_of, same_value
+from crmbridge.enforce.execute import Executor
+from crmbridge.enforce.plan import Action, ActionKind, marker_of, same_value
 from crmbridge.enforce.run import EnforceReport, enforce
 from crmbridge.mapping.load import Mappings, load_mappings
 from crmbridge.model import Mode
@@ -97,7 +98,11 @@ def _markers(text: Any) -> list[str]:
 
 
 def test_every_action_type_lands_in_the_portal_with_the_right_fields(make_portal, cache, mappings) -> None:
-    portal, client = synced(make_portal, cache)
+    # the portal lives a week behind, so a lead added now has waited past the SLA in any week (R7 reassigns it)
+    portal = make_portal(deals=200, seed=3, limits=False, now=datetime.now(UTC) - timedelta(days=7))
+    lead = portal.add_deal({"TITLE": "Входящая заявка", "CATEGORY_ID": 3, "ASSIGNED_BY_ID": 6}, user_id=6)
+    client = fast_client(portal)
+    Syncer(Bitrix24Reader(client), cache).run(full=True)
     report = run(client, cache, mappings)
     assert report.execution is not None and report.execution.failed == 0 and report.execution.unknown == 0
     rows = done_rows(cache)
@@ -132,7 +137,7 @@ def test_every_action_type_lands_in_the_portal_with_the_right_fields(make_portal
             for name, value in payload["fields"].items():
                 if name != "STAGE_ID" or not _moved_later(cache, row):
                     assert same_value(deal.get(name), value), (row["idempotency_key"], name, deal.get(name), value)
-    assert report.after is not None and report.after.rate > report.before.rate
+    assert state.deals.rows[lead]["ASSIGNED_BY_ID"] in ("7", "8")  # round robin in the B2C team, not 6 again
 
 
 def _moved_later(cache: Cache, row: dict[str, Any]) -> bool:
@@ -146,6 +151,7 @@ def test_a_second_run_writes_nothing(make_portal, cache, mappings) -> None:
     portal, client = synced(make_portal, cache)
     first = run(client, cache, mappings, SETTLING)
     assert first.execution is not None and first.execution.done > 50
+    assert first.after is not None and first.after.rate > first.before.rate  # re-synced and evaluated again
     before = writes(portal)
     second = run(client, cache, mappings, SETTLING)
     assert second.to_write == [] and second.execution is not None and second.execution.sent == 0
@@ -186,12 +192,13 @@ def test_a_run_killed_after_n_actions_resumes_without_duplicates(make_portal, ca
         run(dying, cache, mappings, SETTLING)
     audit = AuditLog(cache)
     pending = audit.pending()
-    assert len(pending) == 50  # the second batch landed, its results were never recorded
+    # the first batch (50) is recorded; the second landed, but its results were never recorded
     assert cache.count("actions", "status = 'done'") == 50
+    assert 0 < len(pending) == min(50, cache.count("actions") - 50)
     notifications = sum(row["kind"] == "notify" for row in pending)
     resumed = run(fast_client(portal), cache, mappings, SETTLING)
     # tasks and comments found by their marker, deal updates read back; notifications cannot be looked up
-    assert (resumed.reconciled_found, resumed.reconciled_unknown) == (50 - notifications, notifications)
+    assert (resumed.reconciled_found, resumed.reconciled_unknown) == (len(pending) - notifications, notifications)
     assert resumed.execution is not None and resumed.execution.failed == 0
     assert audit.pending() == []
     assert_each_lands_once(portal, cache)
@@ -275,3 +282,21 @@ def test_loop_guard_stops_reverting_and_escalates_to_the_head(make_portal, cache
     assert portal.state.deals.rows[deal_id]["STAGE_ID"] == illegal  # the bridge let the head decide
     assert any(note["TAG"] == escalations[0].params["TAG"] for note in portal.state.notifications)
     assert marker_of(escalations[0].idempotency_key)[11:-1] in escalations[0].params["TAG"]
+
+
+def test_a_rejected_command_is_recorded_with_the_crms_error_and_retried_up_to_a_limit(make_portal, cache) -> None:
+    portal, client = synced(make_portal, cache, deals=20)
+    bad = Action("R11:1:x|task", ActionKind.CREATE_TASK, "R11", "1",
+                 {"fields": {"TITLE": "Stale", "RESPONSIBLE_ID": 999, "UF_CRM_TASK": ["D_1"]}}, "task", "why")
+    good = Action("R11:1:x|notify", ActionKind.NOTIFY, "R11", "1", {"USER_ID": 3, "MESSAGE": "R11", "TAG": "t1"},
+                  "notify", "why")
+    executor = Executor(client, AuditLog(cache), sleep=lambda seconds: None, max_sends_total=2)
+    first = executor.execute([bad, good])
+    assert (first.done, first.failed, first.sent) == (1, 1, 2)
+    (failed,) = AuditLog(cache).entries(status="failed")
+    assert failed.idempotency_key == bad.idempotency_key and "ERROR_CORE" in (failed.error or "")
+    second = executor.execute([bad, good])  # a later run tries the failed one again, not the done one
+    assert (second.sent, second.already_done, second.failed) == (1, 1, 1)
+    third = executor.execute([bad, good])
+    assert (third.sent, third.given_up) == (0, 1)
+    assert len([note for note in portal.state.notifications if note["TAG"] == "t1"]) == 1

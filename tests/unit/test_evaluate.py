@@ -130,3 +130,12 @@ def test_violations_are_opened_and_resolved_in_the_cache(cache) -> None:
     resolved = {row["rule"] for row in cache.query("SELECT rule FROM violations WHERE resolved IS NOT NULL")}
     assert {"R1", "R4"} <= resolved
     assert cache.count("violations", "resolved IS NULL") == len({v.key for v in later})
+
+
+def test_explanations_use_the_regulations_wording() -> None:
+    worded = regulation(REGULATION + "wording:\n  explain:\n    not_lost: сделка не провалена\n    rule_off: выключено\n")
+    quiet = regulation(REGULATION.replace("R1: {mode: warn,", "R1: {mode: off,") +
+                       "wording:\n  explain:\n    rule_off: выключено\n")
+    lines = {line.rule: line.reason for line in explain(SKIPPING, worded, at("2026-11-04 12:00"))}
+    assert lines["R5"] == "сделка не провалена"
+    assert {line.rule: line.reason for line in explain(SKIPPING, quiet, at("2026-11-04 12:00"))}["R1"] == "выключено"

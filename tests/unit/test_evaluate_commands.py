@@ -125,3 +125,10 @@ def test_schema_and_discover_write_files(monkeypatch, capsys, cache_file, tmp_pa
     code, out, _ = crmbridge(monkeypatch, capsys, cache_file, "discover", "--out", str(tmp_path / "draft.yaml"), "--cache-only")
     assert code == 0 and "0 `todo` left" in out
     assert "C1:WON: won  # Оплачено (S)" in (tmp_path / "draft.yaml").read_text(encoding="utf-8")
+
+
+def test_discover_on_a_fresh_install_starts_from_the_default_regulation(monkeypatch, capsys, cache_file, tmp_path) -> None:
+    code, out, _ = crmbridge(monkeypatch, capsys, cache_file, "discover", "--cache-only", mappings=tmp_path)
+    assert code == 0 and "wrote the default regulation" in out
+    assert (tmp_path / "regulation.yaml").exists() and (tmp_path / "regulation.schema.json").exists()
+    assert "0 `todo` left" in out and (tmp_path / "bitrix24.draft.yaml").exists()

@@ -130,3 +130,27 @@ def test_parse_moment_formats(text: str) -> None:
 
 def test_parse_rejects_garbage() -> None:
     assert parse_moment("soon") is None and parse_day("31.02.2026") is None and parse_moment("") is None
+
+
+def test_phone_and_email_fields_come_from_the_client_cards() -> None:
+    from crmbridge.mapping.load import parse_regulation
+    from crmbridge.regulation.compiled import Context, compile_regulation
+    from crmbridge.regulation.stages import check_r2
+    from regulation_kit import REGULATION, at
+
+    text = REGULATION.replace("  amount: {type: number, label: Amount}",
+                              "  amount: {type: number, label: Amount}\n  phone: {type: phone, label: Phone}").replace(
+        "requires_to_leave: [meeting]", "requires_to_enter: [phone], requires_to_leave: [meeting]")
+    spec, problems = parse_regulation(text, "regulation.yaml")
+    assert not problems, problems
+    binding, problems = parse_binding(BINDING, spec, "bitrix24.yaml")
+    assert not problems, problems  # a phone field needs no CRM field: it is the client's card
+    mapper, compiled = DealMapper(spec, binding), compile_regulation(spec)
+    fields = {"UF_CRM_1": "1", "UF_CRM_2": "10"}
+    with_phone = mapper.deal(raw(**fields), contact={"ID": "4", "PHONE": [{"VALUE": "+7 900"}]})
+    without = mapper.deal(raw(**fields), contact={"ID": "5", "EMAIL": [{"VALUE": "a@b.ru"}]})
+    context = Context(at("2026-11-20 12:00"), compiled)
+    assert with_phone.field("phone").value == "+7 900"
+    assert check_r2(with_phone, compiled.directions["sales"], context) == ()
+    (violation,) = check_r2(without, compiled.directions["sales"], context)
+    assert violation.missing == ("phone",)

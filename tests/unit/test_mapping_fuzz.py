@@ -59,3 +59,15 @@ def test_a_damaged_regulation_is_reported_not_raised(offset: int, garbage: str) 
     model, problems = parse_regulation(text, "regulation.yaml")
     assert model is not None or problems
     assert_positioned(problems)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_a_damaged_binding_is_reported_not_raised(data) -> None:
+    from test_mapping_load import BINDING
+
+    offset = data.draw(st.integers(0, len(BINDING) - 1))
+    garbage = data.draw(st.text(min_size=1, max_size=3))
+    binding, problems = parse_binding(BINDING[:offset] + garbage + BINDING[offset + 1:], SPEC, "bitrix24.yaml")
+    assert binding is not None or problems
+    assert_positioned(problems)

@@ -225,3 +225,22 @@ def test_load_mappings_reports_both_files(tmp_path) -> None:
 def test_missing_file_is_one_clear_problem(tmp_path) -> None:
     with pytest.raises(MappingError, match=r"bitrix24.yaml:1:1: file not found — "):
         load_mappings(tmp_path)
+
+
+@pytest.mark.parametrize("span,units,text", [
+    (timedelta(minutes=90), "d h m", "1h30m"), (timedelta(days=3), "d h m", "3d"), (timedelta(0), "d h m", "0m"),
+    (timedelta(days=113, hours=6, minutes=5), "дн ч мин", "113 дн 6 ч 5 мин"), (timedelta(seconds=20), "дн ч мин", "0 мин"),
+])
+def test_durations_are_shown_as_written(span: timedelta, units: str, text: str) -> None:
+    from crmbridge.mapping.schema import format_duration
+
+    assert format_duration(span, units) == text
+    if units == "d h m":
+        assert parse_duration(text) == span
+
+
+def test_schema_defaults_are_written_like_the_files() -> None:
+    from crmbridge.mapping.schema import json_schemas
+
+    rule = json_schemas()["regulation.schema.json"]["$defs"]["R7ResponseTime"]["properties"]["sla"]
+    assert rule["default"] == "1h" and rule["pattern"]

@@ -120,3 +120,10 @@ def test_discover_marks_what_it_cannot_match(shipped) -> None:
     assert "direction: todo" in text and "C5:NEW: todo  # Заявка на тендер" in text and "C5:WON: won" in text
     _, problems = parse_binding(text, shipped.regulation, "draft.yaml")
     assert any("pipeline 5: the direction is still todo — choose one of: project_sales" in str(p) for p in problems)
+
+
+def test_packaged_default_is_the_shipped_regulation() -> None:
+    from crmbridge.commands.regulation import default_regulation_text
+
+    assert default_regulation_text() == (MAPPINGS / "regulation.yaml").read_text(encoding="utf-8"), \
+        "copy mappings/regulation.yaml to src/crmbridge/defaults/regulation.yaml"

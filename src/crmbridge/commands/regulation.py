@@ -16,7 +16,7 @@ from crmbridge.cache.store import Cache
 from crmbridge.commands import common
 from crmbridge.errors import CrmBridgeError, MappingError
 from crmbridge.mapping.binding import DealMapper
-from crmbridge.mapping.cached import load_deals, record_violations
+from crmbridge.mapping.cached import load_deals, paused_gc, record_violations
 from crmbridge.mapping.discover import draft_binding, todo_left
 from crmbridge.mapping.load import BINDING_FILE, Mappings, load_mappings, load_regulation
 from crmbridge.mapping.portal import PortalSnapshot, lint_live
@@ -43,14 +43,22 @@ def evaluate_cache(cache: Cache, mappings: Mappings, now: datetime, *, record: b
     deals = load_deals(cache, mapper, deal_ids=deal_ids)
     # R10 needs each client's last purchase across all deals, not only the ones asked for
     everyone = deals if deal_ids is None else load_deals(cache, mapper)
-    evaluator = Evaluator.of(mappings.regulation, now, deals_for_purchases=everyone)
-    found = [violation for deal in deals for violation in evaluator.violations(deal)]
+    with paused_gc():  # evaluation allocates many small objects and no reference cycles
+        evaluator = Evaluator.of(mappings.regulation, now, deals_for_purchases=everyone)
+        found = [violation for deal in deals for violation in evaluator.violations(deal)]
     run = AuditRun(deals, found, evaluator)
     if record:
         scope = None if deal_ids is None else {str(deal_id) for deal_id in deal_ids}
         changes = record_violations(cache, found, now.astimezone(timezone.utc).isoformat(), scope)
         run.opened, run.resolved = len(changes.opened), len(changes.resolved)
     return run
+
+
+def default_regulation_text() -> str:
+    """The shipped default regulation (package data; the same text as mappings/regulation.yaml)."""
+    from importlib.resources import files
+
+    return files("crmbridge.defaults").joinpath("regulation.yaml").read_text(encoding="utf-8")
 
 
 def _mappings(directory: Path | None) -> Mappings:
@@ -152,7 +160,16 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Read the portal's pipelines, stages, fields and users and write a draft binding."""
         settings = common.settings()
-        regulation = load_regulation(settings.mappings_dir / "regulation.yaml")
+        regulation_path = settings.mappings_dir / "regulation.yaml"
+        if not regulation_path.exists():
+            # a fresh install: start from the shipped default regulation (and the schemas editors use)
+            settings.mappings_dir.mkdir(parents=True, exist_ok=True)
+            regulation_path.write_text(default_regulation_text(), encoding="utf-8")
+            for name, document in json_schemas().items():
+                (settings.mappings_dir / name).write_text(json.dumps(document, ensure_ascii=False, indent=2) + "\n",
+                                                          encoding="utf-8")
+            common.console.print(f"wrote the default regulation to {regulation_path}; edit it to match yours")
+        regulation = load_regulation(regulation_path)
         snapshot, source = _snapshot(cache_only)
         target = out or settings.mappings_dir / BINDING_FILE.replace(".yaml", ".draft.yaml")
         if target.exists() and target.name == BINDING_FILE:

@@ -30,7 +30,7 @@ REVERT_RULES = frozenset({"R1", "R2", "R3"})
 FLAG_TASK_DEADLINE = timedelta(days=1)
 #: reverts of one deal per day before the bridge stops reverting and escalates to the head (loop guard)
 DEFAULT_MAX_REVERTS_PER_DAY = 3
-#: Bitrix24 limits: task titles are short, notifications at most 60,000 characters
+#: task titles stay short; messages stay well under im.notify's 60,000-character limit (ATTACH_OVERSIZE)
 TITLE_LIMIT = 250
 MESSAGE_LIMIT = 4000
 
@@ -467,10 +467,15 @@ class _DealPlanner:
 
     def _r7(self, deal: Deal, direction: CompiledDirection, violation: Violation, actions: list[Action],
             reverted: frozenset[str]) -> None:
-        """R7 response time: enforce reassigns an uncontacted lead round robin in the team; both are notified."""
+        """R7 response time: a lead still waiting is reassigned round robin in the team (enforce), both managers
+        and the head are told; a lead that was contacted, only late, is told to its manager alone."""
         spec = direction.rules.R7
-        not_contacted = violation.details.get("contacted") is False
-        if violation.severity is Mode.ENFORCE and spec.reassign and not_contacted:
+        waiting = violation.details.get("contacted") is False
+        first_stages = set(spec.stages or [direction.first_stage])
+        # unanswered: it never left the first stage(s); one the bridge moved back there was worked already
+        unanswered = all(entry.stage in first_stages for entry in current_run(deal))
+        if (violation.severity is Mode.ENFORCE and spec.reassign and waiting and unanswered
+                and violation.details.get("reassign", True)):
             new = self._next_in_team(deal)
             if new is not None:
                 message = self.words["reassigned"].format(title=deal.title, deal=deal.id,
@@ -485,7 +490,8 @@ class _DealPlanner:
                 return
             self.result.notes.append(f"R7 deal {deal.id}: no other active member in the manager's team")
         self._notify(actions, violation, deal.manager, violation.message)
-        self._notify_heads(actions, deal, violation, violation.message)
+        if waiting:
+            self._notify_heads(actions, deal, violation, violation.message)
 
     def _next_in_team(self, deal: Deal) -> str | None:
         for team_id, team in self.ctx.binding.teams.items():

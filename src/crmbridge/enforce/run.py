@@ -87,7 +87,8 @@ def evaluate(cache: Cache, mappings: Mappings, now: datetime, *, deal_ids: Seque
     """Map and evaluate cached deals (all, or the given ones); with `record`, update the `violations` table."""
     mapper = DealMapper(mappings.regulation, mappings.binding)
     everyone = load_deals(cache, mapper)
-    deals = everyone if deal_ids is None else [deal for deal in everyone if int(deal.id) in set(deal_ids)]
+    wanted = None if deal_ids is None else {str(deal_id) for deal_id in deal_ids}
+    deals = everyone if wanted is None else [deal for deal in everyone if deal.id in wanted]
     evaluator = Evaluator.of(mappings.regulation, now, deals_for_purchases=everyone, override_modes=modes)
     found: dict[str, list[Violation]] = {}
     compliance = Compliance()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from collections import defaultdict
-from typing import Any, Iterable
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator
 
 from crmbridge.cache.store import Cache
 from crmbridge.mapping.binding import DealMapper
@@ -12,31 +14,63 @@ from crmbridge.model import Deal, Violation
 from crmbridge.regulation.ledger import LedgerChanges, reconcile
 
 
-def _by_id(cache: Cache, table: str) -> dict[str, dict[str, Any]]:
-    return {str(row_id): json.loads(raw) for row_id, raw in cache.db.execute(f"SELECT id, raw FROM {table}")}
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause the cycle collector while building (or judging) many acyclic objects.
+
+    Mapping 100,000 deals allocates millions of small objects; the collector rescans them again and
+    again and takes ~60% of the time. Raw records, Deals and Violations form no reference cycles.
+    """
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _by_id(cache: Cache, table: str, wanted: set[str]) -> dict[str, dict[str, Any]]:
+    """Rows of `table` whose id is wanted (only those are decoded)."""
+    return {str(row_id): json.loads(raw) for row_id, raw in cache.db.execute(f"SELECT id, raw FROM {table}")
+            if str(row_id) in wanted}
 
 
 def load_deals(cache: Cache, mapper: DealMapper, *, deal_ids: Iterable[int | str] | None = None) -> list[Deal]:
     """Every non-deleted cached deal (or the given ones) with its history, tasks, contact and company."""
+    with paused_gc():
+        return _load_deals(cache, mapper, deal_ids)
+
+
+def _load_deals(cache: Cache, mapper: DealMapper, deal_ids: Iterable[int | str] | None) -> list[Deal]:
     where, params = "deleted = 0", []
+    scope = ""
     if deal_ids is not None:
         ids = [int(deal_id) for deal_id in deal_ids]
         if not ids:
             return []
-        where += f" AND id IN ({','.join('?' * len(ids))})"
+        marks = ",".join("?" * len(ids))
+        where += f" AND id IN ({marks})"
+        scope = f" AND deal_id IN ({marks})"
         params = ids
     raws = [json.loads(raw) for (raw,) in cache.db.execute(f"SELECT raw FROM deals WHERE {where} ORDER BY id", params)]
-    wanted = {str(raw.get("ID")) for raw in raws}
+    # history and tasks come from the typed columns: decoding their raw JSON would double the load time
     history: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for deal_id, raw in cache.db.execute("SELECT deal_id, raw FROM stage_history ORDER BY id"):
-        if str(deal_id) in wanted:
-            history[str(deal_id)].append(json.loads(raw))
+    for row_id, deal_id, type_id, category_id, stage_id, created in cache.db.execute(
+            "SELECT id, deal_id, type_id, category_id, stage_id, created_time FROM stage_history "
+            f"WHERE deal_id IS NOT NULL{scope} ORDER BY id", params):
+        history[str(deal_id)].append({"ID": str(row_id), "TYPE_ID": type_id, "CATEGORY_ID": category_id,
+                                      "STAGE_ID": stage_id, "CREATED_TIME": created})
     tasks: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for deal_id, raw in cache.db.execute("SELECT deal_id, raw FROM tasks WHERE deal_id IS NOT NULL"):
-        if str(deal_id) in wanted:
-            tasks[str(deal_id)].append(json.loads(raw))
-    contacts = {key: mapper.client(row, "contact") for key, row in _by_id(cache, "contacts").items()}
-    companies = {key: mapper.client(row, "company") for key, row in _by_id(cache, "companies").items()}
+    for task_id, deal_id, title, status, responsible, deadline, created, closed in cache.db.execute(
+            "SELECT id, deal_id, title, status, responsible_id, deadline, created_date, closed_date FROM tasks "
+            f"WHERE deal_id IS NOT NULL{scope}", params):
+        tasks[str(deal_id)].append({"id": task_id, "title": title or "", "status": status, "responsibleId": responsible,
+                                    "deadline": deadline, "createdDate": created, "closedDate": closed})
+    contact_ids = {str(raw.get("CONTACT_ID") or "") for raw in raws}
+    company_ids = {str(raw.get("COMPANY_ID") or "") for raw in raws}
+    contacts = {key: mapper.client(row, "contact") for key, row in _by_id(cache, "contacts", contact_ids).items()}
+    companies = {key: mapper.client(row, "company") for key, row in _by_id(cache, "companies", company_ids).items()}
     deals = []
     for raw in raws:
         deal_id = str(raw.get("ID"))

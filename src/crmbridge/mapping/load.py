@@ -80,8 +80,6 @@ def _type_at(model: type[BaseModel], loc: Iterable[Any]) -> Any:
             if info is None:
                 return None
             annotation = info.annotation
-            for meta in info.metadata:
-                del meta  # metadata does not change the shape
         elif typing.get_origin(annotation) is dict:
             annotation = typing.get_args(annotation)[1]
         elif typing.get_origin(annotation) is list:
@@ -107,6 +105,8 @@ def _clean_loc(loc: tuple[Any, ...], data: Any) -> tuple[tuple[Any, ...], bool]:
             node = node[part]
             cleaned.append(part)
         elif isinstance(part, str) and (part.startswith("function-") or part[:1].isupper() and not part.startswith("R")):
+            # pydantic's own loc parts (validator and model names such as TaskSpec); our keys are lower case,
+            # and the upper-case ones (R1..R11, CRM stage ids) exist in the data, so they were kept above
             continue
         else:
             cleaned.append(part)

@@ -343,6 +343,46 @@ class CalendarSpec(Strict):
         return text
 
 
+class ExplainWordingSpec(Strict):
+    """Why a rule passed or did not apply, as `crmbridge audit --deal` shows it (a failed rule shows its message)."""
+
+    rule_off: str = "the rule is off for this direction"
+    not_bound: str = "the deal's pipeline is not bound to a direction (CRM stage {crm_stage})"
+    no_history: str = "no stage history in this direction"
+    not_regulated: str = "the current CRM stage is not regulated"
+    from_other_pipeline: str = "moved here from another pipeline into «{stage}»: any stage is allowed"
+    order_kept: str = "every move kept the order: {path}"
+    nothing_required: str = "nothing is required in «{stage}»"
+    fields_filled: str = "all required fields are filled: {fields}"
+    no_stage_task: str = "«{stage}» has no stage task"
+    task_set: str = "the stage task is set"
+    task_done: str = "the stage task is set and the previous one was completed"
+    probability_ok: str = "probability {expected}% matches the stage"
+    not_lost: str = "the deal is not lost"
+    not_postponed: str = "the loss reason ({reason}) does not postpone the client"
+    postponed_ok: str = "next contact on {date} with a follow-up task"
+    no_contact_stage: str = "no stage of this direction requires contact data"
+    not_checked_stage: str = "the deal is not in a checked stage"
+    contact_later: str = "contact data is required from «{stage}» on"
+    contact_ok: str = "the client's card has: {items}"
+    contacted_in_time: str = "contacted after {waited} (SLA {sla})"
+    contacted_in_working_time: str = "contacted after {waited} of working time (SLA {sla})"
+    waiting_contact: str = "not contacted yet; the SLA ends at {deadline}"
+    not_agreed: str = "the client has not agreed to buy (or the deal is lost)"
+    paid: str = "the payment is recorded"
+    waiting_payment: str = "waiting for payment until {deadline}"
+    no_due: str = "no payment due date"
+    lost: str = "the deal is lost"
+    not_due: str = "due on {due}, not overdue yet"
+    not_purchase: str = "the deal is not a purchase"
+    no_segments: str = "no segments are defined"
+    bought_later: str = "the client bought later in deal {deal}"
+    between_segments: str = "{days} days since the purchase: between segments, nothing to check"
+    segment_ok: str = "segment «{segment}» is set and the client was touched in time"
+    closed: str = "the deal is closed"
+    active: str = "last activity {date}, within {limit}"
+
+
 class WordingSpec(Strict):
     """Words crmbridge puts into messages, in the admin's language (the rules' own texts are in `rules:`)."""
 
@@ -366,6 +406,7 @@ class WordingSpec(Strict):
     not_set: str = "not set"
     not_contacted: str = "no contact yet, waiting {waited}"
     units: str = Field("d h m", description="Days, hours, minutes as durations are shown in messages, e.g. `д ч мин`.")
+    explain: ExplainWordingSpec = Field(default_factory=ExplainWordingSpec)
 
 
 class RegulationSpec(Strict):

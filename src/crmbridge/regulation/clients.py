@@ -7,7 +7,7 @@ from datetime import date, datetime, timedelta
 from typing import Any, Iterable
 
 from crmbridge.model import LOST, WON, Deal, Outcome, Violation, as_date
-from crmbridge.regulation.compiled import CompiledDirection, Context, Text, joined, render, violation
+from crmbridge.regulation.compiled import CompiledDirection, Context, Text, joined, render, say, violation
 from crmbridge.regulation.stages import NOT_APPLICABLE, Why, current_run
 
 
@@ -30,12 +30,12 @@ def check_r5(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
     spec = direction.rules.R5
     if deal.outcome is not Outcome.LOST:
         if why is not None:
-            why.append("the deal is not lost")
+            say(ctx, why, "not_lost")
         return NOT_APPLICABLE
     reason = deal.field(spec.reason_field).value
     if reason not in spec.reasons:
         if why is not None:
-            why.append(f"the loss reason ({reason or '—'}) does not postpone the client")
+            say(ctx, why, "not_postponed", reason=reason or "—")
         return NOT_APPLICABLE
     wording = ctx.regulation.spec.wording
     run = current_run(deal)
@@ -63,7 +63,7 @@ def check_r5(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
             remarks.append(render(wording.follow_up_missing, {"date": next_day.isoformat()}))
     if not missing:
         if why is not None:
-            why.append(f"next contact on {next_contact} with a follow-up task")
+            say(ctx, why, "postponed_ok", date=next_contact)
         return ()
     found = violation("R5", deal, direction, ctx, since=lost_at, entry=entry, missing=tuple(missing),
                       values={"missing": "; ".join(remarks), "next_contact": str(next_contact or "—"), "months": months_text},
@@ -83,11 +83,11 @@ def check_r6(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
     from_position = direction.from_position.get("R6")
     if from_position is None or deal.stage is None or deal.stage == LOST:
         if why is not None:
-            why.append("no stage of this direction requires contact data" if from_position is None else "the deal is not in a checked stage")
+            say(ctx, why, "no_contact_stage" if from_position is None else "not_checked_stage")
         return NOT_APPLICABLE
     if deal.stage != WON and direction.order[deal.stage] < from_position:
         if why is not None:
-            why.append(f"contact data is required from «{direction.spec.stages[from_position].name}» on")
+            say(ctx, why, "contact_later", stage=direction.spec.stages[from_position].name)
         return NOT_APPLICABLE
     contact, company = deal.contact, deal.company
     has_phone = (contact is not None and bool(contact.phones)) or (company is not None and bool(company.phones))
@@ -106,7 +106,9 @@ def check_r6(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
             remark = Text(joined, [(wording.no_phone if item == "phone" else wording.no_email, {}) for item in missing], ", ")
     else:
         if why is not None:
-            why.append("the client's card has " + " and ".join(spec.require))
+            say(ctx, why, "contact_ok", items=", ".join(
+                ctx.regulation.spec.wording.no_phone if item == "phone" else ctx.regulation.spec.wording.no_email
+                for item in spec.require))
         return ()
     run = current_run(deal)
     entry = run[-1] if run else None
@@ -158,20 +160,20 @@ def check_r10(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why =
     bought = purchase_moment(deal, direction.rules.R8.paid_field, ctx)
     if bought is None or not spec.segments:
         if why is not None:
-            why.append("the deal is not a purchase" if bought is None else "no segments are defined")
+            say(ctx, why, "not_purchase" if bought is None else "no_segments")
         return NOT_APPLICABLE
     if ctx.purchases is not None and deal.client_key is not None:
         latest = ctx.purchases.get(deal.client_key)
         if latest is not None and latest[1] != deal.id:
             if why is not None:
-                why.append(f"the client bought later in deal {latest[1]}")
+                say(ctx, why, "bought_later", deal=latest[1])
             return NOT_APPLICABLE
     age = ctx.now - bought
     segment = next((item for item in spec.segments
                     if item.after <= age and (item.before is None or age < item.before)), None)
     if segment is None:
         if why is not None:
-            why.append(f"{age.days} days since the purchase: between segments, nothing to check")
+            say(ctx, why, "between_segments", days=age.days)
         return NOT_APPLICABLE
     wording = ctx.regulation.spec.wording
     missing: list[str] = []
@@ -191,7 +193,7 @@ def check_r10(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why =
             since = max(since, last_touch + segment.touch_every)
     if not missing:
         if why is not None:
-            why.append(f"segment «{segment.option}» is set and the client was touched in time")
+            say(ctx, why, "segment_ok", segment=segment.option)
         return ()
     found = violation("R10", deal, direction, ctx, since=since, entry=None, missing=tuple(missing),
                       values={"missing": "; ".join(remarks), "segment": str(deal.field(spec.segment_field).value or "—"),

@@ -119,6 +119,12 @@ def render(template: str, values: Mapping[str, Any]) -> str:
         return template
 
 
+def say(ctx: "Context", why: list[str] | None, explanation: str, /, **values: Any) -> None:
+    """Explain (for `audit --deal`) why a rule passed or did not apply, in the regulation's wording."""
+    if why is not None:
+        why.append(render(getattr(ctx.regulation.spec.wording.explain, explanation), values))
+
+
 @dataclass(frozen=True, slots=True)
 class Context:
     """What a rule sees besides the deal: the clock, the regulation and cross-deal facts."""

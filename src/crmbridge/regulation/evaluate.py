@@ -10,7 +10,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 from crmbridge.mapping.schema import RULE_IDS, RegulationSpec
 from crmbridge.model import Deal, Mode, Outcome, RuleExplanation, Verdict, Violation
 from crmbridge.regulation.clients import check_r5, check_r6, check_r10, last_purchases
-from crmbridge.regulation.compiled import CompiledDirection, CompiledRegulation, Context, compile_regulation
+from crmbridge.regulation.compiled import CompiledDirection, CompiledRegulation, Context, compile_regulation, render
 from crmbridge.regulation.stages import check_r1, check_r2, check_r3, check_r4
 from crmbridge.regulation.timers import check_r7, check_r8, check_r9, check_r11
 
@@ -82,13 +82,14 @@ class Evaluator:
         """`audit --deal`: each rule's verdict on the deal (passed / failed / not applicable) and why."""
         direction = self.regulation.directions.get(deal.direction) if deal.direction else None
         if direction is None:
-            reason = f"the deal's pipeline is not bound to a direction (CRM stage {deal.crm_stage})"
+            words = self.regulation.spec.wording.explain
+            reason = render(words.not_bound, {"crm_stage": deal.crm_stage})
             return [RuleExplanation(rule, Verdict.NOT_APPLICABLE, reason) for rule in RULES]
         context = self._context  # type: ignore[attr-defined]
         lines: list[RuleExplanation] = []
         for rule, check in RULES.items():
             if direction.modes[rule] is Mode.OFF:
-                lines.append(RuleExplanation(rule, Verdict.NOT_APPLICABLE, "the rule is off for this direction"))
+                lines.append(RuleExplanation(rule, Verdict.NOT_APPLICABLE, self.regulation.spec.wording.explain.rule_off))
                 continue
             why: list[str] = []
             result = check(deal, direction, context, why)

@@ -8,7 +8,7 @@ from typing import Any
 
 from crmbridge.mapping.schema import RequirementSpec
 from crmbridge.model import LOST, WON, Deal, EntryKind, StageEntry, Task, Violation
-from crmbridge.regulation.compiled import CompiledDirection, Context, Text, joined, render, violation
+from crmbridge.regulation.compiled import CompiledDirection, Context, Text, joined, render, say, violation
 
 Why = list[str] | None
 NOT_APPLICABLE = None
@@ -91,7 +91,7 @@ def check_r1(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
     run = current_run(deal)
     if not run or deal.stage is None:
         if why is not None:
-            why.append("no stage history in this direction" if not run else "the current CRM stage is not regulated")
+            say(ctx, why, "no_history" if not run else "not_regulated")
         return NOT_APPLICABLE
     from_other_pipeline = len(run) < len(deal.history) or run[0].kind is EntryKind.PIPELINE_CHANGED
     found: list[Violation] = []
@@ -127,9 +127,9 @@ def check_r1(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
         if found:
             why.extend(violation.message for violation in found)
         elif from_other_pipeline and len(run) == 1:
-            why.append(f"moved here from another pipeline into «{direction.stage_name(run[0].stage)}»: any stage is allowed")
+            say(ctx, why, "from_other_pipeline", stage=direction.stage_name(run[0].stage))
         else:
-            why.append("every move kept the order: " + " -> ".join(direction.stage_name(e.stage) for e in run if e.stage))
+            say(ctx, why, "order_kept", path=" -> ".join(direction.stage_name(e.stage) for e in run if e.stage))
     return tuple(found)
 
 
@@ -163,7 +163,7 @@ def check_r2(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
     """R2 Required fields: the fields the regulation requires for entering / leaving stages are valid."""
     if deal.stage is None:
         if why is not None:
-            why.append("the current CRM stage is not regulated")
+            say(ctx, why, "not_regulated")
         return NOT_APPLICABLE
     requirements = direction.required.get(deal.stage, ())
     if deal.stage == LOST and direction.rules.R2.cumulative:
@@ -179,7 +179,7 @@ def check_r2(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
             requirements = tuple(requirements) + tuple(getattr(stage_spec, "requires_to_leave", ()))
     if not requirements:
         if why is not None:
-            why.append(f"nothing is required in «{direction.stage_name(deal.stage)}»")
+            say(ctx, why, "nothing_required", stage=direction.stage_name(deal.stage))
         return NOT_APPLICABLE
     fields = deal.fields
     plain = direction.plain_required.get(deal.stage, ())
@@ -190,7 +190,7 @@ def check_r2(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
                 break
         else:
             if why is not None:
-                why.append("all required fields are filled: " + ", ".join(ctx.regulation.label(r.field) for r in requirements))
+                say(ctx, why, "fields_filled", fields=", ".join(ctx.regulation.label(r.field) for r in requirements))
             return ()
     missing: list[str] = []
     remarks: dict[str, str] = {}
@@ -204,7 +204,7 @@ def check_r2(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
             remarks[requirement.field] = problem
     if not missing:
         if why is not None:
-            why.append("all required fields are filled: " + ", ".join(ctx.regulation.label(r.field) for r in requirements))
+            say(ctx, why, "fields_filled", fields=", ".join(ctx.regulation.label(r.field) for r in requirements))
         return ()
     run = current_run(deal)
     entry = run[-1] if run else None
@@ -248,7 +248,7 @@ def check_r3(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
     run = current_run(deal)
     if not run or deal.stage is None:
         if why is not None:
-            why.append("no stage history in this direction" if not run else "the current CRM stage is not regulated")
+            say(ctx, why, "no_history" if not run else "not_regulated")
         return NOT_APPLICABLE
     wording = ctx.regulation.spec.wording
     match = direction.rules.R3.match
@@ -279,11 +279,11 @@ def check_r3(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
             since = entry.entered
     if task_spec is None and left_task is None:
         if why is not None:
-            why.append(f"«{direction.stage_name(deal.stage)}» has no stage task")
+            say(ctx, why, "no_stage_task", stage=direction.stage_name(deal.stage))
         return NOT_APPLICABLE
     if not missing:
         if why is not None:
-            why.append("the stage task is set" + (" and the previous one was completed" if moved_forward and left_task else ""))
+            say(ctx, why, "task_done" if moved_forward and left_task else "task_set")
         return ()
     found = violation("R3", deal, direction, ctx, since=since, entry=entry, missing=tuple(missing),
                       values={"missing": Text(joined, remarks), "task": task_spec.title if task_spec else ""},
@@ -301,12 +301,12 @@ def check_r4(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
     """R4 Probability: the deal's probability equals its stage's."""
     if deal.stage is None:
         if why is not None:
-            why.append("the current CRM stage is not regulated")
+            say(ctx, why, "not_regulated")
         return NOT_APPLICABLE
     expected = direction.stages[deal.stage].probability
     if deal.probability == expected:
         if why is not None:
-            why.append(f"probability {expected}% matches the stage")
+            say(ctx, why, "probability_ok", expected=expected)
         return ()
     run = current_run(deal)
     entry = run[-1] if run else None

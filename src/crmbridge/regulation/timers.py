@@ -6,12 +6,12 @@ from datetime import date, datetime, time, timedelta
 
 from crmbridge.mapping.schema import format_duration
 from crmbridge.model import WON, Deal, Outcome, Violation, as_date
-from crmbridge.regulation.compiled import CompiledDirection, Context, Span, Text, render, violation
+from crmbridge.regulation.compiled import CompiledDirection, Context, Span, Text, render, say, violation
 from crmbridge.regulation.stages import NOT_APPLICABLE, Why, current_run
 
 
-def _span(span: timedelta) -> str:
-    return format_duration(span)
+def _span(span: timedelta, ctx: Context | None = None) -> str:
+    return format_duration(span, ctx.regulation.spec.wording.units if ctx is not None else "d h m")
 
 
 # ---------------------------------------------------------------- R7
@@ -25,7 +25,7 @@ def check_r7(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
     contacted = contacted.value if contacted is not None else None
     if type(contacted) is datetime and contacted - created <= spec.sla:
         if why is not None:
-            why.append(f"contacted after {_span(contacted - created)} (SLA {_span(spec.sla)})")
+            say(ctx, why, "contacted_in_time", waited=_span(contacted - created, ctx), sla=_span(spec.sla, ctx))
         return ()
     calendar = ctx.regulation.calendar
     run = current_run(deal)
@@ -34,12 +34,12 @@ def check_r7(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
         moment = contacted if isinstance(contacted, datetime) else datetime.combine(contacted, time.max, calendar.zone)
         if moment - created <= spec.sla:
             if why is not None:
-                why.append(f"contacted after {_span(moment - created)} (SLA {_span(spec.sla)})")
+                say(ctx, why, "contacted_in_time", waited=_span(moment - created, ctx), sla=_span(spec.sla, ctx))
             return ()
         waited = calendar.elapsed(created, moment, working=spec.working_hours)
         if waited <= spec.sla:
             if why is not None:
-                why.append(f"contacted after {_span(waited)} of working time (SLA {_span(spec.sla)})")
+                say(ctx, why, "contacted_in_working_time", waited=_span(waited, ctx), sla=_span(spec.sla, ctx))
             return ()
         wording = ctx.regulation.spec.wording
         late = render(wording.contacted_late, {"waited": Span(waited, wording.units)})
@@ -51,7 +51,7 @@ def check_r7(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
         deadline = calendar.add(created, spec.sla, working=spec.working_hours)
         if ctx.now < deadline:
             if why is not None:
-                why.append(f"not contacted yet; the SLA ends at {deadline:%Y-%m-%d %H:%M}")
+                say(ctx, why, "waiting_contact", deadline=f"{deadline:%Y-%m-%d %H:%M}")
             return ()
         waited = calendar.elapsed(created, ctx.now, working=spec.working_hours)
         # only a lead still waiting in its first stage(s) is worth handing to another manager
@@ -79,11 +79,11 @@ def check_r8(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
             deal.outcome is Outcome.OPEN and (first is None or deal.stage not in direction.order
                                               or direction.order[deal.stage] < first)):
         if why is not None:
-            why.append("the client has not agreed to buy (or the deal is lost)")
+            say(ctx, why, "not_agreed")
         return NOT_APPLICABLE
     if deal.field(spec.paid_field).value is not None:
         if why is not None:
-            why.append("the payment is recorded")
+            say(ctx, why, "paid")
         return ()
     run = current_run(deal)
     agreed_entry = next((entry for entry in run if (first is not None and entry.stage in direction.order
@@ -93,12 +93,12 @@ def check_r8(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
     calendar = ctx.regulation.calendar
     if not (spec.working_hours and calendar.spec) and ctx.now - agreed_at < spec.within:
         if why is not None:
-            why.append(f"waiting for payment until {agreed_at + spec.within:%Y-%m-%d %H:%M}")
+            say(ctx, why, "waiting_payment", deadline=f"{agreed_at + spec.within:%Y-%m-%d %H:%M}")
         return ()
     deadline = calendar.add(agreed_at, spec.within, working=spec.working_hours)
     if ctx.now < deadline:
         if why is not None:
-            why.append(f"waiting for payment until {deadline:%Y-%m-%d %H:%M}")
+            say(ctx, why, "waiting_payment", deadline=f"{deadline:%Y-%m-%d %H:%M}")
         return ()
     waited = calendar.elapsed(agreed_at, ctx.now, working=spec.working_hours)
     found = violation("R8", deal, direction, ctx, since=deadline, entry=agreed_entry, missing=(spec.paid_field,),
@@ -131,22 +131,22 @@ def check_r9(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
     due_value = deal.field(spec.due_field).value
     if due_value is None or deal.outcome is Outcome.LOST:
         if why is not None:
-            why.append("no payment due date" if due_value is None else "the deal is lost")
+            say(ctx, why, "no_due" if due_value is None else "lost")
         return NOT_APPLICABLE
     if deal.field(spec.paid_field).value is not None:
         if why is not None:
-            why.append("paid")
+            say(ctx, why, "paid")
         return ()
     due = as_date(due_value)
     zone = ctx.regulation.calendar.zone
     if not spec.grace and (ctx.today or ctx.now.astimezone(zone).date()) <= due:
         if why is not None:
-            why.append(f"due on {due}, not overdue yet")
+            say(ctx, why, "not_due", due=due)
         return ()
     overdue_from = datetime.combine(due + timedelta(days=1), time(), zone) + spec.grace
     if ctx.now < overdue_from:
         if why is not None:
-            why.append(f"due on {due}, not overdue yet")
+            say(ctx, why, "not_due", due=due)
         return ()
     overdue_days = (ctx.now.astimezone(zone).date() - due).days
     found = violation("R9", deal, direction, ctx, since=overdue_from, entry=None, missing=(spec.paid_field,),
@@ -166,7 +166,7 @@ def check_r11(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why =
     spec = direction.rules.R11
     if deal.outcome is not Outcome.OPEN or deal.stage not in direction.order:
         if why is not None:
-            why.append("the deal is closed" if deal.outcome is not Outcome.OPEN else "the current CRM stage is not regulated")
+            say(ctx, why, "closed" if deal.outcome is not Outcome.OPEN else "not_regulated")
         return NOT_APPLICABLE
     run = current_run(deal)
     entry = run[-1] if run else None
@@ -182,12 +182,12 @@ def check_r11(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why =
     calendar = ctx.regulation.calendar
     if not (spec.working_hours and calendar.spec) and ctx.now - last < limit:
         if why is not None:
-            why.append(f"last activity {last:%Y-%m-%d}, within {_span(limit)}")
+            say(ctx, why, "active", date=f"{last:%Y-%m-%d}", limit=_span(limit, ctx))
         return ()
     deadline = calendar.add(last, limit, working=spec.working_hours)
     if ctx.now < deadline:
         if why is not None:
-            why.append(f"last activity {last:%Y-%m-%d}, within {_span(limit)}")
+            say(ctx, why, "active", date=f"{last:%Y-%m-%d}", limit=_span(limit, ctx))
         return ()
     idle_days = (ctx.now - last).days
     found = violation("R11", deal, direction, ctx, since=deadline, entry=entry, missing=("activity",),

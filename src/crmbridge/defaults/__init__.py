@@ -1,0 +1,1 @@
+"""Package data: the default regulation, for installs without the repository's mappings/ directory."""
