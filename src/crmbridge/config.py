@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     mappings_dir: Path = Path("mappings")
     jobs_dir: Path = Path("jobs")
 
+    #: loop guard: reverts of one deal per day before the bridge stops reverting and escalates to the head
+    enforce_max_reverts_per_day: int = Field(default=3, ge=0)
+
     #: minutes re-read before the incremental cursor, so edits committed late on the portal are not missed
     sync_overlap_minutes: int = Field(default=5, ge=0)
 

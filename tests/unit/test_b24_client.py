@@ -722,3 +722,28 @@ def test_iter_list_fast_user_get_uses_sort_and_order_strings(rsps: responses.Req
     body = sent(rsps.calls[0].request)
     assert body["sort"] == "ID" and body["order"] == "ASC" and body["start"] == -1
     assert body["filter"] == {"ACTIVE": True, ">ID": 0}
+
+
+def test_a_write_batch_is_repeated_only_when_the_portal_refused_it(
+    rsps: responses.RequestsMock, clock: FakeClock
+) -> None:
+    ok = {"result": {"result": {"t": {"task": {"id": "1"}}}, "result_error": [], "result_total": [],
+                     "result_next": [], "result_time": []}, "time": {}}
+    limit = {"error": "QUERY_LIMIT_EXCEEDED", "error_description": "Too many requests"}
+    # refused by the bucket: nothing ran, so repeating the write is safe
+    rsps.add(responses.POST, url("batch"), json=limit, status=503)
+    rsps.add(responses.POST, url("batch"), json=ok)
+    client = make_client(clock)
+    assert client.batch({"t": ("tasks.task.add", {"fields": {"TITLE": "x"}})}, idempotent=False).ok
+    assert client.requests_made == 2
+    # a 500 may have run the writes: raised at once, for the caller to look in the CRM
+    rsps.reset()
+    rsps.add(responses.POST, url("batch"), json={"error": "INTERNAL_SERVER_ERROR", "error_description": ""}, status=500)
+    with pytest.raises(TransientCrmError):
+        client.batch({"t": ("tasks.task.add", {"fields": {"TITLE": "x"}})}, idempotent=False)
+    assert client.requests_made == 3
+    # the same failure on a read batch is simply retried
+    rsps.add(responses.POST, url("batch"), json={"error": "INTERNAL_SERVER_ERROR", "error_description": ""}, status=500)
+    rsps.add(responses.POST, url("batch"), json=ok)
+    assert client.batch({"t": ("tasks.task.get", {"taskId": 1})}).ok
+    assert client.requests_made == 5

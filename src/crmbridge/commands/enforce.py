@@ -13,7 +13,7 @@ from rich.table import Table
 from crmbridge.cache.store import Cache
 from crmbridge.commands import common
 from crmbridge.enforce.audit import AuditLog, parse_since
-from crmbridge.enforce.plan import DEFAULT_MAX_REVERTS_PER_DAY, Action
+from crmbridge.enforce.plan import Action
 from crmbridge.enforce.run import EnforceReport, enforce
 from crmbridge.errors import ConfigError
 from crmbridge.mapping.load import load_mappings
@@ -111,8 +111,9 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Machine-readable report (for scheduled jobs)."),
         deal: int = typer.Option(None, "--deal", help="Only this deal."),
         sync: bool = typer.Option(True, "--sync/--no-sync", help="Sync incrementally before and after writing."),
-        max_reverts_per_day: int = typer.Option(DEFAULT_MAX_REVERTS_PER_DAY, "--max-reverts-per-day", min=0,
-                                                help="Loop guard: reverts of one deal per day before escalating to the head."),
+        max_reverts_per_day: int = typer.Option(None, "--max-reverts-per-day", min=0,
+                                                help="Loop guard: reverts of one deal per day before escalating to the head "
+                                                     "(default CRMBRIDGE_ENFORCE_MAX_REVERTS_PER_DAY, 3)."),
         mode: list[str] = typer.Option(None, "--mode", help="Override a rule's mode for this run, e.g. R1=enforce (repeatable)."),
         limit: int = typer.Option(30, "--limit", min=0, help="Actions listed on the terminal."),
         mappings_dir: Path = typer.Option(None, "--mappings", help="Directory with regulation.yaml and bitrix24.yaml."),
@@ -125,7 +126,9 @@ def register(app: typer.Typer) -> None:
         cache = common.cache_from(settings)
         try:
             report = enforce(client, cache, mappings, dry_run=dry_run, deal_ids=[deal] if deal is not None else None,
-                             sync=sync, modes=overrides, max_reverts_per_day=max_reverts_per_day)
+                             sync=sync, modes=overrides,
+                             max_reverts_per_day=settings.enforce_max_reverts_per_day
+                             if max_reverts_per_day is None else max_reverts_per_day)
         finally:
             cache.close()
         if as_json:

@@ -182,12 +182,7 @@ class Executor:
 
     def _send(self, commands: Mapping[str, tuple[str, Mapping[str, Any]]]) -> Any:
         """One write batch, never repeated by the client: a lost answer may mean it landed (see the module doc)."""
-        attempts = self.client.max_attempts
-        self.client.max_attempts = 1
-        try:
-            return self.client.batch(commands)
-        finally:
-            self.client.max_attempts = attempts
+        return self.client.batch(commands, idempotent=False)
 
     # ------------------------------------------------------------ looking in the CRM
 

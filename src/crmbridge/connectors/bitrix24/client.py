@@ -72,6 +72,11 @@ def should_retry(exc: BaseException) -> bool:
     return isinstance(exc, CrmError) and exc.retryable
 
 
+def refused_before_running(exc: BaseException) -> bool:
+    """The portal answered that it did not run the request at all: safe to repeat even a write."""
+    return isinstance(exc, (RateLimited, OperatingTimeExceeded))
+
+
 def _json_default(value: Any) -> Any:
     """JSON for the few non-JSON types callers pass (dates, money) in the form the portal parses."""
     if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
@@ -229,8 +234,15 @@ class Bitrix24Client:
             when,
         )
 
-    def _execute(self, method: str, payload: Mapping[str, Any], budget: Sequence[str], what: str) -> CallResult:
-        """One logical request: retried on retryable errors, repeated once after an auth refresh."""
+    def _execute(
+        self, method: str, payload: Mapping[str, Any], budget: Sequence[str], what: str, *, idempotent: bool = True
+    ) -> CallResult:
+        """One logical request: retried on retryable errors, repeated once after an auth refresh.
+
+        A non-idempotent request (a batch of writes) is repeated only when the portal refused it
+        before running anything (503 QUERY_LIMIT_EXCEEDED, 429 OPERATION_TIME_LIMIT): after a 500
+        or a lost answer it may have landed, and only a look in the CRM can tell.
+        """
         refreshed = False
 
         def attempt() -> CallResult:
@@ -249,7 +261,7 @@ class Bitrix24Client:
 
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.max_attempts),
-            retry=tenacity.retry_if_exception(should_retry),
+            retry=tenacity.retry_if_exception(should_retry if idempotent else refused_before_running),
             wait=self._wait,
             sleep=self._pause,
             before_sleep=lambda state: self._log_retry(what, state),
@@ -263,8 +275,17 @@ class Bitrix24Client:
         _check_method(method)
         return self._execute(method, dict(params or {}), [method], method)
 
-    def batch(self, commands: Mapping[str, tuple[str, Mapping[str, Any] | None]], *, halt: bool = False) -> BatchResult:
+    def batch(
+        self,
+        commands: Mapping[str, tuple[str, Mapping[str, Any] | None]],
+        *,
+        halt: bool = False,
+        idempotent: bool = True,
+    ) -> BatchResult:
         """Run up to 50 commands in one HTTP request; failed commands land in `.errors`, keyed like the input.
+
+        `idempotent=False` for writes: the batch is then repeated only when the portal provably did
+        not run it (see `_execute`); any other failure is raised for the caller to reconcile.
 
         Params are encoded PHP-style into each `method?query` string; `$result[key][...]` references in
         values pass through unencoded so the portal can substitute earlier commands' results.
@@ -285,7 +306,7 @@ class Bitrix24Client:
             methods[key] = method
         distinct = list(dict.fromkeys(methods.values()))
         what = f"batch of {len(cmd)} ({', '.join(distinct[:3])}{', …' if len(distinct) > 3 else ''})"
-        answer = self._execute("batch", {"halt": 1 if halt else 0, "cmd": cmd}, distinct, what)
+        answer = self._execute("batch", {"halt": 1 if halt else 0, "cmd": cmd}, distinct, what, idempotent=idempotent)
         result = parse_batch(answer, methods, halt=halt, now=self._wall())
         for key, time_block in result.times.items():
             if key in methods:
