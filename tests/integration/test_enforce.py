@@ -79,7 +79,7 @@ def assert_each_lands_once(portal: SandboxPortal, cache: Cache) -> None:
                            for marker in _markers(task.get("description")))
     comment_markers = Counter(marker for comment in state.comments.rows.values()
                               for marker in _markers(comment.get("COMMENT")))
-    tags = {note.get("TAG") for note in state.notifications}
+    tags = Counter(note.get("TAG") for note in state.notifications)
     for row in done_rows(cache):
         payload = json.loads(row["payload"])
         if row["kind"] == ActionKind.CREATE_TASK.value:
@@ -87,8 +87,9 @@ def assert_each_lands_once(portal: SandboxPortal, cache: Cache) -> None:
         elif row["kind"] == ActionKind.COMMENT.value:
             assert comment_markers[row["marker"]] == 1, row["idempotency_key"]
         elif row["kind"] == ActionKind.NOTIFY.value:
-            assert payload["TAG"] in tags, row["idempotency_key"]
+            assert tags[payload["TAG"]] == 1, row["idempotency_key"]
     assert all(count == 1 for count in task_markers.values())
+    assert all(count == 1 for tag, count in tags.items() if tag)
     assert all(count == 1 for count in comment_markers.values())
 
 

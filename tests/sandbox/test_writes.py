@@ -159,3 +159,12 @@ def test_undeliverable_events_are_dropped_not_retried(call: Callable[..., reques
             time.sleep(0.02)
         time.sleep(0.2)
         assert (p.stats.events_failed, p.stats.events_sent) == (1, 0)
+
+
+def test_a_notification_with_an_existing_tag_replaces_the_earlier_ones(fresh: SandboxPortal) -> None:
+    fresh.state.add_notification(2, "first", {"TAG": "crmbridge-x"})
+    fresh.state.add_notification(2, "second", {"TAG": "crmbridge-x"})
+    fresh.state.add_notification(3, "untagged", {})
+    tagged = [n for n in fresh.state.notifications if n.get("TAG") == "crmbridge-x"]
+    assert [n["MESSAGE"] for n in tagged] == ["second"]
+    assert any(n["MESSAGE"] == "untagged" for n in fresh.state.notifications)

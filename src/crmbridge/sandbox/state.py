@@ -280,6 +280,11 @@ class PortalState:
         with self.lock:
             nid = self._next_notification
             self._next_notification += 1
+            tag = extra.get("TAG")
+            if tag:
+                # im.notify.system.add docs: "When adding a notification with an existing tag,
+                # other notifications will be deleted" (TAG is unique within the portal)
+                self.notifications[:] = [n for n in self.notifications if n.get("TAG") != tag]
             self.notifications.append(dict(extra, ID=nid, USER_ID=user_id, MESSAGE=message, DATE=self.now_wire()))
             return nid
 
