@@ -112,7 +112,7 @@ class FieldValue:
     """A regulated field of a deal: the parsed value, or why the raw CRM value is not usable."""
 
     value: Any  # str, Decimal, date, datetime, or the regulated enum option id; None when empty
-    raw: Any = None  # the CRM's own value, kept for messages
+    raw: Any = None  # the CRM's own value when it is not usable, for messages (not kept for valid values: memory)
     problem: str | None = None  # e.g. "not a date: '31.02.2026'"; None when valid or empty
 
     @property

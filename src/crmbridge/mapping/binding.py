@@ -117,11 +117,12 @@ class DealMapper:
     def _reader(self, spec: FieldSpec, options: Mapping[str, str]) -> Callable[[Any], FieldValue]:
         zone = self.zone
         empty = FieldValue(None)
+        by_option = {crm_option: FieldValue(option) for crm_option, option in options.items()}  # immutable: shared
 
         def text(raw: Any) -> FieldValue:
             raw = _first(raw)
             value = str(raw).strip() if raw not in (None, False) else ""
-            return FieldValue(value, raw) if value else empty
+            return FieldValue(value) if value else empty
 
         def number(raw: Any) -> FieldValue:
             raw = _first(raw)
@@ -136,7 +137,7 @@ class DealMapper:
                     value = Decimal(str(raw).replace(" ", "").replace(",", ".").split("|")[0])
                 except InvalidOperation:
                     return FieldValue(None, raw, "not a number")
-            return FieldValue(value, raw) if value.is_finite() else FieldValue(None, raw, "not a number")
+            return FieldValue(value) if value.is_finite() else FieldValue(None, raw, "not a number")
 
         def day(raw: Any) -> FieldValue:
             raw = _first(raw)
@@ -148,21 +149,21 @@ class DealMapper:
                 value = None
             if value is None:
                 value = parse_day(raw)
-            return FieldValue(value, raw) if value else FieldValue(None, raw, "not a date")
+            return FieldValue(value) if value else FieldValue(None, raw, "not a date")
 
         def moment(raw: Any) -> FieldValue:
             raw = _first(raw)
             if raw in (None, "", False):
                 return empty
             value = parse_moment(raw, zone)
-            return FieldValue(value, raw) if value else FieldValue(None, raw, "not a date")
+            return FieldValue(value) if value else FieldValue(None, raw, "not a date")
 
         def enum(raw: Any) -> FieldValue:
             raw = _first(raw)
             if raw in (None, "", False, "0"):
                 return empty
-            option = options.get(str(raw))
-            return FieldValue(option, raw) if option else FieldValue(None, raw, f"unknown option {raw}")
+            shared = by_option.get(raw if type(raw) is str else str(raw))
+            return shared if shared is not None else FieldValue(None, raw, f"unknown option {raw}")
 
         def link(raw: Any) -> FieldValue:
             found = text(raw)
