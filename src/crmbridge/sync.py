@@ -38,6 +38,7 @@ class SyncSummary:
     companies_read: int = 0
     stage_history_read: int = 0
     tasks_read: int = 0
+    todos_read: int = 0
     users: int = 0
     pipelines: int = 0
     stages: int = 0
@@ -93,8 +94,17 @@ class Syncer:
         # Ask the portal first: a wrong URL, a missing scope or an outage fails before anything is written.
         _, portal_time = self.reader.check_scopes()
         portal_time = portal_time or datetime.now(timezone.utc).isoformat(timespec="seconds")
-        self.cache = self._cache_or_factory if isinstance(self._cache_or_factory, Cache) else self._cache_or_factory()
+        if isinstance(self._cache_or_factory, Cache):
+            self.cache = self._cache_or_factory
+            return self._run(full, portal_time, started, requests_before)
+        # a cache this run opened is this run's to close
+        self.cache = self._cache_or_factory()
+        try:
+            return self._run(full, portal_time, started, requests_before)
+        finally:
+            self.cache.close()
 
+    def _run(self, full: bool, portal_time: str, started: float, requests_before: int) -> SyncSummary:
         deals_state = self.cache.sync_state("deals")
         resuming = deals_state.status == "running" and deals_state.mode == "full"
         mode = "full" if (full or resuming or deals_state.cursor is None) else "incremental"
@@ -108,6 +118,7 @@ class Syncer:
                 self._incremental_deals(deals_state, portal_time, summary)
             self._sync_stage_history(full=mode == "full" and not resuming, summary=summary)
             self._sync_tasks(mode == "full", portal_time, summary)
+            self._sync_todos(mode == "full", portal_time, summary)
         except BaseException:
             summary.http_requests = self.reader.client.requests_made - requests_before
             summary.seconds = round(self.monotonic() - started, 3)
@@ -130,9 +141,11 @@ class Syncer:
             if raw.get("ENTITY_ID", stage_entity_id(category_id)) == stage_entity_id(category_id)
         ]
         with self.cache.atomic():
-            summary.pipelines = self.cache.upsert("pipelines", map(cache_rows.pipeline_row, reference.pipelines))
-            summary.stages = self.cache.upsert("stages", stage_rows)
-            summary.deal_fields = self.cache.upsert("deal_fields", map(cache_rows.deal_field_row, reference.deal_fields))
+            # read whole every run, so a stage or field deleted on the portal disappears here too
+            # (check --live then names it as missing instead of trusting a stale copy)
+            summary.pipelines = self.cache.replace_all("pipelines", map(cache_rows.pipeline_row, reference.pipelines))
+            summary.stages = self.cache.replace_all("stages", stage_rows)
+            summary.deal_fields = self.cache.replace_all("deal_fields", map(cache_rows.deal_field_row, reference.deal_fields))
             summary.users = self.cache.upsert("users", map(cache_rows.user_row, reference.users))
 
     # --- deals --------------------------------------------------------------------------------
@@ -211,7 +224,7 @@ class Syncer:
                 else:
                     summary.companies_read += len(client_rows)
 
-    # --- stage history and tasks --------------------------------------------------------------
+    # --- stage history, tasks and to-dos --------------------------------------------------------------
 
     def _sync_stage_history(self, *, full: bool, summary: SyncSummary) -> None:
         """Append-only on the portal: the last ID is a complete cursor, and a full sync re-reads from 0."""
@@ -250,6 +263,31 @@ class Syncer:
                     self.cache.save_sync_state(state)
             summary.tasks_read += len(task_rows)
             self.progress("tasks", len(chunk))
+        state.status, state.cursor, state.run_cursor = "done", state.run_cursor or portal_time, None
+        state.finished_at = self.now()
+        self.cache.save_sync_state(state)
+
+    def _sync_todos(self, full: bool, portal_time: str, summary: SyncSummary) -> None:
+        """The deals' CRM to-dos, like tasks: a full run by ID with a resume point, else by LAST_UPDATED."""
+        state = self.cache.sync_state("activities")
+        resuming = state.status == "running" and state.mode == "full"
+        if full or resuming or state.cursor is None:
+            if not resuming:
+                state = SyncState(entity="activities", mode="full", status="running", cursor=state.cursor,
+                                  run_cursor=portal_time, last_id=0, started_at=self.now())
+            records = self.reader.iter_todos(after_id=state.last_id or 0)
+        else:
+            state.run_cursor = portal_time
+            records = self.reader.iter_todos(updated_since=minus_overlap(state.cursor, self.overlap))
+        for chunk in chunks(records):
+            todo_rows = [row for row in map(cache_rows.activity_row, chunk) if row["deal_id"] is not None]
+            with self.cache.atomic():
+                self.cache.upsert("activities", todo_rows)
+                if state.mode == "full" and state.status == "running":
+                    state.last_id = max(cache_rows.as_int(raw.get("ID")) or 0 for raw in chunk)
+                    self.cache.save_sync_state(state)
+            summary.todos_read += len(todo_rows)
+            self.progress("todos", len(chunk))
         state.status, state.cursor, state.run_cursor = "done", state.run_cursor or portal_time, None
         state.finished_at = self.now()
         self.cache.save_sync_state(state)

@@ -101,3 +101,11 @@ def test_sync_state_round_trip(tmp_path: Path) -> None:
     state = SyncState(entity="deals", mode="full", status="running", last_id=2500, started_at="t0")
     cache.save_sync_state(state)
     assert cache.sync_state("deals") == state
+
+
+def test_replace_all_drops_what_the_portal_no_longer_has(tmp_path: Path) -> None:
+    cache = open_cache(tmp_path / "c.db")
+    stages = [rows.stage_row({"STATUS_ID": s, "NAME": s, "ENTITY_ID": "DEAL_STAGE"}, 0) for s in ("NEW", "OLD")]
+    cache.replace_all("stages", stages)
+    cache.replace_all("stages", stages[:1])
+    assert [r["status_id"] for r in cache.query("SELECT status_id FROM stages")] == ["NEW"]

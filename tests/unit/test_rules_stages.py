@@ -39,6 +39,10 @@ R1_CASES = [
     ("an ignored CRM stage between two steps",
      [("created", "one", "2026-11-02"), ("moved", None, "2026-11-03"), ("moved", "two", "2026-11-04")], "two", None),
     ("reopened after lost", [("created", "one", "2026-11-02"), ("closed", LOST, "2026-11-03"), ("moved", "two", "2026-11-04")], "two", None),
+    ("a skip reverted to where it came from", [("created", "one", "2026-11-02"), ("moved", "three", "2026-11-03"),
+                                              ("moved", "one", "2026-11-04")], "one", None),
+    ("won too early, reverted", [("created", "one", "2026-11-02"), ("moved", "two", "2026-11-03"),
+                                 ("closed", WON, "2026-11-04"), ("moved", "two", "2026-11-05")], "two", None),
 ]
 
 

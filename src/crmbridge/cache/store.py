@@ -25,6 +25,7 @@ PRIMARY_KEYS: dict[str, str] = {
     "companies": "id",
     "stage_history": "id",
     "tasks": "id",
+    "activities": "id",
     "sync_state": "entity",
 }
 
@@ -68,6 +69,12 @@ class Cache:
         if rows:
             self.db[table].upsert_all(rows, pk=PRIMARY_KEYS[table])
         return len(rows)
+
+    def replace_all(self, table: str, rows: Iterable[dict[str, Any]]) -> int:
+        """For lists read whole (pipelines, stages, fields, users): what the portal no longer has goes too."""
+        rows = list(rows)
+        self.db.execute(f"DELETE FROM {table}")
+        return self.upsert(table, rows)
 
     def changed_ids(self, table: str, rows: list[dict[str, Any]]) -> set[Any]:
         """Ids among `rows` whose raw record differs from the cached one (new rows included)."""

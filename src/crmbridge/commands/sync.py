@@ -14,7 +14,7 @@ from crmbridge.commands import common
 from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
 from crmbridge.sync import ProgressCallback, Syncer, SyncSummary
 
-ENTITY_LABELS = {"deals": "deals", "stage_history": "stage history", "tasks": "tasks"}
+ENTITY_LABELS = {"deals": "deals", "stage_history": "stage history", "tasks": "tasks", "todos": "to-dos"}
 
 
 @contextmanager
@@ -50,11 +50,7 @@ def run_sync(webhook_url: str | None, *, full: bool, show_progress: bool) -> Syn
             Bitrix24Reader(client), lambda: common.cache_from(settings),
             overlap=timedelta(minutes=settings.sync_overlap_minutes), progress=advance,
         )
-        try:
-            return syncer.run(full=full)
-        finally:
-            if hasattr(syncer, "cache"):
-                syncer.cache.close()
+        return syncer.run(full=full)
 
 
 def print_summary(summary: SyncSummary, cache_path: object) -> None:
@@ -63,7 +59,7 @@ def print_summary(summary: SyncSummary, cache_path: object) -> None:
         f"[green]✓[/green] {summary.mode} sync{resumed}: {summary.deals_read:,} deals read, "
         f"{summary.deals_changed:,} changed, {summary.deals_deleted:,} marked deleted; "
         f"{summary.contacts_read:,} contacts, {summary.companies_read:,} companies, "
-        f"{summary.stage_history_read:,} stage changes, {summary.tasks_read:,} tasks; "
+        f"{summary.stage_history_read:,} stage changes, {summary.tasks_read:,} tasks, {summary.todos_read:,} to-dos; "
         f"{summary.http_requests} HTTP requests in {summary.seconds:.1f} s → {cache_path}"
     )
 

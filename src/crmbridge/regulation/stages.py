@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 from crmbridge.mapping.schema import RequirementSpec
-from crmbridge.model import LOST, WON, Deal, EntryKind, StageEntry, Task, Violation
+from crmbridge.model import LOST, TASK, WON, Deal, EntryKind, StageEntry, Task, Violation
 from crmbridge.regulation.compiled import CompiledDirection, Context, Text, joined, render, say, violation
 
 Why = list[str] | None
@@ -84,8 +84,9 @@ def _judge_step(spec: Any, direction: CompiledDirection, entry: StageEntry, prev
 def check_r1(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = None) -> tuple[Violation, ...] | None:
     """R1 Order: forward one stage at a time, back allowed, Won only from the last stage, Lost from anywhere.
 
-    Every arrival of the deal's current run in its direction is judged; a skip stays open until the deal
-    later passes through the stages it skipped (e.g. it is moved back to them), so history is not forgotten.
+    Every arrival of the deal's current run in its direction is judged; a skip stays open while the deal is
+    past a stage it skipped and has not been through it since, so history is not forgotten; moving the
+    deal back to before the skipped stages (a revert) closes it.
     """
     spec = direction.rules.R1
     run = current_run(deal)
@@ -97,6 +98,7 @@ def check_r1(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
     found: list[Violation] = []
     previous: StageEntry | None = None
     order = direction.order
+    current_position = order.get(deal.stage) if deal.stage not in (WON, LOST) else None
     for index, entry in enumerate(run):
         if entry.stage is None:
             continue
@@ -109,8 +111,13 @@ def check_r1(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
             continue
         skipped, origin, kind = verdict
         later = {later_entry.stage for later_entry in run[index + 1:]}
-        if skipped and kind in ("skipped", "created_later") and all(stage in later for stage in skipped):
-            continue  # repaired: the deal went through the skipped stages afterwards
+        if skipped and kind in ("skipped", "created_later", "won_not_from_last") and all(
+            stage in later or (current_position is not None and current_position <= order[stage])
+            for stage in skipped
+        ):
+            # repaired: the deal went through the skipped stages afterwards, or is back before them
+            # (e.g. the bridge reverted the illegal move): it is no longer past a stage it skipped
+            continue
         target = entry.stage
         skipped_names = ", ".join(f"«{direction.stage_name(stage)}»" for stage in skipped)
         if kind == "won_not_from_last":
@@ -223,14 +230,20 @@ def check_r2(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
 _title_keys: dict[str, str] = {}
 
 
-def stage_task(deal: Deal, title: str, entered: datetime, match: str = "exact") -> Task | None:
-    """The deal's stage task (by the R3 `match` mode), set on or after entering the stage; a completed one wins."""
+def stage_task(deal: Deal, title: str, entered: datetime, match: str = "exact", kind: str = TASK) -> Task | None:
+    """The deal's stage task (by the R3 `match` mode), set on or after entering the stage; a completed one wins.
+
+    `kind` is the regulation's kind of the stage task: where it asks for a CRM to-do, only to-dos count
+    (and only tasks where it asks for a task), so "any" never lets one stand in for the other.
+    """
     wanted = _title_keys.get(title)
     if wanted is None:
         wanted = _title_keys[title] = " ".join(title.split()).casefold()
     earliest = entered - TASK_TOLERANCE
     best: Task | None = None
     for task in deal.tasks:
+        if task.kind != kind:
+            continue
         if match == "exact":
             fits = task.title_key == wanted
         elif match == "contains":
@@ -260,7 +273,8 @@ def check_r3(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
     since = entry.entered
     if task_spec is not None:
         grace = direction.rules.R3.create_within
-        if ctx.now - entry.entered >= grace and stage_task(deal, task_spec.title, entry.entered, match) is None:
+        if ctx.now - entry.entered >= grace and stage_task(deal, task_spec.title, entry.entered, match,
+                                                          task_spec.kind) is None:
             missing.append(f"task:{task_spec.title}")
             remarks.append((wording.task_missing, {"task": task_spec.title}))
             due = entry.entered + grace
@@ -271,7 +285,7 @@ def check_r3(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
     moved_forward = previous is not None and previous.stage in direction.order and (
         deal.stage == WON or direction.order.get(deal.stage, -1) > direction.order[previous.stage])
     if left_task is not None and left_task.must_complete and moved_forward:
-        done = stage_task(deal, left_task.title, previous.entered, match)
+        done = stage_task(deal, left_task.title, previous.entered, match, left_task.kind)
         if done is None or not done.completed or (done.closed is not None and done.closed > entry.entered + TASK_TOLERANCE):
             missing.append(f"task_not_completed:{left_task.title}")
             remarks.append((wording.task_not_completed,
