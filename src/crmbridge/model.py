@@ -74,9 +74,14 @@ class StageEntry:
         return f"{self.crm_stage}@{self.entered.isoformat()}"
 
 
+#: kinds of a deal's Task: a Bitrix24 task bound to the deal, or a CRM to-do (universal activity) in its timeline
+TASK = "task"
+TODO = "todo"
+
+
 @dataclass(frozen=True, slots=True)
 class Task:
-    """A CRM task bound to a deal."""
+    """A CRM task bound to a deal, or a CRM to-do of the deal (`kind`): R3 judges both by one code path."""
 
     id: str
     title: str
@@ -85,6 +90,7 @@ class Task:
     created: datetime | None
     deadline: datetime | None = None
     closed: datetime | None = None
+    kind: str = TASK  # TASK or TODO; ids are only unique within a kind
     title_key: str = field(default="", compare=False, repr=False)  # the title as stage tasks are matched
 
     def __post_init__(self) -> None:
@@ -149,7 +155,7 @@ class Deal:
     probability: int | None = None
     fields: Mapping[str, FieldValue] = field(default_factory=dict)
     history: tuple[StageEntry, ...] = ()  # oldest first
-    tasks: tuple[Task, ...] = ()
+    tasks: tuple[Task, ...] = ()  # tasks and to-dos alike: both are the manager's work on the deal (R5, R10, R11)
     contact: Client | None = None
     company: Client | None = None
 

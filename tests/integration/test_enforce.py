@@ -107,7 +107,8 @@ def test_every_action_type_lands_in_the_portal_with_the_right_fields(make_portal
     report = run(client, cache, mappings)
     assert report.execution is not None and report.execution.failed == 0 and report.execution.unknown == 0
     rows = done_rows(cache)
-    assert {row["kind"] for row in rows} == {kind.value for kind in ActionKind}
+    # every kind but to-dos: the shipped regulation's stage tasks are tasks (test_enforce_todos covers to-dos)
+    assert {row["kind"] for row in rows} == {kind.value for kind in ActionKind} - {ActionKind.CREATE_TODO.value}
     state = portal.state
     teams = {member for team in mappings.binding.teams.values() for member in team.members}
     for row in rows:

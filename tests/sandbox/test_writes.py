@@ -168,3 +168,43 @@ def test_a_notification_with_an_existing_tag_replaces_the_earlier_ones(fresh: Sa
     tagged = [n for n in fresh.state.notifications if n.get("TAG") == "crmbridge-x"]
     assert [n["MESSAGE"] for n in tagged] == ["second"]
     assert any(n["MESSAGE"] == "untagged" for n in fresh.state.notifications)
+
+
+def test_todos_added_through_the_api_are_listed_with_the_documented_shape_and_filters(
+        fresh: SandboxPortal, call: Callable[..., requests.Response]) -> None:
+    added = [call(fresh, "crm.activity.todo.add", {"ownerTypeId": 2, "ownerId": deal_id, "deadline": "2026-06-01T10:00:00",
+                                                   "title": f"Позвонить {n}", "description": f"[crmbridge:{n:016x}]",
+                                                   "responsibleId": 3}).json()
+             for n, deal_id in enumerate((5, 5, 6), start=1)]
+    assert [set(answer["result"]) for answer in added] == [{"id"}] * 3  # {"result": {"id": N}}
+    first_id = added[0]["result"]["id"]
+    listed = call(fresh, "crm.activity.list", {"filter": {"OWNER_TYPE_ID": 2, "OWNER_ID": 5, "PROVIDER_ID": "CRM_TODO"},
+                                               "order": {"ID": "DESC"}}).json()
+    assert listed["total"] == 2 and [row["ID"] for row in listed["result"]] == [str(first_id + 1), str(first_id)]
+    row = listed["result"][1]
+    assert (row["OWNER_TYPE_ID"], row["OWNER_ID"], row["TYPE_ID"], row["PROVIDER_ID"], row["PROVIDER_TYPE_ID"]) == (
+        "2", "5", "6", "CRM_TODO", "TODO")
+    assert (row["SUBJECT"], row["COMPLETED"], row["RESPONSIBLE_ID"]) == ("Позвонить 1", "N", "3")
+    assert row["DESCRIPTION"] == f"[crmbridge:{1:016x}]" and row["DEADLINE"] == "2026-06-01T10:00:00+03:00"
+    assert row["CREATED"] and row["LAST_UPDATED"] == row["CREATED"]
+    # select narrows the row (ID always comes back); >ID and >=LAST_UPDATED filter; start=-1 skips the COUNT
+    narrow = call(fresh, "crm.activity.list", {"filter": {">ID": first_id}, "select": ["SUBJECT"], "start": -1}).json()
+    assert narrow["result"] == [{"ID": str(first_id + 1), "SUBJECT": "Позвонить 2"},
+                                {"ID": str(first_id + 2), "SUBJECT": "Позвонить 3"}]
+    assert narrow["total"] == 0 and "next" not in narrow
+    fresh.state.complete_activity(first_id + 2)
+    done = fresh.state.activities[first_id + 2]
+    assert done["COMPLETED"] == "Y"
+    recent = call(fresh, "crm.activity.list", {"filter": {">=LAST_UPDATED": done["LAST_UPDATED"], "COMPLETED": "Y"}}).json()
+    assert [row["ID"] for row in recent["result"]] == [str(first_id + 2)]
+    assert call(fresh, "crm.activity.list", {"filter": {"PROVIDER_ID": "VOXIMPLANT_CALL"}}).json()["total"] == 0
+    assert call(fresh, "crm.activity.list", {"filter": "x"}).json()["error_description"] == "Parameter 'filter' must be array."
+
+
+def test_todo_add_errors(fresh: SandboxPortal, call: Callable[..., requests.Response]) -> None:
+    missing = call(fresh, "crm.activity.todo.add", {"ownerTypeId": 2, "ownerId": 5})
+    assert missing.status_code == 400 and missing.json()["error"] == "100"
+    bad_date = call(fresh, "crm.activity.todo.add", {"ownerTypeId": 2, "ownerId": 5, "deadline": "someday"})
+    assert bad_date.json()["error"] == "WRONG_DATETIME_FORMAT"
+    no_deal = call(fresh, "crm.activity.todo.add", {"ownerTypeId": 2, "ownerId": 999_999, "deadline": "2026-06-01T10:00:00"})
+    assert no_deal.json()["error"] == "NOT_FOUND" and fresh.state.count("activities") == 0

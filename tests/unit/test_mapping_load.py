@@ -89,6 +89,16 @@ def test_rule_parameters_are_typed(rules: str, expected: str) -> None:
     assert any(expected in line for line in found), found
 
 
+def test_stage_task_kind_is_task_or_todo() -> None:
+    text = MINIMAL.replace("        probability: 10\n", "        probability: 10\n        task: {title: Call, kind: tod}\n", 1)
+    assert problems_of(text) == ['regulation.yaml:8:35: "kind" is "tod", which is not allowed — did you mean "todo"?']
+    model, problems = parse_regulation(text.replace("kind: tod", "kind: todo"), "regulation.yaml")
+    assert problems == [] and model is not None
+    assert model.directions["sales"].stages[0].task.kind == "todo"
+    plain, _ = parse_regulation(text.replace(", kind: tod", ""), "regulation.yaml")
+    assert plain is not None and plain.directions["sales"].stages[0].task.kind == "task"  # the default
+
+
 def test_unknown_regulated_field_gets_did_you_mean() -> None:
     found = problems_of(REGULATION.replace("requires_to_leave: [meeting]", "requires_to_leave: [meetng]"))
     assert any('unknown regulated field "meetng" — did you mean "meeting"?' in line for line in found), found

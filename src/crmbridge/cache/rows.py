@@ -198,3 +198,24 @@ def task_row(raw: RawRecord) -> Row:
         "closed_date": as_text(raw.get("closedDate", raw.get("CLOSED_DATE"))),
         "raw": dumps(raw),
     }
+
+
+#: crm.activity.list OWNER_TYPE_ID of a deal
+DEAL_OWNER_TYPE = 2
+
+
+def activity_row(raw: RawRecord) -> Row:
+    """A crm.activity.list record (UPPER_CASE strings) -> activities row; deal_id only when a deal owns it."""
+    owned_by_deal = as_int(raw.get("OWNER_TYPE_ID")) == DEAL_OWNER_TYPE
+    return {
+        "id": as_int(raw.get("ID")),
+        "deal_id": as_int(raw.get("OWNER_ID")) if owned_by_deal else None,
+        "provider_id": as_text(raw.get("PROVIDER_ID")),
+        "subject": as_text(raw.get("SUBJECT")),
+        "completed": as_flag(raw.get("COMPLETED")),
+        "responsible_id": as_int(raw.get("RESPONSIBLE_ID")),
+        "deadline": as_text(raw.get("DEADLINE")),
+        "created": as_text(raw.get("CREATED")),
+        "last_updated": as_text(raw.get("LAST_UPDATED")),
+        "raw": dumps(raw),
+    }

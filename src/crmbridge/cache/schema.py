@@ -198,6 +198,22 @@ MIGRATIONS: list[str] = [
         value TEXT
     );
     """,
+    # 4: CRM to-dos (crm.activity.list, PROVIDER_ID CRM_TODO) of deals: a stage task may be a to-do (R3 kind: todo).
+    """
+    CREATE TABLE activities (
+        id INTEGER PRIMARY KEY,          -- crm.activity.list ID
+        deal_id INTEGER,                 -- OWNER_ID of an activity with OWNER_TYPE_ID 2 (deal)
+        provider_id TEXT,                -- PROVIDER_ID, e.g. CRM_TODO
+        subject TEXT,                    -- SUBJECT: the to-do's title (crm.activity.todo.add `title`)
+        completed INTEGER,               -- 1 when COMPLETED = Y
+        responsible_id INTEGER,          -- RESPONSIBLE_ID (users.id)
+        deadline TEXT,                   -- DEADLINE, ISO 8601 with the portal's offset
+        created TEXT,                    -- CREATED
+        last_updated TEXT,               -- LAST_UPDATED: the incremental cursor's field; when completed, its closing time
+        raw TEXT NOT NULL                -- the record exactly as the portal sent it (JSON)
+    );
+    CREATE INDEX activities_deal ON activities(deal_id);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

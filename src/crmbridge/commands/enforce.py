@@ -20,8 +20,9 @@ from crmbridge.mapping.load import load_mappings
 from crmbridge.model import Mode
 
 KIND_LABELS = {
-    "create_task": "tasks created", "revert_stage": "stages reverted", "set_field": "fields corrected",
-    "reassign": "leads reassigned", "comment": "timeline comments", "notify": "notifications",
+    "create_task": "tasks created", "create_todo": "to-dos created", "revert_stage": "stages reverted",
+    "set_field": "fields corrected", "reassign": "leads reassigned", "comment": "timeline comments",
+    "notify": "notifications",
 }
 
 

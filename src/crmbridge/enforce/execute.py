@@ -2,8 +2,8 @@
 
 Exactly once, the way it holds here: the intent (with the exact payload) is committed before a batch is
 sent, the result after it. A write batch is never repeated blindly: when its answer is lost (no answer,
-5xx, HTML) the actions may or may not have landed, so they are looked up in the CRM first: a task or
-comment by the marker crmbridge put into its text, a deal update by reading the deal back. Only what is
+5xx, HTML) the actions may or may not have landed, so they are looked up in the CRM first: a task, to-do
+or comment by the marker crmbridge put into its text, a deal update by reading the deal back. Only what is
 not found is sent again. A run killed between intent and result leaves intents that the next run
 reconciles the same way before writing. Notifications cannot be looked up; they carry the marker as
 their TAG, and Bitrix24 keeps one notification per TAG, so sending one again replaces it.
@@ -25,7 +25,7 @@ from typing import Any
 
 from crmbridge.connectors.bitrix24.client import MAX_BATCH, Bitrix24Client
 from crmbridge.enforce.audit import DONE, FAILED, INTENT, AuditLog, utc_now
-from crmbridge.enforce.plan import UPDATING, Action, ActionKind, same_value
+from crmbridge.enforce.plan import DEAL_OWNER_TYPE, UPDATING, Action, ActionKind, same_value
 from crmbridge.errors import CrmError, OperatingTimeExceeded, RateLimited
 
 log = logging.getLogger("crmbridge.enforce")
@@ -188,10 +188,12 @@ class Executor:
 
     def _look_up(self, chunk: Sequence[_Pending]) -> tuple[dict[str, tuple[Any, list[str]]], set[str]]:
         """Which of these actions are in the CRM already: {key: (what was found, ids)}, and keys still unknown."""
-        tasks, comments, deals = set(), set(), set()
+        tasks, todos, comments, deals = set(), set(), set(), set()
         for item in chunk:
             if item.action.kind is ActionKind.CREATE_TASK:
                 tasks.add(item.action.deal)
+            elif item.action.kind is ActionKind.CREATE_TODO:
+                todos.add(item.action.deal)
             elif item.action.kind is ActionKind.COMMENT:
                 comments.add(item.action.deal)
             elif item.action.kind in UPDATING:
@@ -200,12 +202,18 @@ class Executor:
         for deal in sorted(tasks):
             calls.append(("tasks", deal, {"filter": {"UF_CRM_TASK": f"D_{deal}"}, "order": {"ID": "desc"},
                                           "select": ["ID", "TITLE", "DESCRIPTION", "UF_CRM_TASK"]}))
+        for deal in sorted(todos):
+            # newest first: what crmbridge just created is on the first page even on a busy deal
+            calls.append(("todos", deal, {"filter": {"OWNER_TYPE_ID": DEAL_OWNER_TYPE, "OWNER_ID": int(deal),
+                                                     "PROVIDER_ID": "CRM_TODO"},
+                                          "order": {"ID": "DESC"}, "select": ["ID", "SUBJECT", "DESCRIPTION"]}))
         for deal in sorted(comments):
             calls.append(("comments", deal, {"filter": {"ENTITY_ID": int(deal), "ENTITY_TYPE": "deal"},
                                              "order": {"ID": "DESC"}, "select": ["ID", "COMMENT"]}))
         for deal in sorted(deals):
             calls.append(("deal", deal, {"id": int(deal)}))
-        methods = {"tasks": "tasks.task.list", "comments": "crm.timeline.comment.list", "deal": "crm.deal.get"}
+        methods = {"tasks": "tasks.task.list", "todos": "crm.activity.list", "comments": "crm.timeline.comment.list",
+                   "deal": "crm.deal.get"}
         answers = self.client.batch_calls([(methods[kind], params) for kind, _, params in calls]) if calls else []
         found: dict[tuple[str, str], Any] = {}
         failed_lookups: set[tuple[str, str]] = set()
@@ -230,6 +238,14 @@ class Executor:
                 if task is not None:
                     task_id = str(task.get("id") or task.get("ID"))
                     hits[action.idempotency_key] = ({"task_id": task_id}, [task_id])
+            elif action.kind is ActionKind.CREATE_TODO:
+                if ("todos", action.deal) in failed_lookups:
+                    unknown.add(action.idempotency_key)
+                    continue
+                rows = found.get(("todos", action.deal)) or []
+                todo = next((row for row in rows if marker in str(row.get("DESCRIPTION") or "")), None)
+                if todo is not None:
+                    hits[action.idempotency_key] = ({"todo_id": str(todo["ID"])}, [str(todo["ID"])])
             elif action.kind is ActionKind.COMMENT:
                 if ("comments", action.deal) in failed_lookups:
                     unknown.add(action.idempotency_key)
@@ -264,6 +280,10 @@ def _outcome(kind: ActionKind, result: Any) -> tuple[Any, list[str]]:
         task = result.get("task") if isinstance(result, Mapping) else None
         task_id = str(task.get("id")) if isinstance(task, Mapping) and task.get("id") is not None else None
         return {"task_id": task_id}, [task_id] if task_id else []
+    if kind is ActionKind.CREATE_TODO:
+        # crm.activity.todo.add answers {"id": N}
+        todo_id = result.get("id") if isinstance(result, Mapping) else None
+        return {"todo_id": str(todo_id) if todo_id is not None else None}, [str(todo_id)] if todo_id is not None else []
     if kind in (ActionKind.COMMENT, ActionKind.NOTIFY):
         return result, [str(result)] if result not in (None, False, "") else []
     return result, []

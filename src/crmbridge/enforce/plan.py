@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from crmbridge.mapping.schema import BindingSpec, TaskSpec
-from crmbridge.model import LOST, WON, Deal, Mode, StageEntry, Violation
+from crmbridge.mapping.schema import BindingSpec, StageTaskSpec, TaskSpec
+from crmbridge.model import LOST, TODO, WON, Deal, Mode, StageEntry, Violation
 from crmbridge.regulation.clients import add_months
 from crmbridge.regulation.compiled import CompiledDirection, CompiledRegulation
 from crmbridge.regulation.stages import current_run, previous_regulated
@@ -30,6 +30,8 @@ REVERT_RULES = frozenset({"R1", "R2", "R3"})
 FLAG_TASK_DEADLINE = timedelta(days=1)
 #: reverts of one deal per day before the bridge stops reverting and escalates to the head (loop guard)
 DEFAULT_MAX_REVERTS_PER_DAY = 3
+#: crm.activity.todo.add ownerTypeId of a deal
+DEAL_OWNER_TYPE = 2
 #: task titles stay short; messages stay well under im.notify's 60,000-character limit (ATTACH_OVERSIZE)
 TITLE_LIMIT = 250
 MESSAGE_LIMIT = 4000
@@ -39,6 +41,7 @@ class ActionKind(str, enum.Enum):
     """What an action does in the CRM."""
 
     CREATE_TASK = "create_task"  # tasks.task.add bound to the deal
+    CREATE_TODO = "create_todo"  # crm.activity.todo.add on the deal (a stage task the regulation wants as a to-do)
     REVERT_STAGE = "revert_stage"  # crm.deal.update STAGE_ID back to the stage the deal came from
     SET_FIELD = "set_field"  # crm.deal.update of a regulated field (probability, next contact, segment)
     REASSIGN = "reassign"  # crm.deal.update ASSIGNED_BY_ID (R7 round robin)
@@ -51,6 +54,7 @@ UPDATING = frozenset({ActionKind.REVERT_STAGE, ActionKind.SET_FIELD, ActionKind.
 
 METHODS: Mapping[ActionKind, str] = {
     ActionKind.CREATE_TASK: "tasks.task.add",
+    ActionKind.CREATE_TODO: "crm.activity.todo.add",
     ActionKind.REVERT_STAGE: "crm.deal.update",
     ActionKind.SET_FIELD: "crm.deal.update",
     ActionKind.REASSIGN: "crm.deal.update",
@@ -240,20 +244,40 @@ class _DealPlanner:
              "SUB_TAG": f"crmbridge|{violation.rule}|{violation.deal}"},
             f"notify user {self._who(user)}", violation.message, violation.clause, (violation.key,), user))
 
+    def _body(self, violation: Violation, description: str, key: str) -> str:
+        """The text of a created task or to-do: what to do, why, the clause, and the marker reconciliation looks for."""
+        return self._text(description, violation.message if violation.message not in description else "",
+                          self._clause(violation), marker_of(key))
+
     def _task(self, actions: list[Action], violation: Violation, deal: Deal, user: str | None, title: str,
               description: str, deadline: datetime, suffix: str = "task") -> None:
         if not user:
             self.result.notes.append(f"{violation.rule} deal {deal.id}: no responsible user for «{title}»")
             return
         key = f"{self._anchor(violation)}|{suffix}"
-        body = self._text(description, violation.message if violation.message not in description else "",
-                          self._clause(violation), marker_of(key))
+        body = self._body(violation, description, key)
         actions.append(Action(
             key, ActionKind.CREATE_TASK, violation.rule, deal.id,
             {"fields": {"TITLE": title[:TITLE_LIMIT], "DESCRIPTION": body, "RESPONSIBLE_ID": _as_id(user),
                         "DEADLINE": deadline.astimezone(self.zone).isoformat(timespec="seconds"),
                         "UF_CRM_TASK": [f"D_{deal.id}"]}},
             f"task «{title[:60]}» to {self._who(user)}, due {deadline.astimezone(self.zone):%Y-%m-%d %H:%M}",
+            violation.message, violation.clause, (violation.key,), user))
+
+    def _todo(self, actions: list[Action], violation: Violation, deal: Deal, user: str | None, title: str,
+              description: str, deadline: datetime, suffix: str = "stage_todo") -> None:
+        """A CRM to-do on the deal (crm.activity.todo.add), found again by the marker in its description."""
+        if not user:
+            self.result.notes.append(f"{violation.rule} deal {deal.id}: no responsible user for «{title}»")
+            return
+        key = f"{self._anchor(violation)}|{suffix}"
+        body = self._body(violation, description, key)
+        actions.append(Action(
+            key, ActionKind.CREATE_TODO, violation.rule, deal.id,
+            {"ownerTypeId": DEAL_OWNER_TYPE, "ownerId": _as_id(deal.id),
+             "deadline": deadline.astimezone(self.zone).isoformat(timespec="seconds"),
+             "title": title[:TITLE_LIMIT], "description": body, "responsibleId": _as_id(user)},
+            f"to-do «{title[:60]}» to {self._who(user)}, due {deadline.astimezone(self.zone):%Y-%m-%d %H:%M}",
             violation.message, violation.clause, (violation.key,), user))
 
     def _flag_task(self, actions: list[Action], violation: Violation, deal: Deal, suffix: str = "task") -> None:
@@ -393,17 +417,19 @@ class _DealPlanner:
                 if spec is None or violation.entry is None or self._has_stage_task(deal, spec):
                     continue
                 user = deal.manager if spec.responsible == "manager" else self._first_head(deal, "R3")
-                self._task(actions, violation, deal, user or deal.manager, spec.title,
-                           spec.description or violation.message,
-                           self._deadline(violation.entry.entered, spec.deadline), suffix="stage_task")
+                # the regulation says which kind the stage task is; a to-do gets its own key suffix, so
+                # switching a stage from task to to-do creates the to-do instead of finding the task "done"
+                create = self._todo if spec.kind == TODO else self._task
+                create(actions, violation, deal, user or deal.manager, spec.title, spec.description or violation.message,
+                       self._deadline(violation.entry.entered, spec.deadline),
+                       suffix="stage_todo" if spec.kind == TODO else "stage_task")
             elif item.startswith("task_not_completed:"):
                 self._notify(actions, violation, deal.manager,
                              self._text(violation.message, self.did if violation.key in reverted else ""))
 
-    def _has_stage_task(self, deal: Deal, spec: TaskSpec) -> bool:
-        """The stage's task was already set since the deal first came to this stage in its current run.
-
-        A deal the bridge moved back re-enters a stage whose task exists: it must not get a second one.
+    def _has_stage_task(self, deal: Deal, spec: StageTaskSpec) -> bool:
+        """The stage's task (or to-do, by its kind) was already set since the deal first came to this stage in its
+        current run. A deal the bridge moved back re-enters a stage whose task exists: it must not get a second one.
         """
         wanted = " ".join(spec.title.split()).casefold()
         run = current_run(deal)
@@ -411,7 +437,8 @@ class _DealPlanner:
         if first is None:
             return False
         earliest = first - timedelta(minutes=5)
-        return any(task.title_key == wanted and (task.created is None or task.created >= earliest) for task in deal.tasks)
+        return any(task.kind == spec.kind and task.title_key == wanted
+                   and (task.created is None or task.created >= earliest) for task in deal.tasks)
 
     def _r4(self, deal: Deal, direction: CompiledDirection, violation: Violation, actions: list[Action],
             reverted: frozenset[str]) -> None:

@@ -17,6 +17,7 @@ from crmbridge.model import (
     EntryKind,
     FieldValue,
     Outcome,
+    TODO,
     StageEntry,
     Task,
     TaskStatus,
@@ -195,6 +196,24 @@ class DealMapper:
             closed=parse_moment(row.get("closedDate") or row.get("CLOSED_DATE"), self.zone),
         )
 
+    def todo(self, row: Mapping[str, Any]) -> Task:
+        """A crm.activity.list to-do (UPPER_CASE strings) -> a Task of kind TODO.
+
+        A to-do is open or completed (COMPLETED N / Y); crm.activity.list has no completion time, so a
+        completed one counts as closed at its LAST_UPDATED (completing it is what last changed it).
+        """
+        completed = str(row.get("COMPLETED") or "").upper() == "Y"
+        return Task(
+            id=str(row.get("ID") or ""),
+            title=str(row.get("SUBJECT") or ""),
+            status=TaskStatus.COMPLETED if completed else TaskStatus.PENDING,
+            responsible=str(row.get("RESPONSIBLE_ID") or "") or None,
+            created=parse_moment(row.get("CREATED"), self.zone),
+            deadline=parse_moment(row.get("DEADLINE"), self.zone),
+            closed=parse_moment(row.get("LAST_UPDATED"), self.zone) if completed else None,
+            kind=TODO,
+        )
+
     def _card(self, row: Mapping[str, Any] | None, kind: str) -> Client | None:
         """A client card, mapped once per version of the contact / company (many deals share one)."""
         if not row:
@@ -219,8 +238,9 @@ class DealMapper:
 
     def deal(self, raw: Mapping[str, Any], history: Iterable[Mapping[str, Any]] = (),
              tasks: Iterable[Mapping[str, Any]] = (), contact: Mapping[str, Any] | Client | None = None,
-             company: Mapping[str, Any] | Client | None = None) -> Deal:
-        """One raw `crm.deal.get` record with its stage history, tasks, contact and company (raw or mapped) -> Deal."""
+             company: Mapping[str, Any] | Client | None = None, todos: Iterable[Mapping[str, Any]] = ()) -> Deal:
+        """One raw `crm.deal.get` record with its stage history, tasks, contact, company (raw or mapped) and
+        CRM to-dos (crm.activity.list records) -> Deal; the to-dos join its tasks as Tasks of kind TODO."""
         zone = self.zone
         crm_stage = str(raw.get("STAGE_ID") or "")
         category = str(raw.get("CATEGORY_ID") or "0")
@@ -281,7 +301,7 @@ class DealMapper:
             probability=probability,
             fields=fields,
             history=tuple(entries),
-            tasks=tuple(self.task(row) for row in tasks),
+            tasks=tuple(self.task(row) for row in tasks) + tuple(self.todo(row) for row in todos),
             contact=contact_card,
             company=company_card,
         )

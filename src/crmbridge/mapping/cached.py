@@ -37,7 +37,7 @@ def _by_id(cache: Cache, table: str, wanted: set[str]) -> dict[str, dict[str, An
 
 
 def load_deals(cache: Cache, mapper: DealMapper, *, deal_ids: Iterable[int | str] | None = None) -> list[Deal]:
-    """Every non-deleted cached deal (or the given ones) with its history, tasks, contact and company."""
+    """Every non-deleted cached deal (or the given ones) with its history, tasks, to-dos, contact and company."""
     with paused_gc():
         return _load_deals(cache, mapper, deal_ids)
 
@@ -54,7 +54,7 @@ def _load_deals(cache: Cache, mapper: DealMapper, deal_ids: Iterable[int | str] 
         scope = f" AND deal_id IN ({marks})"
         params = ids
     raws = [json.loads(raw) for (raw,) in cache.db.execute(f"SELECT raw FROM deals WHERE {where} ORDER BY id", params)]
-    # history and tasks come from the typed columns: decoding their raw JSON would double the load time
+    # history, tasks and to-dos come from the typed columns: decoding their raw JSON would double the load time
     history: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row_id, deal_id, type_id, category_id, stage_id, created in cache.db.execute(
             "SELECT id, deal_id, type_id, category_id, stage_id, created_time FROM stage_history "
@@ -67,6 +67,13 @@ def _load_deals(cache: Cache, mapper: DealMapper, deal_ids: Iterable[int | str] 
             f"WHERE deal_id IS NOT NULL{scope}", params):
         tasks[str(deal_id)].append({"id": task_id, "title": title or "", "status": status, "responsibleId": responsible,
                                     "deadline": deadline, "createdDate": created, "closedDate": closed})
+    todos: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for todo_id, deal_id, subject, completed, responsible, deadline, created, updated in cache.db.execute(
+            "SELECT id, deal_id, subject, completed, responsible_id, deadline, created, last_updated FROM activities "
+            f"WHERE deal_id IS NOT NULL{scope}", params):
+        todos[str(deal_id)].append({"ID": todo_id, "SUBJECT": subject or "", "COMPLETED": "Y" if completed else "N",
+                                    "RESPONSIBLE_ID": responsible, "DEADLINE": deadline, "CREATED": created,
+                                    "LAST_UPDATED": updated})
     contact_ids = {str(raw.get("CONTACT_ID") or "") for raw in raws}
     company_ids = {str(raw.get("COMPANY_ID") or "") for raw in raws}
     contacts = {key: mapper.client(row, "contact") for key, row in _by_id(cache, "contacts", contact_ids).items()}
@@ -76,7 +83,7 @@ def _load_deals(cache: Cache, mapper: DealMapper, deal_ids: Iterable[int | str] 
         deal_id = str(raw.get("ID"))
         deals.append(mapper.deal(raw, history.get(deal_id, ()), tasks.get(deal_id, ()),
                                  contacts.get(str(raw.get("CONTACT_ID") or "")),
-                                 companies.get(str(raw.get("COMPANY_ID") or ""))))
+                                 companies.get(str(raw.get("COMPANY_ID") or "")), todos.get(deal_id, ())))
     return deals
 
 

@@ -144,6 +144,19 @@ class TaskSpec(Strict):
     must_complete: bool = Field(False, description="R3: the task must be completed before the deal leaves the stage.")
 
 
+TaskKind = Literal["task", "todo"]
+
+
+class StageTaskSpec(TaskSpec):
+    """A stage's formal task (R3): a CRM task, or a CRM to-do where the regulation asks for one."""
+
+    kind: TaskKind = Field(
+        "task",
+        description="task: a task bound to the deal (Bitrix24 tasks.task.add); todo: a to-do in the deal's timeline "
+                    "(Bitrix24 crm.activity.todo.add). R3 looks for the stage task among the deal's tasks or its to-dos "
+                    "accordingly, and enforcement creates that kind.")
+
+
 class StageSpec(Strict):
     """One regulated stage of a direction, in order."""
 
@@ -153,7 +166,7 @@ class StageSpec(Strict):
     purpose: str = ""
     requires_to_enter: list[Requirement] = Field(default_factory=list, description="R2: fields required to enter this stage.")
     requires_to_leave: list[Requirement] = Field(default_factory=list, description="R2: fields required before leaving this stage.")
-    task: TaskSpec | None = Field(None, description="R3: the stage's formal task.")
+    task: StageTaskSpec | None = Field(None, description="R3: the stage's formal task.")
     stale_after: Duration | None = Field(None, description="R11: overrides the rule's stale_after for this stage.")
 
 
@@ -163,7 +176,7 @@ class FinalStageSpec(Strict):
     name: str = Field(min_length=1)
     probability: int = Field(ge=0, le=100)
     requires: list[Requirement] = Field(default_factory=list, description="R2: fields required to close the deal this way.")
-    task: TaskSpec | None = None
+    task: StageTaskSpec | None = None
 
 
 class RuleSpec(Strict):
@@ -542,6 +555,7 @@ def json_schemas() -> dict[str, dict[str, Any]]:
 __all__ = [
     "BINDING_SCHEMA_FILE", "BindingSpec", "CalendarSpec", "DirectionSpec", "FieldBindingSpec", "FieldSpec",
     "FinalStageSpec", "HeadSpec", "IGNORE", "LOST", "PipelineBinding", "REGULATION_SCHEMA_FILE", "RULE_IDS",
-    "RegulationSpec", "RequirementSpec", "RulesSpec", "StageSpec", "TaskSpec", "TeamSpec", "WEEKDAYS", "WON",
+    "RegulationSpec", "RequirementSpec", "RulesSpec", "StageSpec", "StageTaskSpec", "TaskKind", "TaskSpec", "TeamSpec",
+    "WEEKDAYS", "WON",
     "format_duration", "json_schemas", "parse_duration",
 ]

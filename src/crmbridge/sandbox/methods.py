@@ -7,8 +7,8 @@ from typing import Any, Callable
 
 from . import catalog as c
 from .query import Table, parse_start, run_query
-from .state import TASK_KEYS, PortalState
-from .wire import fmt_dt, truthy
+from .state import ACTIVITY_TYPES, TASK_KEYS, PortalState
+from .wire import fmt_dt, norm_dt, truthy
 
 
 class ApiError(Exception):
@@ -475,22 +475,45 @@ def task_get(ctx: Context, params: dict[str, Any]) -> MethodResult:
 # --- activities, timeline, notifications --------------------------------------------------------
 
 def activity_todo_add(ctx: Context, params: dict[str, Any]) -> MethodResult:
+    """D crm/timeline/activities/todo/crm-activity-todo-add.md: camelCase parameters, answers {"id": N}."""
     for name in ("ownerTypeId", "ownerId", "deadline"):
         if _get(params, name) in (None, ""):
-            raise ApiError(400, "0", f"Could not find value for parameter {{{name}}}")
-    owner_type = str(params["ownerTypeId"])
-    owner_id = int(str(params["ownerId"]))
+            raise ApiError(400, "100", f"Could not find value for parameter {{{name}}}")
+    try:
+        owner_type = int(str(params["ownerTypeId"]))
+        owner_id = int(str(params["ownerId"]))
+    except ValueError:
+        raise ApiError(400, "OWNER_NOT_FOUND", "Owner of the entity not found") from None
+    deadline = norm_dt(params["deadline"])
+    if deadline is None:
+        raise ApiError(400, "WRONG_DATETIME_FORMAT", f"Wrong datetime format: {params['deadline']}")
+    try:
+        responsible = int(str(_get(params, "responsibleId", default=ctx.user_id)))
+    except ValueError:
+        responsible = ctx.user_id  # the webhook's user, as when responsibleId is not given
     with ctx.state.lock:
-        if owner_type == "2" and owner_id not in ctx.state.deals.rows:
-            raise ApiError(400, "NOT_FOUND", "Element not found")
-        aid = ctx.state.add_activity({
-            "ownerTypeId": int(owner_type), "ownerId": owner_id, "deadline": params["deadline"],
-            "title": _get(params, "title", default=""), "description": _get(params, "description", default=""),
-            "responsibleId": int(str(_get(params, "responsibleId", default=ctx.user_id))),
-            "pingOffsets": _get(params, "pingOffsets", default=[]), "colorId": _get(params, "colorId"),
-            "created": ctx.state.now_wire(),
-        })
+        if owner_type != 2 or owner_id not in ctx.state.deals.rows:
+            raise ApiError(400, "NOT_FOUND", "Not found.")  # only deals can own an activity on this portal
+        aid = ctx.state.add_todo(owner_type, owner_id, deadline, title=str(_get(params, "title", default="") or ""),
+                                 description=str(_get(params, "description", default="") or ""),
+                                 responsible_id=responsible, author_id=ctx.user_id)
     return MethodResult({"id": aid})
+
+
+#: crm.activity.list answers these without a select or with `*` (this portal keeps no COMMUNICATIONS or FILES)
+_ACTIVITY_STANDARD = tuple(ACTIVITY_TYPES)
+
+
+def activity_list(ctx: Context, params: dict[str, Any]) -> MethodResult:
+    """D crm/timeline/activities/activity-base/crm-activity-list.md: UPPER_CASE rows, default order START_TIME ASC."""
+    filt = _as_dict(_ci(params, "filter"), "filter")
+    order = _as_dict(_ci(params, "order"), "order") or {"START_TIME": "ASC"}
+    select = _as_list(_ci(params, "select"))
+    start = parse_start(_ci(params, "start", 0))
+    with ctx.state.lock:
+        qr = run_query(ctx.state.activities, filt, order, start)
+        keys = _crm_keys(select, _ACTIVITY_STANDARD, (), (), set(_ACTIVITY_STANDARD))
+        return _list_result(qr, _project(qr.rows, keys))
 
 
 def timeline_comment_add(ctx: Context, params: dict[str, Any]) -> MethodResult:
@@ -571,6 +594,7 @@ METHODS: dict[str, Method] = {
     "crm.company.get": Method("crm", _entity_get(lambda s: s.companies)),
     "crm.stagehistory.list": Method("crm", stagehistory_list),
     "crm.activity.todo.add": Method("crm", activity_todo_add, writes=True),
+    "crm.activity.list": Method("crm", activity_list),
     "crm.timeline.comment.add": Method("crm", timeline_comment_add, writes=True),
     "crm.timeline.comment.list": Method("crm", timeline_comment_list),
     "user.get": Method("user", user_get),

@@ -49,6 +49,18 @@ TASK_TYPES: dict[str, str] = {
     "changedDate": "datetime", "statusChangedDate": "datetime", "closedBy": "int", "closedDate": "datetime",
     "deadline": "datetime", "groupId": "int", "ufCrmTask": "list",
 }
+#: crm.activity.* rows: UPPER_CASE string values (D crm/timeline/activities/activity-base/crm-activity-list.md)
+ACTIVITY_TYPES: dict[str, str] = {
+    "ID": "int", "OWNER_ID": "int", "OWNER_TYPE_ID": "int", "TYPE_ID": "int", "PROVIDER_ID": "str",
+    "PROVIDER_TYPE_ID": "str", "PROVIDER_GROUP_ID": "str", "ASSOCIATED_ENTITY_ID": "int", "SUBJECT": "str",
+    "CREATED": "datetime", "LAST_UPDATED": "datetime", "START_TIME": "datetime", "END_TIME": "datetime",
+    "DEADLINE": "datetime", "COMPLETED": "flag", "STATUS": "int", "RESPONSIBLE_ID": "int", "PRIORITY": "int",
+    "NOTIFY_TYPE": "int", "NOTIFY_VALUE": "int", "DESCRIPTION": "str", "DESCRIPTION_TYPE": "int", "DIRECTION": "int",
+    "LOCATION": "str", "SETTINGS": "str", "ORIGINATOR_ID": "str", "ORIGIN_ID": "str", "AUTHOR_ID": "int",
+    "EDITOR_ID": "int", "PROVIDER_PARAMS": "str", "PROVIDER_DATA": "str", "RESULT_MARK": "int", "RESULT_VALUE": "float",
+    "RESULT_SUM": "float", "RESULT_CURRENCY_ID": "str", "RESULT_STATUS": "int", "RESULT_STREAM": "int",
+    "RESULT_SOURCE_ID": "str", "AUTOCOMPLETE_RULE": "int",
+}
 COMMENT_TYPES: dict[str, str] = {
     "ID": "int", "CREATED": "datetime", "ENTITY_ID": "int", "ENTITY_TYPE": "str", "AUTHOR_ID": "int", "COMMENT": "str",
 }
@@ -70,11 +82,10 @@ class PortalState:
         self.history = Table("stagehistory", types=dict(HISTORY_TYPES))
         self.tasks = Table("task", id_key="id", types=dict(TASK_TYPES), key_map=dict(TASK_KEYS), default_desc=True)
         self.comments = Table("timelinecomment", types=dict(COMMENT_TYPES), default_desc=True)
-        self.activities: dict[int, dict[str, Any]] = {}
+        self.activities = Table("activity", types=dict(ACTIVITY_TYPES))
         self.notifications: list[dict[str, Any]] = []
         self.planted: dict[int, list[str]] = {}
         self.on_deal_event: DealEventHook | None = None
-        self._next_activity = 1
         self._next_notification = 1
         # portal-clock times that let tests reason about sync overlap windows (count_modified_within)
         self._last_deal_list: float | None = None
@@ -260,12 +271,40 @@ class PortalState:
 
     # --- activities, comments, notifications ----------------------------------------------------
 
-    def add_activity(self, row: dict[str, Any]) -> int:
+    def add_todo(self, owner_type: int, owner_id: int, deadline: str, *, title: str = "", description: str = "",
+                 responsible_id: int, author_id: int) -> int:
+        """crm.activity.todo.add: a universal activity (PROVIDER_ID CRM_TODO) as crm.activity.list returns it.
+
+        `deadline` is a wire datetime. A to-do's START_TIME / END_TIME / DEADLINE all carry its deadline.
+        """
         with self.lock:
-            aid = self._next_activity
-            self._next_activity += 1
-            self.activities[aid] = dict(row, id=aid)
+            now_s = self.now_wire()
+            aid = self.activities.next_id()
+            self.activities.insert(aid, {
+                "ID": str(aid), "OWNER_ID": str(owner_id), "OWNER_TYPE_ID": str(owner_type), "TYPE_ID": "6",
+                "PROVIDER_ID": "CRM_TODO", "PROVIDER_TYPE_ID": "TODO", "PROVIDER_GROUP_ID": None,
+                "ASSOCIATED_ENTITY_ID": "0", "SUBJECT": title, "CREATED": now_s, "LAST_UPDATED": now_s,
+                "START_TIME": deadline, "END_TIME": deadline, "DEADLINE": deadline, "COMPLETED": "N", "STATUS": "1",
+                "RESPONSIBLE_ID": str(responsible_id), "PRIORITY": "2", "NOTIFY_TYPE": "0", "NOTIFY_VALUE": "0",
+                "DESCRIPTION": description, "DESCRIPTION_TYPE": "1", "DIRECTION": "0", "LOCATION": "",
+                "SETTINGS": [], "ORIGINATOR_ID": None, "ORIGIN_ID": None, "AUTHOR_ID": str(author_id),
+                "EDITOR_ID": str(author_id), "PROVIDER_PARAMS": [], "PROVIDER_DATA": None, "RESULT_MARK": "0",
+                "RESULT_VALUE": None, "RESULT_SUM": None, "RESULT_CURRENCY_ID": None, "RESULT_STATUS": "0",
+                "RESULT_STREAM": "0", "RESULT_SOURCE_ID": None, "AUTOCOMPLETE_RULE": "0",
+            })
             return aid
+
+    def complete_activity(self, activity_id: int, completed: bool = True, *, user_id: int = 1) -> None:
+        """A manager marks a to-do done (or reopens it): COMPLETED and STATUS change, LAST_UPDATED moves.
+
+        Raises KeyError when the activity does not exist.
+        """
+        with self.lock:
+            row = self.activities.rows.get(int(activity_id))
+            if row is None:
+                raise KeyError(activity_id)
+            row["COMPLETED"], row["STATUS"] = ("Y", "2") if completed else ("N", "1")
+            row["LAST_UPDATED"], row["EDITOR_ID"] = self.now_wire(), str(user_id)
 
     def add_comment(self, entity_type: str, entity_id: int, comment: str, author_id: int) -> int:
         with self.lock:
@@ -294,6 +333,12 @@ class PortalState:
         with self.lock:
             return [t for t in self.tasks.rows.values() if binding in (t.get("ufCrmTask") or [])]
 
+    def deal_todos(self, deal_id: int) -> list[dict[str, Any]]:
+        """CRM to-dos of a deal (OWNER_TYPE_ID 2, PROVIDER_ID CRM_TODO)."""
+        with self.lock:
+            return [a for a in self.activities.values()
+                    if a["OWNER_TYPE_ID"] == "2" and a["OWNER_ID"] == str(deal_id) and a["PROVIDER_ID"] == "CRM_TODO"]
+
     def deal_history(self, deal_id: int) -> list[dict[str, Any]]:
         with self.lock:
             return [h for h in self.history.rows.values() if h["OWNER_ID"] == deal_id]
@@ -307,13 +352,11 @@ class PortalState:
 
     _COUNTABLE = {"deals": "deals", "contacts": "contacts", "companies": "companies", "stage_history": "history",
                   "history": "history", "stagehistory": "history", "tasks": "tasks", "comments": "comments",
-                  "timeline_comments": "comments"}
+                  "timeline_comments": "comments", "activities": "activities"}
 
     def count(self, what: str) -> int:
         """Rows of a table by name: deals, contacts, companies, stage_history, tasks, comments, activities."""
         with self.lock:
-            if what == "activities":
-                return len(self.activities)
             return len(getattr(self, self._COUNTABLE[what]))
 
     def deal_task_ids(self) -> set[int]:

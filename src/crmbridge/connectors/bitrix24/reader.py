@@ -21,6 +21,13 @@ TASK_SELECT = [
     "ID", "TITLE", "STATUS", "RESPONSIBLE_ID", "CREATED_BY", "DEADLINE",
     "CREATED_DATE", "CHANGED_DATE", "CLOSED_DATE", "UF_CRM_TASK",
 ]
+#: fields of a CRM to-do kept in the cache (crm.activity.list answers UPPER_CASE strings)
+ACTIVITY_SELECT = [
+    "ID", "OWNER_TYPE_ID", "OWNER_ID", "TYPE_ID", "PROVIDER_ID", "PROVIDER_TYPE_ID", "SUBJECT", "COMPLETED",
+    "STATUS", "RESPONSIBLE_ID", "DEADLINE", "CREATED", "LAST_UPDATED",
+]
+#: crm.activity.list filter of the activities the regulation reads: to-dos (universal activities) of deals
+TODO_FILTER = {"OWNER_TYPE_ID": 2, "PROVIDER_ID": "CRM_TODO"}
 CONTACT_SELECT = ["ID", "NAME", "LAST_NAME", "SECOND_NAME", "COMPANY_ID", "PHONE", "EMAIL", "DATE_MODIFY"]
 COMPANY_SELECT = ["ID", "TITLE", "PHONE", "EMAIL", "DATE_MODIFY"]
 #: ids per `@ID` filter: one command reads up to a page (50) of contacts
@@ -112,6 +119,16 @@ class Bitrix24Reader:
         return self.client.iter_list_fast(
             "tasks.task.list", filter=task_filter, select=TASK_SELECT, id_field="ID", result_key="tasks"
         )
+
+    def iter_todos(self, *, after_id: int = 0, updated_since: str | None = None) -> Iterator[RawRecord]:
+        """The deals' CRM to-dos (ID ascending) after `after_id`, optionally only those updated since a portal time.
+
+        A stage task may be a to-do (R3 `kind: todo`); other activities (calls, e-mails) are not read.
+        """
+        todo_filter: dict[str, Any] = {">ID": after_id, **TODO_FILTER}
+        if updated_since:
+            todo_filter[">=LAST_UPDATED"] = updated_since
+        return self.client.iter_list_fast("crm.activity.list", filter=todo_filter, select=ACTIVITY_SELECT, id_field="ID")
 
     def iter_changed_clients(self, entity: str, *, modified_since: str) -> Iterator[RawRecord]:
         """Contacts or companies edited on their own (a phone added) since a portal time."""
