@@ -110,7 +110,7 @@ def run_b24pysdk(url: str) -> dict[str, Any]:
     call_method = importlib.import_module("b24pysdk.api.callers.call_method")
     call_method._MethodCaller._base_url = property(lambda self: f"http://{self._domain}/rest")
     parts = urlsplit(url)
-    _, _, user, code = parts.path.strip("/").split("/")[:4]
+    _, user, code = parts.path.strip("/").split("/")[:3]
     client = b24pysdk.Client(b24pysdk.BitrixWebhook(domain=parts.netloc, webhook_token=f"{user}/{code}"))
     started = time.monotonic()
     try:

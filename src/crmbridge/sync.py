@@ -50,6 +50,12 @@ class SyncSummary:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def add_tasks(self, count: int) -> None:
+        self.tasks_read += count
+
+    def add_todos(self, count: int) -> None:
+        self.todos_read += count
+
 
 def utc_now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
@@ -116,9 +122,14 @@ class Syncer:
                 self._full_deals(deals_state, portal_time, resuming, summary)
             else:
                 self._incremental_deals(deals_state, portal_time, summary)
-            self._sync_stage_history(full=mode == "full" and not resuming, summary=summary)
-            self._sync_tasks(mode == "full", portal_time, summary)
-            self._sync_todos(mode == "full", portal_time, summary)
+            full_lists = mode == "full"
+            self._drain([
+                self._stage_history_stream(full=full_lists and not resuming, summary=summary),
+                self._dated_stream("tasks", "tasks.task.list", full_lists, portal_time, self.reader.iter_tasks,
+                                   "changed_since", cache_rows.task_row, summary.add_tasks),
+                self._dated_stream("activities", "crm.activity.list", full_lists, portal_time, self.reader.iter_todos,
+                                   "updated_since", cache_rows.activity_row, summary.add_todos),
+            ])
         except BaseException:
             summary.http_requests = self.reader.client.requests_made - requests_before
             summary.seconds = round(self.monotonic() - started, 3)
@@ -226,68 +237,97 @@ class Syncer:
 
     # --- stage history, tasks and to-dos --------------------------------------------------------------
 
-    def _sync_stage_history(self, *, full: bool, summary: SyncSummary) -> None:
+    def _stage_history_stream(self, *, full: bool, summary: SyncSummary) -> _Stream:
         """Append-only on the portal: the last ID is a complete cursor, and a full sync re-reads from 0."""
         state = self.cache.sync_state("stage_history")
+        state.status, state.mode = "running", "full" if full else "incremental"
         after_id = 0 if full else (state.last_id or 0)
-        for chunk in chunks(self.reader.iter_stage_history(after_id=after_id)):
+
+        def write(chunk: list[RawRecord]) -> None:
             history_rows = [cache_rows.stage_history_row(raw) for raw in chunk]
             with self.cache.atomic():
                 self.cache.upsert("stage_history", history_rows)
                 state.last_id = max(r["id"] for r in history_rows)
-                state.status, state.mode = "running", "full" if full else "incremental"
                 self.cache.save_sync_state(state)
             summary.stage_history_read += len(history_rows)
-            self.progress("stage_history", len(history_rows))
-        state.status, state.finished_at = "done", self.now()
-        self.cache.save_sync_state(state)
 
-    def _sync_tasks(self, full: bool, portal_time: str, summary: SyncSummary) -> None:
-        state = self.cache.sync_state("tasks")
-        resuming = state.status == "running" and state.mode == "full"
-        if full or resuming or state.cursor is None:
-            if not resuming:
-                state = SyncState(entity="tasks", mode="full", status="running", cursor=state.cursor,
-                                  run_cursor=portal_time, last_id=0, started_at=self.now())
-            records = self.reader.iter_tasks(after_id=state.last_id or 0)
-        else:
-            state.run_cursor = portal_time
-            records = self.reader.iter_tasks(changed_since=minus_overlap(state.cursor, self.overlap))
-        for chunk in chunks(records):
-            # only tasks bound to a deal matter to the regulation (R3, R5, R11)
-            task_rows = [row for row in map(cache_rows.task_row, chunk) if row["deal_id"] is not None]
-            with self.cache.atomic():
-                self.cache.upsert("tasks", task_rows)
-                if state.mode == "full" and state.status == "running":
-                    state.last_id = max(cache_rows.as_int(raw.get("id", raw.get("ID"))) or 0 for raw in chunk)
-                    self.cache.save_sync_state(state)
-            summary.tasks_read += len(task_rows)
-            self.progress("tasks", len(chunk))
-        state.status, state.cursor, state.run_cursor = "done", state.run_cursor or portal_time, None
-        state.finished_at = self.now()
-        self.cache.save_sync_state(state)
+        def finish() -> None:
+            state.status, state.finished_at = "done", self.now()
+            self.cache.save_sync_state(state)
 
-    def _sync_todos(self, full: bool, portal_time: str, summary: SyncSummary) -> None:
-        """The deals' CRM to-dos, like tasks: a full run by ID with a resume point, else by LAST_UPDATED."""
-        state = self.cache.sync_state("activities")
+        return _Stream("stage_history", "crm.stagehistory.list",
+                       chunks(self.reader.iter_stage_history(after_id=after_id)), write, finish)
+
+    def _dated_stream(
+        self,
+        entity: str,
+        method: str,
+        full: bool,
+        portal_time: str,
+        read: Callable[..., Iterator[RawRecord]],
+        since_arg: str,
+        to_row: Callable[[RawRecord], dict[str, Any]],
+        count: Callable[[int], None],
+    ) -> _Stream:
+        """Tasks and to-dos: a full read by ID that resumes after a kill, else what changed since the cursor.
+
+        Only records bound to a deal are kept: the regulation judges deals (R3, R5, R11).
+        """
+        state = self.cache.sync_state(entity)
         resuming = state.status == "running" and state.mode == "full"
-        if full or resuming or state.cursor is None:
+        by_id = full or resuming or state.cursor is None
+        if by_id:
             if not resuming:
-                state = SyncState(entity="activities", mode="full", status="running", cursor=state.cursor,
+                state = SyncState(entity=entity, mode="full", status="running", cursor=state.cursor,
                                   run_cursor=portal_time, last_id=0, started_at=self.now())
-            records = self.reader.iter_todos(after_id=state.last_id or 0)
+                self.cache.save_sync_state(state)
+            records = read(after_id=state.last_id or 0)
         else:
-            state.run_cursor = portal_time
-            records = self.reader.iter_todos(updated_since=minus_overlap(state.cursor, self.overlap))
-        for chunk in chunks(records):
-            todo_rows = [row for row in map(cache_rows.activity_row, chunk) if row["deal_id"] is not None]
+            state.mode, state.run_cursor = "incremental", portal_time
+            records = read(**{since_arg: minus_overlap(state.cursor or portal_time, self.overlap)})
+
+        def write(chunk: list[RawRecord]) -> None:
+            rows = [to_row(raw) for raw in chunk]
             with self.cache.atomic():
-                self.cache.upsert("activities", todo_rows)
-                if state.mode == "full" and state.status == "running":
-                    state.last_id = max(cache_rows.as_int(raw.get("ID")) or 0 for raw in chunk)
+                self.cache.upsert(entity, [row for row in rows if row["deal_id"] is not None])
+                if by_id:
+                    state.last_id = max(row["id"] or 0 for row in rows)
                     self.cache.save_sync_state(state)
-            summary.todos_read += len(todo_rows)
-            self.progress("todos", len(chunk))
-        state.status, state.cursor, state.run_cursor = "done", state.run_cursor or portal_time, None
-        state.finished_at = self.now()
-        self.cache.save_sync_state(state)
+            count(sum(1 for row in rows if row["deal_id"] is not None))
+
+        def finish() -> None:
+            state.status, state.cursor, state.run_cursor = "done", state.run_cursor or portal_time, None
+            state.finished_at = self.now()
+            self.cache.save_sync_state(state)
+
+        return _Stream(entity, method, chunks(records), write, finish)
+
+    def _drain(self, streams: list[_Stream]) -> None:
+        """Read several lists, switching to another while one method waits for its operating budget.
+
+        Each method has its own 10-minute budget on the portal, so on a big portal the stage history
+        can wait for its budget while the tasks use theirs: the sync's floor is the slowest method,
+        not the sum of them.
+        """
+        active = list(streams)
+        while active:
+            # the first stream whose method may go now; if all must wait, the one that waits least
+            stream = min(active, key=lambda candidate: self.reader.client.operating_wait(candidate.method))
+            chunk = next(stream.chunks, None)
+            if chunk is None:
+                stream.finish()
+                active.remove(stream)
+                continue
+            stream.write(chunk)
+            self.progress(stream.entity, len(chunk))
+
+
+@dataclass
+class _Stream:
+    """One list being synced chunk by chunk: where its rows go and how its cursor is closed."""
+
+    entity: str
+    method: str  # the REST method whose operating budget it spends
+    chunks: Iterator[list[RawRecord]]
+    write: Callable[[list[RawRecord]], None]
+    finish: Callable[[], None]

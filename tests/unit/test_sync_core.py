@@ -17,3 +17,31 @@ def test_chunks_cover_every_record_once() -> None:
     sizes = [len(chunk) for chunk in chunks(records, 2500)]
     assert sizes == [2500, 2500, 1001]
     assert list(chunks([], 2500)) == []
+
+
+def test_a_method_waiting_for_its_budget_lets_the_other_lists_go_first() -> None:
+    from types import SimpleNamespace
+
+    from crmbridge.sync import Syncer, _Stream
+
+    waits = {"crm.stagehistory.list": 0.0, "tasks.task.list": 0.0}
+    order: list[str] = []
+
+    def stream(entity: str, method: str, pieces: int, budget_spent_after: int | None) -> _Stream:
+        def write(chunk: list[dict[str, str]]) -> None:
+            order.append(entity)
+            if budget_spent_after is not None and order.count(entity) == budget_spent_after:
+                waits[method] = 300.0  # the portal reported this method near its 10-minute budget
+
+        return _Stream(entity, method, iter([[{"ID": str(i)}] for i in range(pieces)]), write,
+                       lambda: order.append(f"{entity} done"))
+
+    client = SimpleNamespace(operating_wait=lambda method: waits[method], requests_made=0)
+    syncer = Syncer(SimpleNamespace(client=client), cache=lambda: None)  # type: ignore[arg-type]
+    syncer._drain([
+        stream("stage_history", "crm.stagehistory.list", 4, budget_spent_after=2),
+        stream("tasks", "tasks.task.list", 3, budget_spent_after=None),
+    ])
+    # history runs until its budget is spent, tasks use theirs meanwhile, then history finishes
+    assert order == ["stage_history", "stage_history", "tasks", "tasks", "tasks", "tasks done",
+                     "stage_history", "stage_history", "stage_history done"]

@@ -14,7 +14,7 @@ from crmbridge.commands import common
 from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
 from crmbridge.sync import ProgressCallback, Syncer, SyncSummary
 
-ENTITY_LABELS = {"deals": "deals", "stage_history": "stage history", "tasks": "tasks", "todos": "to-dos"}
+ENTITY_LABELS = {"deals": "deals", "stage_history": "stage history", "tasks": "tasks", "activities": "to-dos"}
 
 
 @contextmanager

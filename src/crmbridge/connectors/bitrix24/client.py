@@ -157,6 +157,10 @@ class Bitrix24Client:
         self.retries = 0
 
     # -- metrics and lifecycle ---------------------------------------------------------------------
+    def operating_wait(self, method: str) -> float:
+        """Seconds a call of `method` would now wait for its operating budget; lets a caller do other work first."""
+        return self.limiter.operating_wait(method)
+
     def operating_seconds(self) -> dict[str, float]:
         """Latest operating seconds the portal reported per method."""
         return self.limiter.operating_seconds()

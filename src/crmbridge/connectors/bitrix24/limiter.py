@@ -138,15 +138,22 @@ class Limiter:
         """Latest operating seconds per method, as last reported by the portal."""
         return {method: state.operating for method, state in self._operating.items()}
 
-    def _wait_for_operating(self, method: str) -> None:
+    def operating_wait(self, method: str) -> float:
+        """Seconds a call of `method` would now wait for its operating budget (0 when it may go)."""
         state = self._operating.get(method)
         if state is None or state.operating < self.operating_threshold * self.operating_limit:
-            return
+            return 0.0
         remaining = state.reset_at - self._wall()
         if remaining <= 0:
             # The oldest basket has expired; how much that freed only the next answer will tell.
+            return 0.0
+        return min(remaining + self.reset_pad, self.max_operating_wait)
+
+    def _wait_for_operating(self, method: str) -> None:
+        delay = self.operating_wait(method)
+        if delay <= 0:
             return
-        delay = min(remaining + self.reset_pad, self.max_operating_wait)
+        state = self._operating[method]
         log.info(
             "bitrix24 limiter: %s has used %.0f of %.0f operating seconds; pausing %.0f s until its budget resets",
             method,
