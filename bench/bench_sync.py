@@ -7,10 +7,12 @@ list), wall time, operating seconds consumed, rows/s, peak RSS, and the same job
 done by fast_bitrix24's get_all and by b24pysdk's as_list_fast, as ratios.
 
     .venv/bin/python bench/bench_sync.py --deals 50000
-    .venv/bin/python bench/bench_sync.py --deals 500000 --window-seconds 60 --only crmbridge
+    .venv/bin/python bench/bench_sync.py --deals 500000 --time-scale 0.1 --jobs crmbridge-deals
 
-`--window-seconds` shrinks the operating-time window (and its budget in proportion) so that pacing
-across windows can be watched in minutes instead of half an hour.
+`--time-scale K` multiplies the operating-time window (600 s), its budget (480 s) and every simulated
+cost by K: the same pacing problem, watched in K times the real time (a 500,000-deal portal needs
+about 30 minutes of real time at K = 1, whatever the client does: 1,500 s of method time at
+480 s per 600 s).
 """
 
 from __future__ import annotations
@@ -114,11 +116,14 @@ def run_b24pysdk(url: str) -> dict[str, Any]:
     client = b24pysdk.Client(b24pysdk.BitrixWebhook(domain=parts.netloc, webhook_token=f"{user}/{code}"))
     started = time.monotonic()
     try:
-        rows = len(client.crm.deal.list(select=["*", "UF_*"]).as_list_fast().result)
+        rows = sum(1 for _ in client.crm.deal.list(select=["*", "UF_*"]).as_list_fast().result)
         error = None
     except Exception as exc:
         rows, error = 0, f"{type(exc).__name__}: {exc}"[:200]
     return {"rows": rows, "seconds": time.monotonic() - started, "error": error}
+
+
+JOBS = ["crmbridge-deals", "crmbridge", "fast_bitrix24", "b24pysdk"]
 
 
 def main() -> None:
@@ -127,22 +132,25 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2.0)
     parser.add_argument("--burst", type=int, default=50)
     parser.add_argument("--latency-ms", type=int, default=100)
-    parser.add_argument("--window-seconds", type=float, default=600.0)
-    parser.add_argument("--only", choices=["crmbridge", "crmbridge-deals", "fast_bitrix24", "b24pysdk"])
+    parser.add_argument("--time-scale", type=float, default=1.0)
+    parser.add_argument("--jobs", nargs="+", choices=JOBS, default=JOBS)
+    parser.add_argument("--only", choices=JOBS, help=argparse.SUPPRESS)  # one job, in a child process
     args = parser.parse_args()
-    args.operating_limit = 480.0 * args.window_seconds / 600.0
+    args.window_seconds = 600.0 * args.time_scale
+    args.operating_limit = 480.0 * args.time_scale
     portal_options = dict(
         deals=args.deals, seed=1, latency_ms=args.latency_ms, rate=args.rate, burst=args.burst,
         operating_limit=args.operating_limit, window_seconds=args.window_seconds,
-        count_cost_per_row=49.9 / 2_387_743, limits=True,
+        count_cost_per_row=49.9 / 2_387_743 * args.time_scale, page_cost=0.05 * args.time_scale,
+        row_cost=0.002 * args.time_scale, limits=True,
     )
     if not args.only:
         # each job in its own process, so peak RSS is that job's alone
         results = {}
-        for job in ["crmbridge-deals", "crmbridge", "fast_bitrix24", "b24pysdk"]:
+        for job in args.jobs:
             command = [sys.executable, __file__, "--only", job] + [
                 f"--deals={args.deals}", f"--rate={args.rate}", f"--burst={args.burst}",
-                f"--latency-ms={args.latency_ms}", f"--window-seconds={args.window_seconds}",
+                f"--latency-ms={args.latency_ms}", f"--time-scale={args.time_scale}",
             ]
             output = subprocess.run(command, capture_output=True, text=True, check=False)
             lines = [line for line in output.stdout.splitlines() if line.startswith("{")]
