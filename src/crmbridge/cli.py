@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sqlite3
 import sys
 
 import typer
 
 from crmbridge import __version__
 from crmbridge.commands import common
+from crmbridge.connectors.bitrix24.transport import redact
 from crmbridge.errors import ConfigError, CrmBridgeError, MappingError
 
 app = typer.Typer(
@@ -47,6 +49,17 @@ def root(
         level=logging.DEBUG if debug else logging.ERROR,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        # libraries log request lines with the webhook path (urllib3 at DEBUG): its code is a password
+        handler.addFilter(RedactSecrets())
+
+
+class RedactSecrets(logging.Filter):
+    """Rewrites every log record with webhook codes and tokens replaced by ***."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact(record.getMessage()), None
+        return True
 
 
 for _module in COMMAND_MODULES:
@@ -60,7 +73,7 @@ for _module in COMMAND_MODULES:
 def main() -> None:
     """Console-script entry point: exit 0 on success, 1 on a CRM or cache error, 2 on a config/mapping error."""
     try:
-        app(standalone_mode=False)
+        result = app(standalone_mode=False)
     except CrmBridgeError as exc:
         if common.state.debug:
             raise
@@ -77,13 +90,22 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except typer.Abort:
         sys.exit(1)
-    except Exception as exc:  # click usage errors come through here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except (OSError, sqlite3.Error) as exc:
+        # a cache path that cannot be created, a full disk, a locked database: one line, not a traceback
+        if common.state.debug:
+            raise
+        where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        sys.stderr.write(f"crmbridge: error: {reason}{where} (check CRMBRIDGE_CACHE_PATH and the file's permissions)\n")
+        sys.exit(1)
+    except Exception as exc:
+        # usage errors (unknown command or option, bad value): Typer bundles its own click, so match by shape
+        if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    if isinstance(result, int) and result:
+        sys.exit(result)
 
 
 if __name__ == "__main__":

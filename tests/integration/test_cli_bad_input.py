@@ -126,3 +126,34 @@ def test_sync_json_summary(tmp_path: Path, portal: SandboxPortal) -> None:
     assert summary["deals_read"] == 50
     assert summary["http_requests"] > 0
     assert portal.webhook_url.split("/")[-2] not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["status"], "No such command 'status'"),
+        (["log", "--deal", "abc"], "Invalid value for '--deal'"),
+        (["sync", "--bogus"], "No such option: --bogus"),
+    ],
+)
+def test_usage_errors_are_a_usage_message_not_a_traceback(tmp_path: Path, args: list[str], expected: str) -> None:
+    result = run_cli(tmp_path, *args)
+    assert result.returncode == 2
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unusable_cache_path_is_one_line(tmp_path: Path, portal: SandboxPortal) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where a folder should be")
+    result = run_cli(tmp_path, "sync", CRMBRIDGE_BITRIX24_WEBHOOK_URL=portal.webhook_url,
+                     CRMBRIDGE_CACHE_PATH=str(blocker / "cache.db"))
+    assert result.returncode == 1
+    assert "CRMBRIDGE_CACHE_PATH" in one_line(result)
+
+
+def test_debug_logs_never_show_the_webhook_code(tmp_path: Path, portal: SandboxPortal) -> None:
+    result = run_cli(tmp_path, "--debug", "sync", CRMBRIDGE_BITRIX24_WEBHOOK_URL=portal.webhook_url)
+    assert result.returncode == 0, result.stderr
+    assert "/rest/1/***/" in result.stderr  # urllib3 logged its request lines, redacted
+    assert portal.webhook_code not in result.stderr + result.stdout

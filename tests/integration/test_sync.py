@@ -165,3 +165,29 @@ def test_contact_edited_alone_is_picked_up_incrementally(make_portal: Any, cache
     assert summary.mode == "incremental" and summary.deals_changed == 0
     row = cache.query("SELECT has_phone, raw FROM contacts WHERE id = ?", [contact_id])[0]
     assert row["has_phone"] == 1 and "+7 900 000-00-01" in row["raw"]
+
+
+def test_full_sync_rereads_clients_edited_long_ago(make_portal: Any, cache: Cache) -> None:
+    portal = make_portal(deals=300, seed=9)
+    make_syncer(portal, cache).run()
+    contact_id = cache.query("SELECT contact_id FROM deals WHERE contact_id IS NOT NULL LIMIT 1")[0]["contact_id"]
+    with portal.state.lock:  # edited long before the next sync: outside any overlap window
+        portal.state.contacts.rows[contact_id]["EMAIL"] = [{"ID": "990002", "VALUE_TYPE": "WORK", "VALUE": "new@example.ru", "TYPE_ID": "EMAIL"}]
+        portal.state.contacts.rows[contact_id]["DATE_MODIFY"] = "2020-01-01T00:00:00+03:00"
+    make_syncer(portal, cache).run(full=True)
+    assert cache.query("SELECT has_email FROM contacts WHERE id = ?", [contact_id]) == [{"has_email": 1}]
+
+
+def test_tasks_deleted_or_unbound_on_the_portal_leave_the_cache(make_portal: Any, cache: Cache) -> None:
+    portal = make_portal(deals=300, seed=12)
+    make_syncer(portal, cache).run()
+    deleted, unbound = [row["id"] for row in cache.query("SELECT id FROM tasks ORDER BY id LIMIT 2")]
+    portal.state.update_task(unbound, {"UF_CRM_TASK": []})  # as tasks.task.update would
+    with portal.state.lock:
+        portal.state.tasks.delete(deleted)
+    make_syncer(portal, cache).run()  # incremental: the unbound task changed, so it is read and dropped
+    assert cache.count("tasks", "id = ?", [unbound]) == 0
+    assert cache.count("tasks", "id = ?", [deleted]) == 1  # a deletion is not a change an incremental read sees
+    make_syncer(portal, cache).run(full=True)
+    assert cache.count("tasks", "id = ?", [deleted]) == 0
+    assert {row["id"] for row in cache.query("SELECT id FROM tasks")} == portal.state.deal_task_ids()

@@ -132,3 +132,17 @@ def test_discover_on_a_fresh_install_starts_from_the_default_regulation(monkeypa
     assert code == 0 and "wrote the default regulation" in out
     assert (tmp_path / "regulation.yaml").exists() and (tmp_path / "regulation.schema.json").exists()
     assert "0 `todo` left" in out and (tmp_path / "bitrix24.draft.yaml").exists()
+
+
+def test_discover_never_overwrites_an_admins_file_without_force(monkeypatch, capsys, cache_file, tmp_path) -> None:
+    precious = tmp_path / "regulation-copy.yaml"
+    precious.write_text("# the admin's own work\n", encoding="utf-8")
+    code, _, err = crmbridge(monkeypatch, capsys, cache_file, "discover", "--out", str(precious), "--cache-only")
+    assert code == 1 and "does not overwrite" in err
+    assert precious.read_text(encoding="utf-8") == "# the admin's own work\n"
+    code, _, _ = crmbridge(monkeypatch, capsys, cache_file, "discover", "--out", str(precious), "--cache-only", "--force")
+    assert code == 0 and "C1:WON: won" in precious.read_text(encoding="utf-8")
+    # its own draft is rewritten freely, run after run
+    for _ in range(2):
+        code, _, _ = crmbridge(monkeypatch, capsys, cache_file, "discover", "--cache-only", mappings=tmp_path)
+        assert code == 0 and (tmp_path / "bitrix24.draft.yaml").exists()

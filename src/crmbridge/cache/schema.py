@@ -214,6 +214,11 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX activities_deal ON activities(deal_id);
     """,
+    # 5: tasks and to-dos deleted or unbound on the portal leave the cache (a stale task would satisfy R3).
+    """
+    ALTER TABLE tasks ADD COLUMN synced_at TEXT;       -- when crmbridge last saw it on the portal (UTC)
+    ALTER TABLE activities ADD COLUMN synced_at TEXT;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -101,6 +101,18 @@ class Cache:
                     changed.add(key)
         return changed
 
+    def delete_ids(self, table: str, ids: list[Any]) -> None:
+        pk = PRIMARY_KEYS[table]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            self.db.execute(f"DELETE FROM {table} WHERE {pk} IN ({','.join('?' * len(chunk))})", chunk)
+
+    def delete_not_synced_since(self, table: str, since: str) -> int:
+        """After a full read of tasks or to-dos: rows it did not see are gone from the portal."""
+        return self.db.execute(
+            f"DELETE FROM {table} WHERE synced_at IS NULL OR synced_at < ?", [since]
+        ).rowcount
+
     def mark_deleted_deals(self, not_synced_since: str) -> int:
         """After a full sync: deals the run did not see are gone from the portal."""
         cursor = self.db.execute(

@@ -11,7 +11,7 @@ from rich.console import Console
 from crmbridge.cache.store import Cache, open_cache
 from crmbridge.config import Settings, load_settings
 from crmbridge.connectors.bitrix24.client import Bitrix24Client, validate_webhook_url
-from crmbridge.errors import ConfigError
+from crmbridge.errors import CacheError, ConfigError
 
 console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -49,6 +49,16 @@ def client_from(settings: Settings, webhook_url: str | None = None) -> Bitrix24C
 
 
 def cache_from(settings: Settings) -> Cache:
+    return open_cache(settings.cache_path)
+
+
+def existing_cache(settings: Settings) -> Cache:
+    """The cache for commands that only read it: a missing file is a clear error, never a new empty one."""
+    if str(settings.cache_path) != ":memory:" and not settings.cache_path.exists():
+        raise CacheError(
+            f"there is no cache at {settings.cache_path}",
+            hint="run `crmbridge sync` first, or point CRMBRIDGE_CACHE_PATH at the file sync writes",
+        )
     return open_cache(settings.cache_path)
 
 

@@ -68,11 +68,13 @@ def _mappings(directory: Path | None) -> Mappings:
 def _snapshot(cache_only: bool) -> tuple[PortalSnapshot, str]:
     """The portal's structure from the cache when it has it, else from the API."""
     settings = common.settings()
-    cache = common.cache_from(settings)
-    try:
-        snapshot = PortalSnapshot.from_cache(cache)
-    finally:
-        cache.close()
+    snapshot = PortalSnapshot()
+    if settings.cache_path.exists():
+        cache = common.existing_cache(settings)
+        try:
+            snapshot = PortalSnapshot.from_cache(cache)
+        finally:
+            cache.close()
     if not snapshot.empty:
         return snapshot, f"cache {settings.cache_path}"
     if cache_only:
@@ -130,7 +132,7 @@ def register(app: typer.Typer) -> None:
             report["live"] = source
         if impact_:
             settings = common.settings()
-            cache = common.cache_from(settings)
+            cache = common.existing_cache(settings)
             try:
                 deals = load_deals(cache, DealMapper(mappings.regulation, mappings.binding))
             finally:
@@ -157,6 +159,7 @@ def register(app: typer.Typer) -> None:
     def discover(
         out: Path = typer.Option(None, "--out", help="Where to write the draft (default: <mappings>/bitrix24.draft.yaml)."),
         cache_only: bool = typer.Option(False, "--cache-only", help="Read the portal's structure only from the cache."),
+        force: bool = typer.Option(False, "--force", help="Overwrite an existing --out file."),
     ) -> None:
         """Read the portal's pipelines, stages, fields and users and write a draft binding."""
         settings = common.settings()
@@ -171,10 +174,12 @@ def register(app: typer.Typer) -> None:
             common.console.print(f"wrote the default regulation to {regulation_path}; edit it to match yours")
         regulation = load_regulation(regulation_path)
         snapshot, source = _snapshot(cache_only)
-        target = out or settings.mappings_dir / BINDING_FILE.replace(".yaml", ".draft.yaml")
-        if target.exists() and target.name == BINDING_FILE:
-            raise CrmBridgeError(f"{target} exists; discover does not overwrite a binding",
-                                 hint="pass --out with another file name and merge by hand")
+        default_target = settings.mappings_dir / BINDING_FILE.replace(".yaml", ".draft.yaml")
+        target = out or default_target
+        # only its own draft is rewritten: any other existing file may be the admin's work
+        if target.exists() and target.resolve() != default_target.resolve() and not force:
+            raise CrmBridgeError(f"{target} exists; discover does not overwrite it",
+                                 hint="pass --out with a new file name (or --force), then merge by hand")
         text = draft_binding(regulation, snapshot)
         target.write_text(text, encoding="utf-8")
         todo = todo_left(text)
@@ -192,7 +197,7 @@ def register(app: typer.Typer) -> None:
         """Evaluate cached deals: open violations by rule and by manager, or one deal explained."""
         mappings = _mappings(mappings_dir)
         settings = common.settings()
-        cache = common.cache_from(settings)
+        cache = common.existing_cache(settings)
         now = datetime.now(timezone.utc)
         try:
             if deal is not None:

@@ -16,14 +16,17 @@ NOT_APPLICABLE = None
 TASK_TOLERANCE = timedelta(minutes=5)
 
 
-_last_run: list[Any] = [None, ()]
+#: (deal, its run): one tuple, replaced whole, so a reader never pairs one deal with another's run
+_last_run: tuple[Deal | None, tuple[StageEntry, ...]] = (None, ())
 
 
 def current_run(deal: Deal) -> tuple[StageEntry, ...]:
     """The deal's stage entries since it last came into its current direction (oldest first)."""
-    if _last_run[0] is deal:
+    global _last_run
+    remembered_deal, remembered_run = _last_run
+    if remembered_deal is deal:
         # several rules of one deal ask in a row; Deals are immutable, so the answer cannot go stale
-        return _last_run[1]
+        return remembered_run
     history = deal.history
     start = len(history)
     while start > 0 and history[start - 1].direction == deal.direction:
@@ -31,7 +34,7 @@ def current_run(deal: Deal) -> tuple[StageEntry, ...]:
         if history[start].kind is EntryKind.PIPELINE_CHANGED:
             break
     run = history[start:]
-    _last_run[0], _last_run[1] = deal, run
+    _last_run = (deal, run)
     return run
 
 
