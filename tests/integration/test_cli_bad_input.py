@@ -157,3 +157,12 @@ def test_debug_logs_never_show_the_webhook_code(tmp_path: Path, portal: SandboxP
     assert result.returncode == 0, result.stderr
     assert "/rest/1/***/" in result.stderr  # urllib3 logged its request lines, redacted
     assert portal.webhook_code not in result.stderr + result.stdout
+
+
+def test_check_live_against_the_api_leaves_no_cache_behind(tmp_path: Path, portal: SandboxPortal) -> None:
+    mappings = Path(__file__).resolve().parents[2] / "mappings"
+    result = run_cli(tmp_path, "check", "--live", CRMBRIDGE_BITRIX24_WEBHOOK_URL=portal.webhook_url,
+                     CRMBRIDGE_MAPPINGS_DIR=str(mappings))
+    assert result.returncode == 0, result.stderr
+    assert "checked against the portal's API" in " ".join(result.stdout.split())
+    assert not (tmp_path / "cache.db").exists()

@@ -12,11 +12,12 @@ from typing import Any, Sequence
 import typer
 from rich.table import Table
 
+from crmbridge.cache import rows
 from crmbridge.cache.store import Cache
 from crmbridge.commands import common
 from crmbridge.errors import CrmBridgeError, MappingError
 from crmbridge.mapping.binding import DealMapper
-from crmbridge.mapping.cached import load_deals, paused_gc, record_violations
+from crmbridge.mapping.cached import load_deals, paused_gc, portal_snapshot, record_violations
 from crmbridge.mapping.discover import draft_binding, todo_left
 from crmbridge.mapping.load import BINDING_FILE, Mappings, load_mappings, load_regulation
 from crmbridge.mapping.portal import PortalSnapshot, lint_live
@@ -72,7 +73,7 @@ def _snapshot(cache_only: bool) -> tuple[PortalSnapshot, str]:
     if settings.cache_path.exists():
         cache = common.existing_cache(settings)
         try:
-            snapshot = PortalSnapshot.from_cache(cache)
+            snapshot = portal_snapshot(cache)
         finally:
             cache.close()
     if not snapshot.empty:
@@ -83,7 +84,15 @@ def _snapshot(cache_only: bool) -> tuple[PortalSnapshot, str]:
     from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
 
     reader = Bitrix24Reader(common.client_from(settings))
-    return PortalSnapshot.from_reference(reader.reference_data()), "the portal's API"
+    reference = reader.reference_data()
+    # the API's records go through the same conversions a sync would cache them with
+    snapshot = PortalSnapshot.from_rows(
+        map(rows.pipeline_row, reference.pipelines),
+        [rows.stage_row(raw, category) for category, stages in reference.stages.items() for raw in stages],
+        map(rows.deal_field_row, reference.deal_fields),
+        map(rows.user_row, reference.users),
+    )
+    return snapshot, "the portal's API"
 
 
 def _user_names(cache: Cache) -> dict[str, str]:

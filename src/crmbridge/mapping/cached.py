@@ -10,6 +10,7 @@ from typing import Any, Iterable, Iterator
 
 from crmbridge.cache.store import Cache
 from crmbridge.mapping.binding import DealMapper
+from crmbridge.mapping.portal import PortalSnapshot
 from crmbridge.model import Deal, Violation
 from crmbridge.regulation.ledger import LedgerChanges, reconcile
 
@@ -107,3 +108,13 @@ def record_violations(cache: Cache, found: Iterable[Violation], now_iso: str,
             cache.db.execute(f"UPDATE violations SET resolved = ? WHERE id IN ({','.join('?' * len(chunk))})",
                              [now_iso, *chunk])
     return changes
+
+
+def portal_snapshot(cache: Cache) -> PortalSnapshot:
+    """The portal's structure as the last sync cached it."""
+    return PortalSnapshot.from_rows(
+        cache.query("SELECT id, name, sort FROM pipelines"),
+        cache.query("SELECT status_id, category_id, name, sort, semantics FROM stages"),
+        cache.query("SELECT field_name, user_type_id, label, options FROM deal_fields"),
+        cache.query("SELECT id, name, last_name, active, departments FROM users"),
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from ruamel.yaml import YAML
 
@@ -48,45 +48,29 @@ class PortalSnapshot:
     users: dict[str, tuple[str, bool, tuple[str, ...]]] = field(default_factory=dict)  # id -> (name, active, departments)
 
     @classmethod
-    def from_cache(cls, cache: Any) -> "PortalSnapshot":
+    def from_rows(
+        cls,
+        pipelines: Iterable[Mapping[str, Any]],
+        stages: Iterable[Mapping[str, Any]],
+        deal_fields: Iterable[Mapping[str, Any]],
+        users: Iterable[Mapping[str, Any]],
+    ) -> "PortalSnapshot":
+        """From rows shaped like the cache's tables, whether read from the cache or converted from the API."""
         snapshot = cls()
-        for row in cache.query("SELECT id, name FROM pipelines ORDER BY sort, id"):
+        for row in sorted(pipelines, key=lambda r: (r.get("sort") or 0, r["id"])):
             snapshot.pipelines[str(row["id"])] = row["name"] or ""
-        for row in cache.query("SELECT status_id, category_id, name, semantics FROM stages ORDER BY category_id, sort"):
+        for row in sorted(stages, key=lambda r: (r.get("category_id") or 0, r.get("sort") or 0)):
             snapshot.stages.setdefault(str(row["category_id"] or 0), {})[row["status_id"]] = (row["name"] or "", row["semantics"] or "P")
         for category in snapshot.stages:
             snapshot.pipelines.setdefault(category, "")
-        for row in cache.query("SELECT field_name, user_type_id, label, options FROM deal_fields"):
+        for row in deal_fields:
             options = {str(item.get("ID")): str(item.get("VALUE") or "") for item in json.loads(row["options"] or "[]")
                        if isinstance(item, dict)}
             snapshot.fields[row["field_name"]] = PortalField(row["field_name"], row["user_type_id"] or "", row["label"] or "", options)
-        for row in cache.query("SELECT id, name, last_name, active, departments FROM users"):
+        for row in users:
             name = " ".join(part for part in (row["name"], row["last_name"]) if part)
             departments = tuple(str(item) for item in json.loads(row["departments"] or "[]"))
             snapshot.users[str(row["id"])] = (name, bool(row["active"]), departments)
-        return snapshot
-
-    @classmethod
-    def from_reference(cls, reference: Any) -> "PortalSnapshot":
-        """From `Bitrix24Reader.reference_data()` (the API)."""
-        snapshot = cls()
-        for pipeline in reference.pipelines:
-            snapshot.pipelines[str(pipeline.get("id", pipeline.get("ID")))] = str(pipeline.get("name", pipeline.get("NAME")) or "")
-        for category, rows in reference.stages.items():
-            snapshot.pipelines.setdefault(str(category), "")
-            for row in rows:
-                semantics = str((row.get("EXTRA") or {}).get("SEMANTICS") or row.get("SEMANTICS") or "P")[:1].upper()
-                snapshot.stages.setdefault(str(category), {})[str(row.get("STATUS_ID"))] = (str(row.get("NAME") or ""), semantics)
-        for row in reference.deal_fields:
-            label = row.get("EDIT_FORM_LABEL") or row.get("LIST_COLUMN_LABEL") or ""
-            if isinstance(label, dict):
-                label = label.get("ru") or next(iter(label.values()), "")
-            options = {str(item.get("ID")): str(item.get("VALUE") or "") for item in row.get("LIST") or () if isinstance(item, dict)}
-            snapshot.fields[str(row.get("FIELD_NAME"))] = PortalField(str(row.get("FIELD_NAME")), str(row.get("USER_TYPE_ID") or ""), str(label), options)
-        for row in reference.users:
-            name = " ".join(str(part) for part in (row.get("NAME"), row.get("LAST_NAME")) if part)
-            active = row.get("ACTIVE") in (True, "Y", "true", 1, "1")
-            snapshot.users[str(row.get("ID"))] = (name, active, tuple(str(item) for item in row.get("UF_DEPARTMENT") or ()))
         return snapshot
 
     @property
