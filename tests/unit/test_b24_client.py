@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 import pytest
+from fake_clock import WALL0, FakeClock
 import requests
 import responses
 
@@ -31,31 +32,12 @@ from crmbridge.errors import (
 
 SECRET = "s3cretcode"
 BASE = f"https://portal.example.com/rest/1/{SECRET}/"
-WALL0 = 1_700_000_000.0
 Headers = dict[str, str]
 Reply = tuple[int, Headers, str]
 
 
 def url(method: str) -> str:
     return f"{BASE}{method}.json"
-
-
-class FakeClock:
-    """Monotonic and wall clocks that only move when the client sleeps."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def wall(self) -> float:
-        return WALL0 + self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.t += seconds
 
 
 @pytest.fixture
