@@ -111,6 +111,7 @@ def test_every_action_type_lands_in_the_portal_with_the_right_fields(make_portal
     assert {row["kind"] for row in rows} == {kind.value for kind in ActionKind} - {ActionKind.CREATE_TODO.value}
     state = portal.state
     teams = {member for team in mappings.binding.teams.values() for member in team.members}
+    probabilities_set = 0
     for row in rows:
         payload, ids = json.loads(row["payload"]), json.loads(row["crm_ids"])
         deal = state.deals.rows[row["deal_id"]]
@@ -131,7 +132,12 @@ def test_every_action_type_lands_in_the_portal_with_the_right_fields(make_portal
             target = payload["fields"]["STAGE_ID"]
             history = state.deal_history(row["deal_id"])
             assert target in [entry["STAGE_ID"] for entry in history[-3:]]  # the move back is in the history
-            assert int(deal["PROBABILITY"]) >= 0
+            # R4 is enforced: the move back sets the regulation's probability of the stage it goes back to
+            expected = stage_probability(mappings, deal["CATEGORY_ID"], target)
+            assert payload["fields"].get("PROBABILITY") == expected, row["idempotency_key"]
+            if expected is not None:
+                assert int(deal["PROBABILITY"]) == expected, row["idempotency_key"]
+                probabilities_set += 1
         elif row["kind"] == "reassign":
             assert deal["ASSIGNED_BY_ID"] == str(payload["fields"]["ASSIGNED_BY_ID"])
             assert deal["ASSIGNED_BY_ID"] in teams and deal["ASSIGNED_BY_ID"] != "9"  # 9 is the fired manager
@@ -140,6 +146,15 @@ def test_every_action_type_lands_in_the_portal_with_the_right_fields(make_portal
                 if name != "STAGE_ID" or not _moved_later(cache, row):
                     assert same_value(deal.get(name), value), (row["idempotency_key"], name, deal.get(name), value)
     assert state.deals.rows[lead]["ASSIGNED_BY_ID"] in ("7", "8")  # round robin in the B2C team, not 6 again
+    assert probabilities_set > 0
+
+
+def stage_probability(mappings: Mappings, category: Any, crm_stage: str) -> int | None:
+    """The regulation's probability of the stage a CRM stage is bound to; None for a final stage (not set by a revert)."""
+    pipeline = mappings.binding.pipelines[str(category)]
+    stage = pipeline.stages.get(crm_stage)
+    direction = mappings.regulation.directions[pipeline.direction]
+    return next((spec.probability for spec in direction.stages if spec.id == stage), None)
 
 
 def _moved_later(cache: Cache, row: dict[str, Any]) -> bool:
@@ -206,6 +221,55 @@ def test_a_run_killed_after_n_actions_resumes_without_duplicates(make_portal, ca
     assert_each_lands_once(portal, cache)
     again = run(fast_client(portal), cache, mappings, SETTLING)
     assert again.execution is not None and again.execution.sent == 0
+
+
+class FailingLookups(RequestsTransport):
+    """Writes and sync go through; the commands reconciliation reads (newest first, or a deal read back) come back as
+    server errors (INTERNAL_SERVER_ERROR: transient, retried by the client, then left in place)."""
+
+    @staticmethod
+    def is_lookup(command: str) -> bool:
+        return command.startswith("crm.deal.get?") or "order[id]=desc" in command.lower()
+
+    def post(self, url: str, *, body: bytes, headers: Mapping[str, str], timeout: tuple[float, float]) -> RawResponse:
+        answer = super().post(url, body=body, headers=headers, timeout=timeout)
+        if not url.endswith("/batch.json"):
+            return answer
+        failing = [key for key, command in json.loads(body)["cmd"].items() if self.is_lookup(command)]
+        if not failing:
+            return answer
+        outer = json.loads(answer.content)
+        block = outer["result"]
+        results, errors = dict(block.get("result") or {}), dict(block.get("result_error") or {})
+        for key in failing:
+            results.pop(key, None)
+            errors[key] = {"error": "INTERNAL_SERVER_ERROR", "error_description": "Internal error"}
+        block["result"], block["result_error"] = results, errors
+        return RawResponse(answer.status, json.dumps(outer).encode(), answer.headers)
+
+
+def test_intents_whose_lookup_fails_are_left_for_a_later_run_and_not_sent_again(make_portal, cache, mappings) -> None:
+    portal, _ = synced(make_portal, cache)
+    dying = Bitrix24Client(portal.webhook_url, rate=1000, burst=1000, transport=DyingTransport(die_after=1))
+    with pytest.raises(KeyboardInterrupt):
+        run(dying, cache, mappings, SETTLING)
+    audit = AuditLog(cache)
+    # the first batch landed, its results were never recorded; all but the notifications can be looked up
+    looked_up = {row["idempotency_key"] for row in audit.pending() if row["kind"] != ActionKind.NOTIFY.value}
+    assert looked_up
+    transport = FailingLookups()
+    blind = run(fast_client(portal, transport=transport), cache, mappings, SETTLING)
+    assert_each_lands_once(portal, cache)  # none of them sent again: they may have landed (they did)
+    # left as intents, sent once (by the first run), not cancelled although the synced plan no longer wants some
+    assert {row["idempotency_key"] for row in audit.pending()} == looked_up
+    assert {row["attempts"] for row in audit.rows_for(sorted(looked_up)).values()} == {1}
+    assert looked_up - {action.idempotency_key for action in blind.plan.actions}
+    assert (blind.reconciled_found, blind.reconciled_unresolved) == (0, len(looked_up))
+    assert blind.execution is not None
+    assert blind.execution.unknown == len(looked_up & {action.idempotency_key for action in blind.to_write})
+    healed = run(fast_client(portal), cache, mappings, SETTLING)  # the CRM answers lookups again: found
+    assert healed.reconciled_found == len(looked_up) and audit.pending() == []
+    assert_each_lands_once(portal, cache)
 
 
 def test_with_20_percent_faults_every_action_lands_exactly_once(make_portal, cache, mappings) -> None:

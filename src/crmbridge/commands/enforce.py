@@ -58,9 +58,11 @@ def print_report(report: EnforceReport, *, limit: int) -> None:
     before = report.before
     console.print(f"Compliance: {before.compliant:,} of {before.deals:,} regulated deals follow the regulation "
                   f"({before.rate:.1%}); {before.violations:,} violations")
-    if report.reconciled_found or report.reconciled_unknown:
+    if report.reconciled_found or report.reconciled_unknown or report.reconciled_unresolved:
+        unresolved = (f", {report.reconciled_unresolved} left for a later run (the CRM lookup failed)"
+                      if report.reconciled_unresolved else "")
         console.print(f"Reconciled an interrupted run: {report.reconciled_found} writes found in the CRM, "
-                      f"{report.reconciled_unknown} still to (re)send")
+                      f"{report.reconciled_unknown} still to (re)send{unresolved}")
     if not report.to_write:
         console.print("[green]✓[/green] nothing to write: every planned action is already in the CRM")
     else:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta, tzinfo
 from typing import Any
@@ -15,6 +17,7 @@ INTENT = "intent"  # recorded before the write: if found by a later run, the out
 DONE = "done"
 FAILED = "failed"
 CANCELLED = "cancelled"  # an unknown outcome no longer needed: the violation is gone and nothing was found
+GIVEN_UP = "given_up"  # not a status: a failed action sent `max_sends_total` times is not sent again
 
 
 def utc_now() -> datetime:
@@ -23,6 +26,29 @@ def utc_now() -> datetime:
 
 def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str, separators=(",", ":"))
+
+
+@contextmanager
+def _write_transaction(cache: Cache) -> Iterator[Cache]:
+    """`BEGIN IMMEDIATE`: SQLite's write lock is taken before anything is read. A deferred transaction that reads
+    and then writes fails at once with SQLITE_BUSY (no busy timeout) when another connection wrote in between;
+    this one waits its turn (the connection's busy timeout) and then reads what the other one committed."""
+    if cache.db.conn.in_transaction:  # inside a caller's transaction: its lock, its commit
+        with cache.atomic():
+            yield cache
+        return
+    cache.db.execute("BEGIN IMMEDIATE")
+    try:
+        yield cache
+    except BaseException:
+        cache.db.rollback()
+        raise
+    cache.db.execute("COMMIT")
+
+
+def _lock_holder(value: Any) -> tuple[str, str]:
+    holder, _, since = str(value).partition("@")
+    return holder, since
 
 
 @dataclass(frozen=True)
@@ -64,6 +90,18 @@ class AuditLog:
             for row in self.cache.query(f"SELECT * FROM actions WHERE idempotency_key IN ({marks})", chunk):
                 rows[row["idempotency_key"]] = row
         return rows
+
+    @staticmethod
+    def settled(row: Mapping[str, Any] | None, max_sends_total: int) -> str | None:
+        """Why an action needs no (further) send, from its row (None: never recorded): DONE, written already;
+        GIVEN_UP, failed after `max_sends_total` sends. None: it is (still) to be sent."""
+        if row is None:
+            return None
+        if row["status"] == DONE:
+            return DONE
+        if row["status"] == FAILED and row["attempts"] >= max_sends_total:
+            return GIVEN_UP
+        return None
 
     def record_intents(self, actions: Sequence[tuple[Action, Mapping[str, Any]]], run_id: str, now: datetime) -> None:
         """Before the write: the action exists as an intent, with the exact payload about to be sent."""
@@ -155,22 +193,43 @@ class AuditLog:
 
     def acquire_lock(self, run_id: str, now: datetime, *, stale_after: timedelta = timedelta(minutes=30)) -> str | None:
         """Take the one-writer lock (two overlapping scheduled runs would write twice); None when taken,
-        else a description of the run that holds it. A lock older than `stale_after` is a dead run's: taken over."""
+        else a description of the run that holds it. A lock older than `stale_after` is a dead run's: taken over
+        (a live run refreshes it after each write batch: `refresh_lock`)."""
         stamp = now.astimezone(UTC)
-        with self.cache.atomic():
-            rows = self.cache.query("SELECT value FROM enforce_state WHERE name = 'lock'")
-            if rows:
-                holder, _, since = str(rows[0]["value"]).partition("@")
-                try:
-                    held_since = datetime.fromisoformat(since)
-                except ValueError:
-                    held_since = stamp - stale_after
-                if holder != run_id and stamp - held_since < stale_after:
-                    return f"run {holder} since {since}"
-            self.cache.db.execute("INSERT INTO enforce_state (name, value) VALUES ('lock', ?) "
-                                  "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-                                  [f"{run_id}@{stamp.isoformat()}"])
+        try:
+            with _write_transaction(self.cache):
+                rows = self.cache.query("SELECT value FROM enforce_state WHERE name = 'lock'")
+                if rows:
+                    holder, since = _lock_holder(rows[0]["value"])
+                    try:
+                        held_since = datetime.fromisoformat(since)
+                    except ValueError:
+                        held_since = stamp - stale_after
+                    if holder != run_id and stamp - held_since < stale_after:
+                        return f"run {holder} since {since}"
+                self.cache.db.execute("INSERT INTO enforce_state (name, value) VALUES ('lock', ?) "
+                                      "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                                      [f"{run_id}@{stamp.isoformat()}"])
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            # another process kept the cache's write lock for the whole busy timeout
+            return f"a process writing to the cache ({exc})"
         return None
+
+    def refresh_lock(self, run_id: str, now: datetime) -> str | None:
+        """Move the lock's time on (after each write batch), so a long run is not taken for a dead one.
+        Returns a description of the run that holds the lock when it is no longer this run's (taken over);
+        None when refreshed, or when no run holds it (an Executor used without the lock)."""
+        stamp = now.astimezone(UTC)
+        with _write_transaction(self.cache):
+            refreshed = self.cache.db.execute("UPDATE enforce_state SET value = ? WHERE name = 'lock' AND value LIKE ?",
+                                              [f"{run_id}@{stamp.isoformat()}", f"{run_id}@%"]).rowcount
+            rows = [] if refreshed else self.cache.query("SELECT value FROM enforce_state WHERE name = 'lock'")
+        if not rows:
+            return None
+        holder, since = _lock_holder(rows[0]["value"])
+        return f"run {holder} since {since}"
 
     def release_lock(self, run_id: str) -> None:
         with self.cache.atomic():
@@ -239,4 +298,4 @@ def parse_since(text: str, now: datetime) -> datetime:
     return moment
 
 
-__all__ = ["AuditLog", "CANCELLED", "DONE", "FAILED", "INTENT", "LogEntry", "parse_since", "utc_now"]
+__all__ = ["AuditLog", "CANCELLED", "DONE", "FAILED", "GIVEN_UP", "INTENT", "LogEntry", "parse_since", "utc_now"]

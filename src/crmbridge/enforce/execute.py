@@ -5,8 +5,10 @@ sent, the result after it. A write batch is never repeated blindly: when its ans
 5xx, HTML) the actions may or may not have landed, so they are looked up in the CRM first: a task, to-do
 or comment by the marker crmbridge put into its text, a deal update by reading the deal back. Only what is
 not found is sent again. A run killed between intent and result leaves intents that the next run
-reconciles the same way before writing. Notifications cannot be looked up; they carry the marker as
-their TAG, and Bitrix24 keeps one notification per TAG, so sending one again replaces it.
+reconciles the same way before writing. An action whose lookup fails (the CRM did not answer it) stays an
+intent and is not sent by this run: it may have landed, and a later run's reconciliation looks again.
+Notifications cannot be looked up; they carry the marker as their TAG, and Bitrix24 keeps one notification
+per TAG, so sending one again replaces it.
 A command the portal refused for a limit (rate, operating time) did not run and goes into a later batch;
 one it rejected is recorded as failed with the CRM's error, and retried by later runs up to a limit.
 """
@@ -21,12 +23,12 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from crmbridge.connectors.bitrix24.client import MAX_BATCH, Bitrix24Client
-from crmbridge.enforce.audit import DONE, FAILED, INTENT, AuditLog, utc_now
+from crmbridge.enforce.audit import DONE, GIVEN_UP, INTENT, AuditLog, utc_now
 from crmbridge.enforce.plan import DEAL_OWNER_TYPE, UPDATING, Action, ActionKind, same_value
-from crmbridge.errors import CrmError, OperatingTimeExceeded, RateLimited
+from crmbridge.errors import CrmBridgeError, CrmError, OperatingTimeExceeded, RateLimited
 
 log = logging.getLogger("crmbridge.enforce")
 
@@ -57,6 +59,14 @@ class ExecutionSummary:
         return dict(self.__dict__)
 
 
+class Reconciliation(NamedTuple):
+    """What `Executor.reconcile` made of the intents earlier runs left."""
+
+    found: int  # in the CRM after all: recorded as done
+    not_found: int  # looked up and not there (or not to be looked up: notifications): sent again by this run
+    unknown: frozenset[str]  # keys whose lookup failed: left as intents, not sent by this run; a later run looks again
+
+
 @dataclass
 class _Pending:
     action: Action
@@ -77,22 +87,27 @@ class Executor:
         self.sleep = sleep
         self.max_sends_per_run = max_sends_per_run
         self.max_sends_total = max_sends_total
+        #: intents `reconcile` could not look up: this run does not send them (they may have landed)
+        self.unresolved: frozenset[str] = frozenset()
 
     # ------------------------------------------------------------ reconciliation of earlier runs
 
-    def reconcile(self, deal_ids: Iterable[int] | None = None) -> tuple[int, int]:
-        """Look in the CRM for intents an earlier run left (killed, or answers lost); returns (found, still unknown)."""
+    def reconcile(self, deal_ids: Iterable[int] | None = None) -> Reconciliation:
+        """Look in the CRM for intents an earlier run left (killed, or answers lost). Those found are recorded as
+        done; those whose lookup failed stay intents, and `execute` leaves them alone in this run (`unresolved`)."""
         rows = self.audit.pending(deal_ids)
-        if not rows:
-            return 0, 0
         pending = [_Pending(_action_of(row), json.loads(row["payload"])) for row in rows]
         found = 0
+        unknown: set[str] = set()
         for start in range(0, len(pending), MAX_BATCH):
-            hits, _ = self._look_up(pending[start:start + MAX_BATCH])
+            hits, lost = self._look_up(pending[start:start + MAX_BATCH])
             self.audit.record_outcomes(((key, result, ids) for key, (result, ids) in hits.items()), (), self.now(),
                                        found=True)
             found += len(hits)
-        return found, len(rows) - found
+            unknown |= lost
+            self._keep_lock()
+        self.unresolved = frozenset(unknown)
+        return Reconciliation(found, len(rows) - found - len(unknown), self.unresolved)
 
     # ------------------------------------------------------------ execution
 
@@ -103,11 +118,18 @@ class Executor:
         queue: deque[_Pending] = deque()
         for action in actions:
             row = rows.get(action.idempotency_key)
-            if row is not None and row["status"] == DONE:
+            settled = self.audit.settled(row, self.max_sends_total)
+            if settled == DONE:
                 summary.already_done += 1
                 continue
-            if row is not None and row["status"] == FAILED and row["attempts"] >= self.max_sends_total:
+            if settled == GIVEN_UP:
                 summary.given_up += 1
+                continue
+            if action.idempotency_key in self.unresolved:
+                # reconcile could not look it up: it may have landed, so it is not sent again blindly
+                summary.unknown += 1
+                summary.errors.append(f"{action.idempotency_key}: outcome unknown (the CRM lookup failed); "
+                                      "a later run reconciles it")
                 continue
             # an unconfirmed intent goes out exactly as it was recorded: that is what may have landed
             params = json.loads(row["payload"]) if row is not None and row["status"] == INTENT else action.params
@@ -116,6 +138,7 @@ class Executor:
         while queue:
             chunk = [queue.popleft() for _ in range(min(MAX_BATCH, len(queue)))]
             retry = self._round(chunk, summary, done_by_kind)
+            self._keep_lock()
             for item in retry:
                 if item.sends < self.max_sends_per_run:
                     queue.append(item)
@@ -180,6 +203,14 @@ class Executor:
         summary.failed += len(failed)
         return again
 
+    def _keep_lock(self) -> None:
+        """After each batch: the one-writer lock stays this run's (a long run is not taken for a dead one); a run
+        whose lock another run took over stops writing, or both would write the same actions."""
+        holder = self.audit.refresh_lock(self.run_id, self.now())
+        if holder is not None:
+            raise CrmBridgeError(f"enforce run {self.run_id} lost the one-writer lock to {holder}; it stops writing",
+                                 hint="the actions it wrote are in the audit log; the next run goes on from there")
+
     def _send(self, commands: Mapping[str, tuple[str, Mapping[str, Any]]]) -> Any:
         """One write batch, never repeated by the client: a lost answer may mean it landed (see the module doc)."""
         return self.client.batch(commands, idempotent=False)
@@ -187,83 +218,95 @@ class Executor:
     # ------------------------------------------------------------ looking in the CRM
 
     def _look_up(self, chunk: Sequence[_Pending]) -> tuple[dict[str, tuple[Any, list[str]]], set[str]]:
-        """Which of these actions are in the CRM already: {key: (what was found, ids)}, and keys still unknown."""
-        tasks, todos, comments, deals = set(), set(), set(), set()
+        """Which of these actions are in the CRM already: {key: (what was found, ids)}, and the keys whose lookup
+        failed (outcome still unknown). One lookup per deal and method, all in one `batch_calls`."""
+        calls: dict[tuple[str, str], dict[str, Any]] = {}
         for item in chunk:
-            if item.action.kind is ActionKind.CREATE_TASK:
-                tasks.add(item.action.deal)
-            elif item.action.kind is ActionKind.CREATE_TODO:
-                todos.add(item.action.deal)
-            elif item.action.kind is ActionKind.COMMENT:
-                comments.add(item.action.deal)
-            elif item.action.kind in UPDATING:
-                deals.add(item.action.deal)
-        calls: list[tuple[str, str, dict[str, Any]]] = []
-        for deal in sorted(tasks):
-            calls.append(("tasks", deal, {"filter": {"UF_CRM_TASK": f"D_{deal}"}, "order": {"ID": "desc"},
-                                          "select": ["ID", "TITLE", "DESCRIPTION", "UF_CRM_TASK"]}))
-        for deal in sorted(todos):
-            # newest first: what crmbridge just created is on the first page even on a busy deal
-            calls.append(("todos", deal, {"filter": {"OWNER_TYPE_ID": DEAL_OWNER_TYPE, "OWNER_ID": int(deal),
-                                                     "PROVIDER_ID": "CRM_TODO"},
-                                          "order": {"ID": "DESC"}, "select": ["ID", "SUBJECT", "DESCRIPTION"]}))
-        for deal in sorted(comments):
-            calls.append(("comments", deal, {"filter": {"ENTITY_ID": int(deal), "ENTITY_TYPE": "deal"},
-                                             "order": {"ID": "DESC"}, "select": ["ID", "COMMENT"]}))
-        for deal in sorted(deals):
-            calls.append(("deal", deal, {"id": int(deal)}))
-        methods = {"tasks": "tasks.task.list", "todos": "crm.activity.list", "comments": "crm.timeline.comment.list",
-                   "deal": "crm.deal.get"}
-        answers = self.client.batch_calls([(methods[kind], params) for kind, _, params in calls]) if calls else []
-        found: dict[tuple[str, str], Any] = {}
-        failed_lookups: set[tuple[str, str]] = set()
-        for (kind, deal, _), answer in zip(calls, answers, strict=True):
-            if isinstance(answer, CrmError):
-                failed_lookups.add((kind, deal))
-            else:
-                found[kind, deal] = answer
+            call = _lookup_call(item.action)
+            if call is not None:
+                calls.setdefault((call[0], item.action.deal), call[1])
+        keys = sorted(calls)
+        try:
+            answers = self.client.batch_calls([(method, calls[method, deal]) for method, deal in keys]) if keys else []
+        except CrmError as exc:
+            if not exc.retryable:
+                raise
+            log.warning("looking up %d actions in the CRM failed (%s); their outcome stays unknown", len(chunk), exc)
+            answers = [exc] * len(keys)
+        answered = dict(zip(keys, answers, strict=True))
         hits: dict[str, tuple[Any, list[str]]] = {}
         unknown: set[str] = set()
         for item in chunk:
             action = item.action
-            marker = action.marker
-            if action.kind is ActionKind.CREATE_TASK:
-                if ("tasks", action.deal) in failed_lookups:
-                    unknown.add(action.idempotency_key)
-                    continue
-                rows = found.get(("tasks", action.deal)) or {}
-                rows = rows.get("tasks", []) if isinstance(rows, Mapping) else rows
-                task = next((row for row in rows if marker in str(row.get("description") or row.get("DESCRIPTION") or "")),
-                            None)
-                if task is not None:
-                    task_id = str(task.get("id") or task.get("ID"))
-                    hits[action.idempotency_key] = ({"task_id": task_id}, [task_id])
-            elif action.kind is ActionKind.CREATE_TODO:
-                if ("todos", action.deal) in failed_lookups:
-                    unknown.add(action.idempotency_key)
-                    continue
-                rows = found.get(("todos", action.deal)) or []
-                todo = next((row for row in rows if marker in str(row.get("DESCRIPTION") or "")), None)
-                if todo is not None:
-                    hits[action.idempotency_key] = ({"todo_id": str(todo["ID"])}, [str(todo["ID"])])
-            elif action.kind is ActionKind.COMMENT:
-                if ("comments", action.deal) in failed_lookups:
-                    unknown.add(action.idempotency_key)
-                    continue
-                rows = found.get(("comments", action.deal)) or []
-                comment = next((row for row in rows if marker in str(row.get("COMMENT") or "")), None)
-                if comment is not None:
-                    hits[action.idempotency_key] = ({"comment_id": str(comment.get("ID"))}, [str(comment.get("ID"))])
-            elif action.kind in UPDATING:
-                if ("deal", action.deal) in failed_lookups:
-                    unknown.add(action.idempotency_key)
-                    continue
-                record = found.get(("deal", action.deal)) or {}
+            call = _lookup_call(action)
+            if call is None:
+                continue  # NOTIFY: there is nothing to look up; sent again, its TAG replaces the first one
+            answer = answered[call[0], action.deal]
+            if isinstance(answer, CrmError):
+                unknown.add(action.idempotency_key)
+                continue
+            lookup = _MARKER_LOOKUPS.get(action.kind)
+            if lookup is not None:
+                row = lookup.find(answer, action.marker)
+                if row is not None:
+                    crm_id = str(row.get("id") or row.get("ID"))
+                    hits[action.idempotency_key] = ({lookup.result_key: crm_id}, [crm_id])
+            else:  # UPDATING: read the deal back
+                record = answer or {}
                 wanted = dict(item.params.get("fields") or {})
                 if wanted and all(same_value(record.get(name), value) for name, value in wanted.items()):
                     hits[action.idempotency_key] = ({"deal_fields": wanted}, [])
-            # NOTIFY: there is nothing to look up; sent again, its TAG replaces the first one
         return hits, unknown
+
+
+@dataclass(frozen=True)
+class _MarkerLookup:
+    """How something crmbridge created on a deal is found again by the marker in its text (after a lost answer)."""
+
+    method: str  # the list method
+    params: Callable[[str], dict[str, Any]]  # its parameters for one deal (newest first: on the first page)
+    text_fields: tuple[str, ...]  # the row's field holding the marker (the first one that is set)
+    result_key: str  # what the audit log records: {result_key: id}
+    rows_key: str | None = None  # the answer's list when the method wraps it ({"tasks": [...]})
+
+    def find(self, answer: Any, marker: str) -> Mapping[str, Any] | None:
+        rows = answer or []
+        if isinstance(rows, Mapping):
+            rows = rows.get(self.rows_key or "", [])
+        for row in rows:
+            text = next((row.get(name) for name in self.text_fields if row.get(name)), "")
+            if marker in str(text):
+                return row
+        return None
+
+
+_MARKER_LOOKUPS: Mapping[ActionKind, _MarkerLookup] = {
+    ActionKind.CREATE_TASK: _MarkerLookup(
+        "tasks.task.list",
+        lambda deal: {"filter": {"UF_CRM_TASK": f"D_{deal}"}, "order": {"ID": "desc"},
+                      "select": ["ID", "TITLE", "DESCRIPTION", "UF_CRM_TASK"]},
+        ("description", "DESCRIPTION"), "task_id", rows_key="tasks"),
+    ActionKind.CREATE_TODO: _MarkerLookup(
+        "crm.activity.list",
+        lambda deal: {"filter": {"OWNER_TYPE_ID": DEAL_OWNER_TYPE, "OWNER_ID": int(deal), "PROVIDER_ID": "CRM_TODO"},
+                      "order": {"ID": "DESC"}, "select": ["ID", "SUBJECT", "DESCRIPTION"]},
+        ("DESCRIPTION",), "todo_id"),
+    ActionKind.COMMENT: _MarkerLookup(
+        "crm.timeline.comment.list",
+        lambda deal: {"filter": {"ENTITY_ID": int(deal), "ENTITY_TYPE": "deal"}, "order": {"ID": "DESC"},
+                      "select": ["ID", "COMMENT"]},
+        ("COMMENT",), "comment_id"),
+}
+
+
+def _lookup_call(action: Action) -> tuple[str, dict[str, Any]] | None:
+    """The read that tells whether an action landed: its marker lookup, the deal read back, or none (NOTIFY)."""
+    lookup = _MARKER_LOOKUPS.get(action.kind)
+    if lookup is not None:
+        return lookup.method, lookup.params(action.deal)
+    if action.kind in UPDATING:
+        return "crm.deal.get", {"id": int(action.deal)}
+    return None
 
 
 def _action_of(row: Mapping[str, Any]) -> Action:
@@ -297,4 +340,4 @@ def _describe(error: CrmError | None) -> str:
     return f"{code}: {description}"[:500]
 
 
-__all__ = ["Executor", "ExecutionSummary", "MAX_SENDS_PER_RUN", "MAX_SENDS_TOTAL"]
+__all__ = ["Executor", "ExecutionSummary", "MAX_SENDS_PER_RUN", "MAX_SENDS_TOTAL", "Reconciliation"]

@@ -249,41 +249,34 @@ class _DealPlanner:
         return self._text(description, violation.message if violation.message not in description else "",
                           self._clause(violation), marker_of(key))
 
-    def _task(self, actions: list[Action], violation: Violation, deal: Deal, user: str | None, title: str,
-              description: str, deadline: datetime, suffix: str = "task") -> None:
+    def _create(self, actions: list[Action], kind: ActionKind, violation: Violation, deal: Deal, user: str | None,
+                title: str, description: str, deadline: datetime, suffix: str) -> None:
+        """A task bound to the deal (tasks.task.add) or a CRM to-do on it (crm.activity.todo.add), for `user`, due at
+        `deadline`; its description carries the marker a lost answer is found again by."""
         if not user:
             self.result.notes.append(f"{violation.rule} deal {deal.id}: no responsible user for «{title}»")
             return
         key = f"{self._anchor(violation)}|{suffix}"
         body = self._body(violation, description, key)
-        actions.append(Action(
-            key, ActionKind.CREATE_TASK, violation.rule, deal.id,
-            {"fields": {"TITLE": title[:TITLE_LIMIT], "DESCRIPTION": body, "RESPONSIBLE_ID": _as_id(user),
-                        "DEADLINE": deadline.astimezone(self.zone).isoformat(timespec="seconds"),
-                        "UF_CRM_TASK": [f"D_{deal.id}"]}},
-            f"task «{title[:60]}» to {self._who(user)}, due {deadline.astimezone(self.zone):%Y-%m-%d %H:%M}",
-            violation.message, violation.clause, (violation.key,), user))
-
-    def _todo(self, actions: list[Action], violation: Violation, deal: Deal, user: str | None, title: str,
-              description: str, deadline: datetime, suffix: str = "stage_todo") -> None:
-        """A CRM to-do on the deal (crm.activity.todo.add), found again by the marker in its description."""
-        if not user:
-            self.result.notes.append(f"{violation.rule} deal {deal.id}: no responsible user for «{title}»")
-            return
-        key = f"{self._anchor(violation)}|{suffix}"
-        body = self._body(violation, description, key)
-        actions.append(Action(
-            key, ActionKind.CREATE_TODO, violation.rule, deal.id,
-            {"ownerTypeId": DEAL_OWNER_TYPE, "ownerId": _as_id(deal.id),
-             "deadline": deadline.astimezone(self.zone).isoformat(timespec="seconds"),
-             "title": title[:TITLE_LIMIT], "description": body, "responsibleId": _as_id(user)},
-            f"to-do «{title[:60]}» to {self._who(user)}, due {deadline.astimezone(self.zone):%Y-%m-%d %H:%M}",
-            violation.message, violation.clause, (violation.key,), user))
+        due = deadline.astimezone(self.zone)
+        stamp = due.isoformat(timespec="seconds")
+        if kind is ActionKind.CREATE_TODO:
+            params: dict[str, Any] = {"ownerTypeId": DEAL_OWNER_TYPE, "ownerId": _as_id(deal.id), "deadline": stamp,
+                                      "title": title[:TITLE_LIMIT], "description": body, "responsibleId": _as_id(user)}
+            what = "to-do"
+        else:
+            params = {"fields": {"TITLE": title[:TITLE_LIMIT], "DESCRIPTION": body, "RESPONSIBLE_ID": _as_id(user),
+                                 "DEADLINE": stamp, "UF_CRM_TASK": [f"D_{deal.id}"]}}
+            what = "task"
+        actions.append(Action(key, kind, violation.rule, deal.id, params,
+                              f"{what} «{title[:60]}» to {self._who(user)}, due {due:%Y-%m-%d %H:%M}",
+                              violation.message, violation.clause, (violation.key,), user))
 
     def _flag_task(self, actions: list[Action], violation: Violation, deal: Deal, suffix: str = "task") -> None:
         """A task that flags the deal to its manager: the message is the title, due in a day."""
-        self._task(actions, violation, deal, deal.manager or self._first_head(deal, violation.rule),
-                   violation.message, violation.message, self.now + FLAG_TASK_DEADLINE, suffix)
+        user = deal.manager or self._first_head(deal, violation.rule)
+        self._create(actions, ActionKind.CREATE_TASK, violation, deal, user, violation.message, violation.message,
+                     self.now + FLAG_TASK_DEADLINE, suffix)
 
     def _update(self, actions: list[Action], key: str, kind: ActionKind, rule: str, deal: Deal,
                 fields: Mapping[str, Any], summary: str, reason: str, clause: str, violation_keys: tuple[str, ...]) -> None:
@@ -419,10 +412,11 @@ class _DealPlanner:
                 user = deal.manager if spec.responsible == "manager" else self._first_head(deal, "R3")
                 # the regulation says which kind the stage task is; a to-do gets its own key suffix, so
                 # switching a stage from task to to-do creates the to-do instead of finding the task "done"
-                create = self._todo if spec.kind == TODO else self._task
-                create(actions, violation, deal, user or deal.manager, spec.title, spec.description or violation.message,
-                       self._deadline(violation.entry.entered, spec.deadline),
-                       suffix="stage_todo" if spec.kind == TODO else "stage_task")
+                todo = spec.kind == TODO
+                self._create(actions, ActionKind.CREATE_TODO if todo else ActionKind.CREATE_TASK, violation, deal,
+                             user or deal.manager, spec.title, spec.description or violation.message,
+                             self._deadline(violation.entry.entered, spec.deadline),
+                             suffix="stage_todo" if todo else "stage_task")
             elif item.startswith("task_not_completed:"):
                 self._notify(actions, violation, deal.manager,
                              self._text(violation.message, self.did if violation.key in reverted else ""))
@@ -484,8 +478,9 @@ class _DealPlanner:
 
     def _follow_up(self, actions: list[Action], violation: Violation, deal: Deal, day: date, spec: TaskSpec) -> None:
         moment = datetime.combine(day, time(10, 0), self.zone)
-        self._task(actions, violation, deal, deal.manager, spec.title, spec.description or violation.message,
-                   moment if moment > self.now else self.now + spec.deadline, suffix="follow_up")
+        self._create(actions, ActionKind.CREATE_TASK, violation, deal, deal.manager, spec.title,
+                     spec.description or violation.message, moment if moment > self.now else self.now + spec.deadline,
+                     suffix="follow_up")
 
     def _r6(self, deal: Deal, direction: CompiledDirection, violation: Violation, actions: list[Action],
             reverted: frozenset[str]) -> None:

@@ -12,8 +12,8 @@ from typing import Any
 from crmbridge.cache.store import Cache
 from crmbridge.connectors.bitrix24.client import Bitrix24Client
 from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
-from crmbridge.enforce.audit import DONE, FAILED, AuditLog, utc_now
-from crmbridge.enforce.execute import MAX_SENDS_TOTAL, ExecutionSummary, Executor
+from crmbridge.enforce.audit import AuditLog, utc_now
+from crmbridge.enforce.execute import MAX_SENDS_TOTAL, ExecutionSummary, Executor, Reconciliation
 from crmbridge.enforce.plan import DEFAULT_MAX_REVERTS_PER_DAY, Action, Plan, PlanContext, plan
 from crmbridge.errors import CrmBridgeError
 from crmbridge.mapping.binding import DealMapper
@@ -60,8 +60,9 @@ class EnforceReport:
     to_write: list[Action]  # the plan minus what earlier runs already wrote
     execution: ExecutionSummary | None = None
     after: Compliance | None = None
-    reconciled_found: int = 0
-    reconciled_unknown: int = 0
+    reconciled_found: int = 0  # intents of an earlier run found in the CRM
+    reconciled_unknown: int = 0  # intents of an earlier run not found there: (re)sent by this run
+    reconciled_unresolved: int = 0  # intents whose lookup failed: left for a later run, not sent by this one
     cancelled: int = 0
     sync_requests: int = 0
 
@@ -77,7 +78,7 @@ class EnforceReport:
             "notes": self.plan.notes,
             "execution": self.execution.as_dict() if self.execution else None,
             "reconciled": {"found": self.reconciled_found, "unknown": self.reconciled_unknown,
-                           "cancelled": self.cancelled},
+                           "unresolved": self.reconciled_unresolved, "cancelled": self.cancelled},
             "sync_requests": self.sync_requests,
         }
 
@@ -126,13 +127,7 @@ def still_to_write(actions: Iterable[Action], audit: AuditLog) -> list[Action]:
     """The plan minus what is written already (or failed too often): what a run sends."""
     actions = list(actions)
     rows = audit.rows_for([action.idempotency_key for action in actions])
-    wanted = []
-    for action in actions:
-        row = rows.get(action.idempotency_key)
-        if row is not None and (row["status"] == DONE or (row["status"] == FAILED and row["attempts"] >= MAX_SENDS_TOTAL)):
-            continue
-        wanted.append(action)
-    return wanted
+    return [action for action in actions if audit.settled(rows.get(action.idempotency_key), MAX_SENDS_TOTAL) is None]
 
 
 def enforce(client: Bitrix24Client, cache: Cache, mappings: Mappings, *, now: Callable[[], datetime] = utc_now,
@@ -165,10 +160,11 @@ def _plan_and_write(client: Bitrix24Client, cache: Cache, mappings: Mappings, au
                     now: Callable[[], datetime], dry_run: bool, deal_ids: Sequence[int] | None, sync: bool,
                     modes: Mapping[str, Mode] | None, max_reverts_per_day: int, started: datetime,
                     sync_requests: int) -> EnforceReport:
-    found = unknown = 0
+    reconciled = Reconciliation(0, 0, frozenset())
     if not dry_run:
-        # an earlier run killed between a write and its result: look in the CRM before planning anything again
-        found, unknown = executor.reconcile(deal_ids)
+        # an earlier run killed between a write and its result: look in the CRM before planning anything again;
+        # what could not be looked up stays an intent, and the executor does not send it in this run
+        reconciled = executor.reconcile(deal_ids)
     moment = now()
     evaluation = evaluate(cache, mappings, moment, deal_ids=deal_ids, modes=modes, record=not dry_run)
     regulation = Evaluator.of(mappings.regulation, moment, override_modes=modes).regulation
@@ -176,16 +172,18 @@ def _plan_and_write(client: Bitrix24Client, cache: Cache, mappings: Mappings, au
     deals = [(deal, evaluation.violations.get(deal.id, [])) for deal in evaluation.deals]
     the_plan = plan(deals, context)
     report = EnforceReport(dry_run, started, evaluation.compliance, the_plan, still_to_write(the_plan.actions, audit),
-                           reconciled_found=found, reconciled_unknown=unknown, sync_requests=sync_requests)
+                           reconciled_found=reconciled.found, reconciled_unknown=reconciled.not_found,
+                           reconciled_unresolved=len(reconciled.unknown), sync_requests=sync_requests)
     if dry_run:
         return report
     report.execution = executor.execute(report.to_write)
     audit.save_rotation(the_plan.rotation)
-    # intents of evaluated deals the new plan no longer wants (the violation went away) will not be resent
-    planned = {action.idempotency_key for action in the_plan.actions}
+    # intents of evaluated deals the new plan no longer wants (the violation went away) will not be resent;
+    # those reconcile could not look up stay intents: they may have landed, a later run looks for them again
+    keep = {action.idempotency_key for action in the_plan.actions} | reconciled.unknown
     evaluated = [int(deal.id) for deal in evaluation.deals]
     leftovers = [row["idempotency_key"] for row in audit.pending(evaluated if deal_ids is not None else None)
-                 if row["idempotency_key"] not in planned]
+                 if row["idempotency_key"] not in keep]
     report.cancelled = audit.cancel(leftovers, now())
     if sync and report.execution.sent:
         before = client.requests_made
