@@ -8,7 +8,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from crmbridge.mapping.load import parse_regulation
-from crmbridge.model import LOST, WON, Client, Deal, EntryKind, FieldValue, Outcome, StageEntry, Task, TaskStatus
+from crmbridge.model import LOST, WON, Client, Deal, EntryKind, FieldValue, Outcome, StageEntry, Task, TaskStatus, Violation
 from crmbridge.regulation.compiled import compile_regulation
 from crmbridge.regulation.evaluate import Evaluator
 
@@ -128,3 +128,17 @@ def run(rule: str, the_deal: Deal, now: str = "2026-11-20 12:00", *, purchases=N
 
 __all__ = ["COMPILED", "MSK", "SPEC", "at", "date", "deal", "entry", "regulation", "run", "task", "timedelta", "value",
            "Client", "LOST", "WON", "Evaluator"]
+
+
+def assert_verdict(result: tuple[Violation, ...] | None, missing: list[str] | None) -> Violation | None:
+    """A table row's expectation: None = not applicable, [] = passed, else the one violation's missing items."""
+    if missing is None:
+        assert result is None
+        return None
+    if not missing:
+        assert result == ()
+        return None
+    assert result is not None
+    (violation,) = result
+    assert list(violation.missing) == missing
+    return violation

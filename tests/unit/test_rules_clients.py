@@ -9,7 +9,7 @@ import pytest
 from crmbridge.model import Client
 from crmbridge.regulation.clients import add_months, last_purchases
 from crmbridge.regulation.compiled import Context
-from regulation_kit import COMPILED, LOST, WON, at, deal, entry, run, task
+from regulation_kit import COMPILED, LOST, WON, assert_verdict, at, deal, entry, run, task
 
 LOST_ON = [entry("created", "one", "2026-08-01 10:00"), entry("closed", LOST, "2026-08-20 10:00")]
 
@@ -30,14 +30,8 @@ R5_CASES = [
 
 @pytest.mark.parametrize("case,fields,tasks,missing", R5_CASES, ids=[case[0] for case in R5_CASES])
 def test_r5_postponed(case: str, fields: dict, tasks: list, missing: list | None) -> None:
-    result = run("R5", deal(LOST, history=LOST_ON, fields=fields, tasks=tasks))
-    if missing is None:
-        assert result is None
-    elif not missing:
-        assert result == ()
-    else:
-        (violation,) = result
-        assert list(violation.missing) == missing
+    violation = assert_verdict(run("R5", deal(LOST, history=LOST_ON, fields=fields, tasks=tasks)), missing)
+    if violation is not None:
         assert violation.since == at("2026-08-20 10:00")
 
 
@@ -69,14 +63,7 @@ R6_CASES = [
 
 @pytest.mark.parametrize("case,stage,contact,company,missing", R6_CASES, ids=[case[0] for case in R6_CASES])
 def test_r6_contact_data(case: str, stage: str, contact, company, missing: list | None) -> None:
-    result = run("R6", deal(stage, contact=contact, company=company))
-    if missing is None:
-        assert result is None
-    elif not missing:
-        assert result == ()
-    else:
-        (violation,) = result
-        assert list(violation.missing) == missing
+    assert_verdict(run("R6", deal(stage, contact=contact, company=company)), missing)
 
 # ---------------------------------------------------------------- R10
 
@@ -97,14 +84,7 @@ R10_CASES = [
 def test_r10_segments(case: str, paid: date, segment: str | None, touched: str | None, now: str, missing: list | None) -> None:
     fields = {"paid": paid} | ({"segment": segment} if segment else {})
     tasks = [task("Touch", touched)] if touched else []
-    result = run("R10", deal(WON, history=BOUGHT, fields=fields, tasks=tasks, contact=FULL), now)
-    if missing is None:
-        assert result is None
-    elif not missing:
-        assert result == ()
-    else:
-        (violation,) = result
-        assert [item.replace("segment", "segment") for item in violation.missing] == missing
+    assert_verdict(run("R10", deal(WON, history=BOUGHT, fields=fields, tasks=tasks, contact=FULL), now), missing)
 
 
 def test_r10_only_the_latest_purchase_of_a_client_counts() -> None:

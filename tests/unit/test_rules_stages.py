@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from crmbridge.model import FieldValue, Mode
-from regulation_kit import LOST, WON, deal, entry, run, task
+from regulation_kit import LOST, WON, assert_verdict, deal, entry, run, task
 
 GOOD_ONE = {"interest": "yes", "budget": 100}
 
@@ -94,14 +94,7 @@ def test_r2_required_fields(case: str, stage: str, fields: dict, missing: list |
     from datetime import date
 
     fields = {key: date.fromisoformat(raw) if key == "meeting" else raw for key, raw in fields.items()}
-    result = run("R2", deal(stage, fields=fields))
-    if missing is None:
-        assert result is None
-    elif not missing:
-        assert result == ()
-    else:
-        (violation,) = result
-        assert list(violation.missing) == missing
+    assert_verdict(run("R2", deal(stage, fields=fields)), missing)
 
 
 def test_r2_empty_and_zero_read_differently() -> None:
