@@ -158,6 +158,18 @@ class Deal:
     tasks: tuple[Task, ...] = ()  # tasks and to-dos alike: both are the manager's work on the deal (R5, R10, R11)
     contact: Client | None = None
     company: Client | None = None
+    #: the entries since the deal last came into its current direction (oldest first): most rules judge
+    #: this run, so it is computed once when the deal is built rather than by every rule that asks
+    run: tuple[StageEntry, ...] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        history = self.history
+        start = len(history)
+        while start > 0 and history[start - 1].direction == self.direction:
+            start -= 1
+            if history[start].kind is EntryKind.PIPELINE_CHANGED:
+                break
+        object.__setattr__(self, "run", history[start:])
 
     def field(self, name: str) -> FieldValue:
         return self.fields.get(name, EMPTY)

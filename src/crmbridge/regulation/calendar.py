@@ -7,6 +7,8 @@ from zoneinfo import ZoneInfo
 
 from crmbridge.mapping.schema import WEEKDAYS, CalendarSpec
 
+_MIDNIGHT = time()
+
 
 class WorkingCalendar:
     """Counts time inside working hours on working days; without a spec it counts plain time."""
@@ -20,6 +22,8 @@ class WorkingCalendar:
         self.day_start = _minutes(start)
         self.day_end = _minutes(end)
         self.day_length = timedelta(minutes=self.day_end - self.day_start)
+        self._opens_after = timedelta(minutes=self.day_start)  # after midnight; built once, timers ask per day
+        self._closes_after = timedelta(minutes=self.day_end)
         self.working_weekdays = frozenset(WEEKDAYS.index(day) for day in spec.working_days)
         self.holidays = frozenset(spec.holidays)
 
@@ -27,8 +31,8 @@ class WorkingCalendar:
         return day.weekday() in self.working_weekdays and day not in self.holidays
 
     def _window(self, day: date) -> tuple[datetime, datetime]:
-        midnight = datetime.combine(day, time(), self.zone)
-        return midnight + timedelta(minutes=self.day_start), midnight + timedelta(minutes=self.day_end)
+        midnight = datetime.combine(day, _MIDNIGHT, self.zone)
+        return midnight + self._opens_after, midnight + self._closes_after
 
     def elapsed(self, start: datetime, end: datetime, *, working: bool = True) -> timedelta:
         """Working time between two moments (plain time when `working` is false or there is no calendar)."""

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import calendar as months_calendar
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import Any, Iterable
 
-from crmbridge.model import LOST, WON, Deal, Outcome, Violation, as_date
+from crmbridge.model import EMPTY, LOST, WON, Deal, Outcome, Violation, as_date
 from crmbridge.regulation.compiled import CompiledDirection, Context, Text, joined, render, say, violation
-from crmbridge.regulation.stages import NOT_APPLICABLE, Why, current_run
+from crmbridge.regulation.stages import NOT_APPLICABLE, Why
+
+
+_MIDNIGHT = time()
 
 
 def add_months(day: date, months: int) -> date:
@@ -38,7 +41,7 @@ def check_r5(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
             say(ctx, why, "not_postponed", reason=reason or "—")
         return NOT_APPLICABLE
     wording = ctx.regulation.spec.wording
-    run = current_run(deal)
+    run = deal.run
     entry = run[-1] if run else None
     lost_at = entry.entered if entry is not None and entry.stage == LOST else (deal.closed_at or deal.modified or deal.created)
     lost_day = _local_day(lost_at, ctx)
@@ -90,8 +93,8 @@ def check_r6(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
             say(ctx, why, "contact_later", stage=direction.spec.stages[from_position].name)
         return NOT_APPLICABLE
     contact, company = deal.contact, deal.company
-    has_phone = (contact is not None and bool(contact.phones)) or (company is not None and bool(company.phones))
-    has_email = (contact is not None and bool(contact.emails)) or (company is not None and bool(company.emails))
+    has_phone = (contact is not None and contact.phones) or (company is not None and company.phones)  # truthy
+    has_email = (contact is not None and contact.emails) or (company is not None and company.emails)
     require = spec.require
     missing: list[str] = []
     if "phone" in require and not has_phone:
@@ -110,7 +113,7 @@ def check_r6(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
                 ctx.regulation.spec.wording.no_phone if item == "phone" else ctx.regulation.spec.wording.no_email
                 for item in spec.require))
         return ()
-    run = current_run(deal)
+    run = deal.run
     entry = run[-1] if run else None
     client = contact.name if contact is not None else company.name if company is not None else ""
     found = violation("R6", deal, direction, ctx, since=entry.entered if entry else deal.created, entry=entry,
@@ -129,28 +132,34 @@ def purchase_moment(deal: Deal, paid_field: str | None, ctx: Context) -> datetim
     """When the client bought in this deal: the payment date if set, else when the deal was won."""
     if deal.outcome is not Outcome.WON:
         return None
-    paid = deal.field(paid_field).value if paid_field else None
+    paid = deal.fields.get(paid_field, EMPTY).value if paid_field else None
     if isinstance(paid, datetime):
         return paid
     if isinstance(paid, date):
-        return datetime.combine(paid, datetime.min.time(), ctx.regulation.calendar.zone)
+        return datetime.combine(paid, _MIDNIGHT, ctx.regulation.calendar.zone)
     if deal.closed_at is not None:
         return deal.closed_at
-    run = current_run(deal)
+    run = deal.run
     return run[-1].entered if run else deal.modified
 
 
 def last_purchases(deals: Iterable[Deal], ctx: Context) -> dict[str, tuple[datetime, str]]:
     """Client key -> (last purchase, deal id): the cross-deal fact R10 needs, computed once per run."""
     found: dict[str, tuple[datetime, str]] = {}
-    directions = ctx.regulation.directions
+    # it runs over every deal, so the per-direction setting is read once, not per deal
+    paid_fields = {direction_id: direction.rules.R8.paid_field for direction_id, direction in ctx.regulation.directions.items()}
+    won = Outcome.WON
     for deal in deals:
+        if deal.outcome is not won or deal.direction not in paid_fields:
+            continue  # checked first: most deals are not won, and a client key is a string built on each read
         key = deal.client_key
-        if key is None or deal.outcome is not Outcome.WON or deal.direction not in directions:
+        if key is None:
             continue
-        moment = purchase_moment(deal, directions[deal.direction].rules.R8.paid_field, ctx)
-        if moment is not None and (key not in found or moment > found[key][0]):
-            found[key] = (moment, deal.id)
+        moment = purchase_moment(deal, paid_fields[deal.direction], ctx)
+        if moment is not None:
+            known = found.get(key)
+            if known is None or moment > known[0]:
+                found[key] = (moment, deal.id)
     return found
 
 
@@ -162,15 +171,19 @@ def check_r10(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why =
         if why is not None:
             say(ctx, why, "not_purchase" if bought is None else "no_segments")
         return NOT_APPLICABLE
-    if ctx.purchases is not None and deal.client_key is not None:
-        latest = ctx.purchases.get(deal.client_key)
+    client_key = deal.client_key if ctx.purchases is not None else None
+    if client_key is not None:
+        latest = ctx.purchases.get(client_key)  # type: ignore[union-attr]
         if latest is not None and latest[1] != deal.id:
             if why is not None:
                 say(ctx, why, "bought_later", deal=latest[1])
             return NOT_APPLICABLE
     age = ctx.now - bought
-    segment = next((item for item in spec.segments
-                    if item.after <= age and (item.before is None or age < item.before)), None)
+    segment = None
+    for item in spec.segments:
+        if item.after <= age and (item.before is None or age < item.before):
+            segment = item
+            break
     if segment is None:
         if why is not None:
             say(ctx, why, "between_segments", days=age.days)
@@ -179,14 +192,18 @@ def check_r10(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why =
     missing: list[str] = []
     remarks: list[str] = []
     since = bought + segment.after
-    if deal.field(spec.segment_field).value != segment.option:
+    if deal.fields.get(spec.segment_field, EMPTY).value != segment.option:
         missing.append(spec.segment_field)
         remarks.append(render(wording.segment_wrong, {"expected": segment.option}))
     if segment.touch_every is not None:
-        touches = [moment for task in deal.tasks for moment in (task.created, task.closed) if moment is not None]
-        if deal.last_activity is not None:
-            touches.append(deal.last_activity)
-        last_touch = max([bought, *touches])
+        last_touch = bought  # the latest of: the purchase, the tasks' creation and closing, the last activity
+        for task in deal.tasks:
+            if task.created is not None and task.created > last_touch:
+                last_touch = task.created
+            if task.closed is not None and task.closed > last_touch:
+                last_touch = task.closed
+        if deal.last_activity is not None and deal.last_activity > last_touch:
+            last_touch = deal.last_activity
         if ctx.now - last_touch > segment.touch_every:
             missing.append("touch")
             remarks.append(render(wording.touch_overdue, {"days": (ctx.now - last_touch).days}))

@@ -33,7 +33,12 @@ class CompiledDirection:
     specs: Mapping[str, Any]  # rule id -> its parameters (the RulesSpec entry)
     from_position: Mapping[str, int | None] = field(default_factory=dict)  # R6 / R8: first position the rule covers
     plain_required: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # R2 fast path: stage -> field ids
+    #: R2 fast path: stage -> (field id, option it must equal or None, must be a future date) of the other requirements
+    conditioned_required: Mapping[str, tuple[tuple[str, Any, bool], ...]] = field(default_factory=dict)
     placeholders: Mapping[str | None, Mapping[str, str]] = field(default_factory=dict)  # stage -> its message words
+    # looked up by every deal, so read once here instead of through the specs per deal:
+    created_in: frozenset[str] = frozenset()  # R1: where a deal may be created (first stage, `created_in`, Lost)
+    stage_tasks: Mapping[str, Any] = field(default_factory=dict)  # R3: stage -> its task spec (stages that have one)
 
     def position_of(self, stages: list[str]) -> int | None:
         positions = [self.order[stage] for stage in stages if stage in self.order]
@@ -88,9 +93,15 @@ def compile_regulation(spec: RegulationSpec) -> CompiledRegulation:
                                              if rules.R2.cumulative else required[LOST])
         modes = {rule: getattr(rules, rule).mode for rule in RulesSpec.model_fields}
         specs = {rule: getattr(rules, rule) for rule in RulesSpec.model_fields}
-        compiled = CompiledDirection(direction_id, direction, rules, order, stages, required, modes, specs)
+        compiled = CompiledDirection(
+            direction_id, direction, rules, order, stages, required, modes, specs,
+            created_in=frozenset((LOST, direction.stages[0].id, *rules.R1.created_in)),
+            stage_tasks={stage: spec.task for stage, spec in stages.items() if spec.task is not None})
         compiled.plain_required.update({stage: tuple(r.field for r in requirements if r.plain)  # type: ignore[attr-defined]
                                         for stage, requirements in required.items()})
+        compiled.conditioned_required.update({stage: tuple((r.field, r.equals, r.future)  # type: ignore[attr-defined]
+                                                           for r in requirements if not r.plain)
+                                              for stage, requirements in required.items()})
         compiled.placeholders.update({stage: {"stage": stage or "", "stage_name": compiled.stage_name(stage),  # type: ignore[attr-defined]
                                               "direction": direction.name} for stage in (*stages, None)})
         compiled.from_position.update({"R6": compiled.position_of(rules.R6.stages),  # type: ignore[attr-defined]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -109,13 +109,8 @@ class Evaluator:
 
 
 def _with_modes(compiled: CompiledRegulation, modes: Mapping[str, Mode]) -> CompiledRegulation:
-    directions = {}
-    for direction_id, direction in compiled.directions.items():
-        new_modes = {**direction.modes, **modes}
-        directions[direction_id] = CompiledDirection(direction.id, direction.spec, direction.rules, direction.order,
-                                                     direction.stages, direction.required, new_modes, direction.specs,
-                                                     direction.from_position, direction.plain_required,
-                                                     direction.placeholders)
+    directions = {direction_id: replace(direction, modes={**direction.modes, **modes})
+                  for direction_id, direction in compiled.directions.items()}
     return CompiledRegulation(compiled.spec, directions, compiled.calendar, compiled.fields)
 
 

@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 from crmbridge.mapping.schema import RequirementSpec
-from crmbridge.model import LOST, TASK, WON, Deal, EntryKind, StageEntry, Task, Violation
+from crmbridge.model import LOST, TASK, WON, Deal, EntryKind, StageEntry, Task, TaskStatus, Violation
 from crmbridge.regulation.compiled import CompiledDirection, Context, Text, joined, render, say, violation
 
 Why = list[str] | None
@@ -16,26 +16,9 @@ NOT_APPLICABLE = None
 TASK_TOLERANCE = timedelta(minutes=5)
 
 
-#: (deal, its run): one tuple, replaced whole, so a reader never pairs one deal with another's run
-_last_run: tuple[Deal | None, tuple[StageEntry, ...]] = (None, ())
-
-
 def current_run(deal: Deal) -> tuple[StageEntry, ...]:
     """The deal's stage entries since it last came into its current direction (oldest first)."""
-    global _last_run
-    remembered_deal, remembered_run = _last_run
-    if remembered_deal is deal:
-        # several rules of one deal ask in a row; Deals are immutable, so the answer cannot go stale
-        return remembered_run
-    history = deal.history
-    start = len(history)
-    while start > 0 and history[start - 1].direction == deal.direction:
-        start -= 1
-        if history[start].kind is EntryKind.PIPELINE_CHANGED:
-            break
-    run = history[start:]
-    _last_run = (deal, run)
-    return run
+    return deal.run  # computed once when the Deal is built (Deals are immutable, it cannot go stale)
 
 
 def previous_regulated(run: tuple[StageEntry, ...]) -> StageEntry | None:
@@ -92,7 +75,7 @@ def check_r1(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
     deal back to before the skipped stages (a revert) closes it.
     """
     spec = direction.rules.R1
-    run = current_run(deal)
+    run = deal.run
     if not run or deal.stage is None:
         if why is not None:
             say(ctx, why, "no_history" if not run else "not_regulated")
@@ -100,15 +83,23 @@ def check_r1(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
     from_other_pipeline = len(run) < len(deal.history) or run[0].kind is EntryKind.PIPELINE_CHANGED
     found: list[Violation] = []
     previous: StageEntry | None = None
+    previous_position: int | None = None
     order = direction.order
+    position_of = order.get
+    created_in = direction.created_in
     current_position = order.get(deal.stage) if deal.stage not in (WON, LOST) else None
     for index, entry in enumerate(run):
-        if entry.stage is None:
+        stage = entry.stage
+        if stage is None:
             continue
-        if previous is not None and order.get(entry.stage, -9) - order.get(previous.stage, -9) == 1:
-            previous = entry
-            continue  # one stage forward: the common case, no need to judge further
+        position = position_of(stage)
+        # the common cases need no further judging: created where deals may start, or one stage forward
+        if (stage in created_in if previous is None
+                else position is not None and previous_position is not None and position - previous_position == 1):
+            previous, previous_position = entry, position
+            continue
         verdict = _judge_step(spec, direction, entry, previous, from_other_pipeline)
+        previous_position = position
         previous = entry
         if verdict is None:
             continue
@@ -163,8 +154,9 @@ def field_problem(deal: Deal, requirement: RequirementSpec, ctx: Context) -> str
     if requirement.equals is not None and found != requirement.equals:
         return render(wording.wrong_option, {"expected": requirement.equals})
     if requirement.future:
-        day = found.astimezone(ctx.regulation.calendar.zone).date() if isinstance(found, datetime) else found
-        if isinstance(day, date) and day < ctx.now.astimezone(ctx.regulation.calendar.zone).date():
+        zone = ctx.regulation.calendar.zone
+        day = found.astimezone(zone).date() if isinstance(found, datetime) else found
+        if isinstance(day, date) and day < (ctx.today or ctx.now.astimezone(zone).date()):
             return wording.in_past
     return None
 
@@ -175,33 +167,45 @@ def check_r2(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
         if why is not None:
             say(ctx, why, "not_regulated")
         return NOT_APPLICABLE
-    requirements = direction.required.get(deal.stage, ())
-    if deal.stage == LOST and direction.rules.R2.cumulative:
-        run = current_run(deal)
+    stage = deal.stage  # the key of `direction.required` the requirements come from; None when combined below
+    requirements = direction.required.get(stage, ())
+    if stage == LOST and direction.rules.R2.cumulative:
+        run = deal.run
         previous = previous_regulated(run) if run else None
         if previous is not None and previous.stage in direction.order:
-            requirements = direction.required[f"{LOST}<{previous.stage}"]
+            stage = f"{LOST}<{previous.stage}"
+            requirements = direction.required[stage]
     elif not direction.rules.R2.cumulative:
-        run = current_run(deal)
+        run = deal.run
         previous = previous_regulated(run) if run else None
         if previous is not None and previous.stage in direction.order and deal.stage != previous.stage:
             stage_spec = direction.stages[previous.stage]
             requirements = tuple(requirements) + tuple(getattr(stage_spec, "requires_to_leave", ()))
+            stage = None
     if not requirements:
         if why is not None:
             say(ctx, why, "nothing_required", stage=direction.stage_name(deal.stage))
         return NOT_APPLICABLE
     fields = deal.fields
-    plain = direction.plain_required.get(deal.stage, ())
-    if len(plain) == len(requirements) and requirements is direction.required.get(deal.stage):
+    plain = direction.plain_required.get(stage) if stage is not None else None
+    conditioned = direction.conditioned_required.get(stage) if stage is not None else None
+    if plain is not None and conditioned is not None:
+        # the common case, all fine: the plain "filled and valid" fields by their precomputed ids, then the
+        # few that must equal an option; anything else (wrong, or a date that must be in the future) is
+        # worked out in full below
         for field_id in plain:
             value = fields.get(field_id)
             if value is None or not value.ok:
                 break
         else:
-            if why is not None:
-                say(ctx, why, "fields_filled", fields=", ".join(ctx.regulation.label(r.field) for r in requirements))
-            return ()
+            for field_id, option, future in conditioned:
+                value = fields.get(field_id)
+                if value is None or not value.ok or future or (option is not None and value.value != option):
+                    break
+            else:
+                if why is not None:
+                    say(ctx, why, "fields_filled", fields=", ".join(ctx.regulation.label(r.field) for r in requirements))
+                return ()
     missing: list[str] = []
     remarks: dict[str, str] = {}
     for requirement in requirements:
@@ -216,7 +220,7 @@ def check_r2(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
         if why is not None:
             say(ctx, why, "fields_filled", fields=", ".join(ctx.regulation.label(r.field) for r in requirements))
         return ()
-    run = current_run(deal)
+    run = deal.run
     entry = run[-1] if run else None
     listed = Text(joined, [("{label} ({remark})", {"label": ctx.regulation.label(field_id), "remark": remarks[field_id]})
                            for field_id in missing])
@@ -243,36 +247,42 @@ def stage_task(deal: Deal, title: str, entered: datetime, match: str = "exact", 
     if wanted is None:
         wanted = _title_keys[title] = " ".join(title.split()).casefold()
     earliest = entered - TASK_TOLERANCE
+    exact, contains = match == "exact", match == "contains"  # decided once, not per task
     best: Task | None = None
     for task in deal.tasks:
         if task.kind != kind:
             continue
-        if match == "exact":
-            fits = task.title_key == wanted
-        elif match == "contains":
-            fits = wanted in task.title_key
-        else:
-            fits = True
-        if fits and (task.created is None or task.created >= earliest):
-            if best is None or task.completed:
+        if exact:
+            if task.title_key != wanted:
+                continue
+        elif contains and wanted not in task.title_key:
+            continue
+        if task.created is None or task.created >= earliest:
+            if best is None or task.status is TaskStatus.COMPLETED:
                 best = task
     return best
 
 
 def check_r3(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = None) -> tuple[Violation, ...] | None:
     """R3 Stage task: set when the deal enters a stage; completed before leaving where the regulation says so."""
-    run = current_run(deal)
+    run = deal.run
     if not run or deal.stage is None:
         if why is not None:
             say(ctx, why, "no_history" if not run else "not_regulated")
+        return NOT_APPLICABLE
+    stage_tasks = direction.stage_tasks
+    task_spec = stage_tasks.get(deal.stage)
+    previous = previous_regulated(run)
+    left_task = stage_tasks.get(previous.stage) if previous is not None else None  # type: ignore[arg-type]
+    if task_spec is None and left_task is None:
+        if why is not None:
+            say(ctx, why, "no_stage_task", stage=direction.stage_name(deal.stage))
         return NOT_APPLICABLE
     wording = ctx.regulation.spec.wording
     match = direction.rules.R3.match
     entry = run[-1]
     missing: list[str] = []
     remarks: list[tuple[str, dict[str, str]]] = []
-    current = direction.stages.get(deal.stage)
-    task_spec = getattr(current, "task", None)
     since = entry.entered
     if task_spec is not None:
         grace = direction.rules.R3.create_within
@@ -282,10 +292,7 @@ def check_r3(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
             remarks.append((wording.task_missing, {"task": task_spec.title}))
             due = entry.entered + grace
             since = due
-    previous = previous_regulated(run)
-    left_spec = direction.stages.get(previous.stage) if previous is not None and previous.stage else None
-    left_task = getattr(left_spec, "task", None)
-    moved_forward = previous is not None and previous.stage in direction.order and (
+    moved_forward = left_task is not None and previous.stage in direction.order and (  # type: ignore[union-attr]
         deal.stage == WON or direction.order.get(deal.stage, -1) > direction.order[previous.stage])
     if left_task is not None and left_task.must_complete and moved_forward:
         done = stage_task(deal, left_task.title, previous.entered, match, left_task.kind)
@@ -294,10 +301,6 @@ def check_r3(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
             remarks.append((wording.task_not_completed,
                             {"task": left_task.title, "stage": direction.stage_name(previous.stage)}))
             since = entry.entered
-    if task_spec is None and left_task is None:
-        if why is not None:
-            say(ctx, why, "no_stage_task", stage=direction.stage_name(deal.stage))
-        return NOT_APPLICABLE
     if not missing:
         if why is not None:
             say(ctx, why, "task_done" if moved_forward and left_task else "task_set")
@@ -325,7 +328,7 @@ def check_r4(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
         if why is not None:
             say(ctx, why, "probability_ok", expected=expected)
         return ()
-    run = current_run(deal)
+    run = deal.run
     entry = run[-1] if run else None
     actual: Any = deal.probability if deal.probability is not None else ctx.regulation.spec.wording.not_set
     found = violation("R4", deal, direction, ctx, since=entry.entered if entry else deal.created, entry=entry,

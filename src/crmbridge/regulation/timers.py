@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import date, datetime, time, timedelta
 
 from crmbridge.mapping.schema import format_duration
-from crmbridge.model import WON, Deal, Outcome, Violation, as_date
+from crmbridge.model import EMPTY, WON, Deal, Outcome, Violation, as_date
 from crmbridge.regulation.compiled import CompiledDirection, Context, Span, Text, render, say, violation
-from crmbridge.regulation.stages import NOT_APPLICABLE, Why, current_run
+from crmbridge.regulation.stages import NOT_APPLICABLE, Why
 
 
 def _span(span: timedelta, ctx: Context | None = None) -> str:
@@ -28,7 +28,7 @@ def check_r7(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
             say(ctx, why, "contacted_in_time", waited=_span(contacted - created, ctx), sla=_span(spec.sla, ctx))
         return ()
     calendar = ctx.regulation.calendar
-    run = current_run(deal)
+    run = deal.run
     entry = run[0] if run else None
     if contacted is not None:
         moment = contacted if isinstance(contacted, datetime) else datetime.combine(contacted, time.max, calendar.zone)
@@ -81,11 +81,11 @@ def check_r8(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
         if why is not None:
             say(ctx, why, "not_agreed")
         return NOT_APPLICABLE
-    if deal.field(spec.paid_field).value is not None:
+    if deal.fields.get(spec.paid_field, EMPTY).value is not None:
         if why is not None:
             say(ctx, why, "paid")
         return ()
-    run = current_run(deal)
+    run = deal.run
     agreed_entry = next((entry for entry in run if (first is not None and entry.stage in direction.order
                                                      and direction.order[entry.stage] >= first)
                          or (agreed_when_won and entry.stage == WON)), run[-1] if run else None)
@@ -128,12 +128,12 @@ def receivable_reminders(start: date, due: date, *, middle: bool = True, day_bef
 def check_r9(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = None) -> tuple[Violation, ...] | None:
     """R9 Receivables: a payment past its due date is reported to management."""
     spec = direction.rules.R9
-    due_value = deal.field(spec.due_field).value
+    due_value = deal.fields.get(spec.due_field, EMPTY).value
     if due_value is None or deal.outcome is Outcome.LOST:
         if why is not None:
             say(ctx, why, "no_due" if due_value is None else "lost")
         return NOT_APPLICABLE
-    if deal.field(spec.paid_field).value is not None:
+    if deal.fields.get(spec.paid_field, EMPTY).value is not None:
         if why is not None:
             say(ctx, why, "paid")
         return ()
@@ -168,7 +168,7 @@ def check_r11(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why =
         if why is not None:
             say(ctx, why, "closed" if deal.outcome is not Outcome.OPEN else "not_regulated")
         return NOT_APPLICABLE
-    run = current_run(deal)
+    run = deal.run
     entry = run[-1] if run else None
     entered = entry.entered if entry is not None else deal.created
     last = entered
