@@ -16,7 +16,7 @@ import json
 import sys
 import tempfile
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -41,17 +41,7 @@ def seeded_records(deals: int, seed: int):
 
 
 def deals_from_state(state, mapper: DealMapper):
-    history, tasks = defaultdict(list), defaultdict(list)
-    for row in state.history.rows.values():
-        history[str(row["OWNER_ID"])].append(row)
-    for row in state.tasks.rows.values():
-        for binding in row.get("ufCrmTask") or ():
-            if binding.startswith("D_"):
-                tasks[binding[2:]].append(row)
-    return [mapper.deal(raw, history[str(deal_id)], tasks[str(deal_id)],
-                        state.contacts.rows.get(int(raw.get("CONTACT_ID") or 0)),
-                        state.companies.rows.get(int(raw.get("COMPANY_ID") or 0)))
-            for deal_id, raw in state.deals.rows.items()]
+    return [mapper.deal(*records) for records in state.deal_records()]
 
 
 def deals_via_cache(state, mapper: DealMapper, directory: str):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,17 +39,7 @@ def evaluated():
     seed_portal(state, deals=1500, seed=11, now=NOW)
     mappings = load_mappings(MAPPINGS)
     mapper = DealMapper(mappings.regulation, mappings.binding)
-    history, tasks = defaultdict(list), defaultdict(list)
-    for row in state.history.rows.values():
-        history[str(row["OWNER_ID"])].append(row)
-    for row in state.tasks.rows.values():
-        for binding in row.get("ufCrmTask") or ():
-            if binding.startswith("D_"):
-                tasks[binding[2:]].append(row)
-    deals = [mapper.deal(raw, history[str(deal_id)], tasks[str(deal_id)],
-                         state.contacts.rows.get(int(raw.get("CONTACT_ID") or 0)),
-                         state.companies.rows.get(int(raw.get("COMPANY_ID") or 0)))
-             for deal_id, raw in state.deals.rows.items()]
+    deals = [mapper.deal(*records) for records in state.deal_records()]
     evaluator = Evaluator.of(mappings.regulation, datetime.fromtimestamp(NOW, timezone.utc), deals_for_purchases=deals)
     found = {deal.id: {violation.rule for violation in evaluator.violations(deal)} for deal in deals}
     planted = {str(deal_id): set(kinds) for deal_id, kinds in state.planted.items()}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections import defaultdict
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any, Callable
 
@@ -344,6 +346,27 @@ class PortalState:
             return [h for h in self.history.rows.values() if h["OWNER_ID"] == deal_id]
 
     # --- views for tests and benchmarks ---------------------------------------------------------
+
+    def deal_records(self) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]],
+                                             dict[str, Any] | None, dict[str, Any] | None]]:
+        """Per deal: (deal, its stage history, its tasks, contact, company), the arguments of DealMapper.deal.
+
+        One pass over history and tasks instead of a scan per deal: benchmarks map 100,000 deals.
+        """
+        history: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        tasks: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        with self.lock:
+            for row in self.history.rows.values():
+                history[int(row["OWNER_ID"])].append(row)
+            for row in self.tasks.rows.values():
+                for binding in row.get("ufCrmTask") or ():
+                    if binding.startswith("D_"):
+                        tasks[int(binding[2:])].append(row)
+            deals = list(self.deals.rows.items())
+        for deal_id, raw in deals:
+            yield (raw, history[deal_id], tasks[deal_id],
+                   self.contacts.rows.get(int(raw.get("CONTACT_ID") or 0)),
+                   self.companies.rows.get(int(raw.get("COMPANY_ID") or 0)))
 
     def api_deals(self) -> list[dict[str, Any]]:
         """Every deal as crm.deal.get returns it (all fields incl. UF_CRM_*), copies in id order."""
