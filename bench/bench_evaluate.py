@@ -45,18 +45,14 @@ def deals_from_state(state, mapper: DealMapper):
 
 
 def deals_via_cache(state, mapper: DealMapper, directory: str):
-    from crmbridge.cache import rows
     from crmbridge.cache.store import open_cache
     from crmbridge.mapping.cached import load_deals
 
     cache = open_cache(Path(directory) / "bench.db")
     stamp = datetime.now(timezone.utc).isoformat()
     with cache.atomic():
-        cache.upsert("deals", (rows.deal_row(raw, stamp) for raw in state.deals.rows.values()))
-        cache.upsert("stage_history", map(rows.stage_history_row, state.history.rows.values()))
-        cache.upsert("tasks", map(rows.task_row, state.tasks.rows.values()))
-        cache.upsert("contacts", map(rows.contact_row, state.contacts.rows.values()))
-        cache.upsert("companies", map(rows.company_row, state.companies.rows.values()))
+        for table, table_rows in state.cache_rows(stamp).items():
+            cache.upsert(table, table_rows)
     started = time.perf_counter()
     deals = load_deals(cache, mapper)
     cache.close()

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from crmbridge.cache import rows
 from crmbridge.cache.store import open_cache
 from crmbridge.sandbox import catalog
 
@@ -30,11 +29,8 @@ def cache_file(tmp_path_factory) -> Path:
     stamp = datetime.now(timezone.utc).isoformat()
     names = {0: "Проектные продажи", 1: "B2B новые клиенты", 2: "B2B постоянные клиенты", 3: "B2C"}
     with cache.atomic():
-        cache.upsert("deals", (rows.deal_row(raw, stamp) for raw in state.deals.rows.values()))
-        cache.upsert("stage_history", map(rows.stage_history_row, state.history.rows.values()))
-        cache.upsert("tasks", map(rows.task_row, state.tasks.rows.values()))
-        cache.upsert("contacts", map(rows.contact_row, state.contacts.rows.values()))
-        cache.upsert("companies", map(rows.company_row, state.companies.rows.values()))
+        for table, table_rows in state.cache_rows(stamp).items():
+            cache.upsert(table, table_rows)
         cache.upsert("pipelines", [{"id": category, "name": name, "sort": category, "is_default": int(category == 0), "raw": "{}"}
                                    for category, name in names.items()])
         cache.upsert("stages", [{"status_id": stage.status_id, "category_id": category, "name": stage.name,

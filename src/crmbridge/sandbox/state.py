@@ -347,6 +347,19 @@ class PortalState:
 
     # --- views for tests and benchmarks ---------------------------------------------------------
 
+    def cache_rows(self, synced_at: str) -> dict[str, list[dict[str, Any]]]:
+        """The portal's deals, history, tasks and clients as a sync would cache them (table -> rows)."""
+        from crmbridge.cache import rows  # the sync's own conversions: what tests load is what sync writes
+
+        with self.lock:
+            return {
+                "deals": [rows.deal_row(raw, synced_at) for raw in self.deals.rows.values()],
+                "stage_history": [rows.stage_history_row(raw) for raw in self.history.rows.values()],
+                "tasks": [rows.task_row(raw) for raw in self.tasks.rows.values()],
+                "contacts": [rows.contact_row(raw) for raw in self.contacts.rows.values()],
+                "companies": [rows.company_row(raw) for raw in self.companies.rows.values()],
+            }
+
     def deal_records(self) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]],
                                              dict[str, Any] | None, dict[str, Any] | None]]:
         """Per deal: (deal, its stage history, its tasks, contact, company), the arguments of DealMapper.deal.
