@@ -40,9 +40,14 @@ _WEBHOOK_PATH_RE = re.compile(r"^/rest/(?P<user>\d+)/(?P<code>[A-Za-z0-9_-]+)/?$
 _REDACTIONS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(/rest/\d+/)[^/\s?#\"'<>]+"), r"\1***"),
     (
-        re.compile(r"((?:\bauth|access_token|refresh_token|client_secret)[\"']?\s*[=:]\s*[\"']?)[^&\s\"',}]+"),
+        re.compile(
+            r"((?:\bauth|access_token|refresh_token|client_secret|application_token)(?:\]|%5D)?[\"']?\s*[=:]\s*[\"']?)"
+            r"[^&\s\"',}]+"
+        ),
         r"\1***",
     ),
+    # an OAuth authorization code in a query string (it lives 30 s, but it is still a credential)
+    (re.compile(r"([?&]code=)[^&\s\"'#]+"), r"\1***"),
 )
 
 
