@@ -219,6 +219,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE tasks ADD COLUMN synced_at TEXT;       -- when crmbridge last saw it on the portal (UTC)
     ALTER TABLE activities ADD COLUMN synced_at TEXT;
     """,
+    # 6: enforcement crash safety (issue 7): actions that belong together (a revert, its comment, the stage task of the
+    # stage it goes back to, the manager's notice) are completed after a crash even when the violation is gone.
+    """
+    ALTER TABLE actions ADD COLUMN group_key TEXT;     -- the group it belongs to (e.g. revert:<deal>:<entry>)
+    CREATE INDEX actions_group ON actions(group_key);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
