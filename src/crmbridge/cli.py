@@ -13,6 +13,8 @@ from crmbridge import __version__
 from crmbridge.commands import common
 from crmbridge.connectors.bitrix24.transport import redact
 from crmbridge.errors import ConfigError, CrmBridgeError, MappingError
+from crmbridge.notices import LOGGER as NOTICE_LOGGER
+from crmbridge.text import for_terminal
 
 app = typer.Typer(
     name="crmbridge",
@@ -52,14 +54,36 @@ def root(
     for handler in logging.getLogger().handlers:
         # libraries log request lines with the webhook path (urllib3 at DEBUG): its code is a password
         handler.addFilter(RedactSecrets())
+    # long waits, skipped records, held deletions: shown without --debug, one plain line each
+    notices = logging.getLogger(NOTICE_LOGGER)
+    notices.setLevel(logging.INFO)
+    for handler in [h for h in notices.handlers if isinstance(h, NoticeLines)]:
+        notices.removeHandler(handler)
+    if not debug:
+        notices.addHandler(NoticeLines())
+    notices.propagate = debug
 
 
 class RedactSecrets(logging.Filter):
-    """Rewrites every log record with webhook codes and tokens replaced by ***."""
+    """Rewrites every log record with webhook codes and tokens replaced by ***, and control characters shown
+    escaped (a log line quotes texts from the CRM)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = redact(record.getMessage()), None
+        record.msg, record.args = for_terminal(redact(record.getMessage()), multiline=True), None
         return True
+
+
+class NoticeLines(logging.Handler):
+    """`crmbridge: <notice>` on the stderr of the moment (tests and wrappers swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(f"crmbridge: {for_terminal(redact(record.getMessage()))}\n")
+        except Exception:  # noqa: BLE001 - a notice must never break the command it reports on
+            self.handleError(record)
 
 
 for _module in COMMAND_MODULES:
@@ -77,11 +101,12 @@ def main() -> None:
     except CrmBridgeError as exc:
         if common.state.debug:
             raise
-        # plain writes: one line per problem, never wrapped, so logs and scripts can grep them
+        # plain writes: one line per problem, never wrapped, so logs and scripts can grep them; what came from
+        # a CRM or a file (an error description, a value) is shown, never run by the terminal
         if isinstance(exc, MappingError):
-            sys.stderr.write("".join(f"{problem}\n" for problem in exc.problems))
+            sys.stderr.write("".join(f"{for_terminal(problem)}\n" for problem in exc.problems))
         else:
-            sys.stderr.write(f"crmbridge: error: {exc}\n")
+            sys.stderr.write(f"crmbridge: error: {for_terminal(exc)}\n")
         sys.exit(2 if isinstance(exc, (ConfigError, MappingError)) else 1)
     except KeyboardInterrupt:
         sys.stderr.write("crmbridge: interrupted; a sync resumes from its last commit next time\n")
@@ -94,18 +119,35 @@ def main() -> None:
         # a cache path that cannot be created, a full disk, a locked database: one line, not a traceback
         if common.state.debug:
             raise
-        where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        sys.stderr.write(f"crmbridge: error: {reason}{where} (check CRMBRIDGE_CACHE_PATH and the file's permissions)\n")
+        sys.stderr.write(f"crmbridge: error: {for_terminal(_os_error(exc))}\n")
         sys.exit(1)
     except Exception as exc:
         # usage errors (unknown command or option, bad value): Typer bundles its own click, so match by shape
-        if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
-            exc.show()
+        if hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int):
+            context = getattr(exc, "ctx", None)
+            path = getattr(context, "command_path", None) or "crmbridge"
+            sys.stderr.write(f"crmbridge: error: {for_terminal(exc.format_message())} (see `{path} --help`)\n")
             sys.exit(exc.exit_code)
         raise
     if isinstance(result, int) and result:
         sys.exit(result)
+
+
+def _os_error(exc: OSError | sqlite3.Error) -> str:
+    """One line naming the real cause: which file, what happened; the cache's setting only when it is the cache."""
+    if isinstance(exc, sqlite3.Error):
+        return f"the cache database: {exc} (check CRMBRIDGE_CACHE_PATH and that no other program holds the file)"
+    reason = (exc.strerror or str(exc) or type(exc).__name__).lower()
+    if not exc.filename:
+        return reason
+    name = str(exc.filename)
+    try:
+        cache = str(common.settings().cache_path)
+    except CrmBridgeError:
+        cache = None
+    if cache and name.startswith(cache):
+        return f"{reason}: {name} (check CRMBRIDGE_CACHE_PATH and the permissions of the file and its folder)"
+    return f"{reason}: {name} (check the path and its permissions)"
 
 
 if __name__ == "__main__":

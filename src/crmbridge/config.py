@@ -26,12 +26,14 @@ class Settings(BaseSettings):
     #: Empty means "the built-in sandbox portal" for `make demo`.
     bitrix24_webhook_url: SecretStr | None = None
     #: leaky bucket of the portal: drain per second and capacity (Enterprise: 5 and 250)
-    bitrix24_rate: float = Field(default=2.0, gt=0)
-    bitrix24_burst: int = Field(default=50, ge=1)
+    bitrix24_rate: float = Field(default=2.0, ge=0.1, le=10_000, allow_inf_nan=False)
+    bitrix24_burst: int = Field(default=50, ge=1, le=100_000)
     #: seconds of method time a portal allows per method per 10 minutes (docs' example: 480)
-    bitrix24_operating_limit: float = Field(default=480.0, gt=0)
+    bitrix24_operating_limit: float = Field(default=480.0, ge=1, le=3600, allow_inf_nan=False)
     #: attempts per request on transient failures (5xx, resets, timeouts) before giving up
     bitrix24_max_attempts: int = Field(default=8, ge=1, le=50)
+    #: the largest answer read from the portal, in MB: a bigger one fails its read instead of filling the memory
+    bitrix24_max_answer_mb: int = Field(default=64, ge=1, le=4096)
     #: application token of the portal's outgoing webhook (to authenticate incoming events)
     bitrix24_application_token: SecretStr | None = None
 
@@ -40,10 +42,16 @@ class Settings(BaseSettings):
     jobs_dir: Path = Path("jobs")
 
     #: loop guard: reverts of one deal per day before the bridge stops reverting and escalates to the head
-    enforce_max_reverts_per_day: int = Field(default=3, ge=0)
+    enforce_max_reverts_per_day: int = Field(default=3, ge=0, le=1000)
 
     #: minutes re-read before the incremental cursor, so edits committed late on the portal are not missed
-    sync_overlap_minutes: int = Field(default=5, ge=0)
+    sync_overlap_minutes: int = Field(default=5, ge=0, le=10_080)
+    #: a record (a deal with all its fields, a task, ...) larger than this many KB is skipped and kept in
+    #: rejected_records instead of the cache
+    sync_max_record_kb: int = Field(default=1024, ge=16, le=1024 * 1024)
+    #: the share of an entity's cached records (deals, tasks, to-dos) one sync may remove; more only with
+    #: `sync --full --confirm-deletions` (fewer than 10 records are never held back)
+    sync_max_deleted_share: float = Field(default=0.1, ge=0, le=1, allow_inf_nan=False)
 
     @field_validator("bitrix24_webhook_url", "bitrix24_application_token", mode="before")
     @classmethod
@@ -53,8 +61,17 @@ class Settings(BaseSettings):
 
 def load_settings(**overrides: object) -> Settings:
     """Read the settings; a wrong value becomes one ConfigError line naming the variable."""
+    env_file = Path(".env")
+    if env_file.exists() and not env_file.is_file():
+        raise ConfigError(".env is a folder, not a settings file", hint="remove or rename it")  # else silently skipped
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except UnicodeDecodeError as bad:
+        raise ConfigError(f".env is not UTF-8 text (byte 0x{bad.object[bad.start]:02x} at position {bad.start})",
+                          hint="save .env as UTF-8") from None
+    except OSError as bad:
+        reason = (bad.strerror or type(bad).__name__).lower()
+        raise ConfigError(f".env cannot be read ({reason})", hint="check the file's permissions, or remove it") from None
     except ValidationError as exc:
         err = exc.errors()[0]
         name = ENV_PREFIX + str(err["loc"][0]).upper() if err.get("loc") else "a CRMBRIDGE_ setting"

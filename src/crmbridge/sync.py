@@ -23,6 +23,8 @@ from crmbridge.connectors.bitrix24.reader import Bitrix24Reader, RawRecord, stag
 CHUNK_ROWS = 2500
 
 ProgressCallback = Callable[[str, int], None]
+#: re-read before the incremental cursor unless CRMBRIDGE_SYNC_OVERLAP_MINUTES says otherwise
+DEFAULT_OVERLAP = timedelta(minutes=5)
 #: stage-history IDs re-read behind the incremental cursor (one 50-row page costs ~0.15 s of method time)
 HISTORY_ID_MARGIN = 50
 
@@ -83,7 +85,7 @@ class Syncer:
         reader: Bitrix24Reader,
         cache: Cache | Callable[[], Cache],
         *,
-        overlap: timedelta = timedelta(minutes=5),
+        overlap: timedelta = DEFAULT_OVERLAP,
         progress: ProgressCallback | None = None,
         now: Callable[[], str] = utc_now_iso,
         monotonic: Callable[[], float] = time.monotonic,

@@ -335,6 +335,25 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (crm, account)
     );
     """,
+    # 10: a hostile or broken portal (issue 8): records a sync could not use are kept raw, never silently dropped
+    # or allowed to crash it; small facts about the cache file itself (a demo cache says so).
+    """
+    CREATE TABLE rejected_records (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        entity TEXT NOT NULL,            -- the table it was meant for: deals, contacts, tasks, users, ...
+        record_key TEXT NOT NULL,        -- its id as sent, or sha1:<hash> of the record when it had none
+        record_id TEXT,                  -- the id as the portal sent it; NULL when it had none
+        reason TEXT NOT NULL,            -- why crmbridge could not use it
+        raw TEXT NOT NULL,               -- the record as sent (JSON; texts over 2,000 characters shortened)
+        seen_at TEXT NOT NULL            -- the last sync that received it (UTC)
+    );
+    CREATE UNIQUE INDEX rejected_records_key ON rejected_records(entity, record_key);
+
+    CREATE TABLE cache_meta (
+        name TEXT PRIMARY KEY,           -- e.g. created_by
+        value TEXT
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

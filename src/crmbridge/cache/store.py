@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -161,6 +162,17 @@ class Cache:
                 hint="set CRMBRIDGE_CRM to the cache's CRM, or point CRMBRIDGE_CACHE_PATH at this CRM's cache",
             )
 
+    # --- facts about the file itself ---------------------------------------------------------
+
+    def set_meta(self, name: str, value: str) -> None:
+        with self.atomic():
+            self.db.execute("INSERT INTO cache_meta (name, value) VALUES (?, ?) "
+                            "ON CONFLICT(name) DO UPDATE SET value = excluded.value", [name, value])
+
+    def meta(self, name: str) -> str | None:
+        rows = list(self.db.execute("SELECT value FROM cache_meta WHERE name = ?", [name]))
+        return rows[0][0] if rows else None
+
     # --- sync state -------------------------------------------------------------------------
 
     def sync_state(self, entity: str) -> SyncState:
@@ -193,20 +205,26 @@ class Cache:
             yield json.loads(raw)
 
 
+#: what every SQLite database file starts with
+SQLITE_HEADER = b"SQLite format 3\x00"
+_CHECK = "check CRMBRIDGE_CACHE_PATH and the permissions of the file and its folder"
+
+
 def open_cache(path: Path | str) -> Cache:
-    """Open (creating if needed) and migrate the cache; refuse a file written by a newer crmbridge."""
+    """Open (creating if needed) and migrate the cache; refuse a file written by a newer crmbridge.
+
+    A new cache is created readable by its owner only (0600): it holds clients' phones and e-mails.
+    SQLite gives the `-wal` and `-shm` files beside it the same permissions.
+    """
     in_memory = str(path) == ":memory:"
     file_path = None if in_memory else Path(path)
     if file_path is not None:
-        file_path.parent.mkdir(parents=True, exist_ok=True)
+        _prepare(file_path)
     try:
         conn = sqlite3.connect(str(path), timeout=30)
         version = conn.execute("PRAGMA user_version").fetchone()[0]
     except sqlite3.DatabaseError as exc:
-        raise CacheError(
-            f"{path}: not a crmbridge cache ({exc})",
-            hint="point CRMBRIDGE_CACHE_PATH at another file, or move this one away",
-        ) from None
+        raise _open_error(path, exc) from None
     if version > SCHEMA_VERSION:
         conn.close()
         raise CacheError(
@@ -214,16 +232,107 @@ def open_cache(path: Path | str) -> Cache:
             hint="upgrade crmbridge, or set CRMBRIDGE_CACHE_PATH to a new file",
         )
     db = sqlite_utils.Database(conn)
-    if not in_memory:
-        db.enable_wal()
-    db.execute("PRAGMA synchronous=NORMAL")  # safe with WAL: a crash loses at most the last commit
-    for number in range(version + 1, SCHEMA_VERSION + 1):
-        # each migration and its version bump commit together, so a kill never leaves a half-migrated file
-        with db.atomic():
-            for statement in _statements(MIGRATIONS[number - 1]):
-                db.execute(statement)
-            db.execute(f"PRAGMA user_version = {number}")
+    try:
+        if not in_memory:
+            db.enable_wal()
+        db.execute("PRAGMA synchronous=NORMAL")  # safe with WAL: a crash loses at most the last commit
+        for number in range(version + 1, SCHEMA_VERSION + 1):
+            # each migration and its version bump commit together, so a kill never leaves a half-migrated file
+            with db.atomic():
+                for statement in _statements(MIGRATIONS[number - 1]):
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {number}")
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise _open_error(path, exc) from None
     return Cache(db, file_path)
+
+
+#: cache_meta: who created the file; `crmbridge demo` replaces only files it created itself
+CREATED_BY = "created_by"
+DEMO = "crmbridge demo"
+
+
+def replaceable_demo_cache(path: Path) -> str | None:
+    """None when `path` is free or holds a cache `crmbridge demo` created; else why the demo must leave it alone.
+
+    Read without changing anything (read-only, no migration), so even a refused file is untouched.
+    """
+    companions = [Path(str(path) + suffix) for suffix in ("-wal", "-shm")]
+    if path.is_symlink():
+        return "is a symbolic link"
+    if not path.exists():
+        if any(companion.exists() for companion in companions):
+            return "does not exist, but a -wal or -shm file of another database is beside it"
+        return None
+    if not path.is_file():
+        return "is not a regular file"
+    try:
+        with open(path, "rb") as file:
+            if file.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+                return "is not a crmbridge demo cache (not an SQLite file)"
+        # immutable: SQLite reads the file as it is and creates no -wal / -shm beside it (a read-only connection
+        # to a WAL database would). A marker still in a -wal of a killed demo is not seen: refused, safely.
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True, timeout=5)
+        try:
+            rows = connection.execute("SELECT value FROM cache_meta WHERE name = ?", [CREATED_BY]).fetchall()
+        finally:
+            connection.close()
+    except (OSError, sqlite3.Error):
+        return "is not a crmbridge demo cache"
+    if not rows or rows[0][0] != DEMO:
+        return "is not a cache crmbridge demo created (it may be a real cache with its audit log)"
+    return None
+
+
+def _prepare(path: Path) -> None:
+    """The cache's folder exists and a new cache file is created owner-only; an unusable path says why."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CacheError(f"cannot create the folder {path.parent} for the cache ({_why(exc)})", hint=_CHECK) from None
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        _check_existing(path)
+        return
+    except OSError as exc:
+        raise CacheError(f"cannot create the cache {path}: the folder {path.parent} is not writable ({_why(exc)})",
+                         hint=_CHECK) from None
+    try:
+        os.fchmod(descriptor, 0o600)  # exactly owner read/write, whatever the umask lets through
+    finally:
+        os.close(descriptor)
+
+
+def _check_existing(path: Path) -> None:
+    if path.is_dir():
+        raise CacheError(f"{path} is a folder, not a cache file", hint="point CRMBRIDGE_CACHE_PATH at a file")
+    try:
+        with open(path, "rb") as file:
+            header = file.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise CacheError(f"cannot read the cache {path} ({_why(exc)})", hint=_CHECK) from None
+    if header and header != SQLITE_HEADER:
+        raise CacheError(f"{path}: not a crmbridge cache (not an SQLite file)",
+                         hint="point CRMBRIDGE_CACHE_PATH at another file, or move this one away")
+
+
+def _open_error(path: Path | str, exc: sqlite3.DatabaseError) -> CacheError:
+    """The real cause of an SQLite error on opening: a read-only file or folder, a damaged file, or another file."""
+    text = str(exc)
+    if "readonly" in text or "read-only" in text or "unable to open" in text:
+        return CacheError(f"the cache {path} cannot be written ({text}): crmbridge writes to it and to {path}-wal "
+                          "beside it", hint=_CHECK)
+    if "malformed" in text or "corrupt" in text:
+        return CacheError(f"the cache {path} is damaged ({text})",
+                          hint="move it away and run `crmbridge sync` to build a new one (the portal has the data)")
+    return CacheError(f"{path}: not a crmbridge cache ({text})",
+                      hint="point CRMBRIDGE_CACHE_PATH at another file, or move this one away")
+
+
+def _why(exc: OSError) -> str:
+    return (exc.strerror or str(exc)).lower() if isinstance(exc, OSError) else str(exc)
 
 
 def _statements(script: str) -> list[str]:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import json
+import re
 import sys
 from typing import Any
 
 from rich.console import Console
+from rich.text import Text
 
 from crmbridge.cache.store import Cache, open_cache
 from crmbridge.config import Settings, load_settings
 from crmbridge.connectors.bitrix24.client import Bitrix24Client, validate_webhook_url
 from crmbridge.errors import CacheError, ConfigError
+from crmbridge.text import for_terminal, json_text
+
+#: the largest id a portal record can have in the cache (SQLite's INTEGER): larger --deal values are refused
+MAX_ID = 2**63 - 1
 
 console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -63,4 +68,34 @@ def existing_cache(settings: Settings) -> Cache:
 
 
 def print_json(payload: Any) -> None:
-    sys.stdout.write(json.dumps(payload, ensure_ascii=False, indent=2, default=str) + "\n")
+    """JSON for scripts: exact text, nothing a terminal would act on if a person reads it there."""
+    sys.stdout.write(json_text(payload) + "\n")
+
+
+_SLOT = re.compile("\x00(\\d+)\x00")
+
+
+def markup(template: str, **values: Any) -> Text:
+    """Our rich markup around values that stay plain text: `markup("[bold]Deal {id}[/bold] «{title}»", ...)`.
+
+    Values (titles, names, texts from the CRM, paths) are never parsed as markup and never reach the terminal
+    with a control character: each takes the style of its place in the template.
+    """
+    names = list(values)
+    marked = Text.from_markup(template.format(**{name: f"\x00{index}\x00" for index, name in enumerate(names)}))
+    result = Text()
+    position = 0
+    for slot in _SLOT.finditer(marked.plain):
+        result.append_text(marked[position:slot.start()])
+        value = cell(values[names[int(slot.group(1))]])
+        for span in marked[slot.start():slot.end()].spans:
+            value.stylize(span.style)
+        result.append_text(value)
+        position = slot.end()
+    result.append_text(marked[position:])
+    return result
+
+
+def cell(value: Any, style: str = "") -> Text:
+    """A table cell (or line part) holding a value as plain text: no markup, no control characters."""
+    return Text(for_terminal("" if value is None else value), style=style)

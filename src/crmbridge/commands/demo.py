@@ -8,12 +8,14 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from crmbridge.cache.store import Cache, open_cache
+from crmbridge.cache.store import CREATED_BY, DEMO, Cache, open_cache, replaceable_demo_cache
 from crmbridge.commands import common
 from crmbridge.commands.sync import print_summary, progress_bar
 from crmbridge.config import load_settings
 from crmbridge.connectors.bitrix24.client import Bitrix24Client
 from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
+from crmbridge.commands.sandbox import MAX_DEALS
+from crmbridge.errors import CrmBridgeError
 from crmbridge.sync import Syncer
 
 
@@ -62,7 +64,7 @@ def manager_table(cache: Cache) -> Table:
 def register(app: typer.Typer) -> None:
     @app.command()
     def demo(
-        deals: int = typer.Option(2000, help="Deals seeded into the sandbox portal."),
+        deals: int = typer.Option(2000, min=1, max=MAX_DEALS, help="Deals seeded into the sandbox portal."),
         cache_path: Path = typer.Option(Path("crmbridge-demo.db"), "--cache", help="SQLite file the demo writes."),
         seed: int = typer.Option(1, help="Sandbox seed."),
     ) -> None:
@@ -70,6 +72,11 @@ def register(app: typer.Typer) -> None:
         from crmbridge.sandbox import SandboxPortal
 
         settings = load_settings()
+        # the demo replaces only a cache an earlier demo created: never an admin's cache or any other file
+        refusal = replaceable_demo_cache(cache_path)
+        if refusal is not None:
+            raise CrmBridgeError(f"{cache_path} {refusal}; the demo replaces only a cache an earlier demo created",
+                                 hint="pass --cache with a new file name")
         portal = SandboxPortal(deals=deals, seed=seed)
         portal.start(port=0)
         try:
@@ -82,6 +89,7 @@ def register(app: typer.Typer) -> None:
                 operating_limit=settings.bitrix24_operating_limit,
             )
             cache = open_cache(cache_path)
+            cache.set_meta(CREATED_BY, DEMO)
             try:
                 with progress_bar(sys.stderr.isatty()) as advance:
                     summary = Syncer(Bitrix24Reader(client), cache, progress=advance).run(full=True)
@@ -95,9 +103,8 @@ def register(app: typer.Typer) -> None:
                 run_demo_enforcement(client, cache, load_mappings(settings.mappings_dir))
             finally:
                 cache.close()
-            common.console.print(
-                f"The cache is [bold]{cache_path.resolve()}[/bold]: try "
-                f"`sqlite3 {cache_path} 'select stage_id, count(*) from deals group by 1'`."
-            )
+            common.console.print(common.markup(
+                "The cache is [bold]{path}[/bold]: try `sqlite3 {name} 'select stage_id, count(*) from deals group by 1'`.",
+                path=cache_path.resolve(), name=cache_path))
         finally:
             portal.stop()

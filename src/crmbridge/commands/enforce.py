@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import typer
@@ -32,8 +33,8 @@ def plan_table(actions: list[Action], *, limit: int, title: str) -> Table:
     for column in ("rule", "deal", "action", "why"):
         table.add_column(column, overflow="fold")
     for action in actions[:limit]:
-        table.add_row(action.rule, action.deal, f"{action.kind.value}: {action.summary}",
-                      action.reason.split("\n")[0][:140])
+        table.add_row(action.rule, common.cell(action.deal), common.cell(f"{action.kind.value}: {action.summary}"),
+                      common.cell(action.reason.split("\n")[0][:140]))
     if len(actions) > limit:
         table.caption = f"… and {len(actions) - limit:,} more (--limit, or --json for all)"
     return table
@@ -71,7 +72,7 @@ def print_report(report: EnforceReport, *, limit: int) -> None:
         if limit:
             console.print(plan_table(report.to_write, limit=limit, title="Actions"))
     for note in report.plan.notes[:10]:
-        console.print(f"[yellow]note[/yellow]: {note}")
+        console.print(common.markup("[yellow]note[/yellow]: {note}", note=note))
     if report.dry_run:
         console.print("[bold]--dry-run[/bold]: nothing was written to the CRM or the audit log")
         return
@@ -83,11 +84,14 @@ def print_report(report: EnforceReport, *, limit: int) -> None:
                       f"{execution.unknown:,} left for the next run; {execution.http_requests} HTTP requests "
                       f"in {execution.batches} batches")
         for error in execution.errors[:10]:
-            console.print(f"[red]error[/red]: {error}")
+            console.print(common.markup("[red]error[/red]: {error}", error=error))
     if report.after is not None and report.after is not report.before:
         after = report.after
         console.print(f"Compliance after: {after.compliant:,} of {after.deals:,} ({after.rate:.1%}), "
                       f"was {before.rate:.1%}; {after.violations:,} violations, was {before.violations:,}")
+
+
+_RULE = re.compile(r"R(?:[1-9]|1[01])", re.ASCII)
 
 
 def _modes(values: list[str] | None) -> dict[str, Mode] | None:
@@ -97,7 +101,7 @@ def _modes(values: list[str] | None) -> dict[str, Mode] | None:
     for value in values:
         rule, _, mode = value.partition("=")
         rule = rule.strip().upper()
-        if not rule.startswith("R") or not rule[1:].isdigit() or not 1 <= int(rule[1:]) <= 11:
+        if _RULE.fullmatch(rule) is None:  # ASCII digits only: "R١" is not R1
             raise ConfigError(f"--mode {value!r}: the rule must be R1..R11", hint="write e.g. --mode R1=enforce")
         try:
             modes[rule] = Mode(mode.strip().lower())
@@ -112,7 +116,7 @@ def register(app: typer.Typer) -> None:
     def enforce_command(
         dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan; write nothing to the CRM."),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable report (for scheduled jobs)."),
-        deal: int = typer.Option(None, "--deal", help="Only this deal."),
+        deal: int = typer.Option(None, "--deal", min=1, max=common.MAX_ID, help="Only this deal."),
         sync: bool = typer.Option(True, "--sync/--no-sync", help="Sync incrementally before and after writing."),
         max_reverts_per_day: int = typer.Option(None, "--max-reverts-per-day", min=0,
                                                 help="Loop guard: reverts of one deal per day before escalating to the head "
@@ -133,6 +137,7 @@ def register(app: typer.Typer) -> None:
         try:
             report = enforce(client, cache, mappings, dry_run=dry_run, deal_ids=[deal] if deal is not None else None,
                              sync=sync, modes=overrides, break_lock=break_lock,
+                             overlap=timedelta(minutes=settings.sync_overlap_minutes),
                              max_reverts_per_day=settings.enforce_max_reverts_per_day
                              if max_reverts_per_day is None else max_reverts_per_day)
         finally:
@@ -146,7 +151,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("log")
     def log_command(
-        deal: int = typer.Option(None, "--deal", help="Only this deal."),
+        deal: int = typer.Option(None, "--deal", min=1, max=common.MAX_ID, help="Only this deal."),
         since: str = typer.Option(None, "--since", help="From a date / date-time, or a span back: 90m, 2h, 1d, 2w."),
         rule: str = typer.Option(None, "--rule", help="Only this rule, e.g. R3."),
         status: str = typer.Option(None, "--status", help="intent, done, failed or cancelled."),
@@ -162,7 +167,7 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(str(exc)) from None
         if status is not None and status not in ("intent", "done", "failed", "cancelled"):
             raise ConfigError(f"--status {status!r}: use intent, done, failed or cancelled")
-        cache: Cache = common.cache_from(settings)
+        cache: Cache = common.existing_cache(settings)  # reading the log never creates an empty cache
         try:
             entries = AuditLog(cache).entries(deal=deal, since=moment, rule=rule.upper() if rule else None,
                                               status=status, limit=limit)
@@ -181,8 +186,8 @@ def register(app: typer.Typer) -> None:
         for entry in entries:
             outcome = ", ".join(entry.crm_ids) if entry.status == "done" else (entry.error or "")
             table.add_row(entry.when[:19].replace("T", " "), entry.rule, str(entry.deal),
-                          f"{entry.kind}: {entry.summary}", f"[{colours.get(entry.status, 'white')}]{entry.status}[/]",
-                          outcome)
+                          common.cell(f"{entry.kind}: {entry.summary}"),
+                          common.cell(entry.status, style=colours.get(entry.status, "")), common.cell(outcome))
         common.console.print(table)
         if sys.stdout.isatty() and len(entries) == limit:
             common.console.print(f"(--limit {limit}; narrow with --deal, --since or --rule)")

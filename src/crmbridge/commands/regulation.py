@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import typer
 from rich.table import Table
 
+from crmbridge import files
 from crmbridge.cache import rows
 from crmbridge.cache.store import Cache
 from crmbridge.commands import common
@@ -117,10 +118,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write the JSON Schema of regulation.yaml and bitrix24.yaml for editors (yaml-language-server)."""
         directory = out or common.settings().mappings_dir
-        directory.mkdir(parents=True, exist_ok=True)
+        option = "--out" if out else "CRMBRIDGE_MAPPINGS_DIR"
+        files.make_folder(directory, option=option)
         for name, document in json_schemas().items():
-            (directory / name).write_text(json.dumps(document, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-            common.console.print(f"wrote {directory / name}")
+            files.write_text(directory / name, json.dumps(document, ensure_ascii=False, indent=2) + "\n", option=option)
+            common.console.print(common.markup("wrote {path}", path=directory / name))
 
     @app.command()
     def check(
@@ -175,12 +177,13 @@ def register(app: typer.Typer) -> None:
         regulation_path = settings.mappings_dir / "regulation.yaml"
         if not regulation_path.exists():
             # a fresh install: start from the shipped default regulation (and the schemas editors use)
-            settings.mappings_dir.mkdir(parents=True, exist_ok=True)
-            regulation_path.write_text(default_regulation_text(), encoding="utf-8")
+            files.make_folder(settings.mappings_dir, option="CRMBRIDGE_MAPPINGS_DIR")
+            files.write_text(regulation_path, default_regulation_text(), option="CRMBRIDGE_MAPPINGS_DIR")
             for name, document in json_schemas().items():
-                (settings.mappings_dir / name).write_text(json.dumps(document, ensure_ascii=False, indent=2) + "\n",
-                                                          encoding="utf-8")
-            common.console.print(f"wrote the default regulation to {regulation_path}; edit it to match yours")
+                files.write_text(settings.mappings_dir / name, json.dumps(document, ensure_ascii=False, indent=2) + "\n",
+                                 option="CRMBRIDGE_MAPPINGS_DIR")
+            common.console.print(common.markup("wrote the default regulation to {path}; edit it to match yours",
+                                               path=regulation_path))
         regulation = load_regulation(regulation_path)
         snapshot, source = _snapshot(cache_only)
         default_target = settings.mappings_dir / BINDING_FILE.replace(".yaml", ".draft.yaml")
@@ -190,7 +193,8 @@ def register(app: typer.Typer) -> None:
             raise CrmBridgeError(f"{target} exists; discover does not overwrite it",
                                  hint="pass --out with a new file name (or --force), then merge by hand")
         text = draft_binding(regulation, snapshot)
-        target.write_text(text, encoding="utf-8")
+        # the draft names the portal's users: readable by its owner only, like the cache
+        files.write_text(target, text, private=True, option="--out")
         todo = todo_left(text)
         common.console.print(f"wrote {target} from {source}: {len(snapshot.pipelines)} pipelines, "
                              f"{sum(len(stages) for stages in snapshot.stages.values())} stages, "
@@ -198,7 +202,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def audit(
-        deal: int = typer.Option(None, "--deal", help="Explain one deal rule by rule."),
+        deal: int = typer.Option(None, "--deal", min=1, max=common.MAX_ID, help="Explain one deal rule by rule."),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
         record: bool = typer.Option(True, "--record/--no-record", help="Open / resolve rows of the violations table."),
         mappings_dir: Path = typer.Option(None, "--mappings", help="Directory with regulation.yaml and bitrix24.yaml."),

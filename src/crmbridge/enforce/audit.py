@@ -151,13 +151,15 @@ class AuditLog:
 
 
 def parse_since(text: str, now: datetime) -> datetime:
-    """`--since`: an ISO date or date-time, or a span back from now (90m, 2h, 1d, 2w)."""
+    """`--since`: an ISO date or date-time (1970..9999), or a span back from now (90m, 2h, 1d, 2w)."""
     from crmbridge.mapping.schema import parse_duration
 
     value = text.strip()
     try:
         span = parse_duration(value)
-    except ValueError:
+    except ValueError as bad:
+        if "too long" in str(bad):
+            raise ValueError(f"--since {text!r}: {str(bad).split(' — ')[0]}") from None
         span = None
     if span is not None and value:
         return now - span
@@ -168,6 +170,12 @@ def parse_since(text: str, now: datetime) -> datetime:
                          "or a span back from now (90m, 2h, 1d, 2w)") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=now.tzinfo or UTC)
+    try:
+        in_utc = moment.astimezone(UTC)
+    except OverflowError:
+        in_utc = None
+    if in_utc is None or not 1970 <= in_utc.year <= 9998:
+        raise ValueError(f"--since {text!r}: the date is out of range; write one between 1970 and 9998")
     return moment
 
 

@@ -7,7 +7,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from crmbridge.cache.lock import WriterLock
@@ -22,7 +22,7 @@ from crmbridge.mapping.cached import load_deals, record_violations
 from crmbridge.mapping.load import Mappings
 from crmbridge.model import Deal, Mode, Violation
 from crmbridge.regulation.evaluate import Evaluator
-from crmbridge.sync import Syncer
+from crmbridge.sync import DEFAULT_OVERLAP, Syncer
 
 
 @dataclass
@@ -134,7 +134,8 @@ def still_to_write(actions: Iterable[Action], audit: AuditLog) -> list[Action]:
 def enforce(client: Bitrix24Client, cache: Cache, mappings: Mappings, *, now: Callable[[], datetime] = utc_now,
             dry_run: bool = False, deal_ids: Sequence[int] | None = None, sync: bool = True,
             modes: Mapping[str, Mode] | None = None, max_reverts_per_day: int = DEFAULT_MAX_REVERTS_PER_DAY,
-            sleep: Callable[[float], None] = time.sleep, break_lock: bool = False) -> EnforceReport:
+            sleep: Callable[[float], None] = time.sleep, break_lock: bool = False,
+            overlap: timedelta = DEFAULT_OVERLAP) -> EnforceReport:
     """Make the portal follow the regulation; with `dry_run`, show the same plan and write nothing to the CRM.
 
     One writer at a time (two overlapping scheduled runs would plan the same actions and both write them): the
@@ -149,12 +150,12 @@ def enforce(client: Bitrix24Client, cache: Cache, mappings: Mappings, *, now: Ca
     try:
         requests_before = client.requests_made
         if sync:
-            Syncer(Bitrix24Reader(client), cache).run(full=False)
+            Syncer(Bitrix24Reader(client), cache, overlap=overlap).run(full=False)
         sync_requests = client.requests_made - requests_before
         executor = Executor(client, audit, run_id=run_id, lock=None if dry_run else lock, now=now, sleep=sleep)
         return _plan_and_write(client, cache, mappings, audit, executor, now=now, dry_run=dry_run, deal_ids=deal_ids,
                                sync=sync, modes=modes, max_reverts_per_day=max_reverts_per_day, started=started,
-                               sync_requests=sync_requests)
+                               sync_requests=sync_requests, overlap=overlap)
     finally:
         lock.release()
 
@@ -162,7 +163,7 @@ def enforce(client: Bitrix24Client, cache: Cache, mappings: Mappings, *, now: Ca
 def _plan_and_write(client: Bitrix24Client, cache: Cache, mappings: Mappings, audit: AuditLog, executor: Executor, *,
                     now: Callable[[], datetime], dry_run: bool, deal_ids: Sequence[int] | None, sync: bool,
                     modes: Mapping[str, Mode] | None, max_reverts_per_day: int, started: datetime,
-                    sync_requests: int) -> EnforceReport:
+                    sync_requests: int, overlap: timedelta = DEFAULT_OVERLAP) -> EnforceReport:
     reconciled = Reconciliation(0, 0, frozenset())
     if not dry_run:
         # an earlier run killed between a write and its result: look in the CRM before planning anything again;
@@ -190,7 +191,7 @@ def _plan_and_write(client: Bitrix24Client, cache: Cache, mappings: Mappings, au
     report.cancelled = audit.cancel(leftovers, now())
     if sync and report.execution.sent:
         before = client.requests_made
-        Syncer(Bitrix24Reader(client), cache).run(full=False)
+        Syncer(Bitrix24Reader(client), cache, overlap=overlap).run(full=False)
         report.sync_requests += client.requests_made - before
         report.after = evaluate(cache, mappings, now(), modes=modes, record=True).compliance
     else:

@@ -23,7 +23,9 @@ from crmbridge.model import LOST, WON, Mode
 
 RULE_IDS: tuple[str, ...] = tuple(f"R{n}" for n in range(1, 12))
 
-_DURATION = re.compile(r"^(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?$")
+_DURATION = re.compile(r"^(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?$", re.ASCII)
+#: no regulation's timer or window is longer; longer ones are typos (and overflow date arithmetic)
+MAX_DURATION = timedelta(days=3660)
 DURATION_PATTERN = r"^(\d+w)?(\d+d)?(\d+h)?(\d+m)?$"
 
 
@@ -39,8 +41,16 @@ def parse_duration(text: Any) -> timedelta:
     match = _DURATION.match(compact)
     if not compact or match is None:
         raise ValueError(f"{_show(text)} is not a duration — write a number with a unit: 90m, 1h, 3d, 2w (or 1h30m)")
-    weeks, days, hours, minutes = (int(part) if part else 0 for part in match.groups())
-    return timedelta(weeks=weeks, days=days, hours=hours, minutes=minutes)
+    parts = [part or "0" for part in match.groups()]
+    if any(len(part) > 7 for part in parts):
+        span = None  # more digits than any timer needs: refused before the arithmetic overflows
+    else:
+        weeks, days, hours, minutes = (int(part) for part in parts)
+        span = timedelta(weeks=weeks, days=days, hours=hours, minutes=minutes)
+    if span is None or span > MAX_DURATION:
+        raise ValueError(f"{_show(text)} is too long: a duration is at most {MAX_DURATION.days}d (10 years) — "
+                         "check the number and its unit")
+    return span
 
 
 def format_duration(span: timedelta, units: str = "d h m") -> str:
