@@ -36,7 +36,8 @@ def pipeline_table(cache: Cache) -> Table:
         """
     )
     for row in rows:
-        table.add_row(row["pipeline"] or "?", row["stage"] or "?", f"{row['deals']:,}", f"{row['amount']:,.0f}")
+        table.add_row(common.cell(row["pipeline"] or "?"), common.cell(row["stage"] or "?"), f"{row['deals']:,}",
+                      f"{row['amount']:,.0f}")
     return table
 
 
@@ -57,7 +58,7 @@ def manager_table(cache: Cache) -> Table:
     )
     for row in rows:
         name = (row["manager"] or "?") + ("" if row["active"] else " (inactive)")
-        table.add_row(name, str(row["open"]), str(row["won"]), str(row["lost"]), f"{row['won_amount']:,.0f}")
+        table.add_row(common.cell(name), str(row["open"]), str(row["won"]), str(row["lost"]), f"{row['won_amount']:,.0f}")
     return table
 
 
@@ -80,7 +81,8 @@ def register(app: typer.Typer) -> None:
         portal = SandboxPortal(deals=deals, seed=seed)
         portal.start(port=0)
         try:
-            common.console.print(f"[bold]Sandbox portal[/bold] with {deals:,} deals at {portal.webhook_url}")
+            common.console.print(common.markup("[bold]Sandbox portal[/bold] with {deals} deals at {url}",
+                                               deals=f"{deals:,}", url=portal.webhook_url))
             if cache_path.exists():
                 for suffix in ("", "-wal", "-shm"):
                     Path(str(cache_path) + suffix).unlink(missing_ok=True)

@@ -153,8 +153,9 @@ def register(app: typer.Typer) -> None:
         if as_json:
             common.print_json(report)
             return
-        common.console.print(f"[green]ok[/green]: {mappings.regulation_path} and {mappings.binding_path}"
-                             + (f" (checked against {report['live']})" if live else ""))
+        common.console.print(common.markup("[green]ok[/green]: {regulation} and {binding}{live}",
+                                           regulation=mappings.regulation_path, binding=mappings.binding_path,
+                                           live=f" (checked against {report['live']})" if live else ""))
         if impact_:
             table = Table(title=f"Impact on {report['deals']:,} cached deals", title_justify="left")
             for column in ("rule", "mode", "would flag", "flagged with current modes"):
@@ -163,7 +164,7 @@ def register(app: typer.Typer) -> None:
                 mode = getattr(mappings.regulation.rules, rule).mode.value
                 overrides = {d.rules.get(rule, {}).get("mode") for d in mappings.regulation.directions.values()} - {None}
                 shown = mode + (f" ({', '.join(sorted(overrides))} in some directions)" if overrides - {mode} else "")
-                table.add_row(rule, shown, f"{counts['would_flag']:,}", f"{counts['flagged_now']:,}")
+                table.add_row(rule, common.cell(shown), f"{counts['would_flag']:,}", f"{counts['flagged_now']:,}")
             common.console.print(table)
 
     @app.command()
@@ -196,9 +197,10 @@ def register(app: typer.Typer) -> None:
         # the draft names the portal's users: readable by its owner only, like the cache
         files.write_text(target, text, private=True, option="--out")
         todo = todo_left(text)
-        common.console.print(f"wrote {target} from {source}: {len(snapshot.pipelines)} pipelines, "
-                             f"{sum(len(stages) for stages in snapshot.stages.values())} stages, "
-                             f"{len(snapshot.fields)} fields; {todo} `todo` left for you")
+        common.console.print(common.markup(
+            "wrote {target} from {source}: {pipelines} pipelines, {stages} stages, {fields} fields; {todo} `todo` left "
+            "for you", target=target, source=source, pipelines=len(snapshot.pipelines),
+            stages=sum(len(stages) for stages in snapshot.stages.values()), fields=len(snapshot.fields), todo=todo))
 
     @app.command()
     def audit(
@@ -237,16 +239,18 @@ def _explain_deal(cache: Cache, mappings: Mappings, now: datetime, deal_id: int,
                            "rules": [{"rule": line.rule, "verdict": line.verdict.value, "reason": line.reason,
                                       "violations": [violation_json(v) for v in line.violations]} for line in lines]})
         return
-    common.console.print(f"[bold]Deal {the_deal.id}[/bold] «{the_deal.title}»: direction {the_deal.direction or '—'}, "
-                         f"stage {the_deal.stage or '—'} (CRM {the_deal.crm_stage}), manager {the_deal.manager or '—'}")
+    common.console.print(common.markup(
+        "[bold]Deal {id}[/bold] «{title}»: direction {direction}, stage {stage} (CRM {crm_stage}), manager {manager}",
+        id=the_deal.id, title=the_deal.title, direction=the_deal.direction or "—", stage=the_deal.stage or "—",
+        crm_stage=the_deal.crm_stage, manager=the_deal.manager or "—"))
     colours = {"passed": "green", "failed": "red", "not_applicable": "dim"}
     table = Table(show_header=True)
     for column in ("rule", "verdict", "why"):
         table.add_column(column)
     for line in lines:
         severity = f" ({line.violations[0].severity.value})" if line.violations else ""
-        table.add_row(line.rule, f"[{colours[line.verdict.value]}]{line.verdict.value.replace('_', ' ')}{severity}[/]",
-                      line.reason)
+        table.add_row(line.rule, common.cell(f"{line.verdict.value.replace('_', ' ')}{severity}",
+                                             style=colours[line.verdict.value]), common.cell(line.reason))
     common.console.print(table)
 
 
@@ -274,7 +278,7 @@ def _print_audit(run: AuditRun, names: dict[str, str], as_json: bool) -> None:
         table.add_column(column, justify="right" if column in ("violations", "deals") else "left")
     for rule in RULES:
         if by_rule[rule]:
-            table.add_row(rule, f"{by_rule[rule]:,}", f"{len(deals_by_rule[rule]):,}", clauses[rule])
+            table.add_row(rule, f"{by_rule[rule]:,}", f"{len(deals_by_rule[rule]):,}", common.cell(clauses[rule]))
     common.console.print(table)
     rules = [rule for rule in RULES if by_rule[rule]]
     table = Table(title="Open violations by manager", title_justify="left")
@@ -284,5 +288,5 @@ def _print_audit(run: AuditRun, names: dict[str, str], as_json: bool) -> None:
     table.add_column("total", justify="right")
     for manager, counts in sorted(by_manager.items(), key=lambda item: -sum(item[1].values())):
         label = f"{names.get(manager, '')} ({manager})".strip() if manager != "—" else "—"
-        table.add_row(label, *(str(counts[rule] or "") for rule in rules), str(sum(counts.values())))
+        table.add_row(common.cell(label), *(str(counts[rule] or "") for rule in rules), str(sum(counts.values())))
     common.console.print(table)

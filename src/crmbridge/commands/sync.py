@@ -55,13 +55,12 @@ def run_sync(webhook_url: str | None, *, full: bool, show_progress: bool) -> Syn
 
 def print_summary(summary: SyncSummary, cache_path: object) -> None:
     resumed = " (resumed an interrupted full sync)" if summary.resumed else ""
-    common.console.print(
+    common.console.print(common.markup(
         f"[green]✓[/green] {summary.mode} sync{resumed}: {summary.deals_read:,} deals read, "
         f"{summary.deals_changed:,} changed, {summary.deals_deleted:,} marked deleted; "
         f"{summary.contacts_read:,} contacts, {summary.companies_read:,} companies, "
         f"{summary.stage_history_read:,} stage changes, {summary.tasks_read:,} tasks, {summary.todos_read:,} to-dos; "
-        f"{summary.http_requests} HTTP requests in {summary.seconds:.1f} s → {cache_path}"
-    )
+        f"{summary.http_requests} HTTP requests in {summary.seconds:.1f} s → {{path}}", path=cache_path))
 
 
 def register(app: typer.Typer) -> None:

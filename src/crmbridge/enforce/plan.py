@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
+from crmbridge.enforce.portal_text import literal_deal, literal_names, literal_violations
 from crmbridge.mapping.schema import BindingSpec, StageTaskSpec, TaskSpec
 from crmbridge.model import LOST, TODO, WON, Deal, Mode, StageEntry, Violation
 from crmbridge.regulation.clients import add_months
@@ -152,12 +153,14 @@ class Plan:
 
 
 def plan(deals: Iterable[tuple[Deal, Sequence[Violation]]], context: PlanContext) -> Plan:
-    """Actions for every deal with violations, deals in the order given."""
+    """Actions for every deal with violations, deals in the order given.
+
+    The texts written are BB-code: CRM text enters them literal (titles, names; see portal_text)."""
     result = Plan(rotation=dict(context.rotation))
-    planner = _DealPlanner(context, result)
+    planner = _DealPlanner(replace(context, user_names=literal_names(context.user_names)), result)
     for deal, violations in deals:
         if violations:
-            planner.deal(deal, violations)
+            planner.deal(literal_deal(deal), literal_violations(violations))
     return result
 
 
