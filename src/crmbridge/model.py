@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import enum
+import string
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any, Mapping
 
 #: stage ids every direction has besides its ordered open stages
@@ -210,16 +212,13 @@ class Violation:
     @property
     def message(self) -> str:
         """What the manager reads: the regulation's template filled in (rendered on demand, it is not free)."""
-        values = _Placeholders(self.values)
+        values = dict(self.values)
         values.setdefault("rule", self.rule)
         values.setdefault("deal", self.deal)
         values.setdefault("manager", self.manager or "")
         values.setdefault("missing", ", ".join(self.missing))
         values.setdefault("since", self.since.strftime("%Y-%m-%d %H:%M"))
-        try:
-            return self.template.format_map(values)
-        except (ValueError, IndexError, AttributeError, KeyError):
-            return self.template
+        return fill(self.template, values)
 
     @property
     def key(self) -> str:
@@ -238,11 +237,38 @@ class RuleExplanation:
     violations: tuple[Violation, ...] = ()
 
 
-class _Placeholders(dict):
-    """Unknown placeholders stay visible in a message instead of failing."""
+@lru_cache(maxsize=1024)
+def _template_parts(template: str) -> tuple[tuple[str, str | None, str], ...]:
+    """(literal text, placeholder name or None, the placeholder as written) of a message template.
 
-    def __missing__(self, key: str) -> str:
-        return "{" + key + "}"
+    Only a plain `{name}` is ever filled: a format (`{title:>1500000000}`), a conversion (`{title!r}`), an
+    attribute or index (`{title.__class__}`, `{title[0]}`) or a position (`{0}`) is shown as written, never
+    evaluated (str.format would allocate the width, or reach into Python objects). `check` reports them.
+    """
+    parts: list[tuple[str, str | None, str]] = []
+    try:
+        for literal, name, spec, conversion in string.Formatter().parse(template):
+            if name is None:
+                parts.append((literal, None, ""))
+                continue
+            written = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            plain = name if name.isidentifier() and not spec and not conversion else None
+            parts.append((literal, plain, written))
+    except ValueError:  # a lone brace: the template is shown as written
+        return ((template, None, ""),)
+    return tuple(parts)
+
+
+def fill(template: str, values: Mapping[str, Any]) -> str:
+    """The template with its `{name}` placeholders filled from `values`; unknown ones stay visible as written."""
+    out: list[str] = []
+    for literal, name, written in _template_parts(template):
+        out.append(literal)
+        if name is not None and name in values:
+            out.append(str(values[name]))
+        else:
+            out.append(written)
+    return "".join(out)
 
 
 def as_date(moment: date | datetime) -> date:

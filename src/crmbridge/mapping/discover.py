@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from difflib import SequenceMatcher
 from typing import Iterable
 
 from crmbridge.mapping.portal import COMPATIBLE, PortalField, PortalSnapshot, users_by_department
 from crmbridge.mapping.schema import BINDING_SCHEMA_FILE, LOST, WON, RegulationSpec
+from crmbridge.text import yaml_comment, yaml_quoted
 
 TODO = "todo"
 #: standard deal fields a regulated field may live in (they are not in crm.deal.userfield.list)
@@ -39,7 +41,16 @@ def _best(name: str, candidates: Iterable[tuple[str, str]]) -> tuple[str | None,
 
 
 def _quote(text: str) -> str:
-    return text.replace("\n", " ").strip()
+    """Portal text for a `# comment`: one line, nothing invisible (see text.yaml_comment)."""
+    return yaml_comment(text)
+
+
+def _key(text: str) -> str:
+    """A portal id as a YAML key or value: plain when it is a plain id (NEW, C1:NEW, UF_CRM_1, 17), else quoted."""
+    return text if _PLAIN.fullmatch(text) else yaml_quoted(text)
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9_]+(?::[A-Za-z0-9_]+)*", re.ASCII)
 
 
 def draft_binding(regulation: RegulationSpec, snapshot: PortalSnapshot, *, regulation_file: str = "regulation.yaml") -> str:
@@ -57,8 +68,8 @@ def draft_binding(regulation: RegulationSpec, snapshot: PortalSnapshot, *, regul
     todo_count = 0
     for category, name in snapshot.pipelines.items():
         direction_id, _ = _best(name, directions)
-        lines.append(f"  {category}:")
-        lines.append(f'    name: "{_quote(name)}"')
+        lines.append(f"  {_key(category)}:")
+        lines.append(f"    name: {yaml_quoted(name)}")
         if direction_id is None:
             todo_count += 1
             options = ", ".join(direction for direction, _ in directions)
@@ -78,7 +89,8 @@ def draft_binding(regulation: RegulationSpec, snapshot: PortalSnapshot, *, regul
             if target is None:
                 todo_count += 1
                 target = TODO
-            lines.append(f"      {crm_stage}: {target}  # {_quote(stage_name)}" + (f" ({semantics})" if semantics in "SF" else ""))
+            lines.append(f"      {_key(crm_stage)}: {target}  # {_quote(stage_name)}"
+                         + (f" ({semantics})" if semantics in ("S", "F") else ""))
     lines += ["", "fields:"]
     custom = [(name, field) for name, field in snapshot.fields.items()]
     custom += [(name, PortalField(name, kind, label)) for name, (kind, label) in STANDARD_FIELDS.items()
@@ -97,26 +109,27 @@ def draft_binding(regulation: RegulationSpec, snapshot: PortalSnapshot, *, regul
         portal_field = known[crm_field]
         if spec.type == "enum":
             lines.append(f"  {field_id}:  # {_quote(portal_field.label)}")
-            lines.append(f"    crm_field: {crm_field}")
+            lines.append(f"    crm_field: {_key(crm_field)}")
             lines.append("    options:")
             ordered = list(portal_field.options.items())
             for index, (option_id, option_label) in enumerate(ordered):
                 guess = spec.options[index] if len(ordered) == len(spec.options) else TODO
                 if guess == TODO:
                     todo_count += 1
-                lines.append(f'      "{option_id}": {guess}  # {_quote(option_label)}' + (" — check the order" if guess != TODO else ""))
+                lines.append(f"      {yaml_quoted(option_id)}: {guess}  # {_quote(option_label)}"
+                             + (" — check the order" if guess != TODO else ""))
         else:
-            lines.append(f"  {field_id}: {crm_field}  # {_quote(portal_field.label)}")
+            lines.append(f"  {field_id}: {_key(crm_field)}  # {_quote(portal_field.label)}")
     lines += ["", "# Round robin for R7: one team per department of active users; restrict `directions` as needed.", "teams:"]
     for department, members in sorted(users_by_department(snapshot).items()):
         names = ", ".join(snapshot.users[user][0] for user in members)
-        lines.append(f"  department_{department}:" if department != "?" else "  no_department:")
-        lines.append(f"    members: [{', '.join(members)}]  # {_quote(names)}")
+        lines.append(f"  department_{department}:" if _PLAIN.fullmatch(department) else "  no_department:")
+        lines.append(f"    members: [{', '.join(_key(member) for member in members)}]  # {_quote(names)}")
     lines += ["", "# Heads to notify: keep the users who should hear about violations (the first active user for now).",
               "heads:"]
     active = [(user, name) for user, (name, is_active, _) in snapshot.users.items() if is_active]
     for user, name in active[:1]:
-        lines.append(f"  - user: {user}  # {_quote(name)}")
+        lines.append(f"  - user: {_key(user)}  # {_quote(name)}")
     lines.append("")
     lines.insert(3, f"# {todo_count} decisions left (`todo`).")
     return "\n".join(lines)

@@ -22,7 +22,7 @@ from crmbridge.mapping.schema import (
     RegulationSpec,
     RulesSpec,
 )
-from crmbridge.mapping.yamlpos import LocatedDocument, Path, Problem, read_yaml
+from crmbridge.mapping.yamlpos import MAX_BYTES, LocatedDocument, Path, Problem, read_yaml, too_large
 
 REGULATION_FILE = "regulation.yaml"
 TODO = "todo"  # what `crmbridge discover` writes where the admin must decide
@@ -185,6 +185,8 @@ def _translate(doc: LocatedDocument, root: type[BaseModel], error: dict[str, Any
     if kind == "value_error":
         text = str(error.get("ctx", {}).get("error", error["msg"]))
         what, _, fix = text.partition(" — ")
+        if loc and isinstance(loc[-1], str) and name not in what:
+            what = f'"{name}": {what}'  # say which setting: "stale_after": "9999999999w" is too long
         doc.problem(loc, what, fix or "correct the value")
         return
     if kind in _KIND:
@@ -327,6 +329,13 @@ def _lint_regulation(doc: LocatedDocument) -> None:
     for rule_id, params in rules.items():
         if rule_id in RULE_IDS and isinstance(params, dict):
             _lint_rule(doc, ("rules", rule_id), rule_id, params, fields, all_stage_ids, direction_only=False)
+    wording = _dict(data.get("wording"))
+    for key, text in wording.items():
+        if isinstance(text, str):
+            _lint_template(doc, ("wording", key), f"wording.{key}", text, None)
+    for key, text in _dict(wording.get("explain")).items():
+        if isinstance(text, str):
+            _lint_template(doc, ("wording", "explain", key), f"wording.explain.{key}", text, None)
 
 
 def _lint_rule(doc: LocatedDocument, path: Path, rule_id: str, params: dict[str, Any], fields: dict[str, Any],
@@ -366,17 +375,32 @@ def _lint_rule(doc: LocatedDocument, path: Path, rule_id: str, params: dict[str,
                             did_you_mean(option, options_of(segment_field)))
     message = params.get("message")
     if isinstance(message, str):
-        allowed = _COMMON_PLACEHOLDERS | RULE_PLACEHOLDERS.get(rule_id, set())
-        try:
-            names = [name for _, name, _, _ in string.Formatter().parse(message) if name is not None]
-        except ValueError as bad:
-            doc.problem(path + ("message",), f"{rule_id}.message has a broken placeholder ({bad})",
-                        "write placeholders as {title}; double braces {{ }} for literal braces")
-            return
-        for name in names:
-            if name.split(".")[0].split("[")[0] not in allowed:
-                doc.problem(path + ("message",), f"{rule_id}.message: unknown placeholder {{{name}}}",
-                            did_you_mean(name, allowed))
+        _lint_template(doc, path + ("message",), f"{rule_id}.message", message,
+                       _COMMON_PLACEHOLDERS | RULE_PLACEHOLDERS.get(rule_id, set()))
+
+
+def _lint_template(doc: LocatedDocument, path: Path, what: str, template: str, allowed: set[str] | None) -> None:
+    """A message template: placeholders are plain names (`{title}`), of `allowed` when it is known.
+
+    A format (`{title:>1500000000}`), a conversion, an attribute or index (`{title.__class__}`) or a position (`{0}`)
+    would make str.format allocate or reach into Python objects: crmbridge never evaluates them, check says so.
+    """
+    try:
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)
+                  if name is not None]
+    except ValueError as bad:
+        doc.problem(path, f"{what} has a broken placeholder ({bad})",
+                    "write placeholders as {title}; double braces {{ }} for literal braces")
+        return
+    for name, spec, conversion in fields:
+        written = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+        shown = written if len(written) <= 40 else written[:39] + "…}"
+        if not name.isidentifier() or spec or conversion:
+            plain = name.split(".")[0].split("[")[0].split("!")[0]
+            fix = f"write {{{plain}}}" if plain.isidentifier() else "write a placeholder name such as {title}"
+            doc.problem(path, f"{what}: placeholder {shown} is more than a name", fix + " (no formats, attributes or positions)")
+        elif allowed is not None and name not in allowed:
+            doc.problem(path, f"{what}: unknown placeholder {shown}", did_you_mean(name, allowed))
 
 
 # ---------------------------------------------------------------- binding lint
@@ -528,6 +552,11 @@ def load_mappings(directory: str | FsPath = "mappings", *, binding_file: str = B
     probe = read_yaml(binding_text, str(binding_path))
     if isinstance(probe.data, dict) and isinstance(probe.data.get("regulation"), str):
         regulation_name = probe.data["regulation"]
+        refusal = _outside(directory, regulation_name)
+        if refusal is not None:
+            line, column = probe.at(("regulation",))
+            raise MappingError([str(Problem(str(binding_path), line, column, f"regulation: {refusal}",
+                                            "name a .yaml file in the mappings folder, e.g. regulation.yaml"))])
     regulation_path = directory / regulation_name
     regulation, problems = parse_regulation(_read(regulation_path), str(regulation_path))
     binding, binding_problems = parse_binding(binding_text, regulation, str(binding_path))
@@ -537,12 +566,39 @@ def load_mappings(directory: str | FsPath = "mappings", *, binding_file: str = B
     return Mappings(regulation, binding, str(regulation_path), str(binding_path))
 
 
-def _read(path: FsPath) -> str:
+def _outside(directory: FsPath, name: str) -> str | None:
+    """Why the binding's `regulation:` may not be read, or None: only a .yaml file inside the mappings folder
+    (an absolute path, `..` or a symlink out of it could make check echo any file's lines)."""
+    candidate = FsPath(name)
+    if candidate.is_absolute() or ".." in candidate.parts:
+        return "the regulation file must be in the mappings folder (no absolute path, no ..)"
+    if candidate.suffix.lower() not in (".yaml", ".yml"):
+        return "the regulation file must be a .yaml file"
     try:
-        return path.read_text(encoding="utf-8")
+        inside = (directory / candidate).resolve().is_relative_to(directory.resolve())
+    except (OSError, RuntimeError):
+        inside = False
+    return None if inside else "the regulation file leads out of the mappings folder (a symbolic link)"
+
+
+def _read(path: FsPath) -> str:
+    """The text of a mapping file, or MappingError with `file:line:col` saying why it cannot be used."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            raise MappingError([str(too_large(str(path), size))])
+        data = path.read_bytes()
     except FileNotFoundError:
         raise MappingError([f"{path}:1:1: file not found — run `crmbridge discover` or copy the shipped example"]) from None
-    except UnicodeDecodeError as bad:
-        raise MappingError([f"{path}:1:1: not UTF-8 text ({bad.reason}) — save the file as UTF-8"]) from None
+    except IsADirectoryError:
+        raise MappingError([f"{path}:1:1: is a folder, not a file — point it at the YAML file"]) from None
     except OSError as bad:
-        raise MappingError([f"{path}:1:1: cannot be read ({bad.strerror}) — check the path and permissions"]) from None
+        reason = (bad.strerror or type(bad).__name__).lower()
+        raise MappingError([f"{path}:1:1: cannot be read ({reason}) — check the path and permissions"]) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        line = data.count(b"\n", 0, bad.start) + 1
+        column = bad.start - (data.rfind(b"\n", 0, bad.start) + 1) + 1
+        raise MappingError([f"{path}:{line}:{column}: not UTF-8 text (byte 0x{data[bad.start]:02x}) — "
+                            "save the file as UTF-8"]) from None

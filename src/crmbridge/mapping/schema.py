@@ -330,6 +330,19 @@ class DirectionSpec(Strict):
         return tuple(stage.id for stage in self.stages)
 
 
+def known_zone(zone: str) -> str:
+    """An IANA time zone name zoneinfo knows, else a ValueError with a did-you-mean."""
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        from difflib import get_close_matches
+
+        close = get_close_matches(str(zone), sorted(available_timezones()), n=1)
+        hint = f'did you mean "{close[0]}"?' if close else "use an IANA name such as Europe/Moscow"
+        raise ValueError(f'unknown time zone "{zone}" — {hint}') from None
+    return zone
+
+
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _HOURS = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
 
@@ -347,15 +360,7 @@ class CalendarSpec(Strict):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, zone: str) -> str:
-        try:
-            ZoneInfo(zone)
-        except (ZoneInfoNotFoundError, ValueError):
-            from difflib import get_close_matches
-
-            close = get_close_matches(zone, sorted(available_timezones()), n=1)
-            hint = f'did you mean "{close[0]}"?' if close else "use an IANA name such as Europe/Moscow"
-            raise ValueError(f'unknown time zone "{zone}" — {hint}') from None
-        return zone
+        return known_zone(zone)
 
     @field_validator("working_hours")
     @classmethod
@@ -531,6 +536,11 @@ class BindingSpec(Strict):
         if isinstance(value, dict):
             return {_as_str(key): pipeline for key, pipeline in value.items()}
         return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, zone: str | None) -> str | None:
+        return None if zone is None else known_zone(zone)
 
 
 REGULATION_SCHEMA_FILE = "regulation.schema.json"

@@ -14,6 +14,12 @@ Path = tuple[Any, ...]
 Position = tuple[int, int]  # 1-based line, column
 
 MAX_DEPTH = 64
+#: the largest mapping file read: a regulation and a binding are a few dozen KB; 30 MB took minutes to parse
+MAX_BYTES = 1024 * 1024
+#: aliases (`*name`) expanded per file: a few are handy, thousands are a "billion laughs" that fills the memory
+MAX_ALIASES = 100
+#: values per file once aliases are expanded
+MAX_NODES = 100_000
 
 
 @dataclass(frozen=True, order=True)
@@ -73,10 +79,17 @@ def _position(node: Node) -> Position:
     return (node.start_mark.line + 1, node.start_mark.column + 1)
 
 
+class _TooBig(Exception):
+    """The document expands beyond the limits: converting stops with one problem."""
+
+
 class _Converter:
     def __init__(self, doc: LocatedDocument) -> None:
         self.doc = doc
         self.active: set[int] = set()
+        self.seen: set[int] = set()
+        self.aliases = 0
+        self.nodes = 0
 
     def convert(self, node: Node, path: Path, depth: int = 0) -> Any:
         self.doc.values.setdefault(path, _position(node))
@@ -86,6 +99,18 @@ class _Converter:
         if id(node) in self.active:
             self.doc.problem(path, "an alias refers to itself", "remove the recursive anchor/alias")
             return None
+        if id(node) in self.seen:  # a node met again: an alias (`*name`) to an anchor
+            self.aliases += 1
+            if self.aliases > MAX_ALIASES:
+                self.doc.problem(path, f"more than {MAX_ALIASES} alias uses (*name)",
+                                 "write the values out instead of repeating an anchor")
+                raise _TooBig
+        self.seen.add(id(node))
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            self.doc.problem(path, f"more than {MAX_NODES:,} values once aliases are expanded",
+                             "a mapping file is far smaller: check the file")
+            raise _TooBig
         if isinstance(node, ScalarNode):
             return self.scalar(node, path)
         self.active.add(id(node))
@@ -170,6 +195,9 @@ class _Converter:
 def read_yaml(text: str, file: str) -> LocatedDocument:
     """Parse YAML text; syntax errors become problems with their position, never exceptions."""
     doc = LocatedDocument(file)
+    if len(text) > MAX_BYTES:
+        doc.problems.append(too_large(file, len(text.encode("utf-8", errors="replace"))))
+        return doc
     try:
         root = YAML(typ="rt").compose(text)
     except MarkedYAMLError as error:
@@ -189,9 +217,16 @@ def read_yaml(text: str, file: str) -> LocatedDocument:
         return doc
     try:
         doc.data = _Converter(doc).convert(root, ())
+    except _TooBig:
+        doc.data = None
     except RecursionError:
         doc.problems.append(Problem(file, 1, 1, "the file nests too deeply", "flatten the structure"))
     return doc
+
+
+def too_large(file: str, size: int) -> Problem:
+    return Problem(file, 1, 1, f"the file is {size / 1024 / 1024:.1f} MB; a mapping file is at most "
+                               f"{MAX_BYTES // 1024 // 1024} MB", "check that this is the right file")
 
 
 def _mark_of(error: BaseException) -> Position:

@@ -15,7 +15,7 @@ from crmbridge.mapping.schema import (
     RulesSpec,
     StageSpec,
 )
-from crmbridge.model import LOST, WON, Deal, Mode, StageEntry, Violation
+from crmbridge.model import LOST, WON, Deal, Mode, StageEntry, Violation, fill
 from crmbridge.regulation.calendar import WorkingCalendar
 
 
@@ -117,17 +117,9 @@ def _unique(requirements: list[RequirementSpec]) -> tuple[RequirementSpec, ...]:
     return tuple(seen.values())
 
 
-class _Blank(dict):
-    def __missing__(self, key: str) -> str:
-        return "{" + key + "}"
-
-
 def render(template: str, values: Mapping[str, Any]) -> str:
     """Fill a message template from the regulation; unknown placeholders stay visible instead of failing."""
-    try:
-        return template.format_map(_Blank(values))
-    except (ValueError, IndexError, AttributeError, KeyError):
-        return template
+    return fill(template, values)
 
 
 def say(ctx: "Context", why: list[str] | None, explanation: str, /, **values: Any) -> None:
