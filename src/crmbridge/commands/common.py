@@ -50,6 +50,7 @@ def client_from(settings: Settings, webhook_url: str | None = None) -> Bitrix24C
         burst=settings.bitrix24_burst,
         operating_limit=settings.bitrix24_operating_limit,
         max_attempts=settings.bitrix24_max_attempts,
+        max_answer_bytes=settings.bitrix24_max_answer_mb * 1024 * 1024,
     )
 
 

@@ -11,7 +11,8 @@ from urllib.parse import urlsplit
 
 import requests
 
-__all__ = ["RawResponse", "RequestsTransport", "Transport", "HttpTransport", "TransportError", "is_loopback", "redact"]
+__all__ = ["AnswerTooLarge", "RawResponse", "RequestsTransport", "Transport", "HttpTransport", "TransportError",
+           "is_loopback", "redact"]
 
 # Secrets that may appear in text we did not write (library exceptions quote the URL): the Bitrix24 webhook
 # code in `/rest/<user>/<code>`, the amoCRM webhook secret in `/amocrm/hooks/<secret>`, bearer tokens, and
@@ -98,6 +99,14 @@ class TransportError(OSError):
         self.timeout = timeout
 
 
+class AnswerTooLarge(TransportError):
+    """The answer is larger than the transport's cap: it was not read (a retry would get the same answer)."""
+
+    def __init__(self, message: str, *, limit: int) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
 class Transport(Protocol):
     """Sends one POST and returns the raw answer, or raises TransportError when there is none (Bitrix24)."""
 
@@ -115,10 +124,15 @@ class HttpTransport(Protocol):
 
 
 class RequestsTransport:
-    """The default transport: one pooled requests.Session, no redirects, redacted failures."""
+    """The default transport: one pooled requests.Session, no redirects, redacted failures.
 
-    def __init__(self, session: requests.Session | None = None) -> None:
+    `max_answer_bytes` caps what one answer may hold (decompressed): a larger one is abandoned after that many
+    bytes with AnswerTooLarge, so a broken or hostile server cannot fill the memory (None: no cap).
+    """
+
+    def __init__(self, session: requests.Session | None = None, *, max_answer_bytes: int | None = None) -> None:
         self._session = session if session is not None else requests.Session()
+        self.max_answer_bytes = max_answer_bytes
 
     def request(
         self, method: str, url: str, *, body: bytes | None, headers: Mapping[str, str], timeout: tuple[float, float]
@@ -127,14 +141,36 @@ class RequestsTransport:
             # Redirects are not followed: requests would turn a redirected POST into a GET and drop
             # the body, and a redirect could send a secret (URL or bearer token) to another host.
             response = self._session.request(
-                method, url, data=body, headers=dict(headers), timeout=timeout, allow_redirects=False
+                method, url, data=body, headers=dict(headers), timeout=timeout, allow_redirects=False,
+                stream=self.max_answer_bytes is not None,
             )
+            content = response.content if self.max_answer_bytes is None else self._capped(url, response)
         except requests.Timeout as exc:
             raise TransportError(f"{_host(url)} timed out ({_reason(exc)})", timeout=True) from None
         except requests.RequestException as exc:
             # `from None`: the original exception's text contains the URL, which may hold a secret.
             raise TransportError(f"could not reach {_host(url)} ({_reason(exc)})") from None
-        return RawResponse(status=response.status_code, content=response.content, headers=dict(response.headers))
+        return RawResponse(status=response.status_code, content=content, headers=dict(response.headers))
+
+    def _capped(self, url: str, response: requests.Response) -> bytes:
+        limit = self.max_answer_bytes or 0
+        too_large = AnswerTooLarge(f"{_host(url)} sent an answer larger than {limit / 1024 / 1024:.0f} MB", limit=limit)
+        try:
+            declared = int(response.headers.get("Content-Length") or 0)
+        except ValueError:
+            declared = 0
+        if declared > limit:
+            response.close()
+            raise too_large
+        pieces: list[bytes] = []
+        size = 0
+        for piece in response.iter_content(chunk_size=256 * 1024):
+            size += len(piece)
+            if size > limit:
+                response.close()  # the rest is never read: the memory stays bounded
+                raise too_large
+            pieces.append(piece)
+        return b"".join(pieces)
 
     def post(self, url: str, *, body: bytes, headers: Mapping[str, str], timeout: tuple[float, float]) -> RawResponse:
         return self.request("POST", url, body=body, headers=headers, timeout=timeout)

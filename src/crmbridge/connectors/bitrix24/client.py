@@ -19,7 +19,14 @@ import tenacity
 
 from crmbridge import __version__
 from crmbridge.connectors.bitrix24.encoding import encode_command
-from crmbridge.connectors.bitrix24.envelope import BatchResult, CallResult, parse_batch, parse_call, reported_reset_at
+from crmbridge.connectors.bitrix24.envelope import (
+    BatchResult,
+    CallResult,
+    operating_hint,
+    parse_batch,
+    parse_call,
+    reported_reset_at,
+)
 from crmbridge.connectors.bitrix24.limiter import Limiter
 from crmbridge.connectors.bitrix24.transport import (
     DEFAULT_TIMEOUT,
@@ -31,6 +38,7 @@ from crmbridge.connectors.bitrix24.transport import (
     redact,
     validate_webhook_url,
 )
+from crmbridge.connectors.http import AnswerTooLarge
 from crmbridge.errors import (
     AuthExpired,
     CrmError,
@@ -55,6 +63,8 @@ __all__ = [
 
 log = logging.getLogger("crmbridge.bitrix24")
 
+#: the largest answer read: a batch of 50 pages of 50 deals with every field is a few MB
+DEFAULT_MAX_ANSWER_BYTES = 64 * 1024 * 1024
 #: rows per page of every classic *.list method; fixed by the portal (D crm-deal-list.md)
 PAGE_SIZE = 50
 #: commands per batch request (D batch.md)
@@ -117,6 +127,7 @@ class Bitrix24Client:
         sleep: Callable[[float], None] = time.sleep,
         wall: Callable[[], float] = time.time,
         max_attempts: int = 8,
+        max_answer_bytes: int | None = DEFAULT_MAX_ANSWER_BYTES,
         auth: Auth | None = None,
         timeout: tuple[float, float] = DEFAULT_TIMEOUT,
         operating_threshold: float = 0.85,
@@ -129,7 +140,8 @@ class Bitrix24Client:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         self._auth: Auth = auth if auth is not None else WebhookAuth(webhook_url or "")
-        self._transport: Transport = transport if transport is not None else RequestsTransport()
+        self._transport: Transport = transport if transport is not None else RequestsTransport(
+            max_answer_bytes=max_answer_bytes)
         self._owns_transport = transport is None
         self._sleep = sleep
         self._wall = wall
@@ -199,6 +211,14 @@ class Bitrix24Client:
         self.requests_made += 1
         try:
             raw = self._transport.post(url, body=body, headers=self._headers, timeout=self._timeout)
+        except AnswerTooLarge as exc:
+            raise CrmRejected(
+                f"{method}: {redact(str(exc))}; the read was stopped there",
+                method=method,
+                code="ANSWER_TOO_LARGE",
+                description=str(exc),
+                hint="if the portal's records really are this large, raise CRMBRIDGE_BITRIX24_MAX_ANSWER_MB",
+            ) from None
         except TransportError as exc:
             text = " ".join(redact(str(exc)).split())
             raise CrmUnreachable(
@@ -214,7 +234,9 @@ class Bitrix24Client:
             self.limiter.rate_limited()
             raise
         except OperatingTimeExceeded as exc:
-            self.limiter.block(budget, reported_reset_at(exc.body))
+            # the error says the time the limiter will really wait for, whatever the answer claimed
+            exc.reset_at = self.limiter.block(budget, reported_reset_at(exc.body))
+            exc.hint = operating_hint(method, exc.reset_at)
             raise
         if method != "batch":  # the outer batch is not billed; its commands report their own time
             self.limiter.observe(method, answer.time)
@@ -236,7 +258,10 @@ class Bitrix24Client:
         exc = state.outcome.exception() if state.outcome is not None else None
         delay = state.next_action.sleep if state.next_action is not None else 0.0
         reason = f"{type(exc).__name__}: {exc}" if exc is not None else "unknown"
-        when = "after the operating budget resets" if isinstance(exc, OperatingTimeExceeded) else f"in {delay:.1f} s"
+        if isinstance(exc, OperatingTimeExceeded) and exc.reset_at is not None:
+            when = f"when the operating budget frees up, in {max(0.0, exc.reset_at - self._wall()):.0f} s"
+        else:
+            when = f"in {delay:.1f} s"
         log.warning(
             "bitrix24 %s: attempt %d of %d failed (%s); retrying %s",
             what,
@@ -329,7 +354,8 @@ class Bitrix24Client:
             elif isinstance(error, OperatingTimeExceeded):
                 # Command errors rarely carry a reset time; the limiter then uses the one the
                 # batch's successful commands just reported (observed above).
-                self.limiter.block([error.method], reported_reset_at(error.body))
+                error.reset_at = self.limiter.block([error.method], reported_reset_at(error.body))
+                error.hint = operating_hint(error.method, error.reset_at)
         return result
 
     def batch_calls(self, calls: Iterable[tuple[str, Mapping[str, Any] | None]]) -> list[Any | CrmError]:

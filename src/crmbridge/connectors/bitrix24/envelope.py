@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -116,9 +117,9 @@ def _one_line(text: str) -> str:
 def _number(value: Any) -> float | None:
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    return number if number > 0 else None
+    return number if math.isfinite(number) and number > 0 else None
 
 
 def reported_reset_at(body: Any) -> float | None:
@@ -133,9 +134,22 @@ def reported_reset_at(body: Any) -> float | None:
     return None
 
 
+#: a method's budget frees up within its 10-minute window: a reset time further ahead is a broken answer
+MAX_OPERATING_WAIT = 660.0
+
+
 def _reset_at(body: Any, now: float) -> float:
     found = reported_reset_at(body)
-    return found if found is not None else now + DEFAULT_OPERATING_WAIT
+    return min(found, now + MAX_OPERATING_WAIT) if found is not None else now + DEFAULT_OPERATING_WAIT
+
+
+def operating_hint(method: str, reset_at: float) -> str:
+    """What an OPERATION_TIME_LIMIT error tells the user: when the method unblocks (the time actually waited for)."""
+    try:
+        when = _dt.datetime.fromtimestamp(reset_at, tz=_dt.UTC).strftime("%H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):
+        when = "the end of its 10-minute window"
+    return f"{method} used up its operating-time budget; it unblocks at about {when}"
 
 
 def _message(method: str, status: int | None, code: str, description: str, batch_key: str | None) -> str:
@@ -174,13 +188,7 @@ def classify_error(
         return RateLimited(message, **common)
     if code == "OPERATION_TIME_LIMIT":
         reset_at = _reset_at(body, now)
-        when = _dt.datetime.fromtimestamp(reset_at, tz=_dt.UTC).strftime("%H:%M:%S UTC")
-        return OperatingTimeExceeded(
-            message,
-            reset_at=reset_at,
-            hint=f"{method} used up its operating-time budget; it unblocks at about {when}",
-            **common,
-        )
+        return OperatingTimeExceeded(message, reset_at=reset_at, hint=operating_hint(method, reset_at), **common)
     if code == "expired_token":
         return AuthExpired(message, hint="the OAuth access token expired and must be refreshed", **common)
     if code in _AUTH_CODES:

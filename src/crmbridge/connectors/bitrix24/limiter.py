@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from crmbridge.notices import notice
+
 __all__ = ["Limiter", "OperatingState"]
 
 log = logging.getLogger("crmbridge.bitrix24")
 
+#: a wait this long (seconds) is told to the person running crmbridge, not only to --debug logs
+LONG_WAIT = 5.0
 #: fallback when an answer reports operating seconds but no reset time: the portal's window is made
 #: of one-minute baskets, so the oldest one expires within a minute
 _DEFAULT_RESET_DELAY = 60.0
@@ -112,27 +117,46 @@ class Limiter:
             operating = float(time_block["operating"])
         except (KeyError, TypeError, ValueError):
             return  # on-premise portals and old versions do not report it: nothing to pace by
+        if not math.isfinite(operating) or operating < 0:
+            return  # NaN or Infinity paces nothing sensibly
         try:
-            reset_at = float(time_block["operating_reset_at"])
+            reset_at = self._sane_reset(float(time_block["operating_reset_at"]))
         except (KeyError, TypeError, ValueError):
+            reset_at = None
+        if reset_at is None:
             previous = self._operating.get(method)
             reset_at = previous.reset_at if previous else self._wall() + _DEFAULT_RESET_DELAY
         self._operating[method] = OperatingState(operating=operating, reset_at=reset_at)
 
-    def block(self, methods: Iterable[str], reset_at: float | None) -> None:
+    def _sane_reset(self, reset_at: float | None) -> float | None:
+        """A reset time the portal reported, within reason: past, NaN -> unknown; beyond the longest wait (the
+        window is 10 minutes, so a reset at 1e12 or Infinity is a broken answer) -> the longest wait."""
+        if reset_at is None or math.isnan(reset_at):
+            return None
+        now = self._wall()
+        if reset_at <= now:
+            return None
+        return min(reset_at, now + self.max_operating_wait)
+
+    def block(self, methods: Iterable[str], reset_at: float | None) -> float:
         """The portal said 429 OPERATION_TIME_LIMIT: hold these methods until `reset_at` (wall clock).
 
-        Without a reset time in the error, the method's last reported `operating_reset_at` is used
+        Without a usable reset time in the error, the method's last reported `operating_reset_at` is used
         if still ahead (a batch's earlier commands report it just before a later one is refused),
-        else a minute.
+        else a minute. Returns the time the methods are held until: what the next call waits for, so a
+        message about the 429 can say the same.
         """
         now = self._wall()
+        reported = self._sane_reset(reset_at)
+        latest = now
         for method in methods:
-            until = reset_at
+            until = reported
             if until is None:
                 known = self._operating.get(method)
                 until = known.reset_at if known is not None and known.reset_at > now else now + _DEFAULT_RESET_DELAY
             self._operating[method] = OperatingState(operating=self.operating_limit, reset_at=until)
+            latest = max(latest, until)
+        return latest
 
     def operating_seconds(self) -> dict[str, float]:
         """Latest operating seconds per method, as last reported by the portal."""
@@ -154,13 +178,13 @@ class Limiter:
         if delay <= 0:
             return
         state = self._operating[method]
-        log.info(
-            "bitrix24 limiter: %s has used %.0f of %.0f operating seconds; pausing %.0f s until its budget resets",
-            method,
-            state.operating,
-            self.operating_limit,
-            delay,
-        )
+        message = (f"waiting {delay:.0f} s for the portal: {method} has used {state.operating:.0f} of "
+                   f"{self.operating_limit:.0f} operating seconds of its 10 minutes; its budget frees up at "
+                   f"{time.strftime('%H:%M:%S', time.localtime(self._wall() + delay))}")
+        if delay >= LONG_WAIT:
+            notice(message)  # minutes of silence look like a hang: say it without --debug
+        else:
+            log.info("bitrix24 limiter: %s", message)
         self._pause(delay)
 
     # -- entry point ----------------------------------------------------------------------------
