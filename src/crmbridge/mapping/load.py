@@ -182,7 +182,9 @@ def _translate(doc: LocatedDocument, root: type[BaseModel], error: dict[str, Any
         doc.problem(loc, f'"{name}" is {_show(value)}, which is not allowed', did_you_mean(value, options))
         return
     if kind == "string_pattern_mismatch":
-        if name == "crm_field":
+        if name == "crm_field" and root is AmoCRMBindingSpec:
+            what, fix = "not an amoCRM lead field", "write the custom field's id (a number, e.g. 500101), or price / name"
+        elif name == "crm_field":
             what, fix = "not a CRM field name", "write the CRM field name in capitals, e.g. UF_CRM_1700000101"
         elif name == "working_hours":
             what, fix = "not a working day", "write start-end in 24h time, e.g. 09:00-18:00"
@@ -481,6 +483,9 @@ def _lint_binding(doc: LocatedDocument, regulation: RegulationSpec | None, crm: 
         if field_id not in bound and fields[field_id].type not in ("phone", "email"):
             doc.problem(("fields",), f'regulated field "{field_id}" is used by the regulation but not bound',
                         f"add `{field_id}: {field_example}` under fields:", key=True)
+    if amocrm and str(data.get("probability_field")).lower() == TODO:
+        doc.problem(("probability_field",), "the probability field is still todo",
+                    "write the id of the numeric lead field that holds the probability (R4), or remove the line")
     for name, team in _dict(data.get("teams")).items():
         for index, direction_id in enumerate(_list(_dict(team).get("directions"))):
             if isinstance(direction_id, str) and direction_id not in directions:

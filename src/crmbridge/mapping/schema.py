@@ -541,7 +541,7 @@ AMOCRM_STANDARD_FIELDS = ("price", "name")
 class AmoFieldBindingSpec(Strict):
     """Where a regulated field lives in amoCRM: a lead custom field by id, or the lead's price or name."""
 
-    crm_field: str = Field(pattern=r"^([1-9][0-9]*|price|name)$",
+    crm_field: str = Field(pattern=r"^([1-9][0-9]*|price|name|todo)$",
                            description="A lead custom field id (GET /api/v4/leads/custom_fields), e.g. 500101; "
                                        "or price / name")
     options: dict[CrmId, Id] = Field(default_factory=dict, description="amoCRM enum id -> regulated option id.")
