@@ -59,6 +59,10 @@ class CacheError(CrmBridgeError):
     """The local SQLite cache cannot be used as it is."""
 
 
+class WriterBusy(CrmBridgeError):
+    """Another run holds the one-writer lock of this portal (or took it over): try again later."""
+
+
 class CrmError(CrmBridgeError):
     """The CRM answered with an error or could not be reached.
 

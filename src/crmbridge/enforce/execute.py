@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 from crmbridge.connectors.bitrix24.client import MAX_BATCH, Bitrix24Client
 from crmbridge.enforce.audit import DONE, GIVEN_UP, INTENT, AuditLog, utc_now
 from crmbridge.enforce.plan import DEAL_OWNER_TYPE, UPDATING, Action, ActionKind, same_value
-from crmbridge.errors import CrmBridgeError, CrmError, OperatingTimeExceeded, RateLimited
+from crmbridge.errors import CrmError, OperatingTimeExceeded, RateLimited, WriterBusy
 
 log = logging.getLogger("crmbridge.enforce")
 
@@ -208,7 +208,7 @@ class Executor:
         whose lock another run took over stops writing, or both would write the same actions."""
         holder = self.audit.refresh_lock(self.run_id, self.now())
         if holder is not None:
-            raise CrmBridgeError(f"enforce run {self.run_id} lost the one-writer lock to {holder}; it stops writing",
+            raise WriterBusy(f"enforce run {self.run_id} lost the one-writer lock to {holder}; it stops writing",
                                  hint="the actions it wrote are in the audit log; the next run goes on from there")
 
     def _send(self, commands: Mapping[str, tuple[str, Mapping[str, Any]]]) -> Any:

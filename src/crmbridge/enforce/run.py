@@ -15,9 +15,9 @@ from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
 from crmbridge.enforce.audit import AuditLog, utc_now
 from crmbridge.enforce.execute import MAX_SENDS_TOTAL, ExecutionSummary, Executor, Reconciliation
 from crmbridge.enforce.plan import DEFAULT_MAX_REVERTS_PER_DAY, Action, Plan, PlanContext, plan
-from crmbridge.errors import CrmBridgeError
+from crmbridge.errors import WriterBusy
 from crmbridge.mapping.binding import DealMapper
-from crmbridge.mapping.cached import load_deals, record_violations
+from crmbridge.mapping.cached import load_deals, record_violations, with_client_peers
 from crmbridge.mapping.load import Mappings
 from crmbridge.model import Deal, Mode, Violation
 from crmbridge.regulation.evaluate import Evaluator
@@ -87,8 +87,9 @@ def evaluate(cache: Cache, mappings: Mappings, now: datetime, *, deal_ids: Seque
              modes: Mapping[str, Mode] | None = None, record: bool = True) -> Evaluation:
     """Map and evaluate cached deals (all, or the given ones); with `record`, update the `violations` table."""
     mapper = DealMapper(mappings.regulation, mappings.binding)
-    everyone = load_deals(cache, mapper)
     wanted = None if deal_ids is None else {str(deal_id) for deal_id in deal_ids}
+    # a few deals (the daemon's worker, --deal) load only themselves and their clients' other deals (R10)
+    everyone = load_deals(cache, mapper, deal_ids=None if deal_ids is None else with_client_peers(cache, deal_ids))
     deals = everyone if wanted is None else [deal for deal in everyone if deal.id in wanted]
     evaluator = Evaluator.of(mappings.regulation, now, deals_for_purchases=everyone, override_modes=modes)
     found: dict[str, list[Violation]] = {}
@@ -145,7 +146,7 @@ def enforce(client: Bitrix24Client, cache: Cache, mappings: Mappings, *, now: Ca
     # one writer at a time: two overlapping scheduled runs would plan the same actions and both write them
     holder = None if dry_run else audit.acquire_lock(executor.run_id, now())
     if holder is not None:
-        raise CrmBridgeError(f"another enforce run is writing to this portal ({holder})",
+        raise WriterBusy(f"another enforce run is writing to this portal ({holder})",
                              hint="wait for it to finish; a lock older than 30 minutes is taken over")
     try:
         return _plan_and_write(client, cache, mappings, audit, executor, now=now, dry_run=dry_run, deal_ids=deal_ids,
