@@ -24,7 +24,7 @@ from pathlib import Path
 from crmbridge.cache.store import Cache, open_cache
 from crmbridge.connectors.bitrix24.client import Bitrix24Client
 from crmbridge.enforce.run import enforce
-from crmbridge.errors import CrmBridgeError, CrmError, MappingError, WriterBusy
+from crmbridge.errors import CacheLocked, CrmBridgeError, CrmError, LockLost, MappingError
 from crmbridge.live.bridge import LiveBridge
 from crmbridge.live.inbox import Inbox, InboxRow
 from crmbridge.live.reread import ReReader, affected
@@ -223,7 +223,7 @@ def _waits(exc: Exception) -> bool:
         return exc.retryable
     if isinstance(exc, MappingError):
         return True  # the admin's files are broken: events wait for the fix
-    return isinstance(exc, WriterBusy)
+    return isinstance(exc, (CacheLocked, LockLost))
 
 
 __all__ = ["MappingsWatcher", "RoundReport", "Worker"]
