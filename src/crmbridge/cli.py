@@ -31,6 +31,7 @@ COMMAND_MODULES = [
     "crmbridge.commands.demo",
     "crmbridge.commands.regulation",
     "crmbridge.commands.enforce",
+    "crmbridge.commands.live",
 ]
 
 
