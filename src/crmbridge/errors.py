@@ -4,6 +4,7 @@
     ├── ConfigError                  a setting is missing or wrong (names the setting and the fix)
     ├── MappingError                 a mapping / regulation file is wrong (carries every problem with file:line:col)
     ├── CacheError                   the SQLite cache cannot be used (e.g. written by a newer crmbridge)
+    ├── UnusableRecord               one record from the CRM cannot be used (a sync keeps it raw and skips it)
     │   ├── CacheLocked              another live run holds the cache's writer lock (names it)
     │   └── LockLost                 this run's writer lock was broken (--break-lock): it stops writing
     └── CrmError                     the CRM answered with an error, or could not be reached
@@ -72,6 +73,11 @@ class CacheLocked(CacheError):
 
 class LockLost(CacheError):
     """The writer lock this run held was broken (`--break-lock`) by another run: this one must stop writing."""
+
+
+class UnusableRecord(CrmBridgeError, ValueError):
+    """A record from the CRM that crmbridge cannot use (no id, an id beyond SQLite's integers, a list field that is
+    a number, ...); a sync keeps it raw in `rejected_records`, skips it and says so."""
 
 
 class CrmError(CrmBridgeError):

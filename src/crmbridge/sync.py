@@ -12,12 +12,16 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from itertools import islice
 from typing import Any
 
+from crmbridge import deletions
 from crmbridge.cache import rows as cache_rows
+from crmbridge.cache.rejected import Rejected, RejectedRecords, plural
 from crmbridge.cache.store import Cache, SyncState
 from crmbridge.connectors.bitrix24.reader import Bitrix24Reader, RawRecord, stage_entity_id
+from crmbridge.notices import notice
 
 #: rows committed per transaction: one HTTP request of the fast list pattern brings up to 2,500
 CHUNK_ROWS = 2500
@@ -25,6 +29,10 @@ CHUNK_ROWS = 2500
 ProgressCallback = Callable[[str, int], None]
 #: re-read before the incremental cursor unless CRMBRIDGE_SYNC_OVERLAP_MINUTES says otherwise
 DEFAULT_OVERLAP = timedelta(minutes=5)
+#: a record larger than this (its JSON) is set aside, not cached (CRMBRIDGE_SYNC_MAX_RECORD_KB)
+DEFAULT_MAX_RECORD_BYTES = 1024 * 1024
+#: records named in a warning about records set aside (the rest are counted)
+NAMED = 3
 #: stage-history IDs re-read behind the incremental cursor (one 50-row page costs ~0.15 s of method time)
 HISTORY_ID_MARGIN = 50
 
@@ -50,6 +58,12 @@ class SyncSummary:
     http_requests: int = 0
     seconds: float = 0.0
     operating_seconds: dict[str, float] = field(default_factory=dict)
+    #: records set aside because crmbridge cannot use them (kept raw in rejected_records), per table
+    skipped: dict[str, int] = field(default_factory=dict)
+    #: records a full read did not see but did not remove (too many at once without --confirm-deletions), per table
+    deletions_held: dict[str, int] = field(default_factory=dict)
+    #: what the person running the sync should know (also told as notices)
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,6 +85,24 @@ def minus_overlap(portal_time: str, overlap: timedelta) -> str:
     return (moment - overlap).isoformat(timespec="seconds")
 
 
+def usable_moment(text: Any) -> str | None:
+    """`text` when it is a date-time a cursor can be: ISO 8601 with an offset, in a sane year; else None.
+
+    The portal's clock (`time.date_start`) becomes the next cursor, so a malformed one ("20.11.2026 10:00:00",
+    a year 1 with +14:00) must never be stored: every later sync would fail on it.
+    """
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+        in_utc = moment.astimezone(timezone.utc) if moment.tzinfo is not None else None
+    except (ValueError, OverflowError):
+        return None
+    if in_utc is None or not 1971 <= in_utc.year <= 9000:
+        return None
+    return text
+
+
 def chunks(records: Iterable[RawRecord], size: int = CHUNK_ROWS) -> Iterator[list[RawRecord]]:
     iterator = iter(records)
     while chunk := list(islice(iterator, size)):
@@ -89,6 +121,9 @@ class Syncer:
         progress: ProgressCallback | None = None,
         now: Callable[[], str] = utc_now_iso,
         monotonic: Callable[[], float] = time.monotonic,
+        confirm_deletions: bool = False,
+        max_deleted_share: float = deletions.DEFAULT_MAX_SHARE,
+        max_record_bytes: int | None = DEFAULT_MAX_RECORD_BYTES,
     ) -> None:
         self.reader = reader
         # a factory is opened only after the portal answered, so bad input leaves no file behind
@@ -97,13 +132,25 @@ class Syncer:
         self.progress = progress or (lambda entity, count: None)
         self.now = now
         self.monotonic = monotonic
+        # deletion needs evidence: vanished ids are read back, and a large share waits for a person's word
+        self.confirm_deletions = confirm_deletions
+        self.max_deleted_share = max_deleted_share
+        self.max_record_bytes = max_record_bytes
+        self.warnings: list[str] = []
+        self.skipped: dict[str, list[Rejected]] = {}
 
     def run(self, *, full: bool = False) -> SyncSummary:
         started = self.monotonic()
         requests_before = self.reader.client.requests_made
+        self.warnings, self.skipped = [], {}
         # Ask the portal first: a wrong URL, a missing scope or an outage fails before anything is written.
-        _, portal_time = self.reader.check_scopes()
-        portal_time = portal_time or datetime.now(timezone.utc).isoformat(timespec="seconds")
+        _, reported = self.reader.check_scopes()
+        portal_time = usable_moment(reported)
+        if portal_time is None:
+            portal_time = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            if reported is not None:
+                self._warn(f"the portal's clock answered {str(reported)[:40]!r}, not a date-time with an offset; "
+                           "this computer's clock (UTC) is the next sync's starting point instead")
         if isinstance(self._cache_or_factory, Cache):
             self.cache = self._cache_or_factory
             return self._run(full, portal_time, started, requests_before)
@@ -115,7 +162,7 @@ class Syncer:
             self.cache.close()
 
     def _run(self, full: bool, portal_time: str, started: float, requests_before: int) -> SyncSummary:
-        deals_state = self.cache.sync_state("deals")
+        deals_state = self._checked(self.cache.sync_state("deals"), "deals")
         resuming = deals_state.status == "running" and deals_state.mode == "full"
         mode = "full" if (full or resuming or deals_state.cursor is None) else "incremental"
         summary = SyncSummary(mode=mode, resumed=resuming)
@@ -132,38 +179,150 @@ class Syncer:
             self._drain([
                 self._stage_history_stream(full=full_lists and not resuming, summary=summary),
                 self._dated_stream("tasks", "tasks.task.list", full_lists, portal_time, self.reader.iter_tasks,
-                                   "changed_since", cache_rows.task_row, summary.add_tasks),
+                                   "changed_since", partial(cache_rows.task_row, binding_asked=True),
+                                   summary.add_tasks, summary),
                 self._dated_stream("activities", "crm.activity.list", full_lists, portal_time, self.reader.iter_todos,
-                                   "updated_since", cache_rows.activity_row, summary.add_todos),
+                                   "updated_since", cache_rows.activity_row, summary.add_todos, summary),
             ])
         except BaseException:
             summary.http_requests = self.reader.client.requests_made - requests_before
             summary.seconds = round(self.monotonic() - started, 3)
+            self._tell(summary)
             self.cache.finish_run(run_id, "failed", self.now(), summary.as_dict())
             raise
         summary.http_requests = self.reader.client.requests_made - requests_before
         summary.seconds = round(self.monotonic() - started, 3)
         summary.operating_seconds = dict(self.reader.client.operating_seconds())
+        self._tell(summary)
         self.cache.finish_run(run_id, "done", self.now(), summary.as_dict())
         return summary
+
+    # --- what cannot be used, and what the person running the sync should know ------------------------------
+
+    def _warn(self, text: str) -> None:
+        self.warnings.append(text)
+
+    def _tell(self, summary: SyncSummary) -> None:
+        """Warnings into the summary and onto the screen (notices): records set aside, held deletions, cursors."""
+        for entity, records in self.skipped.items():
+            summary.skipped[entity] = len(records)
+            named = "; ".join(f"{record.label} ({record.reason})" for record in records[:NAMED])
+            more = f"; and {len(records) - NAMED:,} more" if len(records) > NAMED else ""
+            self.warnings.insert(0, f"skipped {len(records):,} {plural(entity, len(records))} crmbridge cannot use "
+                                    f"(kept in the rejected_records table): {named}{more}")
+        summary.warnings = list(self.warnings)
+        for text in self.warnings:
+            notice(text)
+
+    def _usable(self, entity: str, records: Iterable[Any], to_row: Callable[[Any], dict[str, Any]]) -> list[dict[str, Any]]:
+        """Rows of the records crmbridge can use; the others are kept raw in rejected_records and counted."""
+        rows, unusable = cache_rows.usable(records, to_row, max_bytes=self.max_record_bytes)
+        rejections = RejectedRecords(self.cache)
+        if unusable:
+            found = [Rejected(entity, cache_rows.record_id_of(raw), reason, raw) for raw, reason in unusable]
+            with self.cache.atomic():
+                rejections.keep(found, self.now())
+            self.skipped.setdefault(entity, []).extend(found)
+        if rows and entity in self._rejected_entities():
+            # read fine now: no longer a rejected record
+            key = PRIMARY_KEY_OF.get(entity, "id")
+            with self.cache.atomic():
+                rejections.forget(entity, [row[key] for row in rows])
+        return rows
+
+    def _rejected_entities(self) -> set[str]:
+        if not hasattr(self, "_with_rejected"):
+            self._with_rejected = RejectedRecords(self.cache).entities()
+        return self._with_rejected | set(self.skipped)
+
+    def _checked(self, state: SyncState, entity: str) -> SyncState:
+        """A stored cursor that is not a usable date-time (an older version stored the portal's clock unchecked)
+        is dropped: this run reads the entity whole again, and says so."""
+        if state.cursor is not None and usable_moment(state.cursor) is None:
+            self._warn(f"the stored {entity} cursor {str(state.cursor)[:40]!r} is not a date-time; this sync reads "
+                       f"every {ENTITY_WORDS.get(entity, entity)} again instead")
+            state.cursor = None
+            if state.status != "running":
+                state.mode = None
+        return state
+
+    def _settle_vanished(self, entity: str, since: str, summary: SyncSummary) -> int:
+        """After a full read: what it did not see is read back by id; only what the portal confirms gone (and not
+        too many at once) leaves the cache. Returns how many left."""
+        vanished = self.cache.unseen_ids(entity, since)
+        if not vanished:
+            return 0
+        cached = self.cache.count(entity, "deleted = 0") if entity == "deals" else self.cache.count(entity)
+        read_back = None
+        if deletions.worth_reading_back(len(vanished), cached, max_share=self.max_deleted_share,
+                                        confirmed=self.confirm_deletions):
+            read_back = {"deals": self.reader.deals_by_ids, "tasks": self.reader.tasks_by_ids,
+                         "activities": self.reader.todos_by_ids}[entity](vanished)
+            self._restore(entity, read_back.found, summary)
+        verdict = deletions.verdict(entity, vanished, cached, read_back, max_share=self.max_deleted_share,
+                                    confirmed=self.confirm_deletions)
+        if verdict.held:
+            summary.deletions_held[entity] = len(verdict.held)
+        if verdict.warning:
+            self._warn(verdict.warning)
+        with self.cache.atomic():
+            if entity == "deals":
+                return self.cache.mark_deleted(verdict.delete)
+            self.cache.delete_ids(entity, verdict.delete)
+            return len(verdict.delete)
+
+    def _restore(self, entity: str, records: list[RawRecord], summary: SyncSummary) -> None:
+        """Records the list missed but the read-back found: written like any other."""
+        if not records:
+            return
+        if entity == "deals":
+            for chunk in chunks(records):
+                self._write_deals(chunk, summary, state_update=None)
+            return
+        to_row = partial(cache_rows.task_row, binding_asked=True) if entity == "tasks" else cache_rows.activity_row
+        synced_at = self.now()
+        rows = [{**row, "synced_at": synced_at} for row in self._usable(entity, records, to_row)]
+        with self.cache.atomic():
+            self.cache.upsert(entity, [row for row in rows if row["deal_id"] is not None])
+            self.cache.delete_ids(entity, [row["id"] for row in rows if row["deal_id"] is None])
 
     # --- reference lists ----------------------------------------------------------------------
 
     def _sync_reference(self, summary: SyncSummary) -> None:
         reference = self.reader.reference_data()
-        stage_rows = [
-            cache_rows.stage_row(raw, category_id)
-            for category_id, stages in reference.stages.items()
-            for raw in stages
-            if raw.get("ENTITY_ID", stage_entity_id(category_id)) == stage_entity_id(category_id)
-        ]
+        pipelines = self._usable("pipelines", reference.pipelines, cache_rows.pipeline_row)
+        categories = set(reference.stages)
+        if not pipelines and not self.confirm_deletions:
+            categories |= set(self.cache.pipeline_ids())  # the cached pipelines are kept (_replace): so are their stages
+        stage_rows: list[dict[str, Any]] = []
+        for category_id in sorted(categories):
+            entity = stage_entity_id(category_id)
+            mine = [raw for raw in reference.stages.get(category_id, [])
+                    if not isinstance(raw, dict) or raw.get("ENTITY_ID", entity) == entity]
+            rows = self._usable("stages", mine, partial(cache_rows.stage_row, category_id=category_id))
+            if not rows and not self.confirm_deletions:
+                # every pipeline has stages: none in the answer is a failed read, not a pipeline without stages
+                rows = self.cache.cached_stages(category_id)
+                if rows and category_id in reference.stages:
+                    self._warn(f"the portal answered no stages for pipeline {category_id}; the cached ones are kept")
+            stage_rows.extend(rows)
+        fields = self._usable("deal_fields", reference.deal_fields, cache_rows.deal_field_row)
+        users = self._usable("users", reference.users, cache_rows.user_row)
         with self.cache.atomic():
             # read whole every run, so a stage or field deleted on the portal disappears here too
-            # (check --live then names it as missing instead of trusting a stale copy)
-            summary.pipelines = self.cache.replace_all("pipelines", map(cache_rows.pipeline_row, reference.pipelines))
-            summary.stages = self.cache.replace_all("stages", stage_rows)
-            summary.deal_fields = self.cache.replace_all("deal_fields", map(cache_rows.deal_field_row, reference.deal_fields))
-            summary.users = self.cache.upsert("users", map(cache_rows.user_row, reference.users))
+            # (check --live then names it as missing instead of trusting a stale copy); an empty answer is
+            # no evidence of that, and the cached list is kept
+            summary.pipelines = self._replace("pipelines", pipelines, "pipelines")
+            summary.stages = self._replace("stages", stage_rows, "stages")
+            summary.deal_fields = self._replace("deal_fields", fields, "deal fields")
+            summary.users = self.cache.upsert("users", users)
+
+    def _replace(self, table: str, rows: list[dict[str, Any]], what: str) -> int:
+        if not rows and not self.confirm_deletions and self.cache.count(table):
+            self._warn(f"the portal answered no {what}; the cached ones are kept (sync --full --confirm-deletions "
+                       f"removes them if they really are gone)")
+            return self.cache.count(table)
+        return self.cache.replace_all(table, rows)
 
     # --- deals --------------------------------------------------------------------------------
 
@@ -177,8 +336,9 @@ class Syncer:
         run_started_at = state.started_at or self.now()
         for chunk in chunks(self.reader.iter_deals(after_id=state.last_id or 0)):
             self._write_deals(chunk, summary, state_update=state)
+        # the read finished: deals it did not see are read back by id before any is marked deleted
+        summary.deals_deleted = self._settle_vanished("deals", run_started_at, summary)
         with self.cache.atomic():
-            summary.deals_deleted = self.cache.mark_deleted_deals(run_started_at)
             state.status, state.mode = "done", "full"
             state.cursor, state.run_cursor = state.run_cursor or portal_time, None
             state.finished_at = self.now()
@@ -197,7 +357,10 @@ class Syncer:
     def _write_deals(self, chunk: list[RawRecord], summary: SyncSummary, state_update: SyncState | None) -> None:
         """Deals of one chunk, their contacts and companies, and the resume cursor: one transaction."""
         synced_at = self.now()
-        deal_rows = [cache_rows.deal_row(raw, synced_at) for raw in chunk]
+        deal_rows = self._usable("deals", chunk, lambda raw: cache_rows.deal_row(raw, synced_at))
+        if not deal_rows:
+            self.progress("deals", len(chunk))
+            return
         changed = self.cache.changed_ids("deals", deal_rows)
         # a full sync re-reads every deal's client (a phone added to a contact does not touch its deals);
         # an incremental one those of changed deals, plus clients edited on their own (_sync_changed_clients)
@@ -205,13 +368,15 @@ class Syncer:
         contact_ids = {r["contact_id"] for r in with_clients if r["contact_id"]}
         company_ids = {r["company_id"] for r in with_clients if r["company_id"]}
         # read before the transaction: HTTP inside a write transaction would hold the file locked
-        contacts = self.reader.contacts(contact_ids) if contact_ids else []
-        company_ids |= {cid for c in contacts if (cid := cache_rows.as_int(c.get("COMPANY_ID")))}
-        companies = self.reader.companies(company_ids) if company_ids else []
+        contacts = self._usable("contacts", self.reader.contacts(contact_ids) if contact_ids else [],
+                                cache_rows.contact_row)
+        company_ids |= {row["company_id"] for row in contacts if row["company_id"]}
+        companies = self._usable("companies", self.reader.companies(company_ids) if company_ids else [],
+                                 cache_rows.company_row)
         with self.cache.atomic():
             self.cache.upsert("deals", deal_rows)
-            self.cache.upsert("contacts", map(cache_rows.contact_row, contacts))
-            self.cache.upsert("companies", map(cache_rows.company_row, companies))
+            self.cache.upsert("contacts", contacts)
+            self.cache.upsert("companies", companies)
             if state_update is not None:
                 state_update.last_id = max(r["id"] for r in deal_rows)
                 self.cache.save_sync_state(state_update)
@@ -236,7 +401,7 @@ class Syncer:
                 referenced |= {row["ref"] for row in self.cache.query(
                     "SELECT DISTINCT company_id AS ref FROM contacts WHERE company_id IS NOT NULL")}
             for chunk in chunks(self.reader.iter_changed_clients(entity, modified_since=since)):
-                client_rows = [row for row in map(to_row, chunk) if row["id"] in referenced]
+                client_rows = [row for row in self._usable(entity, chunk, to_row) if row["id"] in referenced]
                 with self.cache.atomic():
                     self.cache.upsert(entity, client_rows)
                 if entity == "contacts":
@@ -255,7 +420,9 @@ class Syncer:
         after_id = 0 if full else max(0, (state.last_id or 0) - HISTORY_ID_MARGIN)
 
         def write(chunk: list[RawRecord]) -> None:
-            history_rows = [cache_rows.stage_history_row(raw) for raw in chunk]
+            history_rows = self._usable("stage_history", chunk, cache_rows.stage_history_row)
+            if not history_rows:
+                return
             with self.cache.atomic():
                 self.cache.upsert("stage_history", history_rows)
                 state.last_id = max(r["id"] for r in history_rows)
@@ -279,12 +446,13 @@ class Syncer:
         since_arg: str,
         to_row: Callable[[RawRecord], dict[str, Any]],
         count: Callable[[int], None],
+        summary: SyncSummary,
     ) -> _Stream:
         """Tasks and to-dos: a full read by ID that resumes after a kill, else what changed since the cursor.
 
         Only records bound to a deal are kept: the regulation judges deals (R3, R5, R11).
         """
-        state = self.cache.sync_state(entity)
+        state = self._checked(self.cache.sync_state(entity), entity)
         resuming = state.status == "running" and state.mode == "full"
         by_id = full or resuming or state.cursor is None
         if by_id:
@@ -299,7 +467,9 @@ class Syncer:
 
         def write(chunk: list[RawRecord]) -> None:
             synced_at = self.now()
-            rows = [{**to_row(raw), "synced_at": synced_at} for raw in chunk]
+            rows = [{**row, "synced_at": synced_at} for row in self._usable(entity, chunk, to_row)]
+            if not rows:
+                return
             with self.cache.atomic():
                 self.cache.upsert(entity, [row for row in rows if row["deal_id"] is not None])
                 # unbound from its deal since the last sync: it no longer counts for the deal
@@ -310,10 +480,11 @@ class Syncer:
             count(sum(1 for row in rows if row["deal_id"] is not None))
 
         def finish() -> None:
+            if by_id and state.started_at:
+                # a full read saw every record the portal still has: the rest are read back by id, and those the
+                # portal confirms gone leave the cache (a stale task would satisfy R3)
+                self._settle_vanished(entity, state.started_at, summary)
             with self.cache.atomic():
-                if by_id and state.started_at:
-                    # a full read saw every record the portal still has: the rest were deleted there
-                    self.cache.delete_not_synced_since(entity, state.started_at)
                 state.status, state.cursor, state.run_cursor = "done", state.run_cursor or portal_time, None
                 state.finished_at = self.now()
                 self.cache.save_sync_state(state)
@@ -338,6 +509,12 @@ class Syncer:
                 continue
             stream.write(chunk)
             self.progress(stream.entity, len(chunk))
+
+
+#: how messages name each table's records
+ENTITY_WORDS = {"deals": "deal", "tasks": "task", "activities": "to-do", "stage_history": "stage change"}
+#: the primary key of tables whose rows are matched against rejected_records
+PRIMARY_KEY_OF = {"stages": "status_id", "deal_fields": "field_name"}
 
 
 @dataclass

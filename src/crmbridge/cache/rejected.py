@@ -41,6 +41,14 @@ ENTITY_WORDS = {"deals": "deal", "contacts": "contact", "companies": "company", 
                 "stage_history": "stage history row", "tasks": "task", "activities": "to-do"}
 
 
+def plural(entity: str, count: int) -> str:
+    """`1 deal`, `2 deals`, `3 companies` (the word only)."""
+    word = ENTITY_WORDS.get(entity, entity)
+    if count == 1:
+        return word
+    return word[:-1] + "ies" if word.endswith("y") else word + "s"
+
+
 def shortened(value: Any, depth: int = 0) -> Any:
     """The record with long texts cut and deep nesting flattened, so keeping it costs little."""
     if isinstance(value, str):
@@ -102,6 +110,10 @@ class RejectedRecords:
             except (TypeError, ValueError):
                 continue
         return ids
+
+    def entities(self) -> set[str]:
+        """Tables some kept record was meant for."""
+        return {entity for (entity,) in self.cache.db.execute("SELECT DISTINCT entity FROM rejected_records")}
 
     def count(self) -> int:
         return int(self.cache.db.execute("SELECT COUNT(*) FROM rejected_records").fetchone()[0])

@@ -1,24 +1,120 @@
-"""Pure conversions from Bitrix24 raw records (strings, Y/N flags) to the cache's typed table rows."""
+"""Pure conversions from Bitrix24 raw records (strings, Y/N flags) to the cache's typed table rows.
+
+A record that cannot become a row (not an object, no usable id, a list field that is a number) raises
+UnusableRecord; `usable()` splits a list into rows and the records to keep aside, so one odd record never
+stops a sync.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from typing import Any
+
+from crmbridge.errors import UnusableRecord
 
 RawRecord = dict[str, Any]
 Row = dict[str, Any]
 
+#: SQLite's INTEGER: a larger id would not fit a column (OverflowError) and is no id a portal gives out
+INT_MAX = 2**63 - 1
+
 
 def as_int(value: Any) -> int | None:
+    """An integer column's value; None when empty, not a number, or beyond SQLite's 64-bit integers."""
     if value is None or value == "" or isinstance(value, bool):
         return None
     try:
-        return int(value)
-    except (TypeError, ValueError):
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
         try:
-            return int(float(value))
-        except (TypeError, ValueError):
+            number = int(float(value))
+        except (TypeError, ValueError, OverflowError):
             return None
+    return number if -INT_MAX - 1 <= number <= INT_MAX else None
+
+
+def _object(raw: Any) -> RawRecord:
+    if not isinstance(raw, dict):
+        raise UnusableRecord(f"the record is {_kind(raw)}, not an object")
+    return raw
+
+
+def _kind(value: Any) -> str:
+    return "nothing (null)" if value is None else f"a {type(value).__name__}" if not isinstance(value, str) else "text"
+
+
+def _id(raw: RawRecord, *keys: str, smallest: int = 1) -> int:
+    """The record's own id: an integer from `smallest` up to SQLite's limit, or UnusableRecord."""
+    value = next((raw[key] for key in keys if key in raw), None)
+    number = as_int(value)
+    if value is None or value == "":
+        raise UnusableRecord(f"it has no {keys[0]}")
+    if number is None or number < smallest or isinstance(value, float) and value != number:
+        shown = str(value) if len(str(value)) <= 30 else str(value)[:29] + "…"
+        raise UnusableRecord(f"{keys[0]} {shown!r} is not an id (a whole number from {smallest} to {INT_MAX})")
+    return number
+
+
+def _reference(raw: RawRecord, key: str, what: str) -> None:
+    """A reference that must be an id when it is given at all (CATEGORY_ID, OWNER_ID)."""
+    value = raw.get(key)
+    if value not in (None, "") and as_int(value) is None:
+        shown = str(value) if len(str(value)) <= 30 else str(value)[:29] + "…"
+        raise UnusableRecord(f"{key} {shown!r} is not {what}")
+
+
+def _list_of(raw: RawRecord, key: str) -> list[Any]:
+    """A multiple field (PHONE, EMAIL, UF_DEPARTMENT, ufCrmTask): a list, or empty; anything else is unusable."""
+    value = raw.get(key)
+    if value in (None, "", False):
+        return []
+    if isinstance(value, dict):  # PHP's map with numeric keys
+        return list(value.values())
+    if not isinstance(value, list):
+        raise UnusableRecord(f"{key} is {_kind(value)}, where the portal sends a list")
+    return value
+
+
+def _text_id(raw: RawRecord, key: str) -> str:
+    value = raw.get(key)
+    if not isinstance(value, (str, int)) or isinstance(value, bool) or str(value).strip() == "":
+        raise UnusableRecord(f"{key} is {_kind(value) if value not in (None, '') else 'missing'}, not an id")
+    return str(value)
+
+
+def record_id_of(raw: Any) -> str | None:
+    """The id a record names itself by, as sent (for messages about a record that cannot be used)."""
+    if not isinstance(raw, dict):
+        return None
+    for key in ("ID", "id", "STATUS_ID", "FIELD_NAME"):
+        value = raw.get(key)
+        if value not in (None, "") and not isinstance(value, (dict, list)):
+            return str(value)
+    return None
+
+
+def usable(records: Iterable[Any], to_row: Callable[[Any], Row], *,
+           max_bytes: int | None = None) -> tuple[list[Row], list[tuple[Any, str]]]:
+    """Rows of the records that can be used, and (record, reason) of those that cannot.
+
+    `max_bytes` caps a record's raw JSON: a 300 MB title is not copied into the cache.
+    """
+    rows: list[Row] = []
+    unusable: list[tuple[Any, str]] = []
+    for raw in records:
+        try:
+            row = to_row(raw)
+        except UnusableRecord as why:
+            unusable.append((raw, why.message))
+            continue
+        size = len(row.get("raw") or "")
+        if max_bytes is not None and size > max_bytes:
+            unusable.append((raw, f"it is {size / 1024:,.0f} KB, over the limit of {max_bytes // 1024:,} KB "
+                                  f"(CRMBRIDGE_SYNC_MAX_RECORD_KB)"))
+            continue
+        rows.append(row)
+    return rows, unusable
 
 
 def as_float(value: Any) -> float | None:
@@ -48,13 +144,17 @@ def dumps(record: Any) -> str:
 
 
 def _has_multifield(record: RawRecord, key: str) -> int:
-    values = record.get(key) or []
+    values = _list_of(record, key)
     return int(any(isinstance(v, dict) and str(v.get("VALUE") or "").strip() for v in values))
 
 
 def deal_row(raw: RawRecord, synced_at: str) -> Row:
+    deal_id = _id(_object(raw), "ID")
+    _reference(raw, "CATEGORY_ID", "a pipeline id")
+    if isinstance(raw.get("STAGE_ID"), (dict, list)):
+        raise UnusableRecord(f"STAGE_ID is {_kind(raw['STAGE_ID'])}, not a stage id")
     return {
-        "id": as_int(raw.get("ID")),
+        "id": deal_id,
         "title": as_text(raw.get("TITLE")),
         "category_id": as_int(raw.get("CATEGORY_ID")) or 0,
         "stage_id": as_text(raw.get("STAGE_ID")),
@@ -76,9 +176,9 @@ def deal_row(raw: RawRecord, synced_at: str) -> Row:
 
 
 def pipeline_row(raw: RawRecord) -> Row:
-    # crm.category.list answers in camelCase (id, name, sort, isDefault)
+    # crm.category.list answers in camelCase (id, name, sort, isDefault); 0 is the default pipeline
     return {
-        "id": as_int(raw.get("id", raw.get("ID"))) or 0,
+        "id": _id(_object(raw), "id", "ID", smallest=0),
         "name": as_text(raw.get("name", raw.get("NAME"))),
         "sort": as_int(raw.get("sort", raw.get("SORT"))),
         "is_default": as_flag(raw.get("isDefault", raw.get("IS_DEFAULT"))),
@@ -97,7 +197,7 @@ def stage_semantics(raw: RawRecord) -> str:
 
 def stage_row(raw: RawRecord, category_id: int) -> Row:
     return {
-        "status_id": as_text(raw.get("STATUS_ID")),
+        "status_id": _text_id(_object(raw), "STATUS_ID"),
         "category_id": category_id,
         "entity_id": as_text(raw.get("ENTITY_ID")),
         "name": as_text(raw.get("NAME")),
@@ -108,12 +208,13 @@ def stage_row(raw: RawRecord, category_id: int) -> Row:
 
 
 def deal_field_row(raw: RawRecord) -> Row:
+    _object(raw)
     label = raw.get("EDIT_FORM_LABEL") or raw.get("LIST_COLUMN_LABEL") or raw.get("FIELD_NAME")
     if isinstance(label, dict):  # without a LANG filter the portal answers one label per language
         label = label.get("ru") or label.get("en") or next(iter(label.values()), None)
     options = raw.get("LIST")
     return {
-        "field_name": as_text(raw.get("FIELD_NAME")),
+        "field_name": _text_id(raw, "FIELD_NAME"),
         "user_type_id": as_text(raw.get("USER_TYPE_ID")),
         "label": as_text(label),
         "multiple": as_flag(raw.get("MULTIPLE")),
@@ -124,21 +225,22 @@ def deal_field_row(raw: RawRecord) -> Row:
 
 
 def user_row(raw: RawRecord) -> Row:
-    departments = raw.get("UF_DEPARTMENT") or []
+    user_id = _id(_object(raw), "ID")
+    departments = _list_of(raw, "UF_DEPARTMENT")
     return {
-        "id": as_int(raw.get("ID")),
+        "id": user_id,
         "name": as_text(raw.get("NAME")),
         "last_name": as_text(raw.get("LAST_NAME")),
         "email": as_text(raw.get("EMAIL")),
         "active": as_flag(raw.get("ACTIVE")),
-        "departments": dumps([as_int(d) for d in departments]),
+        "departments": dumps([as_int(d) for d in departments if not isinstance(d, (dict, list))]),
         "raw": dumps(raw),
     }
 
 
 def contact_row(raw: RawRecord) -> Row:
     return {
-        "id": as_int(raw.get("ID")),
+        "id": _id(_object(raw), "ID"),
         "name": as_text(raw.get("NAME")),
         "last_name": as_text(raw.get("LAST_NAME")),
         "company_id": as_int(raw.get("COMPANY_ID")),
@@ -150,7 +252,7 @@ def contact_row(raw: RawRecord) -> Row:
 
 def company_row(raw: RawRecord) -> Row:
     return {
-        "id": as_int(raw.get("ID")),
+        "id": _id(_object(raw), "ID"),
         "title": as_text(raw.get("TITLE")),
         "has_phone": _has_multifield(raw, "PHONE"),
         "has_email": _has_multifield(raw, "EMAIL"),
@@ -159,8 +261,11 @@ def company_row(raw: RawRecord) -> Row:
 
 
 def stage_history_row(raw: RawRecord) -> Row:
+    history_id = _id(_object(raw), "ID")
+    if as_int(raw.get("OWNER_ID")) is None:
+        raise UnusableRecord(f"OWNER_ID {str(raw.get('OWNER_ID'))[:30]!r} is not a deal id")
     return {
-        "id": as_int(raw.get("ID")),
+        "id": history_id,
         "deal_id": as_int(raw.get("OWNER_ID")),
         "type_id": as_int(raw.get("TYPE_ID")),
         "category_id": as_int(raw.get("CATEGORY_ID")),
@@ -183,11 +288,16 @@ def bound_deal_ids(bindings: Any) -> list[int]:
     return ids
 
 
-def task_row(raw: RawRecord) -> Row:
+def task_row(raw: RawRecord, *, binding_asked: bool = False) -> Row:
+    """A task row; `binding_asked`: UF_CRM_TASK was selected, so a task without it is a broken answer, not an
+    unbound task (which would leave the cache)."""
     # tasks.task.list answers in camelCase with string values
-    deal_ids = bound_deal_ids(raw.get("ufCrmTask", raw.get("UF_CRM_TASK")))
+    task_id = _id(_object(raw), "id", "ID")
+    if binding_asked and "ufCrmTask" not in raw and "UF_CRM_TASK" not in raw:
+        raise UnusableRecord("it has no ufCrmTask, though the deal binding was asked for")
+    deal_ids = bound_deal_ids(_list_of(raw, "ufCrmTask" if "ufCrmTask" in raw else "UF_CRM_TASK"))
     return {
-        "id": as_int(raw.get("id", raw.get("ID"))),
+        "id": task_id,
         "deal_id": deal_ids[0] if deal_ids else None,
         "title": as_text(raw.get("title", raw.get("TITLE"))),
         "status": as_int(raw.get("status", raw.get("STATUS"))),
@@ -206,9 +316,11 @@ DEAL_OWNER_TYPE = 2
 
 def activity_row(raw: RawRecord) -> Row:
     """A crm.activity.list record (UPPER_CASE strings) -> activities row; deal_id only when a deal owns it."""
+    activity_id = _id(_object(raw), "ID")
+    _reference(raw, "OWNER_ID", "an id")
     owned_by_deal = as_int(raw.get("OWNER_TYPE_ID")) == DEAL_OWNER_TYPE
     return {
-        "id": as_int(raw.get("ID")),
+        "id": activity_id,
         "deal_id": as_int(raw.get("OWNER_ID")) if owned_by_deal else None,
         "provider_id": as_text(raw.get("PROVIDER_ID")),
         "subject": as_text(raw.get("SUBJECT")),

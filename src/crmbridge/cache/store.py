@@ -116,6 +116,34 @@ class Cache:
             f"DELETE FROM {table} WHERE synced_at IS NULL OR synced_at < ?", [since]
         ).rowcount
 
+    def unseen_ids(self, table: str, since: str) -> list[int]:
+        """Ids of `deals` (not yet marked deleted), `tasks` or `activities` a full read that started at `since` did
+        not write: candidates for deletion, to be read back by id first. A record the portal sent but crmbridge
+        could not use (rejected_records) was seen: it is no candidate."""
+        if table not in ("deals", "tasks", "activities"):
+            raise ValueError(f"not a table a full read deletes from: {table}")
+        alive = "deleted = 0 AND " if table == "deals" else ""
+        return [row_id for (row_id,) in self.db.execute(
+            f"SELECT id FROM {table} WHERE {alive}(synced_at IS NULL OR synced_at < ?) AND CAST(id AS TEXT) NOT IN "
+            "(SELECT record_key FROM rejected_records WHERE entity = ? AND seen_at >= ?)", [since, table, since])]
+
+    def mark_deleted(self, deal_ids: list[int]) -> int:
+        """Deals confirmed gone from the portal: kept, marked `deleted = 1`."""
+        marked = 0
+        for start in range(0, len(deal_ids), 500):
+            chunk = deal_ids[start:start + 500]
+            marked += self.db.execute(f"UPDATE deals SET deleted = 1 WHERE deleted = 0 AND id IN "
+                                      f"({','.join('?' * len(chunk))})", chunk).rowcount
+        return marked
+
+    def pipeline_ids(self) -> list[int]:
+        return [pipeline_id for (pipeline_id,) in self.db.execute("SELECT id FROM pipelines")]
+
+    def cached_stages(self, category_id: int) -> list[dict[str, Any]]:
+        """The stages of one pipeline as last cached (kept when the portal answers none for it)."""
+        return self.query("SELECT status_id, category_id, entity_id, name, sort, semantics, raw FROM stages "
+                          "WHERE category_id = ?", [category_id])
+
     def mark_deleted_deals(self, not_synced_since: str) -> int:
         """After a full sync: deals the run did not see are gone from the portal."""
         cursor = self.db.execute(

@@ -43,13 +43,16 @@ def progress_bar(enabled: bool) -> Iterator[ProgressCallback | None]:
         yield advance
 
 
-def run_sync(webhook_url: str | None, *, full: bool, show_progress: bool) -> SyncSummary:
+def run_sync(webhook_url: str | None, *, full: bool, show_progress: bool, confirm_deletions: bool = False) -> SyncSummary:
     settings = common.settings()
     client = common.client_from(settings, webhook_url) if webhook_url else common.crm_client(settings)
+    guards = {} if settings.crm != "bitrix24" else {
+        "confirm_deletions": confirm_deletions, "max_deleted_share": settings.sync_max_deleted_share,
+        "max_record_bytes": settings.sync_max_record_kb * 1024}
     with progress_bar(show_progress) as advance:
         syncer = syncer_for(client, lambda: common.cache_from(settings),
                             overlap=timedelta(minutes=settings.sync_overlap_minutes), progress=advance,
-                            refresh=timedelta(minutes=settings.amocrm_refresh_minutes))
+                            refresh=timedelta(minutes=settings.amocrm_refresh_minutes), **guards)
         return syncer.run(full=full)
 
 
@@ -67,11 +70,18 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def sync(
         full: bool = typer.Option(False, "--full", help="Re-read everything and mark deals gone from the portal as deleted."),
+        confirm_deletions: bool = typer.Option(
+            False, "--confirm-deletions",
+            help="Let this full sync remove more than CRMBRIDGE_SYNC_MAX_DELETED_SHARE of the cached deals, tasks or "
+                 "to-dos (each still read back by id first)."),
         as_json: bool = typer.Option(False, "--json", help="Print a JSON summary (for scheduled jobs)."),
     ) -> None:
         """Sync the CRM into the local SQLite cache (first run full, then incremental by modification time)."""
-        summary = run_sync(None, full=full, show_progress=not as_json and sys.stderr.isatty())
+        summary = run_sync(None, full=full, show_progress=not as_json and sys.stderr.isatty(),
+                           confirm_deletions=confirm_deletions)
         if as_json:
             common.print_json(summary.as_dict())
         else:
             print_summary(summary, common.settings().cache_path)
+        if getattr(summary, "deletions_held", None):
+            raise typer.Exit(1)  # the notice said what and how to confirm; a scheduled job sees it failed

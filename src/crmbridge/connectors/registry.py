@@ -56,8 +56,11 @@ def amocrm_client_from(settings: Settings, *, base_url: str | None = None) -> Am
 
 
 def syncer_for(client: CrmClient, cache: Cache | Callable[[], Cache], *, overlap: timedelta = timedelta(minutes=5),
-               progress: Any = None, refresh: timedelta | None = None) -> Any:
-    """The Syncer of the client's CRM (same `run(full=...) -> SyncSummary` contract)."""
+               progress: Any = None, refresh: timedelta | None = None, **guards: Any) -> Any:
+    """The Syncer of the client's CRM (same `run(full=...) -> SyncSummary` contract).
+
+    `guards` (confirm_deletions, max_deleted_share, max_record_bytes) tune the Bitrix24 sync's evidence for
+    deletions and its cap on records; the amoCRM sync looks vanished records up by id on its own."""
     if isinstance(client, AmoCRMClient):
         from crmbridge.connectors.amocrm.reader import AmoCRMReader
         from crmbridge.sync_amocrm import REFERENCE_EVERY, AmoCRMSyncer
@@ -68,7 +71,7 @@ def syncer_for(client: CrmClient, cache: Cache | Callable[[], Cache], *, overlap
     from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
     from crmbridge.sync import Syncer
 
-    return Syncer(Bitrix24Reader(client), cache, overlap=overlap, progress=progress)
+    return Syncer(Bitrix24Reader(client), cache, overlap=overlap, progress=progress, **guards)
 
 
 def api_snapshot(client: CrmClient) -> Any:
@@ -90,10 +93,12 @@ def api_snapshot(client: CrmClient) -> Any:
     from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
 
     reference = Bitrix24Reader(client).reference_data()
-    # the API's records go through the same conversions a sync would cache them with
+    # the API's records go through the same conversions a sync would cache them with (records they cannot use
+    # are left out, as a sync sets them aside)
     return PortalSnapshot.from_rows(
-        map(rows.pipeline_row, reference.pipelines),
-        [rows.stage_row(raw, category) for category, stages in reference.stages.items() for raw in stages],
-        map(rows.deal_field_row, reference.deal_fields),
-        map(rows.user_row, reference.users),
+        rows.usable(reference.pipelines, rows.pipeline_row)[0],
+        [row for category, stages in reference.stages.items()
+         for row in rows.usable(stages, lambda raw, category=category: rows.stage_row(raw, category))[0]],
+        rows.usable(reference.deal_fields, rows.deal_field_row)[0],
+        rows.usable(reference.users, rows.user_row)[0],
     )

@@ -31,6 +31,11 @@ _RU_DATE = re.compile(r"^(\d{2})\.(\d{2})\.(\d{4})(?:\s+(\d{2}):(\d{2})(?::(\d{2
 _URL = re.compile(r"^(https?|ftp)://\S+$|^www\.\S+$", re.IGNORECASE)
 
 
+#: years a CRM date may have: beyond them it is a typo or a broken answer, and date arithmetic near year 1 or
+#: 9999 overflows (a deadline of 9999-12-31 plus a day); such a value reads as "not a date"
+YEARS = range(1000, 9001)
+
+
 def parse_moment(raw: Any, zone: Any = timezone.utc) -> datetime | None:
     """A Bitrix24 date-time ("2026-11-20T10:00:00+03:00", "20.11.2026 10:00:00", "2026-11-20") -> aware datetime."""
     if raw is None or raw == "" or raw is False:
@@ -44,6 +49,8 @@ def parse_moment(raw: Any, zone: Any = timezone.utc) -> datetime | None:
         moment = _parse_other(text.strip())
         if moment is None:
             return None
+    if moment.year not in YEARS:
+        return None
     if moment.tzinfo is None:
         return moment.replace(tzinfo=zone)
     # one tzinfo object for every moment keeps comparisons on CPython's fast path; the instant is unchanged
@@ -76,10 +83,35 @@ def parse_day(raw: Any) -> date | None:
         return raw
     text = str(raw).strip()
     try:
-        return date.fromisoformat(text[:10])
+        day = date.fromisoformat(text[:10])
     except ValueError:
         moment = parse_moment(text)
         return moment.date() if moment else None
+    return day if day.year in YEARS else None
+
+
+def _decimal(raw: Any) -> Decimal | None:
+    """A finite number, or None (empty, not a number, NaN, Infinity)."""
+    if raw in (None, "") or isinstance(raw, (bool, dict, list)):
+        return None
+    try:
+        value = Decimal(str(raw))
+    except (InvalidOperation, ValueError):
+        return None
+    return value if value.is_finite() else None
+
+
+def _whole(raw: Any) -> int | None:
+    value = _decimal(raw)
+    return int(value) if value is not None and abs(value) < 10**12 else None
+
+
+def _from_timestamp(raw: float, zone: Any) -> datetime | None:
+    try:
+        moment = datetime.fromtimestamp(raw, zone)
+    except (OverflowError, OSError, ValueError):
+        return None
+    return moment if moment.year in YEARS else None
 
 
 def _first(raw: Any) -> Any:
@@ -154,11 +186,14 @@ class DealMapper:
             if raw in (None, "", False):
                 return empty
             if type(raw) is int or type(raw) is float:  # amoCRM date fields: unix seconds
-                return FieldValue(datetime.fromtimestamp(raw, zone).date())
+                stamped = _from_timestamp(raw, zone)
+                return FieldValue(stamped.date()) if stamped else FieldValue(None, raw, "not a date")
             try:
                 value: date | None = date.fromisoformat(raw[:10]) if type(raw) is str and raw[4:5] == "-" else None
             except ValueError:
                 value = None
+            if value is not None and value.year not in YEARS:
+                return FieldValue(None, raw, "not a date")
             if value is None:
                 value = parse_day(raw)
             return FieldValue(value) if value else FieldValue(None, raw, "not a date")
@@ -168,7 +203,8 @@ class DealMapper:
             if raw in (None, "", False):
                 return empty
             if type(raw) is int or type(raw) is float:  # amoCRM date_time fields: unix seconds
-                return FieldValue(datetime.fromtimestamp(raw, zone))
+                stamped = _from_timestamp(raw, zone)
+                return FieldValue(stamped) if stamped else FieldValue(None, raw, "not a date")
             value = parse_moment(raw, zone)
             return FieldValue(value) if value else FieldValue(None, raw, "not a date")
 
@@ -309,16 +345,8 @@ class DealMapper:
                      for value in (card.phones if kind == "phone" else card.emails)]
             if found:
                 fields[field_id] = FieldValue(found[0], found[0])
-        probability_raw = raw.get("PROBABILITY")
-        try:
-            probability = int(Decimal(str(probability_raw))) if probability_raw not in (None, "") else None
-        except InvalidOperation:
-            probability = None
-        amount_raw = raw.get("OPPORTUNITY")
-        try:
-            amount = Decimal(str(amount_raw)) if amount_raw not in (None, "") else None
-        except InvalidOperation:
-            amount = None
+        probability = _whole(raw.get("PROBABILITY"))
+        amount = _decimal(raw.get("OPPORTUNITY"))
         return Deal(
             id=str(raw.get("ID") or ""),
             title=str(raw.get("TITLE") or ""),

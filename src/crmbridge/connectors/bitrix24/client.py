@@ -516,7 +516,7 @@ class Bitrix24Client:
         rows = self._rows(method, first.result, result_key)
         if not rows:
             return
-        row_key = row_id_key or self._detect_id_key(method, rows[0], id_field)
+        row_key = row_id_key or self._detect_id_key(method, rows, id_field)
         next_cursor = self._advance(method, rows, row_key, cursor, id_field)
         yield from rows
         if len(rows) < PAGE_SIZE:
@@ -568,12 +568,29 @@ class Bitrix24Client:
 
     @staticmethod
     def _rows(method: str, result: Any, result_key: str | None) -> list[dict[str, Any]]:
-        """The rows of one page, unwrapping `result[result_key]`; PHP's empty `[]` stands for an empty map."""
+        """The rows of one page, unwrapping `result[result_key]`; PHP's empty `[]` stands for an empty map.
+
+        A null result (or a missing or null `result_key`) is a broken answer, never an empty list: a sync that
+        took it for "no rows" would conclude every record was deleted.
+        """
+        broken = CrmRejected(
+            f"{method}: the answer has no list of rows (a null or incomplete result); nothing is concluded from it",
+            method=method,
+            code="UNEXPECTED_SHAPE",
+            description="null result where a list was expected",
+            hint="the portal answered oddly; run the command again later",
+        )
+        if result is None:
+            raise broken
         rows: Any = result
         if result_key is not None:
             if isinstance(result, Mapping):
+                if result and result_key not in result:
+                    raise broken
                 rows = result.get(result_key, [])
-            elif result in (None, []):
+                if rows is None:
+                    raise broken
+            elif result == []:
                 rows = []
             else:
                 raise CrmRejected(
@@ -584,13 +601,13 @@ class Bitrix24Client:
                 )
         elif isinstance(result, Mapping) and result:
             raise CrmRejected(
-                f"{method}: the result is an object with keys {sorted(result)[:5]}; pass result_key",
+                f"{method}: the result is an object with keys {sorted(map(str, result))[:5]}; pass result_key",
                 method=method,
                 code="UNEXPECTED_SHAPE",
                 description="list result wrapped in an object",
                 hint="crm.item.list and crm.stagehistory.list use result_key='items', tasks.task.list 'tasks'",
             )
-        if rows is None or (isinstance(rows, Mapping) and not rows):
+        if isinstance(rows, Mapping) and not rows:
             return []
         if isinstance(rows, Mapping):  # rows keyed by id: PHP maps with non-sequential keys
             rows = list(rows.values())
@@ -604,12 +621,15 @@ class Bitrix24Client:
         return rows
 
     @staticmethod
-    def _detect_id_key(method: str, row: Mapping[str, Any], id_field: str) -> str:
-        if id_field in row:
-            return id_field
-        for key in row:
-            if key.lower() == id_field.lower():
-                return key
+    def _detect_id_key(method: str, rows: Sequence[Any], id_field: str) -> str:
+        """The key rows carry their id under (`ID`, or `id` for tasks), from the first row that is an object."""
+        row = next((candidate for candidate in rows if isinstance(candidate, Mapping)), None)
+        if row is not None:
+            if id_field in row:
+                return id_field
+            for key in row:
+                if str(key).lower() == id_field.lower():
+                    return str(key)
         raise CrmRejected(
             f"{method}: rows have no {id_field!r} field to page by",
             method=method,
@@ -620,18 +640,24 @@ class Bitrix24Client:
 
     @staticmethod
     def _advance(method: str, rows: list[dict[str, Any]], row_key: str, cursor: int, id_field: str) -> int:
-        """The new cursor (last id of the page); raises when ids do not strictly increase past the old one."""
+        """The new cursor (last id of the page); raises when ids do not strictly increase past the old one.
+
+        A row without an integer id (not an object, no id) is passed on for the caller to set aside; the next
+        page needs the last row's id, so a full page whose last row has none cannot be followed.
+        """
         previous = cursor
-        for row in rows:
+        for index, row in enumerate(rows):
             try:
                 row_id = int(row[row_key])
-            except (KeyError, TypeError, ValueError):
-                raise CrmRejected(
-                    f"{method}: a row has no integer {row_key!r}",
-                    method=method,
-                    code="UNEXPECTED_SHAPE",
-                    description=f"row without integer {row_key}",
-                ) from None
+            except (KeyError, TypeError, ValueError, IndexError):
+                if index == len(rows) - 1 and len(rows) >= PAGE_SIZE:
+                    raise CrmRejected(
+                        f"{method}: the last row of a page has no integer {row_key!r}; the next page cannot be asked for",
+                        method=method,
+                        code="UNEXPECTED_SHAPE",
+                        description=f"row without integer {row_key}",
+                    ) from None
+                continue
             if row_id <= previous:
                 raise CrmRejected(
                     f"{method}: paging loop: row id {row_id} is not above {previous}; "

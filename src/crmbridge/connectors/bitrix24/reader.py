@@ -6,7 +6,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from crmbridge.cache.rows import as_int
 from crmbridge.connectors.bitrix24.client import Bitrix24Client
+from crmbridge.deletions import ReadBack
 from crmbridge.errors import CrmError, ScopeError
 
 RawRecord = dict[str, Any]
@@ -79,7 +81,8 @@ class Bitrix24Reader:
 
     def reference_data(self) -> ReferenceData:
         pipelines = list(self.client.iter_list("crm.category.list", {"entityTypeId": 2}, result_key="categories"))
-        category_ids = sorted({int(p.get("id", p.get("ID", 0))) for p in pipelines} | {0})
+        # a row without a usable id is left for the sync to set aside (rows.pipeline_row); its stages are not asked
+        category_ids = sorted({cid for p in pipelines if (cid := _pipeline_id(p)) is not None} | {0})
         calls = [
             ("crm.status.list", {"filter": {"ENTITY_ID": stage_entity_id(cid)}, "order": {"SORT": "ASC"}})
             for cid in category_ids
@@ -89,8 +92,8 @@ class Bitrix24Reader:
         for answer in answers:
             if isinstance(answer, CrmError):
                 raise answer
-        stages = {cid: list(answers[i] or []) for i, cid in enumerate(category_ids)}
-        deal_fields = list(answers[-1] or [])
+        stages = {cid: _listed(answers[i]) for i, cid in enumerate(category_ids)}
+        deal_fields = _listed(answers[-1])
         users = list(self.client.iter_list_fast("user.get", filter={}, select=None, id_field="ID"))
         return ReferenceData(pipelines=pipelines, stages=stages, deal_fields=deal_fields, users=users)
 
@@ -141,6 +144,47 @@ class Bitrix24Reader:
     def companies(self, ids: Iterable[int]) -> list[RawRecord]:
         return self._by_ids("crm.company.list", ids, COMPANY_SELECT)
 
+    # --- reading ids back: the evidence a full sync needs before anything leaves the cache ---------------
+
+    def deals_by_ids(self, ids: Iterable[int]) -> ReadBack:
+        """Which of these deals the portal still has (their full records), which it does not."""
+        return self._read_back("crm.deal.list", ids, ["*", "UF_*"], {})
+
+    def todos_by_ids(self, ids: Iterable[int]) -> ReadBack:
+        """Which of these to-dos are still deal to-dos on the portal (moved or deleted ones are missing)."""
+        return self._read_back("crm.activity.list", ids, ACTIVITY_SELECT, TODO_FILTER)
+
+    def tasks_by_ids(self, ids: Iterable[int]) -> ReadBack:
+        """tasks.task.get per task: a task the portal no longer has answers an empty array (D tasks-task-get.md)."""
+        wanted = sorted(set(ids))
+        found = ReadBack()
+        answers = self.client.batch_calls([("tasks.task.get", {"taskId": task_id, "select": TASK_SELECT})
+                                           for task_id in wanted])
+        for task_id, answer in zip(wanted, answers):
+            if isinstance(answer, dict) and isinstance(answer.get("task"), dict):
+                found.found.append(answer["task"])
+            elif answer == [] or answer == {}:
+                found.missing.append(task_id)
+            else:  # an error (access denied, a failed command) or an answer of another shape: nothing is known
+                found.unknown.append(task_id)
+        return found
+
+    def _read_back(self, method: str, ids: Iterable[int], select: list[str], base: dict[str, Any]) -> ReadBack:
+        wanted = sorted(set(ids))
+        parts = [wanted[i:i + IDS_PER_COMMAND] for i in range(0, len(wanted), IDS_PER_COMMAND)]
+        calls = [(method, {"filter": {**base, "@ID": part}, "select": select, "start": -1}) for part in parts]
+        found = ReadBack()
+        for part, answer in zip(parts, self.client.batch_calls(calls)):
+            if isinstance(answer, CrmError) or not isinstance(answer, (list, dict)):
+                found.unknown.extend(part)
+                continue
+            rows = [row for row in _listed(answer) if isinstance(row, dict)]
+            asked = set(part)
+            there = {row_id for row in rows if (row_id := as_int(row.get("ID"))) in asked}
+            found.found.extend(row for row in rows if as_int(row.get("ID")) in asked)
+            found.missing.extend(row_id for row_id in part if row_id not in there)
+        return found
+
     def _by_ids(self, method: str, ids: Iterable[int], select: list[str]) -> list[RawRecord]:
         """Records by id, 50 ids per `@ID` command and 50 commands per HTTP request."""
         wanted = sorted(set(ids))
@@ -152,5 +196,22 @@ class Bitrix24Reader:
         for answer in self.client.batch_calls(calls):
             if isinstance(answer, CrmError):
                 raise answer
-            records.extend(answer or [])
+            records.extend(_listed(answer))
         return records
+
+
+def _pipeline_id(row: Any) -> int | None:
+    """A crm.category.list row's id (0 is the default pipeline), or None when it has no usable one."""
+    if not isinstance(row, dict):
+        return None
+    found = as_int(row.get("id", row.get("ID")))
+    return found if found is not None and found >= 0 else None
+
+
+def _listed(answer: Any) -> list[Any]:
+    """The rows of a list method's answer inside a batch: a list, or a PHP map of rows (its values)."""
+    if isinstance(answer, list):
+        return answer
+    if isinstance(answer, dict):
+        return list(answer.values())
+    return []
