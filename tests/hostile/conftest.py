@@ -16,13 +16,14 @@ import sys
 import traceback
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from crmbridge.cache.store import Cache, open_cache
+from crmbridge.cache.store import open_cache
 from crmbridge.sandbox import SandboxPortal
 from crmbridge.sandbox.proxy import RewritingProxy
 
@@ -139,40 +140,10 @@ def cli(tmp_path: Path) -> Callable[..., CliResult]:
 
 
 @pytest.fixture
-def make_portal() -> Iterator[Callable[..., SandboxPortal]]:
-    portals: list[SandboxPortal] = []
-
-    def start(**options: Any) -> SandboxPortal:
-        options.setdefault("limits", False)
-        portal = SandboxPortal(**options)
-        portal.start(port=0)
-        portals.append(portal)
-        return portal
-
-    yield start
-    for portal in portals:
-        portal.stop()
-
-
-@pytest.fixture
-def make_proxy() -> Iterator[Callable[[SandboxPortal], RewritingProxy]]:
-    proxies: list[RewritingProxy] = []
-
-    def start(portal: SandboxPortal) -> RewritingProxy:
-        proxy = RewritingProxy(portal.webhook_url).start()
-        proxies.append(proxy)
-        return proxy
-
-    yield start
-    for proxy in proxies:
-        proxy.stop()
-
-
-@pytest.fixture
-def cache(tmp_path: Path) -> Iterator[Cache]:
-    opened = open_cache(tmp_path / "cache.db")
-    yield opened
-    opened.close()
+def servers() -> Iterator[ExitStack]:
+    """Portals and proxies a test starts; all stopped when it ends."""
+    with ExitStack() as started:
+        yield started
 
 
 @pytest.fixture
@@ -219,14 +190,12 @@ class World:
 
 
 @pytest.fixture
-def make_world(make_portal: Callable[..., SandboxPortal], make_proxy: Callable[[SandboxPortal], RewritingProxy],
-               cli: Callable[..., CliResult], tmp_path: Path) -> Callable[..., World]:
-    """`make_world(deals=300)`: a started portal and proxy; nothing synced yet."""
+def make_world(servers: ExitStack, cli: Callable[..., CliResult], tmp_path: Path) -> Callable[..., World]:
+    """`make_world(deals=300)`: a started portal (no limits) behind a started proxy; nothing synced yet."""
 
     def build(**portal_options: Any) -> World:
-        portal_options.setdefault("deals", 60)
-        portal_options.setdefault("seed", 5)
-        portal = make_portal(**portal_options)
-        return World(portal, make_proxy(portal), tmp_path, cli)
+        portal_options = {"deals": 60, "seed": 5, "limits": False, **portal_options}
+        portal = servers.enter_context(SandboxPortal(**portal_options))
+        return World(portal, servers.enter_context(RewritingProxy(portal.webhook_url)), tmp_path, cli)
 
     return build

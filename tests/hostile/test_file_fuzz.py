@@ -17,7 +17,7 @@ from crmbridge.sandbox import SandboxPortal
 
 from .conftest import MAPPINGS, run_cli
 
-pytestmark = [pytest.mark.integration, pytest.mark.hostile("file-fuzz")]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.hostile("file-fuzz")]
 
 POSITIONED = re.compile(r"^[^\n]+:\d+:\d+: ")
 

@@ -18,7 +18,7 @@ from crmbridge.sandbox.proxy import Rule, result_of, rows_of
 
 from .conftest import World
 
-pytestmark = [pytest.mark.integration, pytest.mark.hostile("values")]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.hostile("values")]
 
 HUGE = "9223372036854775808"  # 2**63: one past SQLite's INTEGER
 

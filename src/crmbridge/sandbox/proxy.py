@@ -23,10 +23,11 @@ import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
 
+from .server import _Server  # daemon threads; a client hanging up mid-answer (a size cap) is no server error
 from .wire import php_parse_query
 
 __all__ = [
@@ -191,17 +192,6 @@ def _params(body: bytes, content_type: str) -> dict[str, Any]:
             return {}
         return data if isinstance(data, dict) else {}
     return php_parse_query(text)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        import sys
-
-        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            return  # the client hung up mid-answer: exactly what a size cap does
-        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
