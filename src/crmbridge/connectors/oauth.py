@@ -292,6 +292,13 @@ class TokenStore:
         log.info("%s: stored a new token pair for %s (generation %d)", self.crm, account, pair.generation)
         return pair
 
+    def annotate(self, details: Mapping[str, Any]) -> TokenPair:
+        """Merge non-secret facts about the connection into the pair's `details` (the tokens stay as they are)."""
+        with self._locked(), self._transaction() as rows:
+            if not rows.annotate(self.crm, self.account, dict(details), updated_at=_now_iso(self._clock)):
+                raise self._not_connected()
+        return self.require()
+
     def forget(self) -> bool:
         """Remove this account's pair (after the app was uninstalled); True if there was one."""
         with self._locked(), self._transaction() as rows:
