@@ -691,7 +691,11 @@ def serve_forever(
         planted = len(portal.state.planted)
         print(f"Sandbox Bitrix24 portal: {deals} deals ({planted} breaking the regulation), seed {seed}, "
               f"seeded in {time.perf_counter() - t0:.1f} s")
-        print(f"Webhook URL: {portal.webhook_url}", flush=True)
+        print(f"Webhook URL: {portal.webhook_url}")
+        print(f"OAuth application: CRMBRIDGE_BITRIX24_CLIENT_ID={portal.app.client_id} "
+              f"CRMBRIDGE_BITRIX24_CLIENT_SECRET={portal.app.client_secret} "
+              f"CRMBRIDGE_BITRIX24_OAUTH_URL={portal.app.oauth_url}; then "
+              f"crmbridge connect --portal http://127.0.0.1:{portal.port}", flush=True)
         while True:
             time.sleep(3600)  # sleep, unlike a bare lock wait, is interrupted by Ctrl-C on every platform
     except KeyboardInterrupt:
