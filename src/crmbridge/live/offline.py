@@ -19,17 +19,15 @@ are bound with, so they are not queued back.
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
-import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from crmbridge.cache.lock import file_lock
 from crmbridge.cache.offline import ACCEPTED, FETCHED, FETCHING, OfflineBatches
 from crmbridge.connectors.bitrix24.client import Bitrix24Client
 from crmbridge.connectors.bitrix24.offline import (
@@ -41,12 +39,7 @@ from crmbridge.connectors.bitrix24.offline import (
     reserved_process_ids,
 )
 from crmbridge.errors import CrmError
-from crmbridge.live.inbox import Inbox, InboxEvent, payload_json, utc_iso
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: one daemon per cache is then the admin's duty
-    fcntl = None  # type: ignore[assignment]
+from crmbridge.live.inbox import Inbox, InboxEvent, connect, payload_json, utc_iso
 
 __all__ = ["CHECKPOINTS", "SOURCE", "OfflinePoller", "register"]
 
@@ -208,33 +201,15 @@ class OfflinePoller:
 
     @contextmanager
     def _journal(self) -> Iterator[OfflineBatches]:
-        conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
+        conn = connect(self.path, synchronous="FULL")  # every journal step survives a power cut
         try:
-            conn.execute("PRAGMA synchronous=FULL")
             yield OfflineBatches(conn)
         finally:
             conn.close()
 
-    @contextmanager
-    def _turn(self) -> Iterator[bool]:
-        if fcntl is None:  # pragma: no cover
-            yield True
-            return
-        fd = os.open(f"{self.path}.offline.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    yield False
-                    return
-                raise
-            try:
-                yield True
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+    def _turn(self) -> AbstractContextManager[bool]:
+        """This poller's turn: False while another daemon on the same cache is polling."""
+        return file_lock(f"{self.path}.offline.lock")
 
 
 def utc_iso_days_ago(days: int) -> str:

@@ -389,21 +389,26 @@ def _lower(params: dict[str, Any]) -> dict[str, Any]:
     return {str(k).lower(): v for k, v in params.items()}
 
 
-def event_bind(ctx: Context, params: dict[str, Any]) -> MethodResult:
+def _binding_query(ctx: Context, params: dict[str, Any]) -> tuple[SandboxApp, RequestAuth, dict[str, Any], str, str, str]:
+    """What event.bind and event.unbind share: the app context, EVENT, EVENT_TYPE and HANDLER, checked."""
     app, auth = _app(ctx)
     query = _lower(params)
     name = str(query.get("event") or "").upper()
     kind = str(query.get("event_type") or "online").lower()
-    handler = str(query.get("handler") or "")
+    if not name:
+        raise _argument("Argument 'EVENT' is null or empty")
+    if kind not in ("online", "offline"):
+        raise _argument("Value must be one of {online|offline}")
+    return app, auth, query, name, kind, str(query.get("handler") or "")
+
+
+def event_bind(ctx: Context, params: dict[str, Any]) -> MethodResult:
+    app, auth, query, name, kind, handler = _binding_query(ctx, params)
     connector = _connector(app, auth)
     try:
         auth_type = int(query.get("auth_type") or 0)
     except (TypeError, ValueError):
         auth_type = 0
-    if not name:
-        raise _argument("Argument 'EVENT' is null or empty")
-    if kind not in ("online", "offline"):
-        raise _argument("Value must be one of {online|offline}")
     if kind == "offline":
         _admin(auth, "Access denied! Offline events binding requires administrator access rights")
         handler, auth_type = "", 0
@@ -442,15 +447,7 @@ def event_get(ctx: Context, params: dict[str, Any]) -> MethodResult:
 
 
 def event_unbind(ctx: Context, params: dict[str, Any]) -> MethodResult:
-    app, auth = _app(ctx)
-    query = _lower(params)
-    name = str(query.get("event") or "").upper()
-    kind = str(query.get("event_type") or "online").lower()
-    handler = str(query.get("handler") or "")
-    if not name:
-        raise _argument("Argument 'EVENT' is null or empty")
-    if kind not in ("online", "offline"):
-        raise _argument("Value must be one of {online|offline}")
+    app, auth, query, name, kind, handler = _binding_query(ctx, params)
     if kind == "offline":
         _admin(auth, "Access denied! Offline events unbinding requires administrator access rights")
         handler = ""
