@@ -20,7 +20,8 @@ from crmbridge import deletions
 from crmbridge.cache import rows as cache_rows
 from crmbridge.cache.rejected import Rejected, RejectedRecords, plural
 from crmbridge.cache.store import Cache, SyncState
-from crmbridge.connectors.bitrix24.reader import Bitrix24Reader, RawRecord, stage_entity_id
+from crmbridge.connectors.bitrix24.client import PAGE_SIZE
+from crmbridge.connectors.bitrix24.reader import Bitrix24Reader, FirstPages, RawRecord, stage_entity_id
 from crmbridge.notices import notice
 
 #: rows committed per transaction: one HTTP request of the fast list pattern brings up to 2,500
@@ -34,7 +35,7 @@ DEFAULT_MAX_RECORD_BYTES = 1024 * 1024
 #: records named in a warning about records set aside (the rest are counted)
 NAMED = 3
 #: stage-history IDs re-read behind the incremental cursor (one 50-row page costs ~0.15 s of method time)
-HISTORY_ID_MARGIN = 50
+HISTORY_ID_MARGIN = 40  # < a page (50): an idle poll's history page is never full, so it costs no second request
 
 
 @dataclass
@@ -103,6 +104,19 @@ def usable_moment(text: Any) -> str | None:
     return text
 
 
+def then(first: list[RawRecord] | None, rest: Callable[[int], Iterator[RawRecord]]) -> Iterator[RawRecord]:
+    """A list whose first page came in the poll's batch: that page, and only if it was full, the rest after its last id."""
+    if first is None:
+        yield from rest(0)
+        return
+    yield from first
+    if len(first) >= PAGE_SIZE:
+        # a row without a usable id (set aside by the sync) does not move the cursor
+        ids = [row_id for row in first if isinstance(row, dict)
+               and (row_id := cache_rows.as_int(row.get("ID", row.get("id")))) is not None]
+        yield from rest(max(ids, default=0))
+
+
 def chunks(records: Iterable[RawRecord], size: int = CHUNK_ROWS) -> Iterator[list[RawRecord]]:
     iterator = iter(records)
     while chunk := list(islice(iterator, size)):
@@ -121,11 +135,15 @@ class Syncer:
         progress: ProgressCallback | None = None,
         now: Callable[[], str] = utc_now_iso,
         monotonic: Callable[[], float] = time.monotonic,
+        metadata_max_age: timedelta = timedelta(hours=1),
         confirm_deletions: bool = False,
         max_deleted_share: float = deletions.DEFAULT_MAX_SHARE,
         max_record_bytes: int | None = DEFAULT_MAX_RECORD_BYTES,
     ) -> None:
         self.reader = reader
+        #: an incremental sync re-reads pipelines, stages, fields and users when they are older than this
+        #: (or when a deal names a stage or pipeline the cache does not know); a full sync always does
+        self.metadata_max_age = metadata_max_age
         # a factory is opened only after the portal answered, so bad input leaves no file behind
         self._cache_or_factory = cache
         self.overlap = overlap
@@ -138,22 +156,20 @@ class Syncer:
         self.max_record_bytes = max_record_bytes
         self.warnings: list[str] = []
         self.skipped: dict[str, list[Rejected]] = {}
+        self._cursors_told: set[str] = set()
 
     def run(self, *, full: bool = False) -> SyncSummary:
         started = self.monotonic()
         requests_before = self.reader.client.requests_made
-        self.warnings, self.skipped = [], {}
-        # Ask the portal first: a wrong URL, a missing scope or an outage fails before anything is written.
-        _, reported = self.reader.check_scopes()
-        portal_time = usable_moment(reported)
-        if portal_time is None:
-            portal_time = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            if reported is not None:
-                self._warn(f"the portal's clock answered {str(reported)[:40]!r}, not a date-time with an offset; "
-                           "this computer's clock (UTC) is the next sync's starting point instead")
+        self.warnings, self.skipped, self._cursors_told = [], {}, set()
         if isinstance(self._cache_or_factory, Cache):
+            # an open cache (the daemon, scheduled jobs, enforce): an incremental poll asks for the scopes in
+            # the same batch as the first pages of every list, so an idle poll is one request
             self.cache = self._cache_or_factory
-            return self._run(full, portal_time, started, requests_before)
+            return self._run(full, None, started, requests_before)
+        # Ask the portal first: a wrong URL, a missing scope or an outage fails before anything is written.
+        _, portal_time = self.reader.check_scopes()
+        portal_time = self._portal_clock(portal_time)
         # a cache this run opened is this run's to close
         self.cache = self._cache_or_factory()
         try:
@@ -161,29 +177,43 @@ class Syncer:
         finally:
             self.cache.close()
 
-    def _run(self, full: bool, portal_time: str, started: float, requests_before: int) -> SyncSummary:
+    def _run(self, full: bool, portal_time: str | None, started: float, requests_before: int) -> SyncSummary:
         deals_state = self._checked(self.cache.sync_state("deals"), "deals")
         resuming = deals_state.status == "running" and deals_state.mode == "full"
         mode = "full" if (full or resuming or deals_state.cursor is None) else "incremental"
         summary = SyncSummary(mode=mode, resumed=resuming)
+        first: FirstPages | None = None
+        if mode == "incremental":
+            first = self.reader.first_pages(self._first_page_params(deals_state), with_scope=portal_time is None)
+            portal_time = portal_time or first.portal_time
+        elif portal_time is None:
+            _, portal_time = self.reader.check_scopes()
+        portal_time = self._portal_clock(portal_time)
+        pages = first.pages if first is not None else {}
         # one cache, one account: a cache of another portal (or of an amoCRM account) is refused before any write
         self.cache.claim_account("bitrix24", self.reader.client.account, self.now())
         run_id = self.cache.start_run(mode, self.now())
         try:
-            self._sync_reference(summary)
+            reference_read = mode == "full" or self._metadata_due()
+            if reference_read:
+                self._sync_reference(summary)
             if mode == "full":
                 self._full_deals(deals_state, portal_time, resuming, summary)
             else:
-                self._incremental_deals(deals_state, portal_time, summary)
+                self._incremental_deals(deals_state, portal_time, summary, pages)
             full_lists = mode == "full"
             self._drain([
-                self._stage_history_stream(full=full_lists and not resuming, summary=summary),
+                self._stage_history_stream(full=full_lists and not resuming, summary=summary,
+                                           first=pages.get("stage_history")),
                 self._dated_stream("tasks", "tasks.task.list", full_lists, portal_time, self.reader.iter_tasks,
-                                   "changed_since", partial(cache_rows.task_row, binding_asked=True),
-                                   summary.add_tasks, summary),
+                                   "changed_since", partial(cache_rows.task_row, binding_asked=True), summary.add_tasks,
+                                   pages.get("tasks"), summary=summary),
                 self._dated_stream("activities", "crm.activity.list", full_lists, portal_time, self.reader.iter_todos,
-                                   "updated_since", cache_rows.activity_row, summary.add_todos, summary),
+                                   "updated_since", cache_rows.activity_row, summary.add_todos,
+                                   pages.get("activities"), summary=summary),
             ])
+            if not reference_read and self._unknown_structure():
+                self._sync_reference(summary)  # a new pipeline or stage appeared: the check needs it now
         except BaseException:
             summary.http_requests = self.reader.client.requests_made - requests_before
             summary.seconds = round(self.monotonic() - started, 3)
@@ -214,6 +244,29 @@ class Syncer:
         for text in self.warnings:
             notice(text)
 
+    def _portal_clock(self, reported: str | None) -> str:
+        """The portal's clock as the next cursor; one that is not a usable date-time is replaced by ours, and said."""
+        found = usable_moment(reported)
+        if found is not None:
+            return found
+        if reported is not None:
+            self._warn(f"the portal's clock answered {str(reported)[:40]!r}, not a date-time with an offset; "
+                       "this computer's clock (UTC) is the next sync's starting point instead")
+        return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+    def _checked(self, state: SyncState, entity: str) -> SyncState:
+        """A stored cursor that is not a usable date-time (an older version stored the portal's clock unchecked)
+        is dropped: this run reads the entity whole again, and says so."""
+        if state.cursor is not None and usable_moment(state.cursor) is None:
+            if entity not in self._cursors_told:
+                self._cursors_told.add(entity)
+                self._warn(f"the stored {entity} cursor {str(state.cursor)[:40]!r} is not a date-time; this sync "
+                           f"reads every {ENTITY_WORDS.get(entity, entity)} again instead")
+            state.cursor = None
+            if state.status != "running":
+                state.mode = None
+        return state
+
     def _usable(self, entity: str, records: Iterable[Any], to_row: Callable[[Any], dict[str, Any]]) -> list[dict[str, Any]]:
         """Rows of the records crmbridge can use; the others are kept raw in rejected_records and counted."""
         rows, unusable = cache_rows.usable(records, to_row, max_bytes=self.max_record_bytes)
@@ -234,17 +287,6 @@ class Syncer:
         if not hasattr(self, "_with_rejected"):
             self._with_rejected = RejectedRecords(self.cache).entities()
         return self._with_rejected | set(self.skipped)
-
-    def _checked(self, state: SyncState, entity: str) -> SyncState:
-        """A stored cursor that is not a usable date-time (an older version stored the portal's clock unchecked)
-        is dropped: this run reads the entity whole again, and says so."""
-        if state.cursor is not None and usable_moment(state.cursor) is None:
-            self._warn(f"the stored {entity} cursor {str(state.cursor)[:40]!r} is not a date-time; this sync reads "
-                       f"every {ENTITY_WORDS.get(entity, entity)} again instead")
-            state.cursor = None
-            if state.status != "running":
-                state.mode = None
-        return state
 
     def _settle_vanished(self, entity: str, since: str, summary: SyncSummary) -> int:
         """After a full read: what it did not see is read back by id; only what the portal confirms gone (and not
@@ -286,6 +328,41 @@ class Syncer:
             self.cache.upsert(entity, [row for row in rows if row["deal_id"] is not None])
             self.cache.delete_ids(entity, [row["id"] for row in rows if row["deal_id"] is None])
 
+    # --- the first pages of an incremental poll ------------------------------------------------
+
+    def _first_page_params(self, deals_state: SyncState) -> dict[str, dict[str, Any]]:
+        """Every list an incremental poll reads, as one page each, to go into one batch request."""
+        since = minus_overlap(deals_state.cursor, self.overlap) if deals_state.cursor else None
+        lists = {
+            "deals": self.reader.list_params("deals", since=since),
+            "stage_history": self.reader.list_params(
+                "stage_history", after_id=max(0, (self.cache.sync_state("stage_history").last_id or 0) - HISTORY_ID_MARGIN)),
+        }
+        for entity in ("tasks", "activities"):
+            state = self._checked(self.cache.sync_state(entity), entity)
+            if state.cursor is not None and not (state.status == "running" and state.mode == "full"):
+                lists[entity] = self.reader.list_params(entity, since=minus_overlap(state.cursor, self.overlap))
+        if since:
+            lists["contacts"] = self.reader.list_params("contacts", since=since)
+            lists["companies"] = self.reader.list_params("companies", since=since)
+        return lists
+
+    def _metadata_due(self) -> bool:
+        state = self.cache.sync_state("reference")
+        if not state.finished_at:
+            return True
+        try:
+            read_at = datetime.fromisoformat(state.finished_at)
+        except ValueError:
+            return True
+        return datetime.now(timezone.utc) - read_at >= self.metadata_max_age
+
+    def _unknown_structure(self) -> bool:
+        """A cached deal in a pipeline or stage the cache does not know (added on the portal since the last read)."""
+        return bool(self.cache.query(
+            "SELECT 1 FROM deals WHERE deleted = 0 AND (stage_id NOT IN (SELECT status_id FROM stages) "
+            "OR category_id NOT IN (SELECT id FROM pipelines)) LIMIT 1"))
+
     # --- reference lists ----------------------------------------------------------------------
 
     def _sync_reference(self, summary: SyncSummary) -> None:
@@ -316,6 +393,8 @@ class Syncer:
             summary.stages = self._replace("stages", stage_rows, "stages")
             summary.deal_fields = self._replace("deal_fields", fields, "deal fields")
             summary.users = self.cache.upsert("users", users)
+            self.cache.save_sync_state(SyncState(entity="reference", mode="full", status="done",
+                                                 finished_at=datetime.now(timezone.utc).isoformat()))
 
     def _replace(self, table: str, rows: list[dict[str, Any]], what: str) -> int:
         if not rows and not self.confirm_deletions and self.cache.count(table):
@@ -344,12 +423,14 @@ class Syncer:
             state.finished_at = self.now()
             self.cache.save_sync_state(state)
 
-    def _incremental_deals(self, state: SyncState, portal_time: str, summary: SyncSummary) -> None:
+    def _incremental_deals(self, state: SyncState, portal_time: str, summary: SyncSummary,
+                           pages: dict[str, list[RawRecord]]) -> None:
         since = minus_overlap(state.cursor, self.overlap) if state.cursor else None
-        for chunk in chunks(self.reader.iter_deals(modified_since=since)):
+        records = then(pages.get("deals"), lambda last: self.reader.iter_deals(after_id=last, modified_since=since))
+        for chunk in chunks(records):
             self._write_deals(chunk, summary, state_update=None)
         if since:
-            self._sync_changed_clients(since, summary)
+            self._sync_changed_clients(since, summary, pages)
         state.mode, state.status = "incremental", "done"
         state.cursor, state.finished_at = portal_time, self.now()
         self.cache.save_sync_state(state)
@@ -367,12 +448,22 @@ class Syncer:
         with_clients = deal_rows if state_update is not None else [r for r in deal_rows if r["id"] in changed]
         contact_ids = {r["contact_id"] for r in with_clients if r["contact_id"]}
         company_ids = {r["company_id"] for r in with_clients if r["company_id"]}
-        # read before the transaction: HTTP inside a write transaction would hold the file locked
-        contacts = self._usable("contacts", self.reader.contacts(contact_ids) if contact_ids else [],
-                                cache_rows.contact_row)
-        company_ids |= {row["company_id"] for row in contacts if row["company_id"]}
-        companies = self._usable("companies", self.reader.companies(company_ids) if company_ids else [],
-                                 cache_rows.company_row)
+        if state_update is None:
+            # an edited client moves its own DATE_MODIFY and comes in with _sync_changed_clients: an incremental
+            # sync reads only the clients the cache does not have yet (a deal given a new contact)
+            contact_ids -= self._cached_ids("contacts", contact_ids)
+            company_ids -= self._cached_ids("companies", company_ids)
+        # read before the transaction: HTTP inside a write transaction would hold the file locked;
+        # contacts and companies go in one batch, and only the companies that just the contacts name in another
+        contact_records, company_records = (self.reader.clients(contact_ids, company_ids)
+                                            if contact_ids or company_ids else ([], []))
+        contacts = self._usable("contacts", contact_records, cache_rows.contact_row)
+        more = {row["company_id"] for row in contacts if row["company_id"]} - company_ids
+        if state_update is None:
+            more -= self._cached_ids("companies", more)
+        if more:
+            company_records += self.reader.clients((), more)[1]
+        companies = self._usable("companies", company_records, cache_rows.company_row)
         with self.cache.atomic():
             self.cache.upsert("deals", deal_rows)
             self.cache.upsert("contacts", contacts)
@@ -386,7 +477,16 @@ class Syncer:
         summary.companies_read += len(companies)
         self.progress("deals", len(deal_rows))
 
-    def _sync_changed_clients(self, since: str, summary: SyncSummary) -> None:
+    def _cached_ids(self, table: str, ids: set[int]) -> set[int]:
+        found: set[int] = set()
+        wanted = sorted(ids)
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            found.update(row["id"] for row in self.cache.query(
+                f"SELECT id FROM {table} WHERE id IN ({','.join('?' * len(chunk))})", chunk))
+        return found
+
+    def _sync_changed_clients(self, since: str, summary: SyncSummary, pages: dict[str, list[RawRecord]]) -> None:
         """A contact or company edited without touching its deals (R6 reads its phone / e-mail)."""
         for entity, column, to_row in (
             ("contacts", "contact_id", cache_rows.contact_row),
@@ -400,7 +500,9 @@ class Syncer:
             if entity == "companies":  # a contact's company counts too
                 referenced |= {row["ref"] for row in self.cache.query(
                     "SELECT DISTINCT company_id AS ref FROM contacts WHERE company_id IS NOT NULL")}
-            for chunk in chunks(self.reader.iter_changed_clients(entity, modified_since=since)):
+            records = then(pages.get(entity), lambda last, entity=entity: self.reader.iter_changed_clients(
+                entity, modified_since=since, after_id=last))
+            for chunk in chunks(records):
                 client_rows = [row for row in self._usable(entity, chunk, to_row) if row["id"] in referenced]
                 with self.cache.atomic():
                     self.cache.upsert(entity, client_rows)
@@ -411,7 +513,7 @@ class Syncer:
 
     # --- stage history, tasks and to-dos --------------------------------------------------------------
 
-    def _stage_history_stream(self, *, full: bool, summary: SyncSummary) -> _Stream:
+    def _stage_history_stream(self, *, full: bool, summary: SyncSummary, first: list[RawRecord] | None = None) -> _Stream:
         """Append-only on the portal: the last ID is a complete cursor, and a full sync re-reads from 0."""
         state = self.cache.sync_state("stage_history")
         state.status, state.mode = "running", "full" if full else "incremental"
@@ -433,8 +535,9 @@ class Syncer:
             state.status, state.finished_at = "done", self.now()
             self.cache.save_sync_state(state)
 
-        return _Stream("stage_history", "crm.stagehistory.list",
-                       chunks(self.reader.iter_stage_history(after_id=after_id)), write, finish)
+        records = (then(first, lambda last: self.reader.iter_stage_history(after_id=last)) if first is not None and not full
+                   else self.reader.iter_stage_history(after_id=after_id))
+        return _Stream("stage_history", "crm.stagehistory.list", chunks(records), write, finish)
 
     def _dated_stream(
         self,
@@ -446,6 +549,8 @@ class Syncer:
         since_arg: str,
         to_row: Callable[[RawRecord], dict[str, Any]],
         count: Callable[[int], None],
+        first: list[RawRecord] | None = None,
+        *,
         summary: SyncSummary,
     ) -> _Stream:
         """Tasks and to-dos: a full read by ID that resumes after a kill, else what changed since the cursor.
@@ -463,7 +568,9 @@ class Syncer:
             records = read(after_id=state.last_id or 0)
         else:
             state.mode, state.run_cursor = "incremental", portal_time
-            records = read(**{since_arg: minus_overlap(state.cursor or portal_time, self.overlap)})
+            since = minus_overlap(state.cursor or portal_time, self.overlap)
+            records = (then(first, lambda last: read(after_id=last, **{since_arg: since})) if first is not None
+                       else read(**{since_arg: since}))
 
         def write(chunk: list[RawRecord]) -> None:
             synced_at = self.now()
