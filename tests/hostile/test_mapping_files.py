@@ -101,10 +101,12 @@ def test_a_huge_format_width_never_exhausts_memory(make_world: Callable[..., Wor
 
 @pytest.mark.parametrize("duration", ["99999999999999999999d", "9999999999w", "99999999999999999999999m"])
 def test_a_huge_duration_is_a_check_problem(cli: Any, mappings_copy: Path, duration: str) -> None:
-    edited(mappings_copy, "regulation.yaml", "stale_after: 45d", f"stale_after: {duration}")
+    path = edited(mappings_copy, "regulation.yaml", "stale_after: 45d", f"stale_after: {duration}")
+    line_number = next(number for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+                       if f"stale_after: {duration}" in line)
     result = cli("check", env={"CRMBRIDGE_MAPPINGS_DIR": str(mappings_copy)})
     lines = assert_positioned_problems(result)
-    assert any("stale_after" in line for line in lines), lines
+    assert any(f"regulation.yaml:{line_number}:" in line and "too long" in line for line in lines), lines
 
 
 BILLION_LAUGHS = """\

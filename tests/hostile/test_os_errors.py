@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from crmbridge.sandbox.proxy import Recorded
+from crmbridge.sandbox.proxy import Exchange
 
 from .conftest import World
 
@@ -109,11 +109,14 @@ def test_enforce_honours_the_overlap_setting(make_world: Callable[..., World]) -
     world = make_world(deals=10)
     assert world.sync().code == 0
     cursor = world.query("SELECT cursor FROM sync_state WHERE entity = 'deals'")[0]["cursor"]
-    recorded = Recorded("crm.deal.list")
-    world.proxy.add(recorded)
+    asked = len(world.proxy.requests)
     result = world.run("enforce", "--dry-run", CRMBRIDGE_SYNC_OVERLAP_MINUTES="90")
     assert result.code == 0, result.err
-    since = [params["filter"][">=DATE_MODIFY"] for params in recorded.seen
+    # the deal list of enforce's sync: a direct call, or a command of the poll's one batch
+    lists = [params for method, params in world.proxy.requests[asked:] if method == "crm.deal.list"]
+    lists += [params for method, batch in world.proxy.requests[asked:] if method == "batch"
+              for called, params in Exchange(method, batch, 0, {}, b"").commands().values() if called == "crm.deal.list"]
+    since = [params["filter"][">=DATE_MODIFY"] for params in lists
              if isinstance(params.get("filter"), dict) and ">=DATE_MODIFY" in params["filter"]]
-    assert since, recorded.seen
+    assert since, lists
     assert datetime.fromisoformat(since[0]) == datetime.fromisoformat(cursor) - timedelta(minutes=90)

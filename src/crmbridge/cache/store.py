@@ -252,6 +252,8 @@ def open_cache(path: Path | str) -> Cache:
         conn = sqlite3.connect(str(path), timeout=30)
         version = conn.execute("PRAGMA user_version").fetchone()[0]
     except sqlite3.DatabaseError as exc:
+        if _contended(exc):
+            raise  # another connection holds the file for a moment: callers that wait and retry see it as ever
         raise _open_error(path, exc) from None
     if version > SCHEMA_VERSION:
         conn.close()
@@ -272,6 +274,8 @@ def open_cache(path: Path | str) -> Cache:
                 db.execute(f"PRAGMA user_version = {number}")
     except sqlite3.DatabaseError as exc:
         conn.close()
+        if _contended(exc):
+            raise
         raise _open_error(path, exc) from None
     return Cache(db, file_path)
 
@@ -344,6 +348,12 @@ def _check_existing(path: Path) -> None:
     if header and header != SQLITE_HEADER:
         raise CacheError(f"{path}: not a crmbridge cache (not an SQLite file)",
                          hint="point CRMBRIDGE_CACHE_PATH at another file, or move this one away")
+
+
+def _contended(exc: sqlite3.DatabaseError) -> bool:
+    """A lock held by another connection: not a fault of the file, and worth waiting for."""
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
 
 
 def _open_error(path: Path | str, exc: sqlite3.DatabaseError) -> CacheError:

@@ -202,8 +202,6 @@ def _translate(doc: LocatedDocument, root: type[BaseModel], error: dict[str, Any
     if kind == "value_error":
         text = str(error.get("ctx", {}).get("error", error["msg"]))
         what, _, fix = text.partition(" — ")
-        if loc and isinstance(loc[-1], str) and name not in what:
-            what = f'"{name}": {what}'  # say which setting: "stale_after": "9999999999w" is too long
         doc.problem(loc, what, fix or "correct the value")
         return
     if kind in _KIND:

@@ -22,7 +22,7 @@ import json
 import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
@@ -399,14 +399,3 @@ def huge_answer(method: str, megabytes: float, *, times: int | None = None) -> R
 
     return _limited(rule, times)
 
-
-@dataclass
-class Recorded:
-    """A rule that only records what crmbridge asked for a method (for assertions)."""
-
-    method: str
-    seen: list[dict[str, Any]] = field(default_factory=list)
-
-    def __call__(self, exchange: Exchange) -> None:
-        if exchange.method == self.method:
-            self.seen.append(exchange.params)
