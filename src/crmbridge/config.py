@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,6 +35,9 @@ class Settings(BaseSettings):
     bitrix24_max_attempts: int = Field(default=8, ge=1, le=50)
     #: application token of the portal's outgoing webhook (to authenticate incoming events)
     bitrix24_application_token: SecretStr | None = None
+    #: CLIENT_ID of a local application of the portal: through a webhook, im.notify.system.add's TAG (one
+    #: notification per TAG) works only with it (docs); used by the `notify` channel
+    bitrix24_client_id: str | None = None
 
     cache_path: Path = Path("crmbridge.db")
     mappings_dir: Path = Path("mappings")
@@ -41,11 +45,14 @@ class Settings(BaseSettings):
 
     #: loop guard: reverts of one deal per day before the bridge stops reverting and escalates to the head
     enforce_max_reverts_per_day: int = Field(default=3, ge=0)
+    #: how messages reach people: chat (im.message.add to the person's private dialog, read back after a lost
+    #: answer: exactly once) or notify (im.notify.system.add: no read-back; see the README)
+    enforce_notify_channel: Literal["chat", "notify"] = "chat"
 
     #: minutes re-read before the incremental cursor, so edits committed late on the portal are not missed
     sync_overlap_minutes: int = Field(default=5, ge=0)
 
-    @field_validator("bitrix24_webhook_url", "bitrix24_application_token", mode="before")
+    @field_validator("bitrix24_webhook_url", "bitrix24_application_token", "bitrix24_client_id", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

@@ -279,6 +279,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE actions ADD COLUMN group_key TEXT;     -- the group it belongs to (e.g. revert:<deal>:<entry>)
     CREATE INDEX actions_group ON actions(group_key);
     """,
+    # 8: digests (issue 7): a notice (kind notify) waits as `queued` until a message (kind message) carries it.
+    """
+    ALTER TABLE actions ADD COLUMN delivered_by TEXT;  -- notice: idempotency_key of the message carrying it (NULL: none yet)
+    CREATE INDEX actions_delivered_by ON actions(delivered_by) WHERE delivered_by IS NOT NULL;
+    CREATE INDEX actions_queued ON actions(status) WHERE status = 'queued';
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -7,8 +7,13 @@ or comment by the marker crmbridge put into its text, a deal update by reading t
 not found is sent again. A run killed between intent and result leaves intents that the next run
 reconciles the same way before writing. An action whose lookup fails (the CRM did not answer it) stays an
 intent and is not sent by this run: it may have landed, and a later run's reconciliation looks again.
-Notifications cannot be looked up; they carry the marker as their TAG, and Bitrix24 keeps one notification
-per TAG, so sending one again replaces it.
+Messages to people go through the `chat` channel (im.message.add to the person's private dialog) and are read
+back the same way (im.dialog.messages.get, by the marker at their end). The `notify` channel
+(im.notify.system.add) has no read-back: a lost answer is sent again, which through a webhook deduplicates only
+with CLIENT_ID (the docs: TAG is unique within an application) — see the README for what each channel guarantees.
+An answer without an id (`false`: "not created") is never recorded as done: the action is sent again.
+Notices (kind notify) are not sent at all: they are recorded `queued` with their group's intents, and a message
+(enforce/digest.py) carries them later; a message done makes its notices done in the same transaction.
 A command the portal refused for a limit (rate, operating time) did not run and goes into a later batch;
 one it rejected is recorded as failed with the CRM's error, and retried by later runs up to a limit.
 """
@@ -22,12 +27,12 @@ import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from crmbridge.cache.lock import WriterLock
 from crmbridge.connectors.bitrix24.client import MAX_BATCH, Bitrix24Client
-from crmbridge.enforce.audit import DONE, GIVEN_UP, INTENT, AuditLog, utc_now
+from crmbridge.enforce.audit import DONE, GIVEN_UP, INTENT, QUEUED, AuditLog, utc_now
 from crmbridge.enforce.plan import DEAL_OWNER_TYPE, UPDATING, Action, ActionKind, same_value
 from crmbridge.errors import CrmError, OperatingTimeExceeded, RateLimited
 
@@ -35,6 +40,13 @@ log = logging.getLogger("crmbridge.enforce")
 
 #: sends of one action within one run before its outcome is left to the next run
 MAX_SENDS_PER_RUN = 6
+#: kinds that create something and answer its id: an answer without one (`false`) means nothing was created
+_CREATING = frozenset({ActionKind.CREATE_TASK, ActionKind.CREATE_TODO, ActionKind.COMMENT, ActionKind.MESSAGE})
+#: how far back (pages of 50) a lost chat message is looked for, and the clock difference allowed for
+MESSAGE_PAGES = 10
+MESSAGE_CLOCK_SKEW = timedelta(minutes=5)
+#: a lookup that could not read far enough
+_UNKNOWN = object()
 #: sends of one action over all runs before a failed action is given up (it stays in the log as failed)
 MAX_SENDS_TOTAL = 12
 
@@ -51,6 +63,7 @@ class ExecutionSummary:
     failed: int = 0
     found_after_lost_answer: int = 0  # landed although the answer was lost (found by marker / read-back)
     unknown: int = 0  # outcome still unknown at the end (left as intents for the next run)
+    queued: int = 0  # notices recorded for a message (digest) to carry
     batches: int = 0
     http_requests: int = 0
     done_by_kind: dict[str, int] = field(default_factory=dict)
@@ -73,6 +86,7 @@ class _Pending:
     action: Action
     params: Mapping[str, Any]
     sends: int = 0
+    sent_at: str | None = None  # when it was last sent (UTC ISO): a message lookup reads back to there
 
 
 class Executor:
@@ -81,11 +95,14 @@ class Executor:
     def __init__(self, client: Bitrix24Client, audit: AuditLog, *, run_id: str | None = None,
                  lock: WriterLock | None = None, now: Callable[[], datetime] = utc_now,
                  sleep: Callable[[float], None] = time.sleep, max_sends_per_run: int = MAX_SENDS_PER_RUN,
-                 max_sends_total: int = MAX_SENDS_TOTAL) -> None:
+                 max_sends_total: int = MAX_SENDS_TOTAL, checkpoint: Callable[[str], None] | None = None) -> None:
         self.client = client
         self.audit = audit
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.lock = lock
+        #: called at each step of a batch ("intents" committed, "answer" received, "outcomes" committed): the seam
+        #: the crash tests kill the process at (a no-op otherwise)
+        self.checkpoint = checkpoint or (lambda step: None)
         self.now = now
         self.sleep = sleep
         self.max_sends_per_run = max_sends_per_run
@@ -99,7 +116,7 @@ class Executor:
         """Look in the CRM for intents an earlier run left (killed, or answers lost). Those found are recorded as
         done; those whose lookup failed stay intents, and `execute` leaves them alone in this run (`unresolved`)."""
         rows = self.audit.pending(deal_ids)
-        pending = [_Pending(_action_of(row), json.loads(row["payload"])) for row in rows]
+        pending = [_Pending(action_of_row(row), json.loads(row["payload"]), sent_at=row["sent"]) for row in rows]
         found = 0
         unknown: set[str] = set()
         for start in range(0, len(pending), MAX_BATCH):
@@ -127,6 +144,9 @@ class Executor:
                 continue
             if settled == GIVEN_UP:
                 summary.given_up += 1
+                continue
+            if settled == QUEUED:
+                summary.queued += 1  # a notice recorded earlier, waiting for its message
                 continue
             if action.idempotency_key in self.unresolved:
                 # reconcile could not look it up: it may have landed, so it is not sent again blindly
@@ -157,11 +177,20 @@ class Executor:
         return summary
 
     def _round(self, chunk: list[_Pending], summary: ExecutionSummary, done_by_kind: dict[str, int]) -> list[_Pending]:
-        """One batch: intents, the write, the outcomes. Returns what must be sent again."""
-        self.audit.record_intents([(item.action, item.params) for item in chunk], self.run_id, self.now())
+        """One batch: intents (and the notices of the same groups, queued), the write, the outcomes. Returns what must
+        be sent again."""
+        stamp = self.now()
+        self.audit.record_intents([(item.action, item.params) for item in chunk], self.run_id, stamp)
+        self.checkpoint("intents")
+        notices = [item for item in chunk if item.action.kind is ActionKind.NOTIFY]
+        summary.queued += len(notices)
+        chunk = [item for item in chunk if item.action.kind is not ActionKind.NOTIFY]
+        if not chunk:
+            return []
         commands = {f"a{index}": (item.action.method, dict(item.params)) for index, item in enumerate(chunk)}
         for item in chunk:
             item.sends += 1
+            item.sent_at = stamp.astimezone(UTC).isoformat()
         summary.sent += len(chunk)
         summary.batches += 1
         try:
@@ -185,6 +214,7 @@ class Executor:
                     done_by_kind[item.action.kind.value] += 1
             return [item for item in chunk if item.action.idempotency_key not in hits
                     and item.action.idempotency_key not in unknown]
+        self.checkpoint("answer")
         done: list[tuple[str, Any, list[str]]] = []
         failed: list[tuple[str, str]] = []
         again: list[_Pending] = []
@@ -192,6 +222,16 @@ class Executor:
             key = f"a{index}"
             if key in answer.results:
                 result, ids = _outcome(item.action.kind, answer.results[key])
+                if item.action.kind in _CREATING and not ids:
+                    # im.notify.system.add documents `false`: not created. Never done; sent again, then failed
+                    text = f"the portal answered {json.dumps(answer.results[key])}: not created"
+                    if item.sends < self.max_sends_per_run:
+                        self.audit.note_error([item.action.idempotency_key], text, self.now())
+                        again.append(item)
+                    else:
+                        failed.append((item.action.idempotency_key, text))
+                        summary.errors.append(f"{item.action.idempotency_key}: {text}")
+                    continue
                 done.append((item.action.idempotency_key, result, ids))
                 done_by_kind[item.action.kind.value] += 1
                 continue
@@ -203,6 +243,7 @@ class Executor:
             failed.append((item.action.idempotency_key, text))
             summary.errors.append(f"{item.action.rule} deal {item.action.deal} {item.action.kind.value}: {text}")
         self.audit.record_outcomes(done, failed, self.now())
+        self.checkpoint("outcomes")
         summary.done += len(done)
         summary.failed += len(failed)
         return again
@@ -221,15 +262,16 @@ class Executor:
 
     def _look_up(self, chunk: Sequence[_Pending]) -> tuple[dict[str, tuple[Any, list[str]]], set[str]]:
         """Which of these actions are in the CRM already: {key: (what was found, ids)}, and the keys whose lookup
-        failed (outcome still unknown). One lookup per deal and method, all in one `batch_calls`."""
+        failed (outcome still unknown). One lookup per deal (per recipient for messages) and method, all in one
+        `batch_calls`; a message not on the newest page of its dialog is looked for further back."""
         calls: dict[tuple[str, str], dict[str, Any]] = {}
         for item in chunk:
-            call = _lookup_call(item.action)
+            call = lookup_call(item.action)
             if call is not None:
-                calls.setdefault((call[0], item.action.deal), call[1])
+                calls.setdefault((call[0], call[2]), call[1])
         keys = sorted(calls)
         try:
-            answers = self.client.batch_calls([(method, calls[method, deal]) for method, deal in keys]) if keys else []
+            answers = self.client.batch_calls([(method, calls[method, scope]) for method, scope in keys]) if keys else []
         except CrmError as exc:
             if not exc.retryable:
                 raise
@@ -240,12 +282,19 @@ class Executor:
         unknown: set[str] = set()
         for item in chunk:
             action = item.action
-            call = _lookup_call(action)
+            call = lookup_call(action)
             if call is None:
-                continue  # NOTIFY: there is nothing to look up; sent again, its TAG replaces the first one
-            answer = answered[call[0], action.deal]
+                continue  # a notification through im.notify.system.add: nothing to read it back by (README)
+            answer = answered[call[0], call[2]]
             if isinstance(answer, CrmError):
                 unknown.add(action.idempotency_key)
+                continue
+            if action.kind is ActionKind.MESSAGE:
+                row = self._find_message(call[1], answer, action.marker, item.sent_at)
+                if row is _UNKNOWN:
+                    unknown.add(action.idempotency_key)
+                elif row is not None:
+                    hits[action.idempotency_key] = ({"message_id": str(row.get("id"))}, [str(row.get("id"))])
                 continue
             lookup = _MARKER_LOOKUPS.get(action.kind)
             if lookup is not None:
@@ -259,6 +308,33 @@ class Executor:
                 if wanted and all(same_value(record.get(name), value) for name, value in wanted.items()):
                     hits[action.idempotency_key] = ({"deal_fields": wanted}, [])
         return hits, unknown
+
+    def _find_message(self, params: Mapping[str, Any], answer: Any, marker: str, sent_at: str | None) -> Any:
+        """The chat message carrying `marker` (a row), None when the dialog provably has none since it was sent, or
+        _UNKNOWN when it could not be read back that far. Pages go back (LAST_ID) until messages older than the send."""
+        since = datetime.fromisoformat(sent_at) - MESSAGE_CLOCK_SKEW if sent_at else None
+        page = answer
+        for _ in range(MESSAGE_PAGES):
+            rows = (page or {}).get("messages") or [] if isinstance(page, Mapping) else []
+            for row in rows:
+                if marker in str(row.get("text") or ""):
+                    return row
+            if len(rows) < int(params.get("LIMIT", 20)):
+                return None  # the whole dialog was read
+            oldest = rows[-1]
+            try:
+                older_than_send = since is not None and datetime.fromisoformat(str(oldest.get("date"))) < since
+            except ValueError:
+                older_than_send = False
+            if older_than_send:
+                return None  # everything since the send was read
+            try:
+                page = self.client.call("im.dialog.messages.get", {**params, "LAST_ID": oldest.get("id")}).result
+            except CrmError as exc:
+                if not exc.retryable:
+                    raise
+                return _UNKNOWN
+        return _UNKNOWN
 
 
 def _by_group(items: Iterable[_Pending]) -> list[_Pending]:
@@ -327,17 +403,21 @@ _MARKER_LOOKUPS: Mapping[ActionKind, _MarkerLookup] = {
 }
 
 
-def _lookup_call(action: Action) -> tuple[str, dict[str, Any]] | None:
-    """The read that tells whether an action landed: its marker lookup, the deal read back, or none (NOTIFY)."""
+def lookup_call(action: Action) -> tuple[str, dict[str, Any], str] | None:
+    """The read that tells whether an action landed, and what it is per (one read per deal, or per recipient for
+    messages): its marker lookup, the deal read back, the chat read back; None for im.notify.system.add."""
     lookup = _MARKER_LOOKUPS.get(action.kind)
     if lookup is not None:
-        return lookup.method, lookup.params(action.deal)
+        return lookup.method, lookup.params(action.deal), action.deal
     if action.kind in UPDATING:
-        return "crm.deal.get", {"id": int(action.deal)}
+        return "crm.deal.get", {"id": int(action.deal)}, action.deal
+    if action.kind is ActionKind.MESSAGE and "DIALOG_ID" in action.params:
+        dialog = str(action.params["DIALOG_ID"])
+        return "im.dialog.messages.get", {"DIALOG_ID": dialog, "LIMIT": 50}, f"dialog:{dialog}"
     return None
 
 
-def _action_of(row: Mapping[str, Any]) -> Action:
+def action_of_row(row: Mapping[str, Any]) -> Action:
     """An Action rebuilt from its audit row (for reconciling an earlier run's intents)."""
     return Action(row["idempotency_key"], ActionKind(row["kind"]), row["rule"], str(row["deal_id"]),
                   json.loads(row["payload"]), row["summary"] or "", row["reason"] or "", row["clause"] or "",
@@ -355,8 +435,8 @@ def _outcome(kind: ActionKind, result: Any) -> tuple[Any, list[str]]:
         # crm.activity.todo.add answers {"id": N}
         todo_id = result.get("id") if isinstance(result, Mapping) else None
         return {"todo_id": str(todo_id) if todo_id is not None else None}, [str(todo_id)] if todo_id is not None else []
-    if kind in (ActionKind.COMMENT, ActionKind.NOTIFY):
-        return result, [str(result)] if result not in (None, False, "") else []
+    if kind in (ActionKind.COMMENT, ActionKind.MESSAGE):
+        return result, [str(result)] if result not in (None, False, "", 0) else []
     return result, []
 
 
@@ -368,4 +448,5 @@ def _describe(error: CrmError | None) -> str:
     return f"{code}: {description}"[:500]
 
 
-__all__ = ["Executor", "ExecutionSummary", "MAX_SENDS_PER_RUN", "MAX_SENDS_TOTAL", "Reconciliation"]
+__all__ = ["Executor", "ExecutionSummary", "MAX_SENDS_PER_RUN", "MAX_SENDS_TOTAL", "Reconciliation", "action_of_row",
+           "lookup_call"]

@@ -112,6 +112,10 @@ class _Counters:
     events_failed: int = 0
 
 
+#: methods that may answer `false` (not created) instead of an id
+_MAY_NOT_CREATE = frozenset({"im.notify.system.add", "im.message.add"})
+
+
 class _Drop(Exception):
     """Close the connection without an answer."""
 
@@ -122,7 +126,9 @@ class SandboxPortal:
     Every knob has the real cloud value as default; `limits=False` turns the bucket and the
     operating-time block off (time is still accounted and reported). `faults` is the probability
     that a request is hit by a network/server fault; a faulted write is either not applied, or
-    applied with its answer lost. `now` pins the portal clock (seeded dates are relative to it).
+    applied with its answer lost. `not_created` is the probability that a notification or chat message is
+    not created and the method answers `false` (im.notify.system.add documents it). `now` pins the portal clock
+    (seeded dates are relative to it); `advance(seconds)` moves it on.
     """
 
     def __init__(
@@ -150,6 +156,7 @@ class SandboxPortal:
         events_delay: float = 0.1,
         events_workers: int = 4,
         slow_seconds: tuple[float, float] = (1.0, 1.5),
+        not_created: float = 0.0,
     ) -> None:
         if error_dialect not in AUTH_DIALECTS:
             raise ValueError(f"error_dialect must be one of {sorted(AUTH_DIALECTS)}")
@@ -166,6 +173,7 @@ class SandboxPortal:
         self.scopes = tuple(scopes)
         self.error_dialect = error_dialect
         self.slow_seconds = slow_seconds
+        self.not_created = not_created
         self.bucket = LeakyBucket(rate, burst)
         self.operating = OperatingTime(operating_limit, window_seconds)
         self._fault_rng = random.Random(seed * 7919 + 17)  # deterministic for a given seed and request order
@@ -180,8 +188,8 @@ class SandboxPortal:
         else:
             now_ts = float(now)
         # the portal clock runs from `now` at real speed, so writes after a pinned start stay ordered
-        offset = now_ts - time.time()
-        self.state = PortalState(clock=lambda: time.time() + offset)
+        self._clock_offset = now_ts - time.time()
+        self.state = PortalState(clock=lambda: time.time() + self._clock_offset)
         # hundreds of thousands of small dicts: cyclic GC passes would cost more than the seeding itself,
         # and freezing keeps a big seeded heap out of later collections (no latency spikes mid-sync)
         gc_was_enabled = gc.isenabled()
@@ -356,8 +364,18 @@ class SandboxPortal:
             time.sleep(slow)
         return kind
 
-    def _context(self) -> Context:
-        return Context(self.state, self.webhook_user, self.scopes, self._status_table, self._user_table)
+    def _context(self, method: str = "") -> Context:
+        extra: dict[str, Any] = {}
+        if self.not_created > 0 and method in _MAY_NOT_CREATE:
+            with self._fault_lock:
+                extra["not_created"] = self._fault_rng.random() < self.not_created
+            if extra["not_created"]:
+                self._bump("faults", "not_created")
+        return Context(self.state, self.webhook_user, self.scopes, self._status_table, self._user_table, extra)
+
+    def advance(self, seconds: float) -> None:
+        """Move the portal's clock on (tests: "a run days later"); its seeded data does not change."""
+        self._clock_offset += seconds
 
     def call(self, method: str, params: dict[str, Any]) -> tuple[MethodResult, dict[str, Any]]:
         """Run one method with scope and operating-time checks; returns the result and its `time` block."""
@@ -373,7 +391,7 @@ class SandboxPortal:
             raise _OperatingBlocked(self.operating.reset_at(method), self.operating.used(method))
         t0 = time.perf_counter()
         try:
-            result = spec.handler(self._context(), params)
+            result = spec.handler(self._context(method), params)
         except ApiError:
             self._charge(method, NON_LIST_COST)
             raise

@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 import tenacity
 
@@ -157,6 +158,12 @@ class Bitrix24Client:
         self.retries = 0
 
     # -- metrics and lifecycle ---------------------------------------------------------------------
+    @property
+    def portal_url(self) -> str:
+        """The portal's address (https://example.bitrix24.ru): links to its pages in what crmbridge writes."""
+        parts = urlsplit(self._auth.url_for("server.time"))
+        return f"{parts.scheme}://{parts.netloc}"
+
     def operating_wait(self, method: str) -> float:
         """Seconds a call of `method` would now wait for its operating budget; lets a caller do other work first."""
         return self.limiter.operating_wait(method)
