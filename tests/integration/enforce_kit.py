@@ -76,8 +76,9 @@ def working_moment(days_ahead: int = 1, hour: int = 11, *, after: datetime | Non
     return datetime.combine(day, time(hour), zone)
 
 
-def fast_client(portal: SandboxPortal, **options: Any) -> Bitrix24Client:
-    return Bitrix24Client(portal.webhook_url, rate=1000, burst=1000, backoff_initial=0.01, backoff_max=0.05, **options)
+def fast_client(portal: SandboxPortal | str, **options: Any) -> Bitrix24Client:
+    url = portal if isinstance(portal, str) else portal.webhook_url
+    return Bitrix24Client(url, rate=1000, burst=1000, backoff_initial=0.01, backoff_max=0.05, **options)
 
 
 def synced(make_portal: Callable[..., SandboxPortal], cache: Cache, *, deals: int = 200, seed: int = 3,

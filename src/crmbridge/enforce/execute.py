@@ -100,8 +100,8 @@ class Executor:
         self.audit = audit
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.lock = lock
-        #: called at each step of a batch ("intents" committed, "answer" received, "outcomes" committed): the seam
-        #: the crash tests kill the process at (a no-op otherwise)
+        #: called at each step of a batch ("intents" committed, "answer" received, "outcomes" committed; prefixed
+        #: "message_" for a batch of messages): the seam the crash tests kill the process at (a no-op otherwise)
         self.checkpoint = checkpoint or (lambda step: None)
         self.now = now
         self.sleep = sleep
@@ -180,8 +180,9 @@ class Executor:
         """One batch: intents (and the notices of the same groups, queued), the write, the outcomes. Returns what must
         be sent again."""
         stamp = self.now()
+        step = "message_" if chunk[0].action.kind is ActionKind.MESSAGE else ""  # deal writes or messages
         self.audit.record_intents([(item.action, item.params) for item in chunk], self.run_id, stamp)
-        self.checkpoint("intents")
+        self.checkpoint(step + "intents")
         notices = [item for item in chunk if item.action.kind is ActionKind.NOTIFY]
         summary.queued += len(notices)
         chunk = [item for item in chunk if item.action.kind is not ActionKind.NOTIFY]
@@ -214,7 +215,7 @@ class Executor:
                     done_by_kind[item.action.kind.value] += 1
             return [item for item in chunk if item.action.idempotency_key not in hits
                     and item.action.idempotency_key not in unknown]
-        self.checkpoint("answer")
+        self.checkpoint(step + "answer")
         done: list[tuple[str, Any, list[str]]] = []
         failed: list[tuple[str, str]] = []
         again: list[_Pending] = []
@@ -243,7 +244,7 @@ class Executor:
             failed.append((item.action.idempotency_key, text))
             summary.errors.append(f"{item.action.rule} deal {item.action.deal} {item.action.kind.value}: {text}")
         self.audit.record_outcomes(done, failed, self.now())
-        self.checkpoint("outcomes")
+        self.checkpoint(step + "outcomes")
         summary.done += len(done)
         summary.failed += len(failed)
         return again

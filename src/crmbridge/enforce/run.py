@@ -157,24 +157,27 @@ def delivery_of(audit: AuditLog, context: PlanContext, evaluation: Evaluation, *
                     client_id, context.user_names)
 
 
-def deliver(executor: Executor | None, audit: AuditLog, delivery: Delivery, *, wanted: Iterable[str],
-            evaluated: Iterable[str] | None, unresolved: Iterable[str] = (), new: Sequence[Action] = ()) -> tuple[
-                Composition, ExecutionSummary | None]:
-    """Compose the queued notices into messages and send them (`executor` None: only compose, for a dry run with
-    the plan's `new` notices added).
-
-    First what earlier runs left: a message looked up and not found is cancelled (its notices go into this run's
-    messages); one that cannot be looked up (the `notify` channel) goes out again as recorded. Then queued notices
-    about breaches gone before they were told are cancelled, unless their group partly landed (a revert's notice
-    is told even after the deal was fixed); `evaluated`: the deals this run judged (None: all)."""
+def lost_messages(audit: AuditLog, now: datetime, unresolved: Iterable[str] = ()) -> list[Action]:
+    """Messages earlier runs left as intents (reconcile found them neither done nor unknowable): one looked up and not
+    found is cancelled, so its notices go into this run's messages; one that cannot be looked up (the `notify`
+    channel) is returned, to go out again exactly as recorded."""
     skip = set(unresolved)
-    again: list[Action] = []
-    if executor is not None:
-        lost = [action_of_row(row) for row in audit.pending() if row["kind"] == ActionKind.MESSAGE.value
-                and row["idempotency_key"] not in skip]
-        again = [action for action in lost if lookup_call(action) is None]
-        audit.cancel([action.idempotency_key for action in lost if lookup_call(action) is not None], delivery.now,
-                     "looked up and not found in the dialog: its notices go into the next message")
+    lost = [action_of_row(row) for row in audit.pending() if row["kind"] == ActionKind.MESSAGE.value
+            and row["idempotency_key"] not in skip]
+    audit.cancel([action.idempotency_key for action in lost if lookup_call(action) is not None], now,
+                 "looked up and not found in the dialog: its notices go into the next message")
+    return [action for action in lost if lookup_call(action) is None]
+
+
+def deliver(executor: Executor | None, audit: AuditLog, delivery: Delivery, *, wanted: Iterable[str],
+            evaluated: Iterable[str] | None, again: Sequence[Action] = (), new: Sequence[Action] = ()) -> tuple[
+                Composition, ExecutionSummary | None]:
+    """Compose the queued notices into messages and send them with `again` (see lost_messages); `executor` None:
+    only compose, for a dry run, with the plan's `new` notices added.
+
+    Queued notices about breaches gone before they were told are cancelled first, unless their group partly
+    landed (a revert's notice is told even after the deal was fixed); `evaluated`: the deals this run judged
+    (None: all)."""
     rows = audit.queued()
     scope = None if evaluated is None else set(evaluated)
     wanted_keys = set(wanted)
@@ -191,7 +194,7 @@ def deliver(executor: Executor | None, audit: AuditLog, delivery: Delivery, *, w
     composition = compose(notices, delivery)
     if executor is None:
         return composition, None
-    return composition, executor.execute(again + composition.messages)
+    return composition, executor.execute([*again, *composition.messages])
 
 
 def _row_of(action: Action) -> dict[str, Any]:
@@ -277,10 +280,11 @@ def _plan_and_write(client: Bitrix24Client, cache: Cache, mappings: Mappings, au
     leftovers = [row["idempotency_key"] for row in audit.pending(evaluated_ids if deal_ids is not None else None)
                  if row["idempotency_key"] not in keep and row["kind"] != ActionKind.MESSAGE.value]
     report.cancelled = audit.cancel(leftovers, now())
+    again = lost_messages(audit, now(), reconciled.unknown)  # first: a cancelled message frees today's quota
     composition, report.messages = deliver(
         executor, audit, delivery_of(audit, replace(context, now=now()), evaluation, channel=channel,
                                      client_id=client_id),
-        wanted=wanted, evaluated=evaluated, unresolved=reconciled.unknown)
+        wanted=wanted, evaluated=evaluated, again=again)
     report.composed, report.held = len(composition.messages), dict(composition.held)
     if sync and (report.execution.sent or (report.messages is not None and report.messages.sent)):
         before = client.requests_made
@@ -292,5 +296,5 @@ def _plan_and_write(client: Bitrix24Client, cache: Cache, mappings: Mappings, au
     return report
 
 
-__all__ = ["Compliance", "EnforceReport", "Evaluation", "deliver", "delivery_of", "enforce", "evaluate", "plan_context",
-           "still_to_write"]
+__all__ = ["Compliance", "EnforceReport", "Evaluation", "deliver", "delivery_of", "enforce", "evaluate", "lost_messages",
+           "plan_context", "still_to_write"]

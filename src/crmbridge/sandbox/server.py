@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from .events import Delivery, EventSender
@@ -174,6 +174,9 @@ class SandboxPortal:
         self.error_dialect = error_dialect
         self.slow_seconds = slow_seconds
         self.not_created = not_created
+        #: test seam: called with each batch command's method before the portal runs it (crash tests kill the client
+        #: there: the portal goes on with the batch, as a real one does when its caller dies)
+        self.on_command: Callable[[str], None] | None = None
         self.bucket = LeakyBucket(rate, burst)
         self.operating = OperatingTime(operating_limit, window_seconds)
         self._fault_rng = random.Random(seed * 7919 + 17)  # deterministic for a given seed and request order
@@ -433,6 +436,8 @@ class SandboxPortal:
             try:
                 if method == "batch":
                     raise ApiError(405, "ERROR_BATCH_METHOD_NOT_ALLOWED", "Method is not allowed for batch usage")
+                if self.on_command is not None:
+                    self.on_command(method)
                 result, tblock = self.call(method, sub_params)
             except _OperatingBlocked as blocked:
                 maps["result_error"][key] = blocked.body()
