@@ -23,6 +23,9 @@ class Settings(BaseSettings):
         extra="ignore",
     )
 
+    #: which CRM this cache and these mappings serve: bitrix24 (the default) or amocrm
+    crm: Literal["bitrix24", "amocrm"] = "bitrix24"
+
     #: inbound webhook of the portal, e.g. https://example.bitrix24.ru/rest/1/abc123/ ; the code in it is a secret.
     #: Empty means "the built-in sandbox portal" for `make demo`.
     bitrix24_webhook_url: SecretStr | None = None
@@ -39,6 +42,23 @@ class Settings(BaseSettings):
     #: notification per TAG) works only with it (docs); used by the `notify` channel
     bitrix24_client_id: str | None = None
 
+    #: the amoCRM / Kommo account's address, e.g. https://example.amocrm.ru (plain http for loopback only)
+    amocrm_base_url: str | None = None
+    #: a private integration's long-lived token; instead of the OAuth integration below
+    amocrm_long_lived_token: SecretStr | None = None
+    #: the OAuth integration (amoCRM > Settings > Integrations): its id, secret key and redirect URI
+    amocrm_client_id: str | None = None
+    amocrm_client_secret: SecretStr | None = None
+    amocrm_redirect_uri: str | None = None
+    #: requests per second to the account: amoCRM allows 7 and blocks an account that keeps exceeding it
+    amocrm_rate: int = Field(default=7, ge=1, le=7)
+    #: attempts per request on transient failures (5xx, resets, timeouts, 429) before giving up
+    amocrm_max_attempts: int = Field(default=8, ge=1, le=50)
+    #: minutes between re-reads of the account's metadata and of client cards edited on their own
+    amocrm_refresh_minutes: int = Field(default=60, ge=0)
+    #: the secret path segment of the webhook URL the daemon serves (/amocrm/hooks/<secret>)
+    amocrm_hook_secret: SecretStr | None = None
+
     cache_path: Path = Path("crmbridge.db")
     mappings_dir: Path = Path("mappings")
     jobs_dir: Path = Path("jobs")
@@ -51,8 +71,24 @@ class Settings(BaseSettings):
 
     #: minutes re-read before the incremental cursor, so edits committed late on the portal are not missed
     sync_overlap_minutes: int = Field(default=5, ge=0)
+    #: minutes between re-reads of pipelines, stages, fields and users by an incremental sync (a full sync always reads them)
+    sync_metadata_minutes: int = Field(default=60, ge=0)
 
-    @field_validator("bitrix24_webhook_url", "bitrix24_application_token", "bitrix24_client_id", mode="before")
+    # --- the daemon (`crmbridge serve`) ---
+    #: largest event body accepted (bytes); a longer one gets 413
+    event_max_bytes: int = Field(default=65_536, ge=1_024)
+    #: processing failures of one event before it goes to the dead letters (an unreachable portal does not count)
+    inbox_max_attempts: int = Field(default=8, ge=1)
+    #: days processed events stay in the inbox table (for inspection), then they are pruned
+    inbox_keep_days: int = Field(default=7, ge=0)
+    #: /readyz fails when the oldest pending event waits longer than this (seconds)
+    ready_max_lag_seconds: int = Field(default=300, ge=1)
+    #: seconds a SIGTERM waits for running jobs before the daemon exits anyway (their work is resumable)
+    stop_timeout_seconds: int = Field(default=60, ge=0)
+
+    @field_validator("bitrix24_webhook_url", "bitrix24_application_token", "amocrm_base_url",
+                     "amocrm_long_lived_token", "amocrm_client_id", "amocrm_client_secret", "amocrm_redirect_uri",
+                     "amocrm_hook_secret", "bitrix24_client_id", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

@@ -279,7 +279,63 @@ MIGRATIONS: list[str] = [
     ALTER TABLE actions ADD COLUMN group_key TEXT;     -- the group it belongs to (e.g. revert:<deal>:<entry>)
     CREATE INDEX actions_group ON actions(group_key);
     """,
-    # 8: digests (issue 7): a notice (kind notify) waits as `queued` until a message (kind message) carries it.
+    # 8: a cache holds one CRM account of either kind (issue 11: amoCRM): the account marker; stages keyed per
+    # pipeline (amoCRM's won 142 and lost 143 exist in every pipeline); amoCRM stage history comes from events
+    # whose ids are strings and which say where the lead came from.
+    """
+    CREATE TABLE crm_account (
+        id INTEGER PRIMARY KEY CHECK (id = 1),  -- one row: the account this cache serves
+        crm TEXT NOT NULL,               -- bitrix24 or amocrm
+        account TEXT NOT NULL,           -- the portal's / account's host (with its port where the URL has one)
+        account_id TEXT,                 -- amoCRM account id (GET /api/v4/account)
+        name TEXT,                       -- the account's name
+        timezone TEXT,                   -- amoCRM datetime_settings.timezone: how dates in the cache are written
+        currency TEXT,                   -- amoCRM account currency (deals.currency)
+        filter_enabled INTEGER,          -- amoCRM is_api_filter_enabled: incremental sync needs it
+        claimed_at TEXT NOT NULL,        -- when crmbridge first synced this account into the cache (UTC)
+        raw TEXT                         -- GET /api/v4/account as the account answered (amoCRM)
+    );
+
+    CREATE TABLE stages_v8 (
+        status_id TEXT NOT NULL,         -- Bitrix24 STAGE_ID ('C1:NEW'); amoCRM status id ('142' in every pipeline)
+        category_id INTEGER NOT NULL,    -- pipeline
+        entity_id TEXT,                  -- Bitrix24 DEAL_STAGE or DEAL_STAGE_<n>; NULL for amoCRM
+        name TEXT,
+        sort INTEGER,
+        semantics TEXT,                  -- P (process), S (success), F (failure)
+        raw TEXT NOT NULL,
+        PRIMARY KEY (category_id, status_id)
+    );
+    INSERT INTO stages_v8 (status_id, category_id, entity_id, name, sort, semantics, raw)
+        SELECT status_id, COALESCE(category_id, 0), entity_id, name, sort, semantics, raw FROM stages;
+    DROP TABLE stages;
+    ALTER TABLE stages_v8 RENAME TO stages;
+
+    ALTER TABLE stage_history ADD COLUMN crm_id TEXT;            -- the CRM's own id when not an integer (amoCRM event id)
+    ALTER TABLE stage_history ADD COLUMN from_category_id INTEGER;  -- amoCRM: the pipeline the lead left (value_before)
+    ALTER TABLE stage_history ADD COLUMN from_stage_id TEXT;        -- amoCRM: the status the lead left
+    """,
+    # 9: OAuth tokens of a CRM application (Bitrix24 local app, amoCRM integration), shared by every process
+    # on this cache; refreshed single-flight (connectors/oauth.py). Tokens are secrets: never logged.
+    """
+    CREATE TABLE oauth_tokens (
+        crm TEXT NOT NULL,               -- bitrix24 or amocrm
+        account TEXT NOT NULL,           -- which portal / account: Bitrix24 member_id, amoCRM account host
+        access_token TEXT NOT NULL,      -- secret
+        refresh_token TEXT,              -- secret; NULL for a token that cannot be refreshed (amoCRM long-lived)
+        expires_at REAL,                 -- unix seconds the server gave for the access token (advisory: a 401 decides)
+        generation INTEGER NOT NULL,     -- +1 on every write of the pair: tells a process whether someone refreshed
+        updated_at TEXT NOT NULL,        -- when the pair was written (UTC)
+        details TEXT NOT NULL DEFAULT '{}',  -- JSON: the grant's non-secret fields (endpoints, domain, scope, user)
+        refresh_started_at TEXT,         -- set (and committed) before a refresh call, cleared with the new pair:
+                                         -- still set = that refresh did not finish (its answer may be lost)
+        refresh_by TEXT,                 -- host:pid that started it
+        status TEXT NOT NULL DEFAULT 'active',  -- active, or reauthorize (the server refused the refresh token)
+        error TEXT,                      -- why reauthorize: the server's code and text
+        PRIMARY KEY (crm, account)
+    );
+    """,
+    # 10: digests (issue 7): a notice (kind notify) waits as `queued` until a message (kind message) carries it.
     """
     ALTER TABLE actions ADD COLUMN delivered_by TEXT;  -- notice: idempotency_key of the message carrying it (NULL: none yet)
     CREATE INDEX actions_delivered_by ON actions(delivered_by) WHERE delivered_by IS NOT NULL;

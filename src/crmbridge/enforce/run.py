@@ -27,7 +27,7 @@ from crmbridge.enforce.execute import (
 )
 from crmbridge.enforce.plan import DEFAULT_MAX_REVERTS_PER_DAY, Action, ActionKind, Plan, PlanContext, plan
 from crmbridge.mapping.binding import DealMapper
-from crmbridge.mapping.cached import load_deals, record_violations
+from crmbridge.mapping.cached import load_deals, record_violations, with_client_peers
 from crmbridge.mapping.load import Mappings
 from crmbridge.model import Deal, Mode, Violation
 from crmbridge.regulation.evaluate import Evaluator
@@ -105,8 +105,9 @@ def evaluate(cache: Cache, mappings: Mappings, now: datetime, *, deal_ids: Seque
              modes: Mapping[str, Mode] | None = None, record: bool = True) -> Evaluation:
     """Map and evaluate cached deals (all, or the given ones); with `record`, update the `violations` table."""
     mapper = DealMapper(mappings.regulation, mappings.binding)
-    everyone = load_deals(cache, mapper)
     wanted = None if deal_ids is None else {str(deal_id) for deal_id in deal_ids}
+    # a few deals (the daemon's worker, --deal) load only themselves and their clients' other deals (R10)
+    everyone = load_deals(cache, mapper, deal_ids=None if deal_ids is None else with_client_peers(cache, deal_ids))
     deals = everyone if wanted is None else [deal for deal in everyone if deal.id in wanted]
     evaluator = Evaluator.of(mappings.regulation, now, deals_for_purchases=everyone, override_modes=modes)
     found: dict[str, list[Violation]] = {}
