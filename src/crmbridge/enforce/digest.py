@@ -116,6 +116,9 @@ class Delivery:
     channel: str = "chat"
     client_id: str | None = None
     user_names: Mapping[str, str] = field(default_factory=dict)
+    #: False in a run about a few deals (the daemon's reaction to an event): only `individual` notices go out, digests
+    #: and summaries wait for the next run over all deals, so an event stream does not become a message stream
+    digests: bool = True
 
 
 @dataclass
@@ -137,7 +140,12 @@ def compose(notices: Iterable[Notice], delivery: Delivery) -> Composition:
         return result
     for user, items in sorted(by_user.items(), key=lambda pair: _as_int(pair[0])):
         budget = spec.max_per_person_per_day - delivery.sent_today.get(user, 0)
-        if user in delivery.heads_of_sales and spec.head_summary:
+        if not delivery.digests:
+            waiting = [notice for notice in items if notice.form != "individual"]
+            if waiting:
+                result.held["next_full_run"] += len(waiting)
+            items = [notice for notice in items if notice.form == "individual"]
+        if delivery.digests and user in delivery.heads_of_sales and spec.head_summary:
             # reports wait for the day's summary; an escalation needs a decision today and goes in a digest
             reports = [notice for notice in items if not notice.escalation]
             items = [notice for notice in items if notice.escalation]

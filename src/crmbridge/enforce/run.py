@@ -143,7 +143,7 @@ def plan_context(cache: Cache, mappings: Mappings, evaluator_regulation: Any, no
 
 
 def delivery_of(audit: AuditLog, context: PlanContext, evaluation: Evaluation, *, channel: str,
-                client_id: str | None) -> Delivery:
+                client_id: str | None, digests: bool = True) -> Delivery:
     """What composing messages needs: who heads sales, what each person got today, the summary's facts."""
     heads = frozenset(head.user for head in context.binding.heads if not head.directions)
     sent_today, summaries = audit.messages_today(context.now, context.regulation.calendar.zone)
@@ -155,7 +155,7 @@ def delivery_of(audit: AuditLog, context: PlanContext, evaluation: Evaluation, *
     facts = SummaryFacts(evaluation.compliance.by_rule, dict(managers),
                          {head: audit.done_since_summary(head) for head in heads})
     return Delivery(context.regulation, context.now, heads, sent_today, summaries, facts, context.portal_url, channel,
-                    client_id, context.user_names)
+                    client_id, context.user_names, digests)
 
 
 def lost_messages(audit: AuditLog, now: datetime, unresolved: Iterable[str] = ()) -> list[Action]:
@@ -263,7 +263,7 @@ def _plan_and_write(client: Bitrix24Client, cache: Cache, mappings: Mappings, au
     evaluated = None if deal_ids is None else [deal.id for deal in evaluation.deals]
     if dry_run:
         composition, _ = deliver(None, audit, delivery_of(audit, context, evaluation, channel=channel,
-                                                          client_id=client_id),
+                                                          client_id=client_id, digests=deal_ids is None),
                                  wanted=wanted, evaluated=evaluated, new=report.to_write)
         report.composed, report.held = len(composition.messages), dict(composition.held)
         return report
@@ -284,7 +284,7 @@ def _plan_and_write(client: Bitrix24Client, cache: Cache, mappings: Mappings, au
     again = lost_messages(audit, now(), reconciled.unknown)  # first: a cancelled message frees today's quota
     composition, report.messages = deliver(
         executor, audit, delivery_of(audit, replace(context, now=now()), evaluation, channel=channel,
-                                     client_id=client_id),
+                                     client_id=client_id, digests=deal_ids is None),
         wanted=wanted, evaluated=evaluated, again=again)
     report.composed, report.held = len(composition.messages), dict(composition.held)
     if sync and (report.execution.sent or (report.messages is not None and report.messages.sent)):
