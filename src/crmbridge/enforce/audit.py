@@ -91,7 +91,8 @@ class AuditLog:
               "clause": action.clause, "violation_keys": _json(list(action.violation_keys)),
               "recipient_id": int(action.recipient) if action.recipient and action.recipient.isdigit() else None,
               "group_key": action.group or action.idempotency_key,
-              "status": QUEUED if action.kind is ActionKind.NOTIFY else INTENT}
+              # a notice waits for its message; one a CRM's dialect made a write of its own (amoCRM) is an intent
+              "status": QUEUED if action.kind is ActionKind.NOTIFY and not action.crm_method else INTENT}
              for action, params in actions),
             {action.idempotency_key: action.items for action, _ in actions if action.items})
 
@@ -167,7 +168,9 @@ class AuditLog:
         for row in self.rows.done_of_kind(ActionKind.REVERT_STAGE.value):
             prefix = f"revert:{row['deal_id']}:"
             if row["idempotency_key"].startswith(prefix):
-                target = json.loads(row["payload"]).get("fields", {}).get("STAGE_ID")
+                payload = json.loads(row["payload"])
+                # Bitrix24 crm.deal.update {"fields": {"STAGE_ID"}}; amoCRM PATCH /api/v4/leads item {"status_id"}
+                target = payload.get("fields", {}).get("STAGE_ID") or payload.get("status_id")
                 found.setdefault(str(row["deal_id"]), {})[row["idempotency_key"][len(prefix):]] = str(target)
         return found
 

@@ -244,7 +244,8 @@ def _message(user: str, bundle: Sequence[Notice], text: str, delivery: Delivery,
     return Action(key, ActionKind.MESSAGE, rules or "-", next(iter(deals)) if len(deals) == 1 else "0", params,
                   f"{form} to {who + ' (' + user + ')' if who else user}: {len(bundle)} notice(s)",
                   "; ".join(sorted({notice.rule for notice in bundle}, key=_rule_order)), "", (), user, group=key,
-                  items=tuple(notice.key for notice in bundle))
+                  items=tuple(notice.key for notice in bundle),
+                  crm_method="im.notify.system.add" if delivery.channel == "notify" else "")
 
 
 def _link(notice: Notice, delivery: Delivery, words: Mapping[str, str]) -> str:

@@ -13,7 +13,9 @@ back the same way (im.dialog.messages.get, by the marker at their end). The `not
 with CLIENT_ID (the docs: TAG is unique within an application) — see the README for what each channel guarantees.
 An answer without an id (`false`: "not created") is never recorded as done: the action is sent again.
 Notices (kind notify) are not sent at all: they are recorded `queued` with their group's intents, and a message
-(enforce/digest.py) carries them later; a message done makes its notices done in the same transaction.
+(enforce/digest.py) carries them later; a message done makes its notices done in the same transaction. (On amoCRM,
+which has no notification API, the dialect turns a notice into a task for its recipient: it is written like any
+other action.)
 A command the portal refused for a limit (rate, operating time) did not run and goes into a later batch;
 one it rejected is recorded as failed with the CRM's error, and retried by later runs up to a limit.
 """
@@ -28,18 +30,20 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from crmbridge.cache.lock import WriterLock
 from crmbridge.connectors.bitrix24.client import MAX_BATCH, Bitrix24Client
 from crmbridge.enforce.audit import DONE, GIVEN_UP, INTENT, QUEUED, AuditLog, utc_now
-from crmbridge.enforce.plan import DEAL_OWNER_TYPE, UPDATING, Action, ActionKind, same_value
+from crmbridge.enforce.plan import DEAL_OWNER_TYPE, METHODS, UPDATING, Action, ActionKind, same_value
 from crmbridge.errors import CrmError, OperatingTimeExceeded, RateLimited
 
 log = logging.getLogger("crmbridge.enforce")
 
 #: sends of one action within one run before its outcome is left to the next run
 MAX_SENDS_PER_RUN = 6
+#: sends of one action over all runs before a failed action is given up (it stays in the log as failed)
+MAX_SENDS_TOTAL = 12
 #: kinds that create something and answer its id: an answer without one (`false`) means nothing was created
 _CREATING = frozenset({ActionKind.CREATE_TASK, ActionKind.CREATE_TODO, ActionKind.COMMENT, ActionKind.MESSAGE})
 #: how far back (pages of 50) a lost chat message is looked for, and the clock difference allowed for
@@ -47,8 +51,6 @@ MESSAGE_PAGES = 10
 MESSAGE_CLOCK_SKEW = timedelta(minutes=5)
 #: a lookup that could not read far enough
 _UNKNOWN = object()
-#: sends of one action over all runs before a failed action is given up (it stays in the log as failed)
-MAX_SENDS_TOTAL = 12
 
 
 @dataclass
@@ -89,26 +91,62 @@ class _Pending:
     sent_at: str | None = None  # when it was last sent (UTC ISO): a message lookup reads back to there
 
 
-class Executor:
-    """Writes actions through one Bitrix24Client and records every outcome in the audit log."""
+#: what a CRM's writer sees of each action: the action and the exact payload recorded as its intent
+Pending = _Pending
 
-    def __init__(self, client: Bitrix24Client, audit: AuditLog, *, run_id: str | None = None,
+
+@dataclass
+class WriteOutcome:
+    """What one write round did, per idempotency key (a key absent from all four was not in the round)."""
+
+    done: dict[str, tuple[Any, list[str]]] = field(default_factory=dict)  # landed: (what to keep, CRM ids)
+    failed: dict[str, str] = field(default_factory=dict)  # rejected by the CRM: its error
+    again: set[str] = field(default_factory=set)  # refused before running (a limit): send again
+    lost: set[str] = field(default_factory=set)  # no answer (5xx, dropped): may have landed, look in the CRM
+    #: why a whole request was refused or lost (recorded on the intents); empty when every answer came
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+class ActionWriter(Protocol):
+    """How actions reach one CRM: the batches it takes, the write, and the look-up after a lost answer."""
+
+    client: Any  # has `requests_made`
+
+    def next_chunk(self, queue: deque[_Pending]) -> list[_Pending]:
+        """The next round's actions, taken from the front of the queue (whole groups where the CRM allows)."""
+        ...
+
+    def write(self, chunk: list[_Pending]) -> WriteOutcome:
+        """Send one round; raise a non-retryable CrmError (auth, rejected request) to stop the run."""
+        ...
+
+    def look_up(self, chunk: Sequence[_Pending]) -> tuple[dict[str, tuple[Any, list[str]]], set[str]]:
+        """Which of these are in the CRM already ({key: (found, ids)}), and the keys whose look-up failed."""
+        ...
+
+
+class Executor:
+    """Writes actions through one CRM's writer (a Bitrix24Client or AmoCRMClient is wrapped in its own) and records
+    every outcome in the audit log."""
+
+    def __init__(self, client: Any, audit: AuditLog, *, run_id: str | None = None,
                  lock: WriterLock | None = None, now: Callable[[], datetime] = utc_now,
                  sleep: Callable[[float], None] = time.sleep, max_sends_per_run: int = MAX_SENDS_PER_RUN,
                  max_sends_total: int = MAX_SENDS_TOTAL, checkpoint: Callable[[str], None] | None = None) -> None:
-        self.client = client
+        self.writer: ActionWriter = writer_for(client)
+        self.client = self.writer.client
         self.audit = audit
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.lock = lock
-        #: called at each step of a batch ("intents" committed, "answer" received, "outcomes" committed; prefixed
-        #: "message_" for a batch of messages): the seam the crash tests kill the process at (a no-op otherwise)
-        self.checkpoint = checkpoint or (lambda step: None)
         self.now = now
         self.sleep = sleep
         self.max_sends_per_run = max_sends_per_run
         self.max_sends_total = max_sends_total
         #: intents `reconcile` could not look up: this run does not send them (they may have landed)
         self.unresolved: frozenset[str] = frozenset()
+        #: called at each step of a batch ("intents" committed, "answer" received, "outcomes" committed; prefixed
+        #: "message_" for a batch of messages): the seam the crash tests kill the process at (a no-op otherwise)
+        self.checkpoint = checkpoint or (lambda step: None)
 
     # ------------------------------------------------------------ reconciliation of earlier runs
 
@@ -120,7 +158,7 @@ class Executor:
         found = 0
         unknown: set[str] = set()
         for start in range(0, len(pending), MAX_BATCH):
-            hits, lost = self._look_up(pending[start:start + MAX_BATCH])
+            hits, lost = self.writer.look_up(pending[start:start + MAX_BATCH])
             self.audit.record_outcomes(((key, result, ids) for key, (result, ids) in hits.items()), (), self.now(),
                                        found=True)
             found += len(hits)
@@ -160,7 +198,7 @@ class Executor:
         done_by_kind: dict[str, int] = defaultdict(int)
         queue = deque(_by_group(queue))
         while queue:
-            chunk = _next_chunk(queue)
+            chunk = self.writer.next_chunk(queue)
             retry = self._round(chunk, summary, done_by_kind)
             self._keep_lock()
             for item in retry:
@@ -177,77 +215,63 @@ class Executor:
         return summary
 
     def _round(self, chunk: list[_Pending], summary: ExecutionSummary, done_by_kind: dict[str, int]) -> list[_Pending]:
-        """One batch: intents (and the notices of the same groups, queued), the write, the outcomes. Returns what must
+        """One round: intents (and the notices of the same groups, queued), the write, the outcomes. Returns what must
         be sent again."""
         stamp = self.now()
         step = "message_" if chunk[0].action.kind is ActionKind.MESSAGE else ""  # deal writes or messages
         self.audit.record_intents([(item.action, item.params) for item in chunk], self.run_id, stamp)
         self.checkpoint(step + "intents")
-        notices = [item for item in chunk if item.action.kind is ActionKind.NOTIFY]
+        notices = [item for item in chunk if _queued(item.action)]
         summary.queued += len(notices)
-        chunk = [item for item in chunk if item.action.kind is not ActionKind.NOTIFY]
+        chunk = [item for item in chunk if not _queued(item.action)]
         if not chunk:
             return []
-        commands = {f"a{index}": (item.action.method, dict(item.params)) for index, item in enumerate(chunk)}
         for item in chunk:
             item.sends += 1
             item.sent_at = stamp.astimezone(UTC).isoformat()
         summary.sent += len(chunk)
         summary.batches += 1
-        try:
-            answer = self._send(commands)
-        except (RateLimited, OperatingTimeExceeded) as exc:
-            # refused before running: nothing landed, the limiter now holds the pace
-            self.audit.note_error([item.action.idempotency_key for item in chunk], _describe(exc), self.now())
-            return chunk
-        except CrmError as exc:
-            if not exc.retryable:
-                raise  # auth, scope, a rejected batch: the run stops; the intents are reconciled next time
-            self.audit.note_error([item.action.idempotency_key for item in chunk], _describe(exc), self.now())
-            hits, unknown = self._look_up(chunk)
+        by_key = {item.action.idempotency_key: item for item in chunk}
+        # a non-retryable error (auth, scope, a rejected request) stops the run; the intents are reconciled next time
+        outcome = self.writer.write(chunk)
+        self.checkpoint(step + "answer")
+        for key, note in outcome.notes.items():
+            self.audit.note_error([key], note, self.now())
+        done: list[tuple[str, Any, list[str]]] = []
+        failed = list(outcome.failed.items())
+        for key, (result, ids) in outcome.done.items():
+            item = by_key[key]
+            if item.action.kind in _CREATING and not ids:
+                # im.notify.system.add documents `false`: not created. Never done; sent again, then failed
+                text = f"the CRM answered {json.dumps(result, default=str)}: not created"
+                if item.sends < self.max_sends_per_run:
+                    self.audit.note_error([key], text, self.now())
+                    outcome.again.add(key)
+                else:
+                    failed.append((key, text))
+                continue
+            done.append((key, result, ids))
+        if outcome.lost:
+            # no answer: the writes may have landed; only what the CRM does not have goes out again
+            hits, unknown = self.writer.look_up([by_key[key] for key in sorted(outcome.lost)])
             self.audit.record_outcomes(((key, result, ids) for key, (result, ids) in hits.items()), (), self.now(),
                                        found=True)
             summary.found_after_lost_answer += len(hits)
             summary.done += len(hits)
             summary.unknown += len(unknown)
-            for item in chunk:
-                if item.action.idempotency_key in hits:
-                    done_by_kind[item.action.kind.value] += 1
-            return [item for item in chunk if item.action.idempotency_key not in hits
-                    and item.action.idempotency_key not in unknown]
-        self.checkpoint(step + "answer")
-        done: list[tuple[str, Any, list[str]]] = []
-        failed: list[tuple[str, str]] = []
-        again: list[_Pending] = []
-        for index, item in enumerate(chunk):
-            key = f"a{index}"
-            if key in answer.results:
-                result, ids = _outcome(item.action.kind, answer.results[key])
-                if item.action.kind in _CREATING and not ids:
-                    # im.notify.system.add documents `false`: not created. Never done; sent again, then failed
-                    text = f"the portal answered {json.dumps(answer.results[key])}: not created"
-                    if item.sends < self.max_sends_per_run:
-                        self.audit.note_error([item.action.idempotency_key], text, self.now())
-                        again.append(item)
-                    else:
-                        failed.append((item.action.idempotency_key, text))
-                        summary.errors.append(f"{item.action.idempotency_key}: {text}")
-                    continue
-                done.append((item.action.idempotency_key, result, ids))
-                done_by_kind[item.action.kind.value] += 1
-                continue
-            error = answer.errors.get(key)
-            if error is not None and error.retryable:
-                again.append(item)  # a limit refused this command: it did not run
-                continue
-            text = _describe(error) if error is not None else "no result and no error for this command"
-            failed.append((item.action.idempotency_key, text))
-            summary.errors.append(f"{item.action.rule} deal {item.action.deal} {item.action.kind.value}: {text}")
+            for key in hits:
+                done_by_kind[by_key[key].action.kind.value] += 1
+            outcome.again |= outcome.lost - set(hits) - unknown
+        for key, _, _ in done:
+            done_by_kind[by_key[key].action.kind.value] += 1
+        for key, text in failed:
+            action = by_key[key].action
+            summary.errors.append(f"{action.rule} deal {action.deal} {action.kind.value}: {text}")
         self.audit.record_outcomes(done, failed, self.now())
         self.checkpoint(step + "outcomes")
         summary.done += len(done)
         summary.failed += len(failed)
-        return again
+        return [item for item in chunk if item.action.idempotency_key in outcome.again]
 
     def _keep_lock(self) -> None:
         """After each batch: the lock's heartbeat; a run whose lock was broken (`--break-lock`) stops writing
@@ -255,13 +279,46 @@ class Executor:
         if self.lock is not None:
             self.lock.heartbeat(self.now())
 
-    def _send(self, commands: Mapping[str, tuple[str, Mapping[str, Any]]]) -> Any:
-        """One write batch, never repeated by the client: a lost answer may mean it landed (see the module doc)."""
-        return self.client.batch(commands, idempotent=False)
+class Bitrix24Writer:
+    """Actions as Bitrix24 REST calls: up to 50 commands in one `batch` request; look-ups by marker or read-back."""
 
-    # ------------------------------------------------------------ looking in the CRM
+    def __init__(self, client: Bitrix24Client) -> None:
+        self.client = client
 
-    def _look_up(self, chunk: Sequence[_Pending]) -> tuple[dict[str, tuple[Any, list[str]]], set[str]]:
+    def next_chunk(self, queue: deque[_Pending]) -> list[_Pending]:
+        return _next_chunk(queue)
+
+    def write(self, chunk: list[_Pending]) -> WriteOutcome:
+        outcome = WriteOutcome()
+        keys = [item.action.idempotency_key for item in chunk]
+        commands = {f"a{index}": (item.action.method, dict(item.params)) for index, item in enumerate(chunk)}
+        try:
+            # one write batch, never repeated by the client: a lost answer may mean it landed (see the module doc)
+            answer = self.client.batch(commands, idempotent=False)
+        except (RateLimited, OperatingTimeExceeded) as exc:
+            # refused before running: nothing landed, the limiter now holds the pace
+            outcome.again.update(keys)
+            outcome.notes.update(dict.fromkeys(keys, _describe(exc)))
+            return outcome
+        except CrmError as exc:
+            if not exc.retryable:
+                raise
+            outcome.lost.update(keys)
+            outcome.notes.update(dict.fromkeys(keys, _describe(exc)))
+            return outcome
+        for index, item in enumerate(chunk):
+            key, command = item.action.idempotency_key, f"a{index}"
+            if command in answer.results:
+                outcome.done[key] = _outcome(item.action.kind, answer.results[command])
+                continue
+            error = answer.errors.get(command)
+            if error is not None and error.retryable:
+                outcome.again.add(key)  # a limit refused this command: it did not run
+                continue
+            outcome.failed[key] = _describe(error) if error is not None else "no result and no error for this command"
+        return outcome
+
+    def look_up(self, chunk: Sequence[_Pending]) -> tuple[dict[str, tuple[Any, list[str]]], set[str]]:
         """Which of these actions are in the CRM already: {key: (what was found, ids)}, and the keys whose lookup
         failed (outcome still unknown). One lookup per deal (per recipient for messages) and method, all in one
         `batch_calls`; a message not on the newest page of its dialog is looked for further back."""
@@ -316,7 +373,7 @@ class Executor:
         since = datetime.fromisoformat(sent_at) - MESSAGE_CLOCK_SKEW if sent_at else None
         page = answer
         for _ in range(MESSAGE_PAGES):
-            rows = (page or {}).get("messages") or [] if isinstance(page, Mapping) else []
+            rows = ((page or {}).get("messages") or []) if isinstance(page, Mapping) else []
             for row in rows:
                 if marker in str(row.get("text") or ""):
                     return row
@@ -336,6 +393,17 @@ class Executor:
                     raise
                 return _UNKNOWN
         return _UNKNOWN
+
+
+def writer_for(client: Any) -> ActionWriter:
+    """The writer of the client's CRM; a writer passes through (tests script their own)."""
+    if hasattr(client, "write") and hasattr(client, "look_up"):
+        return client
+    if getattr(client, "crm", None) == "amocrm":
+        from crmbridge.connectors.amocrm.writer import AmoCRMWriter
+
+        return AmoCRMWriter(client)
+    return Bitrix24Writer(client)
 
 
 def _by_group(items: Iterable[_Pending]) -> list[_Pending]:
@@ -405,8 +473,8 @@ _MARKER_LOOKUPS: Mapping[ActionKind, _MarkerLookup] = {
 
 
 def lookup_call(action: Action) -> tuple[str, dict[str, Any], str] | None:
-    """The read that tells whether an action landed, and what it is per (one read per deal, or per recipient for
-    messages): its marker lookup, the deal read back, the chat read back; None for im.notify.system.add."""
+    """The Bitrix24 read that tells whether an action landed, and what it is per (one read per deal, or per recipient
+    for messages): its marker lookup, the deal read back, the chat read back; None for im.notify.system.add."""
     lookup = _MARKER_LOOKUPS.get(action.kind)
     if lookup is not None:
         return lookup.method, lookup.params(action.deal), action.deal
@@ -418,12 +486,20 @@ def lookup_call(action: Action) -> tuple[str, dict[str, Any], str] | None:
     return None
 
 
+def _queued(action: Action) -> bool:
+    """A notice waiting for its message (digest): recorded, not written itself (unless a CRM's dialect made it a
+    write of its own: amoCRM turns it into a task)."""
+    return action.kind is ActionKind.NOTIFY and not action.crm_method
+
+
 def action_of_row(row: Mapping[str, Any]) -> Action:
     """An Action rebuilt from its audit row (for reconciling an earlier run's intents)."""
     return Action(row["idempotency_key"], ActionKind(row["kind"]), row["rule"], str(row["deal_id"]),
                   json.loads(row["payload"]), row["summary"] or "", row["reason"] or "", row["clause"] or "",
                   tuple(json.loads(row["violation_keys"] or "[]")),
-                  str(row["recipient_id"]) if row["recipient_id"] is not None else None)
+                  str(row["recipient_id"]) if row["recipient_id"] is not None else None,
+                  group=row["group_key"] or "",
+                  crm_method="" if row["method"] == METHODS[ActionKind(row["kind"])] else row["method"])
 
 
 def _outcome(kind: ActionKind, result: Any) -> tuple[Any, list[str]]:
@@ -449,5 +525,5 @@ def _describe(error: CrmError | None) -> str:
     return f"{code}: {description}"[:500]
 
 
-__all__ = ["Executor", "ExecutionSummary", "MAX_SENDS_PER_RUN", "MAX_SENDS_TOTAL", "Reconciliation", "action_of_row",
-           "lookup_call"]
+__all__ = ["ActionWriter", "Bitrix24Writer", "Executor", "ExecutionSummary", "MAX_SENDS_PER_RUN", "MAX_SENDS_TOTAL",
+           "Pending", "Reconciliation", "WriteOutcome", "action_of_row", "lookup_call", "writer_for"]

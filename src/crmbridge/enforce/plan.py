@@ -116,12 +116,13 @@ class Action:
     group: str = ""
     #: MESSAGE: the notices it delivers (their keys)
     items: tuple[str, ...] = ()
+    #: the CRM request when it is not the Bitrix24 method of the kind (amoCRM: "POST /api/v4/tasks"; a message through
+    #: the `notify` channel: im.notify.system.add)
+    crm_method: str = ""
 
     @property
     def method(self) -> str:
-        if self.kind is ActionKind.MESSAGE and "USER_ID" in self.params:
-            return "im.notify.system.add"
-        return METHODS[self.kind]
+        return self.crm_method or METHODS[self.kind]
 
     @property
     def marker(self) -> str:
