@@ -558,6 +558,9 @@ def notify_system_add(ctx: Context, params: dict[str, Any]) -> MethodResult:
     if ctx.extra.get("not_created"):
         return MethodResult(False)
     extra = {k.upper(): v for k, v in params.items() if k.upper() not in ("USER_ID", "MESSAGE")}
+    auth = ctx.extra.get("auth")
+    if getattr(auth, "kind", "") == "app" and getattr(auth, "client_id", None):
+        extra.setdefault("CLIENT_ID", auth.client_id)  # called with an application's token: the application is known
     return MethodResult(ctx.state.add_notification(int(str(user_id)), message, extra))
 
 
