@@ -92,6 +92,8 @@ class PortalState:
         self._next_message = 1
         self.planted: dict[int, list[str]] = {}
         self.on_event: EventHook | None = None
+        self._task_index: dict[str, list[int]] | None = None  # binding (D_12) -> task ids; None = rebuild
+        self._task_index_size = 0
         self._next_notification = 1
         # portal-clock times that let tests reason about sync overlap windows (count_modified_within)
         self._last_deal_list: float | None = None
@@ -261,6 +263,7 @@ class PortalState:
             for binding in row.get("ufCrmTask") or ():
                 if str(binding).startswith("D_") and str(binding)[2:].isdigit():
                     self._timeline_activity(int(str(binding)[2:]), user_id)
+            self._task_index = None
         self._fire("ONTASKADD", task_id)
         return task_id
 
@@ -279,6 +282,7 @@ class PortalState:
                     row["closedDate"], row["closedBy"] = None, None
             row.update(wire)
             row["changedDate"], row["changedBy"] = now_s, str(user_id)
+            self._task_index = None  # its bindings may have changed
         self._fire("ONTASKUPDATE", int(task_id))
 
     def delete_task(self, task_id: int) -> None:
@@ -286,6 +290,7 @@ class PortalState:
             if int(task_id) not in self.tasks.rows:
                 raise KeyError(task_id)
             self.tasks.delete(int(task_id))
+            self._task_index = None
         self._fire("ONTASKDELETE", int(task_id))
 
     # --- activities, comments, notifications ----------------------------------------------------
@@ -399,6 +404,17 @@ class PortalState:
         for row in rows:
             del row["_pair"]
         return chat_id, rows
+
+    def tasks_bound_to(self, binding: str) -> list[int]:
+        """Ids of the tasks bound to a CRM binding such as D_12 (an index rebuilt after task writes)."""
+        index = self._task_index
+        if index is None or self._task_index_size != len(self.tasks.rows):
+            index = {}
+            for task_id, row in self.tasks.rows.items():
+                for bound in row.get("ufCrmTask") or []:
+                    index.setdefault(bound, []).append(task_id)
+            self._task_index, self._task_index_size = index, len(self.tasks.rows)
+        return index.get(binding, [])
 
     def deal_tasks(self, deal_id: int) -> list[dict[str, Any]]:
         """Tasks bound to a deal (UF_CRM_TASK contains D_<id>)."""
