@@ -359,3 +359,20 @@ def test_offline_events_survive_a_faulty_network_exactly_once(tmp_path: Path, se
         ids = [r[3] for r in inbox_events(settings.cache_path)]
         assert sorted(ids, key=int) == [str(i) for i in range(1, 41)]
         assert portal.app.queue() == []
+
+
+def test_an_idle_offline_poll_costs_one_request_and_three_edits_two(portal: SandboxPortal, tmp_path: Path,
+                                                                    settings_env: Any) -> None:
+    settings = settings_env(connected(portal, tmp_path))
+    client = client_for(settings)
+    with Inbox(settings.cache_path) as inbox:
+        poller = OfflinePoller(client, settings.cache_path, connector="crmbridge")
+        poller.poll(inbox)  # the first poll also looks for reservations an earlier process left: one more request
+        before = client.requests_made
+        assert poller.poll(inbox) == 0
+        assert client.requests_made - before == 1  # event.offline.get
+        for deal_id in (3, 4, 5):
+            portal.update_deal(deal_id, {"TITLE": "edited"})
+        before = client.requests_made
+        assert poller.poll(inbox) == 3
+        assert client.requests_made - before == 2  # event.offline.get + event.offline.clear
