@@ -91,14 +91,14 @@ def yaml_comment(text: Any) -> str:
 
 # --- BB-code ---------------------------------------------------------------------------------------------
 
-#: zero-width space: after "[", no BB-code parser sees a tag, and a person sees the same text
-_TAG_BREAK = "\u200b"
+#: square brackets open and close BB-code tags; their full-width look-alikes read the same and open nothing
+_LOOKALIKES = str.maketrans({"[": "［", "]": "］"})
 
 
 def bb_safe(text: Any) -> Any:
-    """Text for BB-code the portal renders (comments, notifications, task and to-do descriptions):
-    a CRM value like `[url=…]` stays the literal text, not a link. Non-text values are returned unchanged."""
-    if not isinstance(text, str) or "[" not in text:
+    """Text for BB-code the portal renders (comments, notifications, messages, task and to-do descriptions):
+    a CRM value like `[url=…]` stays text, never a link or a closing tag. Idempotent; non-text values are
+    returned unchanged."""
+    if not isinstance(text, str) or ("[" not in text and "]" not in text):
         return text
-    return text.replace("[", "[" + _TAG_BREAK)
-
+    return text.translate(_LOOKALIKES)

@@ -355,16 +355,10 @@ def _prepare(path: Path) -> None:
 
 
 def _check_existing(path: Path) -> None:
+    # only stat, never open: closing any descriptor of a database file drops every POSIX lock this process
+    # holds on it, and the daemon keeps connections open while its threads open more
     if path.is_dir():
         raise CacheError(f"{path} is a folder, not a cache file", hint="point CRMBRIDGE_CACHE_PATH at a file")
-    try:
-        with open(path, "rb") as file:
-            header = file.read(len(SQLITE_HEADER))
-    except OSError as exc:
-        raise CacheError(f"cannot read the cache {path} ({_why(exc)})", hint=_CHECK) from None
-    if header and header != SQLITE_HEADER:
-        raise CacheError(f"{path}: not a crmbridge cache (not an SQLite file)",
-                         hint="point CRMBRIDGE_CACHE_PATH at another file, or move this one away")
 
 
 def _contended(exc: sqlite3.DatabaseError) -> bool:
@@ -377,8 +371,8 @@ def _open_error(path: Path | str, exc: sqlite3.DatabaseError) -> CacheError:
     """The real cause of an SQLite error on opening: a read-only file or folder, a damaged file, or another file."""
     text = str(exc)
     if "readonly" in text or "read-only" in text or "unable to open" in text:
-        return CacheError(f"the cache {path} cannot be written ({text}): crmbridge writes to it and to {path}-wal "
-                          "beside it", hint=_CHECK)
+        return CacheError(f"the cache {path} cannot be opened for writing ({text}): crmbridge reads and writes it "
+                          f"and {path}-wal beside it", hint=_CHECK)
     if "malformed" in text or "corrupt" in text:
         return CacheError(f"the cache {path} is damaged ({text})",
                           hint="move it away and run `crmbridge sync` to build a new one (the portal has the data)")

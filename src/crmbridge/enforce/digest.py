@@ -27,6 +27,7 @@ from typing import Any
 
 from crmbridge.enforce.plan import Action, ActionKind, marker_of
 from crmbridge.regulation.compiled import CompiledRegulation
+from crmbridge.text import bb_safe
 
 #: a digest stays well under the portal's message limits; more notices go into the next message
 DIGEST_LIMIT = 12_000
@@ -259,7 +260,7 @@ def _digest_of(bundle: Sequence[Notice]) -> str:
 
 def bb_text(text: str) -> str:
     """CRM text inside BB-code: square brackets become look-alikes, so a title cannot open or close a tag."""
-    return text.replace("[", "［").replace("]", "］")
+    return bb_safe(text)
 
 
 def _rule_order(rule: str) -> tuple[int, str]:

@@ -56,7 +56,11 @@ def run_live_demo(portal: Any, cache_path: Path, settings: Any) -> float | None:
                           f"posts to {url}/bitrix24/events")
             portal.send_events_to(url + "/bitrix24/events")
             with portal.state.lock:
-                deal_id = min(int(row["ID"]) for row in portal.state.deals.rows.values() if row["STAGE_ID"] == FROM_STAGE)
+                waiting = [int(row["ID"]) for row in portal.state.deals.rows.values() if row["STAGE_ID"] == FROM_STAGE]
+                if not waiting:  # a small demo (--deals 20) may have no deal in that stage: nothing to show
+                    console.print("no deal sits in «Презентация» to move; the live part is skipped (try more --deals)")
+                    return None
+                deal_id = min(waiting)
                 row = portal.state.deals.rows[deal_id]
                 title, manager = row["TITLE"], int(row["ASSIGNED_BY_ID"])
             console.print(f"A manager moves deal {deal_id} «{escape(title)}» from «Презентация» straight to "
