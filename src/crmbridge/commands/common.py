@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -48,18 +51,24 @@ def client_from(settings: Settings, webhook_url: str | None = None) -> Bitrix24C
     )
 
 
-def cache_from(settings: Settings) -> Cache:
-    return open_cache(settings.cache_path)
+@contextmanager
+def cache(settings: Settings, *, create: bool = False, path: Path | None = None) -> Iterator[Cache]:
+    """The cache file of one command (CRMBRIDGE_CACHE_PATH, or `path`), opened and migrated, closed at the end.
 
-
-def existing_cache(settings: Settings) -> Cache:
-    """The cache for commands that only read it: a missing file is a clear error, never a new empty one."""
-    if str(settings.cache_path) != ":memory:" and not settings.cache_path.exists():
+    Commands that only read it (create=False) refuse a missing file with a clear error instead of creating
+    an empty one.
+    """
+    where = path or settings.cache_path
+    if not create and str(where) != ":memory:" and not Path(where).exists():
         raise CacheError(
-            f"there is no cache at {settings.cache_path}",
+            f"there is no cache at {where}",
             hint="run `crmbridge sync` first, or point CRMBRIDGE_CACHE_PATH at the file sync writes",
         )
-    return open_cache(settings.cache_path)
+    opened = open_cache(where)
+    try:
+        yield opened
+    finally:
+        opened.close()
 
 
 def print_json(payload: Any) -> None:

@@ -47,7 +47,7 @@ def run_sync(webhook_url: str | None, *, full: bool, show_progress: bool) -> Syn
     client = common.client_from(settings, webhook_url)
     with progress_bar(show_progress) as advance:
         syncer = Syncer(
-            Bitrix24Reader(client), lambda: common.cache_from(settings),
+            Bitrix24Reader(client), lambda: common.cache(settings, create=True),
             overlap=timedelta(minutes=settings.sync_overlap_minutes), progress=advance,
         )
         return syncer.run(full=full)

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from crmbridge.cache.store import Cache
+from crmbridge.compliance import record_violations
 from crmbridge.connectors.bitrix24.client import Bitrix24Client
 from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
 from crmbridge.enforce.audit import AuditLog, utc_now
@@ -17,7 +18,6 @@ from crmbridge.enforce.execute import MAX_SENDS_TOTAL, ExecutionSummary, Executo
 from crmbridge.enforce.plan import DEFAULT_MAX_REVERTS_PER_DAY, Action, Plan, PlanContext, plan
 from crmbridge.errors import CrmBridgeError
 from crmbridge.mapping.binding import DealMapper
-from crmbridge.mapping.cached import load_deals, record_violations
 from crmbridge.mapping.load import Mappings
 from crmbridge.model import Deal, Mode, Violation
 from crmbridge.regulation.evaluate import Evaluator
@@ -87,7 +87,7 @@ def evaluate(cache: Cache, mappings: Mappings, now: datetime, *, deal_ids: Seque
              modes: Mapping[str, Mode] | None = None, record: bool = True) -> Evaluation:
     """Map and evaluate cached deals (all, or the given ones); with `record`, update the `violations` table."""
     mapper = DealMapper(mappings.regulation, mappings.binding)
-    everyone = load_deals(cache, mapper)
+    everyone = mapper.deals(cache.deals.records())
     wanted = None if deal_ids is None else {str(deal_id) for deal_id in deal_ids}
     deals = everyone if wanted is None else [deal for deal in everyone if deal.id in wanted]
     evaluator = Evaluator.of(mappings.regulation, now, deals_for_purchases=everyone, override_modes=modes)
@@ -114,9 +114,9 @@ def evaluate(cache: Cache, mappings: Mappings, now: datetime, *, deal_ids: Seque
 def plan_context(cache: Cache, mappings: Mappings, evaluator_regulation: Any, now: datetime, audit: AuditLog,
                  *, max_reverts_per_day: int) -> PlanContext:
     """The plain facts planning needs, read from the cache and the audit log."""
-    users = cache.query("SELECT id, name, last_name, active FROM users")
+    users = cache.reference.users()
     active = frozenset(str(row["id"]) for row in users if row["active"]) if users else None
-    names = {str(row["id"]): " ".join(part for part in (row["name"], row["last_name"]) if part) for row in users}
+    names = cache.reference.user_names()
     return PlanContext(evaluator_regulation, mappings.binding, now, active_users=active,
                        reverts_today=audit.reverts_today(now, evaluator_regulation.calendar.zone),
                        max_reverts_per_day=max_reverts_per_day, rotation=audit.rotation(),

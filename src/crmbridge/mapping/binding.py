@@ -8,6 +8,8 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Iterable, Mapping
 from zoneinfo import ZoneInfo
 
+from crmbridge.bulk import paused_gc
+from crmbridge.cache.deals import DealRecords
 from crmbridge.mapping.schema import IGNORE, BindingSpec, FieldSpec, RegulationSpec
 from crmbridge.model import (
     LOST,
@@ -305,3 +307,16 @@ class DealMapper:
             contact=contact_card,
             company=company_card,
         )
+
+    def deals(self, records: DealRecords) -> list[Deal]:
+        """Cached deals with their history, tasks, to-dos and clients -> Deals (each client mapped once)."""
+        with paused_gc():
+            contacts = {key: self.client(row, "contact") for key, row in records.contacts.items()}
+            companies = {key: self.client(row, "company") for key, row in records.companies.items()}
+            deals = []
+            for raw in records.deals:
+                deal_id = str(raw.get("ID"))
+                deals.append(self.deal(raw, records.history.get(deal_id, ()), records.tasks.get(deal_id, ()),
+                                       contacts.get(str(raw.get("CONTACT_ID") or "")),
+                                       companies.get(str(raw.get("COMPANY_ID") or "")), records.todos.get(deal_id, ())))
+            return deals
