@@ -219,6 +219,60 @@ MIGRATIONS: list[str] = [
     ALTER TABLE tasks ADD COLUMN synced_at TEXT;       -- when crmbridge last saw it on the portal (UTC)
     ALTER TABLE activities ADD COLUMN synced_at TEXT;
     """,
+    # 6: the live bridge (issue 9): the durable event inbox, dead letters, scheduled job runs, small daemon state.
+    """
+    CREATE TABLE inbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        source TEXT NOT NULL,            -- bitrix24.webhook, bitrix24.offline, amocrm.hook, ...
+        event TEXT NOT NULL,             -- the CRM's event name, e.g. ONCRMDEALUPDATE
+        entity TEXT NOT NULL,            -- deal, task, activity, contact, company (or the source's own kind)
+        entity_id TEXT NOT NULL,         -- the CRM id the event names
+        payload TEXT NOT NULL,           -- the event exactly as received (form body, or JSON)
+        received_at TEXT NOT NULL,       -- when crmbridge received it (UTC)
+        dedupe_key TEXT,                 -- the source's own delivery id (offline MESSAGE_ID, ...); NULL = none
+        status TEXT NOT NULL DEFAULT 'pending',  -- pending (to process), done
+        attempts INTEGER NOT NULL DEFAULT 0,     -- processing attempts that failed
+        next_attempt_at TEXT,            -- backoff: not before this time (UTC); NULL = now
+        last_error TEXT,                 -- why the last attempt failed
+        processed_at TEXT                -- when the worker finished it (UTC)
+    );
+    CREATE UNIQUE INDEX inbox_dedupe ON inbox(source, dedupe_key) WHERE dedupe_key IS NOT NULL;
+    CREATE INDEX inbox_pending ON inbox(status, id);
+    CREATE INDEX inbox_processed ON inbox(processed_at) WHERE status = 'done';
+
+    CREATE TABLE dead_letters (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        source TEXT NOT NULL,            -- where it came from (bitrix24.webhook, ...)
+        reason TEXT NOT NULL,            -- malformed: ..., or the last processing error after repeated failures
+        received_at TEXT NOT NULL,       -- when crmbridge received it (UTC)
+        dead_at TEXT NOT NULL,           -- when it was given up (UTC)
+        inbox_id INTEGER,                -- the inbox row it came from (NULL for a malformed body)
+        event TEXT, entity TEXT, entity_id TEXT,  -- what it named (NULL when it could not be parsed)
+        attempts INTEGER NOT NULL DEFAULT 0,
+        payload TEXT NOT NULL,           -- the body as received, truncated to a limit
+        truncated INTEGER NOT NULL DEFAULT 0,  -- 1 when payload was cut
+        requeued_at TEXT                 -- set by `crmbridge inbox retry`: it went back into the inbox
+    );
+
+    CREATE TABLE job_runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job TEXT NOT NULL,               -- the job's name (its file name in jobs/)
+        scheduled_for TEXT NOT NULL,     -- the fire time it runs for (UTC); one run per job and fire time
+        status TEXT NOT NULL,            -- running, done, failed, timeout, skipped
+        started TEXT NOT NULL,
+        finished TEXT,
+        host TEXT,                       -- host:pid of the daemon (or `jobs run`) that ran it
+        summary TEXT,                    -- JSON: what the run did, or its error
+        UNIQUE (job, scheduled_for)
+    );
+    CREATE INDEX job_runs_job ON job_runs(job, id);
+
+    CREATE TABLE live_state (
+        name TEXT PRIMARY KEY,           -- e.g. bitrix24.member_id (remembered from the install or first event)
+        value TEXT,
+        updated TEXT
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
