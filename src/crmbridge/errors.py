@@ -4,6 +4,8 @@
     ├── ConfigError                  a setting is missing or wrong (names the setting and the fix)
     ├── MappingError                 a mapping / regulation file is wrong (carries every problem with file:line:col)
     ├── CacheError                   the SQLite cache cannot be used (e.g. written by a newer crmbridge)
+    │   ├── CacheLocked              another live run holds the cache's writer lock (names it)
+    │   └── LockLost                 this run's writer lock was broken (--break-lock): it stops writing
     └── CrmError                     the CRM answered with an error, or could not be reached
         ├── TransientCrmError        worth retrying: 5xx, HTML where JSON was expected, resets, timeouts
         │   └── CrmUnreachable       no HTTP answer at all (DNS, refused, reset, timeout)
@@ -57,6 +59,18 @@ class MappingError(CrmBridgeError):
 
 class CacheError(CrmBridgeError):
     """The local SQLite cache cannot be used as it is."""
+
+
+class CacheLocked(CacheError):
+    """Another live process holds the cache's writer lock; `holder` says who (run, pid, host, since)."""
+
+    def __init__(self, message: str, holder: Any = None, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.holder = holder
+
+
+class LockLost(CacheError):
+    """The writer lock this run held was broken (`--break-lock`) by another run: this one must stop writing."""
 
 
 class CrmError(CrmBridgeError):

@@ -273,6 +273,12 @@ MIGRATIONS: list[str] = [
         updated TEXT
     );
     """,
+    # 7: enforcement crash safety (issue 7): actions that belong together (a revert, its comment, the stage task of the
+    # stage it goes back to, the manager's notice) are completed after a crash even when the violation is gone.
+    """
+    ALTER TABLE actions ADD COLUMN group_key TEXT;     -- the group it belongs to (e.g. revert:<deal>:<entry>)
+    CREATE INDEX actions_group ON actions(group_key);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
