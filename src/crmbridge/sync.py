@@ -116,6 +116,8 @@ class Syncer:
         resuming = deals_state.status == "running" and deals_state.mode == "full"
         mode = "full" if (full or resuming or deals_state.cursor is None) else "incremental"
         summary = SyncSummary(mode=mode, resumed=resuming)
+        # one cache, one account: a cache of another portal (or of an amoCRM account) is refused before any write
+        self.cache.account.claim("bitrix24", self.reader.client.account, self.now())
         run_id = self.cache.syncs.start_run(mode, self.now())
         try:
             self._sync_reference(summary)

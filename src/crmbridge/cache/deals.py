@@ -60,7 +60,7 @@ class Deals:
 
     def upsert_clients(self, entity: str, rows: Iterable[Row]) -> int:
         """`contacts` or `companies`."""
-        return self.cache.upsert(entity, rows)
+        return self.cache.upsert(_client_table(entity), rows)
 
     def referenced_clients(self, entity: str) -> set[int]:
         """Contact or company ids some cached deal names (a company also counts when a contact names it)."""
@@ -72,12 +72,31 @@ class Deals:
                 "SELECT DISTINCT company_id AS ref FROM contacts WHERE company_id IS NOT NULL")}
         return ids
 
+    def not_synced_since(self, since: str) -> list[int]:
+        """Ids of live deals the current full read has not written (yet): candidates for deletion."""
+        return [row["id"] for row in self.cache.query(
+            "SELECT id FROM deals WHERE deleted = 0 AND (synced_at IS NULL OR synced_at < ?)", [since])]
+
+    def mark_deleted_ids(self, ids: Sequence[int]) -> None:
+        """Deals the CRM says are gone (amoCRM's lead_deleted event, a look-up by id that did not find them)."""
+        for chunk in _chunks(list(ids)):
+            self.cache.db.execute(f"UPDATE deals SET deleted = 1 WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+
     def mark_deleted(self, not_synced_since: str) -> int:
         """After a full sync: deals the run did not see are gone from the portal."""
         return self.cache.db.execute(
             "UPDATE deals SET deleted = 1 WHERE deleted = 0 AND (synced_at IS NULL OR synced_at < ?)",
             [not_synced_since],
         ).rowcount
+
+    def missing_clients(self, entity: str, ids: Iterable[int]) -> list[int]:
+        """Of these contact or company ids, those the cache does not hold, sorted."""
+        wanted = sorted(set(ids))
+        have: set[int] = set()
+        for chunk in _chunks(wanted):
+            have |= {row["id"] for row in self.cache.query(
+                f"SELECT id FROM {_client_table(entity)} WHERE id IN ({','.join('?' * len(chunk))})", chunk)}
+        return [entity_id for entity_id in wanted if entity_id not in have]
 
     def upsert_history(self, rows: Iterable[Row]) -> int:
         return self.cache.upsert("stage_history", rows)
@@ -90,12 +109,30 @@ class Deals:
         self.cache.delete_ids(entity, [row["id"] for row in rows if row["deal_id"] is None])
         return len(bound)
 
+    def linked_not_synced_since(self, entity: str, since: str) -> list[int]:
+        """Ids of tasks or to-dos the current full read has not written (yet)."""
+        return [row["id"] for row in self.cache.query(
+            f"SELECT id FROM {_linked(entity)} WHERE synced_at IS NULL OR synced_at < ?", [since])]
+
+    def delete_linked(self, entity: str, ids: list[int]) -> None:
+        self.cache.delete_ids(_linked(entity), ids)
+
     def delete_linked_not_synced_since(self, entity: str, since: str) -> int:
         """After a full read of tasks or to-dos: rows it did not see are gone from the portal."""
         return self.cache.db.execute(
             f"DELETE FROM {_linked(entity)} WHERE synced_at IS NULL OR synced_at < ?", [since]).rowcount
 
     # --- reads ------------------------------------------------------------------------------
+
+    def empty(self) -> bool:
+        """No deal was ever cached (deleted ones count as cached)."""
+        return not self.cache.query("SELECT 1 FROM deals LIMIT 1")
+
+    def in_unknown_stages(self) -> int:
+        """Live deals whose pipeline and stage the cached stages do not know (a stage added on the CRM)."""
+        return int(self.cache.query(
+            "SELECT COUNT(*) AS n FROM deals d LEFT JOIN stages s ON s.category_id = d.category_id "
+            "AND s.status_id = d.stage_id WHERE d.deleted = 0 AND s.status_id IS NULL")[0]["n"])
 
     def records(self, deal_ids: Iterable[int | str] | None = None) -> DealRecords:
         """Every non-deleted cached deal (or the given ones) with its history, tasks, to-dos, contact and company."""
@@ -168,6 +205,12 @@ class Deals:
             GROUP BY d.assigned_by_id ORDER BY won_amount DESC
             """
         )
+
+
+def _client_table(entity: str) -> str:
+    if entity not in CLIENTS:
+        raise ValueError(f"not a table of clients: {entity}")
+    return entity
 
 
 def _linked(entity: str) -> str:

@@ -43,6 +43,9 @@ class Reference:
             self.cache.query("SELECT id, name, last_name, active, departments FROM users"),
         )
 
+    def has_stages(self) -> bool:
+        return bool(self.cache.query("SELECT 1 FROM stages LIMIT 1"))
+
     def users(self) -> list[Row]:
         """id, name, last_name, active of every cached user."""
         return self.cache.query("SELECT id, name, last_name, active FROM users")

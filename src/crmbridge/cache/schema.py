@@ -279,6 +279,42 @@ MIGRATIONS: list[str] = [
     ALTER TABLE actions ADD COLUMN group_key TEXT;     -- the group it belongs to (e.g. revert:<deal>:<entry>)
     CREATE INDEX actions_group ON actions(group_key);
     """,
+    # 8: a cache holds one CRM account of either kind (issue 11: amoCRM): the account marker; stages keyed per
+    # pipeline (amoCRM's won 142 and lost 143 exist in every pipeline); amoCRM stage history comes from events
+    # whose ids are strings and which say where the lead came from.
+    """
+    CREATE TABLE crm_account (
+        id INTEGER PRIMARY KEY CHECK (id = 1),  -- one row: the account this cache serves
+        crm TEXT NOT NULL,               -- bitrix24 or amocrm
+        account TEXT NOT NULL,           -- the portal's / account's host (with its port where the URL has one)
+        account_id TEXT,                 -- amoCRM account id (GET /api/v4/account)
+        name TEXT,                       -- the account's name
+        timezone TEXT,                   -- amoCRM datetime_settings.timezone: how dates in the cache are written
+        currency TEXT,                   -- amoCRM account currency (deals.currency)
+        filter_enabled INTEGER,          -- amoCRM is_api_filter_enabled: incremental sync needs it
+        claimed_at TEXT NOT NULL,        -- when crmbridge first synced this account into the cache (UTC)
+        raw TEXT                         -- GET /api/v4/account as the account answered (amoCRM)
+    );
+
+    CREATE TABLE stages_v8 (
+        status_id TEXT NOT NULL,         -- Bitrix24 STAGE_ID ('C1:NEW'); amoCRM status id ('142' in every pipeline)
+        category_id INTEGER NOT NULL,    -- pipeline
+        entity_id TEXT,                  -- Bitrix24 DEAL_STAGE or DEAL_STAGE_<n>; NULL for amoCRM
+        name TEXT,
+        sort INTEGER,
+        semantics TEXT,                  -- P (process), S (success), F (failure)
+        raw TEXT NOT NULL,
+        PRIMARY KEY (category_id, status_id)
+    );
+    INSERT INTO stages_v8 (status_id, category_id, entity_id, name, sort, semantics, raw)
+        SELECT status_id, COALESCE(category_id, 0), entity_id, name, sort, semantics, raw FROM stages;
+    DROP TABLE stages;
+    ALTER TABLE stages_v8 RENAME TO stages;
+
+    ALTER TABLE stage_history ADD COLUMN crm_id TEXT;            -- the CRM's own id when not an integer (amoCRM event id)
+    ALTER TABLE stage_history ADD COLUMN from_category_id INTEGER;  -- amoCRM: the pipeline the lead left (value_before)
+    ALTER TABLE stage_history ADD COLUMN from_stage_id TEXT;        -- amoCRM: the status the lead left
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import sqlite_utils
 
+from crmbridge.cache.account import Account
 from crmbridge.cache.deals import Deals
 from crmbridge.cache.reference import Reference
 from crmbridge.cache.schema import MIGRATIONS, SCHEMA_VERSION
@@ -19,7 +20,8 @@ from crmbridge.errors import CacheError
 class Cache(Tables):
     """The local SQLite file: one repository per table family, and the transactions they share.
 
-    `cache.deals`, `cache.reference`, `cache.violations`, `cache.syncs` hold every query of their tables.
+    `cache.deals`, `cache.reference`, `cache.violations`, `cache.syncs`, `cache.account` hold every query of their
+    tables (`cache.actions.ActionsRepository(cache)` those of the enforcement's outbox).
     """
 
     def __init__(self, db: sqlite_utils.Database, path: Path | None) -> None:
@@ -28,6 +30,7 @@ class Cache(Tables):
         self.reference = Reference(self)
         self.violations = Violations(self)
         self.syncs = SyncStates(self)
+        self.account = Account(self)
 
 
 def open_cache(path: Path | str) -> Cache:

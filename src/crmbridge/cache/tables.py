@@ -9,10 +9,10 @@ from typing import Any
 
 import sqlite_utils
 
-PRIMARY_KEYS: dict[str, str] = {
+PRIMARY_KEYS: dict[str, str | tuple[str, ...]] = {
     "deals": "id",
     "pipelines": "id",
-    "stages": "status_id",
+    "stages": ("category_id", "status_id"),
     "deal_fields": "field_name",
     "users": "id",
     "contacts": "id",

@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 import tenacity
 
@@ -155,6 +156,13 @@ class Bitrix24Client:
         self.requests_made = 0
         #: retries of any kind: whole requests, batch commands, fast-list pages
         self.retries = 0
+
+    crm = "bitrix24"
+
+    @property
+    def account(self) -> str:
+        """The portal's host (with its port where the URL has one): what identifies it in the cache."""
+        return urlsplit(self._auth.url_for("scope")).netloc.lower()
 
     # -- metrics and lifecycle ---------------------------------------------------------------------
     def operating_wait(self, method: str) -> float:
