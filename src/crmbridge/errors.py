@@ -12,7 +12,8 @@
         ├── RateLimited              503 QUERY_LIMIT_EXCEEDED: the leaky bucket overflowed; back off and retry
         ├── OperatingTimeExceeded    429 OPERATION_TIME_LIMIT: a method's 10-minute budget is spent; wait until reset_at
         ├── AuthError                401 NO_AUTH_FOUND / expired_token / invalid_token: the credentials are wrong
-        │   └── AuthExpired          expired_token: an OAuth seam may refresh and repeat
+        │   ├── AuthExpired          expired_token: an OAuth seam may refresh and repeat
+        │   └── ReauthorizationRequired  the OAuth server refused the refresh token: a person must connect again
         ├── ScopeError               403 insufficient_scope: the webhook lacks a scope (names it when it can)
         ├── CrmRejected              any other 4xx or CRM error: the request itself is wrong; never retried
         └── BatchCommandError        one command inside a `batch` failed (keeps the command key)
@@ -141,6 +142,14 @@ class AuthError(CrmError):
 
 class AuthExpired(AuthError):
     """An OAuth access token expired; an OAuth auth seam refreshes it and repeats the call."""
+
+
+class ReauthorizationRequired(AuthError):
+    """The authorization server refused the stored refresh token (invalid_grant, revoked, app removed).
+
+    No retry can fix it: an admin runs `crmbridge connect` again. Every process sharing the cache
+    sees the same state without asking the server again.
+    """
 
 
 class ScopeError(CrmError):

@@ -9,8 +9,9 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "crmbridge"
 
 SQL = re.compile(r"\b(SELECT\s+[\w*(]|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|BEGIN\s+IMMEDIATE|PRAGMA\s)")
 CONNECTION = re.compile(r"\bcache\.(db|query|count|upsert|replace_all|delete_ids|changed_ids)\b|\.db\.(execute|query)\(")
-#: still to move behind cache/: the live bridge's inbox and metrics (issue 9, branch i9-daemon)
-NOT_YET = {"live/inbox.py", "live/metrics.py"}
+#: still to move behind cache/ (issue 9's live bridge and OAuth store): inbox, metrics, jobs, the daemon, `crmbridge
+#: jobs` and the token store run their own SQL on their own tables
+NOT_YET = {"live/inbox.py", "live/metrics.py", "live/jobs.py", "live/daemon.py", "commands/live.py", "connectors/oauth.py"}
 
 
 def offenders(pattern: re.Pattern[str]) -> list[str]:

@@ -172,6 +172,74 @@ class Deals:
         found.companies = self._clients("companies", {str(raw.get("COMPANY_ID") or "") for raw in found.deals})
         return found
 
+    def with_client_peers(self, deal_ids: Iterable[int | str]) -> list[int]:
+        """The deals plus every cached deal that shares a contact or company with one of them.
+
+        Per-client rules (R10: the client's last purchase) judge a deal against its client's other deals,
+        so evaluating a few deals loads their clients' deals too, not the whole cache.
+        """
+        ids = sorted({int(deal_id) for deal_id in deal_ids})
+        found = set(ids)
+        for chunk in _chunks(ids, 400):
+            marks = ",".join("?" * len(chunk))
+            found.update(row["id"] for row in self.cache.query(
+                "SELECT d.id FROM deals d WHERE d.deleted = 0 AND ("
+                f"d.contact_id IN (SELECT contact_id FROM deals WHERE id IN ({marks}) AND contact_id IS NOT NULL) OR "
+                f"d.company_id IN (SELECT company_id FROM deals WHERE id IN ({marks}) AND company_id IS NOT NULL))",
+                [*chunk, *chunk]))
+        return sorted(found)
+
+    def deals_of_linked(self, entity: str, ids: Iterable[int]) -> set[int]:
+        """Deals the cached tasks or to-dos with these ids are bound to."""
+        found: set[int] = set()
+        for chunk in _chunks(sorted(set(ids))):
+            found.update(row["deal_id"] for row in self.cache.query(
+                f"SELECT deal_id FROM {_linked(entity)} WHERE deal_id IS NOT NULL AND id IN ({_marks(chunk)})", chunk))
+        return found
+
+    def linked_ids_of(self, entity: str, deal_ids: Iterable[int]) -> set[int]:
+        """Ids of the cached tasks or to-dos bound to these deals."""
+        found: set[int] = set()
+        for chunk in _chunks(sorted(set(deal_ids))):
+            found.update(row["id"] for row in self.cache.query(
+                f"SELECT id FROM {_linked(entity)} WHERE deal_id IN ({_marks(chunk)})", chunk))
+        return found
+
+    def deals_of_clients(self, contacts: set[int], companies: set[int]) -> set[int]:
+        """Live deals naming one of these contacts or companies, or a contact of one of these companies."""
+        found: set[int] = set()
+        for column, ids in (("contact_id", contacts), ("company_id", companies)):
+            for chunk in _chunks(sorted(ids)):
+                found.update(row["id"] for row in self.cache.query(
+                    f"SELECT id FROM deals WHERE deleted = 0 AND {column} IN ({_marks(chunk)})", chunk))
+        if companies:  # a contact of the company whose deals name only the contact
+            for chunk in _chunks(sorted(companies)):
+                found.update(row["id"] for row in self.cache.query(
+                    "SELECT d.id FROM deals d JOIN contacts c ON c.id = d.contact_id "
+                    f"WHERE d.deleted = 0 AND c.company_id IN ({_marks(chunk)})", chunk))
+        return found
+
+    def clients_of(self, deal_ids: Iterable[int]) -> tuple[set[int], set[int]]:
+        """The contact and company ids these cached deals name."""
+        contacts: set[int] = set()
+        companies: set[int] = set()
+        for chunk in _chunks(list(deal_ids)):
+            for row in self.cache.query(f"SELECT contact_id, company_id FROM deals WHERE id IN ({_marks(chunk)})", chunk):
+                if row["contact_id"]:
+                    contacts.add(int(row["contact_id"]))
+                if row["company_id"]:
+                    companies.add(int(row["company_id"]))
+        return contacts, companies
+
+    def newest_history_ids(self, deal_ids: Iterable[int]) -> dict[int, int]:
+        """Deal id -> the highest cached stage-history id of it (deals without history are absent)."""
+        newest: dict[int, int] = {}
+        for chunk in _chunks(list(deal_ids)):
+            for row in self.cache.query(f"SELECT deal_id, MAX(id) AS top FROM stage_history "
+                                        f"WHERE deal_id IN ({_marks(chunk)}) GROUP BY deal_id", chunk):
+                newest[int(row["deal_id"])] = int(row["top"])
+        return newest
+
     def _clients(self, table: str, wanted: set[str]) -> dict[str, RawRecord]:
         """Rows of `table` whose id is wanted (only those are decoded)."""
         return {str(row_id): json.loads(raw) for row_id, raw in self.cache.db.execute(f"SELECT id, raw FROM {table}")
@@ -217,6 +285,10 @@ def _linked(entity: str) -> str:
     if entity not in LINKED:
         raise ValueError(f"not a table of deal-bound records: {entity}")
     return entity
+
+
+def _marks(chunk: Sequence[Any]) -> str:
+    return ",".join("?" * len(chunk))
 
 
 def _chunks(ids: list[Any], size: int = 500) -> Iterable[list[Any]]:

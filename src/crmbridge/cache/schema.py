@@ -315,6 +315,26 @@ MIGRATIONS: list[str] = [
     ALTER TABLE stage_history ADD COLUMN from_category_id INTEGER;  -- amoCRM: the pipeline the lead left (value_before)
     ALTER TABLE stage_history ADD COLUMN from_stage_id TEXT;        -- amoCRM: the status the lead left
     """,
+    # 9: OAuth tokens of a CRM application (Bitrix24 local app, amoCRM integration), shared by every process
+    # on this cache; refreshed single-flight (connectors/oauth.py). Tokens are secrets: never logged.
+    """
+    CREATE TABLE oauth_tokens (
+        crm TEXT NOT NULL,               -- bitrix24 or amocrm
+        account TEXT NOT NULL,           -- which portal / account: Bitrix24 member_id, amoCRM account host
+        access_token TEXT NOT NULL,      -- secret
+        refresh_token TEXT,              -- secret; NULL for a token that cannot be refreshed (amoCRM long-lived)
+        expires_at REAL,                 -- unix seconds the server gave for the access token (advisory: a 401 decides)
+        generation INTEGER NOT NULL,     -- +1 on every write of the pair: tells a process whether someone refreshed
+        updated_at TEXT NOT NULL,        -- when the pair was written (UTC)
+        details TEXT NOT NULL DEFAULT '{}',  -- JSON: the grant's non-secret fields (endpoints, domain, scope, user)
+        refresh_started_at TEXT,         -- set (and committed) before a refresh call, cleared with the new pair:
+                                         -- still set = that refresh did not finish (its answer may be lost)
+        refresh_by TEXT,                 -- host:pid that started it
+        status TEXT NOT NULL DEFAULT 'active',  -- active, or reauthorize (the server refused the refresh token)
+        error TEXT,                      -- why reauthorize: the server's code and text
+        PRIMARY KEY (crm, account)
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

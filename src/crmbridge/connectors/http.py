@@ -21,7 +21,11 @@ _REDACTIONS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(/amocrm/hooks/)[^/\s?#\"'<>]+"), r"\1***"),
     (re.compile(r"(\bBearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1***"),
     (
-        re.compile(r"((?:\bauth|access_token|refresh_token|client_secret)[\"']?\s*[=:]\s*[\"']?)[^&\s\"',}]+"),
+        # also the PHP-style keys of event bodies: auth[access_token]=..., auth%5Bapplication_token%5D=...
+        re.compile(
+            r"((?:\bauth|access_token|refresh_token|client_secret|application_token)(?:\]|%5D)?[\"']?\s*[=:]\s*[\"']?)"
+            r"[^&\s\"',}]+"
+        ),
         r"\1***",
     ),
     (re.compile(r"([?&]code=)[^&\s\"'#]+"), r"\1***"),  # an OAuth authorization code in a redirect URL

@@ -88,8 +88,9 @@ def evaluate(cache: Cache, mappings: Mappings, now: datetime, *, deal_ids: Seque
              modes: Mapping[str, Mode] | None = None, record: bool = True) -> Evaluation:
     """Map and evaluate cached deals (all, or the given ones); with `record`, update the `violations` table."""
     mapper = DealMapper(mappings.regulation, mappings.binding)
-    everyone = mapper.deals(cache.deals.records())
     wanted = None if deal_ids is None else {str(deal_id) for deal_id in deal_ids}
+    # a few deals (the daemon's worker, --deal) load only themselves and their clients' other deals (R10)
+    everyone = mapper.deals(cache.deals.records(None if deal_ids is None else cache.deals.with_client_peers(deal_ids)))
     deals = everyone if wanted is None else [deal for deal in everyone if deal.id in wanted]
     evaluator = Evaluator.of(mappings.regulation, now, deals_for_purchases=everyone, override_modes=modes)
     found: dict[str, list[Violation]] = {}

@@ -200,6 +200,9 @@ class SandboxPortal:
         self._events_delay = events_delay
         self._events_workers = events_workers
         self._sender: EventSender | None = None
+        #: while True every REST request is dropped without an answer (the portal is unreachable);
+        #: events still go out (the queue server is another machine)
+        self.outage = False
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.port: int | None = None
@@ -440,6 +443,8 @@ class SandboxPortal:
             time.sleep(self.latency_ms / 1000.0)
         self._bump("requests")
         started = time.time()
+        if self.outage:
+            raise _Drop()
         match = _PATH_RE.match(method_path)
         params = _parse_params(query, body, content_type)
         method = _method_name(match.group(3)) if match else ""
