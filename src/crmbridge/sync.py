@@ -19,14 +19,15 @@ from typing import Any
 from crmbridge.cache import rows as cache_rows
 from crmbridge.cache.store import Cache
 from crmbridge.cache.sync_state import SyncState
-from crmbridge.connectors.bitrix24.reader import Bitrix24Reader, RawRecord, stage_entity_id
+from crmbridge.connectors.bitrix24.client import PAGE_SIZE
+from crmbridge.connectors.bitrix24.reader import Bitrix24Reader, FirstPages, RawRecord, stage_entity_id
 
 #: rows committed per transaction: one HTTP request of the fast list pattern brings up to 2,500
 CHUNK_ROWS = 2500
 
 ProgressCallback = Callable[[str, int], None]
 #: stage-history IDs re-read behind the incremental cursor (one 50-row page costs ~0.15 s of method time)
-HISTORY_ID_MARGIN = 50
+HISTORY_ID_MARGIN = 40  # < a page (50): an idle poll's history page is never full, so it costs no second request
 
 
 @dataclass
@@ -71,6 +72,16 @@ def minus_overlap(portal_time: str, overlap: timedelta) -> str:
     return (moment - overlap).isoformat(timespec="seconds")
 
 
+def then(first: list[RawRecord] | None, rest: Callable[[int], Iterator[RawRecord]]) -> Iterator[RawRecord]:
+    """A list whose first page came in the poll's batch: that page, and only if it was full, the rest after its last id."""
+    if first is None:
+        yield from rest(0)
+        return
+    yield from first
+    if len(first) >= PAGE_SIZE:
+        yield from rest(max(int(row.get("ID", row.get("id", 0))) for row in first))
+
+
 def chunks(records: Iterable[RawRecord], size: int = CHUNK_ROWS) -> Iterator[list[RawRecord]]:
     iterator = iter(records)
     while chunk := list(islice(iterator, size)):
@@ -89,8 +100,12 @@ class Syncer:
         progress: ProgressCallback | None = None,
         now: Callable[[], str] = utc_now_iso,
         monotonic: Callable[[], float] = time.monotonic,
+        metadata_max_age: timedelta = timedelta(hours=1),
     ) -> None:
         self.reader = reader
+        #: an incremental sync re-reads pipelines, stages, fields and users when they are older than this
+        #: (or when a deal names a stage or pipeline the cache does not know); a full sync always does
+        self.metadata_max_age = metadata_max_age
         # a factory is opened only after the portal answered, so bad input leaves no file behind
         self._cache_or_factory = cache
         self.overlap = overlap
@@ -101,38 +116,54 @@ class Syncer:
     def run(self, *, full: bool = False) -> SyncSummary:
         started = self.monotonic()
         requests_before = self.reader.client.requests_made
+        if isinstance(self._cache_or_factory, Cache):
+            # an open cache (the daemon, scheduled jobs, enforce): an incremental poll asks for the scopes in
+            # the same batch as the first pages of every list, so an idle poll is one request
+            self.cache = self._cache_or_factory
+            return self._run(full, None, started, requests_before)
         # Ask the portal first: a wrong URL, a missing scope or an outage fails before anything is written.
         _, portal_time = self.reader.check_scopes()
         portal_time = portal_time or datetime.now(timezone.utc).isoformat(timespec="seconds")
-        if isinstance(self._cache_or_factory, Cache):
-            self.cache = self._cache_or_factory
-            return self._run(full, portal_time, started, requests_before)
         # a cache this run opened is this run's to close
         with self._cache_or_factory() as self.cache:
             return self._run(full, portal_time, started, requests_before)
 
-    def _run(self, full: bool, portal_time: str, started: float, requests_before: int) -> SyncSummary:
+    def _run(self, full: bool, portal_time: str | None, started: float, requests_before: int) -> SyncSummary:
         deals_state = self.cache.syncs.get("deals")
         resuming = deals_state.status == "running" and deals_state.mode == "full"
         mode = "full" if (full or resuming or deals_state.cursor is None) else "incremental"
         summary = SyncSummary(mode=mode, resumed=resuming)
+        first: FirstPages | None = None
+        if mode == "incremental":
+            first = self.reader.first_pages(self._first_page_params(deals_state), with_scope=portal_time is None)
+            portal_time = portal_time or first.portal_time
+        elif portal_time is None:
+            _, portal_time = self.reader.check_scopes()
+        portal_time = portal_time or datetime.now(timezone.utc).isoformat(timespec="seconds")
+        pages = first.pages if first is not None else {}
         # one cache, one account: a cache of another portal (or of an amoCRM account) is refused before any write
         self.cache.account.claim("bitrix24", self.reader.client.account, self.now())
         run_id = self.cache.syncs.start_run(mode, self.now())
         try:
-            self._sync_reference(summary)
+            reference_read = mode == "full" or self._metadata_due()
+            if reference_read:
+                self._sync_reference(summary)
             if mode == "full":
                 self._full_deals(deals_state, portal_time, resuming, summary)
             else:
-                self._incremental_deals(deals_state, portal_time, summary)
+                self._incremental_deals(deals_state, portal_time, summary, pages)
             full_lists = mode == "full"
             self._drain([
-                self._stage_history_stream(full=full_lists and not resuming, summary=summary),
+                self._stage_history_stream(full=full_lists and not resuming, summary=summary,
+                                           first=pages.get("stage_history")),
                 self._dated_stream("tasks", "tasks.task.list", full_lists, portal_time, self.reader.iter_tasks,
-                                   "changed_since", cache_rows.task_row, summary.add_tasks),
+                                   "changed_since", cache_rows.task_row, summary.add_tasks, pages.get("tasks")),
                 self._dated_stream("activities", "crm.activity.list", full_lists, portal_time, self.reader.iter_todos,
-                                   "updated_since", cache_rows.activity_row, summary.add_todos),
+                                   "updated_since", cache_rows.activity_row, summary.add_todos,
+                                   pages.get("activities")),
             ])
+            if not reference_read and self._unknown_structure():
+                self._sync_reference(summary)  # a new pipeline or stage appeared: the check needs it now
         except BaseException:
             summary.http_requests = self.reader.client.requests_made - requests_before
             summary.seconds = round(self.monotonic() - started, 3)
@@ -144,6 +175,39 @@ class Syncer:
         self.cache.syncs.finish_run(run_id, "done", self.now(), summary.as_dict())
         return summary
 
+    # --- the first pages of an incremental poll ------------------------------------------------
+
+    def _first_page_params(self, deals_state: SyncState) -> dict[str, dict[str, Any]]:
+        """Every list an incremental poll reads, as one page each, to go into one batch request."""
+        since = minus_overlap(deals_state.cursor, self.overlap) if deals_state.cursor else None
+        lists = {
+            "deals": self.reader.list_params("deals", since=since),
+            "stage_history": self.reader.list_params(
+                "stage_history", after_id=max(0, (self.cache.syncs.get("stage_history").last_id or 0) - HISTORY_ID_MARGIN)),
+        }
+        for entity in ("tasks", "activities"):
+            state = self.cache.syncs.get(entity)
+            if state.cursor is not None and not (state.status == "running" and state.mode == "full"):
+                lists[entity] = self.reader.list_params(entity, since=minus_overlap(state.cursor, self.overlap))
+        if since:
+            lists["contacts"] = self.reader.list_params("contacts", since=since)
+            lists["companies"] = self.reader.list_params("companies", since=since)
+        return lists
+
+    def _metadata_due(self) -> bool:
+        state = self.cache.syncs.get("reference")
+        if not state.finished_at:
+            return True
+        try:
+            read_at = datetime.fromisoformat(state.finished_at)
+        except ValueError:
+            return True
+        return datetime.now(timezone.utc) - read_at >= self.metadata_max_age
+
+    def _unknown_structure(self) -> bool:
+        """A cached deal in a pipeline or stage the cache does not know (added on the portal since the last read)."""
+        return self.cache.deals.in_unknown_stages() > 0
+
     # --- reference lists ----------------------------------------------------------------------
 
     def _sync_reference(self, summary: SyncSummary) -> None:
@@ -154,9 +218,12 @@ class Syncer:
             for raw in stages
             if raw.get("ENTITY_ID", stage_entity_id(category_id)) == stage_entity_id(category_id)
         ]
-        summary.pipelines, summary.stages, summary.deal_fields, summary.users = self.cache.reference.replace(
-            map(cache_rows.pipeline_row, reference.pipelines), stage_rows,
-            map(cache_rows.deal_field_row, reference.deal_fields), map(cache_rows.user_row, reference.users))
+        with self.cache.atomic():
+            summary.pipelines, summary.stages, summary.deal_fields, summary.users = self.cache.reference.replace(
+                map(cache_rows.pipeline_row, reference.pipelines), stage_rows,
+                map(cache_rows.deal_field_row, reference.deal_fields), map(cache_rows.user_row, reference.users))
+            self.cache.syncs.save(SyncState(entity="reference", mode="full", status="done",
+                                            finished_at=datetime.now(timezone.utc).isoformat()))
 
     # --- deals --------------------------------------------------------------------------------
 
@@ -177,12 +244,14 @@ class Syncer:
             state.finished_at = self.now()
             self.cache.syncs.save(state)
 
-    def _incremental_deals(self, state: SyncState, portal_time: str, summary: SyncSummary) -> None:
+    def _incremental_deals(self, state: SyncState, portal_time: str, summary: SyncSummary,
+                           pages: dict[str, list[RawRecord]]) -> None:
         since = minus_overlap(state.cursor, self.overlap) if state.cursor else None
-        for chunk in chunks(self.reader.iter_deals(modified_since=since)):
+        records = then(pages.get("deals"), lambda last: self.reader.iter_deals(after_id=last, modified_since=since))
+        for chunk in chunks(records):
             self._write_deals(chunk, summary, state_update=None)
         if since:
-            self._sync_changed_clients(since, summary)
+            self._sync_changed_clients(since, summary, pages)
         state.mode, state.status = "incremental", "done"
         state.cursor, state.finished_at = portal_time, self.now()
         self.cache.syncs.save(state)
@@ -197,10 +266,19 @@ class Syncer:
         with_clients = deal_rows if state_update is not None else [r for r in deal_rows if r["id"] in changed]
         contact_ids = {r["contact_id"] for r in with_clients if r["contact_id"]}
         company_ids = {r["company_id"] for r in with_clients if r["company_id"]}
-        # read before the transaction: HTTP inside a write transaction would hold the file locked
-        contacts = self.reader.contacts(contact_ids) if contact_ids else []
-        company_ids |= {cid for c in contacts if (cid := cache_rows.as_int(c.get("COMPANY_ID")))}
-        companies = self.reader.companies(company_ids) if company_ids else []
+        if state_update is None:
+            # an edited client moves its own DATE_MODIFY and comes in with _sync_changed_clients: an incremental
+            # sync reads only the clients the cache does not have yet (a deal given a new contact)
+            contact_ids = set(self.cache.deals.missing_clients("contacts", contact_ids))
+            company_ids = set(self.cache.deals.missing_clients("companies", company_ids))
+        # read before the transaction: HTTP inside a write transaction would hold the file locked;
+        # contacts and companies go in one batch, and only the companies that just the contacts name in another
+        contacts, companies = self.reader.clients(contact_ids, company_ids) if contact_ids or company_ids else ([], [])
+        more = {cid for c in contacts if (cid := cache_rows.as_int(c.get("COMPANY_ID")))} - company_ids
+        if state_update is None:
+            more = set(self.cache.deals.missing_clients("companies", more))
+        if more:
+            companies += self.reader.clients((), more)[1]
         with self.cache.atomic():
             self.cache.deals.upsert(deal_rows, map(cache_rows.contact_row, contacts),
                                     map(cache_rows.company_row, companies))
@@ -213,11 +291,13 @@ class Syncer:
         summary.companies_read += len(companies)
         self.progress("deals", len(deal_rows))
 
-    def _sync_changed_clients(self, since: str, summary: SyncSummary) -> None:
+    def _sync_changed_clients(self, since: str, summary: SyncSummary, pages: dict[str, list[RawRecord]]) -> None:
         """A contact or company edited without touching its deals (R6 reads its phone / e-mail)."""
         for entity, to_row in (("contacts", cache_rows.contact_row), ("companies", cache_rows.company_row)):
             referenced = self.cache.deals.referenced_clients(entity)
-            for chunk in chunks(self.reader.iter_changed_clients(entity, modified_since=since)):
+            records = then(pages.get(entity), lambda last, entity=entity: self.reader.iter_changed_clients(
+                entity, modified_since=since, after_id=last))
+            for chunk in chunks(records):
                 client_rows = [row for row in map(to_row, chunk) if row["id"] in referenced]
                 with self.cache.atomic():
                     self.cache.deals.upsert_clients(entity, client_rows)
@@ -228,7 +308,7 @@ class Syncer:
 
     # --- stage history, tasks and to-dos --------------------------------------------------------------
 
-    def _stage_history_stream(self, *, full: bool, summary: SyncSummary) -> _Stream:
+    def _stage_history_stream(self, *, full: bool, summary: SyncSummary, first: list[RawRecord] | None = None) -> _Stream:
         """Append-only on the portal: the last ID is a complete cursor, and a full sync re-reads from 0."""
         state = self.cache.syncs.get("stage_history")
         state.status, state.mode = "running", "full" if full else "incremental"
@@ -248,8 +328,9 @@ class Syncer:
             state.status, state.finished_at = "done", self.now()
             self.cache.syncs.save(state)
 
-        return _Stream("stage_history", "crm.stagehistory.list",
-                       chunks(self.reader.iter_stage_history(after_id=after_id)), write, finish)
+        records = (then(first, lambda last: self.reader.iter_stage_history(after_id=last)) if first is not None and not full
+                   else self.reader.iter_stage_history(after_id=after_id))
+        return _Stream("stage_history", "crm.stagehistory.list", chunks(records), write, finish)
 
     def _dated_stream(
         self,
@@ -261,6 +342,7 @@ class Syncer:
         since_arg: str,
         to_row: Callable[[RawRecord], dict[str, Any]],
         count: Callable[[int], None],
+        first: list[RawRecord] | None = None,
     ) -> _Stream:
         """Tasks and to-dos: a full read by ID that resumes after a kill, else what changed since the cursor.
 
@@ -277,7 +359,9 @@ class Syncer:
             records = read(after_id=state.last_id or 0)
         else:
             state.mode, state.run_cursor = "incremental", portal_time
-            records = read(**{since_arg: minus_overlap(state.cursor or portal_time, self.overlap)})
+            since = minus_overlap(state.cursor or portal_time, self.overlap)
+            records = (then(first, lambda last: read(after_id=last, **{since_arg: since})) if first is not None
+                       else read(**{since_arg: since}))
 
         def write(chunk: list[RawRecord]) -> None:
             synced_at = self.now()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ class AmoCRMSyncer:
     def __init__(
         self,
         reader: AmoCRMReader,
-        cache: Cache | Callable[[], Cache],
+        cache: Cache | Callable[[], AbstractContextManager[Cache]],
         *,
         overlap: timedelta = timedelta(minutes=5),
         progress: ProgressCallback | None = None,
@@ -74,7 +75,7 @@ class AmoCRMSyncer:
         self.clients_every = clients_every
         self.zone: tzinfo = timezone.utc
         self.currency: str | None = None
-        self._skew: float | None = None
+        self._started_wall = 0.0
 
     # --- the run ------------------------------------------------------------------------------
 
@@ -84,31 +85,30 @@ class AmoCRMSyncer:
         if isinstance(self._cache_or_factory, Cache):
             self.cache = self._cache_or_factory
             return self._run(full, started, requests_before)
-        self.cache = self._cache_or_factory()
-        fresh = self.cache.account.get() is None and self.cache.deals.empty()
+        doomed: Path | None = None
         try:
-            return self._run(full, started, requests_before)
-        except (AuthError, ConfigError):
-            if fresh:
-                self._remove_cache_file()  # a wrong token or address leaves no empty cache behind
-            raise
+            # a cache this run opened is this run's to close
+            with self._cache_or_factory() as self.cache:
+                fresh = self.cache.account.get() is None and self.cache.deals.empty()
+                try:
+                    return self._run(full, started, requests_before)
+                except (AuthError, ConfigError):
+                    if fresh:
+                        doomed = self.cache.path  # a wrong token or address leaves no empty cache behind
+                    raise
         finally:
-            self.cache.close()
+            if doomed is not None:
+                for suffix in ("", "-wal", "-shm"):
+                    Path(str(doomed) + suffix).unlink(missing_ok=True)
 
-    def _remove_cache_file(self) -> None:
-        path = self.cache.path
-        self.cache.close()
-        if path is not None:
-            for suffix in ("", "-wal", "-shm"):
-                Path(str(path) + suffix).unlink(missing_ok=True)
-
-    def _account_time(self) -> float:
-        """The account's clock now, from the skew its Date headers showed (our clock until one was seen)."""
-        if self._skew is None and self.reader.client.server_time is not None:
-            self._skew = self.reader.client.server_time - self.wall()
-        return self.wall() + (self._skew or 0.0)
+    def _run_time(self) -> float:
+        """The account's clock when this run started: our start time moved by the skew its Date headers show
+        (asked after the run's first request; our own clock only if the account never answered)."""
+        return self._started_wall + (self.reader.client.clock_skew or 0.0)
 
     def _run(self, full: bool, started: float, requests_before: int) -> SyncSummary:
+        # a second early: the account's Date headers have one-second steps, and a cursor may only err early
+        self._started_wall = self.wall() - 1.0
         deals_state = self.cache.syncs.get("deals")
         resuming = deals_state.status == "running" and deals_state.mode == "full"
         mode = "full" if (full or resuming or deals_state.cursor is None) else "incremental"
@@ -126,8 +126,7 @@ class AmoCRMSyncer:
             if mode == "incremental" and held is not None and held.get("filter_enabled") == 0:
                 log.warning("amoCRM API filtering is off for this account: an incremental sync re-reads everything")
                 mode = summary.mode = "full"
-            run_time = self._account_time()  # the cursor the next run starts from (minus the overlap)
-            self._entities(summary, mode == "full", run_time)
+            self._entities(summary, mode == "full")
             self._refresh_reference_if_unknown_statuses(summary)
         except BaseException:
             summary.http_requests = self.reader.client.requests_made - requests_before
@@ -155,7 +154,6 @@ class AmoCRMSyncer:
 
     def _write_reference(self, reference: AmoReference, summary: SyncSummary) -> None:
         account = reference.account
-        self._account_time()  # the account's first answer fixes the skew
         with self.cache.atomic():
             self.cache.account.claim(
                 "amocrm", self.reader.client.account, self.now(), account_id=str(account.get("id")),
@@ -183,36 +181,40 @@ class AmoCRMSyncer:
 
     # --- the entities, each full (resumable) or incremental by its own state ------------------------
 
-    def _entities(self, summary: SyncSummary, full: bool, run_time: float) -> None:
+    def _entities(self, summary: SyncSummary, full: bool) -> None:
         """Leads, contacts, companies, the events feed and tasks. Each entity resumes its own interrupted full
         read, even when the leads themselves are read incrementally (a run killed while reading tasks)."""
         for entity in ("deals", "contacts", "companies", "stage_history", "tasks"):
             state = self.cache.syncs.get(entity)
             resuming = state.status == "running" and state.mode == "full"
             if full or resuming or state.cursor is None:
-                self._full_entity(entity, state, resuming, summary, run_time)
+                self._full_entity(entity, state, resuming, summary)
             elif not self._incremental_entity(entity, summary):
                 continue  # not looked at in this run: its cursor stays where the last look left it
-            self._close_state(entity, run_time)
+            self._close_state(entity, self._run_time())
 
-    def _full_entity(self, entity: str, state: SyncState, resuming: bool, summary: SyncSummary,
-                     run_time: float) -> None:
+    def _full_entity(self, entity: str, state: SyncState, resuming: bool, summary: SyncSummary) -> None:
+        # a resumed read goes on as of when it first started: its cursor (and the events' bound) is that time,
+        # so what changed on pages committed before the kill is read by the next incremental run
+        started = _stamp(state.run_cursor) if resuming else None
+        bound = int(started if started is not None else self._run_time())
+        run_cursor = datetime.fromtimestamp(bound, timezone.utc).isoformat()
         if entity == "deals":
             started_at = self._paged(state, resuming, lambda start: self.reader.lead_pages(start=start),
-                                     lambda page, st: self._write_leads(page.items, summary, st, page.number))
+                                     lambda page, st: self._write_leads(page.items, summary, st, page.number),
+                                     run_cursor)
             summary.deals_deleted += self._settle_absent_leads(started_at, summary)
         elif entity in ("contacts", "companies"):
             self._paged(state, resuming, lambda start: self.reader.client_pages(entity, start=start),
-                        lambda page, st: self._write_clients(entity, page.items, summary, st, page.number))
+                        lambda page, st: self._write_clients(entity, page.items, summary, st, page.number), run_cursor)
         elif entity == "stage_history":
-            # the feed is read up to the run's start: a fixed set, so a resumed read's pages are where they were
-            bound = int(_stamp(state.run_cursor) or run_time) if resuming else int(run_time)
+            # the feed is read up to the read's start: a fixed set, so a resumed read's pages are where they were
             self._paged(state, resuming, lambda start: self.reader.event_pages(start=start, created_to=bound),
-                        lambda page, st: self._write_events(page.items, summary, st, page.number),
-                        run_cursor=datetime.fromtimestamp(bound, timezone.utc).isoformat())
+                        lambda page, st: self._write_events(page.items, summary, st, page.number), run_cursor)
         else:
             started_at = self._paged(state, resuming, lambda start: self.reader.task_pages(start=start),
-                                     lambda page, st: self._write_tasks(page.items, summary, st, page.number))
+                                     lambda page, st: self._write_tasks(page.items, summary, st, page.number),
+                                     run_cursor)
             self._settle_absent_tasks(started_at)
 
     def _incremental_entity(self, entity: str, summary: SyncSummary) -> bool:
@@ -235,7 +237,7 @@ class AmoCRMSyncer:
         return True
 
     def _paged(self, state: SyncState, resuming: bool, pages: Callable[[int], Iterator[Page]],
-               write: Callable[[Page, SyncState], None], run_cursor: str | None = None) -> str:
+               write: Callable[[Page, SyncState], None], run_cursor: str) -> str:
         """Read an entity page by page, committing each page with its number; returns when the read started."""
         if not resuming:
             state = SyncState(entity=state.entity, mode="full", status="running", cursor=state.cursor,
@@ -248,9 +250,11 @@ class AmoCRMSyncer:
 
     def _close_state(self, entity: str, run_time: float) -> None:
         state = self.cache.syncs.get(entity)
-        state.mode = "full" if state.status == "running" else "incremental"
+        full = state.status == "running"
+        state.mode = "full" if full else "incremental"
+        state.cursor = (state.run_cursor if full and state.run_cursor
+                        else datetime.fromtimestamp(run_time, timezone.utc).isoformat())
         state.status, state.run_cursor = "done", None
-        state.cursor = datetime.fromtimestamp(run_time, timezone.utc).isoformat()
         state.finished_at = self.now()
         self.cache.syncs.save(state)
 

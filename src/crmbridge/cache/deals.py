@@ -6,7 +6,7 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from crmbridge.cache.tables import Tables
 
@@ -18,6 +18,15 @@ LINKED = ("tasks", "activities")
 CLIENTS = {"contacts": "contact_id", "companies": "company_id"}
 
 
+class CachedDeal(NamedTuple):
+    """A deal's id and clients from the typed columns (the same whichever CRM the raw record came from)."""
+
+    id: str
+    raw: RawRecord
+    contact: str  # contact id, "" when none
+    company: str  # company id, "" when none
+
+
 @dataclass
 class DealRecords:
     """Cached deals with everything the mapping reads, keyed by deal id (str): the input of `DealMapper.deals`.
@@ -26,7 +35,7 @@ class DealRecords:
     in the key shapes the portal sends them; deals, contacts and companies are the raw records.
     """
 
-    deals: list[RawRecord] = field(default_factory=list)
+    deals: list[CachedDeal] = field(default_factory=list)
     history: dict[str, list[RawRecord]] = field(default_factory=dict)
     tasks: dict[str, list[RawRecord]] = field(default_factory=dict)
     todos: dict[str, list[RawRecord]] = field(default_factory=dict)
@@ -145,14 +154,18 @@ class Deals:
             where += f" AND id IN ({marks})"
             scope = f" AND deal_id IN ({marks})"
         db = self.cache.db
-        found = DealRecords([json.loads(raw) for (raw,) in db.execute(
-            f"SELECT raw FROM deals WHERE {where} ORDER BY id", params)])
+        found = DealRecords([CachedDeal(str(deal_id), json.loads(raw), str(contact_id or ""), str(company_id or ""))
+                             for deal_id, raw, contact_id, company_id in db.execute(
+                                 f"SELECT id, raw, contact_id, company_id FROM deals WHERE {where} ORDER BY id", params)])
         history: dict[str, list[RawRecord]] = defaultdict(list)
-        for row_id, deal_id, type_id, category_id, stage_id, created in db.execute(
-                "SELECT id, deal_id, type_id, category_id, stage_id, created_time FROM stage_history "
-                f"WHERE deal_id IS NOT NULL{scope} ORDER BY id", params):
-            history[str(deal_id)].append({"ID": str(row_id), "TYPE_ID": type_id, "CATEGORY_ID": category_id,
-                                          "STAGE_ID": stage_id, "CREATED_TIME": created})
+        for row_id, deal_id, type_id, category_id, stage_id, created, crm_id, from_category, from_stage in db.execute(
+                "SELECT id, deal_id, type_id, category_id, stage_id, created_time, crm_id, from_category_id, "
+                f"from_stage_id FROM stage_history WHERE deal_id IS NOT NULL{scope} ORDER BY id", params):
+            row = {"ID": crm_id or str(row_id), "TYPE_ID": type_id, "CATEGORY_ID": category_id, "STAGE_ID": stage_id,
+                   "CREATED_TIME": created}
+            if from_stage is not None:  # amoCRM: where the lead came from (its first change tells where it was created)
+                row["FROM_CATEGORY_ID"], row["FROM_STAGE_ID"] = from_category, from_stage
+            history[str(deal_id)].append(row)
         tasks: dict[str, list[RawRecord]] = defaultdict(list)
         for task_id, deal_id, title, status, responsible, deadline, created, closed in db.execute(
                 "SELECT id, deal_id, title, status, responsible_id, deadline, created_date, closed_date FROM tasks "
@@ -168,8 +181,8 @@ class Deals:
                                         "RESPONSIBLE_ID": responsible, "DEADLINE": deadline, "CREATED": created,
                                         "LAST_UPDATED": updated})
         found.history, found.tasks, found.todos = history, tasks, todos
-        found.contacts = self._clients("contacts", {str(raw.get("CONTACT_ID") or "") for raw in found.deals})
-        found.companies = self._clients("companies", {str(raw.get("COMPANY_ID") or "") for raw in found.deals})
+        found.contacts = self._clients("contacts", {deal.contact for deal in found.deals})
+        found.companies = self._clients("companies", {deal.company for deal in found.deals})
         return found
 
     def with_client_peers(self, deal_ids: Iterable[int | str]) -> list[int]:
@@ -253,7 +266,7 @@ class Deals:
                    ROUND(COALESCE(SUM(d.amount), 0)) AS amount
             FROM deals d
             LEFT JOIN pipelines p ON p.id = d.category_id
-            LEFT JOIN stages s ON s.status_id = d.stage_id
+            LEFT JOIN stages s ON s.category_id = d.category_id AND s.status_id = d.stage_id
             WHERE d.deleted = 0
             GROUP BY d.category_id, d.stage_id
             ORDER BY d.category_id, s.sort

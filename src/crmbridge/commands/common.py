@@ -51,12 +51,21 @@ def client_from(settings: Settings, webhook_url: str | None = None) -> Bitrix24C
     )
 
 
+def crm_client(settings: Settings) -> Any:
+    """The client of the configured CRM (CRMBRIDGE_CRM): Bitrix24Client or AmoCRMClient."""
+    if settings.crm == "amocrm":
+        from crmbridge.connectors.registry import amocrm_client_from
+
+        return amocrm_client_from(settings)
+    return client_from(settings)
+
+
 @contextmanager
 def cache(settings: Settings, *, create: bool = False, path: Path | None = None) -> Iterator[Cache]:
     """The cache file of one command (CRMBRIDGE_CACHE_PATH, or `path`), opened and migrated, closed at the end.
 
     Commands that only read it (create=False) refuse a missing file with a clear error instead of creating
-    an empty one.
+    an empty one; a cache of another CRM than CRMBRIDGE_CRM is refused.
     """
     where = path or settings.cache_path
     if not create and str(where) != ":memory:" and not Path(where).exists():
@@ -66,6 +75,7 @@ def cache(settings: Settings, *, create: bool = False, path: Path | None = None)
         )
     opened = open_cache(where)
     try:
+        opened.account.check(settings.crm)  # a cache of the other CRM is refused before anything reads it as this one
         yield opened
     finally:
         opened.close()

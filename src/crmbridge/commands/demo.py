@@ -5,6 +5,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
 
 import typer
 from rich.table import Table
@@ -15,11 +18,10 @@ from crmbridge.commands.enforce import print_report
 from crmbridge.commands.sync import print_summary, progress_bar
 from crmbridge.config import load_settings
 from crmbridge.connectors.bitrix24.client import Bitrix24Client
-from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
+from crmbridge.connectors.registry import CrmClient
 from crmbridge.enforce.run import EnforceReport, enforce
-from crmbridge.mapping.load import Mappings, load_mappings
+from crmbridge.mapping.load import Mappings
 from crmbridge.model import Mode
-from crmbridge.sync import Syncer
 
 
 def pipeline_table(cache: Cache) -> Table:
@@ -47,7 +49,7 @@ def manager_table(cache: Cache) -> Table:
 DEMO_MODES: Mapping[str, Mode] = {"R1": Mode.ENFORCE, "R2": Mode.ENFORCE, "R3": Mode.ENFORCE}
 
 
-def run_demo_enforcement(client: Bitrix24Client, cache: Cache, mappings: Mappings, *,
+def run_demo_enforcement(client: CrmClient, cache: Cache, mappings: Mappings, *,
                          modes: Mapping[str, Mode] | None = DEMO_MODES, limit: int = 15) -> tuple[EnforceReport, EnforceReport]:
     """Dry run (the plan), then the real run and a second one that must write nothing; returns both reports.
 
@@ -59,7 +61,7 @@ def run_demo_enforcement(client: Bitrix24Client, cache: Cache, mappings: Mapping
         console.print(f"[bold]Enforcement[/bold] (demo modes: {shown}; the shipped regulation has them in warn)")
     plan = enforce(client, cache, mappings, dry_run=True, modes=modes)
     print_report(plan, limit=limit)
-    console.print("[bold]Enforcing on the sandbox portal…[/bold]")
+    console.print("[bold]Enforcing on the sandbox…[/bold]")
     report = enforce(client, cache, mappings, modes=modes)
     print_report(report, limit=0)
     again = enforce(client, cache, mappings, modes=modes)
@@ -71,36 +73,69 @@ def run_demo_enforcement(client: Bitrix24Client, cache: Cache, mappings: Mapping
 def register(app: typer.Typer) -> None:
     @app.command()
     def demo(
-        deals: int = typer.Option(2000, help="Deals seeded into the sandbox portal."),
-        cache_path: Path = typer.Option(Path("crmbridge-demo.db"), "--cache", help="SQLite file the demo writes."),
+        crm: str = typer.Option("bitrix24", "--crm", help="Which CRM's sandbox to run the flow against: bitrix24 or amocrm."),
+        deals: int = typer.Option(2000, help="Deals seeded into the sandbox portal (leads into the amoCRM account)."),
+        cache_path: Path = typer.Option(None, "--cache",
+                                        help="SQLite file the demo writes (default crmbridge-demo.db, "
+                                             "crmbridge-amocrm-demo.db for amoCRM)."),
         seed: int = typer.Option(1, help="Sandbox seed."),
     ) -> None:
-        """Start the sandbox portal on loopback, sync it, show what crmbridge sees, then enforce the regulation on it."""
+        """Start the sandbox CRM on loopback, sync it, show what crmbridge sees, then enforce the regulation on it."""
+        if crm not in ("bitrix24", "amocrm"):
+            from crmbridge.errors import ConfigError
+
+            raise ConfigError(f"--crm {crm!r}: use bitrix24 or amocrm")
+        settings = load_settings()
+        path = cache_path or Path("crmbridge-amocrm-demo.db" if crm == "amocrm" else "crmbridge-demo.db")
+        if path.exists():
+            for suffix in ("", "-wal", "-shm", ".amocrm-rate"):
+                Path(str(path) + suffix).unlink(missing_ok=True)
+        if crm == "amocrm":
+            from crmbridge.sandbox.amocrm import SandboxAccount
+
+            account = SandboxAccount(deals=deals, seed=seed)
+            account.start(port=0)
+            try:
+                common.console.print(f"[bold]Sandbox amoCRM account[/bold] with {deals:,} leads at {account.base_url} "
+                                     "(7 requests per second, as amoCRM allows)")
+                from crmbridge.connectors.registry import amocrm_client_from
+
+                client: Any = amocrm_client_from(settings.model_copy(update={
+                    "crm": "amocrm", "cache_path": path, "amocrm_long_lived_token": SecretStr(account.long_lived_token)}),
+                    base_url=account.base_url)
+                _flow(client, path, settings, "amocrm")
+            finally:
+                account.stop()
+            return
         from crmbridge.sandbox import SandboxPortal
 
-        settings = load_settings()
         portal = SandboxPortal(deals=deals, seed=seed)
         portal.start(port=0)
         try:
             common.console.print(f"[bold]Sandbox portal[/bold] with {deals:,} deals at {portal.webhook_url}")
-            if cache_path.exists():
-                for suffix in ("", "-wal", "-shm"):
-                    Path(str(cache_path) + suffix).unlink(missing_ok=True)
             client = Bitrix24Client(
                 portal.webhook_url, rate=settings.bitrix24_rate, burst=settings.bitrix24_burst,
                 operating_limit=settings.bitrix24_operating_limit,
             )
-            with common.cache(settings, create=True, path=cache_path) as cache:
-                with progress_bar(sys.stderr.isatty()) as advance:
-                    summary = Syncer(Bitrix24Reader(client), cache, progress=advance).run(full=True)
-                print_summary(summary, cache_path)
-                common.console.print(pipeline_table(cache))
-                common.console.print(manager_table(cache))
-                # evaluate, show the plan, enforce it on the sandbox, show what changed
-                run_demo_enforcement(client, cache, load_mappings(settings.mappings_dir))
-            common.console.print(
-                f"The cache is [bold]{cache_path.resolve()}[/bold]: try "
-                f"`sqlite3 {cache_path} 'select stage_id, count(*) from deals group by 1'`."
-            )
+            _flow(client, path, settings, "bitrix24")
         finally:
             portal.stop()
+
+
+def _flow(client: Any, cache_path: Path, settings: Any, crm: str) -> None:
+    """Full sync with a progress bar, the tables, then the enforcement part (plan, enforce, a second run)."""
+    from crmbridge.connectors.registry import syncer_for
+    from crmbridge.mapping.load import load_mappings
+
+    with common.cache(settings.model_copy(update={"crm": crm}), create=True, path=cache_path) as cache:
+        with progress_bar(sys.stderr.isatty()) as advance:
+            summary = syncer_for(client, cache, progress=advance).run(full=True)
+        print_summary(summary, cache_path)
+        common.console.print(pipeline_table(cache))
+        common.console.print(manager_table(cache))
+        # evaluate, show the plan, enforce it on the sandbox, show what changed
+        run_demo_enforcement(client, cache, load_mappings(settings.mappings_dir, crm=crm))
+    common.console.print(
+        f"The cache is [bold]{cache_path.resolve()}[/bold]: try "
+        f"`sqlite3 {cache_path} 'select stage_id, count(*) from deals group by 1'`."
+    )

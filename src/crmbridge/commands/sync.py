@@ -11,10 +11,11 @@ import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from crmbridge.commands import common
-from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
-from crmbridge.sync import ProgressCallback, Syncer, SyncSummary
+from crmbridge.connectors.registry import syncer_for
+from crmbridge.sync import ProgressCallback, SyncSummary
 
-ENTITY_LABELS = {"deals": "deals", "stage_history": "stage history", "tasks": "tasks", "activities": "to-dos"}
+ENTITY_LABELS = {"deals": "deals", "stage_history": "stage history", "tasks": "tasks", "activities": "to-dos",
+                 "contacts": "contacts", "companies": "companies"}
 
 
 @contextmanager
@@ -44,12 +45,11 @@ def progress_bar(enabled: bool) -> Iterator[ProgressCallback | None]:
 
 def run_sync(webhook_url: str | None, *, full: bool, show_progress: bool) -> SyncSummary:
     settings = common.settings()
-    client = common.client_from(settings, webhook_url)
+    client = common.client_from(settings, webhook_url) if webhook_url else common.crm_client(settings)
     with progress_bar(show_progress) as advance:
-        syncer = Syncer(
-            Bitrix24Reader(client), lambda: common.cache(settings, create=True),
-            overlap=timedelta(minutes=settings.sync_overlap_minutes), progress=advance,
-        )
+        syncer = syncer_for(client, lambda: common.cache(settings, create=True),
+                            overlap=timedelta(minutes=settings.sync_overlap_minutes), progress=advance,
+                            refresh=timedelta(minutes=settings.amocrm_refresh_minutes))
         return syncer.run(full=full)
 
 
@@ -70,7 +70,7 @@ def register(app: typer.Typer) -> None:
         full: bool = typer.Option(False, "--full", help="Re-read everything and mark deals gone from the portal as deleted."),
         as_json: bool = typer.Option(False, "--json", help="Print a JSON summary (for scheduled jobs)."),
     ) -> None:
-        """Sync the portal into the local SQLite cache (first run full, then incremental by DATE_MODIFY)."""
+        """Sync the CRM into the local SQLite cache (first run full, then incremental by modification time)."""
         summary = run_sync(None, full=full, show_progress=not as_json and sys.stderr.isatty())
         if as_json:
             common.print_json(summary.as_dict())
