@@ -42,6 +42,13 @@ class Tables:
     def close(self) -> None:
         self.db.close()
 
+    def __enter__(self) -> Tables:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """`with open_cache(path) as cache:` closes it (a sync given a factory closes what it opened)."""
+        self.close()
+
     # --- generic writes ---------------------------------------------------------------------
 
     def upsert(self, table: str, rows: Iterable[dict[str, Any]]) -> int:
