@@ -110,6 +110,10 @@ class Deals:
     def upsert_history(self, rows: Iterable[Row]) -> int:
         return self.cache.upsert("stage_history", rows)
 
+    def upsert_linked(self, entity: str, rows: Iterable[Row]) -> int:
+        """Tasks or to-dos as they are (rows bound to a deal)."""
+        return self.cache.upsert(_linked(entity), rows)
+
     def write_linked(self, entity: str, rows: Sequence[Row]) -> int:
         """Tasks or to-dos read from the portal: those bound to a deal are kept, those unbound since the last
         sync leave the cache (they no longer count for the deal). Returns how many are bound."""

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Generator
@@ -191,6 +192,9 @@ class Daemon:
     # ------------------------------------------------------------------ run
 
     def run(self) -> int:
+        # the HTTP loop shares the interpreter with the worker and the jobs: hand the GIL over every 1 ms
+        # (default 5 ms), so an acknowledgement never waits long behind a worker round's CPU work
+        sys.setswitchinterval(0.001)
         config = uvicorn.Config(self.app, host=self.host, port=self.port, workers=1, lifespan="off",
                                 access_log=False, log_level="warning", http="httptools",
                                 loop="uvloop" if _has_uvloop() else "asyncio", timeout_graceful_shutdown=10)

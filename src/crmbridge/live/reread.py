@@ -31,6 +31,8 @@ from crmbridge.live.inbox import InboxRow
 from crmbridge.sync import HISTORY_ID_MARGIN
 
 RawRecord = dict[str, Any]
+#: deals written per transaction
+WRITE_GROUP = 100
 HISTORY_SELECT = ["ID", "TYPE_ID", "OWNER_ID", "CREATED_TIME", "CATEGORY_ID", "STAGE_SEMANTIC_ID", "STAGE_ID"]
 
 
@@ -215,20 +217,33 @@ class ReReader:
         read = {int(raw["ID"]) for raw in deals}
         task_rows = [{**cache_rows.task_row(raw), "synced_at": synced_at} for raw in tasks]
         todo_rows = [{**cache_rows.activity_row(raw), "synced_at": synced_at} for raw in todos]
+        kept = {"tasks": {row["id"] for row in task_rows}, "activities": {row["id"] for row in todo_rows}}
+        removed = {"tasks": set(removed_tasks), "activities": set(removed_todos)}
         with self.cache.atomic():
-            self.cache.deals.upsert([cache_rows.deal_row(raw, synced_at) for raw in deals],
-                                    map(cache_rows.contact_row, clients["contacts"]),
-                                    map(cache_rows.company_row, clients["companies"]))
-            self.cache.deals.upsert_history(map(cache_rows.stage_history_row, history))
-            self.cache.deals.write_linked("tasks", task_rows)
-            self.cache.deals.write_linked("activities", todo_rows)
-            # what a re-read deal no longer has on the portal leaves the cache (deleted, unbound, done elsewhere)
-            kept_tasks = {row["id"] for row in task_rows}
-            kept_todos = {row["id"] for row in todo_rows}
-            for table, kept, removed in (("tasks", kept_tasks, removed_tasks), ("activities", kept_todos, removed_todos)):
-                stale = set(removed) | self.cache.deals.linked_ids_of(table, read)
-                self.cache.deals.delete_linked(table, sorted(stale - kept))
+            self.cache.deals.upsert_clients("contacts", map(cache_rows.contact_row, clients["contacts"]))
+            self.cache.deals.upsert_clients("companies", map(cache_rows.company_row, clients["companies"]))
             self.cache.deals.mark_deleted_ids(sorted(gone))
+            for table, rows in (("tasks", task_rows), ("activities", todo_rows)):
+                self.cache.deals.delete_linked(table, sorted(removed[table] - kept[table]))
+                # bound to several deals: the cache files it under its first one, which may not be re-read here
+                self.cache.deals.upsert_linked(
+                    table, [row for row in rows if row["deal_id"] is not None and row["deal_id"] not in read])
+        # one transaction per group of deals: each deal with its history, tasks and to-dos is whole, and the
+        # inbox's writer (acknowledging events meanwhile) never waits long for the file
+        by_deal: dict[int, list[RawRecord]] = {}
+        for raw in deals:
+            by_deal[int(raw["ID"])] = [raw]
+        for group in _chunks(sorted(read), WRITE_GROUP):
+            wanted = set(group)
+            with self.cache.atomic():
+                self.cache.deals.upsert([cache_rows.deal_row(by_deal[deal][0], synced_at) for deal in group])
+                self.cache.deals.upsert_history([cache_rows.stage_history_row(raw) for raw in history
+                                                 if cache_rows.as_int(raw.get("OWNER_ID")) in wanted])
+                for table, rows in (("tasks", task_rows), ("activities", todo_rows)):
+                    self.cache.deals.upsert_linked(table, [row for row in rows if row["deal_id"] in wanted])
+                    # what a re-read deal no longer has on the portal leaves the cache (deleted, unbound)
+                    stale = self.cache.deals.linked_ids_of(table, group) - kept[table]
+                    self.cache.deals.delete_linked(table, sorted(stale))
 
     def _history_cursor(self, deal_ids: list[int]) -> int:
         """Re-read history from just below the oldest "newest cached row" of these deals (0: one is new)."""
@@ -253,10 +268,6 @@ def _rows(answer: Any, key: str | None = None) -> list[RawRecord]:
 def _chunks(ids: list[int], size: int = IDS_PER_COMMAND) -> Iterable[list[int]]:
     for start in range(0, len(ids), size):
         yield ids[start:start + size]
-
-
-def _marks(chunk: Sequence[Any]) -> str:
-    return ",".join("?" * len(chunk))
 
 
 __all__ = ["Affected", "ReReadResult", "ReReader", "affected"]
