@@ -18,7 +18,7 @@ from typing import Any
 
 from crmbridge.cache import rows as cache_rows
 from crmbridge.cache.store import Cache
-from crmbridge.cache.sync_state import SyncState
+from crmbridge.cache.sync_state import SYNC_LOCK_WAIT, SyncState
 from crmbridge.connectors.bitrix24.client import PAGE_SIZE
 from crmbridge.connectors.bitrix24.reader import Bitrix24Reader, FirstPages, RawRecord, stage_entity_id
 
@@ -101,8 +101,13 @@ class Syncer:
         now: Callable[[], str] = utc_now_iso,
         monotonic: Callable[[], float] = time.monotonic,
         metadata_max_age: timedelta = timedelta(hours=1),
+        lock_wait: float = SYNC_LOCK_WAIT,
+        break_lock: bool = False,
     ) -> None:
         self.reader = reader
+        #: another sync of the same cache: wait this long for it, then say who holds it (CacheLocked)
+        self.lock_wait = lock_wait
+        self.break_lock = break_lock
         #: an incremental sync re-reads pipelines, stages, fields and users when they are older than this
         #: (or when a deal names a stage or pipeline the cache does not know); a full sync always does
         self.metadata_max_age = metadata_max_age
@@ -120,12 +125,16 @@ class Syncer:
             # an open cache (the daemon, scheduled jobs, enforce): an incremental poll asks for the scopes in
             # the same batch as the first pages of every list, so an idle poll is one request
             self.cache = self._cache_or_factory
-            return self._run(full, None, started, requests_before)
+            return self._locked_run(full, None, started, requests_before)
         # Ask the portal first: a wrong URL, a missing scope or an outage fails before anything is written.
         _, portal_time = self.reader.check_scopes()
         portal_time = portal_time or datetime.now(timezone.utc).isoformat(timespec="seconds")
         # a cache this run opened is this run's to close
         with self._cache_or_factory() as self.cache:
+            return self._locked_run(full, portal_time, started, requests_before)
+
+    def _locked_run(self, full: bool, portal_time: str | None, started: float, requests_before: int) -> SyncSummary:
+        with self.cache.syncs.writer(wait=self.lock_wait, break_lock=self.break_lock) as self._lock:
             return self._run(full, portal_time, started, requests_before)
 
     def _run(self, full: bool, portal_time: str | None, started: float, requests_before: int) -> SyncSummary:
@@ -279,6 +288,7 @@ class Syncer:
             more = set(self.cache.deals.missing_clients("companies", more))
         if more:
             companies += self.reader.clients((), more)[1]
+        self._lock.heartbeat()  # stops here if `sync --break-lock` took the cache from this run
         with self.cache.atomic():
             self.cache.deals.upsert(deal_rows, map(cache_rows.contact_row, contacts),
                                     map(cache_rows.company_row, companies))
@@ -400,6 +410,7 @@ class Syncer:
                 stream.finish()
                 active.remove(stream)
                 continue
+            self._lock.heartbeat()
             stream.write(chunk)
             self.progress(stream.entity, len(chunk))
 

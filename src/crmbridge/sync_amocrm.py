@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from crmbridge.cache import amocrm_rows as rows
 from crmbridge.cache.rows import as_int, dumps
 from crmbridge.cache.store import Cache
-from crmbridge.cache.sync_state import SyncState
+from crmbridge.cache.sync_state import SYNC_LOCK_WAIT, SyncState
 from crmbridge.connectors.amocrm.client import Page
 from crmbridge.connectors.amocrm.reader import AmoCRMReader, AmoReference
 from crmbridge.errors import AuthError, ConfigError
@@ -63,8 +63,12 @@ class AmoCRMSyncer:
         wall: Callable[[], float] = time.time,
         reference_every: timedelta = REFERENCE_EVERY,
         clients_every: timedelta = CLIENTS_EVERY,
+        lock_wait: float = SYNC_LOCK_WAIT,
+        break_lock: bool = False,
     ) -> None:
         self.reader = reader
+        self.lock_wait = lock_wait
+        self.break_lock = break_lock
         self._cache_or_factory = cache
         self.overlap = overlap
         self.progress = progress or (lambda entity, count: None)
@@ -84,14 +88,14 @@ class AmoCRMSyncer:
         requests_before = self.reader.client.requests_made
         if isinstance(self._cache_or_factory, Cache):
             self.cache = self._cache_or_factory
-            return self._run(full, started, requests_before)
+            return self._locked_run(full, started, requests_before)
         doomed: Path | None = None
         try:
             # a cache this run opened is this run's to close
             with self._cache_or_factory() as self.cache:
                 fresh = self.cache.account.get() is None and self.cache.deals.empty()
                 try:
-                    return self._run(full, started, requests_before)
+                    return self._locked_run(full, started, requests_before)
                 except (AuthError, ConfigError):
                     if fresh:
                         doomed = self.cache.path  # a wrong token or address leaves no empty cache behind
@@ -100,6 +104,11 @@ class AmoCRMSyncer:
             if doomed is not None:
                 for suffix in ("", "-wal", "-shm"):
                     Path(str(doomed) + suffix).unlink(missing_ok=True)
+
+    def _locked_run(self, full: bool, started: float, requests_before: int) -> SyncSummary:
+        """One sync at a time per cache: another one waits `lock_wait` seconds, then says who holds it."""
+        with self.cache.syncs.writer(wait=self.lock_wait, break_lock=self.break_lock):
+            return self._run(full, started, requests_before)
 
     def _run_time(self) -> float:
         """The account's clock when this run started: our start time moved by the skew its Date headers show

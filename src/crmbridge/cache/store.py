@@ -57,13 +57,17 @@ def open_cache(path: Path | str) -> Cache:
     if not in_memory:
         db.enable_wal()
     db.execute("PRAGMA synchronous=NORMAL")  # safe with WAL: a crash loses at most the last commit
-    for number in range(version + 1, SCHEMA_VERSION + 1):
-        # each migration and its version bump commit together, so a kill never leaves a half-migrated file
-        with db.atomic():
-            for statement in _statements(MIGRATIONS[number - 1]):
-                db.execute(statement)
-            db.execute(f"PRAGMA user_version = {number}")
-    return Cache(db, file_path)
+    cache = Cache(db, file_path)
+    if version < SCHEMA_VERSION:
+        # under the write lock, from the version found then: two processes opening an old cache migrate it once;
+        # every migration and its version bump commit together, so a kill never leaves a half-migrated file
+        with cache.atomic():
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            for number in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _statements(MIGRATIONS[number - 1]):
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {number}")
+    return cache
 
 
 def _statements(script: str) -> list[str]:

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+from crmbridge.cache.lock import WriterLock
 from crmbridge.cache.tables import Tables
+
+#: seconds a sync waits for another sync of the same cache to finish before it says who holds it
+SYNC_LOCK_WAIT = 60.0
 
 
 @dataclass
@@ -43,3 +51,15 @@ class SyncStates:
         self.cache.db["sync_runs"].update(
             run_id, {"status": status, "finished_at": finished_at, "summary": json.dumps(summary, ensure_ascii=False)}
         )
+
+    @contextmanager
+    def writer(self, *, wait: float = SYNC_LOCK_WAIT, break_lock: bool = False) -> Iterator[WriterLock]:
+        """One sync at a time per cache (two would move each other's cursors): an OS lock beside the file that dies
+        with its holder. A second sync waits up to `wait` seconds, then raises CacheLocked naming the holder."""
+        run = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{os.getpid()}"
+        lock = WriterLock(self.cache.path, "sync", run)
+        lock.acquire(wait=wait, break_lock=break_lock)
+        try:
+            yield lock
+        finally:
+            lock.release()

@@ -35,9 +35,27 @@ class Tables:
 
     @contextmanager
     def atomic(self) -> Iterator[Tables]:
-        """One transaction: a chunk of rows and the cursor that covers them commit together."""
-        with self.db.atomic():
+        """One write transaction: a chunk of rows and the cursor that covers them commit together.
+
+        `BEGIN IMMEDIATE` takes the file's write lock before anything is read. A deferred transaction reads a
+        snapshot first (sqlite-utils looks at the table, the ledger reads the open rows) and its first write fails
+        at once with "database is locked" when another connection committed meanwhile: no busy timeout helps
+        there. This one waits its turn (the busy timeout of open_cache) and then reads what the other committed.
+        Nested, it is a savepoint of the outer transaction.
+        """
+        conn = self.db.conn
+        if conn.in_transaction:
+            with self.db.atomic():
+                yield self
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
             yield self
+        except BaseException:
+            if conn.in_transaction:
+                conn.rollback()
+            raise
+        conn.commit()
 
     def close(self) -> None:
         self.db.close()
