@@ -18,6 +18,7 @@ from typing import Any
 
 from crmbridge.cache import rows as cache_rows
 from crmbridge.cache.store import Cache
+from crmbridge.cache.lock import WriterLock
 from crmbridge.cache.sync_state import SYNC_LOCK_WAIT, SyncState
 from crmbridge.connectors.bitrix24.client import PAGE_SIZE
 from crmbridge.connectors.bitrix24.reader import Bitrix24Reader, FirstPages, RawRecord, stage_entity_id
@@ -108,6 +109,7 @@ class Syncer:
         #: another sync of the same cache: wait this long for it, then say who holds it (CacheLocked)
         self.lock_wait = lock_wait
         self.break_lock = break_lock
+        self._lock: WriterLock | None = None
         #: an incremental sync re-reads pipelines, stages, fields and users when they are older than this
         #: (or when a deal names a stage or pipeline the cache does not know); a full sync always does
         self.metadata_max_age = metadata_max_age
@@ -132,6 +134,11 @@ class Syncer:
         # a cache this run opened is this run's to close
         with self._cache_or_factory() as self.cache:
             return self._locked_run(full, portal_time, started, requests_before)
+
+    def _heartbeat(self) -> None:
+        """Still this run's cache? A `sync --break-lock` elsewhere stops this run here (LockLost)."""
+        if self._lock is not None:
+            self._lock.heartbeat()
 
     def _locked_run(self, full: bool, portal_time: str | None, started: float, requests_before: int) -> SyncSummary:
         with self.cache.syncs.writer(wait=self.lock_wait, break_lock=self.break_lock) as self._lock:
@@ -288,7 +295,7 @@ class Syncer:
             more = set(self.cache.deals.missing_clients("companies", more))
         if more:
             companies += self.reader.clients((), more)[1]
-        self._lock.heartbeat()  # stops here if `sync --break-lock` took the cache from this run
+        self._heartbeat()
         with self.cache.atomic():
             self.cache.deals.upsert(deal_rows, map(cache_rows.contact_row, contacts),
                                     map(cache_rows.company_row, companies))
@@ -410,7 +417,7 @@ class Syncer:
                 stream.finish()
                 active.remove(stream)
                 continue
-            self._lock.heartbeat()
+            self._heartbeat()
             stream.write(chunk)
             self.progress(stream.entity, len(chunk))
 
