@@ -33,14 +33,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def enforcing_mappings(target: Path, rules: tuple[str, ...] | None = ("R1",)) -> Path:
-    """The shipped mapping files with the given rules switched to `enforce`; None: every rule in `audit` (the bridge
-    writes nothing to the portal, so its events are only the test's own)."""
+def enforcing_mappings(target: Path, rules: tuple[str, ...] = ("R1",)) -> Path:
+    """The shipped mapping files with the given rules switched to `enforce`."""
     shutil.copytree(MAPPINGS, target)
     text = (target / "regulation.yaml").read_text(encoding="utf-8")
-    if rules is None:
-        text = text.replace("mode: warn", "mode: audit").replace("mode: enforce", "mode: audit")
-        rules = ()
     for rule in rules:
         text = text.replace(f"  {rule}:\n    mode: warn", f"  {rule}:\n    mode: enforce")
         text = text.replace(f"  {rule}:\n    mode: audit", f"  {rule}:\n    mode: enforce")
@@ -130,7 +126,7 @@ def live(tmp_path: Path) -> Iterator[Callable[..., tuple[SandboxPortal, LiveDaem
     portals: list[SandboxPortal] = []
     daemons: list[LiveDaemon] = []
 
-    def make(*, deals: int = 120, seed: int = 3, rules: tuple[str, ...] | None = ("R1",), jobs: dict[str, str] | None = None,
+    def make(*, deals: int = 120, seed: int = 3, rules: tuple[str, ...] = ("R1",), jobs: dict[str, str] | None = None,
              sync: bool = True, cache: Path | None = None, port: int | None = None, **options: Any
              ) -> tuple[SandboxPortal, LiveDaemon]:
         options.setdefault("limits", False)

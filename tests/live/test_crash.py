@@ -25,8 +25,7 @@ def pending(cache: Path) -> int:
 
 
 def test_every_acknowledged_event_survives_kill_9_during_a_burst(live, tmp_path: Path) -> None:
-    # every rule in audit: the portal's events are the burst's own (a warn rule's tasks would add ONTASKADD)
-    portal, daemon = live(deals=150, rules=None)
+    portal, daemon = live(deals=150, rules=())
     daemon.start().wait_ready()
     portal.send_events_to(daemon.url + "/bitrix24/events")
     with portal.state.lock:
@@ -43,8 +42,8 @@ def test_every_acknowledged_event_survives_kill_9_during_a_burst(live, tmp_path:
             daemon.start()
     portal.wait_events(120)
     delivered = portal.deliveries()
-    assert len(delivered) == total
-    acknowledged = Counter(("ONCRMDEALUPDATE", d.entity_id) for d in delivered if d.status == 200)
+    assert len(delivered) >= total  # the edits, and the events of the bridge's own corrections
+    acknowledged = Counter((d.event, d.entity_id) for d in delivered if d.status == 200)
     assert sum(acknowledged.values()) > total * 0.5  # most got through between the kills
     # every event that got a 200 is in the inbox (an event the kill cut off before its 200 may be there too)
     assert not acknowledged - stored(cache)

@@ -352,6 +352,12 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX offline_batches_open ON offline_batches(status) WHERE status <> 'cleared';
     """,
+    # 11: digests (issue 7): a notice (kind notify) waits as `queued` until a message (kind message) carries it.
+    """
+    ALTER TABLE actions ADD COLUMN delivered_by TEXT;  -- notice: idempotency_key of the message carrying it (NULL: none yet)
+    CREATE INDEX actions_delivered_by ON actions(delivered_by) WHERE delivered_by IS NOT NULL;
+    CREATE INDEX actions_queued ON actions(status) WHERE status = 'queued';
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

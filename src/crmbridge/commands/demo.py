@@ -79,6 +79,8 @@ def register(app: typer.Typer) -> None:
                                         help="SQLite file the demo writes (default crmbridge-demo.db, "
                                              "crmbridge-amocrm-demo.db for amoCRM)."),
         seed: int = typer.Option(1, help="Sandbox seed."),
+        live: bool = typer.Option(True, "--live/--no-live",
+                                  help="Then run the live bridge on loopback and correct a deal as it is moved."),
     ) -> None:
         """Start the sandbox CRM on loopback, sync it, show what crmbridge sees, then enforce the regulation on it."""
         if crm not in ("bitrix24", "amocrm"):
@@ -118,6 +120,10 @@ def register(app: typer.Typer) -> None:
                 operating_limit=settings.bitrix24_operating_limit,
             )
             _flow(client, path, settings, "bitrix24")
+            if live:
+                from crmbridge.live.demo import run_live_demo
+
+                run_live_demo(portal, path, settings)
         finally:
             portal.stop()
 
