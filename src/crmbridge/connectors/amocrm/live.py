@@ -48,7 +48,7 @@ class HookReceiver:
 
             cache = open_cache(self.bridge.cache_path)
             try:
-                held = cache.crm_account()
+                held = cache.account.get()
             finally:
                 cache.close()
             if held is not None and held.get("crm") == "amocrm" and held.get("account_id"):
@@ -128,11 +128,9 @@ def process(bridge: LiveBridge, rows: list[InboxRow]) -> None:
             records = reader.clients_by_ids(entity, ids) or []
             to_row = amocrm_rows.contact_row if entity == "contacts" else amocrm_rows.company_row
             with cache.atomic():
-                cache.upsert(entity, map(to_row, records))
-            column = "contact_id" if entity == "contacts" else "company_id"
-            marks = ",".join("?" * len(ids))
-            leads |= {row["id"] for row in cache.query(
-                f"SELECT id FROM deals WHERE deleted = 0 AND {column} IN ({marks})", ids)}
+                cache.deals.upsert_clients(entity, map(to_row, records))
+        # a phone added to a contact can settle R6 on every lead of that client
+        leads |= cache.deals.deals_of_clients(set(cards["contacts"]), set(cards["companies"]))
         mappings = load_mappings(settings.mappings_dir, crm="amocrm")
         # the incremental sync inside reads the named leads (and whatever else changed), their events and tasks
         report = enforce(client, cache, mappings, deal_ids=sorted(leads), sync=True,
