@@ -14,6 +14,7 @@ alone and, after `max_attempts`, in the dead letters with its reason.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -106,6 +107,7 @@ class Worker:
 
     def run(self, stop: threading.Event, *, poll: float = 1.0) -> None:
         """Rounds until `stop` is set; a round in flight is always finished (SIGTERM leaves nothing half-written)."""
+        lower_priority()
         try:
             while not stop.is_set():
                 if self.wake.wait(poll):
@@ -221,6 +223,15 @@ class Worker:
         self.bridge.metrics.events_processed.labels("dead").inc(dead)
         log.error("worker: processing %d events failed (%s); %d went to the dead letters", len(ids), reason, dead,
                   exc_info=not isinstance(exc, CrmBridgeError))
+
+
+def lower_priority(niceness: int = 10) -> None:
+    """Run the calling thread at a lower OS priority (Linux schedules threads one by one): on a busy machine the
+    HTTP loop, which acknowledges events, gets the CPU before the worker's and the jobs' background work."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except (AttributeError, OSError):
+        pass  # not Linux, or not allowed: the default priority serves too
 
 
 def _waits(exc: Exception) -> bool:
