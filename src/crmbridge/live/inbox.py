@@ -258,6 +258,19 @@ class Inbox:
             "ORDER BY id LIMIT ?", (now, limit)).fetchall()
         return [InboxRow(**dict(row)) for row in rows]
 
+    def claim_entities(self, entities: int = 500, *, max_events: int = 50_000) -> list[InboxRow]:
+        """Every due event of the `entities` records that have waited longest: a record's ten events come
+        in one round, so it is re-read once for all of them (oldest first)."""
+        now = utc_iso(self.clock())
+        rows = self._conn().execute(
+            "SELECT id, source, event, entity, entity_id, payload, received_at, attempts, status, last_error "
+            "FROM inbox WHERE status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= ?1) "
+            "AND (source, entity, entity_id) IN (SELECT source, entity, entity_id FROM inbox "
+            "  WHERE status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= ?1) "
+            "  GROUP BY source, entity, entity_id ORDER BY MIN(id) LIMIT ?2) "
+            "ORDER BY id LIMIT ?3", (now, entities, max_events)).fetchall()
+        return [InboxRow(**dict(row)) for row in rows]
+
     def done(self, ids: Iterable[int]) -> None:
         now = utc_iso(self.clock())
         with self._transaction() as conn:
