@@ -90,6 +90,8 @@ class Settings(BaseSettings):
     #: the share of an entity's cached records (deals, tasks, to-dos) one sync may remove; more only with
     #: `sync --full --confirm-deletions` (fewer than 10 records are never held back)
     sync_max_deleted_share: float = Field(default=0.1, ge=0, le=1, allow_inf_nan=False)
+    #: seconds a sync waits for another sync of the same cache to finish before it stops and says who holds it
+    sync_lock_wait_seconds: float = Field(default=60.0, ge=0, le=86_400)
 
     # --- the daemon (`crmbridge serve`) ---
     #: largest event body accepted (bytes); a longer one gets 413

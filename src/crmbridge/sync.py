@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import partial
@@ -18,8 +19,10 @@ from typing import Any
 
 from crmbridge import deletions
 from crmbridge.cache import rows as cache_rows
-from crmbridge.cache.rejected import Rejected, RejectedRecords, plural
-from crmbridge.cache.store import Cache, SyncState
+from crmbridge.cache.rejected import Rejected, plural
+from crmbridge.cache.store import Cache
+from crmbridge.cache.lock import WriterLock
+from crmbridge.cache.sync_state import SYNC_LOCK_WAIT, SyncState
 from crmbridge.connectors.bitrix24.client import PAGE_SIZE
 from crmbridge.connectors.bitrix24.reader import Bitrix24Reader, FirstPages, RawRecord, stage_entity_id
 from crmbridge.notices import notice
@@ -129,18 +132,24 @@ class Syncer:
     def __init__(
         self,
         reader: Bitrix24Reader,
-        cache: Cache | Callable[[], Cache],
+        cache: Cache | Callable[[], AbstractContextManager[Cache]],
         *,
         overlap: timedelta = DEFAULT_OVERLAP,
         progress: ProgressCallback | None = None,
         now: Callable[[], str] = utc_now_iso,
         monotonic: Callable[[], float] = time.monotonic,
         metadata_max_age: timedelta = timedelta(hours=1),
+        lock_wait: float = SYNC_LOCK_WAIT,
+        break_lock: bool = False,
         confirm_deletions: bool = False,
         max_deleted_share: float = deletions.DEFAULT_MAX_SHARE,
         max_record_bytes: int | None = DEFAULT_MAX_RECORD_BYTES,
     ) -> None:
         self.reader = reader
+        #: another sync of the same cache: wait this long for it, then say who holds it (CacheLocked)
+        self.lock_wait = lock_wait
+        self.break_lock = break_lock
+        self._lock: WriterLock | None = None
         #: an incremental sync re-reads pipelines, stages, fields and users when they are older than this
         #: (or when a deal names a stage or pipeline the cache does not know); a full sync always does
         self.metadata_max_age = metadata_max_age
@@ -157,28 +166,35 @@ class Syncer:
         self.warnings: list[str] = []
         self.skipped: dict[str, list[Rejected]] = {}
         self._cursors_told: set[str] = set()
+        self._with_rejected: set[str] | None = None
 
     def run(self, *, full: bool = False) -> SyncSummary:
         started = self.monotonic()
         requests_before = self.reader.client.requests_made
-        self.warnings, self.skipped, self._cursors_told = [], {}, set()
+        self.warnings, self.skipped, self._cursors_told, self._with_rejected = [], {}, set(), None
         if isinstance(self._cache_or_factory, Cache):
             # an open cache (the daemon, scheduled jobs, enforce): an incremental poll asks for the scopes in
             # the same batch as the first pages of every list, so an idle poll is one request
             self.cache = self._cache_or_factory
-            return self._run(full, None, started, requests_before)
+            return self._locked_run(full, None, started, requests_before)
         # Ask the portal first: a wrong URL, a missing scope or an outage fails before anything is written.
         _, portal_time = self.reader.check_scopes()
         portal_time = self._portal_clock(portal_time)
         # a cache this run opened is this run's to close
-        self.cache = self._cache_or_factory()
-        try:
+        with self._cache_or_factory() as self.cache:
+            return self._locked_run(full, portal_time, started, requests_before)
+
+    def _heartbeat(self) -> None:
+        """Still this run's cache? A `sync --break-lock` elsewhere stops this run here (LockLost)."""
+        if self._lock is not None:
+            self._lock.heartbeat()
+
+    def _locked_run(self, full: bool, portal_time: str | None, started: float, requests_before: int) -> SyncSummary:
+        with self.cache.syncs.writer(wait=self.lock_wait, break_lock=self.break_lock) as self._lock:
             return self._run(full, portal_time, started, requests_before)
-        finally:
-            self.cache.close()
 
     def _run(self, full: bool, portal_time: str | None, started: float, requests_before: int) -> SyncSummary:
-        deals_state = self._checked(self.cache.sync_state("deals"), "deals")
+        deals_state = self._checked(self.cache.syncs.get("deals"), "deals")
         resuming = deals_state.status == "running" and deals_state.mode == "full"
         mode = "full" if (full or resuming or deals_state.cursor is None) else "incremental"
         summary = SyncSummary(mode=mode, resumed=resuming)
@@ -191,8 +207,8 @@ class Syncer:
         portal_time = self._portal_clock(portal_time)
         pages = first.pages if first is not None else {}
         # one cache, one account: a cache of another portal (or of an amoCRM account) is refused before any write
-        self.cache.claim_account("bitrix24", self.reader.client.account, self.now())
-        run_id = self.cache.start_run(mode, self.now())
+        self.cache.account.claim("bitrix24", self.reader.client.account, self.now())
+        run_id = self.cache.syncs.start_run(mode, self.now())
         try:
             reference_read = mode == "full" or self._metadata_due()
             if reference_read:
@@ -218,13 +234,13 @@ class Syncer:
             summary.http_requests = self.reader.client.requests_made - requests_before
             summary.seconds = round(self.monotonic() - started, 3)
             self._tell(summary)
-            self.cache.finish_run(run_id, "failed", self.now(), summary.as_dict())
+            self.cache.syncs.finish_run(run_id, "failed", self.now(), summary.as_dict())
             raise
         summary.http_requests = self.reader.client.requests_made - requests_before
         summary.seconds = round(self.monotonic() - started, 3)
         summary.operating_seconds = dict(self.reader.client.operating_seconds())
         self._tell(summary)
-        self.cache.finish_run(run_id, "done", self.now(), summary.as_dict())
+        self.cache.syncs.finish_run(run_id, "done", self.now(), summary.as_dict())
         return summary
 
     # --- what cannot be used, and what the person running the sync should know ------------------------------
@@ -270,31 +286,33 @@ class Syncer:
     def _usable(self, entity: str, records: Iterable[Any], to_row: Callable[[Any], dict[str, Any]]) -> list[dict[str, Any]]:
         """Rows of the records crmbridge can use; the others are kept raw in rejected_records and counted."""
         rows, unusable = cache_rows.usable(records, to_row, max_bytes=self.max_record_bytes)
-        rejections = RejectedRecords(self.cache)
         if unusable:
             found = [Rejected(entity, cache_rows.record_id_of(raw), reason, raw) for raw, reason in unusable]
             with self.cache.atomic():
-                rejections.keep(found, self.now())
+                self.cache.rejected.keep(found, self.now())
             self.skipped.setdefault(entity, []).extend(found)
         if rows and entity in self._rejected_entities():
             # read fine now: no longer a rejected record
             key = PRIMARY_KEY_OF.get(entity, "id")
             with self.cache.atomic():
-                rejections.forget(entity, [row[key] for row in rows])
+                self.cache.rejected.forget(entity, [row[key] for row in rows])
         return rows
 
     def _rejected_entities(self) -> set[str]:
-        if not hasattr(self, "_with_rejected"):
-            self._with_rejected = RejectedRecords(self.cache).entities()
+        if self._with_rejected is None:
+            self._with_rejected = self.cache.rejected.entities()
         return self._with_rejected | set(self.skipped)
 
     def _settle_vanished(self, entity: str, since: str, summary: SyncSummary) -> int:
         """After a full read: what it did not see is read back by id; only what the portal confirms gone (and not
         too many at once) leaves the cache. Returns how many left."""
-        vanished = self.cache.unseen_ids(entity, since)
+        deals_ = self.cache.deals
+        unseen = deals_.not_synced_since(since) if entity == "deals" else deals_.linked_not_synced_since(entity, since)
+        seen_unusable = self.cache.rejected.seen_since(entity, since)  # sent, though crmbridge could not use them
+        vanished = [record_id for record_id in unseen if record_id not in seen_unusable]
         if not vanished:
             return 0
-        cached = self.cache.count(entity, "deleted = 0") if entity == "deals" else self.cache.count(entity)
+        cached = deals_.count_live() if entity == "deals" else deals_.count_linked(entity)
         read_back = None
         if deletions.worth_reading_back(len(vanished), cached, max_share=self.max_deleted_share,
                                         confirmed=self.confirm_deletions):
@@ -309,9 +327,10 @@ class Syncer:
             self._warn(verdict.warning)
         with self.cache.atomic():
             if entity == "deals":
-                return self.cache.mark_deleted(verdict.delete)
-            self.cache.delete_ids(entity, verdict.delete)
-            return len(verdict.delete)
+                deals_.mark_deleted_ids(verdict.delete)
+            else:
+                deals_.delete_linked(entity, verdict.delete)
+        return len(verdict.delete)
 
     def _restore(self, entity: str, records: list[RawRecord], summary: SyncSummary) -> None:
         """Records the list missed but the read-back found: written like any other."""
@@ -325,8 +344,7 @@ class Syncer:
         synced_at = self.now()
         rows = [{**row, "synced_at": synced_at} for row in self._usable(entity, records, to_row)]
         with self.cache.atomic():
-            self.cache.upsert(entity, [row for row in rows if row["deal_id"] is not None])
-            self.cache.delete_ids(entity, [row["id"] for row in rows if row["deal_id"] is None])
+            self.cache.deals.write_linked(entity, rows)
 
     # --- the first pages of an incremental poll ------------------------------------------------
 
@@ -336,10 +354,10 @@ class Syncer:
         lists = {
             "deals": self.reader.list_params("deals", since=since),
             "stage_history": self.reader.list_params(
-                "stage_history", after_id=max(0, (self.cache.sync_state("stage_history").last_id or 0) - HISTORY_ID_MARGIN)),
+                "stage_history", after_id=max(0, (self.cache.syncs.get("stage_history").last_id or 0) - HISTORY_ID_MARGIN)),
         }
         for entity in ("tasks", "activities"):
-            state = self._checked(self.cache.sync_state(entity), entity)
+            state = self._checked(self.cache.syncs.get(entity), entity)
             if state.cursor is not None and not (state.status == "running" and state.mode == "full"):
                 lists[entity] = self.reader.list_params(entity, since=minus_overlap(state.cursor, self.overlap))
         if since:
@@ -348,7 +366,7 @@ class Syncer:
         return lists
 
     def _metadata_due(self) -> bool:
-        state = self.cache.sync_state("reference")
+        state = self.cache.syncs.get("reference")
         if not state.finished_at:
             return True
         try:
@@ -359,49 +377,47 @@ class Syncer:
 
     def _unknown_structure(self) -> bool:
         """A cached deal in a pipeline or stage the cache does not know (added on the portal since the last read)."""
-        return bool(self.cache.query(
-            "SELECT 1 FROM deals WHERE deleted = 0 AND (stage_id NOT IN (SELECT status_id FROM stages) "
-            "OR category_id NOT IN (SELECT id FROM pipelines)) LIMIT 1"))
+        return self.cache.deals.in_unknown_stages() > 0
 
     # --- reference lists ----------------------------------------------------------------------
 
     def _sync_reference(self, summary: SyncSummary) -> None:
         reference = self.reader.reference_data()
+        cached = self.cache.reference
+        keep = not self.confirm_deletions  # an empty answer is no evidence that a list is gone
         pipelines = self._usable("pipelines", reference.pipelines, cache_rows.pipeline_row)
         categories = set(reference.stages)
-        if not pipelines and not self.confirm_deletions:
-            categories |= set(self.cache.pipeline_ids())  # the cached pipelines are kept (_replace): so are their stages
+        if not pipelines and keep:
+            pipelines = cached.cached("pipelines")
+            categories |= {row["id"] for row in pipelines}  # the cached pipelines are kept: so are their stages
+            if pipelines:
+                self._warn(_kept("pipelines"))
         stage_rows: list[dict[str, Any]] = []
         for category_id in sorted(categories):
             entity = stage_entity_id(category_id)
             mine = [raw for raw in reference.stages.get(category_id, [])
                     if not isinstance(raw, dict) or raw.get("ENTITY_ID", entity) == entity]
             rows = self._usable("stages", mine, partial(cache_rows.stage_row, category_id=category_id))
-            if not rows and not self.confirm_deletions:
+            if not rows and keep:
                 # every pipeline has stages: none in the answer is a failed read, not a pipeline without stages
-                rows = self.cache.cached_stages(category_id)
+                rows = cached.stages_of(category_id)
                 if rows and category_id in reference.stages:
                     self._warn(f"the portal answered no stages for pipeline {category_id}; the cached ones are kept")
             stage_rows.extend(rows)
         fields = self._usable("deal_fields", reference.deal_fields, cache_rows.deal_field_row)
+        if not fields and keep:
+            fields = cached.cached("deal_fields")
+            if fields:
+                self._warn(_kept("deal fields"))
         users = self._usable("users", reference.users, cache_rows.user_row)
         with self.cache.atomic():
             # read whole every run, so a stage or field deleted on the portal disappears here too
             # (check --live then names it as missing instead of trusting a stale copy); an empty answer is
             # no evidence of that, and the cached list is kept
-            summary.pipelines = self._replace("pipelines", pipelines, "pipelines")
-            summary.stages = self._replace("stages", stage_rows, "stages")
-            summary.deal_fields = self._replace("deal_fields", fields, "deal fields")
-            summary.users = self.cache.upsert("users", users)
-            self.cache.save_sync_state(SyncState(entity="reference", mode="full", status="done",
-                                                 finished_at=datetime.now(timezone.utc).isoformat()))
-
-    def _replace(self, table: str, rows: list[dict[str, Any]], what: str) -> int:
-        if not rows and not self.confirm_deletions and self.cache.count(table):
-            self._warn(f"the portal answered no {what}; the cached ones are kept (sync --full --confirm-deletions "
-                       f"removes them if they really are gone)")
-            return self.cache.count(table)
-        return self.cache.replace_all(table, rows)
+            summary.pipelines, summary.stages, summary.deal_fields, summary.users = cached.replace(
+                pipelines, stage_rows, fields, users)
+            self.cache.syncs.save(SyncState(entity="reference", mode="full", status="done",
+                                            finished_at=datetime.now(timezone.utc).isoformat()))
 
     # --- deals --------------------------------------------------------------------------------
 
@@ -411,7 +427,7 @@ class Syncer:
                 entity="deals", mode="full", status="running", cursor=state.cursor,
                 run_cursor=portal_time, last_id=0, started_at=self.now(),
             )
-            self.cache.save_sync_state(state)
+            self.cache.syncs.save(state)
         run_started_at = state.started_at or self.now()
         for chunk in chunks(self.reader.iter_deals(after_id=state.last_id or 0)):
             self._write_deals(chunk, summary, state_update=state)
@@ -421,7 +437,7 @@ class Syncer:
             state.status, state.mode = "done", "full"
             state.cursor, state.run_cursor = state.run_cursor or portal_time, None
             state.finished_at = self.now()
-            self.cache.save_sync_state(state)
+            self.cache.syncs.save(state)
 
     def _incremental_deals(self, state: SyncState, portal_time: str, summary: SyncSummary,
                            pages: dict[str, list[RawRecord]]) -> None:
@@ -433,7 +449,7 @@ class Syncer:
             self._sync_changed_clients(since, summary, pages)
         state.mode, state.status = "incremental", "done"
         state.cursor, state.finished_at = portal_time, self.now()
-        self.cache.save_sync_state(state)
+        self.cache.syncs.save(state)
 
     def _write_deals(self, chunk: list[RawRecord], summary: SyncSummary, state_update: SyncState | None) -> None:
         """Deals of one chunk, their contacts and companies, and the resume cursor: one transaction."""
@@ -442,7 +458,7 @@ class Syncer:
         if not deal_rows:
             self.progress("deals", len(chunk))
             return
-        changed = self.cache.changed_ids("deals", deal_rows)
+        changed = self.cache.deals.changed_ids(deal_rows)
         # a full sync re-reads every deal's client (a phone added to a contact does not touch its deals);
         # an incremental one those of changed deals, plus clients edited on their own (_sync_changed_clients)
         with_clients = deal_rows if state_update is not None else [r for r in deal_rows if r["id"] in changed]
@@ -451,8 +467,8 @@ class Syncer:
         if state_update is None:
             # an edited client moves its own DATE_MODIFY and comes in with _sync_changed_clients: an incremental
             # sync reads only the clients the cache does not have yet (a deal given a new contact)
-            contact_ids -= self._cached_ids("contacts", contact_ids)
-            company_ids -= self._cached_ids("companies", company_ids)
+            contact_ids = set(self.cache.deals.missing_clients("contacts", contact_ids))
+            company_ids = set(self.cache.deals.missing_clients("companies", company_ids))
         # read before the transaction: HTTP inside a write transaction would hold the file locked;
         # contacts and companies go in one batch, and only the companies that just the contacts name in another
         contact_records, company_records = (self.reader.clients(contact_ids, company_ids)
@@ -460,52 +476,32 @@ class Syncer:
         contacts = self._usable("contacts", contact_records, cache_rows.contact_row)
         more = {row["company_id"] for row in contacts if row["company_id"]} - company_ids
         if state_update is None:
-            more -= self._cached_ids("companies", more)
+            more = set(self.cache.deals.missing_clients("companies", more))
         if more:
             company_records += self.reader.clients((), more)[1]
         companies = self._usable("companies", company_records, cache_rows.company_row)
+        self._heartbeat()
         with self.cache.atomic():
-            self.cache.upsert("deals", deal_rows)
-            self.cache.upsert("contacts", contacts)
-            self.cache.upsert("companies", companies)
+            self.cache.deals.upsert(deal_rows, contacts, companies)
             if state_update is not None:
                 state_update.last_id = max(r["id"] for r in deal_rows)
-                self.cache.save_sync_state(state_update)
+                self.cache.syncs.save(state_update)
         summary.deals_read += len(deal_rows)
         summary.deals_changed += len(changed)
         summary.contacts_read += len(contacts)
         summary.companies_read += len(companies)
         self.progress("deals", len(deal_rows))
 
-    def _cached_ids(self, table: str, ids: set[int]) -> set[int]:
-        found: set[int] = set()
-        wanted = sorted(ids)
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start:start + 500]
-            found.update(row["id"] for row in self.cache.query(
-                f"SELECT id FROM {table} WHERE id IN ({','.join('?' * len(chunk))})", chunk))
-        return found
-
     def _sync_changed_clients(self, since: str, summary: SyncSummary, pages: dict[str, list[RawRecord]]) -> None:
         """A contact or company edited without touching its deals (R6 reads its phone / e-mail)."""
-        for entity, column, to_row in (
-            ("contacts", "contact_id", cache_rows.contact_row),
-            ("companies", "company_id", cache_rows.company_row),
-        ):
-            referenced = {
-                row["ref"] for row in self.cache.query(
-                    f"SELECT DISTINCT {column} AS ref FROM deals WHERE {column} IS NOT NULL"
-                )
-            }
-            if entity == "companies":  # a contact's company counts too
-                referenced |= {row["ref"] for row in self.cache.query(
-                    "SELECT DISTINCT company_id AS ref FROM contacts WHERE company_id IS NOT NULL")}
+        for entity, to_row in (("contacts", cache_rows.contact_row), ("companies", cache_rows.company_row)):
+            referenced = self.cache.deals.referenced_clients(entity)
             records = then(pages.get(entity), lambda last, entity=entity: self.reader.iter_changed_clients(
                 entity, modified_since=since, after_id=last))
             for chunk in chunks(records):
                 client_rows = [row for row in self._usable(entity, chunk, to_row) if row["id"] in referenced]
                 with self.cache.atomic():
-                    self.cache.upsert(entity, client_rows)
+                    self.cache.deals.upsert_clients(entity, client_rows)
                 if entity == "contacts":
                     summary.contacts_read += len(client_rows)
                 else:
@@ -515,7 +511,7 @@ class Syncer:
 
     def _stage_history_stream(self, *, full: bool, summary: SyncSummary, first: list[RawRecord] | None = None) -> _Stream:
         """Append-only on the portal: the last ID is a complete cursor, and a full sync re-reads from 0."""
-        state = self.cache.sync_state("stage_history")
+        state = self.cache.syncs.get("stage_history")
         state.status, state.mode = "running", "full" if full else "incremental"
         # IDs are given out when a row is inserted but become visible when its transaction commits,
         # so a row with a lower ID can appear after a higher one: re-read a margin (upserts de-duplicate)
@@ -526,14 +522,14 @@ class Syncer:
             if not history_rows:
                 return
             with self.cache.atomic():
-                self.cache.upsert("stage_history", history_rows)
+                self.cache.deals.upsert_history(history_rows)
                 state.last_id = max(r["id"] for r in history_rows)
-                self.cache.save_sync_state(state)
+                self.cache.syncs.save(state)
             summary.stage_history_read += len(history_rows)
 
         def finish() -> None:
             state.status, state.finished_at = "done", self.now()
-            self.cache.save_sync_state(state)
+            self.cache.syncs.save(state)
 
         records = (then(first, lambda last: self.reader.iter_stage_history(after_id=last)) if first is not None and not full
                    else self.reader.iter_stage_history(after_id=after_id))
@@ -557,14 +553,14 @@ class Syncer:
 
         Only records bound to a deal are kept: the regulation judges deals (R3, R5, R11).
         """
-        state = self._checked(self.cache.sync_state(entity), entity)
+        state = self._checked(self.cache.syncs.get(entity), entity)
         resuming = state.status == "running" and state.mode == "full"
         by_id = full or resuming or state.cursor is None
         if by_id:
             if not resuming:
                 state = SyncState(entity=entity, mode="full", status="running", cursor=state.cursor,
                                   run_cursor=portal_time, last_id=0, started_at=self.now())
-                self.cache.save_sync_state(state)
+                self.cache.syncs.save(state)
             records = read(after_id=state.last_id or 0)
         else:
             state.mode, state.run_cursor = "incremental", portal_time
@@ -578,13 +574,11 @@ class Syncer:
             if not rows:
                 return
             with self.cache.atomic():
-                self.cache.upsert(entity, [row for row in rows if row["deal_id"] is not None])
-                # unbound from its deal since the last sync: it no longer counts for the deal
-                self.cache.delete_ids(entity, [row["id"] for row in rows if row["deal_id"] is None])
+                bound = self.cache.deals.write_linked(entity, rows)
                 if by_id:
                     state.last_id = max(row["id"] or 0 for row in rows)
-                    self.cache.save_sync_state(state)
-            count(sum(1 for row in rows if row["deal_id"] is not None))
+                    self.cache.syncs.save(state)
+            count(bound)
 
         def finish() -> None:
             if by_id and state.started_at:
@@ -594,7 +588,7 @@ class Syncer:
             with self.cache.atomic():
                 state.status, state.cursor, state.run_cursor = "done", state.run_cursor or portal_time, None
                 state.finished_at = self.now()
-                self.cache.save_sync_state(state)
+                self.cache.syncs.save(state)
 
         return _Stream(entity, method, chunks(records), write, finish)
 
@@ -614,6 +608,7 @@ class Syncer:
                 stream.finish()
                 active.remove(stream)
                 continue
+            self._heartbeat()
             stream.write(chunk)
             self.progress(stream.entity, len(chunk))
 
@@ -622,6 +617,11 @@ class Syncer:
 ENTITY_WORDS = {"deals": "deal", "tasks": "task", "activities": "to-do", "stage_history": "stage change"}
 #: the primary key of tables whose rows are matched against rejected_records
 PRIMARY_KEY_OF = {"stages": "status_id", "deal_fields": "field_name"}
+
+
+def _kept(what: str) -> str:
+    return (f"the portal answered no {what}; the cached ones are kept (sync --full --confirm-deletions removes "
+            f"them if they really are gone)")
 
 
 @dataclass

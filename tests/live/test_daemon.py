@@ -233,3 +233,29 @@ def test_inbox_commands_show_the_backlog_and_requeue_dead_letters(tmp_path: Path
     done = crmbridge("inbox", "retry", "--all")
     assert done.returncode == 0 and "1 event(s) back in the inbox" in done.stdout
     assert json.loads(crmbridge("inbox", "--json").stdout)["pending"] == 2
+
+
+def test_task_todo_and_client_events_refresh_their_deals(live, tmp_path: Path) -> None:
+    portal, daemon = live(rules=())
+    daemon.start().wait_ready()
+    portal.send_events_to(daemon.url + "/bitrix24/events")
+    cache = tmp_path / "cache.db"
+    with portal.state.lock:
+        task_id, task = next((tid, row) for tid, row in portal.state.tasks.rows.items()
+                             if row["status"] != "5" and row.get("ufCrmTask"))
+        contact_id = next(cid for cid, row in portal.state.contacts.rows.items() if not row.get("PHONE"))
+    deal_id = int(task["ufCrmTask"][0][2:])
+    portal.update_task(task_id, {"STATUS": 5})
+    todo_id = portal.state.add_todo(2, deal_id, portal.state.now_wire(), title="Позвонить", responsible_id=2,
+                                    author_id=1)
+    portal.update_client("contact", contact_id, {"PHONE": [{"ID": "1", "VALUE": "+79990000000",
+                                                            "VALUE_TYPE": "WORK", "TYPE_ID": "PHONE"}]})
+
+    def cached(sql: str, *params: object) -> object:
+        with sqlite3.connect(cache) as conn:
+            row = conn.execute(sql, params).fetchone()
+        return row[0] if row else None
+
+    wait_for(lambda: cached("SELECT status FROM tasks WHERE id = ?", task_id) == 5, what="the task re-read")
+    wait_for(lambda: cached("SELECT deal_id FROM activities WHERE id = ?", todo_id) == deal_id, what="the to-do")
+    wait_for(lambda: cached("SELECT has_phone FROM contacts WHERE id = ?", contact_id) == 1, what="the contact")

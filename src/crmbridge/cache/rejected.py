@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from crmbridge.cache.store import Cache
+    from crmbridge.cache.tables import Tables
 
 #: longest text kept of one value of a rejected record (a 300 MB title is not copied into the cache)
 KEEP_CHARS = 2000
@@ -76,7 +76,7 @@ def raw_json(raw: Any) -> str:
 class RejectedRecords:
     """Records the last syncs could not use; a record read fine later leaves the table."""
 
-    def __init__(self, cache: Cache) -> None:
+    def __init__(self, cache: Tables) -> None:
         self.cache = cache
 
     def keep(self, records: Sequence[Rejected], seen_at: str) -> None:

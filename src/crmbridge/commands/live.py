@@ -53,7 +53,8 @@ def register(app: typer.Typer) -> None:
         from crmbridge.live.inbox import Inbox
 
         settings = common.settings()
-        common.existing_cache(settings).close()
+        with common.cache(settings):  # a missing cache is a clear error, not a new empty file
+            pass
         with Inbox(settings.cache_path) as box:
             stats = box.stats()
             if dead:
@@ -97,7 +98,8 @@ def register(app: typer.Typer) -> None:
         if (letter_id is None) == (not all_):
             raise ConfigError("give a dead letter id or --all", hint="`crmbridge inbox --dead` lists them")
         settings = common.settings()
-        common.existing_cache(settings).close()
+        with common.cache(settings):  # a missing cache is a clear error, not a new empty file
+            pass
         with Inbox(settings.cache_path) as box:
             requeued, problems = box.retry(None if all_ else [letter_id])  # type: ignore[list-item]
         for problem in problems:

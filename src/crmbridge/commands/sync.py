@@ -43,16 +43,18 @@ def progress_bar(enabled: bool) -> Iterator[ProgressCallback | None]:
         yield advance
 
 
-def run_sync(webhook_url: str | None, *, full: bool, show_progress: bool, confirm_deletions: bool = False) -> SyncSummary:
+def run_sync(webhook_url: str | None, *, full: bool, show_progress: bool, break_lock: bool = False,
+             confirm_deletions: bool = False) -> SyncSummary:
     settings = common.settings()
     client = common.client_from(settings, webhook_url) if webhook_url else common.crm_client(settings)
     guards = {} if settings.crm != "bitrix24" else {
         "confirm_deletions": confirm_deletions, "max_deleted_share": settings.sync_max_deleted_share,
         "max_record_bytes": settings.sync_max_record_kb * 1024}
     with progress_bar(show_progress) as advance:
-        syncer = syncer_for(client, lambda: common.cache_from(settings),
+        syncer = syncer_for(client, lambda: common.cache(settings, create=True),
                             overlap=timedelta(minutes=settings.sync_overlap_minutes), progress=advance,
-                            refresh=timedelta(minutes=settings.amocrm_refresh_minutes), **guards)
+                            refresh=timedelta(minutes=settings.amocrm_refresh_minutes),
+                            lock_wait=settings.sync_lock_wait_seconds, break_lock=break_lock, **guards)
         return syncer.run(full=full)
 
 
@@ -75,9 +77,12 @@ def register(app: typer.Typer) -> None:
             help="Let this full sync remove more than CRMBRIDGE_SYNC_MAX_DELETED_SHARE of the cached deals, tasks or "
                  "to-dos (each still read back by id first)."),
         as_json: bool = typer.Option(False, "--json", help="Print a JSON summary (for scheduled jobs)."),
+        break_lock: bool = typer.Option(False, "--break-lock",
+                                        help="Take the sync lock from a run the OS lock cannot see (a cache on a "
+                                             "network share); that run stops at its next chunk."),
     ) -> None:
         """Sync the CRM into the local SQLite cache (first run full, then incremental by modification time)."""
-        summary = run_sync(None, full=full, show_progress=not as_json and sys.stderr.isatty(),
+        summary = run_sync(None, full=full, show_progress=not as_json and sys.stderr.isatty(), break_lock=break_lock,
                            confirm_deletions=confirm_deletions)
         if as_json:
             common.print_json(summary.as_dict())

@@ -9,6 +9,8 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Iterable, Mapping
 from zoneinfo import ZoneInfo
 
+from crmbridge.bulk import paused_gc
+from crmbridge.cache.deals import DealRecords
 from crmbridge.mapping import records
 from crmbridge.mapping.schema import IGNORE, AnyBinding, FieldSpec, RegulationSpec
 from crmbridge.model import (
@@ -144,6 +146,14 @@ class DealMapper:
         self.adapt_client: records.Adapter = records.amocrm_client(self.zone) if amocrm else records.same
         # amoCRM's history is its status changes: where a lead was created is where its first change came from
         self.synthesize_creation = amocrm
+        # stage task titles by the kind the regulation wants (amoCRM tasks stand in for to-dos by their title)
+        self.todo_titles: set[str] = set()
+        self.task_titles: set[str] = set()
+        for direction in regulation.directions.values():
+            for spec in [stage.task for stage in direction.stages] + [direction.won.task, direction.lost.task]:
+                if spec is not None:
+                    titles = self.todo_titles if spec.kind == TODO else self.task_titles
+                    titles.add(" ".join(spec.title.split()).casefold())
         self._cards: dict[tuple[str, Any, Any], Client | None] = {}
         self.readers: list[tuple[str, str, Callable[[Any], FieldValue]]] = []
         self.client_fields: list[tuple[str, str]] = []
@@ -267,9 +277,17 @@ class DealMapper:
 
     def _tasks(self, tasks: Iterable[Mapping[str, Any]], todos: Iterable[Mapping[str, Any]]) -> tuple[Task, ...]:
         mapped = tuple(self.task(row) for row in tasks)
-        if self.synthesize_creation:
-            # amoCRM has one kind of task: where the regulation asks for a to-do, an amoCRM task is one
-            return mapped + tuple(dataclass_replace(task, kind=TODO) for task in mapped)
+        if self.synthesize_creation and self.todo_titles:
+            # amoCRM has one kind of task: where the regulation asks for a to-do, an amoCRM task of that title is one
+            out: list[Task] = []
+            for task in mapped:
+                if task.title_key in self.todo_titles:
+                    out.append(dataclass_replace(task, kind=TODO))
+                    if task.title_key in self.task_titles:  # a title both kinds use: it counts as either
+                        out.append(task)
+                else:
+                    out.append(task)
+            return tuple(out)
         return mapped + tuple(self.todo(row) for row in todos)
 
     def _creation(self, history: list[Mapping[str, Any]], entries: list[StageEntry], category: str, crm_stage: str,
@@ -375,3 +393,14 @@ class DealMapper:
             contact=contact_card,
             company=company_card,
         )
+
+    def deals(self, records: DealRecords) -> list[Deal]:
+        """Cached deals with their history, tasks, to-dos and clients -> Deals (each client mapped once)."""
+        with paused_gc():
+            contacts = {key: self.client(row, "contact") for key, row in records.contacts.items()}
+            companies = {key: self.client(row, "company") for key, row in records.companies.items()}
+            deals = []
+            for deal_id, raw, contact_id, company_id in records.deals:
+                deals.append(self.deal(raw, records.history.get(deal_id, ()), records.tasks.get(deal_id, ()),
+                                       contacts.get(contact_id), companies.get(company_id), records.todos.get(deal_id, ())))
+            return deals
