@@ -57,9 +57,9 @@ def evaluate_cache(cache: Cache, mappings: Mappings, now: datetime, *, record: b
 
 def default_regulation_text() -> str:
     """The shipped default regulation (package data; the same text as mappings/regulation.yaml)."""
-    from importlib.resources import files
+    from crmbridge import defaults
 
-    return files("crmbridge.defaults").joinpath("regulation.yaml").read_text(encoding="utf-8")
+    return defaults.text("regulation.yaml")
 
 
 def _mappings(directory: Path | None) -> Mappings:
