@@ -41,7 +41,11 @@ class SyncSummary:
     stage_history_read: int = 0
     tasks_read: int = 0
     todos_read: int = 0
+    communications_read: int = 0
+    plan_items: int = 0
     users: int = 0
+    departments: int | None = None  # None: the webhook lacks the department scope
+    currencies: int = 0
     pipelines: int = 0
     stages: int = 0
     deal_fields: int = 0
@@ -57,6 +61,9 @@ class SyncSummary:
 
     def add_todos(self, count: int) -> None:
         self.todos_read += count
+
+    def add_communications(self, count: int) -> None:
+        self.communications_read += count
 
 
 def utc_now_iso() -> str:
@@ -85,6 +92,7 @@ class Syncer:
         *,
         overlap: timedelta = timedelta(minutes=5),
         progress: ProgressCallback | None = None,
+        plan_entity_type: int | None = None,
         now: Callable[[], str] = utc_now_iso,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -92,6 +100,9 @@ class Syncer:
         # a factory is opened only after the portal answered, so bad input leaves no file behind
         self._cache_or_factory = cache
         self.overlap = overlap
+        # the smart process that holds plans (binding `plans_source`), read whole on every sync
+        self.plan_entity_type = plan_entity_type
+        self.granted: set[str] = set()
         self.progress = progress or (lambda entity, count: None)
         self.now = now
         self.monotonic = monotonic
@@ -100,7 +111,8 @@ class Syncer:
         started = self.monotonic()
         requests_before = self.reader.client.requests_made
         # Ask the portal first: a wrong URL, a missing scope or an outage fails before anything is written.
-        _, portal_time = self.reader.check_scopes()
+        granted, portal_time = self.reader.check_scopes()
+        self.granted = set(granted)
         portal_time = portal_time or datetime.now(timezone.utc).isoformat(timespec="seconds")
         if isinstance(self._cache_or_factory, Cache):
             self.cache = self._cache_or_factory
@@ -131,6 +143,9 @@ class Syncer:
                                    "changed_since", cache_rows.task_row, summary.add_tasks),
                 self._dated_stream("activities", "crm.activity.list", full_lists, portal_time, self.reader.iter_todos,
                                    "updated_since", cache_rows.activity_row, summary.add_todos),
+                self._dated_stream("communications", "crm.activity.list", full_lists, portal_time,
+                                   self.reader.iter_communications, "updated_since", cache_rows.communication_row,
+                                   summary.add_communications, deals_only=False),
             ])
         except BaseException:
             summary.http_requests = self.reader.client.requests_made - requests_before
@@ -146,7 +161,10 @@ class Syncer:
     # --- reference lists ----------------------------------------------------------------------
 
     def _sync_reference(self, summary: SyncSummary) -> None:
-        reference = self.reader.reference_data()
+        with_departments = "department" in self.granted
+        reference = self.reader.reference_data(departments=with_departments)
+        plan_items = (list(self.reader.iter_plan_items(self.plan_entity_type))
+                      if self.plan_entity_type is not None else None)
         stage_rows = [
             cache_rows.stage_row(raw, category_id)
             for category_id, stages in reference.stages.items()
@@ -160,6 +178,15 @@ class Syncer:
             summary.stages = self.cache.replace_all("stages", stage_rows)
             summary.deal_fields = self.cache.replace_all("deal_fields", map(cache_rows.deal_field_row, reference.deal_fields))
             summary.users = self.cache.upsert("users", map(cache_rows.user_row, reference.users))
+            summary.currencies = self.cache.replace_all("currencies", map(cache_rows.currency_row, reference.currencies))
+            if reference.departments is not None:
+                summary.departments = self.cache.replace_all(
+                    "departments", map(cache_rows.department_row, reference.departments))
+            if plan_items is not None:
+                synced_at = self.now()
+                summary.plan_items = self.cache.replace_all(
+                    "plan_items", [cache_rows.plan_item_row(raw, self.plan_entity_type or 0, synced_at)
+                                   for raw in plan_items])
 
     # --- deals --------------------------------------------------------------------------------
 
@@ -275,10 +302,14 @@ class Syncer:
         since_arg: str,
         to_row: Callable[[RawRecord], dict[str, Any]],
         count: Callable[[int], None],
+        *,
+        deals_only: bool = True,
     ) -> _Stream:
-        """Tasks and to-dos: a full read by ID that resumes after a kill, else what changed since the cursor.
+        """Tasks, to-dos, calls / meetings / e-mails: a full read by ID that resumes after a kill, else what
+        changed since the cursor.
 
-        Only records bound to a deal are kept: the regulation judges deals (R3, R5, R11).
+        With `deals_only`, only records bound to a deal are kept: the regulation judges deals (R3, R5, R11);
+        the activity KPIs count a manager's calls whoever they were with.
         """
         state = self.cache.sync_state(entity)
         resuming = state.status == "running" and state.mode == "full"
@@ -296,14 +327,16 @@ class Syncer:
         def write(chunk: list[RawRecord]) -> None:
             synced_at = self.now()
             rows = [{**to_row(raw), "synced_at": synced_at} for raw in chunk]
+            kept = [row for row in rows if row["deal_id"] is not None or not deals_only]
             with self.cache.atomic():
-                self.cache.upsert(entity, [row for row in rows if row["deal_id"] is not None])
-                # unbound from its deal since the last sync: it no longer counts for the deal
-                self.cache.delete_ids(entity, [row["id"] for row in rows if row["deal_id"] is None])
+                self.cache.upsert(entity, kept)
+                if deals_only:
+                    # unbound from its deal since the last sync: it no longer counts for the deal
+                    self.cache.delete_ids(entity, [row["id"] for row in rows if row["deal_id"] is None])
                 if by_id:
                     state.last_id = max(row["id"] or 0 for row in rows)
                     self.cache.save_sync_state(state)
-            count(sum(1 for row in rows if row["deal_id"] is not None))
+            count(len(kept))
 
         def finish() -> None:
             with self.cache.atomic():

@@ -26,6 +26,10 @@ PRIMARY_KEYS: dict[str, str] = {
     "stage_history": "id",
     "tasks": "id",
     "activities": "id",
+    "communications": "id",
+    "departments": "id",
+    "currencies": "currency",
+    "plan_items": "id",
     "sync_state": "entity",
 }
 

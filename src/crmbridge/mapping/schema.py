@@ -502,6 +502,26 @@ class HeadSpec(Strict):
     rules: list[RuleId] = Field(default_factory=list, description="Empty = all rules.")
 
 
+class PlansSourceSpec(Strict):
+    """A smart process whose items are sales plans (read on sync with crm.item.list)."""
+
+    entity_type_id: int = Field(ge=1, description="The smart process's entityTypeId (crm.type.list), e.g. 1038.")
+    manager: str = Field("assignedById", description="The item field holding the manager (a user id).")
+    period: str = Field(description="The item field holding the period: text 2026-11 / 2026-Q4, or a date.")
+    metric: str = Field(description="The item field holding the metric: a KPI id, or an enum mapped by `metrics`.")
+    target: str = Field(description="The item field holding the target figure.")
+    direction: str | None = Field(None, description="Optional: the item field holding the direction.")
+    metrics: dict[CrmId, Id] = Field(default_factory=dict, description="Enum option id -> KPI id of kpi.yaml.")
+    directions: dict[CrmId, Id] = Field(default_factory=dict, description="Enum option id -> direction.")
+
+    @field_validator("metrics", "directions", mode="before")
+    @classmethod
+    def _keys_as_text(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {_as_str(key): item for key, item in value.items()}
+        return value
+
+
 class BindingSpec(Strict):
     """How one Bitrix24 portal maps onto the regulation."""
 
@@ -514,6 +534,8 @@ class BindingSpec(Strict):
     fields: dict[Id, FieldBinding] = Field(default_factory=dict)
     teams: dict[Id, TeamSpec] = Field(default_factory=dict)
     heads: list[HeadSpec] = Field(default_factory=list)
+    plans_source: PlansSourceSpec | None = Field(
+        None, description="Plans kept in a Bitrix24 smart process (besides or instead of plans.yaml).")
 
     @field_validator("pipelines", mode="before")
     @classmethod
@@ -554,7 +576,7 @@ def json_schemas() -> dict[str, dict[str, Any]]:
 
 __all__ = [
     "BINDING_SCHEMA_FILE", "BindingSpec", "CalendarSpec", "DirectionSpec", "FieldBindingSpec", "FieldSpec",
-    "FinalStageSpec", "HeadSpec", "IGNORE", "LOST", "PipelineBinding", "REGULATION_SCHEMA_FILE", "RULE_IDS",
+    "FinalStageSpec", "HeadSpec", "IGNORE", "LOST", "PipelineBinding", "PlansSourceSpec", "REGULATION_SCHEMA_FILE", "RULE_IDS",
     "RegulationSpec", "RequirementSpec", "RulesSpec", "StageSpec", "StageTaskSpec", "TaskKind", "TaskSpec", "TeamSpec",
     "WEEKDAYS", "WON",
     "format_duration", "json_schemas", "parse_duration",
