@@ -65,6 +65,7 @@ def register(app: typer.Typer) -> None:
         deals: int = typer.Option(2000, help="Deals seeded into the sandbox portal."),
         cache_path: Path = typer.Option(Path("crmbridge-demo.db"), "--cache", help="SQLite file the demo writes."),
         seed: int = typer.Option(1, help="Sandbox seed."),
+        report: Path = typer.Option(Path("report.html"), "--report", help="Where the demo writes the HTML report."),
     ) -> None:
         """Start the sandbox portal on loopback, sync it, show what crmbridge sees, then enforce the regulation on it."""
         from crmbridge.sandbox import SandboxPortal
@@ -81,18 +82,26 @@ def register(app: typer.Typer) -> None:
                 portal.webhook_url, rate=settings.bitrix24_rate, burst=settings.bitrix24_burst,
                 operating_limit=settings.bitrix24_operating_limit,
             )
+            from crmbridge.mapping.load import load_mappings
+
+            mappings = load_mappings(settings.mappings_dir)
+            source = mappings.binding.plans_source
             cache = open_cache(cache_path)
             try:
                 with progress_bar(sys.stderr.isatty()) as advance:
-                    summary = Syncer(Bitrix24Reader(client), cache, progress=advance).run(full=True)
+                    summary = Syncer(Bitrix24Reader(client), cache, progress=advance,
+                                     plan_entity_type=source.entity_type_id if source else None).run(full=True)
                 print_summary(summary, cache_path)
                 common.console.print(pipeline_table(cache))
                 common.console.print(manager_table(cache))
                 # issue 4: evaluate, show the plan, enforce it on the sandbox, show what changed
                 from crmbridge.enforce.demo import run_demo_enforcement
-                from crmbridge.mapping.load import load_mappings
 
-                run_demo_enforcement(client, cache, load_mappings(settings.mappings_dir))
+                run_demo_enforcement(client, cache, mappings)
+                # issue 10: plans (plans.yaml and the portal's smart process), KPIs, a snapshot and report.html
+                from crmbridge.kpi.demo import run_demo_kpis
+
+                run_demo_kpis(cache, settings.mappings_dir, report)
             finally:
                 cache.close()
             common.console.print(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Iterator
 
 import typer
@@ -12,9 +13,11 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 
 from crmbridge.commands import common
 from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
+from crmbridge.errors import MappingError
 from crmbridge.sync import ProgressCallback, Syncer, SyncSummary
 
-ENTITY_LABELS = {"deals": "deals", "stage_history": "stage history", "tasks": "tasks", "activities": "to-dos"}
+ENTITY_LABELS = {"deals": "deals", "stage_history": "stage history", "tasks": "tasks", "activities": "to-dos",
+                 "communications": "calls, e-mails"}
 
 
 @contextmanager
@@ -42,6 +45,25 @@ def progress_bar(enabled: bool) -> Iterator[ProgressCallback | None]:
         yield advance
 
 
+def plans_entity_type(mappings_dir: Path) -> int | None:
+    """The smart process holding plans (bitrix24.yaml `plans_source`), if the mapping files load.
+
+    A sync must not depend on the mapping files being right (it is how an admin gets the data to fix them),
+    so a broken file only skips the plans, with a warning.
+    """
+    if not (mappings_dir / "bitrix24.yaml").exists():
+        return None
+    from crmbridge.mapping.load import load_mappings
+
+    try:
+        source = load_mappings(mappings_dir).binding.plans_source
+    except MappingError as bad:
+        common.err_console.print(f"[yellow]warning[/yellow]: plans in the portal not read: {bad} "
+                                 "(run `crmbridge check`)", highlight=False)
+        return None
+    return source.entity_type_id if source is not None else None
+
+
 def run_sync(webhook_url: str | None, *, full: bool, show_progress: bool) -> SyncSummary:
     settings = common.settings()
     client = common.client_from(settings, webhook_url)
@@ -49,6 +71,7 @@ def run_sync(webhook_url: str | None, *, full: bool, show_progress: bool) -> Syn
         syncer = Syncer(
             Bitrix24Reader(client), lambda: common.cache_from(settings),
             overlap=timedelta(minutes=settings.sync_overlap_minutes), progress=advance,
+            plan_entity_type=plans_entity_type(settings.mappings_dir),
         )
         return syncer.run(full=full)
 
@@ -59,7 +82,8 @@ def print_summary(summary: SyncSummary, cache_path: object) -> None:
         f"[green]✓[/green] {summary.mode} sync{resumed}: {summary.deals_read:,} deals read, "
         f"{summary.deals_changed:,} changed, {summary.deals_deleted:,} marked deleted; "
         f"{summary.contacts_read:,} contacts, {summary.companies_read:,} companies, "
-        f"{summary.stage_history_read:,} stage changes, {summary.tasks_read:,} tasks, {summary.todos_read:,} to-dos; "
+        f"{summary.stage_history_read:,} stage changes, {summary.tasks_read:,} tasks, {summary.todos_read:,} to-dos, "
+        f"{summary.communications_read:,} calls / meetings / e-mails, {summary.plan_items:,} plan items; "
         f"{summary.http_requests} HTTP requests in {summary.seconds:.1f} s → {cache_path}"
     )
 

@@ -172,3 +172,35 @@ def months_back(last: Period, count: int) -> list[Period]:
 
 def month_of_number(number: int) -> Period:
     return Period.month(number // 12, number % 12 + 1)
+
+
+@dataclass(frozen=True, order=True)
+class Span:
+    """Any run of whole months, e.g. the report's last 12 months: counted like a Period."""
+
+    first: Period
+    last: Period
+
+    @property
+    def start(self) -> date:
+        return self.first.start
+
+    @property
+    def end(self) -> date:
+        return self.last.end
+
+    def months(self) -> list[Period]:
+        return months_back(self.last, self.last.month_number - self.first.month_number + 1)
+
+    def previous(self) -> Span:
+        size = self.last.month_number - self.first.month_number + 1
+        return Span(self.first.shifted(-size), self.last.shifted(-size))
+
+    def year_ago(self) -> Span:
+        return Span(self.first.year_ago(), self.last.year_ago())
+
+    def contains(self, other: Period) -> bool:
+        return self.start <= other.start and other.end <= self.end
+
+    def __str__(self) -> str:
+        return f"{self.first}..{self.last}"
