@@ -318,6 +318,8 @@ class KpiEngine:
 
     def _compliance(self, spec: KpiSpec, period: Period) -> dict[GroupKey, Acc]:
         """Share of deals without a violation of `rules` in the period: worked on in it, or created in it."""
+        if not self.data.violations_recorded:
+            return {}
         rules = set(spec.rules)
         start, end = period.start, period.end
         troubled: set[int] = set()

@@ -92,6 +92,8 @@ class FactData:
     rule_directions: dict[str, set[str]] = field(default_factory=dict)  # rule -> directions where it is not off
     base_currency: str = "RUB"
     warnings: list[str] = field(default_factory=list)
+    #: False until an audit or enforcement recorded violations: compliance is then unknown, not 100 %
+    violations_recorded: bool = True
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ def fact_data(cache: Cache, mappings: Mappings, kpis: KpiFileSpec) -> FactData:
         deals=deals, work=work, violations=inputs.violation_facts(store.violation_rows(cache), clock),
         visits=inputs.stage_visits(store.stage_history_rows(cache), binding, by_id, clock),
         funnels=dict(binding.funnels), users=users, departments=departments, rule_directions=rule_directions,
-        base_currency=base, warnings=warnings)
+        base_currency=base, warnings=warnings, violations_recorded=cache.count("violations") > 0)
 
 
 @dataclass

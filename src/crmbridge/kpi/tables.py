@@ -74,7 +74,7 @@ def import_table(table: Path, target: Path, mappings_dir: Path, *, dry_run: bool
             raise MappingError([str(problem) for problem in doc.problems])
         existing = doc.data if isinstance(doc.data, dict) else None
     merged = merge_table(existing, rows)
-    text = HEADER_COMMENT + _dump(merged)
+    text = HEADER_COMMENT + dump_plans(merged)
     checked = parse_plans(text, str(target), metrics=kpis.kpis, directions=mappings.regulation.directions)
     resolution = resolve(checked.inputs)
     found = [*checked.problems, *resolution.problems]
@@ -89,7 +89,8 @@ def _problem(where: str, what: str, fix: str) -> PlanProblem:
     return PlanProblem(where, what, fix)
 
 
-def _dump(data: dict[str, Any]) -> str:
+def dump_plans(data: dict[str, Any]) -> str:
+    """Plain plans data as YAML text (the header comment not included)."""
     yaml = YAML()
     yaml.default_flow_style = None
     yaml.width = 120
@@ -135,4 +136,4 @@ def export_table(mappings_dir: Path, out: Path | None, *, written_only: bool = T
     return len(table) - 1
 
 
-__all__ = ["PLANS_FILE", "export_table", "import_table", "read_cells"]
+__all__ = ["PLANS_FILE", "dump_plans", "export_table", "import_table", "read_cells"]
