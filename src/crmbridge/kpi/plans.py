@@ -544,14 +544,18 @@ def table_rows(cells: list[list[Any]], file: str) -> tuple[list[TableRow], list[
     return rows, problems
 
 
-def merge_table(spec_data: dict[str, Any] | None, rows: Iterable[TableRow]) -> dict[str, Any]:
-    """Plain plans.yaml data with the table's rows merged in: a row replaces the same owner/metric/period."""
-    data = dict(spec_data or {"version": 1})
-    entries: list[dict[str, Any]] = [dict(entry) for entry in data.get("plans") or []]
-    index: dict[tuple[str, str | None, str], dict[str, Any]] = {}
+def merge_table(data: Any, rows: Iterable[TableRow]) -> Any:
+    """Merge the table's rows into plans.yaml data in place (plain dicts or ruamel's round-trip maps, so the
+    admin's comments survive): a row replaces the same owner / metric / period, a new one goes in period order."""
+    if data is None:
+        data = {"version": 1}
+    if data.get("plans") is None:
+        data["plans"] = []
+    entries = data["plans"]
+    index: dict[tuple[str, str | None, str], Any] = {}
     for entry in entries:
-        if entry.get("manager") is not None:
-            index[(str(entry["manager"]), entry.get("direction"), str(entry.get("metric")))] = entry
+        if isinstance(entry, dict) and entry.get("manager") is not None:
+            index.setdefault((str(entry["manager"]), entry.get("direction"), str(entry.get("metric"))), entry)
     for row in rows:
         key = (row.manager, row.direction, row.metric)
         entry = index.get(key)
@@ -559,13 +563,41 @@ def merge_table(spec_data: dict[str, Any] | None, rows: Iterable[TableRow]) -> d
             entry = {"manager": int(row.manager), **({"direction": row.direction} if row.direction else {}),
                      "metric": row.metric, "targets": {}}
             entries.append(entry)
+            entry = entries[-1]
             index[key] = entry
-        targets = {str(period): value for period, value in dict(entry.get("targets") or {}).items()}
-        targets[str(row.period)] = int(row.target) if float(row.target).is_integer() else row.target
-        entry["targets"] = dict(sorted(targets.items(), key=lambda item: (Period.parse(item[0]).start,
-                                                                        -Period.parse(item[0]).months_count)))
-    data["plans"] = entries
+        targets = entry.get("targets")
+        if targets is None:
+            entry["targets"] = {}
+            targets = entry["targets"]
+        value = int(row.target) if float(row.target).is_integer() else row.target
+        same = [written for written in list(targets) if _same_period(written, row.period)]
+        if same:
+            targets[same[0]] = value
+            continue
+        position = sum(1 for written in list(targets) if _period_order(written) < _period_order(str(row.period)))
+        if hasattr(targets, "insert"):
+            targets.insert(position, str(row.period), value)
+        else:
+            items = list(targets.items())
+            items.insert(position, (str(row.period), value))
+            targets.clear()
+            targets.update(items)
     return data
+
+
+def _same_period(written: Any, period: Period) -> bool:
+    try:
+        return Period.parse(written) == period
+    except PeriodError:
+        return False
+
+
+def _period_order(written: Any) -> tuple[Any, int]:
+    try:
+        period = Period.parse(written)
+    except PeriodError:
+        return (Period.parse("2999").start, 0)
+    return (period.start, -period.months_count)
 
 
 def export_rows(rows: Iterable[PlanRow], *, written_only: bool = True) -> list[list[Any]]:

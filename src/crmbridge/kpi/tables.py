@@ -67,14 +67,19 @@ def import_table(table: Path, target: Path, mappings_dir: Path, *, dry_run: bool
                                      did_you_mean(row.direction, mappings.regulation.directions)))
     if problems:
         raise MappingError([str(problem) for problem in sorted(problems)])
-    existing: dict[str, Any] | None = None
+    yaml = _round_trip()
     if target.exists():
         doc = read_yaml(read_text(target), str(target))
         if doc.problems:
             raise MappingError([str(problem) for problem in doc.problems])
-        existing = doc.data if isinstance(doc.data, dict) else None
-    merged = merge_table(existing, rows)
-    text = HEADER_COMMENT + dump_plans(merged)
+        data = yaml.load(read_text(target))  # round-trip: the admin's comments and layout survive the merge
+        text_before = None
+    else:
+        data, text_before = None, HEADER_COMMENT
+    merged = merge_table(data, rows)
+    out = io.StringIO()
+    yaml.dump(merged, out)
+    text = (text_before or "") + out.getvalue()
     checked = parse_plans(text, str(target), metrics=kpis.kpis, directions=mappings.regulation.directions)
     resolution = resolve(checked.inputs)
     found = [*checked.problems, *resolution.problems]
@@ -89,14 +94,19 @@ def _problem(where: str, what: str, fix: str) -> PlanProblem:
     return PlanProblem(where, what, fix)
 
 
+def _round_trip() -> YAML:
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    yaml.width = 120
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    return yaml
+
+
 def dump_plans(data: dict[str, Any]) -> str:
     """Plain plans data as YAML text (the header comment not included)."""
-    yaml = YAML()
-    yaml.default_flow_style = None
-    yaml.width = 120
     out = io.StringIO()
     plain = {"version": data.get("version", 1), **{k: v for k, v in data.items() if k != "version"}}
-    yaml.dump(plain, out)
+    _round_trip().dump(plain, out)
     return out.getvalue()
 
 

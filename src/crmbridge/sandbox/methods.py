@@ -574,7 +574,7 @@ def currency_list(ctx: Context, params: dict[str, Any]) -> MethodResult:
         column = str(key).upper()
         rows.sort(key=lambda row: (int(row[column]) if column == "SORT" else str(row.get(column) or "")),
                   reverse=str(direction).upper() == "DESC")
-    return MethodResult(rows, total=0, rows=len(rows), counted=len(rows))
+    return MethodResult(rows, total=0, is_list=True, rows=len(rows), counted=len(rows))
 
 
 def item_list(ctx: Context, params: dict[str, Any]) -> MethodResult:
