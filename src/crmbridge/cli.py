@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "crmbridge.commands.demo",
     "crmbridge.commands.regulation",
     "crmbridge.commands.enforce",
+    "crmbridge.commands.live",
     "crmbridge.commands.kpi",
 ]
 

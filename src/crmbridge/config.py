@@ -44,6 +44,20 @@ class Settings(BaseSettings):
 
     #: minutes re-read before the incremental cursor, so edits committed late on the portal are not missed
     sync_overlap_minutes: int = Field(default=5, ge=0)
+    #: minutes between re-reads of pipelines, stages, fields and users by an incremental sync (a full sync always reads them)
+    sync_metadata_minutes: int = Field(default=60, ge=0)
+
+    # --- the daemon (`crmbridge serve`) ---
+    #: largest event body accepted (bytes); a longer one gets 413
+    event_max_bytes: int = Field(default=65_536, ge=1_024)
+    #: processing failures of one event before it goes to the dead letters (an unreachable portal does not count)
+    inbox_max_attempts: int = Field(default=8, ge=1)
+    #: days processed events stay in the inbox table (for inspection), then they are pruned
+    inbox_keep_days: int = Field(default=7, ge=0)
+    #: /readyz fails when the oldest pending event waits longer than this (seconds)
+    ready_max_lag_seconds: int = Field(default=300, ge=1)
+    #: seconds a SIGTERM waits for running jobs before the daemon exits anyway (their work is resumable)
+    stop_timeout_seconds: int = Field(default=60, ge=0)
 
     @field_validator("bitrix24_webhook_url", "bitrix24_application_token", mode="before")
     @classmethod

@@ -4,13 +4,16 @@
     ├── ConfigError                  a setting is missing or wrong (names the setting and the fix)
     ├── MappingError                 a mapping / regulation file is wrong (carries every problem with file:line:col)
     ├── CacheError                   the SQLite cache cannot be used (e.g. written by a newer crmbridge)
+    │   ├── CacheLocked              another live run holds the cache's writer lock (names it)
+    │   └── LockLost                 this run's writer lock was broken (--break-lock): it stops writing
     └── CrmError                     the CRM answered with an error, or could not be reached
         ├── TransientCrmError        worth retrying: 5xx, HTML where JSON was expected, resets, timeouts
         │   └── CrmUnreachable       no HTTP answer at all (DNS, refused, reset, timeout)
         ├── RateLimited              503 QUERY_LIMIT_EXCEEDED: the leaky bucket overflowed; back off and retry
         ├── OperatingTimeExceeded    429 OPERATION_TIME_LIMIT: a method's 10-minute budget is spent; wait until reset_at
         ├── AuthError                401 NO_AUTH_FOUND / expired_token / invalid_token: the credentials are wrong
-        │   └── AuthExpired          expired_token: an OAuth seam may refresh and repeat
+        │   ├── AuthExpired          expired_token: an OAuth seam may refresh and repeat
+        │   └── ReauthorizationRequired  the OAuth server refused the refresh token: a person must connect again
         ├── ScopeError               403 insufficient_scope: the webhook lacks a scope (names it when it can)
         ├── CrmRejected              any other 4xx or CRM error: the request itself is wrong; never retried
         └── BatchCommandError        one command inside a `batch` failed (keeps the command key)
@@ -57,6 +60,18 @@ class MappingError(CrmBridgeError):
 
 class CacheError(CrmBridgeError):
     """The local SQLite cache cannot be used as it is."""
+
+
+class CacheLocked(CacheError):
+    """Another live process holds the cache's writer lock; `holder` says who (run, pid, host, since)."""
+
+    def __init__(self, message: str, holder: Any = None, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.holder = holder
+
+
+class LockLost(CacheError):
+    """The writer lock this run held was broken (`--break-lock`) by another run: this one must stop writing."""
 
 
 class CrmError(CrmBridgeError):
@@ -127,6 +142,14 @@ class AuthError(CrmError):
 
 class AuthExpired(AuthError):
     """An OAuth access token expired; an OAuth auth seam refreshes it and repeats the call."""
+
+
+class ReauthorizationRequired(AuthError):
+    """The authorization server refused the stored refresh token (invalid_grant, revoked, app removed).
+
+    No retry can fix it: an admin runs `crmbridge connect` again. Every process sharing the cache
+    sees the same state without asking the server again.
+    """
 
 
 class ScopeError(CrmError):

@@ -129,6 +129,8 @@ class Syncer:
         resuming = deals_state.status == "running" and deals_state.mode == "full"
         mode = "full" if (full or resuming or deals_state.cursor is None) else "incremental"
         summary = SyncSummary(mode=mode, resumed=resuming)
+        # one cache, one account: a cache of another portal (or of an amoCRM account) is refused before any write
+        self.cache.claim_account("bitrix24", self.reader.client.account, self.now())
         run_id = self.cache.start_run(mode, self.now())
         try:
             self._sync_reference(summary)

@@ -209,9 +209,10 @@ def test_a_run_killed_after_n_actions_resumes_without_duplicates(make_portal, ca
         run(dying, cache, mappings, SETTLING)
     audit = AuditLog(cache)
     pending = audit.pending()
-    # the first batch (50) is recorded; the second landed, but its results were never recorded
-    assert cache.count("actions", "status = 'done'") == 50
-    assert 0 < len(pending) == min(50, cache.count("actions") - 50)
+    # the first batch (whole groups, at most 50) is recorded; the second landed, but its results were never recorded
+    first_batch = cache.count("actions", "status = 'done'")
+    assert 40 < first_batch <= 50 and 0 < len(pending) <= 50
+    assert len(pending) == cache.count("actions") - first_batch
     notifications = sum(row["kind"] == "notify" for row in pending)
     resumed = run(fast_client(portal), cache, mappings, SETTLING)
     # tasks and comments found by their marker, deal updates read back; notifications cannot be looked up

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from crmbridge.cache.lock import WriterLock
+from crmbridge.errors import LockLost
 from crmbridge.sandbox import SandboxPortal
 
 pytestmark = pytest.mark.integration
@@ -62,3 +64,19 @@ def test_enforce_dry_run_then_enforce_then_log(tmp_path: Path, portal: SandboxPo
     assert json.loads(future.stdout) == []
     bad = cli(tmp_path, portal, "log", "--since", "yesterday-ish")
     assert bad.returncode == 2 and "--since" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_second_enforce_is_told_who_holds_the_lock_and_break_lock_takes_it(tmp_path: Path, portal: SandboxPortal) -> None:
+    assert cli(tmp_path, portal, "sync", "--json").returncode == 0
+    holder = WriterLock(tmp_path / "cache.db", "enforce", "scheduled")  # a run still writing, in another process
+    holder.acquire()
+    refused = cli(tmp_path, portal, "enforce", "--json")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert f"another enforce run is writing to this cache: run scheduled (pid {os.getpid()}" in refused.stderr
+    assert "--break-lock" in refused.stderr
+    taken = cli(tmp_path, portal, "enforce", "--json", "--break-lock")
+    assert taken.returncode == 0, taken.stderr
+    assert json.loads(taken.stdout)["execution"]["failed"] == 0
+    with pytest.raises(LockLost, match="lost its lock"):
+        holder.heartbeat()  # the old holder learns at its next batch that it must stop writing
+    holder.release()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -71,56 +70,3 @@ def test_since_takes_dates_times_and_spans() -> None:
     assert parse_since("2026-11-19T10:00+03:00", now) == datetime(2026, 11, 19, 7, 0, tzinfo=UTC)
     with pytest.raises(ValueError, match="--since"):
         parse_since("last tuesday", now)
-
-
-def test_one_enforce_run_writes_at_a_time(audit: AuditLog) -> None:
-    now = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
-    assert audit.acquire_lock("first", now) is None
-    assert audit.acquire_lock("second", now + timedelta(minutes=5)) == f"run first since {now.isoformat()}"
-    assert audit.acquire_lock("first", now + timedelta(minutes=5)) is None  # the holder may take it again
-    assert audit.acquire_lock("third", now + timedelta(hours=1)) is None  # a dead run's lock is taken over
-    audit.release_lock("third")
-    assert audit.acquire_lock("second", now + timedelta(hours=1)) is None
-
-
-def test_two_runs_racing_for_the_lock_one_takes_it_and_the_other_is_told_who_holds_it(tmp_path, monkeypatch) -> None:
-    """Two enforce runs on one cache file, each with its own connection: the second asks for the lock between the
-    first one's read and its write. It waits for the first one and is told who holds the lock (no SQLITE_BUSY)."""
-    path = tmp_path / "cache.db"
-    first = AuditLog(open_cache(path))
-    now = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
-    ready, go = threading.Event(), threading.Event()
-    outcome: dict[str, object] = {}
-
-    def second_run() -> None:
-        second = AuditLog(open_cache(path))  # a connection of its own, in its own thread
-        ready.set()
-        go.wait(timeout=30)
-        try:
-            outcome["second"] = second.acquire_lock("second", now)
-        except Exception as exc:  # noqa: BLE001 - the test reports it
-            outcome["second"] = exc
-        finally:
-            second.cache.close()
-
-    racer = threading.Thread(target=second_run)
-    racer.start()
-    assert ready.wait(timeout=30)
-    real_query = first.cache.query
-
-    def query_then_race(sql: str, params: object = None) -> list:
-        rows = real_query(sql, params)  # type: ignore[arg-type]
-        if "enforce_state" in sql and not go.is_set():
-            go.set()
-            racer.join(timeout=0.5)  # the second run gets every chance to slip in between the read and the write
-        return rows
-
-    monkeypatch.setattr(first.cache, "query", query_then_race)
-    try:
-        assert first.acquire_lock("first", now) is None
-        racer.join(timeout=30)
-        assert outcome["second"] == f"run first since {now.isoformat()}"
-    finally:
-        go.set()
-        racer.join(timeout=30)
-        first.cache.close()

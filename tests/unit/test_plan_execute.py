@@ -1,4 +1,4 @@
-"""The executor's edge cases against a scripted CRM: lookups that fail, and the one-writer lock during a long run."""
+"""The executor's edge cases against a scripted CRM: lookups that fail, and a one-writer lock broken during a run."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 
 from crmbridge.cache import open_cache
+from crmbridge.cache.lock import WriterLock
 from crmbridge.connectors.bitrix24.envelope import BatchResult
 from crmbridge.enforce.audit import AuditLog
 from crmbridge.enforce.execute import Executor
 from crmbridge.enforce.plan import Action, ActionKind
-from crmbridge.errors import CrmBridgeError, TransientCrmError
+from crmbridge.errors import LockLost, TransientCrmError
 
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
 
@@ -107,33 +108,20 @@ def test_an_intent_whose_lookup_fails_is_not_sent_again_in_the_same_run(audit: A
     assert audit.pending() == []
 
 
-def test_the_lock_is_refreshed_after_each_write_batch(audit: AuditLog) -> None:
+def test_a_run_whose_lock_was_broken_stops_writing(audit: AuditLog, tmp_path) -> None:
     clock = Clock()
+    cache_path = tmp_path / "cache.db"
+    lock = WriterLock(cache_path, "enforce", "slow")
+    lock.acquire(now=clock())
 
-    def twenty_minutes() -> None:
-        clock.moment += timedelta(minutes=20)  # a slow portal: each write batch takes 20 minutes
+    def stuck_then_broken() -> None:
+        clock.moment += timedelta(minutes=45)
+        WriterLock(cache_path, "enforce", "other").acquire(break_lock=True, now=clock())  # `enforce --break-lock`
 
-    crm = ScriptedCrm(on_write=twenty_minutes)
-    assert audit.acquire_lock("long", clock()) is None
-    summary = Executor(crm, audit, run_id="long", now=clock, sleep=lambda seconds: None).execute(
-        [task_action(deal) for deal in range(1, 121)])
-    assert (summary.batches, summary.done) == (3, 120) and clock() == T0 + timedelta(hours=1)
-    # an hour after it took the lock, the run still holds it: the next scheduled run does not take it over
-    assert audit.acquire_lock("next", clock()) == f"run long since {clock().isoformat()}"
-
-
-def test_a_run_whose_lock_was_taken_over_stops_writing(audit: AuditLog) -> None:
-    clock = Clock()
-
-    def stuck_then_overtaken() -> None:
-        clock.moment += timedelta(minutes=45)  # longer than a lock lives: another run takes it meanwhile
-        assert audit.acquire_lock("other", clock()) is None
-
-    crm = ScriptedCrm(on_write=stuck_then_overtaken)
-    assert audit.acquire_lock("slow", clock()) is None
-    executor = Executor(crm, audit, run_id="slow", now=clock, sleep=lambda seconds: None)
-    with pytest.raises(CrmBridgeError, match="lost the one-writer lock to run other"):
+    crm = ScriptedCrm(on_write=stuck_then_broken)
+    executor = Executor(crm, audit, run_id="slow", lock=lock, now=clock, sleep=lambda seconds: None)
+    with pytest.raises(LockLost, match="lost its lock to run other"):
         executor.execute([task_action(deal) for deal in range(1, 121)])
     assert crm.write_batches == 1  # the first batch is recorded, the rest is left to the run holding the lock
-    assert audit.acquire_lock("slow", clock()) == f"run other since {clock().isoformat()}"
     assert len(audit.entries(status="done")) == 50
+    lock.release()

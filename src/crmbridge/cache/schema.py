@@ -219,7 +219,123 @@ MIGRATIONS: list[str] = [
     ALTER TABLE tasks ADD COLUMN synced_at TEXT;       -- when crmbridge last saw it on the portal (UTC)
     ALTER TABLE activities ADD COLUMN synced_at TEXT;
     """,
-    # 6: plans and KPIs (issue 10): departments, currency rates, calls / meetings / e-mails, the bound smart
+    # 6: the live bridge (issue 9): the durable event inbox, dead letters, scheduled job runs, small daemon state.
+    """
+    CREATE TABLE inbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        source TEXT NOT NULL,            -- bitrix24.webhook, bitrix24.offline, amocrm.hook, ...
+        event TEXT NOT NULL,             -- the CRM's event name, e.g. ONCRMDEALUPDATE
+        entity TEXT NOT NULL,            -- deal, task, activity, contact, company (or the source's own kind)
+        entity_id TEXT NOT NULL,         -- the CRM id the event names
+        payload TEXT NOT NULL,           -- the event exactly as received (form body, or JSON)
+        received_at TEXT NOT NULL,       -- when crmbridge received it (UTC)
+        dedupe_key TEXT,                 -- the source's own delivery id (offline MESSAGE_ID, ...); NULL = none
+        status TEXT NOT NULL DEFAULT 'pending',  -- pending (to process), done
+        attempts INTEGER NOT NULL DEFAULT 0,     -- processing attempts that failed
+        next_attempt_at TEXT,            -- backoff: not before this time (UTC); NULL = now
+        last_error TEXT,                 -- why the last attempt failed
+        processed_at TEXT                -- when the worker finished it (UTC)
+    );
+    CREATE UNIQUE INDEX inbox_dedupe ON inbox(source, dedupe_key) WHERE dedupe_key IS NOT NULL;
+    CREATE INDEX inbox_pending ON inbox(status, id);
+    CREATE INDEX inbox_processed ON inbox(processed_at) WHERE status = 'done';
+
+    CREATE TABLE dead_letters (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        source TEXT NOT NULL,            -- where it came from (bitrix24.webhook, ...)
+        reason TEXT NOT NULL,            -- malformed: ..., or the last processing error after repeated failures
+        received_at TEXT NOT NULL,       -- when crmbridge received it (UTC)
+        dead_at TEXT NOT NULL,           -- when it was given up (UTC)
+        inbox_id INTEGER,                -- the inbox row it came from (NULL for a malformed body)
+        event TEXT, entity TEXT, entity_id TEXT,  -- what it named (NULL when it could not be parsed)
+        attempts INTEGER NOT NULL DEFAULT 0,
+        payload TEXT NOT NULL,           -- the body as received, truncated to a limit
+        truncated INTEGER NOT NULL DEFAULT 0,  -- 1 when payload was cut
+        requeued_at TEXT                 -- set by `crmbridge inbox retry`: it went back into the inbox
+    );
+
+    CREATE TABLE job_runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job TEXT NOT NULL,               -- the job's name (its file name in jobs/)
+        scheduled_for TEXT NOT NULL,     -- the fire time it runs for (UTC); one run per job and fire time
+        status TEXT NOT NULL,            -- running, done, failed, timeout, skipped
+        started TEXT NOT NULL,
+        finished TEXT,
+        host TEXT,                       -- host:pid of the daemon (or `jobs run`) that ran it
+        summary TEXT,                    -- JSON: what the run did, or its error
+        UNIQUE (job, scheduled_for)
+    );
+    CREATE INDEX job_runs_job ON job_runs(job, id);
+
+    CREATE TABLE live_state (
+        name TEXT PRIMARY KEY,           -- e.g. bitrix24.member_id (remembered from the install or first event)
+        value TEXT,
+        updated TEXT
+    );
+    """,
+    # 7: enforcement crash safety (issue 7): actions that belong together (a revert, its comment, the stage task of the
+    # stage it goes back to, the manager's notice) are completed after a crash even when the violation is gone.
+    """
+    ALTER TABLE actions ADD COLUMN group_key TEXT;     -- the group it belongs to (e.g. revert:<deal>:<entry>)
+    CREATE INDEX actions_group ON actions(group_key);
+    """,
+    # 8: a cache holds one CRM account of either kind (issue 11: amoCRM): the account marker; stages keyed per
+    # pipeline (amoCRM's won 142 and lost 143 exist in every pipeline); amoCRM stage history comes from events
+    # whose ids are strings and which say where the lead came from.
+    """
+    CREATE TABLE crm_account (
+        id INTEGER PRIMARY KEY CHECK (id = 1),  -- one row: the account this cache serves
+        crm TEXT NOT NULL,               -- bitrix24 or amocrm
+        account TEXT NOT NULL,           -- the portal's / account's host (with its port where the URL has one)
+        account_id TEXT,                 -- amoCRM account id (GET /api/v4/account)
+        name TEXT,                       -- the account's name
+        timezone TEXT,                   -- amoCRM datetime_settings.timezone: how dates in the cache are written
+        currency TEXT,                   -- amoCRM account currency (deals.currency)
+        filter_enabled INTEGER,          -- amoCRM is_api_filter_enabled: incremental sync needs it
+        claimed_at TEXT NOT NULL,        -- when crmbridge first synced this account into the cache (UTC)
+        raw TEXT                         -- GET /api/v4/account as the account answered (amoCRM)
+    );
+
+    CREATE TABLE stages_v8 (
+        status_id TEXT NOT NULL,         -- Bitrix24 STAGE_ID ('C1:NEW'); amoCRM status id ('142' in every pipeline)
+        category_id INTEGER NOT NULL,    -- pipeline
+        entity_id TEXT,                  -- Bitrix24 DEAL_STAGE or DEAL_STAGE_<n>; NULL for amoCRM
+        name TEXT,
+        sort INTEGER,
+        semantics TEXT,                  -- P (process), S (success), F (failure)
+        raw TEXT NOT NULL,
+        PRIMARY KEY (category_id, status_id)
+    );
+    INSERT INTO stages_v8 (status_id, category_id, entity_id, name, sort, semantics, raw)
+        SELECT status_id, COALESCE(category_id, 0), entity_id, name, sort, semantics, raw FROM stages;
+    DROP TABLE stages;
+    ALTER TABLE stages_v8 RENAME TO stages;
+
+    ALTER TABLE stage_history ADD COLUMN crm_id TEXT;            -- the CRM's own id when not an integer (amoCRM event id)
+    ALTER TABLE stage_history ADD COLUMN from_category_id INTEGER;  -- amoCRM: the pipeline the lead left (value_before)
+    ALTER TABLE stage_history ADD COLUMN from_stage_id TEXT;        -- amoCRM: the status the lead left
+    """,
+    # 9: OAuth tokens of a CRM application (Bitrix24 local app, amoCRM integration), shared by every process
+    # on this cache; refreshed single-flight (connectors/oauth.py). Tokens are secrets: never logged.
+    """
+    CREATE TABLE oauth_tokens (
+        crm TEXT NOT NULL,               -- bitrix24 or amocrm
+        account TEXT NOT NULL,           -- which portal / account: Bitrix24 member_id, amoCRM account host
+        access_token TEXT NOT NULL,      -- secret
+        refresh_token TEXT,              -- secret; NULL for a token that cannot be refreshed (amoCRM long-lived)
+        expires_at REAL,                 -- unix seconds the server gave for the access token (advisory: a 401 decides)
+        generation INTEGER NOT NULL,     -- +1 on every write of the pair: tells a process whether someone refreshed
+        updated_at TEXT NOT NULL,        -- when the pair was written (UTC)
+        details TEXT NOT NULL DEFAULT '{}',  -- JSON: the grant's non-secret fields (endpoints, domain, scope, user)
+        refresh_started_at TEXT,         -- set (and committed) before a refresh call, cleared with the new pair:
+                                         -- still set = that refresh did not finish (its answer may be lost)
+        refresh_by TEXT,                 -- host:pid that started it
+        status TEXT NOT NULL DEFAULT 'active',  -- active, or reauthorize (the server refused the refresh token)
+        error TEXT,                      -- why reauthorize: the server's code and text
+        PRIMARY KEY (crm, account)
+    );
+    """,
+    # 10: plans and KPIs (issue 10): departments, currency rates, calls / meetings / e-mails, the bound smart
     # process's plan items, resolved plans with their source, and KPI snapshots kept as history.
     """
     CREATE TABLE departments (

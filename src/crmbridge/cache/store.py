@@ -15,10 +15,10 @@ import sqlite_utils
 from crmbridge.cache.schema import MIGRATIONS, SCHEMA_VERSION
 from crmbridge.errors import CacheError
 
-PRIMARY_KEYS: dict[str, str] = {
+PRIMARY_KEYS: dict[str, str | tuple[str, ...]] = {
     "deals": "id",
     "pipelines": "id",
-    "stages": "status_id",
+    "stages": ("category_id", "status_id"),
     "deal_fields": "field_name",
     "users": "id",
     "contacts": "id",
@@ -32,6 +32,8 @@ PRIMARY_KEYS: dict[str, str] = {
     "plan_items": "id",
     "sync_state": "entity",
 }
+
+_CRM_NAMES = {"bitrix24": "Bitrix24", "amocrm": "amoCRM"}
 
 
 @dataclass
@@ -124,6 +126,44 @@ class Cache:
             [not_synced_since],
         )
         return cursor.rowcount
+
+    # --- which account the cache serves ------------------------------------------------------
+
+    def crm_account(self) -> dict[str, Any] | None:
+        """The account this cache holds (crm, account host, ...), or None before the first sync."""
+        rows = list(self.db.query("SELECT * FROM crm_account WHERE id = 1"))
+        return rows[0] if rows else None
+
+    def claim_account(self, crm: str, account: str, claimed_at: str, **details: Any) -> dict[str, Any]:
+        """Mark the cache as holding `account` of `crm`; refuse when it already holds another one.
+
+        A cache written before the marker existed holds Bitrix24 data and is claimed by its first sync.
+        `details` (account_id, name, timezone, currency, filter_enabled, raw) are updated on every claim.
+        """
+        with self.atomic():
+            held = self.crm_account()
+            if held is not None and (held["crm"], held["account"]) != (crm, account):
+                raise CacheError(
+                    f"{self.path or 'the cache'} holds the {_CRM_NAMES.get(held['crm'], held['crm'])} account "
+                    f"{held['account']}, not the {_CRM_NAMES.get(crm, crm)} account {account}",
+                    hint="point CRMBRIDGE_CACHE_PATH at another file for this account (one cache per account), "
+                         "or check CRMBRIDGE_CRM",
+                )
+            row = {"id": 1, "crm": crm, "account": account,
+                   "claimed_at": held["claimed_at"] if held else claimed_at,
+                   **{key: value for key, value in details.items() if value is not None}}
+            self.db["crm_account"].upsert(row, pk="id")
+        return self.crm_account() or row
+
+    def check_account(self, crm: str) -> None:
+        """Refuse to read a cache of another CRM than the one configured (CRMBRIDGE_CRM)."""
+        held = self.crm_account()
+        if held is not None and held["crm"] != crm:
+            raise CacheError(
+                f"{self.path or 'the cache'} holds the {_CRM_NAMES.get(held['crm'], held['crm'])} account "
+                f"{held['account']}, but CRMBRIDGE_CRM is {crm}",
+                hint="set CRMBRIDGE_CRM to the cache's CRM, or point CRMBRIDGE_CACHE_PATH at this CRM's cache",
+            )
 
     # --- sync state -------------------------------------------------------------------------
 

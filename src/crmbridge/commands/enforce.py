@@ -119,6 +119,9 @@ def register(app: typer.Typer) -> None:
                                                      "(default CRMBRIDGE_ENFORCE_MAX_REVERTS_PER_DAY, 3)."),
         mode: list[str] = typer.Option(None, "--mode", help="Override a rule's mode for this run, e.g. R1=enforce (repeatable)."),
         limit: int = typer.Option(30, "--limit", min=0, help="Actions listed on the terminal."),
+        break_lock: bool = typer.Option(False, "--break-lock",
+                                        help="Take the one-writer lock from a run the OS lock cannot see (a cache on a "
+                                             "network share); that run stops at its next batch."),
         mappings_dir: Path = typer.Option(None, "--mappings", help="Directory with regulation.yaml and bitrix24.yaml."),
     ) -> None:
         """Make the portal follow the regulation: violations become tasks, notifications and corrections, each written once."""
@@ -129,7 +132,7 @@ def register(app: typer.Typer) -> None:
         cache = common.cache_from(settings)
         try:
             report = enforce(client, cache, mappings, dry_run=dry_run, deal_ids=[deal] if deal is not None else None,
-                             sync=sync, modes=overrides,
+                             sync=sync, modes=overrides, break_lock=break_lock,
                              max_reverts_per_day=settings.enforce_max_reverts_per_day
                              if max_reverts_per_day is None else max_reverts_per_day)
         finally:

@@ -1,23 +1,23 @@
-"""The `actions` table: outbox and audit log of every write to the CRM (intent before, result after), and its queries."""
+"""Enforcement's outbox and audit log in the words of actions: intent before each write, result after (SQL in cache/actions.py)."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta, tzinfo
+from datetime import UTC, datetime, time, tzinfo
 from typing import Any
 
+from crmbridge.cache.actions import ActionsRepository
 from crmbridge.cache.store import Cache
 from crmbridge.enforce.plan import Action, ActionKind
 
 INTENT = "intent"  # recorded before the write: if found by a later run, the outcome is unknown until reconciled
 DONE = "done"
 FAILED = "failed"
-CANCELLED = "cancelled"  # an unknown outcome no longer needed: the violation is gone and nothing was found
+CANCELLED = "cancelled"  # never sent, or looked up and not found, and no longer needed (the violation is gone)
 GIVEN_UP = "given_up"  # not a status: a failed action sent `max_sends_total` times is not sent again
+STATUSES = (INTENT, DONE, FAILED, CANCELLED)
 
 
 def utc_now() -> datetime:
@@ -28,27 +28,8 @@ def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str, separators=(",", ":"))
 
 
-@contextmanager
-def _write_transaction(cache: Cache) -> Iterator[Cache]:
-    """`BEGIN IMMEDIATE`: SQLite's write lock is taken before anything is read. A deferred transaction that reads
-    and then writes fails at once with SQLITE_BUSY (no busy timeout) when another connection wrote in between;
-    this one waits its turn (the connection's busy timeout) and then reads what the other one committed."""
-    if cache.db.conn.in_transaction:  # inside a caller's transaction: its lock, its commit
-        with cache.atomic():
-            yield cache
-        return
-    cache.db.execute("BEGIN IMMEDIATE")
-    try:
-        yield cache
-    except BaseException:
-        cache.db.rollback()
-        raise
-    cache.db.execute("COMMIT")
-
-
-def _lock_holder(value: Any) -> tuple[str, str]:
-    holder, _, since = str(value).partition("@")
-    return holder, since
+def _stamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat()
 
 
 @dataclass(frozen=True)
@@ -75,21 +56,16 @@ class LogEntry:
 
 
 class AuditLog:
-    """Reads and writes the `actions` table; each write of a chunk is one transaction."""
+    """The outbox and audit log of enforcement in the words of actions; the SQL is in `cache.actions`."""
 
     def __init__(self, cache: Cache) -> None:
         self.cache = cache
+        self.rows = ActionsRepository(cache)
 
     # ------------------------------------------------------------ outbox
 
     def rows_for(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
-        rows: dict[str, dict[str, Any]] = {}
-        for start in range(0, len(keys), 500):
-            chunk = list(keys[start:start + 500])
-            marks = ",".join("?" * len(chunk))
-            for row in self.cache.query(f"SELECT * FROM actions WHERE idempotency_key IN ({marks})", chunk):
-                rows[row["idempotency_key"]] = row
-        return rows
+        return self.rows.by_keys(keys)
 
     @staticmethod
     def settled(row: Mapping[str, Any] | None, max_sends_total: int) -> str | None:
@@ -105,175 +81,72 @@ class AuditLog:
 
     def record_intents(self, actions: Sequence[tuple[Action, Mapping[str, Any]]], run_id: str, now: datetime) -> None:
         """Before the write: the action exists as an intent, with the exact payload about to be sent."""
-        stamp = now.astimezone(UTC).isoformat()
-        with self.cache.atomic():
-            for action, params in actions:
-                self.cache.db.execute(
-                    """
-                    INSERT INTO actions (idempotency_key, marker, run_id, planned, updated, rule, deal_id, kind, method,
-                                         payload, summary, reason, clause, violation_keys, recipient_id, status,
-                                         attempts, sent)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'intent', 1, ?)
-                    ON CONFLICT(idempotency_key) DO UPDATE SET
-                        run_id = excluded.run_id, updated = excluded.updated, payload = excluded.payload,
-                        status = 'intent', attempts = actions.attempts + 1, sent = excluded.sent
-                    """,
-                    [action.idempotency_key, action.marker, run_id, stamp, stamp, action.rule, int(action.deal),
-                     action.kind.value, action.method, _json(dict(params)), action.summary, action.reason,
-                     action.clause, _json(list(action.violation_keys)),
-                     int(action.recipient) if action.recipient and action.recipient.isdigit() else None, stamp],
-                )
+        stamp = _stamp(now)
+        self.rows.record_intents(
+            {"idempotency_key": action.idempotency_key, "marker": action.marker, "run_id": run_id, "stamp": stamp,
+             "rule": action.rule, "deal_id": int(action.deal), "kind": action.kind.value, "method": action.method,
+             "payload": _json(dict(params)), "summary": action.summary, "reason": action.reason,
+             "clause": action.clause, "violation_keys": _json(list(action.violation_keys)),
+             "recipient_id": int(action.recipient) if action.recipient and action.recipient.isdigit() else None,
+             "group_key": action.group}
+            for action, params in actions)
 
     def record_outcomes(self, done: Iterable[tuple[str, Any, list[str]]], failed: Iterable[tuple[str, str]],
                         now: datetime, *, found: bool = False) -> None:
         """After the write: results (with the ids the CRM created) and errors, in one transaction."""
-        stamp = now.astimezone(UTC).isoformat()
-        with self.cache.atomic():
-            for key, result, crm_ids in done:
-                self.cache.db.execute(
-                    "UPDATE actions SET status = 'done', result = ?, crm_ids = ?, error = NULL, updated = ?, done = ? "
-                    "WHERE idempotency_key = ?",
-                    [_json({"found": result} if found else result), _json(crm_ids), stamp, stamp, key])
-            for key, error in failed:
-                self.cache.db.execute(
-                    "UPDATE actions SET status = 'failed', error = ?, updated = ? WHERE idempotency_key = ?",
-                    [error, stamp, key])
+        self.rows.record_outcomes(((key, _json({"found": result} if found else result), _json(crm_ids))
+                                   for key, result, crm_ids in done), failed, _stamp(now))
 
     def note_error(self, keys: Iterable[str], error: str, now: datetime) -> None:
         """An error that leaves the outcome unknown (the row stays an intent, to be reconciled)."""
-        stamp = now.astimezone(UTC).isoformat()
-        with self.cache.atomic():
-            for key in keys:
-                self.cache.db.execute("UPDATE actions SET error = ?, updated = ? WHERE idempotency_key = ?",
-                                      [error, stamp, key])
+        self.rows.note_error(keys, error, _stamp(now))
 
     def pending(self, deal_ids: Iterable[int] | None = None) -> list[dict[str, Any]]:
         """Intents whose outcome is unknown: a run died (or lost an answer) between the write and its result."""
-        if deal_ids is None:
-            return self.cache.query("SELECT * FROM actions WHERE status = 'intent' ORDER BY id")
-        ids = [int(deal_id) for deal_id in deal_ids]
-        if not ids:
-            return []
-        marks = ",".join("?" * len(ids))
-        return self.cache.query(f"SELECT * FROM actions WHERE status = 'intent' AND deal_id IN ({marks}) ORDER BY id", ids)
+        return self.rows.intents(None if deal_ids is None else [int(deal_id) for deal_id in deal_ids])
 
-    def cancel(self, keys: Iterable[str], now: datetime) -> int:
-        stamp = now.astimezone(UTC).isoformat()
-        count = 0
-        with self.cache.atomic():
-            for key in keys:
-                count += self.cache.db.execute(
-                    "UPDATE actions SET status = 'cancelled', updated = ?, "
-                    "error = COALESCE(error, 'no longer needed: the violation was gone before the outcome was known') "
-                    "WHERE idempotency_key = ? AND status = 'intent'", [stamp, key]).rowcount
-        return count
+    def cancel(self, keys: Iterable[str], now: datetime,
+               reason: str = "no longer needed: the violation was gone before the outcome was known") -> int:
+        return self.rows.cancel(keys, reason, _stamp(now))
 
     # ------------------------------------------------------------ loop guard and round robin
 
     def reverts_today(self, now: datetime, zone: tzinfo, deal_ids: Iterable[str] | None = None) -> dict[str, int]:
         """Stage reverts written per deal since local midnight (the loop guard's counter)."""
-        midnight = datetime.combine(now.astimezone(zone).date(), time(), zone).astimezone(UTC)
-        rows = self.cache.query(
-            "SELECT deal_id, COUNT(*) AS reverts FROM actions WHERE kind = ? AND status = 'done' AND done >= ? "
-            "GROUP BY deal_id", [ActionKind.REVERT_STAGE.value, midnight.isoformat()])
+        midnight = datetime.combine(now.astimezone(zone).date(), time(), zone)
+        rows = self.rows.done_since(ActionKind.REVERT_STAGE.value, _stamp(midnight))
         wanted = None if deal_ids is None else {str(deal_id) for deal_id in deal_ids}
-        return {str(row["deal_id"]): int(row["reverts"]) for row in rows
+        return {str(row["deal_id"]): int(row["count"]) for row in rows
                 if wanted is None or str(row["deal_id"]) in wanted}
 
     def reverted_entries(self) -> dict[str, dict[str, str]]:
         """Deal id -> {stage entry the bridge reverted: the CRM stage it moved the deal back to} (done reverts)."""
         found: dict[str, dict[str, str]] = {}
-        for row in self.cache.query("SELECT deal_id, idempotency_key, payload FROM actions WHERE kind = ? AND status = 'done'",
-                                    [ActionKind.REVERT_STAGE.value]):
+        for row in self.rows.done_of_kind(ActionKind.REVERT_STAGE.value):
             prefix = f"revert:{row['deal_id']}:"
             if row["idempotency_key"].startswith(prefix):
                 target = json.loads(row["payload"]).get("fields", {}).get("STAGE_ID")
                 found.setdefault(str(row["deal_id"]), {})[row["idempotency_key"][len(prefix):]] = str(target)
         return found
 
-    def acquire_lock(self, run_id: str, now: datetime, *, stale_after: timedelta = timedelta(minutes=30)) -> str | None:
-        """Take the one-writer lock (two overlapping scheduled runs would write twice); None when taken,
-        else a description of the run that holds it. A lock older than `stale_after` is a dead run's: taken over
-        (a live run refreshes it after each write batch: `refresh_lock`)."""
-        stamp = now.astimezone(UTC)
-        try:
-            with _write_transaction(self.cache):
-                rows = self.cache.query("SELECT value FROM enforce_state WHERE name = 'lock'")
-                if rows:
-                    holder, since = _lock_holder(rows[0]["value"])
-                    try:
-                        held_since = datetime.fromisoformat(since)
-                    except ValueError:
-                        held_since = stamp - stale_after
-                    if holder != run_id and stamp - held_since < stale_after:
-                        return f"run {holder} since {since}"
-                self.cache.db.execute("INSERT INTO enforce_state (name, value) VALUES ('lock', ?) "
-                                      "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-                                      [f"{run_id}@{stamp.isoformat()}"])
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
-                raise
-            # another process kept the cache's write lock for the whole busy timeout
-            return f"a process writing to the cache ({exc})"
-        return None
-
-    def refresh_lock(self, run_id: str, now: datetime) -> str | None:
-        """Move the lock's time on (after each write batch), so a long run is not taken for a dead one.
-        Returns a description of the run that holds the lock when it is no longer this run's (taken over);
-        None when refreshed, or when no run holds it (an Executor used without the lock)."""
-        stamp = now.astimezone(UTC)
-        with _write_transaction(self.cache):
-            refreshed = self.cache.db.execute("UPDATE enforce_state SET value = ? WHERE name = 'lock' AND value LIKE ?",
-                                              [f"{run_id}@{stamp.isoformat()}", f"{run_id}@%"]).rowcount
-            rows = [] if refreshed else self.cache.query("SELECT value FROM enforce_state WHERE name = 'lock'")
-        if not rows:
-            return None
-        holder, since = _lock_holder(rows[0]["value"])
-        return f"run {holder} since {since}"
-
-    def release_lock(self, run_id: str) -> None:
-        with self.cache.atomic():
-            self.cache.db.execute("DELETE FROM enforce_state WHERE name = 'lock' AND value LIKE ?", [f"{run_id}@%"])
-
     def rotation(self) -> dict[str, int]:
-        rows = self.cache.query("SELECT name, value FROM enforce_state WHERE name LIKE 'rotation:%'")
-        return {row["name"].split(":", 1)[1]: int(row["value"]) for row in rows}
+        return {team: int(index) for team, index in self.rows.state("rotation:").items()}
 
     def save_rotation(self, rotation: Mapping[str, int]) -> None:
-        with self.cache.atomic():
-            for team, index in rotation.items():
-                self.cache.db.execute("INSERT INTO enforce_state (name, value) VALUES (?, ?) "
-                                      "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-                                      [f"rotation:{team}", str(index)])
+        self.rows.save_state("rotation:", {team: str(index) for team, index in rotation.items()})
 
     # ------------------------------------------------------------ the log
 
     def entries(self, *, deal: int | None = None, since: datetime | None = None, rule: str | None = None,
                 status: str | None = None, limit: int | None = None) -> list[LogEntry]:
         """`crmbridge log`: newest first; `since` compares with the last status change."""
-        where: list[str] = ["1=1"]
-        params: list[Any] = []
-        if deal is not None:
-            where.append("deal_id = ?")
-            params.append(deal)
-        if since is not None:
-            where.append("updated >= ?")
-            params.append(since.astimezone(UTC).isoformat())
-        if rule is not None:
-            where.append("(',' || rule || ',') LIKE ?")
-            params.append(f"%,{rule},%")
-        if status is not None:
-            where.append("status = ?")
-            params.append(status)
-        sql = f"SELECT * FROM actions WHERE {' AND '.join(where)} ORDER BY updated DESC, id DESC"
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
         return [
             LogEntry(row["id"], row["done"] or row["updated"], row["rule"], row["deal_id"], row["kind"], row["status"],
                      row["summary"] or "", row["reason"] or "", json.loads(row["crm_ids"] or "[]"), row["error"],
                      row["idempotency_key"], row["attempts"], json.loads(row["payload"]),
                      json.loads(row["result"]) if row["result"] else None)
-            for row in self.cache.query(sql, params)
+            for row in self.rows.log(deal=deal, since=None if since is None else _stamp(since), rule=rule,
+                                     status=status, limit=limit)
         ]
 
 
@@ -298,4 +171,5 @@ def parse_since(text: str, now: datetime) -> datetime:
     return moment
 
 
-__all__ = ["AuditLog", "CANCELLED", "DONE", "FAILED", "GIVEN_UP", "INTENT", "LogEntry", "parse_since", "utc_now"]
+__all__ = ["AuditLog", "CANCELLED", "DONE", "FAILED", "GIVEN_UP", "INTENT", "LogEntry", "STATUSES", "parse_since",
+           "utc_now"]

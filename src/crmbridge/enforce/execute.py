@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
+from crmbridge.cache.lock import WriterLock
 from crmbridge.connectors.bitrix24.client import MAX_BATCH, Bitrix24Client
 from crmbridge.enforce.audit import DONE, GIVEN_UP, INTENT, AuditLog, utc_now
 from crmbridge.enforce.plan import DEAL_OWNER_TYPE, UPDATING, Action, ActionKind, same_value
-from crmbridge.errors import CrmBridgeError, CrmError, OperatingTimeExceeded, RateLimited
+from crmbridge.errors import CrmError, OperatingTimeExceeded, RateLimited
 
 log = logging.getLogger("crmbridge.enforce")
 
@@ -78,11 +79,13 @@ class Executor:
     """Writes actions through one Bitrix24Client and records every outcome in the audit log."""
 
     def __init__(self, client: Bitrix24Client, audit: AuditLog, *, run_id: str | None = None,
-                 now: Callable[[], datetime] = utc_now, sleep: Callable[[float], None] = time.sleep,
-                 max_sends_per_run: int = MAX_SENDS_PER_RUN, max_sends_total: int = MAX_SENDS_TOTAL) -> None:
+                 lock: WriterLock | None = None, now: Callable[[], datetime] = utc_now,
+                 sleep: Callable[[float], None] = time.sleep, max_sends_per_run: int = MAX_SENDS_PER_RUN,
+                 max_sends_total: int = MAX_SENDS_TOTAL) -> None:
         self.client = client
         self.audit = audit
         self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.lock = lock
         self.now = now
         self.sleep = sleep
         self.max_sends_per_run = max_sends_per_run
@@ -135,8 +138,9 @@ class Executor:
             params = json.loads(row["payload"]) if row is not None and row["status"] == INTENT else action.params
             queue.append(_Pending(action, params))
         done_by_kind: dict[str, int] = defaultdict(int)
+        queue = deque(_by_group(queue))
         while queue:
-            chunk = [queue.popleft() for _ in range(min(MAX_BATCH, len(queue)))]
+            chunk = _next_chunk(queue)
             retry = self._round(chunk, summary, done_by_kind)
             self._keep_lock()
             for item in retry:
@@ -204,12 +208,10 @@ class Executor:
         return again
 
     def _keep_lock(self) -> None:
-        """After each batch: the one-writer lock stays this run's (a long run is not taken for a dead one); a run
-        whose lock another run took over stops writing, or both would write the same actions."""
-        holder = self.audit.refresh_lock(self.run_id, self.now())
-        if holder is not None:
-            raise CrmBridgeError(f"enforce run {self.run_id} lost the one-writer lock to {holder}; it stops writing",
-                                 hint="the actions it wrote are in the audit log; the next run goes on from there")
+        """After each batch: the lock's heartbeat; a run whose lock was broken (`--break-lock`) stops writing
+        (LockLost), or both runs would write the same actions."""
+        if self.lock is not None:
+            self.lock.heartbeat(self.now())
 
     def _send(self, commands: Mapping[str, tuple[str, Mapping[str, Any]]]) -> Any:
         """One write batch, never repeated by the client: a lost answer may mean it landed (see the module doc)."""
@@ -257,6 +259,32 @@ class Executor:
                 if wanted and all(same_value(record.get(name), value) for name, value in wanted.items()):
                     hits[action.idempotency_key] = ({"deal_fields": wanted}, [])
         return hits, unknown
+
+
+def _by_group(items: Iterable[_Pending]) -> list[_Pending]:
+    """The items with each group's members together, groups in the order they first appear."""
+    groups: dict[str, list[_Pending]] = {}
+    for item in items:
+        groups.setdefault(item.action.group or item.action.idempotency_key, []).append(item)
+    return [item for members in groups.values() for item in members]
+
+
+def _next_chunk(queue: deque[_Pending]) -> list[_Pending]:
+    """The next write batch: whole groups (a revert and its comment land in one request, or neither does), up to
+    MAX_BATCH commands; a group larger than a batch is split."""
+    chunk: list[_Pending] = []
+    while queue and len(chunk) < MAX_BATCH:
+        group = queue[0].action.group or queue[0].action.idempotency_key
+        size = 0
+        for item in queue:
+            if (item.action.group or item.action.idempotency_key) != group:
+                break
+            size += 1
+        if chunk and len(chunk) + size > MAX_BATCH:
+            break
+        for _ in range(min(size, MAX_BATCH - len(chunk))):
+            chunk.append(queue.popleft())
+    return chunk
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
@@ -106,6 +106,9 @@ class Action:
     clause: str = ""
     violation_keys: tuple[str, ...] = ()
     recipient: str | None = None  # the user a task / notification goes to
+    #: actions that belong together and are completed together after a crash, whatever the next plan says: a revert
+    #: with its comment and notices, or the actions of one violation (empty: the action is its own group)
+    group: str = ""
 
     @property
     def method(self) -> str:
@@ -119,7 +122,8 @@ class Action:
         return {"idempotency_key": self.idempotency_key, "marker": self.marker, "kind": self.kind.value,
                 "rule": self.rule, "deal": self.deal, "method": self.method, "params": dict(self.params),
                 "summary": self.summary, "reason": self.reason, "clause": self.clause,
-                "violation_keys": list(self.violation_keys), "recipient": self.recipient}
+                "violation_keys": list(self.violation_keys), "recipient": self.recipient,
+                "group": self.group or self.idempotency_key}
 
 
 @dataclass(frozen=True)
@@ -180,6 +184,7 @@ class _DealPlanner:
         current = run[-1].key if run else None
         reverting = [v for v in violations if v.severity is Mode.ENFORCE and self._reverts(v, current)]
         reverted = self._revert(deal, direction, reverting, actions) if reverting else frozenset()
+        revert_group = actions[0].idempotency_key if reverted else ""
         for violation in violations:
             if violation.severity not in (Mode.WARN, Mode.ENFORCE):
                 continue
@@ -190,7 +195,9 @@ class _DealPlanner:
         for action in actions:
             if action.idempotency_key not in seen:
                 seen.add(action.idempotency_key)
-                self.result.actions.append(action)
+                fixes_revert = reverted and reverted.intersection(action.violation_keys)
+                group = revert_group if fixes_revert else (action.violation_keys or (action.idempotency_key,))[0]
+                self.result.actions.append(replace(action, group=group))
 
     @staticmethod
     def _reverts(violation: Violation, current: str | None) -> bool:

@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from crmbridge.cache.lock import WriterLock
 from crmbridge.cache.store import Cache
 from crmbridge.connectors.bitrix24.client import Bitrix24Client
 from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
 from crmbridge.enforce.audit import AuditLog, utc_now
 from crmbridge.enforce.execute import MAX_SENDS_TOTAL, ExecutionSummary, Executor, Reconciliation
 from crmbridge.enforce.plan import DEFAULT_MAX_REVERTS_PER_DAY, Action, Plan, PlanContext, plan
-from crmbridge.errors import CrmBridgeError
 from crmbridge.mapping.binding import DealMapper
-from crmbridge.mapping.cached import load_deals, record_violations
+from crmbridge.mapping.cached import load_deals, record_violations, with_client_peers
 from crmbridge.mapping.load import Mappings
 from crmbridge.model import Deal, Mode, Violation
 from crmbridge.regulation.evaluate import Evaluator
@@ -87,8 +88,9 @@ def evaluate(cache: Cache, mappings: Mappings, now: datetime, *, deal_ids: Seque
              modes: Mapping[str, Mode] | None = None, record: bool = True) -> Evaluation:
     """Map and evaluate cached deals (all, or the given ones); with `record`, update the `violations` table."""
     mapper = DealMapper(mappings.regulation, mappings.binding)
-    everyone = load_deals(cache, mapper)
     wanted = None if deal_ids is None else {str(deal_id) for deal_id in deal_ids}
+    # a few deals (the daemon's worker, --deal) load only themselves and their clients' other deals (R10)
+    everyone = load_deals(cache, mapper, deal_ids=None if deal_ids is None else with_client_peers(cache, deal_ids))
     deals = everyone if wanted is None else [deal for deal in everyone if deal.id in wanted]
     evaluator = Evaluator.of(mappings.regulation, now, deals_for_purchases=everyone, override_modes=modes)
     found: dict[str, list[Violation]] = {}
@@ -133,27 +135,29 @@ def still_to_write(actions: Iterable[Action], audit: AuditLog) -> list[Action]:
 def enforce(client: Bitrix24Client, cache: Cache, mappings: Mappings, *, now: Callable[[], datetime] = utc_now,
             dry_run: bool = False, deal_ids: Sequence[int] | None = None, sync: bool = True,
             modes: Mapping[str, Mode] | None = None, max_reverts_per_day: int = DEFAULT_MAX_REVERTS_PER_DAY,
-            sleep: Callable[[float], None] = time.sleep) -> EnforceReport:
-    """Make the portal follow the regulation; with `dry_run`, show the same plan and write nothing to the CRM."""
+            sleep: Callable[[float], None] = time.sleep, break_lock: bool = False) -> EnforceReport:
+    """Make the portal follow the regulation; with `dry_run`, show the same plan and write nothing to the CRM.
+
+    One writer at a time (two overlapping scheduled runs would plan the same actions and both write them): the
+    lock is an OS lock on a file beside the cache, released when the run ends however it ends (CacheLocked names the
+    holder; `break_lock` takes it from a holder the OS cannot see, see cache/lock.py)."""
     started = now()
-    requests_before = client.requests_made
-    if sync:
-        Syncer(Bitrix24Reader(client), cache).run(full=False)
-    sync_requests = client.requests_made - requests_before
     audit = AuditLog(cache)
-    executor = Executor(client, audit, now=now, sleep=sleep)
-    # one writer at a time: two overlapping scheduled runs would plan the same actions and both write them
-    holder = None if dry_run else audit.acquire_lock(executor.run_id, now())
-    if holder is not None:
-        raise CrmBridgeError(f"another enforce run is writing to this portal ({holder})",
-                             hint="wait for it to finish; a lock older than 30 minutes is taken over")
+    run_id = uuid.uuid4().hex[:12]
+    lock = WriterLock(cache.path, "enforce", run_id)
+    if not dry_run:
+        lock.acquire(break_lock=break_lock, now=started)
     try:
+        requests_before = client.requests_made
+        if sync:
+            Syncer(Bitrix24Reader(client), cache).run(full=False)
+        sync_requests = client.requests_made - requests_before
+        executor = Executor(client, audit, run_id=run_id, lock=None if dry_run else lock, now=now, sleep=sleep)
         return _plan_and_write(client, cache, mappings, audit, executor, now=now, dry_run=dry_run, deal_ids=deal_ids,
                                sync=sync, modes=modes, max_reverts_per_day=max_reverts_per_day, started=started,
                                sync_requests=sync_requests)
     finally:
-        if not dry_run:
-            audit.release_lock(executor.run_id)
+        lock.release()
 
 
 def _plan_and_write(client: Bitrix24Client, cache: Cache, mappings: Mappings, audit: AuditLog, executor: Executor, *,

@@ -88,6 +88,25 @@ def _load_deals(cache: Cache, mapper: DealMapper, deal_ids: Iterable[int | str] 
     return deals
 
 
+def with_client_peers(cache: Cache, deal_ids: Iterable[int | str]) -> list[int]:
+    """The deals plus every cached deal that shares a contact or company with one of them.
+
+    Per-client rules (R10: the client's last purchase) judge a deal against its client's other deals,
+    so evaluating a few deals loads their clients' deals too, not the whole cache.
+    """
+    ids = sorted({int(deal_id) for deal_id in deal_ids})
+    found = set(ids)
+    for start in range(0, len(ids), 400):
+        chunk = ids[start:start + 400]
+        marks = ",".join("?" * len(chunk))
+        found.update(row_id for (row_id,) in cache.db.execute(
+            "SELECT d.id FROM deals d WHERE d.deleted = 0 AND ("
+            f"d.contact_id IN (SELECT contact_id FROM deals WHERE id IN ({marks}) AND contact_id IS NOT NULL) OR "
+            f"d.company_id IN (SELECT company_id FROM deals WHERE id IN ({marks}) AND company_id IS NOT NULL))",
+            [*chunk, *chunk]))
+    return sorted(found)
+
+
 def open_violation_rows(cache: Cache) -> dict[str, dict[str, Any]]:
     return {row["key"]: row for row in cache.query("SELECT * FROM violations WHERE resolved IS NULL")}
 

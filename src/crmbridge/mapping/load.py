@@ -227,6 +227,10 @@ def _validate(doc: LocatedDocument, model: type[BaseModel]) -> BaseModel | None:
         return None
 
 
+#: validate a located YAML document against a pydantic model, adding file:line:col problems (jobs/ uses it too)
+validate_document = _validate
+
+
 # ---------------------------------------------------------------- regulation lint
 
 

@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-from .events import EventSender
+from .events import Delivery, EventSender
 from .limits import LeakyBucket, OperatingTime
 from .methods import METHODS, ApiError, Context, MethodResult, build_status_table, build_user_table
 from .seed import seed_portal
@@ -148,6 +148,7 @@ class SandboxPortal:
         now: datetime | float | None = None,
         error_dialect: str = "classic",
         events_delay: float = 0.1,
+        events_workers: int = 4,
         slow_seconds: tuple[float, float] = (1.0, 1.5),
     ) -> None:
         if error_dialect not in AUTH_DIALECTS:
@@ -192,12 +193,16 @@ class SandboxPortal:
                 gc.enable()
             if deals >= 20_000:
                 gc.freeze()  # only worth it for big portals: frozen objects are never cycle-collected
-        self.state.on_deal_event = self._on_deal_event
+        self.state.on_event = self._on_event
         self._status_table = build_status_table()
         self._user_table = build_user_table()
         self.member_id = hashlib.md5(f"sandbox-{seed}".encode()).hexdigest()
         self._events_delay = events_delay
+        self._events_workers = events_workers
         self._sender: EventSender | None = None
+        #: while True every REST request is dropped without an answer (the portal is unreachable);
+        #: events still go out (the queue server is another machine)
+        self.outage = False
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.port: int | None = None
@@ -216,21 +221,48 @@ class SandboxPortal:
         self._server = server
         self.port = server.server_address[1]
         if self.events_url:
-            self._sender = EventSender(
-                self.events_url,
-                {
-                    "domain": f"127.0.0.1:{self.port}",
-                    "client_endpoint": f"http://127.0.0.1:{self.port}/rest/",
-                    "server_endpoint": "https://oauth.bitrix.info/rest/",
-                    "member_id": self.member_id,
-                    "application_token": self.application_token,
-                },
-                delay=self._events_delay,
-                on_result=self._count_event,
-            )
+            self.send_events_to(self.events_url)
         self._thread = threading.Thread(target=server.serve_forever, name="sandbox-portal", daemon=True)
         self._thread.start()
         return self
+
+    def send_events_to(self, url: str | None, *, events: tuple[str, ...] | None = None,
+                       application_token: str | None = None) -> None:
+        """Point the outgoing webhook at `url` (None: stop sending), as an admin creates one in the portal.
+
+        `events` limits it to those event names (None = all); `application_token` is the token it sends
+        (default: the portal's), so a test can play a forged or foreign sender.
+        """
+        if self.port is None:
+            raise RuntimeError("start the sandbox portal first")
+        if self._sender is not None:
+            self._sender.stop()
+            self._sender = None
+        self.events_url = url
+        if not url:
+            return
+        self._sender = EventSender(
+            url,
+            {
+                "domain": f"127.0.0.1:{self.port}",
+                "client_endpoint": f"http://127.0.0.1:{self.port}/rest/",
+                "server_endpoint": "https://oauth.bitrix.info/rest/",
+                "member_id": self.member_id,
+                "application_token": application_token or self.application_token,
+            },
+            delay=self._events_delay,
+            workers=self._events_workers,
+            on_result=self._count_event,
+            events=events,
+        )
+
+    def deliveries(self) -> list[Delivery]:
+        """The outgoing webhook's delivery log: every event sent, with the HTTP status it got."""
+        return self._sender.deliveries() if self._sender is not None else []
+
+    def wait_events(self, timeout: float = 30.0) -> bool:
+        """Wait until every event emitted so far was delivered (or failed)."""
+        return self._sender.wait_idle(timeout) if self._sender is not None else True
 
     def stop(self) -> None:
         if self._server is not None:
@@ -270,6 +302,18 @@ class SandboxPortal:
     def delete_deal(self, deal_id: int) -> None:
         self.state.delete_deal(deal_id)
 
+    def add_task(self, fields: dict[str, Any], *, user_id: int | None = None) -> int:
+        """A manager creates a task (fields as tasks.task.add takes them); fires ONTASKADD."""
+        return self.state.add_task(fields, user_id=user_id or self.webhook_user)
+
+    def update_task(self, task_id: int, fields: dict[str, Any], *, user_id: int | None = None) -> None:
+        """A manager edits a task (e.g. STATUS 5 = completed); fires ONTASKUPDATE."""
+        self.state.update_task(task_id, fields, user_id=user_id or self.webhook_user)
+
+    def update_client(self, kind: str, client_id: int, fields: dict[str, Any]) -> None:
+        """A manager edits a contact or company; fires ONCRMCONTACTUPDATE / ONCRMCOMPANYUPDATE."""
+        self.state.update_client(kind, client_id, fields)
+
     @property
     def stats(self) -> PortalStats:
         with self._stats_lock:
@@ -279,9 +323,10 @@ class SandboxPortal:
 
     # --- internals --------------------------------------------------------------------------------
 
-    def _on_deal_event(self, event: str, deal_id: int) -> None:
-        if self._sender is not None:
-            self._sender.emit(event, deal_id)
+    def _on_event(self, event: str, entity_id: int) -> None:
+        sender = self._sender
+        if sender is not None:
+            sender.emit(event, entity_id)
 
     def _count_event(self, ok: bool) -> None:
         with self._stats_lock:
@@ -398,6 +443,8 @@ class SandboxPortal:
             time.sleep(self.latency_ms / 1000.0)
         self._bump("requests")
         started = time.time()
+        if self.outage:
+            raise _Drop()
         match = _PATH_RE.match(method_path)
         params = _parse_params(query, body, content_type)
         method = _method_name(match.group(3)) if match else ""

@@ -21,7 +21,8 @@ from .catalog import (
 from .query import Table
 from .wire import PORTAL_TZ, fmt_day_dt, fmt_dt, norm_date, norm_dt, num_str, truthy
 
-DealEventHook = Callable[[str, int], None]
+#: called with an event name (ONCRMDEALUPDATE, ONTASKADD, ...) and the id of the record it names
+EventHook = Callable[[str, int], None]
 
 CONTACT_TYPES: dict[str, str] = {
     "ID": "int", "NAME": "str", "SECOND_NAME": "str", "LAST_NAME": "str", "POST": "str", "TYPE_ID": "str",
@@ -98,7 +99,7 @@ class PortalState:
         self.plan_items = Table("plan_item", id_key="id", types=dict(PLAN_ITEM_TYPES))
         self.notifications: list[dict[str, Any]] = []
         self.planted: dict[int, list[str]] = {}
-        self.on_deal_event: DealEventHook | None = None
+        self.on_event: EventHook | None = None
         self._next_notification = 1
         # portal-clock times that let tests reason about sync overlap windows (count_modified_within)
         self._last_deal_list: float | None = None
@@ -245,11 +246,12 @@ class PortalState:
         })
         return hid
 
-    def _fire(self, event: str, deal_id: int) -> None:
-        self._list_before_last_write = self._last_deal_list
-        hook = self.on_deal_event
+    def _fire(self, event: str, entity_id: int) -> None:
+        if event.startswith("ONCRMDEAL"):
+            self._list_before_last_write = self._last_deal_list
+        hook = self.on_event
         if hook is not None:
-            hook(event, deal_id)
+            hook(event, entity_id)
 
     # --- tasks ----------------------------------------------------------------------------------
 
@@ -264,7 +266,8 @@ class PortalState:
             })
             row.update(task_fields_to_wire(fields))
             self.tasks.insert(task_id, row)
-            return task_id
+        self._fire("ONTASKADD", task_id)
+        return task_id
 
     def update_task(self, task_id: int, fields: dict[str, Any], *, user_id: int = 1) -> None:
         with self.lock:
@@ -281,6 +284,14 @@ class PortalState:
                     row["closedDate"], row["closedBy"] = None, None
             row.update(wire)
             row["changedDate"], row["changedBy"] = now_s, str(user_id)
+        self._fire("ONTASKUPDATE", int(task_id))
+
+    def delete_task(self, task_id: int) -> None:
+        with self.lock:
+            if int(task_id) not in self.tasks.rows:
+                raise KeyError(task_id)
+            self.tasks.delete(int(task_id))
+        self._fire("ONTASKDELETE", int(task_id))
 
     # --- activities, comments, notifications ----------------------------------------------------
 
@@ -305,7 +316,8 @@ class PortalState:
                 "RESULT_VALUE": None, "RESULT_SUM": None, "RESULT_CURRENCY_ID": None, "RESULT_STATUS": "0",
                 "RESULT_STREAM": "0", "RESULT_SOURCE_ID": None, "AUTOCOMPLETE_RULE": "0",
             })
-            return aid
+        self._fire("ONCRMACTIVITYADD", aid)
+        return aid
 
     def complete_activity(self, activity_id: int, completed: bool = True, *, user_id: int = 1) -> None:
         """A manager marks a to-do done (or reopens it): COMPLETED and STATUS change, LAST_UPDATED moves.
@@ -318,6 +330,23 @@ class PortalState:
                 raise KeyError(activity_id)
             row["COMPLETED"], row["STATUS"] = ("Y", "2") if completed else ("N", "1")
             row["LAST_UPDATED"], row["EDITOR_ID"] = self.now_wire(), str(user_id)
+        self._fire("ONCRMACTIVITYUPDATE", int(activity_id))
+
+    # --- clients --------------------------------------------------------------------------------
+
+    def update_client(self, kind: str, client_id: int, fields: dict[str, Any]) -> None:
+        """A manager edits a contact or company (a phone added): DATE_MODIFY moves, ONCRM<KIND>UPDATE fires.
+
+        `fields` are wire values (PHONE / EMAIL as lists of multifield dicts). Raises KeyError when absent.
+        """
+        table = {"contact": self.contacts, "company": self.companies}[kind]
+        with self.lock:
+            row = table.rows.get(int(client_id))
+            if row is None:
+                raise KeyError(client_id)
+            row.update(fields)
+            row["DATE_MODIFY"] = self.now_wire()
+        self._fire(f"ONCRM{kind.upper()}UPDATE", int(client_id))
 
     def add_comment(self, entity_type: str, entity_id: int, comment: str, author_id: int) -> int:
         with self.lock:

@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 import tenacity
 
@@ -122,6 +123,8 @@ class Bitrix24Client:
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         rng: random.Random | None = None,
+        limiter: Limiter | None = None,
+        observer: Callable[[str, str], None] | None = None,
     ) -> None:
         if (webhook_url is None) == (auth is None):
             raise ValueError("pass either webhook_url or auth")
@@ -137,7 +140,8 @@ class Bitrix24Client:
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._rng = rng if rng is not None else random.Random()
-        self.limiter = Limiter(
+        #: a limiter passed in is shared with other clients of the same portal (the daemon's worker and jobs)
+        self.limiter = limiter if limiter is not None else Limiter(
             rate=rate,
             burst=burst,
             operating_limit=operating_limit,
@@ -151,10 +155,19 @@ class Bitrix24Client:
             "Content-Type": "application/json; charset=utf-8",
             "Accept": "application/json",
         }
+        #: told of every HTTP request: (REST method, HTTP status or UNREACHABLE / TIMEOUT); the daemon's metrics
+        self.observer = observer
         #: HTTP requests sent, retries included
         self.requests_made = 0
         #: retries of any kind: whole requests, batch commands, fast-list pages
         self.retries = 0
+
+    crm = "bitrix24"
+
+    @property
+    def account(self) -> str:
+        """The portal's host (with its port where the URL has one): what identifies it in the cache."""
+        return urlsplit(self._auth.url_for("scope")).netloc.lower()
 
     # -- metrics and lifecycle ---------------------------------------------------------------------
     def operating_wait(self, method: str) -> float:
@@ -192,6 +205,8 @@ class Bitrix24Client:
         try:
             raw = self._transport.post(url, body=body, headers=self._headers, timeout=self._timeout)
         except TransportError as exc:
+            if self.observer is not None:
+                self.observer(method, "TIMEOUT" if exc.timeout else "UNREACHABLE")
             text = " ".join(redact(str(exc)).split())
             raise CrmUnreachable(
                 f"{method}: {text}",
@@ -200,6 +215,8 @@ class Bitrix24Client:
                 description=text,
                 hint="check the network and that the portal address in the webhook URL is right",
             ) from None
+        if self.observer is not None:
+            self.observer(method, str(raw.status))
         try:
             answer = parse_call(method, raw.status, raw.content, raw.content_type, now=self._wall())
         except RateLimited:

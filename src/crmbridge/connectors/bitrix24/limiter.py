@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ class Limiter:
         operating_threshold: float = 0.85,
         reset_pad: float = 1.0,
         max_operating_wait: float = 660.0,
+        on_wait: Callable[[str, float], None] | None = None,
     ) -> None:
         if rate <= 0 or burst < 1:
             raise ValueError("rate must be > 0 and burst >= 1")
@@ -75,6 +77,11 @@ class Limiter:
         self._operating: dict[str, OperatingState] = {}
         #: total seconds this limiter has slept, for the sync summary
         self.waited = 0.0
+        #: told of every pause: ("rate_limit" | "operating_time", seconds); the daemon's metrics listen
+        self.on_wait = on_wait
+        # one limiter may pace several clients of one portal (the daemon's worker and its jobs share the
+        # portal's bucket): the state is read and reserved under the lock, the sleeping happens outside it
+        self._lock = threading.RLock()
 
     # -- leaky bucket -------------------------------------------------------------------------
     def _drain(self) -> None:
@@ -89,19 +96,21 @@ class Limiter:
         return self._level
 
     def _wait_for_bucket(self) -> None:
-        self._drain()
-        overflow = self._level + 1.0 - self.capacity
-        if overflow > 0:
-            delay = overflow / self.rate
-            log.debug("bitrix24 limiter: bucket at %.1f/%d, waiting %.2f s", self._level, self.burst, delay)
-            self._pause(delay)
+        with self._lock:
             self._drain()
-        self._level += 1.0
+            overflow = self._level + 1.0 - self.capacity
+            delay = overflow / self.rate if overflow > 0 else 0.0
+            # the slot is reserved now: a second thread asking meanwhile waits for the next one
+            self._level += 1.0
+        if delay > 0:
+            log.debug("bitrix24 limiter: bucket full, waiting %.2f s", delay)
+            self._pause(delay, "rate_limit")
 
     def rate_limited(self) -> None:
         """The portal said 503 QUERY_LIMIT_EXCEEDED: its bucket is full (others share it per IP), so is ours."""
-        self._drain()
-        self._level = max(self._level, float(self.burst))
+        with self._lock:
+            self._drain()
+            self._level = max(self._level, float(self.burst))
 
     # -- operating time ------------------------------------------------------------------------
     def observe(self, method: str, time_block: Mapping[str, Any] | None) -> None:
@@ -117,7 +126,8 @@ class Limiter:
         except (KeyError, TypeError, ValueError):
             previous = self._operating.get(method)
             reset_at = previous.reset_at if previous else self._wall() + _DEFAULT_RESET_DELAY
-        self._operating[method] = OperatingState(operating=operating, reset_at=reset_at)
+        with self._lock:
+            self._operating[method] = OperatingState(operating=operating, reset_at=reset_at)
 
     def block(self, methods: Iterable[str], reset_at: float | None) -> None:
         """The portal said 429 OPERATION_TIME_LIMIT: hold these methods until `reset_at` (wall clock).
@@ -153,7 +163,7 @@ class Limiter:
         delay = self.operating_wait(method)
         if delay <= 0:
             return
-        state = self._operating[method]
+        state = self._operating.get(method) or OperatingState(self.operating_limit, self._wall())
         log.info(
             "bitrix24 limiter: %s has used %.0f of %.0f operating seconds; pausing %.0f s until its budget resets",
             method,
@@ -161,7 +171,7 @@ class Limiter:
             self.operating_limit,
             delay,
         )
-        self._pause(delay)
+        self._pause(delay, "operating_time")
 
     # -- entry point ----------------------------------------------------------------------------
     def acquire(self, methods: Iterable[str] = ()) -> None:
@@ -173,7 +183,9 @@ class Limiter:
             self._wait_for_operating(method)
         self._wait_for_bucket()
 
-    def _pause(self, seconds: float) -> None:
+    def _pause(self, seconds: float, kind: str = "rate_limit") -> None:
         if seconds > 0:
             self._sleep(seconds)
             self.waited += seconds
+            if self.on_wait is not None:
+                self.on_wait(kind, seconds)

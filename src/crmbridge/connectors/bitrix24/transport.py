@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-import requests
-
+from crmbridge.connectors.http import RawResponse, RequestsTransport, Transport, TransportError, is_loopback, redact
 from crmbridge.errors import ConfigError
 
 __all__ = [
@@ -34,33 +30,6 @@ DEFAULT_TIMEOUT: tuple[float, float] = (5.0, 65.0)
 WEBHOOK_SETTING = "CRMBRIDGE_BITRIX24_WEBHOOK_URL"
 
 _WEBHOOK_PATH_RE = re.compile(r"^/rest/(?P<user>\d+)/(?P<code>[A-Za-z0-9_-]+)/?$")
-
-# Secrets that may appear in text we did not write (library exceptions quote the URL): the webhook
-# code in `/rest/<user>/<code>` and OAuth tokens in query strings or JSON.
-_REDACTIONS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"(/rest/\d+/)[^/\s?#\"'<>]+"), r"\1***"),
-    (
-        re.compile(r"((?:\bauth|access_token|refresh_token|client_secret)[\"']?\s*[=:]\s*[\"']?)[^&\s\"',}]+"),
-        r"\1***",
-    ),
-)
-
-
-def redact(text: str) -> str:
-    """Replace webhook codes and tokens in `text` with `***` (e.g. `/rest/1/***/`)."""
-    for pattern, replacement in _REDACTIONS:
-        text = pattern.sub(replacement, text)
-    return text
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
 
 def _shown(url: str) -> str:
     """The URL as it may appear in an error: scheme, host and `/rest/<user>/`, every later segment masked.
@@ -102,7 +71,7 @@ def validate_webhook_url(url: str) -> str:
     host = (parts.hostname or "").lower()
     if scheme not in ("https", "http") or not host:
         raise ConfigError(f"{WEBHOOK_SETTING} must be an https:// URL, got {_shown(url)}", hint=hint)
-    if scheme == "http" and not _is_loopback(host):
+    if scheme == "http" and not is_loopback(host):
         raise ConfigError(
             f"{WEBHOOK_SETTING} uses plain http for {host}: the webhook code would travel unencrypted",
             hint="use https:// (plain http is accepted only for 127.0.0.1, localhost and ::1)",
@@ -164,76 +133,3 @@ class WebhookAuth:
         return f"WebhookAuth({self.redacted_url!r})"
 
 
-@dataclass(frozen=True)
-class RawResponse:
-    """An HTTP answer as the client needs it; no parsing has happened yet."""
-
-    status: int
-    content: bytes
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def content_type(self) -> str:
-        for name, value in self.headers.items():
-            if name.lower() == "content-type":
-                return value
-        return ""
-
-
-_ERRNO_RE = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")
-
-
-def _host(url: str) -> str:
-    parts = urlsplit(url)
-    return parts.netloc or "the portal"
-
-
-def _reason(exc: BaseException) -> str:
-    """The short cause inside requests' nested text ('Connection refused'), never the URL."""
-    text = str(exc)
-    match = _ERRNO_RE.search(text)
-    if match:
-        return match.group(1).strip().lower()
-    if "Read timed out" in text:
-        return "no answer within the read timeout"
-    if "RemoteDisconnected" in text or "Connection aborted" in text:
-        return "the connection was closed without an answer"
-    return type(exc).__name__
-
-
-class TransportError(OSError):
-    """No HTTP answer at all (DNS, refused, reset, timeout). The message is already redacted."""
-
-    def __init__(self, message: str, *, timeout: bool = False) -> None:
-        super().__init__(message)
-        self.timeout = timeout
-
-
-class Transport(Protocol):
-    """Sends one POST and returns the raw answer, or raises TransportError when there is none."""
-
-    def post(
-        self, url: str, *, body: bytes, headers: Mapping[str, str], timeout: tuple[float, float]
-    ) -> RawResponse: ...
-
-
-class RequestsTransport:
-    """The default transport: one pooled requests.Session, no redirects, redacted failures."""
-
-    def __init__(self, session: requests.Session | None = None) -> None:
-        self._session = session if session is not None else requests.Session()
-
-    def post(self, url: str, *, body: bytes, headers: Mapping[str, str], timeout: tuple[float, float]) -> RawResponse:
-        try:
-            # Redirects are not followed: requests would turn a redirected POST into a GET and drop
-            # the body, and a redirect could send the secret URL to another host.
-            response = self._session.post(url, data=body, headers=dict(headers), timeout=timeout, allow_redirects=False)
-        except requests.Timeout as exc:
-            raise TransportError(f"{_host(url)} timed out ({_reason(exc)})", timeout=True) from None
-        except requests.RequestException as exc:
-            # `from None`: the original exception's text contains the webhook URL.
-            raise TransportError(f"could not reach {_host(url)} ({_reason(exc)})") from None
-        return RawResponse(status=response.status_code, content=response.content, headers=dict(response.headers))
-
-    def close(self) -> None:
-        self._session.close()

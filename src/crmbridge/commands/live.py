@@ -1,0 +1,202 @@
+"""`crmbridge serve | inbox | jobs`: the daemon, its event inbox and its scheduled jobs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from typing import Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from crmbridge.commands import common
+from crmbridge.errors import ConfigError, MappingError
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def serve(
+        host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (put TLS in front of it)."),
+        port: int = typer.Option(8024, "--port", help="Port to listen on."),
+        no_jobs: bool = typer.Option(False, "--no-jobs", help="Do not run the scheduled jobs (events only)."),
+    ) -> None:
+        """Run the live bridge: webhook receiver, inbox worker and scheduled jobs in one process."""
+        from crmbridge.live.daemon import Daemon
+
+        settings = common.settings()
+        daemon = Daemon(settings, host=host, port=port, run_jobs=not no_jobs)
+        jobs = len(daemon.scheduler.jobs) if daemon.scheduler is not None else 0
+        common.err_console.print(
+            f"crmbridge serve: listening on http://{host}:{port} (POST /bitrix24/events, /livez, /readyz, /metrics); "
+            f"{jobs} scheduled job(s); cache {settings.cache_path}")
+        if not settings.bitrix24_application_token:
+            common.err_console.print("[yellow]warning:[/yellow] CRMBRIDGE_BITRIX24_APPLICATION_TOKEN is not set: "
+                                     "every POST /bitrix24/events gets 401")
+        raise typer.Exit(daemon.run())
+
+    inbox_app = typer.Typer(help="The daemon's event inbox: backlog, dead letters, requeue.", no_args_is_help=False,
+                            invoke_without_command=True)
+    app.add_typer(inbox_app, name="inbox")
+
+    @inbox_app.callback()
+    def inbox(
+        ctx: typer.Context,
+        dead: bool = typer.Option(False, "--dead", help="Show the dead letters instead of the backlog."),
+        as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+        limit: int = typer.Option(50, "--limit", help="Rows shown at most."),
+    ) -> None:
+        """Show the events waiting in the inbox (or, with --dead, the dead letters)."""
+        if ctx.invoked_subcommand is not None:
+            return
+        from crmbridge.live.inbox import Inbox
+
+        settings = common.settings()
+        common.existing_cache(settings).close()
+        with Inbox(settings.cache_path) as box:
+            stats = box.stats()
+            if dead:
+                letters = box.dead_letters(limit)
+                if as_json:
+                    common.print_json({"dead": stats.dead, "letters": [letter.__dict__ for letter in letters]})
+                    return
+                table = Table(title=f"{stats.dead} dead letter(s)", title_justify="left")
+                for column in ("id", "received", "source", "event", "entity", "attempts", "reason"):
+                    table.add_column(column)
+                for letter in letters:
+                    table.add_row(str(letter.id), letter.received_at[:19], letter.source, escape(letter.event or "-"),
+                                  escape(f"{letter.entity or '-'} {letter.entity_id or ''}".strip()),
+                                  str(letter.attempts), escape(letter.reason))
+                common.console.print(table)
+                if letters:
+                    common.console.print("requeue with `crmbridge inbox retry ID` or `crmbridge inbox retry --all`")
+                return
+            rows = box.backlog(limit)
+            if as_json:
+                common.print_json({"pending": stats.pending, "due": stats.due, "done": stats.done, "dead": stats.dead,
+                                   "oldest_pending": stats.oldest_pending,
+                                   "events": [{key: value for key, value in row.__dict__.items() if key != "payload"}
+                                              for row in rows]})
+                return
+            table = Table(title=f"{stats.pending} pending ({stats.due} due), {stats.done} processed, "
+                                f"{stats.dead} dead letter(s)", title_justify="left")
+            for column in ("id", "received", "source", "event", "entity", "attempts", "last error"):
+                table.add_column(column)
+            for row in rows:
+                table.add_row(str(row.id), row.received_at[:19], row.source, escape(row.event),
+                              escape(f"{row.entity} {row.entity_id}"), str(row.attempts), escape(row.last_error or ""))
+            common.console.print(table)
+
+    @inbox_app.command("retry")
+    def inbox_retry(
+        letter_id: Optional[int] = typer.Argument(None, metavar="ID", help="The dead letter to requeue."),
+        all_: bool = typer.Option(False, "--all", help="Requeue every dead letter not requeued yet."),
+    ) -> None:
+        """Put dead letters back into the inbox (the running daemon picks them up)."""
+        from crmbridge.live.inbox import Inbox
+
+        if (letter_id is None) == (not all_):
+            raise ConfigError("give a dead letter id or --all", hint="`crmbridge inbox --dead` lists them")
+        settings = common.settings()
+        common.existing_cache(settings).close()
+        with Inbox(settings.cache_path) as box:
+            requeued, problems = box.retry(None if all_ else [letter_id])  # type: ignore[list-item]
+        for problem in problems:
+            sys.stderr.write(f"crmbridge: {problem}\n")
+        common.console.print(f"{requeued} event(s) back in the inbox")
+        if problems and not requeued:
+            raise typer.Exit(1)
+
+    jobs_app = typer.Typer(help="Scheduled jobs (jobs/*.yaml).", no_args_is_help=True)
+    app.add_typer(jobs_app, name="jobs")
+
+    @jobs_app.command("list")
+    def jobs_list(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+        """Each job with its schedule, next run and last run."""
+        from crmbridge.live.jobs import load_jobs, next_fire
+        from crmbridge.mapping.load import load_mappings
+        from crmbridge.regulation.calendar import WorkingCalendar
+
+        settings = common.settings()
+        jobs = load_jobs(settings.jobs_dir)
+        try:
+            calendar = WorkingCalendar(load_mappings(settings.mappings_dir).regulation.calendar)
+        except MappingError:
+            calendar = WorkingCalendar(None)
+        last = _last_runs(settings)
+        now = datetime.now(UTC)
+        rows = []
+        for job in jobs:
+            upcoming = next_fire(job, now, calendar) if job.spec.enabled else None
+            previous = last.get(job.name)
+            rows.append({"job": job.name, "run": job.spec.run, "schedule": job.schedule(), "enabled": job.spec.enabled,
+                         "timeout": job.spec.timeout,
+                         "next_run": upcoming.astimezone(calendar.zone).isoformat(timespec="minutes") if upcoming else None,
+                         "last_run": previous})
+        if as_json:
+            common.print_json(rows)
+            return
+        if not rows:
+            common.console.print(f"no jobs in {settings.jobs_dir}: the daemon only reacts to events")
+            return
+        table = Table(title=f"Jobs in {settings.jobs_dir}", title_justify="left")
+        for column in ("job", "runs", "schedule", "next run", "last run"):
+            table.add_column(column)
+        for row in rows:
+            previous = row["last_run"]
+            last_text = f"{previous['status']} {previous['scheduled_for'][:16]}" if previous else "-"
+            table.add_row(row["job"], row["run"], row["schedule"], row["next_run"] or "disabled", last_text)
+        common.console.print(table)
+
+    @jobs_app.command("run")
+    def jobs_run(
+        name: str = typer.Argument(..., help="The job (its file name without .yaml)."),
+        as_json: bool = typer.Option(False, "--json", help="Print the run's summary as JSON."),
+    ) -> None:
+        """Run one job now (for cron or a systemd timer); skipped when another process is running it."""
+        from crmbridge.live.jobs import JobContext, load_jobs, run_job
+        from crmbridge.mapping.load import did_you_mean
+
+        settings = common.settings()
+        jobs = {job.name: job for job in load_jobs(settings.jobs_dir)}
+        if name not in jobs:
+            raise ConfigError(f'there is no job "{name}" in {settings.jobs_dir}',
+                              hint=did_you_mean(name, jobs) if jobs else "add a jobs/*.yaml file")
+        client_factory = (lambda: common.client_from(settings)) if settings.bitrix24_webhook_url else None
+        run = run_job(jobs[name], JobContext(settings, client_factory), datetime.now(UTC))
+        if as_json:
+            common.print_json(run.__dict__)
+        else:
+            common.console.print(f"job {name}: {run.status} in {run.seconds:.1f} s "
+                                 f"{escape(json.dumps(run.summary, ensure_ascii=False, default=str)[:300])}")
+        if run.status in ("failed", "timeout"):
+            raise typer.Exit(1)
+
+    @jobs_app.command("schema")
+    def jobs_schema() -> None:
+        """Write job.schema.json into the jobs folder (editors complete and explain the keys)."""
+        from crmbridge.live.jobs import JOB_SCHEMA_FILE, job_schema
+
+        settings = common.settings()
+        settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+        target = settings.jobs_dir / JOB_SCHEMA_FILE
+        target.write_text(json.dumps(job_schema(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        common.console.print(f"wrote {target}")
+
+
+def _last_runs(settings: object) -> dict[str, dict[str, str]]:
+    import sqlite3
+
+    path = getattr(settings, "cache_path")
+    if not path.exists():
+        return {}
+    conn = sqlite3.connect(str(path))
+    try:
+        rows = conn.execute("SELECT job, scheduled_for, status FROM job_runs WHERE id IN "
+                            "(SELECT MAX(id) FROM job_runs GROUP BY job)").fetchall()
+    except sqlite3.Error:
+        return {}
+    finally:
+        conn.close()
+    return {job: {"scheduled_for": when, "status": status} for job, when, status in rows}

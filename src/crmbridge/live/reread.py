@@ -1,0 +1,305 @@
+"""The worker's reads: what a round of events names, resolved to deals and re-read in batches into the cache.
+
+`affected(rows)` (pure) sorts a round's events into ids per entity. `ReReader.run` resolves tasks, to-dos and
+clients to their deals, then re-reads every affected deal with its stage history, tasks, to-dos, contact and
+company: all of it as commands of `batch` requests (50 per request), so a handful of events costs one or
+two HTTP requests. Records that a deal no longer has on the portal (a task deleted or unbound, a deal
+deleted) leave the cache the same way the sync removes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from crmbridge.cache import rows as cache_rows
+from crmbridge.cache.store import Cache
+from crmbridge.connectors.bitrix24.client import PAGE_SIZE, Bitrix24Client
+from crmbridge.connectors.bitrix24.reader import (
+    ACTIVITY_SELECT,
+    COMPANY_SELECT,
+    CONTACT_SELECT,
+    IDS_PER_COMMAND,
+    TASK_SELECT,
+    TODO_FILTER,
+)
+from crmbridge.errors import CrmError
+from crmbridge.live.bitrix24_events import DELETE_EVENTS
+from crmbridge.live.inbox import InboxRow
+
+RawRecord = dict[str, Any]
+HISTORY_SELECT = ["ID", "TYPE_ID", "OWNER_ID", "CREATED_TIME", "CATEGORY_ID", "STAGE_SEMANTIC_ID", "STAGE_ID"]
+#: history ids re-read below the deals' newest cached one (ids become visible when their transaction commits)
+HISTORY_ID_MARGIN = 50
+
+
+@dataclass
+class Affected:
+    """Ids a round of events names, per entity; deletions apart (there is nothing to read for them)."""
+
+    deals: set[int] = field(default_factory=set)
+    deleted_deals: set[int] = field(default_factory=set)
+    tasks: set[int] = field(default_factory=set)
+    deleted_tasks: set[int] = field(default_factory=set)
+    activities: set[int] = field(default_factory=set)
+    deleted_activities: set[int] = field(default_factory=set)
+    contacts: set[int] = field(default_factory=set)
+    companies: set[int] = field(default_factory=set)
+
+
+def affected(rows: Iterable[InboxRow]) -> Affected:
+    """Coalesce a round's events: ten updates of one deal are one id (pure)."""
+    found = Affected()
+    for row in rows:
+        try:
+            entity_id = int(row.entity_id)
+        except ValueError:
+            continue
+        deleted = row.event.upper() in DELETE_EVENTS
+        if row.entity == "deal":
+            (found.deleted_deals if deleted else found.deals).add(entity_id)
+        elif row.entity == "task":
+            (found.deleted_tasks if deleted else found.tasks).add(entity_id)
+        elif row.entity == "activity":
+            (found.deleted_activities if deleted else found.activities).add(entity_id)
+        elif row.entity == "contact" and not deleted:
+            found.contacts.add(entity_id)
+        elif row.entity == "company" and not deleted:
+            found.companies.add(entity_id)
+    found.deals -= found.deleted_deals
+    return found
+
+
+@dataclass
+class ReReadResult:
+    deals: set[int]  # deals to evaluate (re-read, still on the portal)
+    deleted: set[int]  # deals gone from the portal (marked deleted in the cache)
+    http_requests: int
+
+
+class ReReader:
+    """Re-reads what a round of events names; the client (HTTP) and the cache (SQLite) are injected."""
+
+    def __init__(self, client: Bitrix24Client, cache: Cache, *, now: Any = None) -> None:
+        self.client = client
+        self.cache = cache
+        self.now = now or (lambda: datetime.now(UTC).isoformat(timespec="microseconds"))
+
+    def run(self, found: Affected) -> ReReadResult:
+        requests_before = self.client.requests_made
+        deal_ids = set(found.deals)
+        # deleted tasks and to-dos: their deal (known from the cache) must be judged again without them
+        deal_ids |= self._cached_deals("tasks", found.deleted_tasks)
+        deal_ids |= self._cached_deals("activities", found.deleted_activities)
+        removed_tasks, removed_todos = set(found.deleted_tasks), set(found.deleted_activities)
+        # tasks and to-dos name their deal only on the portal (a task may have been bound to another deal):
+        # one batch reads them and the clients; their old deal (cached) and new deal are both affected
+        clients: dict[str, list[RawRecord]] = {"contacts": [], "companies": []}
+        if found.tasks or found.activities or found.contacts or found.companies:
+            calls: list[tuple[str, Mapping[str, Any]]] = []
+            calls += [("tasks.task.list", {"filter": {"ID": task_id}, "select": TASK_SELECT})
+                      for task_id in sorted(found.tasks)]
+            calls += [("crm.activity.list", {"filter": {"@ID": chunk}, "select": ACTIVITY_SELECT, "start": -1})
+                      for chunk in _chunks(sorted(found.activities))]
+            calls += [("crm.contact.list", {"filter": {"@ID": chunk}, "select": CONTACT_SELECT, "start": -1})
+                      for chunk in _chunks(sorted(found.contacts))]
+            calls += [("crm.company.list", {"filter": {"@ID": chunk}, "select": COMPANY_SELECT, "start": -1})
+                      for chunk in _chunks(sorted(found.companies))]
+            answers = iter(self._calls(calls))
+            for task_id in sorted(found.tasks):
+                tasks = _rows(next(answers), "tasks")
+                deal_ids |= {deal for task in tasks for deal in cache_rows.bound_deal_ids(
+                    task.get("ufCrmTask", task.get("UF_CRM_TASK")))}
+                if not tasks:
+                    removed_tasks.add(task_id)  # gone, or no longer visible to the webhook's user
+            deal_ids |= self._cached_deals("tasks", found.tasks)
+            for _ in _chunks(sorted(found.activities)):
+                for activity in _rows(next(answers)):
+                    row = cache_rows.activity_row(activity)
+                    if row["deal_id"] is not None:
+                        deal_ids.add(row["deal_id"])
+            deal_ids |= self._cached_deals("activities", found.activities)
+            for _ in _chunks(sorted(found.contacts)):
+                clients["contacts"] += _rows(next(answers))
+            for _ in _chunks(sorted(found.companies)):
+                clients["companies"] += _rows(next(answers))
+            deal_ids |= self._deals_of_clients(found.contacts, found.companies)
+        deal_ids -= found.deleted_deals
+        deals, history, tasks, todos, more_clients = self._read_deals(sorted(deal_ids))
+        clients["contacts"] += more_clients["contacts"]
+        clients["companies"] += more_clients["companies"]
+        gone = (deal_ids - {int(raw["ID"]) for raw in deals}) | found.deleted_deals
+        self._write(deals, history, tasks, todos, clients, sorted(deal_ids), removed_tasks, removed_todos, gone)
+        return ReReadResult(deal_ids - gone, gone, self.client.requests_made - requests_before)
+
+    # ------------------------------------------------------------------ reads
+
+    def _read_deals(self, deal_ids: list[int]) -> tuple[list[RawRecord], list[RawRecord], list[RawRecord],
+                                                        list[RawRecord], dict[str, list[RawRecord]]]:
+        """The deals with their history, tasks, to-dos and clients: one batch per ~50 deals."""
+        if not deal_ids:
+            return [], [], [], [], {"contacts": [], "companies": []}
+        contact_ids, company_ids = self._cached_clients(deal_ids)
+        history_after = self._history_cursor(deal_ids)
+        calls: list[tuple[str, Mapping[str, Any]]] = []
+        for chunk in _chunks(deal_ids):
+            calls.append(("crm.deal.list", {"filter": {"@ID": chunk}, "select": ["*", "UF_*"], "start": -1}))
+            calls.append(("crm.stagehistory.list", _fast({"entityTypeId": 2}, {"@OWNER_ID": chunk}, HISTORY_SELECT,
+                                                         history_after)))
+            calls.append(("crm.activity.list", _fast({}, {**TODO_FILTER, "@OWNER_ID": chunk}, ACTIVITY_SELECT, 0)))
+        calls += [("tasks.task.list", _fast({}, {"UF_CRM_TASK": f"D_{deal_id}"}, TASK_SELECT, 0)) for deal_id in deal_ids]
+        calls += [("crm.contact.list", {"filter": {"@ID": chunk}, "select": CONTACT_SELECT, "start": -1})
+                  for chunk in _chunks(sorted(contact_ids))]
+        calls += [("crm.company.list", {"filter": {"@ID": chunk}, "select": COMPANY_SELECT, "start": -1})
+                  for chunk in _chunks(sorted(company_ids))]
+        answers = iter(self._calls(calls))
+        deals: list[RawRecord] = []
+        history: list[RawRecord] = []
+        todos: list[RawRecord] = []
+        for chunk in _chunks(deal_ids):
+            deals += _rows(next(answers))
+            history += self._all_pages("crm.stagehistory.list", _rows(next(answers), "items"), {"entityTypeId": 2},
+                                       {"@OWNER_ID": chunk}, HISTORY_SELECT, "items")
+            todos += self._all_pages("crm.activity.list", _rows(next(answers)), {}, {**TODO_FILTER, "@OWNER_ID": chunk},
+                                     ACTIVITY_SELECT, None)
+        tasks: list[RawRecord] = []
+        for deal_id in deal_ids:
+            tasks += self._all_pages("tasks.task.list", _rows(next(answers), "tasks"), {},
+                                     {"UF_CRM_TASK": f"D_{deal_id}"}, TASK_SELECT, "tasks")
+        clients: dict[str, list[RawRecord]] = {"contacts": [], "companies": []}
+        for _ in _chunks(sorted(contact_ids)):
+            clients["contacts"] += _rows(next(answers))
+        for _ in _chunks(sorted(company_ids)):
+            clients["companies"] += _rows(next(answers))
+        # a deal whose client changed (or is new to the cache): its client is read now
+        new_contacts = {cid for raw in deals if (cid := cache_rows.as_int(raw.get("CONTACT_ID")))} - contact_ids
+        new_companies = {cid for raw in deals if (cid := cache_rows.as_int(raw.get("COMPANY_ID")))} - company_ids
+        if new_contacts or new_companies:
+            extra = self._calls(
+                [("crm.contact.list", {"filter": {"@ID": chunk}, "select": CONTACT_SELECT, "start": -1})
+                 for chunk in _chunks(sorted(new_contacts))]
+                + [("crm.company.list", {"filter": {"@ID": chunk}, "select": COMPANY_SELECT, "start": -1})
+                   for chunk in _chunks(sorted(new_companies))])
+            answers = iter(extra)
+            for _ in _chunks(sorted(new_contacts)):
+                clients["contacts"] += _rows(next(answers))
+            for _ in _chunks(sorted(new_companies)):
+                clients["companies"] += _rows(next(answers))
+        return deals, history, tasks, todos, clients
+
+    def _calls(self, calls: Sequence[tuple[str, Mapping[str, Any]]]) -> list[Any]:
+        answers = self.client.batch_calls(calls) if calls else []
+        for answer in answers:
+            if isinstance(answer, CrmError):
+                raise answer
+        return answers
+
+    def _all_pages(self, method: str, first: list[RawRecord], params: dict[str, Any], filter_: dict[str, Any],
+                   select: list[str], result_key: str | None) -> list[RawRecord]:
+        """A full first page means there may be more: the rest by the fast pattern from its last id."""
+        if len(first) < PAGE_SIZE:
+            return first
+        last = max(int(row.get("ID", row.get("id"))) for row in first)
+        rest = self.client.iter_list_fast(method, filter={**filter_, ">ID": last}, select=select, id_field="ID",
+                                          result_key=result_key, params=params)
+        return first + list(rest)
+
+    # ------------------------------------------------------------------ the cache
+
+    def _cached_deals(self, table: str, ids: Iterable[int]) -> set[int]:
+        ids = sorted(set(ids))
+        found: set[int] = set()
+        for chunk in _chunks(ids, 500):
+            found.update(deal for (deal,) in self.cache.db.execute(
+                f"SELECT deal_id FROM {table} WHERE deal_id IS NOT NULL AND id IN ({_marks(chunk)})", chunk))
+        return found
+
+    def _deals_of_clients(self, contacts: set[int], companies: set[int]) -> set[int]:
+        found: set[int] = set()
+        for column, ids in (("contact_id", contacts), ("company_id", companies)):
+            for chunk in _chunks(sorted(ids), 500):
+                found.update(deal for (deal,) in self.cache.db.execute(
+                    f"SELECT id FROM deals WHERE deleted = 0 AND {column} IN ({_marks(chunk)})", chunk))
+        if companies:  # a contact of the company whose deals name only the contact
+            for chunk in _chunks(sorted(companies), 500):
+                found.update(deal for (deal,) in self.cache.db.execute(
+                    "SELECT d.id FROM deals d JOIN contacts c ON c.id = d.contact_id "
+                    f"WHERE d.deleted = 0 AND c.company_id IN ({_marks(chunk)})", chunk))
+        return found
+
+    def _cached_clients(self, deal_ids: list[int]) -> tuple[set[int], set[int]]:
+        contacts: set[int] = set()
+        companies: set[int] = set()
+        for chunk in _chunks(deal_ids, 500):
+            for contact, company in self.cache.db.execute(
+                    f"SELECT contact_id, company_id FROM deals WHERE id IN ({_marks(chunk)})", chunk):
+                if contact:
+                    contacts.add(int(contact))
+                if company:
+                    companies.add(int(company))
+        return contacts, companies
+
+    def _history_cursor(self, deal_ids: list[int]) -> int:
+        """Re-read history from just below the oldest "newest cached row" of these deals (0: one is new)."""
+        newest: dict[int, int] = {}
+        for chunk in _chunks(deal_ids, 500):
+            for deal, top in self.cache.db.execute(
+                    f"SELECT deal_id, MAX(id) FROM stage_history WHERE deal_id IN ({_marks(chunk)}) GROUP BY deal_id",
+                    chunk):
+                newest[int(deal)] = int(top)
+        if len(newest) < len(deal_ids):
+            return 0
+        return max(0, min(newest.values()) - HISTORY_ID_MARGIN)
+
+    def _write(self, deals: list[RawRecord], history: list[RawRecord], tasks: list[RawRecord], todos: list[RawRecord],
+               clients: dict[str, list[RawRecord]], deal_ids: list[int], removed_tasks: set[int],
+               removed_todos: set[int], gone: set[int]) -> None:
+        """Everything of one round in one transaction: the cache never shows half a deal."""
+        synced_at = self.now()
+        read = {int(raw["ID"]) for raw in deals}
+        task_rows = [{**cache_rows.task_row(raw), "synced_at": synced_at} for raw in tasks]
+        todo_rows = [{**cache_rows.activity_row(raw), "synced_at": synced_at} for raw in todos]
+        with self.cache.atomic():
+            self.cache.upsert("deals", [cache_rows.deal_row(raw, synced_at) for raw in deals])
+            self.cache.upsert("stage_history", map(cache_rows.stage_history_row, history))
+            self.cache.upsert("contacts", map(cache_rows.contact_row, clients["contacts"]))
+            self.cache.upsert("companies", map(cache_rows.company_row, clients["companies"]))
+            self.cache.upsert("tasks", [row for row in task_rows if row["deal_id"] is not None])
+            self.cache.upsert("activities", [row for row in todo_rows if row["deal_id"] is not None])
+            # what a re-read deal no longer has on the portal leaves the cache (deleted, unbound, done elsewhere)
+            kept_tasks = {row["id"] for row in task_rows}
+            kept_todos = {row["id"] for row in todo_rows}
+            for table, kept, removed in (("tasks", kept_tasks, removed_tasks), ("activities", kept_todos, removed_todos)):
+                stale = set(removed)
+                for chunk in _chunks(sorted(read), 500):
+                    stale.update(row_id for (row_id,) in self.cache.db.execute(
+                        f"SELECT id FROM {table} WHERE deal_id IN ({_marks(chunk)})", chunk) if row_id not in kept)
+                self.cache.delete_ids(table, sorted(stale - kept))
+            for chunk in _chunks(sorted(gone), 500):
+                self.cache.db.execute(f"UPDATE deals SET deleted = 1 WHERE id IN ({_marks(chunk)})", chunk)
+
+
+def _fast(params: dict[str, Any], filter_: dict[str, Any], select: list[str], after: int) -> dict[str, Any]:
+    """One page of the fast pattern (ID ascending, `>ID` cursor, no COUNT)."""
+    return {**params, "filter": {**filter_, ">ID": after}, "order": {"ID": "ASC"}, "select": select, "start": -1}
+
+
+def _rows(answer: Any, key: str | None = None) -> list[RawRecord]:
+    rows = answer.get(key, []) if key is not None and isinstance(answer, Mapping) else answer
+    if isinstance(rows, Mapping):
+        rows = list(rows.values())
+    return list(rows or [])
+
+
+def _chunks(ids: list[int], size: int = IDS_PER_COMMAND) -> Iterable[list[int]]:
+    for start in range(0, len(ids), size):
+        yield ids[start:start + size]
+
+
+def _marks(chunk: Sequence[Any]) -> str:
+    return ",".join("?" * len(chunk))
+
+
+__all__ = ["Affected", "ReReadResult", "ReReader", "affected"]

@@ -1,0 +1,229 @@
+"""The inbox worker: drains events in rounds, re-reads the deals they name, evaluates only those, and acts per rule mode.
+
+One round: claim the due events, coalesce them per deal (`reread.affected`), re-read the affected deals in
+batches (`ReReader`), then evaluate, plan and execute exactly as `crmbridge enforce` does, restricted to those
+deals (`enforce(..., deal_ids=..., sync=False)`): the same idempotency keys, audit log and one-writer lock,
+so the bridge's own writes, echoed back as events, re-read to the same plan and cause no new action.
+
+Failures: the portal unreachable (or a retryable CRM error after the client's retries) postpones the round's
+events with a growing backoff, counting no attempt: they wait in the inbox until the portal is back. Any
+other error counts an attempt for each event of the round and halves the round, so a poison event ends up
+alone and, after `max_attempts`, in the dead letters with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from crmbridge.cache.store import Cache, open_cache
+from crmbridge.connectors.bitrix24.client import Bitrix24Client
+from crmbridge.enforce.run import enforce
+from crmbridge.errors import CacheLocked, CrmBridgeError, CrmError, LockLost, MappingError
+from crmbridge.live.bridge import LiveBridge
+from crmbridge.live.inbox import Inbox, InboxRow
+from crmbridge.live.reread import ReReader, affected
+from crmbridge.mapping.load import Mappings, load_mappings
+
+log = logging.getLogger("crmbridge.live.worker")
+
+#: events taken per round at most (a burst is worked off in rounds of this size)
+ROUND_EVENTS = 2_000
+#: wait after the first event of a quiet spell, so a burst (a manager saving several fields) is one round
+GATHER_SECONDS = 0.05
+
+
+class MappingsWatcher:
+    """The admin's mapping files, reloaded when they change; a broken edit keeps the last good version."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self._stamp: tuple[float, ...] | None = None
+        self._mappings: Mappings | None = None
+        self.error: str | None = None
+
+    def current(self) -> Mappings:
+        stamp = tuple(path.stat().st_mtime for path in sorted(self.directory.glob("*.yaml")))
+        if stamp != self._stamp or self._mappings is None:
+            try:
+                self._mappings = load_mappings(self.directory)
+                self.error = None
+            except MappingError as exc:
+                self.error = f"{exc} ({len(exc.problems)} problem(s); `crmbridge check` lists them)"
+                if self._mappings is None:
+                    raise
+                log.error("mapping files changed but do not load; keeping the last good version: %s", self.error)
+            self._stamp = stamp
+        return self._mappings
+
+
+@dataclass
+class RoundReport:
+    events: int = 0
+    deals: int = 0
+    deleted: int = 0
+    http_requests: int = 0
+    actions_done: int = 0
+    outcome: str = "idle"  # idle, done, postponed, failed
+    error: str | None = None
+    seconds: float = 0.0
+    reaction: list[float] = field(default_factory=list)  # per event: received -> round done (s)
+
+
+class Worker:
+    """Runs rounds until stopped; everything it touches is injected (the daemon builds it)."""
+
+    def __init__(self, bridge: LiveBridge, client: Bitrix24Client | None, mappings: MappingsWatcher, *,
+                 writer_lock: threading.Lock, max_reverts_per_day: int = 3,
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC), round_events: int = ROUND_EVENTS,
+                 max_backoff: float = 300.0, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.bridge = bridge
+        self.inbox: Inbox = bridge.inbox
+        self.client = client
+        self.mappings = mappings
+        self.writer_lock = writer_lock
+        self.max_reverts_per_day = max_reverts_per_day
+        self.now = now
+        self.round_events = round_events
+        self.max_backoff = max_backoff
+        self.sleep = sleep
+        self.wake = threading.Event()
+        self._limit = round_events
+        self._backoff = 0.0
+        self._cache: Cache | None = None
+        #: what readiness reports: the last round's failure, if the last round failed
+        self.last_error: str | None = None
+        self.rounds = 0
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self, stop: threading.Event, *, poll: float = 1.0) -> None:
+        """Rounds until `stop` is set; a round in flight is always finished (SIGTERM leaves nothing half-written)."""
+        try:
+            while not stop.is_set():
+                if self.wake.wait(poll):
+                    self.wake.clear()
+                    if GATHER_SECONDS:
+                        stop.wait(GATHER_SECONDS)
+                report = self.round()
+                if report.outcome == "done" and report.events:
+                    self.wake.set()  # more may be due: go on without waiting
+                elif report.outcome in ("postponed", "failed"):
+                    stop.wait(min(self._backoff, 5.0))
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None
+
+    def cache(self) -> Cache:
+        if self._cache is None:
+            self._cache = open_cache(self.bridge.cache_path)
+        return self._cache
+
+    # ------------------------------------------------------------------ one round
+
+    def round(self) -> RoundReport:
+        started = time.perf_counter()
+        rows = self.inbox.claim(self._limit)
+        report = RoundReport(events=len(rows))
+        if not rows:
+            return report
+        by_processor: dict[str, list[InboxRow]] = {}
+        for row in rows:
+            prefix = "bitrix24." if row.source.startswith("bitrix24.") else None
+            processor = None if prefix else self.bridge.processor_for(row.source)
+            key = prefix or (processor.source_prefix if processor else "")
+            by_processor.setdefault(key, []).append(row)
+        for key, group in by_processor.items():
+            ids = [row.id for row in group]
+            try:
+                if key == "bitrix24.":
+                    self._bitrix24(group, report)
+                elif key:
+                    processor = self.bridge.processor_for(group[0].source)
+                    assert processor is not None
+                    processor.process(group)
+                else:
+                    raise CrmBridgeError(f"no processor for events of source {group[0].source!r}")
+            except Exception as exc:  # noqa: BLE001 - every failure is settled on the events, none is lost
+                self._settle_failure(ids, exc, report)
+                continue
+            self.inbox.done(ids)
+            self._backoff = 0.0
+            self._limit = min(self.round_events, self._limit * 2)
+            self.bridge.metrics.events_processed.labels("done").inc(len(ids))
+            if report.outcome != "failed" and report.outcome != "postponed":
+                report.outcome = "done"
+        report.seconds = time.perf_counter() - started
+        finished = datetime.now(UTC)
+        for row in rows:
+            try:
+                waited = (finished - datetime.fromisoformat(row.received_at)).total_seconds()
+            except ValueError:
+                continue
+            report.reaction.append(waited)
+            if report.outcome == "done":
+                self.bridge.metrics.reaction.observe(waited)
+        self.rounds += 1
+        self.last_error = report.error
+        return report
+
+    def _bitrix24(self, rows: list[InboxRow], report: RoundReport) -> None:
+        if self.client is None:
+            raise CrmBridgeError("no Bitrix24 portal is configured (CRMBRIDGE_BITRIX24_WEBHOOK_URL)")
+        mappings = self.mappings.current()
+        cache = self.cache()
+        with self.writer_lock:  # the daemon's scheduled jobs write to the same cache and portal
+            result = ReReader(self.client, cache).run(affected(rows))
+            report.deals += len(result.deals)
+            report.deleted += len(result.deleted)
+            report.http_requests += result.http_requests
+            if result.deals:
+                before = self.client.requests_made
+                enforced = enforce(self.client, cache, mappings, now=self.now, deal_ids=sorted(result.deals),
+                                   sync=False, max_reverts_per_day=self.max_reverts_per_day)
+                report.http_requests += self.client.requests_made - before
+                if enforced.execution is not None:
+                    report.actions_done += enforced.execution.done
+        log.info("worker: %d events -> %d deals re-read (%d deleted), %d actions written, %d HTTP requests",
+                 len(rows), len(result.deals), len(result.deleted), report.actions_done, report.http_requests)
+
+    def _settle_failure(self, ids: list[int], exc: Exception, report: RoundReport) -> None:
+        reason = f"{type(exc).__name__}: {exc}"
+        report.error = reason
+        if _waits(exc):
+            # not these events' fault: the portal is down, limited, or another run holds the writer lock
+            self._backoff = min(self.max_backoff, max(1.0, self._backoff * 2))
+            self.inbox.postpone(ids, reason, self._backoff)
+            report.outcome = "postponed"
+            self.bridge.metrics.events_processed.labels("postponed").inc(len(ids))
+            log.warning("worker: %d events wait %.0f s: %s", len(ids), self._backoff, reason)
+            return
+        dead = self.inbox.failed(ids, reason)
+        self._backoff = min(self.max_backoff, max(1.0, self._backoff * 2))
+        self._limit = max(1, len(ids) // 2)  # a poison event ends up alone
+        report.outcome = "failed"
+        self.bridge.metrics.events_processed.labels("failed").inc(len(ids) - dead)
+        self.bridge.metrics.events_processed.labels("dead").inc(dead)
+        log.error("worker: processing %d events failed (%s); %d went to the dead letters", len(ids), reason, dead,
+                  exc_info=not isinstance(exc, CrmBridgeError))
+
+
+def _waits(exc: Exception) -> bool:
+    """Errors that say "not now" rather than "not this event"."""
+    if isinstance(exc, CrmError):
+        return exc.retryable
+    if isinstance(exc, MappingError):
+        return True  # the admin's files are broken: events wait for the fix
+    return isinstance(exc, (CacheLocked, LockLost))
+
+
+__all__ = ["MappingsWatcher", "RoundReport", "Worker"]

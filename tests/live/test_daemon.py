@@ -1,0 +1,167 @@
+"""`crmbridge serve` end to end over loopback: events from the sandbox portal, corrections back into it."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+
+from crmbridge.sandbox import SandboxPortal
+
+from .conftest import TOKEN, LiveDaemon
+
+pytestmark = pytest.mark.integration
+
+
+def open_deal_at(portal: SandboxPortal, stage: str) -> int:
+    with portal.state.lock:
+        return min(int(row["ID"]) for row in portal.state.deals.rows.values() if row["STAGE_ID"] == stage)
+
+
+def wait_for(condition, timeout: float = 15.0, what: str = "condition") -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if condition():
+            return time.monotonic() - started
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def stage_of(portal: SandboxPortal, deal_id: int) -> str:
+    with portal.state.lock:
+        return portal.state.deals.rows[deal_id]["STAGE_ID"]
+
+
+def actions(cache: Path, deal_id: int) -> list[tuple[str, str]]:
+    with sqlite3.connect(cache) as conn:
+        return conn.execute("SELECT kind, status FROM actions WHERE deal_id = ? ORDER BY id", (deal_id,)).fetchall()
+
+
+def form(event: str, entity_id: int, portal: SandboxPortal, **auth: str) -> bytes:
+    fields = {"event": event, "event_handler_id": "1", "data[FIELDS][ID]": str(entity_id), "ts": "1766047124",
+              "auth[domain]": f"127.0.0.1:{portal.port}", "auth[member_id]": portal.member_id,
+              "auth[application_token]": TOKEN}
+    fields.update({f"auth[{key}]": value for key, value in auth.items()})
+    return urlencode(fields).encode()
+
+
+def test_an_illegal_move_is_corrected_within_seconds(live, tmp_path: Path) -> None:
+    portal, daemon = live()
+    daemon.start().wait_ready()
+    portal.send_events_to(daemon.url + "/bitrix24/events")
+    deal_id = open_deal_at(portal, "C1:NEW")
+    manager = int(portal.state.deals.rows[deal_id]["ASSIGNED_BY_ID"])
+    portal.update_deal(deal_id, {"STAGE_ID": "C1:EXECUTING"}, user_id=manager)  # skips C1:PREPARATION
+    wait_for(lambda: stage_of(portal, deal_id) == "C1:NEW", what="the revert")
+    portal.wait_events()
+    time.sleep(1.0)  # the revert's own event comes back: it must cause nothing new
+    reverts = [row for row in actions(tmp_path / "cache.db", deal_id) if row[0] == "revert_stage"]
+    assert reverts == [("revert_stage", "done")]
+    assert stage_of(portal, deal_id) == "C1:NEW"
+    assert all(d.status == 200 for d in portal.deliveries())
+
+
+def inbox_rows(cache: Path) -> list[tuple[str, str, str, int]]:
+    with sqlite3.connect(cache) as conn:
+        return conn.execute("SELECT event, entity_id, status, attempts FROM inbox ORDER BY id").fetchall()
+
+
+def dead_letters(cache: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(cache) as conn:
+        return conn.execute("SELECT source, reason FROM dead_letters ORDER BY id").fetchall()
+
+
+def test_forged_foreign_malformed_and_oversized_events_are_refused(live, tmp_path: Path) -> None:
+    portal, daemon = live()
+    daemon.start().wait_ready()
+    deal_id = open_deal_at(portal, "C1:NEW")
+    assert daemon.post("/bitrix24/events", form("ONCRMDEALUPDATE", deal_id, portal, application_token="guess"))[0] == 401
+    assert daemon.post("/bitrix24/events", form("ONCRMDEALUPDATE", deal_id, portal, domain="evil.bitrix24.ru"))[0] == 401
+    assert daemon.post("/bitrix24/events", b"\xff\xfe not a form")[0] == 401
+    # the first verified event makes its member_id the portal's; another one is foreign from then on
+    assert daemon.post("/bitrix24/events", form("ONCRMDEALUPDATE", deal_id, portal))[0] == 200
+    assert daemon.post("/bitrix24/events", form("ONCRMDEALUPDATE", deal_id, portal, member_id="other"))[0] == 401
+    status, text = daemon.post("/bitrix24/events", form("ONCRMDEALUPDATE", 0, portal).replace(b"ID%5D=0", b"ID%5D="))
+    assert status == 400 and "dead letter" in text
+    assert daemon.post("/bitrix24/events", form("ONCRMDEALUPDATE", deal_id, portal) + b"&x=" + b"a" * 70_000)[0] == 413
+    assert daemon.post("/bitrix24/events", form("ONCRMLEADADD", 5, portal))[0] == 200  # not ours: ignored
+    rows = inbox_rows(tmp_path / "cache.db")
+    assert [(event, entity) for event, entity, *_ in rows] == [("ONCRMDEALUPDATE", str(deal_id))]
+    assert [source for source, _ in dead_letters(tmp_path / "cache.db")] == ["bitrix24.webhook"]
+    metrics = daemon.get("/metrics")[1]
+    assert 'crmbridge_events_rejected_total{reason="forged",source="bitrix24.webhook"} 2.0' in metrics
+    assert 'crmbridge_events_rejected_total{reason="foreign",source="bitrix24.webhook"} 2.0' in metrics
+    assert 'crmbridge_events_rejected_total{reason="malformed",source="bitrix24.webhook"} 1.0' in metrics
+    assert 'crmbridge_events_rejected_total{reason="too_large",source="bitrix24.webhook"} 1.0' in metrics
+    assert "crmbridge_events_dead 1.0" in metrics
+
+
+def test_duplicate_deliveries_give_one_action(live, tmp_path: Path) -> None:
+    portal, daemon = live()
+    daemon.start().wait_ready()
+    deal_id = open_deal_at(portal, "C1:NEW")
+    portal.update_deal(deal_id, {"STAGE_ID": "C1:EXECUTING"})  # no outgoing webhook yet: we deliver it ourselves
+    body = form("ONCRMDEALUPDATE", deal_id, portal)
+    for _ in range(5):
+        assert daemon.post("/bitrix24/events", body)[0] == 200
+    wait_for(lambda: stage_of(portal, deal_id) == "C1:NEW", what="the revert")
+    for _ in range(3):
+        assert daemon.post("/bitrix24/events", body)[0] == 200
+    wait_for(lambda: all(status == "done" for *_, status, _ in inbox_rows(tmp_path / "cache.db")), what="processing")
+    assert [row for row in actions(tmp_path / "cache.db", deal_id) if row[0] == "revert_stage"] == [
+        ("revert_stage", "done")]
+    assert portal.stats.calls.get("crm.deal.update", 0) == 1
+
+
+def test_events_wait_while_the_portal_is_down_and_are_processed_when_it_returns(live, tmp_path: Path) -> None:
+    portal, daemon = live()
+    daemon.env["CRMBRIDGE_BITRIX24_MAX_ATTEMPTS"] = "2"
+    daemon.start().wait_ready()
+    portal.send_events_to(daemon.url + "/bitrix24/events")
+    deal_id = open_deal_at(portal, "C1:NEW")
+    portal.outage = True
+    portal.update_deal(deal_id, {"STAGE_ID": "C1:EXECUTING"})
+    portal.wait_events()
+    assert [d.status for d in portal.deliveries()] == [200]
+    wait_for(lambda: "the worker's last round failed" in daemon.get("/readyz")[1], timeout=20, what="a failed round")
+    time.sleep(2.0)
+    assert stage_of(portal, deal_id) == "C1:EXECUTING"
+    portal.outage = False
+    wait_for(lambda: stage_of(portal, deal_id) == "C1:NEW", timeout=30, what="the revert after the outage")
+    wait_for(lambda: all(status == "done" for *_, status, _ in inbox_rows(tmp_path / "cache.db")), what="processing")
+    assert dead_letters(tmp_path / "cache.db") == []
+    assert [attempts for *_, attempts in inbox_rows(tmp_path / "cache.db")][0] == 0  # waiting is not failing
+
+
+def test_sigterm_mid_batch_leaves_nothing_half_written(live, tmp_path: Path) -> None:
+    portal, daemon = live(deals=300)
+    daemon.env["CRMBRIDGE_BITRIX24_RATE"] = "4"  # slow enough that SIGTERM lands while the worker writes
+    daemon.env["CRMBRIDGE_BITRIX24_BURST"] = "6"
+    daemon.start().wait_ready()
+    portal.send_events_to(daemon.url + "/bitrix24/events")
+    with portal.state.lock:
+        moved = sorted(int(r["ID"]) for r in portal.state.deals.rows.values() if r["STAGE_ID"] == "C1:NEW")[:40]
+    for deal_id in moved:
+        portal.update_deal(deal_id, {"STAGE_ID": "C1:EXECUTING"})
+    portal.wait_events()
+    wait_for(lambda: any(stage_of(portal, deal_id) == "C1:NEW" for deal_id in moved), timeout=30,
+             what="the first reverts")
+    daemon.signal(15)
+    assert daemon.wait(60) == 0
+    cache = tmp_path / "cache.db"
+    with sqlite3.connect(cache) as conn:
+        statuses = dict(conn.execute("SELECT status, COUNT(*) FROM actions GROUP BY status").fetchall())
+        reverted = {deal for (deal,) in conn.execute(
+            "SELECT deal_id FROM actions WHERE kind = 'revert_stage' AND status = 'done'")}
+    assert "intent" not in statuses  # the batch in flight finished and its outcomes committed
+    assert reverted and all(stage_of(portal, deal_id) == "C1:NEW" for deal_id in reverted)
+    daemon.start().wait_ready()
+    wait_for(lambda: all(stage_of(portal, deal_id) == "C1:NEW" for deal_id in moved), timeout=60,
+             what="the rest after the restart")
+    with sqlite3.connect(cache) as conn:
+        per_deal = conn.execute("SELECT deal_id, COUNT(*) FROM actions WHERE kind = 'revert_stage' "
+                                "GROUP BY deal_id HAVING COUNT(*) > 1").fetchall()
+    assert per_deal == []
