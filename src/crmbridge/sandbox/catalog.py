@@ -156,15 +156,17 @@ USER_FIELDS: tuple[UserField, ...] = (
     _uf(117, "date", "Дата оплаты"),
     _uf(118, "date", "Срок оплаты (дебиторка)"),
     _uf(119, "datetime", "Первый контакт с лидом"),
-    _uf(120, "double", "Маржа"),
-    _uf(121, "double", "Оценка клиента (NPS)"),
+    # 131, 132: not 120, 121 (the amoCRM sandbox numbers its lead fields 500000 + the last three digits,
+    # and keeps the probability in 500120)
+    _uf(131, "double", "Маржа"),
+    _uf(132, "double", "Оценка клиента (NPS)"),
 )
 
 UF_BY_NAME: dict[str, UserField] = {f.name: f for f in USER_FIELDS}
 
 
 def uf(n: int) -> str:
-    """The FIELD_NAME of user field number n (101..119)."""
+    """The FIELD_NAME of user field number n (101..119, 131, 132)."""
     return f"UF_CRM_1700000{n:03d}"
 
 
@@ -173,7 +175,7 @@ UF_FIRST_MEETING, UF_PRESENTATION, UF_TZ_URL, UF_KP_DATE, UF_KP_SUM = uf(105), u
 UF_CONTRACT_NO, UF_CONTRACT_SUM, UF_SIGN_DATE, UF_PAY_TERMS = uf(110), uf(111), uf(112), uf(113)
 UF_LOSS_REASON, UF_NEXT_CONTACT, UF_SEGMENT, UF_PAID_DATE, UF_PAY_DUE, UF_FIRST_CONTACT = (
     uf(114), uf(115), uf(116), uf(117), uf(118), uf(119))
-UF_MARGIN, UF_NPS = uf(120), uf(121)  # the KPIs' profit and satisfaction (seeded on won deals)
+UF_MARGIN, UF_NPS = uf(131), uf(132)  # the KPIs' profit and satisfaction (seeded on won deals)
 
 # --- currencies (crm.currency.list): RUB is the base; some project deals are priced in USD or EUR -----
 
