@@ -41,6 +41,7 @@ def workspace(portal: SandboxPortal, tmp_path_factory: pytest.TempPathFactory) -
     """A synced cache and a copy of the shipped mapping files."""
     root = tmp_path_factory.mktemp("kpi")
     shutil.copytree(MAPPINGS, root / "mappings")
+    shutil.copytree(MAPPINGS.parent / "jobs", root / "jobs")
     cache = open_cache(root / "cache.db")
     Syncer(Bitrix24Reader(Bitrix24Client(portal.webhook_url)), cache, plan_entity_type=c.PLANS_ENTITY_TYPE_ID).run(full=True)
     cache.close()
@@ -50,7 +51,7 @@ def workspace(portal: SandboxPortal, tmp_path_factory: pytest.TempPathFactory) -
 def cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("CRMBRIDGE_")}
     environment.update({"CRMBRIDGE_CACHE_PATH": str(root / "cache.db"), "CRMBRIDGE_MAPPINGS_DIR": str(root / "mappings"),
-                        "COLUMNS": "200"})
+                        "CRMBRIDGE_JOBS_DIR": str(root / "jobs"), "COLUMNS": "200"})
     return subprocess.run([sys.executable, "-m", "crmbridge", *args], cwd=root, env=environment, capture_output=True,
                           text=True, timeout=180)
 
@@ -177,6 +178,19 @@ def test_snapshot_is_idempotent_and_keeps_recomputed_figures_as_history(workspac
         assert len(history) == 2 and history[0]["superseded_at"] is not None and history[1]["superseded_at"] is None
         assert history[1]["plan"] == 9_000_000
         assert cache.query("SELECT DISTINCT source FROM plans ORDER BY 1") == [{"source": "file"}, {"source": "portal"}]
+    finally:
+        cache.close()
+
+
+def test_the_monthly_snapshot_is_a_scheduled_job(workspace: Path) -> None:
+    listed = cli(workspace, "jobs", "list")
+    assert listed.returncode == 0 and "kpi snapshot" in listed.stdout and "0 6 1 * *" in listed.stdout
+    run = cli(workspace, "jobs", "run", "kpi-snapshot")
+    assert run.returncode == 0, run.stderr
+    cache = open_cache(workspace / "cache.db")
+    try:
+        assert cache.query("SELECT status FROM job_runs WHERE job = 'kpi-snapshot'") == [{"status": "done"}]
+        assert cache.count("kpi_snapshots") > 0
     finally:
         cache.close()
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import sys
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import typer
 from rich.table import Table
@@ -51,6 +52,20 @@ def _session(mappings_dir: Path | None, now: datetime, *, strict: bool = True) -
     for warning in [*session.data.warnings, *session.plans.warnings]:
         common.err_console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False, markup=True)
     return session, cache
+
+
+@contextmanager
+def month_session(mappings_dir: Path | None, period: str | None, what: str) -> Iterator[tuple[KpiSession, Any, Period, datetime]]:
+    """The KPI session of a month command (payout, report): the month given, else the last full one."""
+    now = _now()
+    session, cache = _session(mappings_dir, now)
+    try:
+        chosen = parse_period(period, last_full_month(now.astimezone(portal_zone(session.mappings)).date()))
+        if chosen.kind != "month":
+            raise typer.BadParameter(f"{what} per month, e.g. 2026-11", param_hint="--period")
+        yield session, cache, chosen, now
+    finally:
+        cache.close()
 
 
 def current_month(session: KpiSession, now: datetime) -> Period:
@@ -191,15 +206,8 @@ def register(app: typer.Typer) -> None:
         """Pay per manager for a month from motivation.yaml: base, commission, bonus steps, KPI bonus, deductions."""
         from crmbridge.kpi.payroll import payout_rows
 
-        now = _now()
-        session, cache = _session(mappings_dir, now)
-        try:
-            chosen = parse_period(period, last_full_month(now.astimezone(portal_zone(session.mappings)).date()))
-            if chosen.kind != "month":
-                raise typer.BadParameter("pay is computed per month, e.g. 2026-11", param_hint="--period")
+        with month_session(mappings_dir, period, "pay is computed") as (session, _, chosen, _):
             rows, columns = payout_rows(session, mappings_dir or common.settings().mappings_dir, chosen)
-        finally:
-            cache.close()
         if as_csv:
             sys.stdout.write(rows_as_csv(rows, columns))
         elif as_json:
@@ -223,15 +231,8 @@ def register(app: typer.Typer) -> None:
         """A self-contained HTML report (opens offline): plan vs fact, funnel, cycle, compliance, violations."""
         from crmbridge.kpi.report import build_report
 
-        now = _now()
-        session, cache = _session(mappings_dir, now)
-        try:
-            chosen = parse_period(period, last_full_month(now.astimezone(portal_zone(session.mappings)).date()))
-            if chosen.kind != "month":
-                raise typer.BadParameter("the report ends with a month, e.g. 2026-11", param_hint="--period")
+        with month_session(mappings_dir, period, "the report ends with a month: give one") as (session, cache, chosen, now):
             text = build_report(session, cache, chosen, now)
-        finally:
-            cache.close()
         html.parent.mkdir(parents=True, exist_ok=True)
         html.write_text(text, encoding="utf-8")
         common.console.print(f"[green]✓[/green] wrote {html} ({len(text.encode('utf-8')) / 1024:.0f} KB)")

@@ -442,16 +442,24 @@ def portal_plan_inputs(items: Iterable[Mapping[str, Any]], fields: PortalPlanFie
                 problems.append(PlanProblem(where, f'{fields.direction}: unknown direction "{direction_raw}"',
                                             did_you_mean(direction, directions)))
                 continue
-        try:
-            target = float(str(target_raw).replace(" ", "").replace(",", ".").split("|")[0])
-        except ValueError:
-            problems.append(PlanProblem(where, f'{fields.target}: "{target_raw}" is not a number', "write the target"))
-            continue
-        if not math.isfinite(target) or target < 0:
-            problems.append(PlanProblem(where, f"{fields.target}: {target_raw} is not a target", "write a figure >= 0"))
+        target = parse_target(target_raw)
+        if isinstance(target, PlanProblem):
+            problems.append(PlanProblem(where, f"{fields.target}: {target.what}", target.fix))
             continue
         inputs.append(PlanInput(Owner("manager", str(manager)), direction, metric, period, target, where, "portal"))
     return inputs, problems
+
+
+def parse_target(raw: Any) -> float | PlanProblem:
+    """A target as a person or a CRM writes it: 1500000, "1 500 000", "1500000,50", "1500000|RUB"."""
+    text = str(raw).replace("\u00a0", "").replace(" ", "").replace(",", ".").split("|")[0]
+    try:
+        target = float(text)
+    except ValueError:
+        return PlanProblem("", f'"{raw}" is not a number', "write the figure")
+    if not math.isfinite(target) or target < 0:
+        return PlanProblem("", f"{raw} is not a target", "write a figure >= 0")
+    return target
 
 
 def _scalar(value: Any) -> Any:
@@ -527,14 +535,9 @@ def table_rows(cells: list[list[Any]], file: str) -> tuple[list[TableRow], list[
         except PeriodError as bad:
             problems.append(PlanProblem(where, str(bad).split(" — ")[0], str(bad).split(" — ")[-1]))
             continue
-        target_text = cell("target").replace("\u00a0", "").replace(" ", "").replace(",", ".")
-        try:
-            target = float(target_text)
-        except ValueError:
-            problems.append(PlanProblem(where, f'target "{cell("target")}" is not a number', "write a figure"))
-            continue
-        if not math.isfinite(target) or target < 0:
-            problems.append(PlanProblem(where, f"target {cell('target')} is not a target", "write a figure >= 0"))
+        target = parse_target(cell("target"))
+        if isinstance(target, PlanProblem):
+            problems.append(PlanProblem(where, f"target {target.what}", target.fix))
             continue
         metric = cell("metric")
         if not metric:

@@ -208,14 +208,7 @@ class MotivationSpec(Strict):
     kpi_bonus: KpiWeightsSpec | None = None
     deduction: DeductionSpec | None = None
     cap: float | None = Field(None, ge=0, description="The total (without the base salary) is at most this much.")
-    managers: dict[CrmId, ManagerPaySpec] = Field(default_factory=dict)
-
-    @field_validator("managers", mode="before")
-    @classmethod
-    def _keys_as_text(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            return {str(key): item for key, item in value.items()}
-        return value
+    managers: dict[CrmId, ManagerPaySpec] = Field(default_factory=dict, description="CRM user id -> exceptions.")
 
 
 PLANS_SCHEMA_FILE = "plans.schema.json"

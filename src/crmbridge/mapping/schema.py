@@ -514,13 +514,6 @@ class PlansSourceSpec(Strict):
     metrics: dict[CrmId, Id] = Field(default_factory=dict, description="Enum option id -> KPI id of kpi.yaml.")
     directions: dict[CrmId, Id] = Field(default_factory=dict, description="Enum option id -> direction.")
 
-    @field_validator("metrics", "directions", mode="before")
-    @classmethod
-    def _keys_as_text(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            return {_as_str(key): item for key, item in value.items()}
-        return value
-
 
 class BindingSpec(Strict):
     """How one Bitrix24 portal maps onto the regulation."""
