@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,6 +23,9 @@ class Settings(BaseSettings):
         extra="ignore",
     )
 
+    #: which CRM this cache and these mappings serve: bitrix24 (the default) or amocrm
+    crm: Literal["bitrix24", "amocrm"] = "bitrix24"
+
     #: inbound webhook of the portal, e.g. https://example.bitrix24.ru/rest/1/abc123/ ; the code in it is a secret.
     #: Empty means "the built-in sandbox portal" for `make demo`.
     bitrix24_webhook_url: SecretStr | None = None
@@ -34,6 +38,23 @@ class Settings(BaseSettings):
     bitrix24_max_attempts: int = Field(default=8, ge=1, le=50)
     #: application token of the portal's outgoing webhook (to authenticate incoming events)
     bitrix24_application_token: SecretStr | None = None
+
+    #: the amoCRM / Kommo account's address, e.g. https://example.amocrm.ru (plain http for loopback only)
+    amocrm_base_url: str | None = None
+    #: a private integration's long-lived token; instead of the OAuth integration below
+    amocrm_long_lived_token: SecretStr | None = None
+    #: the OAuth integration (amoCRM > Settings > Integrations): its id, secret key and redirect URI
+    amocrm_client_id: str | None = None
+    amocrm_client_secret: SecretStr | None = None
+    amocrm_redirect_uri: str | None = None
+    #: requests per second to the account: amoCRM allows 7 and blocks an account that keeps exceeding it
+    amocrm_rate: int = Field(default=7, ge=1, le=7)
+    #: attempts per request on transient failures (5xx, resets, timeouts, 429) before giving up
+    amocrm_max_attempts: int = Field(default=8, ge=1, le=50)
+    #: minutes between re-reads of the account's metadata and of client cards edited on their own
+    amocrm_refresh_minutes: int = Field(default=60, ge=0)
+    #: the secret path segment of the webhook URL the daemon serves (/amocrm/hooks/<secret>)
+    amocrm_hook_secret: SecretStr | None = None
 
     cache_path: Path = Path("crmbridge.db")
     mappings_dir: Path = Path("mappings")
@@ -59,7 +80,9 @@ class Settings(BaseSettings):
     #: seconds a SIGTERM waits for running jobs before the daemon exits anyway (their work is resumable)
     stop_timeout_seconds: int = Field(default=60, ge=0)
 
-    @field_validator("bitrix24_webhook_url", "bitrix24_application_token", mode="before")
+    @field_validator("bitrix24_webhook_url", "bitrix24_application_token", "amocrm_base_url",
+                     "amocrm_long_lived_token", "amocrm_client_id", "amocrm_client_secret", "amocrm_redirect_uri",
+                     "amocrm_hook_secret", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

@@ -199,22 +199,27 @@ class AmoCRMSyncer:
 
     def _full_entity(self, entity: str, state: SyncState, resuming: bool, summary: SyncSummary,
                      run_time: float) -> None:
+        # a resumed read goes on as of when it first started: its cursor (and the events' bound) is that time,
+        # so what changed on pages committed before the kill is read by the next incremental run
+        started = _stamp(state.run_cursor) if resuming else None
+        bound = int(started if started is not None else run_time)
+        run_cursor = datetime.fromtimestamp(bound, timezone.utc).isoformat()
         if entity == "deals":
             started_at = self._paged(state, resuming, lambda start: self.reader.lead_pages(start=start),
-                                     lambda page, st: self._write_leads(page.items, summary, st, page.number))
+                                     lambda page, st: self._write_leads(page.items, summary, st, page.number),
+                                     run_cursor)
             summary.deals_deleted += self._settle_absent_leads(started_at, summary)
         elif entity in ("contacts", "companies"):
             self._paged(state, resuming, lambda start: self.reader.client_pages(entity, start=start),
-                        lambda page, st: self._write_clients(entity, page.items, summary, st, page.number))
+                        lambda page, st: self._write_clients(entity, page.items, summary, st, page.number), run_cursor)
         elif entity == "stage_history":
-            # the feed is read up to the run's start: a fixed set, so a resumed read's pages are where they were
-            bound = int(_stamp(state.run_cursor) or run_time) if resuming else int(run_time)
+            # the feed is read up to the read's start: a fixed set, so a resumed read's pages are where they were
             self._paged(state, resuming, lambda start: self.reader.event_pages(start=start, created_to=bound),
-                        lambda page, st: self._write_events(page.items, summary, st, page.number),
-                        run_cursor=datetime.fromtimestamp(bound, timezone.utc).isoformat())
+                        lambda page, st: self._write_events(page.items, summary, st, page.number), run_cursor)
         else:
             started_at = self._paged(state, resuming, lambda start: self.reader.task_pages(start=start),
-                                     lambda page, st: self._write_tasks(page.items, summary, st, page.number))
+                                     lambda page, st: self._write_tasks(page.items, summary, st, page.number),
+                                     run_cursor)
             self._settle_absent_tasks(started_at)
 
     def _incremental_entity(self, entity: str, summary: SyncSummary) -> bool:
@@ -237,7 +242,7 @@ class AmoCRMSyncer:
         return True
 
     def _paged(self, state: SyncState, resuming: bool, pages: Callable[[int], Iterator[Page]],
-               write: Callable[[Page, SyncState], None], run_cursor: str | None = None) -> str:
+               write: Callable[[Page, SyncState], None], run_cursor: str) -> str:
         """Read an entity page by page, committing each page with its number; returns when the read started."""
         if not resuming:
             state = SyncState(entity=state.entity, mode="full", status="running", cursor=state.cursor,
@@ -250,9 +255,11 @@ class AmoCRMSyncer:
 
     def _close_state(self, entity: str, run_time: float) -> None:
         state = self.cache.sync_state(entity)
-        state.mode = "full" if state.status == "running" else "incremental"
+        full = state.status == "running"
+        state.mode = "full" if full else "incremental"
+        state.cursor = (state.run_cursor if full and state.run_cursor
+                        else datetime.fromtimestamp(run_time, timezone.utc).isoformat())
         state.status, state.run_cursor = "done", None
-        state.cursor = datetime.fromtimestamp(run_time, timezone.utc).isoformat()
         state.finished_at = self.now()
         self.cache.save_sync_state(state)
 

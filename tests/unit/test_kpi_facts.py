@@ -36,9 +36,9 @@ KPIS, _ = parse_kpis(default_kpi_text(), "kpi.yaml", None)
 NOV = Period.parse("2026-11")
 BINDING = Binding(
     direction_of={"0": "sales", "1": "b2c", "9": None},
-    stage_of={"NEW": ("sales", "one"), "WORK": ("sales", "two"), "WON": ("sales", "won"), "LOSE": ("sales", "lost"),
-              "C1:NEW": ("b2c", "x"), "C1:WON": ("b2c", "won"), "C1:LOSE": ("b2c", "lost"),
-              "C9:NEW": (None, None), "C9:WON": (None, None)},
+    stage_of={("0", "NEW"): ("sales", "one"), ("0", "WORK"): ("sales", "two"), ("0", "WON"): ("sales", "won"),
+              ("0", "LOSE"): ("sales", "lost"), ("1", "C1:NEW"): ("b2c", "x"), ("1", "C1:WON"): ("b2c", "won"),
+              ("1", "C1:LOSE"): ("b2c", "lost"), ("9", "C9:NEW"): (None, None), ("9", "C9:WON"): (None, None)},
     funnels={"sales": ["one", "two", "won"], "b2c": ["x", "won"]},
     fields={"margin": "UF_MARGIN", "nps": "UF_NPS"},
 )
@@ -179,11 +179,11 @@ def test_ignored_and_unbound_pipelines_do_not_count_and_unknown_currencies_are_r
 def test_stage_visits_and_work_rows() -> None:
     clock = LocalTime(MSK)
     deals = {1: deal(1)}
-    visits = stage_visits([{"deal_id": 1, "stage_id": "NEW", "created_time": "2026-11-01T10:00:00+03:00"},
-                           {"deal_id": 1, "stage_id": "WORK", "created_time": "2026-11-03T10:00:00+03:00"},
-                           {"deal_id": 1, "stage_id": "NEW", "created_time": "2026-11-04T10:00:00+03:00"},
-                           {"deal_id": 1, "stage_id": "LOSE", "created_time": "2026-11-05T10:00:00+03:00"},
-                           {"deal_id": 2, "stage_id": "NEW", "created_time": "2026-11-01T10:00:00+03:00"}],
+    visits = stage_visits([{"deal_id": 1, "category_id": 0, "stage_id": "NEW", "created_time": "2026-11-01T10:00:00+03:00"},
+                           {"deal_id": 1, "category_id": 0, "stage_id": "WORK", "created_time": "2026-11-03T10:00:00+03:00"},
+                           {"deal_id": 1, "category_id": 0, "stage_id": "NEW", "created_time": "2026-11-04T10:00:00+03:00"},
+                           {"deal_id": 1, "category_id": 0, "stage_id": "LOSE", "created_time": "2026-11-05T10:00:00+03:00"},
+                           {"deal_id": 2, "category_id": 0, "stage_id": "NEW", "created_time": "2026-11-01T10:00:00+03:00"}],
                           BINDING, deals, clock)
     assert sorted((v.index, str(v.entered)) for v in visits) == [(0, "2026-11-01"), (1, "2026-11-03")]
     found = work_facts(

@@ -27,7 +27,7 @@ def deal_rows(cache: Cache, fields: Mapping[str, str]) -> list[Row]:
 
 
 def stage_history_rows(cache: Cache) -> list[Row]:
-    return _rows(cache, "SELECT deal_id, stage_id, created_time FROM stage_history WHERE deal_id IS NOT NULL")
+    return _rows(cache, "SELECT deal_id, category_id, stage_id, created_time FROM stage_history WHERE deal_id IS NOT NULL")
 
 
 def communication_rows(cache: Cache) -> list[Row]:

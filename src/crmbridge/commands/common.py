@@ -48,8 +48,23 @@ def client_from(settings: Settings, webhook_url: str | None = None) -> Bitrix24C
     )
 
 
+def crm_client(settings: Settings) -> Any:
+    """The client of the configured CRM (CRMBRIDGE_CRM): Bitrix24Client or AmoCRMClient."""
+    if settings.crm == "amocrm":
+        from crmbridge.connectors.registry import amocrm_client_from
+
+        return amocrm_client_from(settings)
+    return client_from(settings)
+
+
 def cache_from(settings: Settings) -> Cache:
-    return open_cache(settings.cache_path)
+    cache = open_cache(settings.cache_path)
+    try:
+        cache.check_account(settings.crm)  # a cache of the other CRM is refused before anything reads it as this one
+    except CacheError:
+        cache.close()
+        raise
+    return cache
 
 
 def existing_cache(settings: Settings) -> Cache:
@@ -59,7 +74,7 @@ def existing_cache(settings: Settings) -> Cache:
             f"there is no cache at {settings.cache_path}",
             hint="run `crmbridge sync` first, or point CRMBRIDGE_CACHE_PATH at the file sync writes",
         )
-    return open_cache(settings.cache_path)
+    return cache_from(settings)
 
 
 def print_json(payload: Any) -> None:

@@ -45,7 +45,8 @@ def _session(mappings_dir: Path | None, now: datetime, *, strict: bool = True) -
     settings = common.settings()
     cache = common.existing_cache(settings)
     try:
-        session = open_session(cache, mappings_dir or settings.mappings_dir, now, strict_plans=strict)
+        session = open_session(cache, mappings_dir or settings.mappings_dir, now, strict_plans=strict,
+                               crm=getattr(settings, "crm", None))
     except BaseException:
         cache.close()
         raise
@@ -245,7 +246,7 @@ def check_plan_files(directory: Path) -> tuple[list[str], str]:
     from crmbridge.kpi.service import fact_data
     from crmbridge.mapping.load import load_mappings
 
-    mappings = load_mappings(directory)
+    mappings = load_mappings(directory, crm=getattr(common.settings(), "crm", None))
     kpis = load_kpis(directory, mappings).kpis
     problems: list[str] = []
     if (directory / MOTIVATION_FILE).exists():

@@ -12,14 +12,13 @@ from typing import Any, Sequence
 import typer
 from rich.table import Table
 
-from crmbridge.cache import rows
 from crmbridge.cache.store import Cache
 from crmbridge.commands import common
 from crmbridge.errors import CrmBridgeError, MappingError
 from crmbridge.mapping.binding import DealMapper
 from crmbridge.mapping.cached import load_deals, paused_gc, portal_snapshot, record_violations
 from crmbridge.mapping.discover import draft_binding, todo_left
-from crmbridge.mapping.load import BINDING_FILE, Mappings, load_mappings, load_regulation
+from crmbridge.mapping.load import Mappings, binding_file, load_mappings, load_regulation
 from crmbridge.mapping.portal import PortalSnapshot, lint_live
 from crmbridge.mapping.schema import json_schemas
 from crmbridge.model import Deal, Violation
@@ -63,7 +62,8 @@ def default_regulation_text() -> str:
 
 
 def _mappings(directory: Path | None) -> Mappings:
-    return load_mappings(directory or common.settings().mappings_dir)
+    settings = common.settings()
+    return load_mappings(directory or settings.mappings_dir, crm=settings.crm)
 
 
 def _snapshot(cache_only: bool) -> tuple[PortalSnapshot, str]:
@@ -81,18 +81,10 @@ def _snapshot(cache_only: bool) -> tuple[PortalSnapshot, str]:
     if cache_only:
         raise CrmBridgeError(f"the cache {settings.cache_path} has no pipelines yet",
                              hint="run `crmbridge sync` first, or drop --cache-only to ask the portal")
-    from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
+    from crmbridge.connectors.registry import api_snapshot
 
-    reader = Bitrix24Reader(common.client_from(settings))
-    reference = reader.reference_data()
     # the API's records go through the same conversions a sync would cache them with
-    snapshot = PortalSnapshot.from_rows(
-        map(rows.pipeline_row, reference.pipelines),
-        [rows.stage_row(raw, category) for category, stages in reference.stages.items() for raw in stages],
-        map(rows.deal_field_row, reference.deal_fields),
-        map(rows.user_row, reference.users),
-    )
-    return snapshot, "the portal's API"
+    return api_snapshot(common.crm_client(settings)), "the portal's API" if settings.crm == "bitrix24" else "the account's API"
 
 
 def _user_names(cache: Cache) -> dict[str, str]:
@@ -115,7 +107,7 @@ def register(app: typer.Typer) -> None:
     def schema(
         out: Path = typer.Option(None, "--out", help="Directory for the JSON Schema files (default: the mappings dir)."),
     ) -> None:
-        """Write the JSON Schema of the mapping files (regulation, binding, plans, kpi, motivation) for editors."""
+        """Write the JSON Schema of the mapping files (regulation, bindings, plans, kpi, motivation) for editors."""
         from crmbridge.kpi.schema import kpi_json_schemas
 
         directory = out or common.settings().mappings_dir
@@ -128,7 +120,7 @@ def register(app: typer.Typer) -> None:
     def check(
         live: bool = typer.Option(False, "--live", help="Also resolve every id against the portal (cache, else API)."),
         impact_: bool = typer.Option(False, "--impact", help="Show how many cached deals each rule would flag."),
-        mappings_dir: Path = typer.Option(None, "--mappings", help="Directory with regulation.yaml and bitrix24.yaml."),
+        mappings_dir: Path = typer.Option(None, "--mappings", help="Directory with regulation.yaml and the binding (bitrix24.yaml / amocrm.yaml)."),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     ) -> None:
         """Validate the regulation and binding files; every problem as file:line:col: what — fix."""
@@ -179,7 +171,7 @@ def register(app: typer.Typer) -> None:
         cache_only: bool = typer.Option(False, "--cache-only", help="Read the portal's structure only from the cache."),
         force: bool = typer.Option(False, "--force", help="Overwrite an existing --out file."),
     ) -> None:
-        """Read the portal's pipelines, stages, fields and users and write a draft binding."""
+        """Read the CRM's pipelines, stages, fields and users and write a draft binding (never over your own)."""
         settings = common.settings()
         regulation_path = settings.mappings_dir / "regulation.yaml"
         if not regulation_path.exists():
@@ -192,13 +184,13 @@ def register(app: typer.Typer) -> None:
             common.console.print(f"wrote the default regulation to {regulation_path}; edit it to match yours")
         regulation = load_regulation(regulation_path)
         snapshot, source = _snapshot(cache_only)
-        default_target = settings.mappings_dir / BINDING_FILE.replace(".yaml", ".draft.yaml")
+        default_target = settings.mappings_dir / binding_file(settings.crm).replace(".yaml", ".draft.yaml")
         target = out or default_target
         # only its own draft is rewritten: any other existing file may be the admin's work
         if target.exists() and target.resolve() != default_target.resolve() and not force:
             raise CrmBridgeError(f"{target} exists; discover does not overwrite it",
                                  hint="pass --out with a new file name (or --force), then merge by hand")
-        text = draft_binding(regulation, snapshot)
+        text = draft_binding(regulation, snapshot, crm=settings.crm)
         target.write_text(text, encoding="utf-8")
         todo = todo_left(text)
         common.console.print(f"wrote {target} from {source}: {len(snapshot.pipelines)} pipelines, "
@@ -210,7 +202,7 @@ def register(app: typer.Typer) -> None:
         deal: int = typer.Option(None, "--deal", help="Explain one deal rule by rule."),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
         record: bool = typer.Option(True, "--record/--no-record", help="Open / resolve rows of the violations table."),
-        mappings_dir: Path = typer.Option(None, "--mappings", help="Directory with regulation.yaml and bitrix24.yaml."),
+        mappings_dir: Path = typer.Option(None, "--mappings", help="Directory with regulation.yaml and the binding (bitrix24.yaml / amocrm.yaml)."),
     ) -> None:
         """Evaluate cached deals: open violations by rule and by manager, or one deal explained."""
         mappings = _mappings(mappings_dir)

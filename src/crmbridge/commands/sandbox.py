@@ -1,25 +1,39 @@
-"""`crmbridge sandbox`: serve the built-in Bitrix24-compatible portal on 127.0.0.1."""
+"""`crmbridge sandbox`: serve the built-in Bitrix24-compatible portal (or amoCRM-compatible account) on 127.0.0.1."""
 
 from __future__ import annotations
 
 import typer
 
+CRMS = ("bitrix24", "amocrm")
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def sandbox(
-        port: int = typer.Option(8024, help="TCP port on 127.0.0.1 (0 = any free port)."),
-        deals: int = typer.Option(2000, help="How many deals to seed."),
+        crm: str = typer.Option("bitrix24", "--crm", help="Which CRM to imitate: bitrix24 or amocrm."),
+        port: int = typer.Option(None, help="TCP port on 127.0.0.1 (0 = any free port; default 8024, amoCRM 8031)."),
+        deals: int = typer.Option(2000, help="How many deals (leads) to seed."),
         seed: int = typer.Option(1, help="Random seed: the same seed gives the same portal."),
         latency_ms: int = typer.Option(0, "--latency-ms", help="Added to every answer, like a real network."),
-        faults: float = typer.Option(0.0, help="Share of requests that fail (500, HTML 503, dropped, slow)."),
-        events_url: str = typer.Option(None, "--events-url", help="Where to POST outgoing ONCRMDEAL* events."),
-        no_limits: bool = typer.Option(False, "--no-limits", help="Turn off the leaky bucket and operating-time limits."),
+        faults: float = typer.Option(0.0, help="Share of requests that fail (500, HTML 50x, dropped, slow)."),
+        events_url: str = typer.Option(None, "--events-url",
+                                       help="Where to POST outgoing events (Bitrix24 ONCRMDEAL*, amoCRM webhooks)."),
+        no_limits: bool = typer.Option(False, "--no-limits", help="Turn off the rate (and operating-time) limits."),
     ) -> None:
-        """Serve a Bitrix24-compatible sandbox portal on loopback (for the demo, tests and trials)."""
+        """Serve a CRM-compatible sandbox on loopback (for the demo, tests and trials)."""
+        if crm not in CRMS:
+            from crmbridge.errors import ConfigError
+
+            raise ConfigError(f"--crm {crm!r}: use bitrix24 or amocrm")
+        if crm == "amocrm":
+            from crmbridge.sandbox.amocrm import serve_forever as serve_account
+
+            serve_account(port=8031 if port is None else port, deals=deals, seed=seed, latency_ms=latency_ms,
+                          faults=faults, hooks_url=events_url, limits=not no_limits)
+            return
         from crmbridge.sandbox import serve_forever
 
         serve_forever(
-            port=port, deals=deals, seed=seed, latency_ms=latency_ms, faults=faults,
+            port=8024 if port is None else port, deals=deals, seed=seed, latency_ms=latency_ms, faults=faults,
             events_url=events_url, limits=not no_limits,
         )

@@ -12,12 +12,12 @@ import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from crmbridge.commands import common
-from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
+from crmbridge.connectors.registry import syncer_for
 from crmbridge.errors import MappingError
-from crmbridge.sync import ProgressCallback, Syncer, SyncSummary
+from crmbridge.sync import ProgressCallback, SyncSummary
 
 ENTITY_LABELS = {"deals": "deals", "stage_history": "stage history", "tasks": "tasks", "activities": "to-dos",
-                 "communications": "calls, e-mails"}
+                 "contacts": "contacts", "companies": "companies", "communications": "calls, e-mails"}
 
 
 @contextmanager
@@ -51,7 +51,7 @@ def plans_entity_type(mappings_dir: Path) -> int | None:
     A sync must not depend on the mapping files being right (it is how an admin gets the data to fix them),
     so a broken file only skips the plans, with a warning.
     """
-    if not (mappings_dir / "bitrix24.yaml").exists():
+    if not (mappings_dir / "bitrix24.yaml").exists() or getattr(common.settings(), "crm", "bitrix24") != "bitrix24":
         return None
     from crmbridge.mapping.load import load_mappings
 
@@ -66,13 +66,12 @@ def plans_entity_type(mappings_dir: Path) -> int | None:
 
 def run_sync(webhook_url: str | None, *, full: bool, show_progress: bool) -> SyncSummary:
     settings = common.settings()
-    client = common.client_from(settings, webhook_url)
+    client = common.client_from(settings, webhook_url) if webhook_url else common.crm_client(settings)
     with progress_bar(show_progress) as advance:
-        syncer = Syncer(
-            Bitrix24Reader(client), lambda: common.cache_from(settings),
-            overlap=timedelta(minutes=settings.sync_overlap_minutes), progress=advance,
-            plan_entity_type=plans_entity_type(settings.mappings_dir),
-        )
+        syncer = syncer_for(client, lambda: common.cache_from(settings),
+                            overlap=timedelta(minutes=settings.sync_overlap_minutes), progress=advance,
+                            refresh=timedelta(minutes=settings.amocrm_refresh_minutes),
+                            plan_entity_type=plans_entity_type(settings.mappings_dir))
         return syncer.run(full=full)
 
 
@@ -94,7 +93,7 @@ def register(app: typer.Typer) -> None:
         full: bool = typer.Option(False, "--full", help="Re-read everything and mark deals gone from the portal as deleted."),
         as_json: bool = typer.Option(False, "--json", help="Print a JSON summary (for scheduled jobs)."),
     ) -> None:
-        """Sync the portal into the local SQLite cache (first run full, then incremental by DATE_MODIFY)."""
+        """Sync the CRM into the local SQLite cache (first run full, then incremental by modification time)."""
         summary = run_sync(None, full=full, show_progress=not as_json and sys.stderr.isatty())
         if as_json:
             common.print_json(summary.as_dict())

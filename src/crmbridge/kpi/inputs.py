@@ -180,7 +180,9 @@ class Binding:
     """What the KPIs need of the binding: pipeline -> direction, CRM stage -> (direction, regulated stage)."""
 
     direction_of: Mapping[str, str | None]  # CATEGORY_ID -> direction (None: ignore)
-    stage_of: Mapping[str, tuple[str | None, str | None]]  # STAGE_ID -> (direction, stage / won / lost / None)
+    # (pipeline, CRM stage) -> (direction, stage / won / lost / None); keyed by both because amoCRM's statuses
+    # 142 / 143 (won / lost) are the same in every pipeline
+    stage_of: Mapping[tuple[str, str], tuple[str | None, str | None]]
     funnels: Mapping[str, list[str]]  # direction -> its stage ids in order, then "won"
     fields: Mapping[str, str]  # regulated number field -> CRM field (margin -> UF_CRM_...)
 
@@ -194,7 +196,8 @@ def deal_facts(rows: Iterable[Mapping[str, Any]], binding: Binding, rates: Mappi
         direction = binding.direction_of.get(str(row.get("category_id") or 0))
         if direction is None:
             continue
-        stage_direction, stage = binding.stage_of.get(str(row.get("stage_id") or ""), (direction, None))
+        _, stage = binding.stage_of.get((str(row.get("category_id") or 0), str(row.get("stage_id") or "")),
+                                        (direction, None))
         semantic = row.get("stage_semantic")
         if stage == WON or (stage is None and semantic == "S"):
             outcome = "won"
@@ -243,7 +246,8 @@ def stage_visits(rows: Iterable[Mapping[str, Any]], binding: Binding, deals: Map
         deal_id = int(row["deal_id"])
         if deal_id not in deals:
             continue
-        direction, stage = binding.stage_of.get(str(row.get("stage_id") or ""), (None, None))
+        direction, stage = binding.stage_of.get((str(row.get("category_id") or 0), str(row.get("stage_id") or "")),
+                                                (None, None))
         if direction is None or stage is None or stage == LOST:
             continue
         index = positions.get(direction, {}).get(stage)

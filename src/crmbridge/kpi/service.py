@@ -31,16 +31,17 @@ def portal_zone(mappings: Mappings) -> tzinfo:
 def binding_view(mappings: Mappings, kpis: KpiFileSpec) -> Binding:
     """What the KPIs need of the binding and the regulation."""
     direction_of: dict[str, str | None] = {}
-    stage_of: dict[str, tuple[str | None, str | None]] = {}
+    stage_of: dict[tuple[str, str], tuple[str | None, str | None]] = {}
     for category, pipeline in mappings.binding.pipelines.items():
         direction = None if pipeline.direction == IGNORE else pipeline.direction
         direction_of[category] = direction
         for crm_stage, target in pipeline.stages.items():
-            stage_of[crm_stage] = (direction, None if target == IGNORE or direction is None else target)
+            stage_of[(category, crm_stage)] = (direction, None if target == IGNORE or direction is None else target)
     funnels = {direction_id: [*direction.stage_ids, WON] for direction_id, direction in mappings.regulation.directions.items()}
     wanted = {spec.value for spec in kpis.kpis.values() if spec.value not in (None, "amount", "cycle_days")}
+    # amoCRM binds lead custom fields by id: their values sit elsewhere in `raw`, so only Bitrix24 fields are read
     fields = {field_id: mappings.binding.fields[field_id].crm_field for field_id in sorted(wanted)
-              if field_id in mappings.binding.fields}
+              if field_id in mappings.binding.fields and mappings.binding.crm == "bitrix24"}
     return Binding(direction_of, stage_of, funnels, fields)
 
 
@@ -96,7 +97,7 @@ def plan_state(cache: Cache | None, directory: Path, mappings: Mappings, kpis: K
         files.append(str(directory / "plans.yaml"))
         errors.extend(parsed.problems)
         plan_inputs.extend(parsed.inputs)
-    source = mappings.binding.plans_source
+    source = getattr(mappings.binding, "plans_source", None)  # a Bitrix24 smart process; amoCRM has none
     if source is not None and cache is not None:
         items = [item for entity_type, item in store.plan_items(cache) if entity_type == source.entity_type_id]
         fields = PortalPlanFields(source.manager, source.period, source.metric, source.target, source.direction,
@@ -145,9 +146,10 @@ class KpiSession:
         return kpi_rows(self.engine, periods, self.plans.book, directions=self.directions, **options)
 
 
-def open_session(cache: Cache, directory: Path, now: datetime, *, strict_plans: bool = True) -> KpiSession:
+def open_session(cache: Cache, directory: Path, now: datetime, *, strict_plans: bool = True,
+                 crm: str | None = None) -> KpiSession:
     """Load the files, read the cache, check the plans (file problems raise MappingError) and record them."""
-    mappings = load_mappings(directory)
+    mappings = load_mappings(directory, crm=crm)
     files = load_kpis(directory, mappings)
     data = fact_data(cache, mappings, files.kpis)
     plans = plan_state(cache, directory, mappings, files.kpis, data)

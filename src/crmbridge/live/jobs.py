@@ -100,7 +100,7 @@ def _plans_entity_type(ctx: JobContext) -> int | None:
     except MappingError as bad:
         log.warning("plans in the portal not read: %s", bad)
         return None
-    source = mappings.binding.plans_source
+    source = getattr(mappings.binding, "plans_source", None)  # Bitrix24 only
     return source.entity_type_id if source is not None else None
 
 
@@ -113,7 +113,7 @@ def _kpi_snapshot(ctx: JobContext) -> dict[str, Any]:
     cache = open_cache(ctx.settings.cache_path)
     try:
         with ctx.writer_lock:
-            session = open_session(cache, Path(ctx.settings.mappings_dir), now)
+            session = open_session(cache, Path(ctx.settings.mappings_dir), now, crm=getattr(ctx.settings, "crm", None))
             period = last_full_month(now.astimezone(portal_zone(session.mappings)).date())
             result = take_snapshot(cache, session, period, now)
         return {"period": result.period, "written": result.written, "unchanged": result.unchanged,

@@ -8,7 +8,8 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Iterable, Mapping
 from zoneinfo import ZoneInfo
 
-from crmbridge.mapping.schema import IGNORE, BindingSpec, FieldSpec, RegulationSpec
+from crmbridge.mapping import records
+from crmbridge.mapping.schema import IGNORE, AnyBinding, FieldSpec, RegulationSpec
 from crmbridge.model import (
     LOST,
     WON,
@@ -90,18 +91,26 @@ def _first(raw: Any) -> Any:
 class DealMapper:
     """Turns cached Bitrix24 records into Deals, using one regulation and its Bitrix24 binding."""
 
-    def __init__(self, regulation: RegulationSpec, binding: BindingSpec) -> None:
+    def __init__(self, regulation: RegulationSpec, binding: AnyBinding) -> None:
         self.regulation = regulation
         self.binding = binding
         zone_name = binding.timezone or (regulation.calendar.timezone if regulation.calendar else None)
         self.zone = ZoneInfo(zone_name) if zone_name else timezone.utc
         self.direction_of: dict[str, str | None] = {}
-        self.stage_of: dict[str, tuple[str | None, str | None]] = {}
+        # keyed by (pipeline, CRM stage): amoCRM's won 142 and lost 143 are the same ids in every pipeline
+        self.stage_of: dict[tuple[str, str], tuple[str | None, str | None]] = {}
         for category, pipeline in binding.pipelines.items():
             direction = None if pipeline.direction == IGNORE else pipeline.direction
             self.direction_of[category] = direction
             for crm_stage, target in pipeline.stages.items():
-                self.stage_of[crm_stage] = (direction, None if target == IGNORE or direction is None else target)
+                self.stage_of[(category, crm_stage)] = (direction, None if target == IGNORE or direction is None else target)
+        # raw records of the binding's CRM -> the flat vocabulary read below (Bitrix24's own keys)
+        amocrm = binding.crm == "amocrm"
+        self.adapt_deal: records.Adapter = records.amocrm_lead(
+            self.zone, getattr(binding, "probability_field", None)) if amocrm else records.same
+        self.adapt_client: records.Adapter = records.amocrm_client(self.zone) if amocrm else records.same
+        # amoCRM's history is its status changes: where a lead was created is where its first change came from
+        self.synthesize_creation = amocrm
         self._cards: dict[tuple[str, Any, Any], Client | None] = {}
         self.readers: list[tuple[str, str, Callable[[Any], FieldValue]]] = []
         self.client_fields: list[tuple[str, str]] = []
@@ -144,6 +153,8 @@ class DealMapper:
             raw = _first(raw)
             if raw in (None, "", False):
                 return empty
+            if type(raw) is int or type(raw) is float:  # amoCRM date fields: unix seconds
+                return FieldValue(datetime.fromtimestamp(raw, zone).date())
             try:
                 value: date | None = date.fromisoformat(raw[:10]) if type(raw) is str and raw[4:5] == "-" else None
             except ValueError:
@@ -156,6 +167,8 @@ class DealMapper:
             raw = _first(raw)
             if raw in (None, "", False):
                 return empty
+            if type(raw) is int or type(raw) is float:  # amoCRM date_time fields: unix seconds
+                return FieldValue(datetime.fromtimestamp(raw, zone))
             value = parse_moment(raw, zone)
             return FieldValue(value) if value else FieldValue(None, raw, "not a date")
 
@@ -181,7 +194,8 @@ class DealMapper:
         crm_stage = str(row.get("STAGE_ID") or "")
         if entered is None or not crm_stage:
             return None
-        direction, stage = self.stage_of.get(crm_stage, (self.direction_of.get(str(row.get("CATEGORY_ID"))), None))
+        category = str(row.get("CATEGORY_ID"))
+        direction, stage = self.stage_of.get((category, crm_stage), (self.direction_of.get(category), None))
         return StageEntry(crm_stage, entered, _ENTRY_KINDS.get(str(row.get("TYPE_ID")), EntryKind.MOVED),
                           direction, stage, str(row.get("ID") or ""))
 
@@ -214,6 +228,18 @@ class DealMapper:
             kind=TODO,
         )
 
+    def _creation(self, history: list[Mapping[str, Any]], entries: list[StageEntry], category: str, crm_stage: str,
+                  created: datetime) -> StageEntry:
+        """amoCRM: the lead was created where its first status change came from (value_before), or where it is now
+        when it never moved; at its creation time (events older than the feed keeps cannot be told)."""
+        first = entries[0] if entries else None
+        row = next((row for row in history if first is not None and str(row.get("ID") or "") == first.crm_id), None)
+        if row is not None and row.get("FROM_STAGE_ID"):
+            category, crm_stage = str(row.get("FROM_CATEGORY_ID") or category), str(row["FROM_STAGE_ID"])
+        direction, stage = self.stage_of.get((category, crm_stage), (self.direction_of.get(category), None))
+        entered = min(created, first.entered) if first is not None else created
+        return StageEntry(crm_stage, entered, EntryKind.CREATED, direction, stage, "")
+
     def _card(self, row: Mapping[str, Any] | None, kind: str) -> Client | None:
         """A client card, mapped once per version of the contact / company (many deals share one)."""
         if not row:
@@ -226,10 +252,11 @@ class DealMapper:
                 self._cards[key] = card
         return card
 
-    @staticmethod
-    def client(row: Mapping[str, Any] | None, kind: str) -> Client | None:
+    def client(self, row: Mapping[str, Any] | None, kind: str) -> Client | None:
         if not row:
             return None
+        row = self.adapt_client(row)
+
         def values(key: str) -> tuple[str, ...]:
             return tuple(str(item.get("VALUE")).strip() for item in row.get(key) or ()
                          if isinstance(item, Mapping) and str(item.get("VALUE") or "").strip())
@@ -242,12 +269,19 @@ class DealMapper:
         """One raw `crm.deal.get` record with its stage history, tasks, contact, company (raw or mapped) and
         CRM to-dos (crm.activity.list records) -> Deal; the to-dos join its tasks as Tasks of kind TODO."""
         zone = self.zone
+        raw = self.adapt_deal(raw)
         crm_stage = str(raw.get("STAGE_ID") or "")
         category = str(raw.get("CATEGORY_ID") or "0")
-        direction, stage = self.stage_of.get(crm_stage, (self.direction_of.get(category), None))
+        direction, stage = self.stage_of.get((category, crm_stage), (self.direction_of.get(category), None))
         created = parse_moment(raw.get("DATE_CREATE"), zone) or datetime(1970, 1, 1, tzinfo=timezone.utc)
+        if self.synthesize_creation:
+            history = list(history)
         entries = [entry for entry in map(self.stage_entry, history) if entry is not None]
-        entries.sort(key=lambda entry: (entry.entered, int(entry.crm_id) if entry.crm_id.isdigit() else 0))
+        # numeric ids (Bitrix24) order entries of one second by id; amoCRM event ids (ULIDs) sort by time as text
+        entries.sort(key=lambda entry: (entry.entered, 0, int(entry.crm_id), "") if entry.crm_id.isdigit()
+                     else (entry.entered, 1, 0, entry.crm_id))
+        if self.synthesize_creation and not any(entry.kind is EntryKind.CREATED for entry in entries):
+            entries.insert(0, self._creation(history, entries, category, crm_stage, created))
         if entries and entries[-1].crm_stage != crm_stage:
             # the history lags behind the deal (not synced yet): the deal's own stage is the truth
             moved = parse_moment(raw.get("MOVED_TIME"), zone) or parse_moment(raw.get("DATE_MODIFY"), zone) or created

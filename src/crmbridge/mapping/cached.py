@@ -54,14 +54,20 @@ def _load_deals(cache: Cache, mapper: DealMapper, deal_ids: Iterable[int | str] 
         where += f" AND id IN ({marks})"
         scope = f" AND deal_id IN ({marks})"
         params = ids
-    raws = [json.loads(raw) for (raw,) in cache.db.execute(f"SELECT raw FROM deals WHERE {where} ORDER BY id", params)]
+    # the deal's own id and clients from the typed columns: the same whichever CRM the raw record came from
+    deal_rows = [(str(deal_id), json.loads(raw), str(contact_id or ""), str(company_id or ""))
+                 for deal_id, raw, contact_id, company_id in cache.db.execute(
+                     f"SELECT id, raw, contact_id, company_id FROM deals WHERE {where} ORDER BY id", params)]
     # history, tasks and to-dos come from the typed columns: decoding their raw JSON would double the load time
     history: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row_id, deal_id, type_id, category_id, stage_id, created in cache.db.execute(
-            "SELECT id, deal_id, type_id, category_id, stage_id, created_time FROM stage_history "
-            f"WHERE deal_id IS NOT NULL{scope} ORDER BY id", params):
-        history[str(deal_id)].append({"ID": str(row_id), "TYPE_ID": type_id, "CATEGORY_ID": category_id,
-                                      "STAGE_ID": stage_id, "CREATED_TIME": created})
+    for row_id, deal_id, type_id, category_id, stage_id, created, crm_id, from_category, from_stage in cache.db.execute(
+            "SELECT id, deal_id, type_id, category_id, stage_id, created_time, crm_id, from_category_id, from_stage_id "
+            f"FROM stage_history WHERE deal_id IS NOT NULL{scope} ORDER BY id", params):
+        row = {"ID": crm_id or str(row_id), "TYPE_ID": type_id, "CATEGORY_ID": category_id, "STAGE_ID": stage_id,
+               "CREATED_TIME": created}
+        if from_stage is not None:  # amoCRM: where the lead came from (its first change tells where it was created)
+            row["FROM_CATEGORY_ID"], row["FROM_STAGE_ID"] = from_category, from_stage
+        history[str(deal_id)].append(row)
     tasks: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for task_id, deal_id, title, status, responsible, deadline, created, closed in cache.db.execute(
             "SELECT id, deal_id, title, status, responsible_id, deadline, created_date, closed_date FROM tasks "
@@ -75,16 +81,14 @@ def _load_deals(cache: Cache, mapper: DealMapper, deal_ids: Iterable[int | str] 
         todos[str(deal_id)].append({"ID": todo_id, "SUBJECT": subject or "", "COMPLETED": "Y" if completed else "N",
                                     "RESPONSIBLE_ID": responsible, "DEADLINE": deadline, "CREATED": created,
                                     "LAST_UPDATED": updated})
-    contact_ids = {str(raw.get("CONTACT_ID") or "") for raw in raws}
-    company_ids = {str(raw.get("COMPANY_ID") or "") for raw in raws}
+    contact_ids = {contact_id for _, _, contact_id, _ in deal_rows}
+    company_ids = {company_id for _, _, _, company_id in deal_rows}
     contacts = {key: mapper.client(row, "contact") for key, row in _by_id(cache, "contacts", contact_ids).items()}
     companies = {key: mapper.client(row, "company") for key, row in _by_id(cache, "companies", company_ids).items()}
     deals = []
-    for raw in raws:
-        deal_id = str(raw.get("ID"))
-        deals.append(mapper.deal(raw, history.get(deal_id, ()), tasks.get(deal_id, ()),
-                                 contacts.get(str(raw.get("CONTACT_ID") or "")),
-                                 companies.get(str(raw.get("COMPANY_ID") or "")), todos.get(deal_id, ())))
+    for deal_id, raw, contact_id, company_id in deal_rows:
+        deals.append(mapper.deal(raw, history.get(deal_id, ()), tasks.get(deal_id, ()), contacts.get(contact_id),
+                                 companies.get(company_id), todos.get(deal_id, ())))
     return deals
 
 

@@ -6,7 +6,7 @@ from difflib import SequenceMatcher
 from typing import Iterable
 
 from crmbridge.mapping.portal import COMPATIBLE, PortalField, PortalSnapshot, users_by_department
-from crmbridge.mapping.schema import BINDING_SCHEMA_FILE, LOST, WON, RegulationSpec
+from crmbridge.mapping.schema import BINDING_SCHEMA_FILES, LOST, WON, RegulationSpec
 
 TODO = "todo"
 #: standard deal fields a regulated field may live in (they are not in crm.deal.userfield.list)
@@ -14,6 +14,8 @@ STANDARD_FIELDS = {
     "OPPORTUNITY": ("double", "Сумма"), "TITLE": ("string", "Название сделки"), "COMMENTS": ("string", "Комментарий"),
     "BEGINDATE": ("date", "Дата начала"), "CLOSEDATE": ("date", "Предполагаемая дата закрытия"),
 }
+#: amoCRM lead fields that are not custom fields
+AMOCRM_STANDARD_FIELDS = {"price": ("numeric", "Бюджет"), "name": ("text", "Название сделки")}
 MATCH = 0.6  # similarity of two names (casefolded) to take a match without asking
 
 
@@ -42,13 +44,15 @@ def _quote(text: str) -> str:
     return text.replace("\n", " ").strip()
 
 
-def draft_binding(regulation: RegulationSpec, snapshot: PortalSnapshot, *, regulation_file: str = "regulation.yaml") -> str:
-    """The text of a draft `bitrix24.yaml` for this portal; `crmbridge check` lists what is left `todo`."""
+def draft_binding(regulation: RegulationSpec, snapshot: PortalSnapshot, *, regulation_file: str = "regulation.yaml",
+                  crm: str = "bitrix24") -> str:
+    """The text of a draft `bitrix24.yaml` / `amocrm.yaml` for this account; `crmbridge check` lists what is left `todo`."""
+    amocrm = crm == "amocrm"
     lines = [
-        f"# yaml-language-server: $schema=./{BINDING_SCHEMA_FILE}",
+        f"# yaml-language-server: $schema=./{BINDING_SCHEMA_FILES[crm]}",
         "# Draft written by `crmbridge discover`: CRM labels are in comments; every `todo` needs a decision,",
         "# then run `crmbridge check --live`.",
-        "crm: bitrix24",
+        f"crm: {crm}",
         f"regulation: {regulation_file}",
         "",
         "pipelines:",
@@ -81,7 +85,8 @@ def draft_binding(regulation: RegulationSpec, snapshot: PortalSnapshot, *, regul
             lines.append(f"      {crm_stage}: {target}  # {_quote(stage_name)}" + (f" ({semantics})" if semantics in "SF" else ""))
     lines += ["", "fields:"]
     custom = [(name, field) for name, field in snapshot.fields.items()]
-    custom += [(name, PortalField(name, kind, label)) for name, (kind, label) in STANDARD_FIELDS.items()
+    standard = AMOCRM_STANDARD_FIELDS if amocrm else STANDARD_FIELDS
+    custom += [(name, PortalField(name, kind, label)) for name, (kind, label) in standard.items()
                if name not in snapshot.fields]
     known = dict(custom)
     for field_id, spec in regulation.fields.items():
@@ -92,7 +97,8 @@ def draft_binding(regulation: RegulationSpec, snapshot: PortalSnapshot, *, regul
         crm_field, _ = _best(label, fitting)
         if crm_field is None:
             todo_count += 1
-            lines.append(f"  {field_id}: {TODO.upper()}_CRM_FIELD  # todo: the CRM field for «{_quote(label)}»")
+            placeholder = TODO if amocrm else f"{TODO.upper()}_CRM_FIELD"
+            lines.append(f"  {field_id}: {placeholder}  # todo: the CRM field for «{_quote(label)}»")
             continue
         portal_field = known[crm_field]
         if spec.type == "enum":
@@ -107,10 +113,25 @@ def draft_binding(regulation: RegulationSpec, snapshot: PortalSnapshot, *, regul
                 lines.append(f'      "{option_id}": {guess}  # {_quote(option_label)}' + (" — check the order" if guess != TODO else ""))
         else:
             lines.append(f"  {field_id}: {crm_field}  # {_quote(portal_field.label)}")
-    lines += ["", "# Round robin for R7: one team per department of active users; restrict `directions` as needed.", "teams:"]
+    if amocrm:
+        # amoCRM leads have no probability: R4 needs a numeric custom field that holds it
+        numeric = [(name, field.label) for name, field in snapshot.fields.items() if field.type in COMPATIBLE["number"]]
+        probability, _ = _best("Вероятность", numeric)
+        if probability is None:
+            probability, _ = _best("Probability", numeric)
+        lines += ["", "# amoCRM leads have no probability of their own: R4 reads and sets this numeric custom field."]
+        if probability is None:
+            todo_count += 1
+            lines.append("probability_field: todo  # todo: a numeric lead field for the probability, or remove this line")
+        else:
+            lines.append(f"probability_field: {probability}  # {_quote(snapshot.fields[probability].label)}")
+    team_word = "users group" if amocrm else "department"
+    lines += ["", f"# Round robin for R7: one team per {team_word} of active users; restrict `directions` as needed.",
+              "teams:"]
     for department, members in sorted(users_by_department(snapshot).items()):
         names = ", ".join(snapshot.users[user][0] for user in members)
-        lines.append(f"  department_{department}:" if department != "?" else "  no_department:")
+        prefix = "group" if amocrm else "department"
+        lines.append(f"  {prefix}_{department}:" if department != "?" else f"  no_{prefix}:")
         lines.append(f"    members: [{', '.join(members)}]  # {_quote(names)}")
     lines += ["", "# Heads to notify: keep the users who should hear about violations (the first active user for now).",
               "heads:"]

@@ -18,6 +18,8 @@ from crmbridge.mapping.schema import (
     LOST,
     RULE_IDS,
     WON,
+    AmoCRMBindingSpec,
+    AnyBinding,
     BindingSpec,
     RegulationSpec,
     RulesSpec,
@@ -27,6 +29,15 @@ from crmbridge.mapping.yamlpos import LocatedDocument, Path, Problem, read_yaml
 REGULATION_FILE = "regulation.yaml"
 TODO = "todo"  # what `crmbridge discover` writes where the admin must decide
 BINDING_FILE = "bitrix24.yaml"
+#: CRM -> the binding file an admin edits for it
+BINDING_FILES = {"bitrix24": BINDING_FILE, "amocrm": "amocrm.yaml"}
+CRM_NAMES = {"bitrix24": "Bitrix24", "amocrm": "amoCRM"}
+#: amoCRM's won and lost statuses exist in every pipeline (reference §3)
+AMOCRM_SHARED_STATUSES = frozenset({"142", "143"})
+
+
+def binding_file(crm: str) -> str:
+    return BINDING_FILES.get(crm, f"{crm}.yaml")
 
 
 @dataclass(frozen=True)
@@ -34,9 +45,13 @@ class Mappings:
     """The admin's files, loaded and linted: what the rest of crmbridge works from."""
 
     regulation: RegulationSpec
-    binding: BindingSpec
+    binding: AnyBinding
     regulation_path: str
     binding_path: str
+
+    @property
+    def crm(self) -> str:
+        return self.binding.crm
 
 
 def did_you_mean(word: Any, candidates: Iterable[str]) -> str:
@@ -170,7 +185,9 @@ def _translate(doc: LocatedDocument, root: type[BaseModel], error: dict[str, Any
         doc.problem(loc, f'"{name}" is {_show(value)}, which is not allowed', did_you_mean(value, options))
         return
     if kind == "string_pattern_mismatch":
-        if name == "crm_field":
+        if name == "crm_field" and root is AmoCRMBindingSpec:
+            what, fix = "not an amoCRM lead field", "write the custom field's id (a number, e.g. 500101), or price / name"
+        elif name == "crm_field":
             what, fix = "not a CRM field name", "write the CRM field name in capitals, e.g. UF_CRM_1700000101"
         elif name == "working_hours":
             what, fix = "not a working day", "write start-end in 24h time, e.g. 09:00-18:00"
@@ -394,10 +411,12 @@ def _lint_rule(doc: LocatedDocument, path: Path, rule_id: str, params: dict[str,
 # ---------------------------------------------------------------- binding lint
 
 
-def _lint_binding(doc: LocatedDocument, regulation: RegulationSpec | None) -> None:
+def _lint_binding(doc: LocatedDocument, regulation: RegulationSpec | None, crm: str = "bitrix24") -> None:
     data = _dict(doc.data)
     if regulation is None:
         return
+    amocrm = crm == "amocrm"
+    field_example = "<custom field id>" if amocrm else "UF_CRM_…"
     directions = regulation.directions
     owner_of_stage: dict[str, str] = {}
     for category, pipeline in _dict(data.get("pipelines")).items():
@@ -418,10 +437,13 @@ def _lint_binding(doc: LocatedDocument, regulation: RegulationSpec | None) -> No
         for crm_stage, target in _dict(pipeline.get("stages")).items():
             where = base + ("stages", crm_stage)
             prefix = crm_stage.split(":")[0][1:] if ":" in crm_stage and crm_stage.startswith("C") else "0"
-            if prefix != str(category):
+            if not amocrm and prefix != str(category):
                 doc.problem(where, f'CRM stage "{crm_stage}" belongs to pipeline {prefix}, not {category}',
                             f"move it under pipelines: {prefix}", key=True)
-            if crm_stage in owner_of_stage:
+            if amocrm and not str(crm_stage).isdigit():
+                doc.problem(where, f'"{crm_stage}" is not an amoCRM status id',
+                            "write the status id (a number; 142 won, 143 lost), see `crmbridge discover`", key=True)
+            if crm_stage in owner_of_stage and not (amocrm and crm_stage in AMOCRM_SHARED_STATUSES):
                 doc.problem(where, f'CRM stage "{crm_stage}" is mapped twice (also in pipeline {owner_of_stage[crm_stage]})',
                             "map every CRM stage once", key=True)
             owner_of_stage.setdefault(crm_stage, str(category))
@@ -437,7 +459,8 @@ def _lint_binding(doc: LocatedDocument, regulation: RegulationSpec | None) -> No
             for stage_id in (*direction.stage_ids, WON, LOST):
                 if stage_id not in mapped:
                     doc.problem(base + ("stages",), f'regulated stage "{stage_id}" of "{direction_id}" has no CRM stage in pipeline {category}',
-                                f"map one of the pipeline's STAGE_IDs to {stage_id}", key=True)
+                                f"map one of the pipeline's {'status ids' if amocrm else 'STAGE_IDs'} to {stage_id}",
+                                key=True)
 
     fields = regulation.fields
     bound = _dict(data.get("fields"))
@@ -450,7 +473,7 @@ def _lint_binding(doc: LocatedDocument, regulation: RegulationSpec | None) -> No
         crm_field = binding if isinstance(binding, str) else _dict(binding).get("crm_field")
         if isinstance(crm_field, str) and crm_field.upper().startswith("TODO"):
             doc.problem(where, f'the CRM field of "{field_id}" is still todo',
-                        "write its UF_CRM_… name (see `crmbridge discover` comments)", key=True)
+                        f"write its {field_example} (see `crmbridge discover` comments)", key=True)
         options = _dict(_dict(binding).get("options"))
         if options and spec.type != "enum":
             doc.problem(where + ("options",), f'"{field_id}" is {spec.type}, only enum fields have options',
@@ -471,7 +494,10 @@ def _lint_binding(doc: LocatedDocument, regulation: RegulationSpec | None) -> No
     for field_id in sorted(_needed_fields(regulation)):
         if field_id not in bound and fields[field_id].type not in ("phone", "email"):
             doc.problem(("fields",), f'regulated field "{field_id}" is used by the regulation but not bound',
-                        f"add `{field_id}: UF_CRM_…` under fields:", key=True)
+                        f"add `{field_id}: {field_example}` under fields:", key=True)
+    if amocrm and str(data.get("probability_field")).lower() == TODO:
+        doc.problem(("probability_field",), "the probability field is still todo",
+                    "write the id of the numeric lead field that holds the probability (R4), or remove the line")
     for name, team in _dict(data.get("teams")).items():
         for index, direction_id in enumerate(_list(_dict(team).get("directions"))):
             if isinstance(direction_id, str) and direction_id not in directions:
@@ -512,12 +538,28 @@ def parse_regulation(text: str, file: str = REGULATION_FILE) -> tuple[Regulation
     return (model if not problems else None), problems  # type: ignore[return-value]
 
 
-def parse_binding(text: str, regulation: RegulationSpec | None, file: str = BINDING_FILE) -> tuple[BindingSpec | None, list[Problem]]:
-    """Parse and lint binding text against a (valid) regulation."""
+def binding_crm(data: Any, file: str) -> str:
+    """Which CRM a binding is for: its `crm:` key, else its file name (amocrm*.yaml), else Bitrix24."""
+    if isinstance(data, dict) and isinstance(data.get("crm"), str):
+        return data["crm"]
+    return "amocrm" if FsPath(file).name.startswith("amocrm") else "bitrix24"
+
+
+def parse_binding(text: str, regulation: RegulationSpec | None, file: str = BINDING_FILE, *,
+                  crm: str | None = None) -> tuple[AnyBinding | None, list[Problem]]:
+    """Parse and lint binding text against a (valid) regulation; `crm`, when given, is the CRM it must bind."""
     doc = read_yaml(text, file)
-    model = _validate(doc, BindingSpec)
+    found = binding_crm(doc.data, file)
+    if crm is not None and found != crm and isinstance(doc.data, dict) and "crm" in doc.data:
+        doc.problem(("crm",), f'this file binds {CRM_NAMES.get(found, found)}, but CRMBRIDGE_CRM is {crm}',
+                    f"use {binding_file(crm)} for {CRM_NAMES.get(crm, crm)}, or set CRMBRIDGE_CRM={found}")
+        return None, sorted(set(doc.problems))
+    model_class: type[BaseModel] = AmoCRMBindingSpec if (crm or found) == "amocrm" else BindingSpec
+    if model_class is AmoCRMBindingSpec and isinstance(doc.data, dict) and "crm" not in doc.data:
+        doc.data = {"crm": "amocrm", **doc.data}
+    model = _validate(doc, model_class)
     if doc.data is not None:
-        _lint_binding(doc, regulation)
+        _lint_binding(doc, regulation, crm or found)
     problems = sorted(set(doc.problems))
     return (model if not problems else None), problems  # type: ignore[return-value]
 
@@ -531,10 +573,12 @@ def load_regulation(path: str | FsPath) -> RegulationSpec:
     return model
 
 
-def load_mappings(directory: str | FsPath = "mappings", *, binding_file: str = BINDING_FILE) -> Mappings:
-    """Load `regulation.yaml` and the binding from a directory; MappingError lists the problems of both files."""
+def load_mappings(directory: str | FsPath = "mappings", *, binding_file: str | None = None,
+                  crm: str | None = None) -> Mappings:
+    """Load `regulation.yaml` and the CRM's binding (`bitrix24.yaml`, `amocrm.yaml`) from a directory;
+    MappingError lists the problems of both files. `crm` (CRMBRIDGE_CRM) picks the file and must match it."""
     directory = FsPath(directory)
-    binding_path = directory / binding_file
+    binding_path = directory / (binding_file or BINDING_FILES.get(crm or "bitrix24", f"{crm}.yaml"))
     binding_text = _read(binding_path)
     regulation_name = REGULATION_FILE
     probe = read_yaml(binding_text, str(binding_path))
@@ -542,7 +586,7 @@ def load_mappings(directory: str | FsPath = "mappings", *, binding_file: str = B
         regulation_name = probe.data["regulation"]
     regulation_path = directory / regulation_name
     regulation, problems = parse_regulation(_read(regulation_path), str(regulation_path))
-    binding, binding_problems = parse_binding(binding_text, regulation, str(binding_path))
+    binding, binding_problems = parse_binding(binding_text, regulation, str(binding_path), crm=crm)
     problems = problems + binding_problems
     if problems or regulation is None or binding is None:
         raise MappingError([str(problem) for problem in problems] or [f"{binding_path}:1:1: cannot be loaded"])

@@ -19,14 +19,17 @@ STANDARD_DEAL_FIELDS = {
     "MOVED_TIME", "SOURCE_ID", "COMMENTS", "OPENED", "TYPE_ID", "CREATED_BY_ID", "MODIFY_BY_ID", "LAST_ACTIVITY_TIME",
     "SOURCE_DESCRIPTION", "ADDITIONAL_INFO", "LEAD_ID",
 }
-#: which CRM field types can hold which regulated type
+#: amoCRM lead fields that are not custom fields (they are not in /api/v4/leads/custom_fields)
+STANDARD_LEAD_FIELDS = {"price", "name"}
+#: which CRM field types can hold which regulated type (Bitrix24 USER_TYPE_ID and amoCRM custom field types)
 COMPATIBLE = {
-    "text": {"string", "char", "text", "url", "employee", "crm", "integer", "double"},
-    "number": {"double", "integer", "money"},
-    "date": {"date", "datetime"},
-    "datetime": {"datetime", "date"},
-    "enum": {"enumeration", "crm_status"},
-    "link": {"url", "string", "file"},
+    "text": {"string", "char", "text", "url", "employee", "crm", "integer", "double", "textarea", "numeric",
+             "streetaddress"},
+    "number": {"double", "integer", "money", "numeric", "price", "monetary"},
+    "date": {"date", "datetime", "date_time", "birthday"},
+    "datetime": {"datetime", "date", "date_time"},
+    "enum": {"enumeration", "crm_status", "select", "radiobutton", "multiselect"},
+    "link": {"url", "string", "file", "text"},
 }
 
 
@@ -136,14 +139,15 @@ def lint_live(mappings: Mappings, snapshot: PortalSnapshot, binding_text: str) -
             doc.problem(("pipelines",), f"pipeline {category} («{name}») of the portal is not in the binding",
                         f"add `{category}:` with a direction, or `direction: ignore`", key=True)
     regulation = mappings.regulation
+    standard = STANDARD_LEAD_FIELDS if binding.crm == "amocrm" else STANDARD_DEAL_FIELDS
     for field_id, bound in binding.fields.items():
         where = ("fields", field_id)
-        if bound.crm_field in STANDARD_DEAL_FIELDS:
+        if bound.crm_field in standard:
             continue
         portal_field = snapshot.fields.get(bound.crm_field)
         if portal_field is None:
             doc.problem(where, f'CRM field {bound.crm_field} does not exist on the portal',
-                        did_you_mean(bound.crm_field, list(snapshot.fields) + sorted(STANDARD_DEAL_FIELDS)), key=True)
+                        did_you_mean(bound.crm_field, list(snapshot.fields) + sorted(standard)), key=True)
             continue
         kind = regulation.fields[field_id].type if field_id in regulation.fields else None
         if kind in COMPATIBLE and portal_field.type and portal_field.type not in COMPATIBLE[kind]:
@@ -158,6 +162,15 @@ def lint_live(mappings: Mappings, snapshot: PortalSnapshot, binding_text: str) -
                 if option not in bound.options:
                     doc.problem(where + ("options",), f"enum option {option} («{label}») of {bound.crm_field} is not bound",
                                 f"add `{option}: <option id>`", key=True)
+    probability_field = getattr(binding, "probability_field", None)
+    if probability_field is not None:
+        portal_field = snapshot.fields.get(probability_field)
+        if portal_field is None:
+            doc.problem(("probability_field",), f"CRM field {probability_field} does not exist on the account",
+                        did_you_mean(probability_field, list(snapshot.fields)))
+        elif portal_field.type and portal_field.type not in COMPATIBLE["number"]:
+            doc.problem(("probability_field",), f"{probability_field} («{portal_field.label}») is {portal_field.type}, "
+                        "a probability is a number", "bind a numeric custom field")
     for name, team in binding.teams.items():
         for index, user in enumerate(team.members):
             _check_user(doc, snapshot, ("teams", name, "members", index), user)

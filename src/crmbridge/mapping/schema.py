@@ -462,8 +462,17 @@ class PipelineBinding(Strict):
     name: str = Field("", description="The pipeline's name in the CRM (informational).")
     stages: dict[str, Id] = Field(
         default_factory=dict,
-        description="STAGE_ID -> regulated stage id, won, lost, or ignore. Every CRM stage must be listed.",
+        description="The CRM's stage (Bitrix24 STAGE_ID, amoCRM status id) -> regulated stage id, won, lost, or ignore. "
+                    "Every CRM stage must be listed.",
     )
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _keys_as_text(cls, value: Any) -> Any:
+        # amoCRM status ids are numbers in YAML (`142: won`); they are matched as text like Bitrix24's
+        if isinstance(value, dict):
+            return {_as_str(key): target for key, target in value.items()}
+        return value
 
 
 def _field_binding(value: Any) -> Any:
@@ -538,8 +547,73 @@ class BindingSpec(Strict):
         return value
 
 
+# ---------------------------------------------------------------- the amoCRM binding
+
+#: lead fields that are not custom fields but may hold a regulated value
+AMOCRM_STANDARD_FIELDS = ("price", "name")
+
+
+class AmoFieldBindingSpec(Strict):
+    """Where a regulated field lives in amoCRM: a lead custom field by id, or the lead's price or name."""
+
+    crm_field: str = Field(pattern=r"^([1-9][0-9]*|price|name|todo)$",
+                           description="A lead custom field id (GET /api/v4/leads/custom_fields), e.g. 500101; "
+                                       "or price / name")
+    options: dict[CrmId, Id] = Field(default_factory=dict, description="amoCRM enum id -> regulated option id.")
+
+    @field_validator("crm_field", mode="before")
+    @classmethod
+    def _id_as_text(cls, value: Any) -> Any:
+        return _as_str(value)
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _keys_as_text(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {_as_str(key): option for key, option in value.items()}
+        return value
+
+
+def _amo_field_binding(value: Any) -> Any:
+    return {"crm_field": value} if isinstance(value, (str, int)) and not isinstance(value, bool) else value
+
+
+AmoFieldBinding = Annotated[AmoFieldBindingSpec, BeforeValidator(_amo_field_binding)]
+
+
+class AmoCRMBindingSpec(Strict):
+    """How one amoCRM account maps onto the regulation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="crmbridge amoCRM binding")
+
+    crm: Literal["amocrm"]
+    regulation: str = Field("regulation.yaml", description="The regulation file, relative to this one.")
+    timezone: str | None = Field(None, description="Dates are read in this zone; default: the regulation's calendar.")
+    pipelines: dict[CrmId, PipelineBinding] = Field(
+        min_length=1, description="Pipeline id -> its direction and a status id -> stage map (142 won, 143 lost).")
+    fields: dict[Id, AmoFieldBinding] = Field(default_factory=dict)
+    probability_field: CrmId | None = Field(
+        None, description="The lead custom field (id) holding the deal's probability, which R4 checks and sets: "
+                          "amoCRM leads have no probability of their own. Without it R4 cannot be judged.")
+    teams: dict[Id, TeamSpec] = Field(default_factory=dict)
+    heads: list[HeadSpec] = Field(default_factory=list)
+
+    @field_validator("pipelines", mode="before")
+    @classmethod
+    def _keys_as_text(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {_as_str(key): pipeline for key, pipeline in value.items()}
+        return value
+
+
+#: a binding of either CRM; `crm` tells them apart
+AnyBinding = BindingSpec | AmoCRMBindingSpec
+
 REGULATION_SCHEMA_FILE = "regulation.schema.json"
 BINDING_SCHEMA_FILE = "bitrix24.schema.json"
+AMOCRM_SCHEMA_FILE = "amocrm.schema.json"
+#: CRM -> its binding's JSON Schema file
+BINDING_SCHEMA_FILES = {"bitrix24": BINDING_SCHEMA_FILE, "amocrm": AMOCRM_SCHEMA_FILE}
 
 
 _ISO_SPAN = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?$")
@@ -564,11 +638,13 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     return {
         REGULATION_SCHEMA_FILE: _durations_as_written(RegulationSpec.model_json_schema(mode="validation")),
         BINDING_SCHEMA_FILE: _durations_as_written(BindingSpec.model_json_schema(mode="validation")),
+        AMOCRM_SCHEMA_FILE: _durations_as_written(AmoCRMBindingSpec.model_json_schema(mode="validation")),
     }
 
 
 __all__ = [
-    "BINDING_SCHEMA_FILE", "BindingSpec", "CalendarSpec", "DirectionSpec", "FieldBindingSpec", "FieldSpec",
+    "AMOCRM_SCHEMA_FILE", "AMOCRM_STANDARD_FIELDS", "AmoCRMBindingSpec", "AmoFieldBindingSpec", "AnyBinding",
+    "BINDING_SCHEMA_FILES", "BINDING_SCHEMA_FILE", "BindingSpec", "CalendarSpec", "DirectionSpec", "FieldBindingSpec", "FieldSpec",
     "FinalStageSpec", "HeadSpec", "IGNORE", "LOST", "PipelineBinding", "PlansSourceSpec", "REGULATION_SCHEMA_FILE", "RULE_IDS",
     "RegulationSpec", "RequirementSpec", "RulesSpec", "StageSpec", "StageTaskSpec", "TaskKind", "TaskSpec", "TeamSpec",
     "WEEKDAYS", "WON",

@@ -624,18 +624,11 @@ class SandboxAccount:
         return out
 
     def _render_lead(self, lead: dict[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
-        out = dict(lead)
-        lead_id = lead["id"]
-        out["_links"] = {"self": {"href": f"{self.base_url}/api/v4/leads/{lead_id}"}}
-        embedded: dict[str, Any] = {"tags": [], "companies": [
-            {"id": cid, "_links": {"self": {"href": f"{self.base_url}/api/v4/companies/{cid}"}}}
-            for cid in self.state.lead_companies.get(lead_id, [])]}
-        if "contacts" in str(params.get("with") or "").split(","):
-            embedded["contacts"] = [
-                {"id": pid, "is_main": index == 0,
-                 "_links": {"self": {"href": f"{self.base_url}/api/v4/contacts/{pid}"}}}
-                for index, pid in enumerate(self.state.lead_contacts.get(lead_id, []))]
-        out["_embedded"] = embedded
+        out = self.state.api_lead(lead, with_contacts="contacts" in str(params.get("with") or "").split(","))
+        out["_links"] = {"self": {"href": f"{self.base_url}/api/v4/leads/{lead['id']}"}}
+        for key, entity in (("companies", "companies"), ("contacts", "contacts")):
+            for item in out["_embedded"].get(key, []):
+                item["_links"] = {"self": {"href": f"{self.base_url}/api/v4/{entity}/{item['id']}"}}
         return out
 
     def _account(self, params: Mapping[str, Any]) -> dict[str, Any]:

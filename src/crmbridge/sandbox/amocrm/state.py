@@ -72,6 +72,17 @@ def _enum_label(field: c.CustomField, enum_id: int) -> str | None:
     return next((label for eid, label in field.enums if eid == enum_id), None)
 
 
+def seeded_state(*, deals: int, seed: int, now: float) -> AccountState:
+    """An account seeded from the Bitrix24 sandbox seed (same deals, history, tasks, clients, breaches) at `now`."""
+    from crmbridge.sandbox.seed import seed_portal
+
+    portal = PortalState(clock=lambda: now)
+    seed_portal(portal, deals=deals, seed=seed, now=now)
+    state = AccountState(clock=lambda: now, seed=seed)
+    state.load_from_portal(portal)
+    return state
+
+
 class AccountState:
     """Everything the account holds; access it under `lock` while the server runs."""
 
@@ -492,6 +503,35 @@ class AccountState:
             return answered
 
     # --- views for tests and benchmarks ---------------------------------------------------------
+
+    def api_lead(self, lead: dict[str, Any], *, with_contacts: bool = True) -> dict[str, Any]:
+        """A lead as GET /api/v4/leads?with=contacts returns it, without `_links`."""
+        lead_id = lead["id"]
+        embedded: dict[str, Any] = {"tags": [], "companies": [{"id": cid} for cid in self.lead_companies.get(lead_id, [])]}
+        if with_contacts:
+            embedded["contacts"] = [{"id": pid, "is_main": index == 0}
+                                    for index, pid in enumerate(self.lead_contacts.get(lead_id, []))]
+        return {**lead, "_embedded": embedded}
+
+    def cache_rows(self, synced_at: str) -> dict[str, list[dict[str, Any]]]:
+        """The account's leads, history, tasks and clients as a sync caches them (table -> rows)."""
+        from crmbridge.cache import amocrm_rows as rows  # the sync's own conversions
+
+        with self.lock:
+            return {
+                "deals": [rows.deal_row(self.api_lead(lead), synced_at, ZONE, c.CURRENCY) for lead in self.leads.values()],
+                "stage_history": [rows.stage_history_row(event, ZONE) for event in self.events
+                                  if event["type"] == rows.HISTORY_EVENT],
+                "tasks": [rows.task_row(task, ZONE) for task in self.tasks.values() if task["entity_type"] == "leads"],
+                "contacts": [rows.contact_row(self._client_view(contact)) for contact in self.contacts.values()],
+                "companies": [rows.company_row(company) for company in self.companies.values()],
+            }
+
+    @staticmethod
+    def _client_view(contact: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in contact.items() if k != "company_id"}
+        out["_embedded"] = {"tags": [], "companies": [{"id": contact["company_id"]}] if contact.get("company_id") else []}
+        return out
 
     def lead_tasks(self, lead_id: int) -> list[dict[str, Any]]:
         with self.lock:
