@@ -169,14 +169,18 @@ def register(app: typer.Typer) -> None:
     def plans_import(
         table: Path = typer.Argument(..., help="The plan table: CSV or XLSX with columns manager, period, metric, "
                                                "target (and optionally direction)."),
-        out: Path = typer.Option(None, "--out", help="The plans file to write or merge into (default: <mappings>/plans.yaml)."),
+        out: Path = typer.Option(None, "--out", help="The plans file to write or merge into (default: <mappings>/plans.yaml; "
+                                                     "plans.amocrm.yaml on amoCRM)."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Check and show what would change, write nothing."),
     ) -> None:
         """Merge the head of sales' table into plans.yaml (a row replaces the same manager, metric and period)."""
         from crmbridge.kpi import tables
 
         settings = common.settings()
-        target = out or settings.mappings_dir / "plans.yaml"
+        from crmbridge.kpi.load import plans_path
+        from crmbridge.mapping.load import load_mappings
+
+        target = out or plans_path(settings.mappings_dir, load_mappings(settings.mappings_dir, crm=settings.crm))
         written, count = tables.import_table(table, target, settings.mappings_dir, dry_run=dry_run)
         if dry_run:
             sys.stdout.write(written)

@@ -99,10 +99,19 @@ def load_kpis(directory: str | Path, mappings: Mappings | None) -> KpiFiles:
     return KpiFiles(spec, where)
 
 
+#: plans name CRM user ids, so each CRM's binding has its plans file (as it has its binding file)
+PLANS_FILES = {"bitrix24": PLANS_FILE, "amocrm": "plans.amocrm.yaml"}
+
+
+def plans_path(directory: str | Path, mappings: Mappings | None) -> Path:
+    crm = getattr(mappings.binding, "crm", "bitrix24") if mappings is not None else "bitrix24"
+    return Path(directory) / PLANS_FILES.get(crm, f"plans.{crm}.yaml")
+
+
 def load_plans_file(directory: str | Path, kpis: KpiFileSpec, mappings: Mappings | None,
                     managers: set[str] | None = None) -> ParsedPlans | None:
-    """plans.yaml of the mappings directory (None when there is none: the KPIs then show facts only)."""
-    path = Path(directory) / PLANS_FILE
+    """The plans file of the mappings directory (None when there is none: the KPIs then show facts only)."""
+    path = plans_path(directory, mappings)
     if not path.exists():
         return None
     directions = list(mappings.regulation.directions) if mappings is not None else []

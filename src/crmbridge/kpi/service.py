@@ -14,7 +14,7 @@ from crmbridge.errors import MappingError
 from crmbridge.kpi import inputs
 from crmbridge.kpi.facts import KpiEngine, KpiRow, department_members, kpi_rows
 from crmbridge.kpi.inputs import Binding, FactData, LocalTime
-from crmbridge.kpi.load import load_kpis, load_plans_file
+from crmbridge.kpi.load import load_kpis, load_plans_file, plans_path
 from crmbridge.kpi.periods import Period
 from crmbridge.kpi.plans import PlanBook, PlanInput, PlanProblem, PortalPlanFields, Resolution, portal_plan_inputs, resolve
 from crmbridge.kpi.schema import KpiFileSpec
@@ -39,9 +39,8 @@ def binding_view(mappings: Mappings, kpis: KpiFileSpec) -> Binding:
             stage_of[(category, crm_stage)] = (direction, None if target == IGNORE or direction is None else target)
     funnels = {direction_id: [*direction.stage_ids, WON] for direction_id, direction in mappings.regulation.directions.items()}
     wanted = {spec.value for spec in kpis.kpis.values() if spec.value not in (None, "amount", "cycle_days")}
-    # amoCRM binds lead custom fields by id: their values sit elsewhere in `raw`, so only Bitrix24 fields are read
     fields = {field_id: mappings.binding.fields[field_id].crm_field for field_id in sorted(wanted)
-              if field_id in mappings.binding.fields and mappings.binding.crm == "bitrix24"}
+              if field_id in mappings.binding.fields}
     return Binding(direction_of, stage_of, funnels, fields)
 
 
@@ -51,7 +50,8 @@ def fact_data(cache: Cache, mappings: Mappings, kpis: KpiFileSpec) -> FactData:
     clock = LocalTime(portal_zone(mappings))
     warnings: list[str] = []
     base, rates = inputs.currency_rates(store.currency_rows(cache), kpis.base_currency)
-    deals = inputs.deal_facts(store.deal_rows(cache, binding.fields), binding, rates, base, clock, warnings)
+    deals = inputs.deal_facts(store.deal_rows(cache, binding.fields, mappings.binding.crm), binding, rates, base, clock,
+                              warnings)
     by_id = {deal.id: deal for deal in deals}
     known = {row_id for (row_id,) in cache.db.execute("SELECT id FROM deals")}
     work = inputs.work_facts(store.communication_rows(cache), store.todo_rows(cache), store.task_rows(cache),
@@ -94,7 +94,7 @@ def plan_state(cache: Cache | None, directory: Path, mappings: Mappings, kpis: K
     warnings: list[str] = []
     files: list[str] = []
     if parsed is not None:
-        files.append(str(directory / "plans.yaml"))
+        files.append(str(plans_path(directory, mappings)))
         errors.extend(parsed.problems)
         plan_inputs.extend(parsed.inputs)
     source = getattr(mappings.binding, "plans_source", None)  # a Bitrix24 smart process; amoCRM has none

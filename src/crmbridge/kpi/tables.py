@@ -55,7 +55,9 @@ def read_cells(path: Path) -> list[list[Any]]:
 
 def import_table(table: Path, target: Path, mappings_dir: Path, *, dry_run: bool = False) -> tuple[str, int]:
     """Merge the table into plans.yaml and check the result; nothing is written when it has problems."""
-    mappings = load_mappings(mappings_dir)
+    from crmbridge.commands import common
+
+    mappings = load_mappings(mappings_dir, crm=common.settings().crm)
     kpis = load_kpis(mappings_dir, mappings).kpis
     rows, problems = table_rows(read_cells(table), str(table))
     for row in rows:
@@ -116,9 +118,9 @@ def export_table(mappings_dir: Path, out: Path | None, *, written_only: bool = T
     from crmbridge.commands import common
     from crmbridge.kpi.service import plan_state
 
-    mappings = load_mappings(mappings_dir)
-    kpis = load_kpis(mappings_dir, mappings).kpis
     settings = common.settings()
+    mappings = load_mappings(mappings_dir, crm=settings.crm)
+    kpis = load_kpis(mappings_dir, mappings).kpis
     cache = open_cache(settings.cache_path) if settings.cache_path.exists() else None
     try:
         state = plan_state(cache, mappings_dir, mappings, kpis, None)
