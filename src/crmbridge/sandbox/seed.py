@@ -620,38 +620,47 @@ _MEETING_SUBJECTS = ("Встреча с ЛПР", "Презентация реш�
 _EMAIL_SUBJECTS = ("Коммерческое предложение", "Счёт на оплату", "Re: вопросы по проекту", "Материалы встречи")
 
 
+_KINDS = {2: ("VOXIMPLANT_CALL", "CALL", _CALL_SUBJECTS, 60.0, 840.0),
+          1: ("CRM_MEETING", "MEETING", _MEETING_SUBJECTS, 1800.0, 3600.0),
+          4: ("CRM_EMAIL", "EMAIL", _EMAIL_SUBJECTS, 0.0, 0.0)}
+
+
 def _seed_communications(rng: random.Random, deal: dict[str, Any], now: float,
                          out: list[tuple[float, dict[str, Any]]]) -> None:
     """A deal's calls, meetings and e-mails while it was worked on (a few go to the contact, not the deal)."""
+    random_ = rng.random
+    calls, emails = int(random_() * 4), int(random_() * 3)
+    meetings = int(random_() * 2) if deal["CATEGORY_ID"] in ("0", "1") else 0
+    if not calls + emails + meetings:
+        return
     created = datetime.fromisoformat(deal["DATE_CREATE"]).timestamp()
     closed = deal["CLOSED"] == "Y"
     end = datetime.fromisoformat(deal["MOVED_TIME"]).timestamp() if closed else now
-    end = max(end, created + HOUR)
-    category = int(deal["CATEGORY_ID"])
+    span = max(end, created + HOUR) - created
     manager = deal["ASSIGNED_BY_ID"]
-    plan = [(2, rng.randrange(0, 4)), (4, rng.randrange(0, 3)), (1, rng.randrange(0, 2) if category in (0, 1) else 0)]
-    for type_id, count in plan:
+    contact = deal.get("CONTACT_ID")
+    has_contact = contact not in (None, "", "0")
+    for type_id, count in ((2, calls), (4, emails), (1, meetings)):
+        provider, provider_type, subjects, shortest, extra = _KINDS[type_id]
         for _ in range(count):
-            start = rng.uniform(created, end)
-            if not closed and rng.random() < 0.08:
-                start = now + rng.uniform(HOUR, 7 * DAY)  # a planned call or meeting, not done yet
-            on_contact = rng.random() < 0.15 and deal.get("CONTACT_ID") not in (None, "", "0")
-            duration = {2: rng.uniform(60, 900), 1: rng.uniform(1800, 5400), 4: 0.0}[type_id]
+            start = created + span * random_()
+            if not closed and random_() < 0.08:
+                start = now + HOUR + 6 * DAY * random_()  # a planned call or meeting, not done yet
+            on_contact = has_contact and random_() < 0.15
+            duration = shortest + extra * random_()
             done = start + duration < now
             start_s = fmt_dt(start)
-            end_s = fmt_dt(start + duration)
-            created_s = fmt_dt(min(start, now) - rng.uniform(0, 2 * DAY) if type_id == 1 else min(start, now))
-            provider, provider_type, subjects = {
-                2: ("VOXIMPLANT_CALL", "CALL", _CALL_SUBJECTS), 1: ("CRM_MEETING", "MEETING", _MEETING_SUBJECTS),
-                4: ("CRM_EMAIL", "EMAIL", _EMAIL_SUBJECTS)}[type_id]
+            end_s = fmt_dt(start + duration) if duration else start_s
+            created_s = fmt_dt(min(start, now) - 2 * DAY * random_()) if type_id == 1 else fmt_dt(min(start, now))
             activity = dict(_ACTIVITY_TEMPLATE)
             activity.update({
-                "OWNER_ID": deal["CONTACT_ID"] if on_contact else deal["ID"], "OWNER_TYPE_ID": "3" if on_contact else "2",
+                "OWNER_ID": contact if on_contact else deal["ID"], "OWNER_TYPE_ID": "3" if on_contact else "2",
                 "TYPE_ID": str(type_id), "PROVIDER_ID": provider, "PROVIDER_TYPE_ID": provider_type,
-                "SUBJECT": _pick(rng, subjects), "CREATED": created_s, "LAST_UPDATED": end_s if done else created_s,
-                "START_TIME": start_s, "END_TIME": end_s, "DEADLINE": start_s, "COMPLETED": "Y" if done else "N",
-                "STATUS": "2" if done else "1", "RESPONSIBLE_ID": manager, "AUTHOR_ID": manager, "EDITOR_ID": manager,
-                "DIRECTION": "0" if type_id == 1 else ("1" if rng.random() < 0.35 else "2"),
+                "SUBJECT": subjects[int(random_() * len(subjects))], "CREATED": created_s,
+                "LAST_UPDATED": end_s if done else created_s, "START_TIME": start_s, "END_TIME": end_s,
+                "DEADLINE": start_s, "COMPLETED": "Y" if done else "N", "STATUS": "2" if done else "1",
+                "RESPONSIBLE_ID": manager, "AUTHOR_ID": manager, "EDITOR_ID": manager,
+                "DIRECTION": "0" if type_id == 1 else ("1" if random_() < 0.35 else "2"),
                 "LOCATION": "Офис клиента" if type_id == 1 else "",
             })
             out.append((min(start, now), activity))
