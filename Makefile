@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench install clean sandbox
+.PHONY: demo demo-bitrix24 demo-amocrm test test-fast bench install clean sandbox
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,13 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/crmbridge demo
+	$(BIN)/crmbridge demo --crm amocrm
+
+demo-bitrix24: $(STAMP)
+	$(BIN)/crmbridge demo
+
+demo-amocrm: $(STAMP)
+	$(BIN)/crmbridge demo --crm amocrm
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -33,4 +40,4 @@ sandbox: $(STAMP)
 	$(BIN)/crmbridge sandbox
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis crmbridge-demo.db*
+	rm -rf $(VENV) .pytest_cache .hypothesis crmbridge-demo.db* crmbridge-amocrm-demo.db*

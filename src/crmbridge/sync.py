@@ -17,14 +17,15 @@ from typing import Any
 
 from crmbridge.cache import rows as cache_rows
 from crmbridge.cache.store import Cache, SyncState
-from crmbridge.connectors.bitrix24.reader import Bitrix24Reader, RawRecord, stage_entity_id
+from crmbridge.connectors.bitrix24.client import PAGE_SIZE
+from crmbridge.connectors.bitrix24.reader import Bitrix24Reader, FirstPages, RawRecord, stage_entity_id
 
 #: rows committed per transaction: one HTTP request of the fast list pattern brings up to 2,500
 CHUNK_ROWS = 2500
 
 ProgressCallback = Callable[[str, int], None]
 #: stage-history IDs re-read behind the incremental cursor (one 50-row page costs ~0.15 s of method time)
-HISTORY_ID_MARGIN = 50
+HISTORY_ID_MARGIN = 40  # < a page (50): an idle poll's history page is never full, so it costs no second request
 
 
 @dataclass
@@ -76,6 +77,16 @@ def minus_overlap(portal_time: str, overlap: timedelta) -> str:
     return (moment - overlap).isoformat(timespec="seconds")
 
 
+def then(first: list[RawRecord] | None, rest: Callable[[int], Iterator[RawRecord]]) -> Iterator[RawRecord]:
+    """A list whose first page came in the poll's batch: that page, and only if it was full, the rest after its last id."""
+    if first is None:
+        yield from rest(0)
+        return
+    yield from first
+    if len(first) >= PAGE_SIZE:
+        yield from rest(max(int(row.get("ID", row.get("id", 0))) for row in first))
+
+
 def chunks(records: Iterable[RawRecord], size: int = CHUNK_ROWS) -> Iterator[list[RawRecord]]:
     iterator = iter(records)
     while chunk := list(islice(iterator, size)):
@@ -95,8 +106,12 @@ class Syncer:
         plan_entity_type: int | None = None,
         now: Callable[[], str] = utc_now_iso,
         monotonic: Callable[[], float] = time.monotonic,
+        metadata_max_age: timedelta = timedelta(hours=1),
     ) -> None:
         self.reader = reader
+        #: an incremental sync re-reads pipelines, stages, fields and users when they are older than this
+        #: (or when a deal names a stage or pipeline the cache does not know); a full sync always does
+        self.metadata_max_age = metadata_max_age
         # a factory is opened only after the portal answered, so bad input leaves no file behind
         self._cache_or_factory = cache
         self.overlap = overlap
@@ -110,13 +125,15 @@ class Syncer:
     def run(self, *, full: bool = False) -> SyncSummary:
         started = self.monotonic()
         requests_before = self.reader.client.requests_made
+        if isinstance(self._cache_or_factory, Cache):
+            # an open cache (the daemon, scheduled jobs, enforce): an incremental poll asks for the scopes in
+            # the same batch as the first pages of every list, so an idle poll is one request
+            self.cache = self._cache_or_factory
+            return self._run(full, None, started, requests_before)
         # Ask the portal first: a wrong URL, a missing scope or an outage fails before anything is written.
         granted, portal_time = self.reader.check_scopes()
         self.granted = set(granted)
         portal_time = portal_time or datetime.now(timezone.utc).isoformat(timespec="seconds")
-        if isinstance(self._cache_or_factory, Cache):
-            self.cache = self._cache_or_factory
-            return self._run(full, portal_time, started, requests_before)
         # a cache this run opened is this run's to close
         self.cache = self._cache_or_factory()
         try:
@@ -124,31 +141,48 @@ class Syncer:
         finally:
             self.cache.close()
 
-    def _run(self, full: bool, portal_time: str, started: float, requests_before: int) -> SyncSummary:
+    def _run(self, full: bool, portal_time: str | None, started: float, requests_before: int) -> SyncSummary:
         deals_state = self.cache.sync_state("deals")
         resuming = deals_state.status == "running" and deals_state.mode == "full"
         mode = "full" if (full or resuming or deals_state.cursor is None) else "incremental"
         summary = SyncSummary(mode=mode, resumed=resuming)
+        first: FirstPages | None = None
+        if mode == "incremental":
+            first = self.reader.first_pages(self._first_page_params(deals_state), with_scope=portal_time is None)
+            portal_time = portal_time or first.portal_time
+            if first.scopes is not None:
+                self.granted = set(first.scopes)
+        elif portal_time is None:
+            granted, portal_time = self.reader.check_scopes()
+            self.granted = set(granted)
+        portal_time = portal_time or datetime.now(timezone.utc).isoformat(timespec="seconds")
+        pages = first.pages if first is not None else {}
         # one cache, one account: a cache of another portal (or of an amoCRM account) is refused before any write
         self.cache.claim_account("bitrix24", self.reader.client.account, self.now())
         run_id = self.cache.start_run(mode, self.now())
         try:
-            self._sync_reference(summary)
+            reference_read = mode == "full" or self._metadata_due()
+            if reference_read:
+                self._sync_reference(summary)
             if mode == "full":
                 self._full_deals(deals_state, portal_time, resuming, summary)
             else:
-                self._incremental_deals(deals_state, portal_time, summary)
+                self._incremental_deals(deals_state, portal_time, summary, pages)
             full_lists = mode == "full"
             self._drain([
-                self._stage_history_stream(full=full_lists and not resuming, summary=summary),
+                self._stage_history_stream(full=full_lists and not resuming, summary=summary,
+                                           first=pages.get("stage_history")),
                 self._dated_stream("tasks", "tasks.task.list", full_lists, portal_time, self.reader.iter_tasks,
-                                   "changed_since", cache_rows.task_row, summary.add_tasks),
+                                   "changed_since", cache_rows.task_row, summary.add_tasks, pages.get("tasks")),
                 self._dated_stream("activities", "crm.activity.list", full_lists, portal_time, self.reader.iter_todos,
-                                   "updated_since", cache_rows.activity_row, summary.add_todos),
+                                   "updated_since", cache_rows.activity_row, summary.add_todos,
+                                   pages.get("activities")),
                 self._dated_stream("communications", "crm.activity.list", full_lists, portal_time,
                                    self.reader.iter_communications, "updated_since", cache_rows.communication_row,
-                                   summary.add_communications, deals_only=False),
+                                   summary.add_communications, pages.get("communications"), deals_only=False),
             ])
+            if not reference_read and self._unknown_structure():
+                self._sync_reference(summary)  # a new pipeline or stage appeared: the check needs it now
         except BaseException:
             summary.http_requests = self.reader.client.requests_made - requests_before
             summary.seconds = round(self.monotonic() - started, 3)
@@ -159,6 +193,41 @@ class Syncer:
         summary.operating_seconds = dict(self.reader.client.operating_seconds())
         self.cache.finish_run(run_id, "done", self.now(), summary.as_dict())
         return summary
+
+    # --- the first pages of an incremental poll ------------------------------------------------
+
+    def _first_page_params(self, deals_state: SyncState) -> dict[str, dict[str, Any]]:
+        """Every list an incremental poll reads, as one page each, to go into one batch request."""
+        since = minus_overlap(deals_state.cursor, self.overlap) if deals_state.cursor else None
+        lists = {
+            "deals": self.reader.list_params("deals", since=since),
+            "stage_history": self.reader.list_params(
+                "stage_history", after_id=max(0, (self.cache.sync_state("stage_history").last_id or 0) - HISTORY_ID_MARGIN)),
+        }
+        for entity in ("tasks", "activities", "communications"):
+            state = self.cache.sync_state(entity)
+            if state.cursor is not None and not (state.status == "running" and state.mode == "full"):
+                lists[entity] = self.reader.list_params(entity, since=minus_overlap(state.cursor, self.overlap))
+        if since:
+            lists["contacts"] = self.reader.list_params("contacts", since=since)
+            lists["companies"] = self.reader.list_params("companies", since=since)
+        return lists
+
+    def _metadata_due(self) -> bool:
+        state = self.cache.sync_state("reference")
+        if not state.finished_at:
+            return True
+        try:
+            read_at = datetime.fromisoformat(state.finished_at)
+        except ValueError:
+            return True
+        return datetime.now(timezone.utc) - read_at >= self.metadata_max_age
+
+    def _unknown_structure(self) -> bool:
+        """A cached deal in a pipeline or stage the cache does not know (added on the portal since the last read)."""
+        return bool(self.cache.query(
+            "SELECT 1 FROM deals WHERE deleted = 0 AND (stage_id NOT IN (SELECT status_id FROM stages) "
+            "OR category_id NOT IN (SELECT id FROM pipelines)) LIMIT 1"))
 
     # --- reference lists ----------------------------------------------------------------------
 
@@ -189,6 +258,8 @@ class Syncer:
                 summary.plan_items = self.cache.replace_all(
                     "plan_items", [cache_rows.plan_item_row(raw, self.plan_entity_type or 0, synced_at)
                                    for raw in plan_items])
+            self.cache.save_sync_state(SyncState(entity="reference", mode="full", status="done",
+                                                 finished_at=datetime.now(timezone.utc).isoformat()))
 
     # --- deals --------------------------------------------------------------------------------
 
@@ -209,12 +280,14 @@ class Syncer:
             state.finished_at = self.now()
             self.cache.save_sync_state(state)
 
-    def _incremental_deals(self, state: SyncState, portal_time: str, summary: SyncSummary) -> None:
+    def _incremental_deals(self, state: SyncState, portal_time: str, summary: SyncSummary,
+                           pages: dict[str, list[RawRecord]]) -> None:
         since = minus_overlap(state.cursor, self.overlap) if state.cursor else None
-        for chunk in chunks(self.reader.iter_deals(modified_since=since)):
+        records = then(pages.get("deals"), lambda last: self.reader.iter_deals(after_id=last, modified_since=since))
+        for chunk in chunks(records):
             self._write_deals(chunk, summary, state_update=None)
         if since:
-            self._sync_changed_clients(since, summary)
+            self._sync_changed_clients(since, summary, pages)
         state.mode, state.status = "incremental", "done"
         state.cursor, state.finished_at = portal_time, self.now()
         self.cache.save_sync_state(state)
@@ -229,10 +302,19 @@ class Syncer:
         with_clients = deal_rows if state_update is not None else [r for r in deal_rows if r["id"] in changed]
         contact_ids = {r["contact_id"] for r in with_clients if r["contact_id"]}
         company_ids = {r["company_id"] for r in with_clients if r["company_id"]}
-        # read before the transaction: HTTP inside a write transaction would hold the file locked
-        contacts = self.reader.contacts(contact_ids) if contact_ids else []
-        company_ids |= {cid for c in contacts if (cid := cache_rows.as_int(c.get("COMPANY_ID")))}
-        companies = self.reader.companies(company_ids) if company_ids else []
+        if state_update is None:
+            # an edited client moves its own DATE_MODIFY and comes in with _sync_changed_clients: an incremental
+            # sync reads only the clients the cache does not have yet (a deal given a new contact)
+            contact_ids -= self._cached_ids("contacts", contact_ids)
+            company_ids -= self._cached_ids("companies", company_ids)
+        # read before the transaction: HTTP inside a write transaction would hold the file locked;
+        # contacts and companies go in one batch, and only the companies that just the contacts name in another
+        contacts, companies = self.reader.clients(contact_ids, company_ids) if contact_ids or company_ids else ([], [])
+        more = {cid for c in contacts if (cid := cache_rows.as_int(c.get("COMPANY_ID")))} - company_ids
+        if state_update is None:
+            more -= self._cached_ids("companies", more)
+        if more:
+            companies += self.reader.clients((), more)[1]
         with self.cache.atomic():
             self.cache.upsert("deals", deal_rows)
             self.cache.upsert("contacts", map(cache_rows.contact_row, contacts))
@@ -246,7 +328,16 @@ class Syncer:
         summary.companies_read += len(companies)
         self.progress("deals", len(deal_rows))
 
-    def _sync_changed_clients(self, since: str, summary: SyncSummary) -> None:
+    def _cached_ids(self, table: str, ids: set[int]) -> set[int]:
+        found: set[int] = set()
+        wanted = sorted(ids)
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            found.update(row["id"] for row in self.cache.query(
+                f"SELECT id FROM {table} WHERE id IN ({','.join('?' * len(chunk))})", chunk))
+        return found
+
+    def _sync_changed_clients(self, since: str, summary: SyncSummary, pages: dict[str, list[RawRecord]]) -> None:
         """A contact or company edited without touching its deals (R6 reads its phone / e-mail)."""
         for entity, column, to_row in (
             ("contacts", "contact_id", cache_rows.contact_row),
@@ -260,7 +351,9 @@ class Syncer:
             if entity == "companies":  # a contact's company counts too
                 referenced |= {row["ref"] for row in self.cache.query(
                     "SELECT DISTINCT company_id AS ref FROM contacts WHERE company_id IS NOT NULL")}
-            for chunk in chunks(self.reader.iter_changed_clients(entity, modified_since=since)):
+            records = then(pages.get(entity), lambda last, entity=entity: self.reader.iter_changed_clients(
+                entity, modified_since=since, after_id=last))
+            for chunk in chunks(records):
                 client_rows = [row for row in map(to_row, chunk) if row["id"] in referenced]
                 with self.cache.atomic():
                     self.cache.upsert(entity, client_rows)
@@ -271,7 +364,7 @@ class Syncer:
 
     # --- stage history, tasks and to-dos --------------------------------------------------------------
 
-    def _stage_history_stream(self, *, full: bool, summary: SyncSummary) -> _Stream:
+    def _stage_history_stream(self, *, full: bool, summary: SyncSummary, first: list[RawRecord] | None = None) -> _Stream:
         """Append-only on the portal: the last ID is a complete cursor, and a full sync re-reads from 0."""
         state = self.cache.sync_state("stage_history")
         state.status, state.mode = "running", "full" if full else "incremental"
@@ -291,8 +384,9 @@ class Syncer:
             state.status, state.finished_at = "done", self.now()
             self.cache.save_sync_state(state)
 
-        return _Stream("stage_history", "crm.stagehistory.list",
-                       chunks(self.reader.iter_stage_history(after_id=after_id)), write, finish)
+        records = (then(first, lambda last: self.reader.iter_stage_history(after_id=last)) if first is not None and not full
+                   else self.reader.iter_stage_history(after_id=after_id))
+        return _Stream("stage_history", "crm.stagehistory.list", chunks(records), write, finish)
 
     def _dated_stream(
         self,
@@ -304,6 +398,7 @@ class Syncer:
         since_arg: str,
         to_row: Callable[[RawRecord], dict[str, Any]],
         count: Callable[[int], None],
+        first: list[RawRecord] | None = None,
         *,
         deals_only: bool = True,
     ) -> _Stream:
@@ -324,7 +419,9 @@ class Syncer:
             records = read(after_id=state.last_id or 0)
         else:
             state.mode, state.run_cursor = "incremental", portal_time
-            records = read(**{since_arg: minus_overlap(state.cursor or portal_time, self.overlap)})
+            since = minus_overlap(state.cursor or portal_time, self.overlap)
+            records = (then(first, lambda last: read(after_id=last, **{since_arg: since})) if first is not None
+                       else read(**{since_arg: since}))
 
         def write(chunk: list[RawRecord]) -> None:
             synced_at = self.now()

@@ -73,7 +73,7 @@ class AmoCRMSyncer:
         self.clients_every = clients_every
         self.zone: tzinfo = timezone.utc
         self.currency: str | None = None
-        self._skew: float | None = None
+        self._started_wall = 0.0
 
     # --- the run ------------------------------------------------------------------------------
 
@@ -101,13 +101,14 @@ class AmoCRMSyncer:
             for suffix in ("", "-wal", "-shm"):
                 Path(str(path) + suffix).unlink(missing_ok=True)
 
-    def _account_time(self) -> float:
-        """The account's clock now, from the skew its Date headers showed (our clock until one was seen)."""
-        if self._skew is None and self.reader.client.server_time is not None:
-            self._skew = self.reader.client.server_time - self.wall()
-        return self.wall() + (self._skew or 0.0)
+    def _run_time(self) -> float:
+        """The account's clock when this run started: our start time moved by the skew its Date headers show
+        (asked after the run's first request; our own clock only if the account never answered)."""
+        return self._started_wall + (self.reader.client.clock_skew or 0.0)
 
     def _run(self, full: bool, started: float, requests_before: int) -> SyncSummary:
+        # a second early: the account's Date headers have one-second steps, and a cursor may only err early
+        self._started_wall = self.wall() - 1.0
         deals_state = self.cache.sync_state("deals")
         resuming = deals_state.status == "running" and deals_state.mode == "full"
         mode = "full" if (full or resuming or deals_state.cursor is None) else "incremental"
@@ -125,8 +126,7 @@ class AmoCRMSyncer:
             if mode == "incremental" and held is not None and held.get("filter_enabled") == 0:
                 log.warning("amoCRM API filtering is off for this account: an incremental sync re-reads everything")
                 mode = summary.mode = "full"
-            run_time = self._account_time()  # the cursor the next run starts from (minus the overlap)
-            self._entities(summary, mode == "full", run_time)
+            self._entities(summary, mode == "full")
             self._refresh_reference_if_unknown_statuses(summary)
         except BaseException:
             summary.http_requests = self.reader.client.requests_made - requests_before
@@ -154,7 +154,6 @@ class AmoCRMSyncer:
 
     def _write_reference(self, reference: AmoReference, summary: SyncSummary) -> None:
         account = reference.account
-        self._account_time()  # the account's first answer fixes the skew
         with self.cache.atomic():
             self.cache.claim_account(
                 "amocrm", self.reader.client.account, self.now(), account_id=str(account.get("id")),
@@ -185,24 +184,23 @@ class AmoCRMSyncer:
 
     # --- the entities, each full (resumable) or incremental by its own state ------------------------
 
-    def _entities(self, summary: SyncSummary, full: bool, run_time: float) -> None:
+    def _entities(self, summary: SyncSummary, full: bool) -> None:
         """Leads, contacts, companies, the events feed and tasks. Each entity resumes its own interrupted full
         read, even when the leads themselves are read incrementally (a run killed while reading tasks)."""
         for entity in ("deals", "contacts", "companies", "stage_history", "tasks"):
             state = self.cache.sync_state(entity)
             resuming = state.status == "running" and state.mode == "full"
             if full or resuming or state.cursor is None:
-                self._full_entity(entity, state, resuming, summary, run_time)
+                self._full_entity(entity, state, resuming, summary)
             elif not self._incremental_entity(entity, summary):
                 continue  # not looked at in this run: its cursor stays where the last look left it
-            self._close_state(entity, run_time)
+            self._close_state(entity, self._run_time())
 
-    def _full_entity(self, entity: str, state: SyncState, resuming: bool, summary: SyncSummary,
-                     run_time: float) -> None:
+    def _full_entity(self, entity: str, state: SyncState, resuming: bool, summary: SyncSummary) -> None:
         # a resumed read goes on as of when it first started: its cursor (and the events' bound) is that time,
         # so what changed on pages committed before the kill is read by the next incremental run
         started = _stamp(state.run_cursor) if resuming else None
-        bound = int(started if started is not None else run_time)
+        bound = int(started if started is not None else self._run_time())
         run_cursor = datetime.fromtimestamp(bound, timezone.utc).isoformat()
         if entity == "deals":
             started_at = self._paged(state, resuming, lambda start: self.reader.lead_pages(start=start),

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
 
 import typer
 from rich.table import Table
@@ -13,8 +16,6 @@ from crmbridge.commands import common
 from crmbridge.commands.sync import print_summary, progress_bar
 from crmbridge.config import load_settings
 from crmbridge.connectors.bitrix24.client import Bitrix24Client
-from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
-from crmbridge.sync import Syncer
 
 
 def pipeline_table(cache: Cache) -> Table:
@@ -27,7 +28,7 @@ def pipeline_table(cache: Cache) -> Table:
                ROUND(COALESCE(SUM(d.amount), 0)) AS amount
         FROM deals d
         LEFT JOIN pipelines p ON p.id = d.category_id
-        LEFT JOIN stages s ON s.status_id = d.stage_id
+        LEFT JOIN stages s ON s.category_id = d.category_id AND s.status_id = d.stage_id
         WHERE d.deleted = 0
         GROUP BY d.category_id, d.stage_id
         ORDER BY d.category_id, s.sort
@@ -62,51 +63,81 @@ def manager_table(cache: Cache) -> Table:
 def register(app: typer.Typer) -> None:
     @app.command()
     def demo(
-        deals: int = typer.Option(2000, help="Deals seeded into the sandbox portal."),
-        cache_path: Path = typer.Option(Path("crmbridge-demo.db"), "--cache", help="SQLite file the demo writes."),
+        crm: str = typer.Option("bitrix24", "--crm", help="Which CRM's sandbox to run the flow against: bitrix24 or amocrm."),
+        deals: int = typer.Option(2000, help="Deals seeded into the sandbox portal (leads into the amoCRM account)."),
+        cache_path: Path = typer.Option(None, "--cache",
+                                        help="SQLite file the demo writes (default crmbridge-demo.db, "
+                                             "crmbridge-amocrm-demo.db for amoCRM)."),
         seed: int = typer.Option(1, help="Sandbox seed."),
         report: Path = typer.Option(Path("report.html"), "--report", help="Where the demo writes the HTML report."),
     ) -> None:
-        """Start the sandbox portal on loopback, sync it, show what crmbridge sees, then enforce the regulation on it."""
+        """Start the sandbox CRM on loopback, sync it, show what crmbridge sees, then enforce the regulation on it."""
+        if crm not in ("bitrix24", "amocrm"):
+            from crmbridge.errors import ConfigError
+
+            raise ConfigError(f"--crm {crm!r}: use bitrix24 or amocrm")
+        settings = load_settings()
+        path = cache_path or Path("crmbridge-amocrm-demo.db" if crm == "amocrm" else "crmbridge-demo.db")
+        if path.exists():
+            for suffix in ("", "-wal", "-shm", ".amocrm-rate"):
+                Path(str(path) + suffix).unlink(missing_ok=True)
+        if crm == "amocrm":
+            from crmbridge.sandbox.amocrm import SandboxAccount
+
+            account = SandboxAccount(deals=deals, seed=seed)
+            account.start(port=0)
+            try:
+                common.console.print(f"[bold]Sandbox amoCRM account[/bold] with {deals:,} leads at {account.base_url} "
+                                     "(7 requests per second, as amoCRM allows)")
+                from crmbridge.connectors.registry import amocrm_client_from
+
+                client: Any = amocrm_client_from(settings.model_copy(update={
+                    "crm": "amocrm", "cache_path": path, "amocrm_long_lived_token": SecretStr(account.long_lived_token)}),
+                    base_url=account.base_url)
+                _flow(client, path, settings, "amocrm", report)
+            finally:
+                account.stop()
+            return
         from crmbridge.sandbox import SandboxPortal
 
-        settings = load_settings()
         portal = SandboxPortal(deals=deals, seed=seed)
         portal.start(port=0)
         try:
             common.console.print(f"[bold]Sandbox portal[/bold] with {deals:,} deals at {portal.webhook_url}")
-            if cache_path.exists():
-                for suffix in ("", "-wal", "-shm"):
-                    Path(str(cache_path) + suffix).unlink(missing_ok=True)
             client = Bitrix24Client(
                 portal.webhook_url, rate=settings.bitrix24_rate, burst=settings.bitrix24_burst,
                 operating_limit=settings.bitrix24_operating_limit,
             )
-            from crmbridge.mapping.load import load_mappings
-
-            mappings = load_mappings(settings.mappings_dir)
-            source = mappings.binding.plans_source
-            cache = open_cache(cache_path)
-            try:
-                with progress_bar(sys.stderr.isatty()) as advance:
-                    summary = Syncer(Bitrix24Reader(client), cache, progress=advance,
-                                     plan_entity_type=source.entity_type_id if source else None).run(full=True)
-                print_summary(summary, cache_path)
-                common.console.print(pipeline_table(cache))
-                common.console.print(manager_table(cache))
-                # issue 4: evaluate, show the plan, enforce it on the sandbox, show what changed
-                from crmbridge.enforce.demo import run_demo_enforcement
-
-                run_demo_enforcement(client, cache, mappings)
-                # issue 10: plans (plans.yaml and the portal's smart process), KPIs, a snapshot and report.html
-                from crmbridge.kpi.demo import run_demo_kpis
-
-                run_demo_kpis(cache, settings.mappings_dir, report)
-            finally:
-                cache.close()
-            common.console.print(
-                f"The cache is [bold]{cache_path.resolve()}[/bold]: try "
-                f"`sqlite3 {cache_path} 'select stage_id, count(*) from deals group by 1'`."
-            )
+            _flow(client, path, settings, "bitrix24", report)
         finally:
             portal.stop()
+
+
+def _flow(client: Any, cache_path: Path, settings: Any, crm: str, report: Path) -> None:
+    """Full sync with a progress bar, the tables, the enforcement part (plan, enforce, a second run), then the
+    plans and KPIs of the last full month, a KPI snapshot and the HTML report."""
+    from crmbridge.connectors.registry import syncer_for
+    from crmbridge.enforce.demo import run_demo_enforcement
+    from crmbridge.kpi.demo import run_demo_kpis
+    from crmbridge.mapping.load import load_mappings
+
+    mappings = load_mappings(settings.mappings_dir, crm=crm)
+    source = getattr(mappings.binding, "plans_source", None)
+    cache = open_cache(cache_path)
+    try:
+        with progress_bar(sys.stderr.isatty()) as advance:
+            summary = syncer_for(client, cache, progress=advance,
+                                 plan_entity_type=source.entity_type_id if source else None).run(full=True)
+        print_summary(summary, cache_path)
+        common.console.print(pipeline_table(cache))
+        common.console.print(manager_table(cache))
+        # issue 4: evaluate, show the plan, enforce it on the sandbox, show what changed
+        run_demo_enforcement(client, cache, mappings)
+        # issue 10: plans (the plans file and the portal's smart process), KPIs, a snapshot and report.html
+        run_demo_kpis(cache, settings.mappings_dir, report, crm=crm)
+    finally:
+        cache.close()
+    common.console.print(
+        f"The cache is [bold]{cache_path.resolve()}[/bold]: try "
+        f"`sqlite3 {cache_path} 'select stage_id, count(*) from deals group by 1'`."
+    )

@@ -126,9 +126,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Make the portal follow the regulation: violations become tasks, notifications and corrections, each written once."""
         settings = common.settings()
-        mappings = load_mappings(mappings_dir or settings.mappings_dir)
+        mappings = load_mappings(mappings_dir or settings.mappings_dir, crm=settings.crm)
         overrides = _modes(mode)
-        client = common.client_from(settings)
+        client = common.crm_client(settings)
         cache = common.cache_from(settings)
         try:
             report = enforce(client, cache, mappings, dry_run=dry_run, deal_ids=[deal] if deal is not None else None,

@@ -125,7 +125,9 @@ class AuditLog:
         for row in self.rows.done_of_kind(ActionKind.REVERT_STAGE.value):
             prefix = f"revert:{row['deal_id']}:"
             if row["idempotency_key"].startswith(prefix):
-                target = json.loads(row["payload"]).get("fields", {}).get("STAGE_ID")
+                payload = json.loads(row["payload"])
+                # Bitrix24 crm.deal.update {"fields": {"STAGE_ID"}}; amoCRM PATCH /api/v4/leads item {"status_id"}
+                target = payload.get("fields", {}).get("STAGE_ID") or payload.get("status_id")
                 found.setdefault(str(row["deal_id"]), {})[row["idempotency_key"][len(prefix):]] = str(target)
         return found
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from crmbridge.cache.store import Cache
 from crmbridge.commands import common
 from crmbridge.commands.enforce import print_report
-from crmbridge.connectors.bitrix24.client import Bitrix24Client
+from crmbridge.connectors.registry import CrmClient
 from crmbridge.enforce.run import EnforceReport, enforce
 from crmbridge.mapping.load import Mappings
 from crmbridge.model import Mode
@@ -16,7 +16,7 @@ from crmbridge.model import Mode
 DEMO_MODES: Mapping[str, Mode] = {"R1": Mode.ENFORCE, "R2": Mode.ENFORCE, "R3": Mode.ENFORCE}
 
 
-def run_demo_enforcement(client: Bitrix24Client, cache: Cache, mappings: Mappings, *,
+def run_demo_enforcement(client: CrmClient, cache: Cache, mappings: Mappings, *,
                          modes: Mapping[str, Mode] | None = DEMO_MODES, limit: int = 15) -> tuple[EnforceReport, EnforceReport]:
     """Dry run (the plan), then the real run and a second one that must write nothing; returns both reports.
 
@@ -28,7 +28,7 @@ def run_demo_enforcement(client: Bitrix24Client, cache: Cache, mappings: Mapping
         console.print(f"[bold]Enforcement[/bold] (demo modes: {shown}; the shipped regulation has them in warn)")
     plan = enforce(client, cache, mappings, dry_run=True, modes=modes)
     print_report(plan, limit=limit)
-    console.print("[bold]Enforcing on the sandbox portal…[/bold]")
+    console.print("[bold]Enforcing on the sandbox…[/bold]")
     report = enforce(client, cache, mappings, modes=modes)
     print_report(report, limit=0)
     again = enforce(client, cache, mappings, modes=modes)

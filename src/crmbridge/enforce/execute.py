@@ -23,12 +23,12 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from crmbridge.cache.lock import WriterLock
 from crmbridge.connectors.bitrix24.client import MAX_BATCH, Bitrix24Client
 from crmbridge.enforce.audit import DONE, GIVEN_UP, INTENT, AuditLog, utc_now
-from crmbridge.enforce.plan import DEAL_OWNER_TYPE, UPDATING, Action, ActionKind, same_value
+from crmbridge.enforce.plan import DEAL_OWNER_TYPE, METHODS, UPDATING, Action, ActionKind, same_value
 from crmbridge.errors import CrmError, OperatingTimeExceeded, RateLimited
 
 log = logging.getLogger("crmbridge.enforce")
@@ -75,14 +75,50 @@ class _Pending:
     sends: int = 0
 
 
-class Executor:
-    """Writes actions through one Bitrix24Client and records every outcome in the audit log."""
+#: what a CRM's writer sees of each action: the action and the exact payload recorded as its intent
+Pending = _Pending
 
-    def __init__(self, client: Bitrix24Client, audit: AuditLog, *, run_id: str | None = None,
+
+@dataclass
+class WriteOutcome:
+    """What one write round did, per idempotency key (a key absent from all four was not in the round)."""
+
+    done: dict[str, tuple[Any, list[str]]] = field(default_factory=dict)  # landed: (what to keep, CRM ids)
+    failed: dict[str, str] = field(default_factory=dict)  # rejected by the CRM: its error
+    again: set[str] = field(default_factory=set)  # refused before running (a limit): send again
+    lost: set[str] = field(default_factory=set)  # no answer (5xx, dropped): may have landed, look in the CRM
+    #: why a whole request was refused or lost (recorded on the intents); empty when every answer came
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+class ActionWriter(Protocol):
+    """How actions reach one CRM: the batches it takes, the write, and the look-up after a lost answer."""
+
+    client: Any  # has `requests_made`
+
+    def next_chunk(self, queue: deque[_Pending]) -> list[_Pending]:
+        """The next round's actions, taken from the front of the queue (whole groups where the CRM allows)."""
+        ...
+
+    def write(self, chunk: list[_Pending]) -> WriteOutcome:
+        """Send one round; raise a non-retryable CrmError (auth, rejected request) to stop the run."""
+        ...
+
+    def look_up(self, chunk: Sequence[_Pending]) -> tuple[dict[str, tuple[Any, list[str]]], set[str]]:
+        """Which of these are in the CRM already ({key: (found, ids)}), and the keys whose look-up failed."""
+        ...
+
+
+class Executor:
+    """Writes actions through one CRM's writer (a Bitrix24Client or AmoCRMClient is wrapped in its own) and records
+    every outcome in the audit log."""
+
+    def __init__(self, client: Any, audit: AuditLog, *, run_id: str | None = None,
                  lock: WriterLock | None = None, now: Callable[[], datetime] = utc_now,
                  sleep: Callable[[float], None] = time.sleep, max_sends_per_run: int = MAX_SENDS_PER_RUN,
                  max_sends_total: int = MAX_SENDS_TOTAL) -> None:
-        self.client = client
+        self.writer: ActionWriter = writer_for(client)
+        self.client = self.writer.client
         self.audit = audit
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.lock = lock
@@ -103,7 +139,7 @@ class Executor:
         found = 0
         unknown: set[str] = set()
         for start in range(0, len(pending), MAX_BATCH):
-            hits, lost = self._look_up(pending[start:start + MAX_BATCH])
+            hits, lost = self.writer.look_up(pending[start:start + MAX_BATCH])
             self.audit.record_outcomes(((key, result, ids) for key, (result, ids) in hits.items()), (), self.now(),
                                        found=True)
             found += len(hits)
@@ -140,7 +176,7 @@ class Executor:
         done_by_kind: dict[str, int] = defaultdict(int)
         queue = deque(_by_group(queue))
         while queue:
-            chunk = _next_chunk(queue)
+            chunk = self.writer.next_chunk(queue)
             retry = self._round(chunk, summary, done_by_kind)
             self._keep_lock()
             for item in retry:
@@ -157,55 +193,39 @@ class Executor:
         return summary
 
     def _round(self, chunk: list[_Pending], summary: ExecutionSummary, done_by_kind: dict[str, int]) -> list[_Pending]:
-        """One batch: intents, the write, the outcomes. Returns what must be sent again."""
+        """One round: intents, the write, the outcomes. Returns what must be sent again."""
         self.audit.record_intents([(item.action, item.params) for item in chunk], self.run_id, self.now())
-        commands = {f"a{index}": (item.action.method, dict(item.params)) for index, item in enumerate(chunk)}
         for item in chunk:
             item.sends += 1
         summary.sent += len(chunk)
         summary.batches += 1
-        try:
-            answer = self._send(commands)
-        except (RateLimited, OperatingTimeExceeded) as exc:
-            # refused before running: nothing landed, the limiter now holds the pace
-            self.audit.note_error([item.action.idempotency_key for item in chunk], _describe(exc), self.now())
-            return chunk
-        except CrmError as exc:
-            if not exc.retryable:
-                raise  # auth, scope, a rejected batch: the run stops; the intents are reconciled next time
-            self.audit.note_error([item.action.idempotency_key for item in chunk], _describe(exc), self.now())
-            hits, unknown = self._look_up(chunk)
+        by_key = {item.action.idempotency_key: item for item in chunk}
+        # a non-retryable error (auth, scope, a rejected request) stops the run; the intents are reconciled next time
+        outcome = self.writer.write(chunk)
+        for key, note in outcome.notes.items():
+            self.audit.note_error([key], note, self.now())
+        done = [(key, result, ids) for key, (result, ids) in outcome.done.items()]
+        if outcome.lost:
+            # no answer: the writes may have landed; only what the CRM does not have goes out again
+            hits, unknown = self.writer.look_up([by_key[key] for key in sorted(outcome.lost)])
             self.audit.record_outcomes(((key, result, ids) for key, (result, ids) in hits.items()), (), self.now(),
                                        found=True)
             summary.found_after_lost_answer += len(hits)
             summary.done += len(hits)
             summary.unknown += len(unknown)
-            for item in chunk:
-                if item.action.idempotency_key in hits:
-                    done_by_kind[item.action.kind.value] += 1
-            return [item for item in chunk if item.action.idempotency_key not in hits
-                    and item.action.idempotency_key not in unknown]
-        done: list[tuple[str, Any, list[str]]] = []
-        failed: list[tuple[str, str]] = []
-        again: list[_Pending] = []
-        for index, item in enumerate(chunk):
-            key = f"a{index}"
-            if key in answer.results:
-                result, ids = _outcome(item.action.kind, answer.results[key])
-                done.append((item.action.idempotency_key, result, ids))
-                done_by_kind[item.action.kind.value] += 1
-                continue
-            error = answer.errors.get(key)
-            if error is not None and error.retryable:
-                again.append(item)  # a limit refused this command: it did not run
-                continue
-            text = _describe(error) if error is not None else "no result and no error for this command"
-            failed.append((item.action.idempotency_key, text))
-            summary.errors.append(f"{item.action.rule} deal {item.action.deal} {item.action.kind.value}: {text}")
+            for key in hits:
+                done_by_kind[by_key[key].action.kind.value] += 1
+            outcome.again |= outcome.lost - set(hits) - unknown
+        for key, _, _ in done:
+            done_by_kind[by_key[key].action.kind.value] += 1
+        failed = list(outcome.failed.items())
+        for key, text in failed:
+            action = by_key[key].action
+            summary.errors.append(f"{action.rule} deal {action.deal} {action.kind.value}: {text}")
         self.audit.record_outcomes(done, failed, self.now())
         summary.done += len(done)
         summary.failed += len(failed)
-        return again
+        return [item for item in chunk if item.action.idempotency_key in outcome.again]
 
     def _keep_lock(self) -> None:
         """After each batch: the lock's heartbeat; a run whose lock was broken (`--break-lock`) stops writing
@@ -213,13 +233,46 @@ class Executor:
         if self.lock is not None:
             self.lock.heartbeat(self.now())
 
-    def _send(self, commands: Mapping[str, tuple[str, Mapping[str, Any]]]) -> Any:
-        """One write batch, never repeated by the client: a lost answer may mean it landed (see the module doc)."""
-        return self.client.batch(commands, idempotent=False)
+class Bitrix24Writer:
+    """Actions as Bitrix24 REST calls: up to 50 commands in one `batch` request; look-ups by marker or read-back."""
 
-    # ------------------------------------------------------------ looking in the CRM
+    def __init__(self, client: Bitrix24Client) -> None:
+        self.client = client
 
-    def _look_up(self, chunk: Sequence[_Pending]) -> tuple[dict[str, tuple[Any, list[str]]], set[str]]:
+    def next_chunk(self, queue: deque[_Pending]) -> list[_Pending]:
+        return _next_chunk(queue)
+
+    def write(self, chunk: list[_Pending]) -> WriteOutcome:
+        outcome = WriteOutcome()
+        keys = [item.action.idempotency_key for item in chunk]
+        commands = {f"a{index}": (item.action.method, dict(item.params)) for index, item in enumerate(chunk)}
+        try:
+            # one write batch, never repeated by the client: a lost answer may mean it landed (see the module doc)
+            answer = self.client.batch(commands, idempotent=False)
+        except (RateLimited, OperatingTimeExceeded) as exc:
+            # refused before running: nothing landed, the limiter now holds the pace
+            outcome.again.update(keys)
+            outcome.notes.update(dict.fromkeys(keys, _describe(exc)))
+            return outcome
+        except CrmError as exc:
+            if not exc.retryable:
+                raise
+            outcome.lost.update(keys)
+            outcome.notes.update(dict.fromkeys(keys, _describe(exc)))
+            return outcome
+        for index, item in enumerate(chunk):
+            key, command = item.action.idempotency_key, f"a{index}"
+            if command in answer.results:
+                outcome.done[key] = _outcome(item.action.kind, answer.results[command])
+                continue
+            error = answer.errors.get(command)
+            if error is not None and error.retryable:
+                outcome.again.add(key)  # a limit refused this command: it did not run
+                continue
+            outcome.failed[key] = _describe(error) if error is not None else "no result and no error for this command"
+        return outcome
+
+    def look_up(self, chunk: Sequence[_Pending]) -> tuple[dict[str, tuple[Any, list[str]]], set[str]]:
         """Which of these actions are in the CRM already: {key: (what was found, ids)}, and the keys whose lookup
         failed (outcome still unknown). One lookup per deal and method, all in one `batch_calls`."""
         calls: dict[tuple[str, str], dict[str, Any]] = {}
@@ -259,6 +312,17 @@ class Executor:
                 if wanted and all(same_value(record.get(name), value) for name, value in wanted.items()):
                     hits[action.idempotency_key] = ({"deal_fields": wanted}, [])
         return hits, unknown
+
+
+def writer_for(client: Any) -> ActionWriter:
+    """The writer of the client's CRM; a writer passes through (tests script their own)."""
+    if hasattr(client, "write") and hasattr(client, "look_up"):
+        return client
+    if getattr(client, "crm", None) == "amocrm":
+        from crmbridge.connectors.amocrm.writer import AmoCRMWriter
+
+        return AmoCRMWriter(client)
+    return Bitrix24Writer(client)
 
 
 def _by_group(items: Iterable[_Pending]) -> list[_Pending]:
@@ -342,7 +406,9 @@ def _action_of(row: Mapping[str, Any]) -> Action:
     return Action(row["idempotency_key"], ActionKind(row["kind"]), row["rule"], str(row["deal_id"]),
                   json.loads(row["payload"]), row["summary"] or "", row["reason"] or "", row["clause"] or "",
                   tuple(json.loads(row["violation_keys"] or "[]")),
-                  str(row["recipient_id"]) if row["recipient_id"] is not None else None)
+                  str(row["recipient_id"]) if row["recipient_id"] is not None else None,
+                  group=row["group_key"] or "",
+                  crm_method="" if row["method"] == METHODS[ActionKind(row["kind"])] else row["method"])
 
 
 def _outcome(kind: ActionKind, result: Any) -> tuple[Any, list[str]]:
@@ -368,4 +434,5 @@ def _describe(error: CrmError | None) -> str:
     return f"{code}: {description}"[:500]
 
 
-__all__ = ["Executor", "ExecutionSummary", "MAX_SENDS_PER_RUN", "MAX_SENDS_TOTAL", "Reconciliation"]
+__all__ = ["ActionWriter", "Bitrix24Writer", "Executor", "ExecutionSummary", "MAX_SENDS_PER_RUN", "MAX_SENDS_TOTAL",
+           "Pending", "Reconciliation", "WriteOutcome", "writer_for"]

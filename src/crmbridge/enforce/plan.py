@@ -109,10 +109,12 @@ class Action:
     #: actions that belong together and are completed together after a crash, whatever the next plan says: a revert
     #: with its comment and notices, or the actions of one violation (empty: the action is its own group)
     group: str = ""
+    #: the CRM request when it is not the Bitrix24 method of the kind (amoCRM: "POST /api/v4/tasks", ...)
+    crm_method: str = ""
 
     @property
     def method(self) -> str:
-        return METHODS[self.kind]
+        return self.crm_method or METHODS[self.kind]
 
     @property
     def marker(self) -> str:

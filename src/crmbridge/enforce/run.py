@@ -13,7 +13,7 @@ from typing import Any
 from crmbridge.cache.lock import WriterLock
 from crmbridge.cache.store import Cache
 from crmbridge.connectors.bitrix24.client import Bitrix24Client
-from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
+from crmbridge.connectors.registry import CrmClient, syncer_for
 from crmbridge.enforce.audit import AuditLog, utc_now
 from crmbridge.enforce.execute import MAX_SENDS_TOTAL, ExecutionSummary, Executor, Reconciliation
 from crmbridge.enforce.plan import DEFAULT_MAX_REVERTS_PER_DAY, Action, Plan, PlanContext, plan
@@ -22,7 +22,6 @@ from crmbridge.mapping.cached import load_deals, record_violations, with_client_
 from crmbridge.mapping.load import Mappings
 from crmbridge.model import Deal, Mode, Violation
 from crmbridge.regulation.evaluate import Evaluator
-from crmbridge.sync import Syncer
 
 
 @dataclass
@@ -132,7 +131,7 @@ def still_to_write(actions: Iterable[Action], audit: AuditLog) -> list[Action]:
     return [action for action in actions if audit.settled(rows.get(action.idempotency_key), MAX_SENDS_TOTAL) is None]
 
 
-def enforce(client: Bitrix24Client, cache: Cache, mappings: Mappings, *, now: Callable[[], datetime] = utc_now,
+def enforce(client: CrmClient, cache: Cache, mappings: Mappings, *, now: Callable[[], datetime] = utc_now,
             dry_run: bool = False, deal_ids: Sequence[int] | None = None, sync: bool = True,
             modes: Mapping[str, Mode] | None = None, max_reverts_per_day: int = DEFAULT_MAX_REVERTS_PER_DAY,
             sleep: Callable[[float], None] = time.sleep, break_lock: bool = False) -> EnforceReport:
@@ -150,7 +149,7 @@ def enforce(client: Bitrix24Client, cache: Cache, mappings: Mappings, *, now: Ca
     try:
         requests_before = client.requests_made
         if sync:
-            Syncer(Bitrix24Reader(client), cache).run(full=False)
+            syncer_for(client, cache).run(full=False)
         sync_requests = client.requests_made - requests_before
         executor = Executor(client, audit, run_id=run_id, lock=None if dry_run else lock, now=now, sleep=sleep)
         return _plan_and_write(client, cache, mappings, audit, executor, now=now, dry_run=dry_run, deal_ids=deal_ids,
@@ -160,7 +159,7 @@ def enforce(client: Bitrix24Client, cache: Cache, mappings: Mappings, *, now: Ca
         lock.release()
 
 
-def _plan_and_write(client: Bitrix24Client, cache: Cache, mappings: Mappings, audit: AuditLog, executor: Executor, *,
+def _plan_and_write(client: CrmClient, cache: Cache, mappings: Mappings, audit: AuditLog, executor: Executor, *,
                     now: Callable[[], datetime], dry_run: bool, deal_ids: Sequence[int] | None, sync: bool,
                     modes: Mapping[str, Mode] | None, max_reverts_per_day: int, started: datetime,
                     sync_requests: int) -> EnforceReport:
@@ -175,6 +174,11 @@ def _plan_and_write(client: Bitrix24Client, cache: Cache, mappings: Mappings, au
     context = plan_context(cache, mappings, regulation, moment, audit, max_reverts_per_day=max_reverts_per_day)
     deals = [(deal, evaluation.violations.get(deal.id, [])) for deal in evaluation.deals]
     the_plan = plan(deals, context)
+    if getattr(client, "crm", "bitrix24") == "amocrm":
+        from crmbridge.connectors.amocrm.actions import AmoCRMDialect
+
+        # the same actions, keys and markers in amoCRM's terms (tasks, lead PATCH items, lead notes)
+        the_plan.actions = AmoCRMDialect(mappings.regulation, mappings.binding, moment).translate(the_plan.actions)
     report = EnforceReport(dry_run, started, evaluation.compliance, the_plan, still_to_write(the_plan.actions, audit),
                            reconciled_found=reconciled.found, reconciled_unknown=reconciled.not_found,
                            reconciled_unresolved=len(reconciled.unknown), sync_requests=sync_requests)
@@ -191,7 +195,7 @@ def _plan_and_write(client: Bitrix24Client, cache: Cache, mappings: Mappings, au
     report.cancelled = audit.cancel(leftovers, now())
     if sync and report.execution.sent:
         before = client.requests_made
-        Syncer(Bitrix24Reader(client), cache).run(full=False)
+        syncer_for(client, cache).run(full=False)
         report.sync_requests += client.requests_made - before
         report.after = evaluate(cache, mappings, now(), modes=modes, record=True).compliance
     else:

@@ -12,11 +12,11 @@ from crmbridge.kpi.report import build_report
 from crmbridge.kpi.service import open_session, portal_zone, take_snapshot
 
 
-def run_demo_kpis(cache: Cache, mappings_dir: Path, report_path: Path) -> None:
+def run_demo_kpis(cache: Cache, mappings_dir: Path, report_path: Path, *, crm: str = "bitrix24") -> None:
     from crmbridge.commands.kpi import print_kpi_tables
 
     now = datetime.now(timezone.utc)
-    session = open_session(cache, mappings_dir, now)
+    session = open_session(cache, mappings_dir, now, crm=crm)
     period = last_full_month(now.astimezone(portal_zone(session.mappings)).date())
     common.console.print(f"[bold]Plans and KPIs[/bold] ({', '.join(session.plans.files) or 'no plans'})")
     print_kpi_tables(session, session.rows([period], direction_filter=None), period, None)

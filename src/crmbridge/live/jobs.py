@@ -229,7 +229,7 @@ def load_jobs(directory: Path | str) -> list[Job]:
         if isinstance(spec, JobSpec):
             jobs.append(Job(path.stem, spec, path))
     if problems:
-        raise MappingError(problems)
+        raise MappingError([str(problem) for problem in sorted(problems)])
     return jobs
 
 

@@ -28,11 +28,10 @@ from crmbridge.connectors.bitrix24.reader import (
 from crmbridge.errors import CrmError
 from crmbridge.live.bitrix24_events import DELETE_EVENTS
 from crmbridge.live.inbox import InboxRow
+from crmbridge.sync import HISTORY_ID_MARGIN
 
 RawRecord = dict[str, Any]
 HISTORY_SELECT = ["ID", "TYPE_ID", "OWNER_ID", "CREATED_TIME", "CATEGORY_ID", "STAGE_SEMANTIC_ID", "STAGE_ID"]
-#: history ids re-read below the deals' newest cached one (ids become visible when their transaction commits)
-HISTORY_ID_MARGIN = 50
 
 
 @dataclass

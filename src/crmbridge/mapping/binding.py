@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace as dataclass_replace
 from datetime import date, datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Iterable, Mapping
@@ -228,6 +229,13 @@ class DealMapper:
             kind=TODO,
         )
 
+    def _tasks(self, tasks: Iterable[Mapping[str, Any]], todos: Iterable[Mapping[str, Any]]) -> tuple[Task, ...]:
+        mapped = tuple(self.task(row) for row in tasks)
+        if self.synthesize_creation:
+            # amoCRM has one kind of task: where the regulation asks for a to-do, an amoCRM task is one
+            return mapped + tuple(dataclass_replace(task, kind=TODO) for task in mapped)
+        return mapped + tuple(self.todo(row) for row in todos)
+
     def _creation(self, history: list[Mapping[str, Any]], entries: list[StageEntry], category: str, crm_stage: str,
                   created: datetime) -> StageEntry:
         """amoCRM: the lead was created where its first status change came from (value_before), or where it is now
@@ -335,7 +343,7 @@ class DealMapper:
             probability=probability,
             fields=fields,
             history=tuple(entries),
-            tasks=tuple(self.task(row) for row in tasks) + tuple(self.todo(row) for row in todos),
+            tasks=self._tasks(tasks, todos),
             contact=contact_card,
             company=company_card,
         )

@@ -495,6 +495,11 @@ def _lint_binding(doc: LocatedDocument, regulation: RegulationSpec | None, crm: 
         if field_id not in bound and fields[field_id].type not in ("phone", "email"):
             doc.problem(("fields",), f'regulated field "{field_id}" is used by the regulation but not bound',
                         f"add `{field_id}: {field_example}` under fields:", key=True)
+    if amocrm and data.get("probability_field") is None and any(
+            regulation.rules_for(direction).R4.mode.value != "off" for direction in directions):
+        doc.problem(("crm",), "R4 checks each deal's probability, but amoCRM leads have none of their own",
+                    "bind the numeric lead field that holds it as `probability_field: <field id>`, "
+                    "or set R4 `mode: off` in regulation.yaml")
     if amocrm and str(data.get("probability_field")).lower() == TODO:
         doc.problem(("probability_field",), "the probability field is still todo",
                     "write the id of the numeric lead field that holds the probability (R4), or remove the line")

@@ -119,6 +119,8 @@ class AmoCRMClient:
         self.retries = 0
         #: the account's clock (unix seconds) as of the last answer, from its Date header
         self.server_time: float | None = None
+        #: the account's clock minus ours, as the last answer's Date header showed (one-second steps)
+        self.clock_skew: float | None = None
 
     # -- metrics and lifecycle ---------------------------------------------------------------------
     def operating_wait(self, method: str) -> float:
@@ -169,6 +171,7 @@ class AmoCRMClient:
         stamp = server_time_of(raw.header("date"))
         if stamp is not None:
             self.server_time = stamp
+            self.clock_skew = stamp - self._wall()
         try:
             return parse_answer(what, raw)
         except RateLimited:

@@ -577,6 +577,9 @@ class Bitrix24Client:
             )
         return rows
 
+    #: the rows of one list answer (public: a caller that batched the first page unwraps it the same way)
+    rows_of = _rows
+
     @staticmethod
     def _detect_id_key(method: str, row: Mapping[str, Any], id_field: str) -> str:
         if id_field in row:

@@ -41,6 +41,27 @@ IDS_PER_COMMAND = 50
 
 
 @dataclass
+class FirstPages:
+    """The first page of every incremental list, read in one `batch` request (an idle poll costs just this)."""
+
+    scopes: list[str] | None  # the webhook's scopes, when asked for
+    portal_time: str | None  # the portal's clock when the batch ran (the next incremental cursor)
+    pages: dict[str, list[RawRecord]]  # list name -> its first page (a full page: more follow from its last id)
+
+
+#: what an incremental poll reads first, per list: (method, result key, id field)
+INCREMENTAL_LISTS: dict[str, tuple[str, str | None]] = {
+    "deals": ("crm.deal.list", None),
+    "stage_history": ("crm.stagehistory.list", "items"),
+    "tasks": ("tasks.task.list", "tasks"),
+    "activities": ("crm.activity.list", None),
+    "communications": ("crm.activity.list", None),
+    "contacts": ("crm.contact.list", None),
+    "companies": ("crm.company.list", None),
+}
+
+
+@dataclass
 class ReferenceData:
     """The small, slowly changing lists: read whole on every sync."""
 
@@ -71,6 +92,12 @@ class Bitrix24Reader:
         """
         answer = self.client.call("scope")
         granted = answer.result or []
+        self._require(granted, required)
+        portal_time = (answer.time or {}).get("date_start")
+        return list(granted), str(portal_time) if portal_time else None
+
+    @staticmethod
+    def _require(granted: list[str], required: Iterable[str]) -> None:
         missing = [scope for scope in required if scope not in granted]
         if missing:
             raise ScopeError(
@@ -82,8 +109,6 @@ class Bitrix24Reader:
                 + ", ".join(missing)
                 + ", save, and keep the same CRMBRIDGE_BITRIX24_WEBHOOK_URL",
             )
-        portal_time = (answer.time or {}).get("date_start")
-        return list(granted), str(portal_time) if portal_time else None
 
     def reference_data(self, *, departments: bool = False) -> ReferenceData:
         """Pipelines, stages, fields, users, currencies; departments too when asked (scope `department`)."""
@@ -158,10 +183,67 @@ class Bitrix24Reader:
         return self.client.iter_list_fast("crm.item.list", filter={}, select=["*"], id_field="id",
                                           result_key="items", params={"entityTypeId": entity_type_id})
 
-    def iter_changed_clients(self, entity: str, *, modified_since: str) -> Iterator[RawRecord]:
+    def iter_changed_clients(self, entity: str, *, modified_since: str, after_id: int = 0) -> Iterator[RawRecord]:
         """Contacts or companies edited on their own (a phone added) since a portal time."""
         method, select = {"contacts": ("crm.contact.list", CONTACT_SELECT), "companies": ("crm.company.list", COMPANY_SELECT)}[entity]
-        return self.client.iter_list_fast(method, filter={">=DATE_MODIFY": modified_since}, select=select, id_field="ID")
+        return self.client.iter_list_fast(method, filter={">ID": after_id, ">=DATE_MODIFY": modified_since},
+                                          select=select, id_field="ID")
+
+    def list_params(self, name: str, *, after_id: int = 0, since: str | None = None) -> dict[str, Any]:
+        """One fast-pattern page of an incremental list (ID ascending, `>ID` cursor, no COUNT)."""
+        if name == "deals":
+            filter_: dict[str, Any] = {">=DATE_MODIFY": since} if since else {}
+            params: dict[str, Any] = {"select": ["*", "UF_*"]}
+        elif name == "stage_history":
+            filter_, params = {}, {"entityTypeId": 2, "select": ["ID", "TYPE_ID", "OWNER_ID", "CREATED_TIME",
+                                                                 "CATEGORY_ID", "STAGE_SEMANTIC_ID", "STAGE_ID"]}
+        elif name == "tasks":
+            filter_, params = ({">=CHANGED_DATE": since} if since else {}), {"select": TASK_SELECT}
+        elif name == "activities":
+            filter_ = {**TODO_FILTER, **({">=LAST_UPDATED": since} if since else {})}
+            params = {"select": ACTIVITY_SELECT}
+        elif name == "communications":
+            filter_ = {**COMMUNICATION_FILTER, **({">=LAST_UPDATED": since} if since else {})}
+            params = {"select": COMMUNICATION_SELECT}
+        else:
+            filter_ = {">=DATE_MODIFY": since} if since else {}
+            params = {"select": CONTACT_SELECT if name == "contacts" else COMPANY_SELECT}
+        return {**params, "filter": {">ID": after_id, **filter_}, "order": {"ID": "ASC"}, "start": -1}
+
+    def first_pages(self, lists: dict[str, dict[str, Any]], *, with_scope: bool = True) -> FirstPages:
+        """The first pages of the given lists (name -> `list_params(...)`), and the scopes, in one request."""
+        commands: dict[str, tuple[str, dict[str, Any] | None]] = {}
+        if with_scope:
+            commands["scope"] = ("scope", None)
+        for name, params in lists.items():
+            commands[name] = (INCREMENTAL_LISTS[name][0], params)
+        answer = self.client.batch(commands)
+        for error in answer.errors.values():
+            raise error
+        scopes = None
+        if with_scope:
+            scopes = list(answer.results.get("scope") or [])
+            self._require(scopes, READ_SCOPES)
+        pages = {name: self.client.rows_of(INCREMENTAL_LISTS[name][0], answer.results.get(name),
+                                           INCREMENTAL_LISTS[name][1]) for name in lists}
+        # the portal's clock, not ours, is what DATE_MODIFY is compared with (see check_scopes)
+        portal_time = (answer.time or {}).get("date_start")
+        return FirstPages(scopes, str(portal_time) if portal_time else None, pages)
+
+    def clients(self, contact_ids: Iterable[int], company_ids: Iterable[int]) -> tuple[list[RawRecord], list[RawRecord]]:
+        """Contacts and companies by id in one batch (plus one more for companies only the contacts name)."""
+        contact_ids, company_ids = sorted(set(contact_ids)), sorted(set(company_ids))
+        calls = [("crm.contact.list", {"filter": {"@ID": contact_ids[i:i + IDS_PER_COMMAND]}, "select": CONTACT_SELECT,
+                                       "start": -1}) for i in range(0, len(contact_ids), IDS_PER_COMMAND)]
+        calls += [("crm.company.list", {"filter": {"@ID": company_ids[i:i + IDS_PER_COMMAND]}, "select": COMPANY_SELECT,
+                                        "start": -1}) for i in range(0, len(company_ids), IDS_PER_COMMAND)]
+        contacts: list[RawRecord] = []
+        companies: list[RawRecord] = []
+        for (method, _), answer in zip(calls, self.client.batch_calls(calls), strict=True):
+            if isinstance(answer, CrmError):
+                raise answer
+            (contacts if method == "crm.contact.list" else companies).extend(answer or [])
+        return contacts, companies
 
     def contacts(self, ids: Iterable[int]) -> list[RawRecord]:
         return self._by_ids("crm.contact.list", ids, CONTACT_SELECT)

@@ -850,6 +850,10 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         return
 
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        # the Date header is the account's clock: the one its records' timestamps come from (a pinned `now`)
+        return formatdate(self.account.state.clock() if timestamp is None else timestamp, usegmt=True)
+
     def _serve(self) -> None:
         parts = urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
@@ -896,4 +900,4 @@ def serve_forever(port: int = 8031, deals: int = 2000, seed: int = 1, latency_ms
         account.stop()
 
 
-__all__ = ["AccountStats", "SandboxAccount", "hook_fields", "serve_forever", "formatdate"]
+__all__ = ["AccountStats", "SandboxAccount", "hook_fields", "serve_forever"]

@@ -315,6 +315,26 @@ class AccountState:
             self._hook("leads", action, dict(lead, **extra))
         return lead
 
+    def add_lead(self, name: str, pipeline_id: int, *, responsible: int, status_id: int | None = None,
+                 price: int = 0) -> int:
+        """A new lead as a manager (or a web form) would create it: in the pipeline's first regular status."""
+        with self.lock:
+            status = status_id or next(s.id for s in c.STATUSES[pipeline_id] if s.type == 0)
+            lead_id = self.next_id("lead")
+            now = self.now()
+            self.leads[lead_id] = {
+                "id": lead_id, "name": name, "price": price, "responsible_user_id": responsible,
+                "group_id": self.users[responsible]["rights"]["group_id"], "status_id": status, "pipeline_id": pipeline_id,
+                "loss_reason_id": None, "created_by": responsible, "updated_by": responsible, "created_at": now,
+                "updated_at": now, "closed_at": None, "closest_task_at": None, "is_deleted": False,
+                "custom_fields_values": None, "score": None, "account_id": c.ACCOUNT_ID, "labor_cost": None,
+            }
+            self.lead_contacts[lead_id], self.lead_companies[lead_id] = [], []
+            self.version += 1
+            lead = dict(self.leads[lead_id])
+        self._hook("leads", "add", lead)
+        return lead_id
+
     def delete_lead(self, lead_id: int, *, user: int | None = None) -> None:
         with self.lock:
             lead = self.leads.pop(int(lead_id))
