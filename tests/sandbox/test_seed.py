@@ -166,7 +166,8 @@ def test_users_pipelines_and_fields_match_the_contract() -> None:
 
 
 def test_seeding_is_fast() -> None:
-    t0 = time.perf_counter()
+    # CPU time, not wall time: on a shared 2-core machine other test runs stretch the wall clock 2-3x
+    t0 = time.process_time()
     p = SandboxPortal(deals=10_000, seed=1)
-    assert time.perf_counter() - t0 < 2.0  # ~0.6 s on a dev box; generous for CI
+    assert time.process_time() - t0 < 2.0  # ~0.9 s on a dev box (with the KPIs' calls and e-mails); generous for CI
     assert len(p.state.deals) == 10_000
