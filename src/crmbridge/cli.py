@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "crmbridge.commands.regulation",
     "crmbridge.commands.enforce",
     "crmbridge.commands.live",
+    "crmbridge.commands.connect",
     "crmbridge.commands.kpi",
 ]
 

@@ -38,6 +38,17 @@ class Settings(BaseSettings):
     bitrix24_max_attempts: int = Field(default=8, ge=1, le=50)
     #: application token of the portal's outgoing webhook (to authenticate incoming events)
     bitrix24_application_token: SecretStr | None = None
+    #: a Bitrix24 local server application (OAuth): needed for offline events, and so that the bridge's own
+    #: writes are not queued back to it. `crmbridge connect` authorizes it; its tokens live in the cache.
+    bitrix24_client_id: str | None = None
+    bitrix24_client_secret: SecretStr | None = None
+    #: the authorization server (the sandbox's own address in tests and the demo)
+    bitrix24_oauth_url: str = "https://oauth.bitrix.info/"
+    #: the `auth_connector` source key the app binds its offline events with and sends on its own writes
+    #: (Professional plan and above); empty: none (every change, the bridge's own included, is queued)
+    bitrix24_auth_connector: str = Field(default="crmbridge", pattern=r"^[A-Za-z0-9_.-]{0,64}$")
+    #: seconds between polls of the offline event queue while it is empty (one request each)
+    bitrix24_offline_poll_seconds: float = Field(default=5.0, gt=0)
 
     #: the amoCRM / Kommo account's address, e.g. https://example.amocrm.ru (plain http for loopback only)
     amocrm_base_url: str | None = None
@@ -80,12 +91,17 @@ class Settings(BaseSettings):
     #: seconds a SIGTERM waits for running jobs before the daemon exits anyway (their work is resumable)
     stop_timeout_seconds: int = Field(default=60, ge=0)
 
-    @field_validator("bitrix24_webhook_url", "bitrix24_application_token", "amocrm_base_url",
-                     "amocrm_long_lived_token", "amocrm_client_id", "amocrm_client_secret", "amocrm_redirect_uri",
-                     "amocrm_hook_secret", mode="before")
+    @field_validator("bitrix24_webhook_url", "bitrix24_application_token", "bitrix24_client_id",
+                     "bitrix24_client_secret", "amocrm_base_url", "amocrm_long_lived_token", "amocrm_client_id",
+                     "amocrm_client_secret", "amocrm_redirect_uri", "amocrm_hook_secret", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def bitrix24_oauth_configured(self) -> bool:
+        """The Bitrix24 application's client id and secret are both set."""
+        return bool(self.bitrix24_client_id and self.bitrix24_client_secret)
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -12,6 +12,9 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -166,4 +169,30 @@ def _read(fd: int) -> str:
         return ""
 
 
-__all__ = ["Holder", "WriterLock"]
+@contextmanager
+def file_lock(path: Path | str, *, wait: float = 0.0) -> Iterator[bool]:
+    """An exclusive `flock` on `path` (created 0600), yielding whether it was taken within `wait` seconds.
+
+    For short critical sections shared by processes (a token refresh, an offline poll): the kernel drops the
+    lock when its holder dies, so no stale lock is ever left behind. Without flock (Windows) it yields True.
+    """
+    if fcntl is None:  # pragma: no cover - see the import
+        yield True
+        return
+    fd = os.open(str(path), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + wait
+        taken = _os_lock(fd)
+        while not taken and time.monotonic() < deadline:
+            time.sleep(0.02)
+            taken = _os_lock(fd)
+        try:
+            yield taken
+        finally:
+            if taken:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+__all__ = ["Holder", "WriterLock", "file_lock"]

@@ -335,7 +335,24 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (crm, account)
     );
     """,
-    # 10: plans and KPIs (issue 10): departments, currency rates, calls / meetings / e-mails, the bound smart
+    # 10: Bitrix24 offline events (issue 9): every batch reserved with event.offline.get (clear=0), from before the
+    # call until event.offline.clear answered, so a batch cut off by a crash is finished instead of lost.
+    """
+    CREATE TABLE offline_batches (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        connector TEXT NOT NULL,         -- the auth_connector the queue was read with ('' = none)
+        status TEXT NOT NULL,            -- fetching (the get is in flight, or its answer was lost), fetched,
+                                         -- accepted (in the inbox), cleared (confirmed at the portal)
+        process_id TEXT,                 -- the portal's id of the reserved batch; NULL until the get answered
+        events TEXT,                     -- JSON: the records exactly as event.offline.get returned them
+        accepted INTEGER,                -- records committed to the inbox
+        failed TEXT,                     -- JSON: MESSAGE_IDs reported with event.offline.error, and why
+        started_at TEXT NOT NULL,        -- UTC
+        finished_at TEXT                 -- when it was cleared (UTC)
+    );
+    CREATE INDEX offline_batches_open ON offline_batches(status) WHERE status <> 'cleared';
+    """,
+    # 11: plans and KPIs (issue 10): departments, currency rates, calls / meetings / e-mails, the bound smart
     # process's plan items, resolved plans with their source, and KPI snapshots kept as history.
     """
     CREATE TABLE departments (

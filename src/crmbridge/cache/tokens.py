@@ -148,5 +148,17 @@ class TokenRows:
         )
         return cursor.rowcount == 1
 
+    def annotate(self, crm: str, account: str, details: dict[str, Any], *, updated_at: str) -> bool:
+        """Merge non-secret facts into `details` (e.g. how offline events were bound); the pair is untouched."""
+        row = self.get(crm, account)
+        if row is None:
+            return False
+        merged = {**row.details, **details}
+        self.conn.execute(
+            "UPDATE oauth_tokens SET details = ?, updated_at = ? WHERE crm = ? AND account = ?",
+            (json.dumps(merged, ensure_ascii=False, sort_keys=True), updated_at, crm, account),
+        )
+        return True
+
     def delete(self, crm: str, account: str) -> bool:
         return self.conn.execute("DELETE FROM oauth_tokens WHERE crm = ? AND account = ?", (crm, account)).rowcount == 1

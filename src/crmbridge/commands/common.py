@@ -11,6 +11,7 @@ from rich.console import Console
 from crmbridge.cache.store import Cache, open_cache
 from crmbridge.config import Settings, load_settings
 from crmbridge.connectors.bitrix24.client import Bitrix24Client, validate_webhook_url
+from crmbridge.connectors.bitrix24.app import authorization_server, effective_connector, oauth_auth
 from crmbridge.errors import CacheError, ConfigError
 
 console = Console(stderr=False, highlight=False)
@@ -30,22 +31,35 @@ def settings() -> Settings:
     return load_settings()
 
 
+__all__ = ["authorization_server", "client_from", "effective_connector", "oauth_auth"]
+
+
 def client_from(settings: Settings, webhook_url: str | None = None) -> Bitrix24Client:
-    """The client for the configured portal; the URL is validated before any request or file write."""
-    url = webhook_url or (settings.bitrix24_webhook_url.get_secret_value() if settings.bitrix24_webhook_url else None)
+    """The client for the configured portal; the URL is validated before any request or file write.
+
+    A connected OAuth application (`crmbridge connect`, tokens in the cache) is preferred over the
+    inbound webhook: only its writes carry `auth_connector`, so they are not queued back as offline events.
+    """
+    options: dict[str, Any] = {
+        "rate": settings.bitrix24_rate,
+        "burst": settings.bitrix24_burst,
+        "operating_limit": settings.bitrix24_operating_limit,
+        "max_attempts": settings.bitrix24_max_attempts,
+    }
+    if webhook_url:
+        return Bitrix24Client(validate_webhook_url(webhook_url), **options)
+    auth = oauth_auth(settings)
+    if auth is not None:
+        return Bitrix24Client(auth=auth, **options)
+    url = settings.bitrix24_webhook_url.get_secret_value() if settings.bitrix24_webhook_url else None
     if not url:
         raise ConfigError(
-            "CRMBRIDGE_BITRIX24_WEBHOOK_URL is not set",
+            "CRMBRIDGE_BITRIX24_WEBHOOK_URL is not set and no Bitrix24 application is connected",
             hint="put your portal's inbound webhook URL (https://<portal>/rest/<user>/<code>/) in .env, "
+            "or set CRMBRIDGE_BITRIX24_CLIENT_ID / _CLIENT_SECRET and run `crmbridge connect`, "
             "or run `make demo` to try the built-in sandbox portal",
         )
-    return Bitrix24Client(
-        validate_webhook_url(url),
-        rate=settings.bitrix24_rate,
-        burst=settings.bitrix24_burst,
-        operating_limit=settings.bitrix24_operating_limit,
-        max_attempts=settings.bitrix24_max_attempts,
-    )
+    return Bitrix24Client(validate_webhook_url(url), **options)
 
 
 def crm_client(settings: Settings) -> Any:

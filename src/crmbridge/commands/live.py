@@ -163,7 +163,8 @@ def register(app: typer.Typer) -> None:
         if name not in jobs:
             raise ConfigError(f'there is no job "{name}" in {settings.jobs_dir}',
                               hint=did_you_mean(name, jobs) if jobs else "add a jobs/*.yaml file")
-        client_factory = (lambda: common.client_from(settings)) if settings.bitrix24_webhook_url else None
+        client_factory = ((lambda: common.client_from(settings))
+                          if settings.bitrix24_webhook_url or common.oauth_auth(settings) else None)
         run = run_job(jobs[name], JobContext(settings, client_factory), datetime.now(UTC))
         if as_json:
             common.print_json(run.__dict__)

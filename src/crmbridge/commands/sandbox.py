@@ -19,6 +19,8 @@ def register(app: typer.Typer) -> None:
         events_url: str = typer.Option(None, "--events-url",
                                        help="Where to POST outgoing events (Bitrix24 ONCRMDEAL*, amoCRM webhooks)."),
         no_limits: bool = typer.Option(False, "--no-limits", help="Turn off the rate (and operating-time) limits."),
+        app_redirect_uri: str = typer.Option(None, "--app-redirect-uri",
+                                             help="Bitrix24: the OAuth application's redirect URI (crmbridge connect --listen)."),
     ) -> None:
         """Serve a CRM-compatible sandbox on loopback (for the demo, tests and trials)."""
         if crm not in CRMS:
@@ -36,4 +38,5 @@ def register(app: typer.Typer) -> None:
         serve_forever(
             port=8024 if port is None else port, deals=deals, seed=seed, latency_ms=latency_ms, faults=faults,
             events_url=events_url, limits=not no_limits,
+            app_options={"redirect_uri": app_redirect_uri} if app_redirect_uri else None,
         )

@@ -28,7 +28,6 @@ How a refresh stays safe (refresh tokens are single-use on both CRMs):
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import socket
@@ -42,14 +41,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from crmbridge.cache.lock import file_lock
 from crmbridge.cache.store import open_cache
 from crmbridge.cache.tokens import TokenRow, TokenRows
 from crmbridge.errors import CacheError, ConfigError, ReauthorizationRequired, TransientCrmError
-
-try:  # POSIX; the service targets Linux (systemd, Docker)
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: threads only, one process per cache
-    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "CHECKPOINTS",
@@ -184,35 +179,13 @@ class TokenStore:
         if not thread_lock.acquire(timeout=self._lock_timeout):
             raise self._busy()
         try:
-            with self._file_lock(deadline):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with file_lock(f"{self.path}.oauth-lock", wait=max(0.0, deadline - time.monotonic())) as taken:
+                if not taken:
+                    raise self._busy()
                 yield
         finally:
             thread_lock.release()
-
-    @contextmanager
-    def _file_lock(self, deadline: float) -> Iterator[None]:
-        if fcntl is None:  # pragma: no cover
-            yield
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(f"{self.path}.oauth-lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                        raise
-                    if time.monotonic() >= deadline:
-                        raise self._busy() from None
-                    time.sleep(0.02)
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
 
     def _busy(self) -> TransientCrmError:
         return TransientCrmError(
@@ -291,6 +264,13 @@ class TokenStore:
         assert pair is not None
         log.info("%s: stored a new token pair for %s (generation %d)", self.crm, account, pair.generation)
         return pair
+
+    def annotate(self, details: Mapping[str, Any]) -> TokenPair:
+        """Merge non-secret facts about the connection into the pair's `details` (the tokens stay as they are)."""
+        with self._locked(), self._transaction() as rows:
+            if not rows.annotate(self.crm, self.account, dict(details), updated_at=_now_iso(self._clock)):
+                raise self._not_connected()
+        return self.require()
 
     def forget(self) -> bool:
         """Remove this account's pair (after the app was uninstalled); True if there was one."""

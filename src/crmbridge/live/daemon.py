@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Generator
@@ -25,6 +26,7 @@ import uvicorn
 
 from crmbridge.cache.store import open_cache
 from crmbridge.config import Settings
+from crmbridge.connectors.bitrix24.app import oauth_auth
 from crmbridge.connectors.bitrix24.client import Bitrix24Client, validate_webhook_url
 from crmbridge.connectors.bitrix24.limiter import Limiter
 from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
@@ -83,15 +85,19 @@ class Daemon:
                            on_commit=lambda count, seconds: self.worker_wake())
         url = webhook_url or (settings.bitrix24_webhook_url.get_secret_value() if settings.bitrix24_webhook_url else None)
         self.webhook_url = validate_webhook_url(url) if url else None
+        # A connected OAuth application (`crmbridge connect`) is preferred over the webhook: its writes carry the
+        # auth_connector its offline events are bound with, so they are not queued back (live/offline.py).
+        self.oauth = None if webhook_url else oauth_auth(settings)
+        self.has_portal = bool(self.webhook_url or self.oauth)
         # one limiter for every client of the daemon: the portal's bucket is one, whoever asks
         self.limiter = Limiter(rate=settings.bitrix24_rate, burst=settings.bitrix24_burst,
                                operating_limit=settings.bitrix24_operating_limit, on_wait=self.metrics.crm_wait)
         self.writer_lock = threading.Lock()
         self.bridge = LiveBridge(settings, self.inbox, self.metrics, Path(settings.cache_path),
-                                 client=self.new_client() if self.webhook_url else None)
+                                 client=self.new_client() if self.has_portal else None)
         self.mappings = MappingsWatcher(settings.mappings_dir)
         self.mappings.current()  # a broken mapping file stops the start with its problems, before anything runs
-        self.worker = Worker(self.bridge, self.new_client() if self.webhook_url else None, self.mappings,
+        self.worker = Worker(self.bridge, self.new_client() if self.has_portal else None, self.mappings,
                              writer_lock=self.writer_lock,
                              max_reverts_per_day=settings.enforce_max_reverts_per_day)
         self.scheduler: Any = None
@@ -100,7 +106,9 @@ class Daemon:
 
             self.scheduler = JobScheduler(load_jobs(settings.jobs_dir), self.job_context(), metrics=self.metrics)
         load_plugins(self.bridge)
-        domain = portal_domain(self.webhook_url) if self.webhook_url else (self.inbox.get_state(DOMAIN_STATE) or "")
+        endpoint = self.webhook_url or (str(self.oauth.session.pair().details.get("client_endpoint") or "")
+                                        if self.oauth is not None else "")
+        domain = portal_domain(endpoint) if endpoint else (self.inbox.get_state(DOMAIN_STATE) or "")
         self.receiver = Bitrix24Receiver(
             self.inbox, self.metrics,
             application_token=(settings.bitrix24_application_token.get_secret_value()
@@ -115,6 +123,9 @@ class Daemon:
 
     def new_client(self) -> Bitrix24Client:
         """A client of the configured portal, paced by the daemon's one limiter, counted in its metrics."""
+        if self.oauth is not None:
+            return Bitrix24Client(auth=self.oauth, max_attempts=self.settings.bitrix24_max_attempts,
+                                  limiter=self.limiter, observer=self.metrics.crm_request)
         if not self.webhook_url:
             raise CrmBridgeError("no Bitrix24 portal is configured (CRMBRIDGE_BITRIX24_WEBHOOK_URL)")
         return Bitrix24Client(self.webhook_url, max_attempts=self.settings.bitrix24_max_attempts,
@@ -123,7 +134,7 @@ class Daemon:
     def job_context(self) -> Any:
         from crmbridge.live.jobs import JobContext
 
-        return JobContext(self.settings, self.new_client if self.webhook_url else None, self.writer_lock,
+        return JobContext(self.settings, self.new_client if self.has_portal else None, self.writer_lock,
                           lambda: self.mappings.current())
 
     def worker_wake(self) -> None:
@@ -181,6 +192,9 @@ class Daemon:
     # ------------------------------------------------------------------ run
 
     def run(self) -> int:
+        # the HTTP loop shares the interpreter with the worker and the jobs: hand the GIL over every 1 ms
+        # (default 5 ms), so an acknowledgement never waits long behind a worker round's CPU work
+        sys.setswitchinterval(0.001)
         config = uvicorn.Config(self.app, host=self.host, port=self.port, workers=1, lifespan="off",
                                 access_log=False, log_level="warning", http="httptools",
                                 loop="uvloop" if _has_uvloop() else "asyncio", timeout_graceful_shutdown=10)
@@ -203,7 +217,7 @@ class Daemon:
     def _start_work(self) -> None:
         """Initial sync when the cache is empty, then the worker, the sources and the scheduler."""
         try:
-            if self.webhook_url and not self.stop.is_set():
+            if self.has_portal and not self.stop.is_set():
                 cache = open_cache(self.settings.cache_path)
                 try:
                     if cache.sync_state("deals").cursor is None:

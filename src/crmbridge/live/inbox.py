@@ -125,8 +125,7 @@ class Inbox:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
-        self._queue: queue.SimpleQueue[tuple[list[InboxEvent], concurrent.futures.Future[list[int]]] | None] = (
-            queue.SimpleQueue())
+        self._queue: queue.SimpleQueue[tuple[list[InboxEvent], _Waiter] | None] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, name="inbox-writer", daemon=True)
         self._writer_ready = threading.Event()
         self._writer_error: BaseException | None = None
@@ -143,8 +142,18 @@ class Inbox:
         return self.submit(events).result()
 
     async def accept_async(self, events: Sequence[InboxEvent]) -> list[int]:
-        """`accept` for an asyncio handler: the event loop keeps serving while the group commit syncs."""
-        return await asyncio.wrap_future(self.submit(events))
+        """`accept` for an asyncio handler: the event loop keeps serving while the group commit syncs.
+
+        The writer wakes each event loop once per group commit (not once per event): under a burst that is
+        one cross-thread wake-up for dozens of acknowledgements."""
+        if not events:
+            return []
+        if self._closed:
+            raise CacheError("the inbox is closed")
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[list[int]] = loop.create_future()
+        self._queue.put((list(events), _AsyncWaiter(loop, waiter)))
+        return await waiter
 
     def submit(self, events: Sequence[InboxEvent]) -> concurrent.futures.Future[list[int]]:
         future: concurrent.futures.Future[list[int]] = concurrent.futures.Future()
@@ -190,8 +199,7 @@ class Inbox:
         finally:
             conn.close()
 
-    def _commit_group(self, conn: sqlite3.Connection,
-                      group: list[tuple[list[InboxEvent], concurrent.futures.Future[list[int]]]]) -> None:
+    def _commit_group(self, conn: sqlite3.Connection, group: list[tuple[list[InboxEvent], _Waiter]]) -> None:
         started = time.perf_counter()
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -202,12 +210,10 @@ class Inbox:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            for _, future in group:
-                if not future.done():
-                    future.set_exception(exc if isinstance(exc, Exception) else CacheError(str(exc)))
+            error = exc if isinstance(exc, Exception) else CacheError(str(exc))
+            _settle([(waiter, error) for _, waiter in group])
             return
-        for (_, future), ids in zip(group, results, strict=True):
-            future.set_result(ids)
+        _settle([(waiter, ids) for (_, waiter), ids in zip(group, results, strict=True)])
         if self._on_commit is not None:
             self._on_commit(sum(len(ids) for ids in results), time.perf_counter() - started)
 
@@ -406,6 +412,47 @@ class Inbox:
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._conn())
+
+
+class _AsyncWaiter:
+    """An asyncio future waiting for a group commit, with the loop it belongs to."""
+
+    __slots__ = ("loop", "future")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[list[int]]) -> None:
+        self.loop = loop
+        self.future = future
+
+
+_Waiter = concurrent.futures.Future  # a blocking caller's, or an _AsyncWaiter
+
+
+def _settle(outcomes: list[tuple[Any, list[int] | BaseException]]) -> None:
+    """Hand each waiter its ids (or the error): thread futures directly, each event loop in one call."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[list[int]], Any]]] = {}
+    for waiter, outcome in outcomes:
+        if isinstance(waiter, _AsyncWaiter):
+            by_loop.setdefault(waiter.loop, []).append((waiter.future, outcome))
+        elif not waiter.done():
+            if isinstance(outcome, BaseException):
+                waiter.set_exception(outcome)
+            else:
+                waiter.set_result(outcome)
+    for loop, pairs in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_resolve_async, pairs)
+        except RuntimeError:
+            pass  # the loop is closed: nobody is waiting any more
+
+
+def _resolve_async(pairs: list[tuple[asyncio.Future[list[int]], Any]]) -> None:
+    for future, outcome in pairs:
+        if future.done():
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
 
 
 class _Transaction:

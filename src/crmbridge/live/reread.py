@@ -31,6 +31,8 @@ from crmbridge.live.inbox import InboxRow
 from crmbridge.sync import HISTORY_ID_MARGIN
 
 RawRecord = dict[str, Any]
+#: deals written per transaction
+WRITE_GROUP = 100
 HISTORY_SELECT = ["ID", "TYPE_ID", "OWNER_ID", "CREATED_TIME", "CATEGORY_ID", "STAGE_SEMANTIC_ID", "STAGE_ID"]
 
 
@@ -260,24 +262,35 @@ class ReReader:
         read = {int(raw["ID"]) for raw in deals}
         task_rows = [{**cache_rows.task_row(raw), "synced_at": synced_at} for raw in tasks]
         todo_rows = [{**cache_rows.activity_row(raw), "synced_at": synced_at} for raw in todos]
+        kept = {"tasks": {row["id"] for row in task_rows}, "activities": {row["id"] for row in todo_rows}}
+        removed = {"tasks": set(removed_tasks), "activities": set(removed_todos)}
         with self.cache.atomic():
-            self.cache.upsert("deals", [cache_rows.deal_row(raw, synced_at) for raw in deals])
-            self.cache.upsert("stage_history", map(cache_rows.stage_history_row, history))
             self.cache.upsert("contacts", map(cache_rows.contact_row, clients["contacts"]))
             self.cache.upsert("companies", map(cache_rows.company_row, clients["companies"]))
-            self.cache.upsert("tasks", [row for row in task_rows if row["deal_id"] is not None])
-            self.cache.upsert("activities", [row for row in todo_rows if row["deal_id"] is not None])
-            # what a re-read deal no longer has on the portal leaves the cache (deleted, unbound, done elsewhere)
-            kept_tasks = {row["id"] for row in task_rows}
-            kept_todos = {row["id"] for row in todo_rows}
-            for table, kept, removed in (("tasks", kept_tasks, removed_tasks), ("activities", kept_todos, removed_todos)):
-                stale = set(removed)
-                for chunk in _chunks(sorted(read), 500):
-                    stale.update(row_id for (row_id,) in self.cache.db.execute(
-                        f"SELECT id FROM {table} WHERE deal_id IN ({_marks(chunk)})", chunk) if row_id not in kept)
-                self.cache.delete_ids(table, sorted(stale - kept))
             for chunk in _chunks(sorted(gone), 500):
                 self.cache.db.execute(f"UPDATE deals SET deleted = 1 WHERE id IN ({_marks(chunk)})", chunk)
+            for table, rows in (("tasks", task_rows), ("activities", todo_rows)):
+                self.cache.delete_ids(table, sorted(removed[table] - kept[table]))
+                # bound to several deals: the cache files it under its first one, which may not be re-read here
+                self.cache.upsert(table, [row for row in rows if row["deal_id"] is not None and row["deal_id"] not in read])
+        # one transaction per group of deals: each deal with its history, tasks and to-dos is whole, and the
+        # inbox's writer (acknowledging events meanwhile) never waits long for the file
+        by_deal: dict[int, list[RawRecord]] = {}
+        for raw in deals:
+            by_deal[int(raw["ID"])] = [raw]
+        for group in _chunks(sorted(read), WRITE_GROUP):
+            wanted = set(group)
+            with self.cache.atomic():
+                self.cache.upsert("deals", [cache_rows.deal_row(by_deal[deal][0], synced_at) for deal in group])
+                self.cache.upsert("stage_history", [cache_rows.stage_history_row(raw) for raw in history
+                                                    if cache_rows.as_int(raw.get("OWNER_ID")) in wanted])
+                for table, rows in (("tasks", task_rows), ("activities", todo_rows)):
+                    mine = [row for row in rows if row["deal_id"] in wanted]
+                    self.cache.upsert(table, mine)
+                    # what a re-read deal no longer has on the portal leaves the cache (deleted, unbound)
+                    stale = {row_id for (row_id,) in self.cache.db.execute(
+                        f"SELECT id FROM {table} WHERE deal_id IN ({_marks(group)})", group)} - kept[table]
+                    self.cache.delete_ids(table, sorted(stale))
 
 
 def _fast(params: dict[str, Any], filter_: dict[str, Any], select: list[str], after: int) -> dict[str, Any]:

@@ -33,9 +33,11 @@ from crmbridge.mapping.load import Mappings, load_mappings
 log = logging.getLogger("crmbridge.live.worker")
 
 #: events taken per round at most (a burst is worked off in rounds of this size)
-ROUND_EVENTS = 2_000
+ROUND_EVENTS = 1_000
 #: wait after the first event of a quiet spell, so a burst (a manager saving several fields) is one round
 GATHER_SECONDS = 0.05
+#: longest pause between two rounds of a burst
+MAX_PAUSE = 2.0
 
 
 class MappingsWatcher:
@@ -112,7 +114,11 @@ class Worker:
                         stop.wait(GATHER_SECONDS)
                 report = self.round()
                 if report.outcome == "done" and report.events:
-                    self.wake.set()  # more may be due: go on without waiting
+                    # more may be due: go on, but after a pause as long as the round took, so that under a burst
+                    # the worker holds the interpreter at most half the time (acknowledgements stay fast) and
+                    # the next round coalesces everything that arrived meanwhile into one re-read per deal
+                    stop.wait(min(report.seconds, MAX_PAUSE))
+                    self.wake.set()
                 elif report.outcome in ("postponed", "failed"):
                     stop.wait(min(self._backoff, 5.0))
         finally:

@@ -406,6 +406,10 @@ def task_list(ctx: Context, params: dict[str, Any]) -> MethodResult:
     start = parse_start(_ci(params, "start", 0))
     with ctx.state.lock:
         now_wire = ctx.state.now_wire()
+        binding = filt.get("UF_CRM_TASK")
+        if isinstance(binding, str) and "@ID" not in filt:
+            # a portal finds a deal's tasks by an index, not by reading every task (the filter still applies)
+            filt = {**filt, "@ID": ctx.state.tasks_bound_to(binding)}
         qr = run_query(ctx.state.tasks, filt, order, start)
         rows = [_task_view(r, select, now_wire) for r in qr.rows]
     return MethodResult({"tasks": rows}, qr.total, qr.next, True, len(rows), qr.counted)

@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
+from .app import RequestAuth, SandboxApp, current_auth, serving
 from .events import Delivery, EventSender
 from .limits import LeakyBucket, OperatingTime
 from .methods import METHODS, ApiError, Context, MethodResult, build_status_table, build_user_table
@@ -150,6 +151,7 @@ class SandboxPortal:
         events_delay: float = 0.1,
         events_workers: int = 4,
         slow_seconds: tuple[float, float] = (1.0, 1.5),
+        app_options: dict[str, Any] | None = None,
     ) -> None:
         if error_dialect not in AUTH_DIALECTS:
             raise ValueError(f"error_dialect must be one of {sorted(AUTH_DIALECTS)}")
@@ -197,6 +199,9 @@ class SandboxPortal:
         self._status_table = build_status_table()
         self._user_table = build_user_table()
         self.member_id = hashlib.md5(f"sandbox-{seed}".encode()).hexdigest()
+        #: the local OAuth application installed on this portal (sandbox/app.py): token server, event bindings,
+        #: offline queue; `app_options` are SandboxApp's keyword arguments
+        self.app = SandboxApp(self, **(app_options or {}))
         self._events_delay = events_delay
         self._events_workers = events_workers
         self._sender: EventSender | None = None
@@ -324,6 +329,7 @@ class SandboxPortal:
     # --- internals --------------------------------------------------------------------------------
 
     def _on_event(self, event: str, entity_id: int) -> None:
+        self.app.record(event, entity_id)
         sender = self._sender
         if sender is not None:
             sender.emit(event, entity_id)
@@ -360,7 +366,9 @@ class SandboxPortal:
         return kind
 
     def _context(self) -> Context:
-        return Context(self.state, self.webhook_user, self.scopes, self._status_table, self._user_table)
+        auth = current_auth()
+        return Context(self.state, auth.user_id if auth is not None else self.webhook_user, self.scopes,
+                       self._status_table, self._user_table, {"app": self.app, "auth": auth})
 
     def call(self, method: str, params: dict[str, Any]) -> tuple[MethodResult, dict[str, Any]]:
         """Run one method with scope and operating-time checks; returns the result and its `time` block."""
@@ -460,25 +468,34 @@ class SandboxPortal:
             if match is None:
                 raise ApiError(404, "ERROR_METHOD_NOT_FOUND", "Method not found!")
             user, code = match.group(1), match.group(2)
-            if user is None or int(user) != self.webhook_user or code != self.webhook_code:
+            if user is None:
+                # an application's call: /rest/<method> with auth=<access_token> (D settings/oauth/index.md)
+                auth = self.app.authenticate(params)
+            elif int(user) != self.webhook_user or code != self.webhook_code:
                 raise ApiError(*AUTH_DIALECTS[self.error_dialect]["auth"])
+            else:
+                auth = RequestAuth("webhook", self.webhook_user, None, str(params.get("auth_connector") or ""))
+            # the auth data is the request's, not a method parameter; a batch's commands share it
+            params.pop("auth", None)
+            params.pop("auth_connector", None)
             if self.limits and not self.bucket.admit():
                 self._bump("query_limit_exceeded")
                 raise ApiError(503, "QUERY_LIMIT_EXCEEDED", "Too many requests")
-            if method == "batch":
-                t0 = time.perf_counter()
-                result_payload: dict[str, Any] = {"result": self.batch(params)}
-                finished = time.time()
-                # the outer batch call is not charged: each command counted for its own method
-                result_payload["time"] = time_block(started, finished, time.perf_counter() - t0)
-            else:
-                result, tblock = self.call(method, params)
-                result_payload = {"result": result.result}
-                if result.is_list:
-                    result_payload["total"] = result.total or 0
-                    if result.next is not None:
-                        result_payload["next"] = result.next
-                result_payload["time"] = tblock
+            with serving(auth):
+                if method == "batch":
+                    t0 = time.perf_counter()
+                    result_payload: dict[str, Any] = {"result": self.batch(params)}
+                    finished = time.time()
+                    # the outer batch call is not charged: each command counted for its own method
+                    result_payload["time"] = time_block(started, finished, time.perf_counter() - t0)
+                else:
+                    result, tblock = self.call(method, params)
+                    result_payload = {"result": result.result}
+                    if result.is_list:
+                        result_payload["total"] = result.total or 0
+                        if result.next is not None:
+                            result_payload["next"] = result.next
+                    result_payload["time"] = tblock
             status, payload = 200, dumps(result_payload)
         except _OperatingBlocked as blocked:
             status, payload = 429, dumps(blocked.body(with_time=True))
@@ -487,6 +504,31 @@ class SandboxPortal:
         if fault == "applied_drop":
             raise _Drop()
         return status, "application/json", payload
+
+
+    def handle_oauth(self, path: str, query: str) -> tuple[int, str, bytes, dict[str, str]]:
+        """The authorization server (oauth.bitrix.info) and the portal's /oauth/authorize/ page, on the same port.
+
+        Faults hit the token endpoint too: `applied_drop` rotates the pair and loses the answer, the case a
+        client's token store must survive.
+        """
+        if self.latency_ms:
+            time.sleep(self.latency_ms / 1000.0)
+        self._bump("requests")
+        token_call = path.rstrip("/") == "/oauth/token"
+        if not token_call and path.rstrip("/") != "/oauth/authorize":
+            return 404, "text/html", b"<html><body>Not found</body></html>", {}
+        fault = self._pick_fault(token_call) if token_call else None
+        if fault == "500":
+            return 500, "text/html", b"<html><body>Internal Server Error</body></html>", {}
+        if fault == "html503":
+            return 503, "text/html", HTML_503, {}
+        if fault == "drop":
+            raise _Drop()
+        answer = self.app.http(path, query)
+        if fault == "applied_drop":
+            raise _Drop()
+        return answer
 
 
 class _OperatingBlocked(Exception):
@@ -603,9 +645,13 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
+        headers: dict[str, str] = {}
         try:
-            status, ctype, payload = self.portal.handle_http(
-                parts.path, parts.query, body, self.headers.get("Content-Type", ""))
+            if parts.path.startswith("/oauth/"):
+                status, ctype, payload, headers = self.portal.handle_oauth(parts.path, parts.query)
+            else:
+                status, ctype, payload = self.portal.handle_http(
+                    parts.path, parts.query, body, self.headers.get("Content-Type", ""))
         except _Drop:
             self.close_connection = True
             try:
@@ -616,6 +662,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", f"{ctype}; charset=utf-8")
         self.send_header("Content-Length", str(len(payload)))
+        for name, value in headers.items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(payload)
 
@@ -643,7 +691,11 @@ def serve_forever(
         planted = len(portal.state.planted)
         print(f"Sandbox Bitrix24 portal: {deals} deals ({planted} breaking the regulation), seed {seed}, "
               f"seeded in {time.perf_counter() - t0:.1f} s")
-        print(f"Webhook URL: {portal.webhook_url}", flush=True)
+        print(f"Webhook URL: {portal.webhook_url}")
+        print(f"OAuth application: CRMBRIDGE_BITRIX24_CLIENT_ID={portal.app.client_id} "
+              f"CRMBRIDGE_BITRIX24_CLIENT_SECRET={portal.app.client_secret} "
+              f"CRMBRIDGE_BITRIX24_OAUTH_URL={portal.app.oauth_url}; then "
+              f"crmbridge connect --portal http://127.0.0.1:{portal.port}", flush=True)
         while True:
             time.sleep(3600)  # sleep, unlike a bare lock wait, is interrupted by Ctrl-C on every platform
     except KeyboardInterrupt:

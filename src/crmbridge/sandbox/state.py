@@ -100,6 +100,8 @@ class PortalState:
         self.notifications: list[dict[str, Any]] = []
         self.planted: dict[int, list[str]] = {}
         self.on_event: EventHook | None = None
+        self._task_index: dict[str, list[int]] | None = None  # binding (D_12) -> task ids; None = rebuild
+        self._task_index_size = 0
         self._next_notification = 1
         # portal-clock times that let tests reason about sync overlap windows (count_modified_within)
         self._last_deal_list: float | None = None
@@ -266,6 +268,7 @@ class PortalState:
             })
             row.update(task_fields_to_wire(fields))
             self.tasks.insert(task_id, row)
+            self._task_index = None
         self._fire("ONTASKADD", task_id)
         return task_id
 
@@ -284,6 +287,7 @@ class PortalState:
                     row["closedDate"], row["closedBy"] = None, None
             row.update(wire)
             row["changedDate"], row["changedBy"] = now_s, str(user_id)
+            self._task_index = None  # its bindings may have changed
         self._fire("ONTASKUPDATE", int(task_id))
 
     def delete_task(self, task_id: int) -> None:
@@ -291,6 +295,7 @@ class PortalState:
             if int(task_id) not in self.tasks.rows:
                 raise KeyError(task_id)
             self.tasks.delete(int(task_id))
+            self._task_index = None
         self._fire("ONTASKDELETE", int(task_id))
 
     # --- activities, comments, notifications ----------------------------------------------------
@@ -368,6 +373,17 @@ class PortalState:
                 self.notifications[:] = [n for n in self.notifications if n.get("TAG") != tag]
             self.notifications.append(dict(extra, ID=nid, USER_ID=user_id, MESSAGE=message, DATE=self.now_wire()))
             return nid
+
+    def tasks_bound_to(self, binding: str) -> list[int]:
+        """Ids of the tasks bound to a CRM binding such as D_12 (an index rebuilt after task writes)."""
+        index = self._task_index
+        if index is None or self._task_index_size != len(self.tasks.rows):
+            index = {}
+            for task_id, row in self.tasks.rows.items():
+                for bound in row.get("ufCrmTask") or []:
+                    index.setdefault(bound, []).append(task_id)
+            self._task_index, self._task_index_size = index, len(self.tasks.rows)
+        return index.get(binding, [])
 
     def deal_tasks(self, deal_id: int) -> list[dict[str, Any]]:
         """Tasks bound to a deal (UF_CRM_TASK contains D_<id>)."""

@@ -32,6 +32,7 @@ from crmbridge.connectors.bitrix24.transport import (
     validate_webhook_url,
 )
 from crmbridge.errors import (
+    AuthError,
     AuthExpired,
     CrmError,
     CrmRejected,
@@ -71,6 +72,11 @@ _FAST_MANAGED = frozenset({"order", "sort", "start", "filter", "select"})
 def should_retry(exc: BaseException) -> bool:
     """The one retry predicate: only CRM errors that say they are retryable (5xx, 503, 429, no answer)."""
     return isinstance(exc, CrmError) and exc.retryable
+
+
+def _needs_refresh(exc: CrmError) -> bool:
+    """An OAuth token the portal no longer takes: expired_token, or a 401 for a token it does not know."""
+    return isinstance(exc, AuthExpired) or (isinstance(exc, AuthError) and exc.status == 401)
 
 
 def refused_before_running(exc: BaseException) -> bool:
@@ -168,6 +174,11 @@ class Bitrix24Client:
     def account(self) -> str:
         """The portal's host (with its port where the URL has one): what identifies it in the cache."""
         return urlsplit(self._auth.url_for("scope")).netloc.lower()
+
+    @property
+    def auth(self) -> Auth:
+        """How requests are authorised (WebhookAuth, or the OAuth app's auth)."""
+        return self._auth
 
     # -- metrics and lifecycle ---------------------------------------------------------------------
     def operating_wait(self, method: str) -> float:
@@ -271,13 +282,15 @@ class Bitrix24Client:
             try:
                 return self._send(method, payload, budget)
             except CrmError as exc:
-                # AuthExpired is the only auth error worth repeating, and only once per call:
-                # concurrent refreshes invalidate each other (b24jssdk #182).
-                if isinstance(exc, AuthExpired) and not refreshed:
+                # A 401 (expired_token, or a token another process already rotated away) means
+                # "refresh and repeat once", whatever the local clock thinks of the token's expiry
+                # (D settings/oauth/auto-renewal.md). The portal refused the request before running
+                # it, so even a write is safe to repeat. Only once per call: concurrent refreshes
+                # invalidate each other (b24jssdk #182); the token store makes them single-flight.
+                if _needs_refresh(exc) and not refreshed and self._auth.refresh():
                     refreshed = True
-                    if self._auth.refresh():
-                        log.info("bitrix24 %s: credentials refreshed, repeating the call", what)
-                        return self._send(method, payload, budget)
+                    log.info("bitrix24 %s: credentials refreshed, repeating the call", what)
+                    return self._send(method, payload, budget)
                 raise
 
         retrying = tenacity.Retrying(
@@ -291,10 +304,14 @@ class Bitrix24Client:
         return retrying(attempt)
 
     # -- public API ----------------------------------------------------------------------------------
-    def call(self, method: str, params: Mapping[str, Any] | None = None) -> CallResult:
-        """Call one REST method with a JSON body; raises the classified CrmError on failure."""
+    def call(self, method: str, params: Mapping[str, Any] | None = None, *, idempotent: bool = True) -> CallResult:
+        """Call one REST method with a JSON body; raises the classified CrmError on failure.
+
+        `idempotent=False` for a call that must not run twice (e.g. reserving an offline batch): it is
+        repeated only when the portal refused it outright, as for a batch of writes.
+        """
         _check_method(method)
-        return self._execute(method, dict(params or {}), [method], method)
+        return self._execute(method, dict(params or {}), [method], method, idempotent=idempotent)
 
     def batch(
         self,
