@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     bitrix24_application_token: SecretStr | None = None
     #: a Bitrix24 local server application (OAuth): needed for offline events, and so that the bridge's own
     #: writes are not queued back to it. `crmbridge connect` authorizes it; its tokens live in the cache.
+    #: Also the application's CLIENT_ID that im.notify.system.add's TAG needs through a webhook (the `notify` channel)
     bitrix24_client_id: str | None = None
     bitrix24_client_secret: SecretStr | None = None
     #: the authorization server (the sandbox's own address in tests and the demo)
@@ -73,6 +74,9 @@ class Settings(BaseSettings):
 
     #: loop guard: reverts of one deal per day before the bridge stops reverting and escalates to the head
     enforce_max_reverts_per_day: int = Field(default=3, ge=0)
+    #: how messages reach people: chat (im.message.add to the person's private dialog, read back after a lost
+    #: answer: exactly once) or notify (im.notify.system.add: no read-back; see the README)
+    enforce_notify_channel: Literal["chat", "notify"] = "chat"
 
     #: minutes re-read before the incremental cursor, so edits committed late on the portal are not missed
     sync_overlap_minutes: int = Field(default=5, ge=0)

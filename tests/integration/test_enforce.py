@@ -6,11 +6,9 @@ import json
 import re
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -22,80 +20,27 @@ from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
 from crmbridge.connectors.bitrix24.transport import RawResponse, RequestsTransport
 from crmbridge.enforce.audit import AuditLog
 from crmbridge.enforce.execute import Executor
-from crmbridge.enforce.plan import Action, ActionKind, marker_of, same_value
-from crmbridge.enforce.run import EnforceReport, enforce
-from crmbridge.mapping.load import Mappings, load_mappings
-from crmbridge.model import Mode
-from crmbridge.sandbox import SandboxPortal
+from crmbridge.enforce.plan import Action, ActionKind, same_value
+from crmbridge.mapping.load import Mappings
 from crmbridge.sync import Syncer
+from tests.integration.enforce_kit import (
+    SETTLING,
+    WRITE_METHODS,
+    assert_each_lands_once,
+    done_rows,
+    fast_client,
+    run,
+    shipped,
+    synced,
+    writes,
+)
 
 pytestmark = pytest.mark.integration
-
-MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
-#: every kind of action: reverts (R1..R3), probability (R4), next contact (R5), reassign (R7), segment (R10)
-ALL_KINDS = {"R1": Mode.ENFORCE, "R2": Mode.ENFORCE, "R3": Mode.ENFORCE, "R4": Mode.ENFORCE, "R5": Mode.ENFORCE,
-             "R7": Mode.ENFORCE, "R10": Mode.ENFORCE}
-#: without R10: reverting a won deal changes which deal is its client's last purchase, so R10 may then
-#: (rightly) judge another deal of the client; every other correction settles in one run
-SETTLING = {rule: mode for rule, mode in ALL_KINDS.items() if rule != "R10"}
-WRITE_METHODS = ("tasks.task.add", "crm.deal.update", "crm.timeline.comment.add", "im.notify.system.add")
-
-
-def writes(portal: SandboxPortal) -> int:
-    calls = portal.stats.calls
-    return sum(calls.get(method, 0) for method in WRITE_METHODS)
 
 
 @pytest.fixture
 def mappings() -> Mappings:
-    return load_mappings(MAPPINGS)
-
-
-def fast_client(portal: SandboxPortal, **options: Any) -> Bitrix24Client:
-    return Bitrix24Client(portal.webhook_url, rate=1000, burst=1000, backoff_initial=0.01, backoff_max=0.05, **options)
-
-
-def synced(make_portal: Callable[..., SandboxPortal], cache: Cache, *, deals: int = 200, seed: int = 3,
-           **options: Any) -> tuple[SandboxPortal, Bitrix24Client]:
-    portal = make_portal(deals=deals, seed=seed, limits=False, **options)
-    client = fast_client(portal)
-    Syncer(Bitrix24Reader(client), cache).run(full=True)
-    return portal, client
-
-
-def run(client: Bitrix24Client, cache: Cache, mappings: Mappings, modes: Mapping[str, Mode] = ALL_KINDS,
-        **options: Any) -> EnforceReport:
-    return enforce(client, cache, mappings, modes=modes, sleep=lambda seconds: None, **options)
-
-
-def done_rows(cache: Cache) -> list[dict[str, Any]]:
-    return cache.query("SELECT * FROM actions WHERE status = 'done' ORDER BY id")
-
-
-def assert_each_lands_once(portal: SandboxPortal, cache: Cache) -> None:
-    """Every done action is in the portal exactly once (notifications: once per TAG, as Bitrix24 keeps them)."""
-    state = portal.state
-    task_markers = Counter(marker for task in state.tasks.rows.values()
-                           for marker in _markers(task.get("description")))
-    comment_markers = Counter(marker for comment in state.comments.rows.values()
-                              for marker in _markers(comment.get("COMMENT")))
-    tags = Counter(note.get("TAG") for note in state.notifications)
-    for row in done_rows(cache):
-        payload = json.loads(row["payload"])
-        if row["kind"] == ActionKind.CREATE_TASK.value:
-            assert task_markers[row["marker"]] == 1, row["idempotency_key"]
-        elif row["kind"] == ActionKind.COMMENT.value:
-            assert comment_markers[row["marker"]] == 1, row["idempotency_key"]
-        elif row["kind"] == ActionKind.NOTIFY.value:
-            assert tags[payload["TAG"]] == 1, row["idempotency_key"]
-    assert all(count == 1 for count in task_markers.values())
-    assert all(count == 1 for tag, count in tags.items() if tag)
-    assert all(count == 1 for count in comment_markers.values())
-
-
-def _markers(text: Any) -> list[str]:
-    """Every [crmbridge:<hash>] in a text."""
-    return re.findall(r"\[crmbridge:[0-9a-f]+\]", "" if text is None else str(text))
+    return shipped()
 
 
 def test_every_action_type_lands_in_the_portal_with_the_right_fields(make_portal, cache, mappings) -> None:
@@ -114,7 +59,7 @@ def test_every_action_type_lands_in_the_portal_with_the_right_fields(make_portal
     probabilities_set = 0
     for row in rows:
         payload, ids = json.loads(row["payload"]), json.loads(row["crm_ids"])
-        deal = state.deals.rows[row["deal_id"]]
+        deal = state.deals.rows.get(row["deal_id"], {})  # a digest about several deals names none (deal_id 0)
         if row["kind"] == "create_task":
             fields = payload["fields"]
             task = state.tasks.rows[int(ids[0])]
@@ -125,9 +70,10 @@ def test_every_action_type_lands_in_the_portal_with_the_right_fields(make_portal
             comment = state.comments.rows[int(ids[0])]
             assert comment["ENTITY_TYPE"] == "deal" and comment["ENTITY_ID"] == str(row["deal_id"])
             assert row["marker"] in comment["COMMENT"] and row["rule"].split(",")[0] in comment["COMMENT"]
-        elif row["kind"] == "notify":
-            note = next(note for note in state.notifications if note["ID"] == int(ids[0]))
-            assert note["USER_ID"] == payload["USER_ID"] and note["TAG"] == payload["TAG"]
+        elif row["kind"] == "message":
+            sent = next(message for message in state.messages if message["id"] == int(ids[0]))
+            assert row["marker"] in sent["text"] and payload["DIALOG_ID"] == str(row["recipient_id"])
+            assert f"{portal.webhook_url.split('/rest/')[0]}/crm/deal/details/" in sent["text"]
         elif row["kind"] == "revert_stage":
             target = payload["fields"]["STAGE_ID"]
             history = state.deal_history(row["deal_id"])
@@ -211,12 +157,11 @@ def test_a_run_killed_after_n_actions_resumes_without_duplicates(make_portal, ca
     pending = audit.pending()
     # the first batch (whole groups, at most 50) is recorded; the second landed, but its results were never recorded
     first_batch = cache.count("actions", "status = 'done'")
-    assert 40 < first_batch <= 50 and 0 < len(pending) <= 50
-    assert len(pending) == cache.count("actions") - first_batch
-    notifications = sum(row["kind"] == "notify" for row in pending)
+    assert 0 < first_batch <= 50 and 0 < len(pending) <= 50
+    assert len(pending) + first_batch + cache.count("actions", "status = 'queued'") == cache.count("actions")
     resumed = run(fast_client(portal), cache, mappings, SETTLING)
-    # tasks and comments found by their marker, deal updates read back; notifications cannot be looked up
-    assert (resumed.reconciled_found, resumed.reconciled_unknown) == (len(pending) - notifications, notifications)
+    # every write of the lost batch is found: tasks and comments by their marker, deal updates read back
+    assert (resumed.reconciled_found, resumed.reconciled_unknown) == (len(pending), 0)
     assert resumed.execution is not None and resumed.execution.failed == 0
     assert audit.pending() == []
     assert_each_lands_once(portal, cache)
@@ -255,8 +200,8 @@ def test_intents_whose_lookup_fails_are_left_for_a_later_run_and_not_sent_again(
     with pytest.raises(KeyboardInterrupt):
         run(dying, cache, mappings, SETTLING)
     audit = AuditLog(cache)
-    # the first batch landed, its results were never recorded; all but the notifications can be looked up
-    looked_up = {row["idempotency_key"] for row in audit.pending() if row["kind"] != ActionKind.NOTIFY.value}
+    # the first batch landed, its results were never recorded; every write of it can be looked up
+    looked_up = {row["idempotency_key"] for row in audit.pending()}
     assert looked_up
     transport = FailingLookups()
     blind = run(fast_client(portal, transport=transport), cache, mappings, SETTLING)
@@ -279,7 +224,9 @@ def test_with_20_percent_faults_every_action_lands_exactly_once(make_portal, cac
     report = run(client, cache, mappings, SETTLING)
     assert report.execution is not None and report.execution.failed == 0 and report.execution.unknown == 0
     assert sum(portal.stats.faults.values()) > 0
-    assert cache.count("actions", "status = 'done'") == len(report.to_write)
+    assert report.messages is not None and report.messages.failed == 0 and report.messages.unknown == 0
+    assert cache.count("actions", "status = 'done'") == len(report.to_write) + report.messages.done
+    assert cache.count("actions", "status NOT IN ('done')") == 0  # every notice went out in a digest
     assert_each_lands_once(portal, cache)
     portal.faults = 0.0
     again = run(client, cache, mappings, SETTLING)
@@ -347,16 +294,18 @@ def test_loop_guard_stops_reverting_and_escalates_to_the_head(make_portal, cache
     escalations = [a for a in mine if "|escalate:" in a.idempotency_key]
     assert escalations and {a.params["USER_ID"] for a in escalations} >= {1}
     assert portal.state.deals.rows[deal_id]["STAGE_ID"] == illegal  # the bridge let the head decide
-    assert any(note["TAG"] == escalations[0].params["TAG"] for note in portal.state.notifications)
-    assert marker_of(escalations[0].idempotency_key)[11:-1] in escalations[0].params["TAG"]
+    # an escalation needs a decision today: it reaches the head in a digest, even the head of sales (whose reports
+    # otherwise wait for the day's summary)
+    told = [m for m in portal.state.messages if f"/crm/deal/details/{deal_id}/" in m["text"] and "возвращали" in m["text"]]
+    assert told and all(not m["text"].startswith("[b]crmbridge: сводка") for m in told)
 
 
 def test_a_rejected_command_is_recorded_with_the_crms_error_and_retried_up_to_a_limit(make_portal, cache) -> None:
     portal, client = synced(make_portal, cache, deals=20)
     bad = Action("R11:1:x|task", ActionKind.CREATE_TASK, "R11", "1",
                  {"fields": {"TITLE": "Stale", "RESPONSIBLE_ID": 999, "UF_CRM_TASK": ["D_1"]}}, "task", "why")
-    good = Action("R11:1:x|notify", ActionKind.NOTIFY, "R11", "1", {"USER_ID": 3, "MESSAGE": "R11", "TAG": "t1"},
-                  "notify", "why")
+    good = Action("message:3:x", ActionKind.MESSAGE, "R11", "1", {"DIALOG_ID": "3", "MESSAGE": "R11 digest"},
+                  "digest", "why", recipient="3")
     executor = Executor(client, AuditLog(cache), sleep=lambda seconds: None, max_sends_total=2)
     first = executor.execute([bad, good])
     assert (first.done, first.failed, first.sent) == (1, 1, 2)
@@ -366,4 +315,4 @@ def test_a_rejected_command_is_recorded_with_the_crms_error_and_retried_up_to_a_
     assert (second.sent, second.already_done, second.failed) == (1, 1, 1)
     third = executor.execute([bad, good])
     assert (third.sent, third.given_up) == (0, 1)
-    assert len([note for note in portal.state.notifications if note["TAG"] == "t1"]) == 1
+    assert len([message for message in portal.state.messages if message["text"] == "R11 digest"]) == 1

@@ -47,14 +47,17 @@ def test_enforce_dry_run_then_enforce_then_log(tmp_path: Path, portal: SandboxPo
     assert portal.stats.calls.get("crm.deal.update", 0) == 0
 
     real = json.loads(cli(tmp_path, portal, "enforce", "--json", "--mode", "R1=enforce").stdout)
-    assert real["execution"]["done"] == plan["to_write"] and real["execution"]["failed"] == 0
+    execution = real["execution"]
+    assert execution["done"] + execution["queued"] == plan["to_write"] and execution["failed"] == 0
+    assert execution["queued"] == plan["by_kind"]["notify"]  # notices wait for their digest
+    assert real["messages"]["composed"] == plan["messages"]["composed"]
     assert [a["idempotency_key"] for a in real["actions"]] == [a["idempotency_key"] for a in plan["actions"]]
 
     deal = real["actions"][0]["deal"]
     log = cli(tmp_path, portal, "log", "--json", "--deal", deal, "--since", "1h")
     assert log.returncode == 0, log.stderr
     entries = json.loads(log.stdout)
-    assert entries and all(str(entry["deal"]) == deal and entry["status"] == "done" for entry in entries)
+    assert entries and all(str(entry["deal"]) == deal and entry["status"] in ("done", "queued") for entry in entries)
     assert {"when", "rule", "kind", "payload", "result", "crm_ids", "error"} <= set(entries[0])
 
     human = cli(tmp_path, portal, "log", "--rule", entries[0]["rule"].split(",")[0])

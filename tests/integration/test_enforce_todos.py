@@ -22,7 +22,7 @@ from crmbridge.mapping.load import Mappings, load_mappings
 from crmbridge.model import TODO, Mode
 from crmbridge.sandbox import SandboxPortal
 from crmbridge.sync import Syncer
-from tests.integration.test_enforce import MAPPINGS, fast_client, run, synced
+from tests.integration.enforce_kit import MAPPINGS, fast_client, run, synced
 
 pytestmark = pytest.mark.integration
 

@@ -42,8 +42,8 @@ def test_every_acknowledged_event_survives_kill_9_during_a_burst(live, tmp_path:
             daemon.start()
     portal.wait_events(120)
     delivered = portal.deliveries()
-    assert len(delivered) == total
-    acknowledged = Counter(("ONCRMDEALUPDATE", d.entity_id) for d in delivered if d.status == 200)
+    assert len(delivered) >= total  # the edits, and the events of the bridge's own corrections
+    acknowledged = Counter((d.event, d.entity_id) for d in delivered if d.status == 200)
     assert sum(acknowledged.values()) > total * 0.5  # most got through between the kills
     # every event that got a 200 is in the inbox (an event the kill cut off before its 200 may be there too)
     assert not acknowledged - stored(cache)

@@ -162,13 +162,50 @@ def test_undeliverable_events_are_dropped_not_retried(call: Callable[..., reques
         assert (p.stats.events_failed, p.stats.events_sent) == (1, 0)
 
 
-def test_a_notification_with_an_existing_tag_replaces_the_earlier_ones(fresh: SandboxPortal) -> None:
-    fresh.state.add_notification(2, "first", {"TAG": "crmbridge-x"})
-    fresh.state.add_notification(2, "second", {"TAG": "crmbridge-x"})
-    fresh.state.add_notification(3, "untagged", {})
-    tagged = [n for n in fresh.state.notifications if n.get("TAG") == "crmbridge-x"]
-    assert [n["MESSAGE"] for n in tagged] == ["second"]
-    assert any(n["MESSAGE"] == "untagged" for n in fresh.state.notifications)
+def test_a_tag_replaces_earlier_notifications_only_with_the_application_id_the_docs_require(
+        fresh: SandboxPortal, call: Callable[..., requests.Response]) -> None:
+    # D im-notify-system-add.md: TAG is unique within an application; through a webhook it comes with CLIENT_ID
+    for text in ("first", "second"):
+        call(fresh, "im.notify.system.add", {"USER_ID": 2, "MESSAGE": text, "TAG": "crmbridge-x"})
+    assert [n["MESSAGE"] for n in fresh.state.notifications if n.get("TAG") == "crmbridge-x"] == ["first", "second"]
+    for text in ("third", "fourth"):
+        call(fresh, "im.notify.system.add", {"USER_ID": 2, "MESSAGE": text, "TAG": "crmbridge-y", "CLIENT_ID": "app.1"})
+    call(fresh, "im.notify.system.add", {"USER_ID": 2, "MESSAGE": "other app", "TAG": "crmbridge-y", "CLIENT_ID": "app.2"})
+    tagged = [n["MESSAGE"] for n in fresh.state.notifications if n.get("TAG") == "crmbridge-y"]
+    assert tagged == ["fourth", "other app"]
+
+
+def test_chat_messages_are_read_back_newest_first_by_a_participant(
+        fresh: SandboxPortal, call: Callable[..., requests.Response]) -> None:
+    ids = [call(fresh, "im.message.add", {"DIALOG_ID": "3", "MESSAGE": f"digest {n}", "SYSTEM": "Y"}).json()["result"]
+           for n in range(5)]
+    assert all(isinstance(mid, int) for mid in ids)
+    page = call(fresh, "im.dialog.messages.get", {"DIALOG_ID": "3", "LIMIT": 2}).json()["result"]
+    assert [m["text"] for m in page["messages"]] == ["digest 4", "digest 3"] and page["messages"][0]["author_id"] == 1
+    older = call(fresh, "im.dialog.messages.get", {"DIALOG_ID": "3", "LAST_ID": page["messages"][-1]["id"]}).json()
+    assert [m["text"] for m in older["result"]["messages"]] == ["digest 2", "digest 1", "digest 0"]
+    assert call(fresh, "im.dialog.messages.get", {"DIALOG_ID": "4"}).json()["result"]["messages"] == []
+    assert call(fresh, "im.message.add", {"DIALOG_ID": "777", "MESSAGE": "x"}).json()["error"] == "USER_NOT_FOUND"
+    assert call(fresh, "im.message.add", {"DIALOG_ID": "3", "MESSAGE": " "}).json()["error"] == "MESSAGE_EMPTY"
+
+
+def test_a_notification_or_message_not_created_answers_false(call: Callable[..., requests.Response]) -> None:
+    with SandboxPortal(deals=5, limits=False, not_created=1.0) as p:
+        assert call(p, "im.notify.system.add", {"USER_ID": 2, "MESSAGE": "x"}).json()["result"] is False
+        assert call(p, "im.message.add", {"DIALOG_ID": "2", "MESSAGE": "x"}).json()["result"] is False
+        assert p.state.notifications == [] and p.state.messages == []
+        assert p.stats.faults == {"not_created": 2}
+
+
+def test_comments_to_dos_and_tasks_are_the_deals_last_timeline_activity(
+        fresh: SandboxPortal, call: Callable[..., requests.Response]) -> None:
+    deal = _open_deal(fresh, 0)
+    deal_id, modified = int(deal["ID"]), deal["DATE_MODIFY"]
+    fresh.advance(3600)
+    call(fresh, "crm.timeline.comment.add", {"fields": {"ENTITY_ID": deal_id, "ENTITY_TYPE": "deal", "COMMENT": "hi"}})
+    row = fresh.state.deals.rows[deal_id]
+    assert row["LAST_ACTIVITY_TIME"] == fresh.state.now_wire() and row["LAST_ACTIVITY_BY"] == "1"
+    assert row["DATE_MODIFY"] == modified  # the deal's own fields did not change
 
 
 def test_todos_added_through_the_api_are_listed_with_the_documented_shape_and_filters(

@@ -57,15 +57,16 @@ def test_audit_mode_plans_nothing() -> None:
 def test_warn_tells_the_manager_and_does_not_touch_the_deal() -> None:
     actions = planned([skipped_deal()], modes={"R1": Mode.WARN})
     assert kinds(actions) == [("R1", "notify")]
-    notify = actions[0]
-    assert notify.params["USER_ID"] == 3 and "R1" in notify.params["MESSAGE"]
-    assert SPEC.rules.R1.clause in notify.params["MESSAGE"] or not SPEC.rules.R1.clause
-    assert notify.params["TAG"].startswith("crmbridge|")
+    notice = actions[0]  # a notice: delivered later in the manager's digest (enforce/digest.py)
+    assert notice.params["USER_ID"] == 3 and "R1" in notice.params["TEXT"] and notice.params["DEAL"] == 1
+    assert notice.params["CLAUSE"] == notice.clause and notice.params["FORM"] == "digest"
+    assert notice.method == "digest"
 
 
 def test_enforce_reverts_a_skipped_stage_with_a_comment_naming_what_and_why() -> None:
     actions = planned([skipped_deal()], modes={"R1": Mode.ENFORCE, "R4": Mode.ENFORCE})
-    assert kinds(actions) == [("R1", "comment"), ("R1", "notify"), ("R1", "revert_stage")]
+    # back in one, whose task was completed: one open task for it comes with the revert
+    assert kinds(actions) == [("R1", "comment"), ("R1", "create_task"), ("R1", "notify"), ("R1", "revert_stage")]
     revert = next(a for a in actions if a.kind is ActionKind.REVERT_STAGE)
     # back to the stage the deal came from, with that stage's probability (R4 is enforce): no second round
     assert revert.params == {"id": 1, "fields": {"STAGE_ID": "CRM_one", "PROBABILITY": 10}}
@@ -96,7 +97,7 @@ def test_loop_guard_escalates_to_the_head_instead_of_reverting_again() -> None:
     assert not [a for a in actions if a.kind is ActionKind.REVERT_STAGE]
     escalations = [a for a in actions if "|escalate:" in a.idempotency_key]
     assert [a.params["USER_ID"] for a in escalations] == [1]  # head 1 covers every rule; head 2 only R9
-    assert "3" in escalations[0].params["MESSAGE"]
+    assert "3" in escalations[0].params["TEXT"]
     below = planned([skipped_deal()], modes={"R1": Mode.ENFORCE}, reverts_today={"1": 2}, max_reverts_per_day=3)
     assert [a for a in below if a.kind is ActionKind.REVERT_STAGE]
 
@@ -141,15 +142,85 @@ def test_r7_reassigns_round_robin_skipping_inactive_and_notifies_both() -> None:
     assert {a.params["USER_ID"] for a in first} >= {3, 2}
 
 
+def overdue_deal(due: str) -> Deal:
+    return deal("four", history=[entry("created", "one", "2026-09-01 10:00"), entry("moved", "two", "2026-09-02 10:00"),
+                                 entry("moved", "three", "2026-09-03 10:00"), entry("moved", "four", "2026-09-04 10:00")],
+                probability=90, fields={"due": at(due).date(), "doc": "https://x"})
+
+
 def test_flags_go_to_the_manager_as_a_task_and_to_the_head() -> None:
-    overdue = deal("four", history=[entry("created", "one", "2026-09-01 10:00"), entry("moved", "two", "2026-09-02 10:00"),
-                                    entry("moved", "three", "2026-09-03 10:00"), entry("moved", "four", "2026-09-04 10:00")],
-                   probability=90, fields={"due": at("2026-10-01 10:00").date(), "doc": "https://x"})
-    actions = planned([overdue], modes={"R9": Mode.WARN})
+    actions = planned([overdue_deal("2026-11-16 10:00")], modes={"R9": Mode.WARN})
     r9 = [a for a in actions if a.rule == "R9"]
     assert sorted(a.kind.value for a in r9) == ["create_task", "notify", "notify"]
     assert {a.params["USER_ID"] for a in r9 if a.kind is ActionKind.NOTIFY} == {1, 2}
     assert next(a for a in r9 if a.kind is ActionKind.CREATE_TASK).params["fields"]["RESPONSIBLE_ID"] == 3
+
+
+def test_breaches_older_than_their_rules_look_back_are_recorded_not_acted_on() -> None:
+    acting = {rule: Mode.OFF for rule in type(SPEC.rules).model_fields} | {"R9": Mode.WARN, "R4": Mode.WARN}
+    evaluator = Evaluator.of(SPEC, at(NOW), override_modes=acting)
+    old = overdue_deal("2026-10-01 10:00")  # overdue since October: the deadline passed 7 weeks ago
+    violations = evaluator.violations(old)
+    assert {v.rule for v in violations} == {"R9"}  # still a breach: recorded by audit, shown in its report
+    result = plan([(old, violations)], PlanContext(evaluator.regulation, BINDING, at(NOW)))
+    assert result.actions == [] and result.old_breaches == {"R9": 1}
+    # a rule about the deal's state now acts however old the deal is (R4: the probability is wrong today)
+    stale_state = _with_probability(old, 10)
+    later = plan([(stale_state, evaluator.violations(stale_state))], PlanContext(evaluator.regulation, BINDING, at(NOW)))
+    assert {a.rule for a in later.actions} == {"R4"} and later.old_breaches == {"R9": 1}
+
+
+def _with_probability(the_deal: Deal, probability: int) -> Deal:
+    from dataclasses import replace
+
+    return replace(the_deal, probability=probability)
+
+
+def test_tasks_and_notices_of_a_deactivated_manager_go_to_the_deals_team_head() -> None:
+    binding = BINDING.model_copy(update={"heads": [BINDING.heads[0], BINDING.heads[1].model_copy(
+        update={"directions": ["sales"], "rules": []})]})
+    acting = {rule: Mode.AUDIT for rule in type(SPEC.rules).model_fields} | {"R9": Mode.WARN, "R1": Mode.WARN}
+    evaluator = Evaluator.of(SPEC, at(NOW), override_modes=acting)
+    deals = [overdue_deal("2026-11-16 10:00"), skipped_deal()]  # both managed by 3, who was deactivated
+    result = plan([(d, evaluator.violations(d)) for d in deals],
+                  PlanContext(evaluator.regulation, binding, at(NOW), active_users=frozenset({"1", "2", "4", "5"})))
+    recipients = {a.recipient for a in result.actions}
+    assert "3" not in recipients and recipients == {"1", "2"}  # 2 heads the deal's direction; 1 heads sales
+    task = next(a for a in result.actions if a.kind is ActionKind.CREATE_TASK)
+    assert task.params["fields"]["RESPONSIBLE_ID"] == 2
+    assert result.rerouted == {"1": "2"} and any("deactivated" in note for note in result.notes)
+
+
+def test_a_deactivated_managers_deal_is_reassigned_when_the_regulation_says_so() -> None:
+    spec = SPEC.model_copy(update={"enforcement": SPEC.enforcement.model_copy(update={"inactive_manager": "reassign"})})
+    result = planned([skipped_deal()], modes={"R1": Mode.ENFORCE}, spec=spec, active_users=frozenset({"1", "2", "4"}))
+    handover = next(a for a in result if a.kind is ActionKind.REASSIGN)
+    assert handover.params["fields"] == {"ASSIGNED_BY_ID": 2} and handover.idempotency_key == "inactive:1:3|reassign"
+    assert {a.recipient for a in result if a.kind is ActionKind.NOTIFY} == {"2"}  # the new manager is told
+    assert "3" not in {a.recipient for a in result}
+
+
+def test_a_reverted_deal_gets_the_task_of_the_stage_it_is_back_in_not_of_the_one_it_left() -> None:
+    # one -> three skipping two; three's task is missing (past R3's grace), one's task was completed
+    history = [entry("created", "one", "2026-11-10 10:00"), entry("moved", "three", "2026-11-20 11:00")]
+    jumped = deal("three", history=history, probability=50,
+                  fields={"interest": "yes", "budget": 100, "meeting": at("2026-12-01 10:00").date()},
+                  tasks=[task("Do one", "2026-11-10 10:01", status="completed", closed="2026-11-19 10:00")])
+    actions = planned([jumped], modes={"R1": Mode.ENFORCE, "R3": Mode.ENFORCE})
+    revert = next(a for a in actions if a.kind is ActionKind.REVERT_STAGE)
+    tasks = [a for a in actions if a.kind is ActionKind.CREATE_TASK]
+    assert [a.params["fields"]["TITLE"] for a in tasks] == ["Do one"]  # back in one: one open task for it
+    assert tasks[0].group == revert.group == revert.idempotency_key  # completed with the revert after a crash
+    # one's task still open: the deal is back where it has an open task, nothing new
+    still_open = _with_tasks(jumped, [task("Do one", "2026-11-10 10:01")])
+    assert not [a for a in planned([still_open], modes={"R1": Mode.ENFORCE, "R3": Mode.ENFORCE})
+                if a.kind is ActionKind.CREATE_TASK]
+
+
+def _with_tasks(the_deal: Deal, tasks: list) -> Deal:
+    from dataclasses import replace
+
+    return replace(the_deal, tasks=tuple(tasks))
 
 
 def test_r10_enforce_writes_the_segment_option_of_the_crm() -> None:

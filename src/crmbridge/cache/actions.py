@@ -41,37 +41,53 @@ class ActionsRepository:
             rows += self.cache.query(f"SELECT * FROM actions WHERE group_key IN ({marks}) ORDER BY id", chunk)
         return rows
 
-    def record_intents(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        """One transaction: each row becomes (or again is) an intent with the exact payload about to be sent."""
+    def record_intents(self, rows: Iterable[Mapping[str, Any]], deliveries: Mapping[str, Sequence[str]] | None = None,
+                       ) -> None:
+        """One transaction: each row becomes (or again is) an `intent` with the exact payload about to be sent, or,
+        with `status: queued`, a notice waiting for its message. `deliveries`: message key -> the notices it carries
+        (linked to it in the same transaction, so a notice is in one message at a time)."""
         with self.cache.atomic():
             for row in rows:
+                values = {"status": "intent", **row}
+                sent = values["status"] == "intent"
                 self.cache.db.execute(
-                    """
+                    f"""
                     INSERT INTO actions (idempotency_key, marker, run_id, planned, updated, rule, deal_id, kind, method,
                                          payload, summary, reason, clause, violation_keys, recipient_id, group_key,
                                          status, attempts, sent)
                     VALUES (:idempotency_key, :marker, :run_id, :stamp, :stamp, :rule, :deal_id, :kind, :method,
                             :payload, :summary, :reason, :clause, :violation_keys, :recipient_id, :group_key,
-                            'intent', 1, :stamp)
+                            :status, {1 if sent else 0}, {':stamp' if sent else 'NULL'})
                     ON CONFLICT(idempotency_key) DO UPDATE SET
                         run_id = excluded.run_id, updated = excluded.updated, payload = excluded.payload,
-                        group_key = COALESCE(actions.group_key, excluded.group_key), status = 'intent',
-                        attempts = actions.attempts + 1, sent = excluded.sent
+                        group_key = COALESCE(actions.group_key, excluded.group_key), status = excluded.status,
+                        attempts = actions.attempts + {1 if sent else 0}, sent = excluded.sent, delivered_by = NULL
                     """,
-                    dict(row),
+                    values,
                 )
+            for message, notices in (deliveries or {}).items():
+                for chunk in _chunks(list(notices)):
+                    marks = ",".join("?" * len(chunk))
+                    self.cache.db.execute(f"UPDATE actions SET delivered_by = ? WHERE status = 'queued' "
+                                          f"AND idempotency_key IN ({marks})", [message, *chunk])
 
     def record_outcomes(self, done: Iterable[tuple[str, str, str]], failed: Iterable[tuple[str, str]],
                         stamp: str) -> None:
-        """One transaction: (key, result JSON, CRM ids JSON) become done, (key, error) failed."""
+        """One transaction: (key, result JSON, CRM ids JSON) become done, (key, error) failed; the notices a done
+        message carried are done with it, those of a failed one fail with its error."""
         with self.cache.atomic():
             for key, result, crm_ids in done:
                 self.cache.db.execute(
                     "UPDATE actions SET status = 'done', result = ?, crm_ids = ?, error = NULL, updated = ?, done = ? "
                     "WHERE idempotency_key = ?", [result, crm_ids, stamp, stamp, key])
+                self.cache.db.execute(
+                    "UPDATE actions SET status = 'done', result = json_object('message', ?), crm_ids = ?, updated = ?, "
+                    "done = ? WHERE delivered_by = ? AND status = 'queued'", [key, crm_ids, stamp, stamp, key])
             for key, error in failed:
                 self.cache.db.execute("UPDATE actions SET status = 'failed', error = ?, updated = ? WHERE idempotency_key = ?",
                                       [error, stamp, key])
+                self.cache.db.execute("UPDATE actions SET status = 'failed', error = ?, updated = ? "
+                                      "WHERE delivered_by = ? AND status = 'queued'", [f"message {key}: {error}", stamp, key])
 
     def note_error(self, keys: Iterable[str], error: str, stamp: str) -> None:
         with self.cache.atomic():
@@ -89,15 +105,42 @@ class ActionsRepository:
             rows += self.cache.query(f"SELECT * FROM actions WHERE status = 'intent' AND deal_id IN ({marks})", chunk)
         return sorted(rows, key=lambda row: row["id"])
 
+    def failed(self) -> list[dict[str, Any]]:
+        return self.cache.query("SELECT * FROM actions WHERE status = 'failed' ORDER BY id")
+
     def cancel(self, keys: Iterable[str], reason: str, stamp: str) -> int:
-        """Intents that will not be sent: `cancelled` with the reason (an error already noted is kept)."""
+        """Intents (or queued notices) that will not be sent: `cancelled` with the reason (an error already noted is
+        kept); the notices a cancelled message carried wait for another message."""
         count = 0
         with self.cache.atomic():
             for key in keys:
                 count += self.cache.db.execute(
                     "UPDATE actions SET status = 'cancelled', updated = ?, error = COALESCE(error, ?) "
-                    "WHERE idempotency_key = ? AND status = 'intent'", [stamp, reason, key]).rowcount
+                    "WHERE idempotency_key = ? AND status IN ('intent', 'queued')", [stamp, reason, key]).rowcount
+                self.cache.db.execute("UPDATE actions SET delivered_by = NULL, updated = ? "
+                                      "WHERE delivered_by = ? AND status = 'queued'", [stamp, key])
         return count
+
+    def queued(self) -> list[dict[str, Any]]:
+        """Notices no message carries yet, oldest first."""
+        return self.cache.query("SELECT * FROM actions WHERE status = 'queued' AND delivered_by IS NULL ORDER BY id")
+
+    def messages_since(self, since: str) -> list[dict[str, Any]]:
+        """Messages sent (or in flight) since a moment: idempotency_key, recipient_id (daily caps, daily summary)."""
+        return self.cache.query("SELECT idempotency_key, recipient_id FROM actions WHERE kind = 'message' "
+                                "AND status IN ('done', 'intent') AND COALESCE(sent, planned) >= ?", [since])
+
+    def done_by_kind_since(self, since: str | None) -> dict[str, int]:
+        """Writes done since a moment (all, without one), by kind; notices count as the messages that carried them."""
+        rows = self.cache.query("SELECT kind, COUNT(*) AS count FROM actions WHERE status = 'done' AND done >= ? "
+                                "AND kind != 'notify' GROUP BY kind", [since or ""])
+        return {row["kind"]: int(row["count"]) for row in rows}
+
+    def last_done(self, key_prefix: str) -> str | None:
+        """When the newest done action whose key starts with `key_prefix` was done (None: never)."""
+        rows = self.cache.query("SELECT MAX(done) AS done FROM actions WHERE status = 'done' "
+                                "AND substr(idempotency_key, 1, ?) = ?", [len(key_prefix), key_prefix])
+        return rows[0]["done"] if rows else None
 
     def done_since(self, kind: str, since: str) -> list[dict[str, Any]]:
         """deal_id and count of done actions of a kind since a moment (the loop guard's counter)."""

@@ -352,7 +352,13 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX offline_batches_open ON offline_batches(status) WHERE status <> 'cleared';
     """,
-    # 11: plans and KPIs (issue 10): departments, currency rates, calls / meetings / e-mails, the bound smart
+    # 11: digests (issue 7): a notice (kind notify) waits as `queued` until a message (kind message) carries it.
+    """
+    ALTER TABLE actions ADD COLUMN delivered_by TEXT;  -- notice: idempotency_key of the message carrying it (NULL: none yet)
+    CREATE INDEX actions_delivered_by ON actions(delivered_by) WHERE delivered_by IS NOT NULL;
+    CREATE INDEX actions_queued ON actions(status) WHERE status = 'queued';
+    """,
+    # 12: plans and KPIs (issue 10): departments, currency rates, calls / meetings / e-mails, the bound smart
     # process's plan items, resolved plans with their source, and KPI snapshots kept as history.
     """
     CREATE TABLE departments (

@@ -61,9 +61,26 @@ class Cache:
 
     @contextmanager
     def atomic(self) -> Iterator[Cache]:
-        """One transaction: a chunk of rows and the cursor that covers them commit together."""
-        with self.db.atomic():
+        """One transaction: a chunk of rows and the cursor that covers them commit together.
+
+        It takes the write lock at once (BEGIN IMMEDIATE): several connections write this file (the daemon's
+        inbox, worker and jobs), and in WAL mode a transaction that read first and writes later fails at once
+        with "database is locked" when another connection committed in between (the busy timeout does not
+        apply to that upgrade). Nested calls are savepoints."""
+        conn = self.db.conn
+        if conn.in_transaction:
+            with self.db.atomic():
+                yield self
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
             yield self
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
 
     def close(self) -> None:
         self.db.close()

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from crmbridge.cache.store import Cache
 from crmbridge.commands import common
-from crmbridge.enforce.audit import AuditLog, parse_since
+from crmbridge.enforce.audit import STATUSES, AuditLog, parse_since
 from crmbridge.enforce.plan import Action
 from crmbridge.enforce.run import EnforceReport, enforce
 from crmbridge.errors import ConfigError
@@ -22,7 +22,7 @@ from crmbridge.model import Mode
 KIND_LABELS = {
     "create_task": "tasks created", "create_todo": "to-dos created", "revert_stage": "stages reverted",
     "set_field": "fields corrected", "reassign": "leads reassigned", "comment": "timeline comments",
-    "notify": "notifications",
+    "notify": "notices (into digests)", "message": "messages",
 }
 
 
@@ -72,6 +72,18 @@ def print_report(report: EnforceReport, *, limit: int) -> None:
             console.print(plan_table(report.to_write, limit=limit, title="Actions"))
     for note in report.plan.notes[:10]:
         console.print(f"[yellow]note[/yellow]: {note}")
+    if len(report.plan.notes) > 10:
+        console.print(f"[yellow]note[/yellow]: … and {len(report.plan.notes) - 10} more (--json lists them all)")
+    if report.plan.rerouted:
+        console.print(f"Deactivated managers: {len(report.plan.rerouted)} deals' tasks and notices go to their heads "
+                      "or new managers (see the notes)")
+    if report.plan.old_breaches:
+        old = ", ".join(f"{rule} {count}" for rule, count in sorted(report.plan.old_breaches.items(),
+                                                                   key=lambda item: int(item[0][1:])))
+        console.print(f"Older than their rule's look-back window, recorded and not pushed to people: {old}")
+    held = ", ".join(f"{count} ({why.replace('_', ' ')})" for why, count in report.held.items())
+    verb = "would go" if report.dry_run else "went"
+    console.print(f"Messages: {report.composed} {verb} out" + (f"; notices held: {held}" if held else ""))
     if report.dry_run:
         console.print("[bold]--dry-run[/bold]: nothing was written to the CRM or the audit log")
         return
@@ -133,6 +145,7 @@ def register(app: typer.Typer) -> None:
         try:
             report = enforce(client, cache, mappings, dry_run=dry_run, deal_ids=[deal] if deal is not None else None,
                              sync=sync, modes=overrides, break_lock=break_lock,
+                             channel=settings.enforce_notify_channel, client_id=settings.bitrix24_client_id,
                              max_reverts_per_day=settings.enforce_max_reverts_per_day
                              if max_reverts_per_day is None else max_reverts_per_day)
         finally:
@@ -149,7 +162,7 @@ def register(app: typer.Typer) -> None:
         deal: int = typer.Option(None, "--deal", help="Only this deal."),
         since: str = typer.Option(None, "--since", help="From a date / date-time, or a span back: 90m, 2h, 1d, 2w."),
         rule: str = typer.Option(None, "--rule", help="Only this rule, e.g. R3."),
-        status: str = typer.Option(None, "--status", help="intent, done, failed or cancelled."),
+        status: str = typer.Option(None, "--status", help="intent, queued, done, failed or cancelled."),
         limit: int = typer.Option(100, "--limit", min=1, help="Rows shown (newest first)."),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     ) -> None:
@@ -160,8 +173,8 @@ def register(app: typer.Typer) -> None:
             moment = parse_since(since, now) if since else None
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        if status is not None and status not in ("intent", "done", "failed", "cancelled"):
-            raise ConfigError(f"--status {status!r}: use intent, done, failed or cancelled")
+        if status is not None and status not in STATUSES:
+            raise ConfigError(f"--status {status!r}: use {', '.join(STATUSES)}")
         cache: Cache = common.cache_from(settings)
         try:
             entries = AuditLog(cache).entries(deal=deal, since=moment, rule=rule.upper() if rule else None,
@@ -177,7 +190,7 @@ def register(app: typer.Typer) -> None:
         table = Table(title=f"Audit log ({len(entries)} newest)", title_justify="left")
         for column in ("when (UTC)", "rule", "deal", "action", "status", "CRM ids / error"):
             table.add_column(column, overflow="fold")
-        colours = {"done": "green", "failed": "red", "intent": "yellow", "cancelled": "dim"}
+        colours = {"done": "green", "failed": "red", "intent": "yellow", "queued": "cyan", "cancelled": "dim"}
         for entry in entries:
             outcome = ", ".join(entry.crm_ids) if entry.status == "done" else (entry.error or "")
             table.add_row(entry.when[:19].replace("T", " "), entry.rule, str(entry.deal),

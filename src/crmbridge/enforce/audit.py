@@ -13,11 +13,12 @@ from crmbridge.cache.store import Cache
 from crmbridge.enforce.plan import Action, ActionKind
 
 INTENT = "intent"  # recorded before the write: if found by a later run, the outcome is unknown until reconciled
+QUEUED = "queued"  # a notice waiting for the message (digest) that will carry it
 DONE = "done"
 FAILED = "failed"
 CANCELLED = "cancelled"  # never sent, or looked up and not found, and no longer needed (the violation is gone)
 GIVEN_UP = "given_up"  # not a status: a failed action sent `max_sends_total` times is not sent again
-STATUSES = (INTENT, DONE, FAILED, CANCELLED)
+STATUSES = (INTENT, QUEUED, DONE, FAILED, CANCELLED)
 
 
 def utc_now() -> datetime:
@@ -70,11 +71,12 @@ class AuditLog:
     @staticmethod
     def settled(row: Mapping[str, Any] | None, max_sends_total: int) -> str | None:
         """Why an action needs no (further) send, from its row (None: never recorded): DONE, written already;
-        GIVEN_UP, failed after `max_sends_total` sends. None: it is (still) to be sent."""
+        QUEUED, a notice waiting for its message; GIVEN_UP, failed after `max_sends_total` sends. None: it is
+        (still) to be sent."""
         if row is None:
             return None
-        if row["status"] == DONE:
-            return DONE
+        if row["status"] in (DONE, QUEUED):
+            return row["status"]
         if row["status"] == FAILED and row["attempts"] >= max_sends_total:
             return GIVEN_UP
         return None
@@ -83,13 +85,16 @@ class AuditLog:
         """Before the write: the action exists as an intent, with the exact payload about to be sent."""
         stamp = _stamp(now)
         self.rows.record_intents(
-            {"idempotency_key": action.idempotency_key, "marker": action.marker, "run_id": run_id, "stamp": stamp,
-             "rule": action.rule, "deal_id": int(action.deal), "kind": action.kind.value, "method": action.method,
-             "payload": _json(dict(params)), "summary": action.summary, "reason": action.reason,
-             "clause": action.clause, "violation_keys": _json(list(action.violation_keys)),
-             "recipient_id": int(action.recipient) if action.recipient and action.recipient.isdigit() else None,
-             "group_key": action.group}
-            for action, params in actions)
+            ({"idempotency_key": action.idempotency_key, "marker": action.marker, "run_id": run_id, "stamp": stamp,
+              "rule": action.rule, "deal_id": int(action.deal), "kind": action.kind.value, "method": action.method,
+              "payload": _json(dict(params)), "summary": action.summary, "reason": action.reason,
+              "clause": action.clause, "violation_keys": _json(list(action.violation_keys)),
+              "recipient_id": int(action.recipient) if action.recipient and action.recipient.isdigit() else None,
+              "group_key": action.group or action.idempotency_key,
+              # a notice waits for its message; one a CRM's dialect made a write of its own (amoCRM) is an intent
+              "status": QUEUED if action.kind is ActionKind.NOTIFY and not action.crm_method else INTENT}
+             for action, params in actions),
+            {action.idempotency_key: action.items for action, _ in actions if action.items})
 
     def record_outcomes(self, done: Iterable[tuple[str, Any, list[str]]], failed: Iterable[tuple[str, str]],
                         now: datetime, *, found: bool = False) -> None:
@@ -108,6 +113,44 @@ class AuditLog:
     def cancel(self, keys: Iterable[str], now: datetime,
                reason: str = "no longer needed: the violation was gone before the outcome was known") -> int:
         return self.rows.cancel(keys, reason, _stamp(now))
+
+    # ------------------------------------------------------------ groups and messages
+
+    def owed(self, exclude: Iterable[str] = ()) -> list[dict[str, Any]]:
+        """Rows to complete whatever the plan now says: members of a group some of which landed (a revert landed, its
+        comment did not) that are intents looked up and not found, or failed and not given up. Messages and notices
+        have their own way (digests); `exclude`: keys not to send (their lookup failed: they may have landed)."""
+        skip = set(exclude)
+        pending = [row for row in self.rows.intents() + self.rows.failed()
+                   if row["kind"] not in (ActionKind.NOTIFY.value, ActionKind.MESSAGE.value)
+                   and row["idempotency_key"] not in skip and row["group_key"]]
+        groups = sorted({row["group_key"] for row in pending})
+        landed = {row["group_key"] for row in self.rows.by_groups(groups) if row["status"] == DONE}
+        return [row for row in pending if row["group_key"] in landed]
+
+    def queued(self) -> list[dict[str, Any]]:
+        """Notices no message carries yet, oldest first."""
+        return self.rows.queued()
+
+    def groups_landed(self, groups: Iterable[str]) -> set[str]:
+        """The groups with at least one member done."""
+        return {row["group_key"] for row in self.rows.by_groups(sorted(set(groups))) if row["status"] == DONE}
+
+    def messages_today(self, now: datetime, zone: tzinfo) -> tuple[dict[str, int], frozenset[str]]:
+        """Messages each person got today (done or in flight), and the heads whose daily summary exists."""
+        midnight = datetime.combine(now.astimezone(zone).date(), time(), zone)
+        counts: dict[str, int] = {}
+        summaries: set[str] = set()
+        for row in self.rows.messages_since(_stamp(midnight)):
+            user = str(row["recipient_id"])
+            counts[user] = counts.get(user, 0) + 1
+            if row["idempotency_key"].startswith("summary:"):
+                summaries.add(user)
+        return counts, frozenset(summaries)
+
+    def done_since_summary(self, user: str) -> dict[str, int]:
+        """crmbridge's writes by kind since `user`'s last summary (all of them before the first one)."""
+        return self.rows.done_by_kind_since(self.rows.last_done(f"summary:{user}:"))
 
     # ------------------------------------------------------------ loop guard and round robin
 
@@ -173,5 +216,5 @@ def parse_since(text: str, now: datetime) -> datetime:
     return moment
 
 
-__all__ = ["AuditLog", "CANCELLED", "DONE", "FAILED", "GIVEN_UP", "INTENT", "LogEntry", "STATUSES", "parse_since",
+__all__ = ["AuditLog", "CANCELLED", "DONE", "FAILED", "GIVEN_UP", "INTENT", "LogEntry", "QUEUED", "STATUSES", "parse_since",
            "utc_now"]

@@ -7,8 +7,15 @@ or comment by the marker crmbridge put into its text, a deal update by reading t
 not found is sent again. A run killed between intent and result leaves intents that the next run
 reconciles the same way before writing. An action whose lookup fails (the CRM did not answer it) stays an
 intent and is not sent by this run: it may have landed, and a later run's reconciliation looks again.
-Notifications cannot be looked up; they carry the marker as their TAG, and Bitrix24 keeps one notification
-per TAG, so sending one again replaces it.
+Messages to people go through the `chat` channel (im.message.add to the person's private dialog) and are read
+back the same way (im.dialog.messages.get, by the marker at their end). The `notify` channel
+(im.notify.system.add) has no read-back: a lost answer is sent again, which through a webhook deduplicates only
+with CLIENT_ID (the docs: TAG is unique within an application) — see the README for what each channel guarantees.
+An answer without an id (`false`: "not created") is never recorded as done: the action is sent again.
+Notices (kind notify) are not sent at all: they are recorded `queued` with their group's intents, and a message
+(enforce/digest.py) carries them later; a message done makes its notices done in the same transaction. (On amoCRM,
+which has no notification API, the dialect turns a notice into a task for its recipient: it is written like any
+other action.)
 A command the portal refused for a limit (rate, operating time) did not run and goes into a later batch;
 one it rejected is recorded as failed with the CRM's error, and retried by later runs up to a limit.
 """
@@ -22,12 +29,12 @@ import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
 from crmbridge.cache.lock import WriterLock
 from crmbridge.connectors.bitrix24.client import MAX_BATCH, Bitrix24Client
-from crmbridge.enforce.audit import DONE, GIVEN_UP, INTENT, AuditLog, utc_now
+from crmbridge.enforce.audit import DONE, GIVEN_UP, INTENT, QUEUED, AuditLog, utc_now
 from crmbridge.enforce.plan import DEAL_OWNER_TYPE, METHODS, UPDATING, Action, ActionKind, same_value
 from crmbridge.errors import CrmError, OperatingTimeExceeded, RateLimited
 
@@ -37,6 +44,13 @@ log = logging.getLogger("crmbridge.enforce")
 MAX_SENDS_PER_RUN = 6
 #: sends of one action over all runs before a failed action is given up (it stays in the log as failed)
 MAX_SENDS_TOTAL = 12
+#: kinds that create something and answer its id: an answer without one (`false`) means nothing was created
+_CREATING = frozenset({ActionKind.CREATE_TASK, ActionKind.CREATE_TODO, ActionKind.COMMENT, ActionKind.MESSAGE})
+#: how far back (pages of 50) a lost chat message is looked for, and the clock difference allowed for
+MESSAGE_PAGES = 10
+MESSAGE_CLOCK_SKEW = timedelta(minutes=5)
+#: a lookup that could not read far enough
+_UNKNOWN = object()
 
 
 @dataclass
@@ -51,6 +65,7 @@ class ExecutionSummary:
     failed: int = 0
     found_after_lost_answer: int = 0  # landed although the answer was lost (found by marker / read-back)
     unknown: int = 0  # outcome still unknown at the end (left as intents for the next run)
+    queued: int = 0  # notices recorded for a message (digest) to carry
     batches: int = 0
     http_requests: int = 0
     done_by_kind: dict[str, int] = field(default_factory=dict)
@@ -73,6 +88,7 @@ class _Pending:
     action: Action
     params: Mapping[str, Any]
     sends: int = 0
+    sent_at: str | None = None  # when it was last sent (UTC ISO): a message lookup reads back to there
 
 
 #: what a CRM's writer sees of each action: the action and the exact payload recorded as its intent
@@ -116,7 +132,7 @@ class Executor:
     def __init__(self, client: Any, audit: AuditLog, *, run_id: str | None = None,
                  lock: WriterLock | None = None, now: Callable[[], datetime] = utc_now,
                  sleep: Callable[[float], None] = time.sleep, max_sends_per_run: int = MAX_SENDS_PER_RUN,
-                 max_sends_total: int = MAX_SENDS_TOTAL) -> None:
+                 max_sends_total: int = MAX_SENDS_TOTAL, checkpoint: Callable[[str], None] | None = None) -> None:
         self.writer: ActionWriter = writer_for(client)
         self.client = self.writer.client
         self.audit = audit
@@ -128,6 +144,9 @@ class Executor:
         self.max_sends_total = max_sends_total
         #: intents `reconcile` could not look up: this run does not send them (they may have landed)
         self.unresolved: frozenset[str] = frozenset()
+        #: called at each step of a batch ("intents" committed, "answer" received, "outcomes" committed; prefixed
+        #: "message_" for a batch of messages): the seam the crash tests kill the process at (a no-op otherwise)
+        self.checkpoint = checkpoint or (lambda step: None)
 
     # ------------------------------------------------------------ reconciliation of earlier runs
 
@@ -135,7 +154,7 @@ class Executor:
         """Look in the CRM for intents an earlier run left (killed, or answers lost). Those found are recorded as
         done; those whose lookup failed stay intents, and `execute` leaves them alone in this run (`unresolved`)."""
         rows = self.audit.pending(deal_ids)
-        pending = [_Pending(_action_of(row), json.loads(row["payload"])) for row in rows]
+        pending = [_Pending(action_of_row(row), json.loads(row["payload"]), sent_at=row["sent"]) for row in rows]
         found = 0
         unknown: set[str] = set()
         for start in range(0, len(pending), MAX_BATCH):
@@ -163,6 +182,9 @@ class Executor:
                 continue
             if settled == GIVEN_UP:
                 summary.given_up += 1
+                continue
+            if settled == QUEUED:
+                summary.queued += 1  # a notice recorded earlier, waiting for its message
                 continue
             if action.idempotency_key in self.unresolved:
                 # reconcile could not look it up: it may have landed, so it is not sent again blindly
@@ -193,18 +215,42 @@ class Executor:
         return summary
 
     def _round(self, chunk: list[_Pending], summary: ExecutionSummary, done_by_kind: dict[str, int]) -> list[_Pending]:
-        """One round: intents, the write, the outcomes. Returns what must be sent again."""
-        self.audit.record_intents([(item.action, item.params) for item in chunk], self.run_id, self.now())
+        """One round: intents (and the notices of the same groups, queued), the write, the outcomes. Returns what must
+        be sent again."""
+        stamp = self.now()
+        step = "message_" if chunk[0].action.kind is ActionKind.MESSAGE else ""  # deal writes or messages
+        self.audit.record_intents([(item.action, item.params) for item in chunk], self.run_id, stamp)
+        self.checkpoint(step + "intents")
+        notices = [item for item in chunk if _queued(item.action)]
+        summary.queued += len(notices)
+        chunk = [item for item in chunk if not _queued(item.action)]
+        if not chunk:
+            return []
         for item in chunk:
             item.sends += 1
+            item.sent_at = stamp.astimezone(UTC).isoformat()
         summary.sent += len(chunk)
         summary.batches += 1
         by_key = {item.action.idempotency_key: item for item in chunk}
         # a non-retryable error (auth, scope, a rejected request) stops the run; the intents are reconciled next time
         outcome = self.writer.write(chunk)
+        self.checkpoint(step + "answer")
         for key, note in outcome.notes.items():
             self.audit.note_error([key], note, self.now())
-        done = [(key, result, ids) for key, (result, ids) in outcome.done.items()]
+        done: list[tuple[str, Any, list[str]]] = []
+        failed = list(outcome.failed.items())
+        for key, (result, ids) in outcome.done.items():
+            item = by_key[key]
+            if item.action.kind in _CREATING and not ids:
+                # im.notify.system.add documents `false`: not created. Never done; sent again, then failed
+                text = f"the CRM answered {json.dumps(result, default=str)}: not created"
+                if item.sends < self.max_sends_per_run:
+                    self.audit.note_error([key], text, self.now())
+                    outcome.again.add(key)
+                else:
+                    failed.append((key, text))
+                continue
+            done.append((key, result, ids))
         if outcome.lost:
             # no answer: the writes may have landed; only what the CRM does not have goes out again
             hits, unknown = self.writer.look_up([by_key[key] for key in sorted(outcome.lost)])
@@ -218,11 +264,11 @@ class Executor:
             outcome.again |= outcome.lost - set(hits) - unknown
         for key, _, _ in done:
             done_by_kind[by_key[key].action.kind.value] += 1
-        failed = list(outcome.failed.items())
         for key, text in failed:
             action = by_key[key].action
             summary.errors.append(f"{action.rule} deal {action.deal} {action.kind.value}: {text}")
         self.audit.record_outcomes(done, failed, self.now())
+        self.checkpoint(step + "outcomes")
         summary.done += len(done)
         summary.failed += len(failed)
         return [item for item in chunk if item.action.idempotency_key in outcome.again]
@@ -274,15 +320,16 @@ class Bitrix24Writer:
 
     def look_up(self, chunk: Sequence[_Pending]) -> tuple[dict[str, tuple[Any, list[str]]], set[str]]:
         """Which of these actions are in the CRM already: {key: (what was found, ids)}, and the keys whose lookup
-        failed (outcome still unknown). One lookup per deal and method, all in one `batch_calls`."""
+        failed (outcome still unknown). One lookup per deal (per recipient for messages) and method, all in one
+        `batch_calls`; a message not on the newest page of its dialog is looked for further back."""
         calls: dict[tuple[str, str], dict[str, Any]] = {}
         for item in chunk:
-            call = _lookup_call(item.action)
+            call = lookup_call(item.action)
             if call is not None:
-                calls.setdefault((call[0], item.action.deal), call[1])
+                calls.setdefault((call[0], call[2]), call[1])
         keys = sorted(calls)
         try:
-            answers = self.client.batch_calls([(method, calls[method, deal]) for method, deal in keys]) if keys else []
+            answers = self.client.batch_calls([(method, calls[method, scope]) for method, scope in keys]) if keys else []
         except CrmError as exc:
             if not exc.retryable:
                 raise
@@ -293,12 +340,19 @@ class Bitrix24Writer:
         unknown: set[str] = set()
         for item in chunk:
             action = item.action
-            call = _lookup_call(action)
+            call = lookup_call(action)
             if call is None:
-                continue  # NOTIFY: there is nothing to look up; sent again, its TAG replaces the first one
-            answer = answered[call[0], action.deal]
+                continue  # a notification through im.notify.system.add: nothing to read it back by (README)
+            answer = answered[call[0], call[2]]
             if isinstance(answer, CrmError):
                 unknown.add(action.idempotency_key)
+                continue
+            if action.kind is ActionKind.MESSAGE:
+                row = self._find_message(call[1], answer, action.marker, item.sent_at)
+                if row is _UNKNOWN:
+                    unknown.add(action.idempotency_key)
+                elif row is not None:
+                    hits[action.idempotency_key] = ({"message_id": str(row.get("id"))}, [str(row.get("id"))])
                 continue
             lookup = _MARKER_LOOKUPS.get(action.kind)
             if lookup is not None:
@@ -312,6 +366,33 @@ class Bitrix24Writer:
                 if wanted and all(same_value(record.get(name), value) for name, value in wanted.items()):
                     hits[action.idempotency_key] = ({"deal_fields": wanted}, [])
         return hits, unknown
+
+    def _find_message(self, params: Mapping[str, Any], answer: Any, marker: str, sent_at: str | None) -> Any:
+        """The chat message carrying `marker` (a row), None when the dialog provably has none since it was sent, or
+        _UNKNOWN when it could not be read back that far. Pages go back (LAST_ID) until messages older than the send."""
+        since = datetime.fromisoformat(sent_at) - MESSAGE_CLOCK_SKEW if sent_at else None
+        page = answer
+        for _ in range(MESSAGE_PAGES):
+            rows = ((page or {}).get("messages") or []) if isinstance(page, Mapping) else []
+            for row in rows:
+                if marker in str(row.get("text") or ""):
+                    return row
+            if len(rows) < int(params.get("LIMIT", 20)):
+                return None  # the whole dialog was read
+            oldest = rows[-1]
+            try:
+                older_than_send = since is not None and datetime.fromisoformat(str(oldest.get("date"))) < since
+            except ValueError:
+                older_than_send = False
+            if older_than_send:
+                return None  # everything since the send was read
+            try:
+                page = self.client.call("im.dialog.messages.get", {**params, "LAST_ID": oldest.get("id")}).result
+            except CrmError as exc:
+                if not exc.retryable:
+                    raise
+                return _UNKNOWN
+        return _UNKNOWN
 
 
 def writer_for(client: Any) -> ActionWriter:
@@ -391,17 +472,27 @@ _MARKER_LOOKUPS: Mapping[ActionKind, _MarkerLookup] = {
 }
 
 
-def _lookup_call(action: Action) -> tuple[str, dict[str, Any]] | None:
-    """The read that tells whether an action landed: its marker lookup, the deal read back, or none (NOTIFY)."""
+def lookup_call(action: Action) -> tuple[str, dict[str, Any], str] | None:
+    """The Bitrix24 read that tells whether an action landed, and what it is per (one read per deal, or per recipient
+    for messages): its marker lookup, the deal read back, the chat read back; None for im.notify.system.add."""
     lookup = _MARKER_LOOKUPS.get(action.kind)
     if lookup is not None:
-        return lookup.method, lookup.params(action.deal)
+        return lookup.method, lookup.params(action.deal), action.deal
     if action.kind in UPDATING:
-        return "crm.deal.get", {"id": int(action.deal)}
+        return "crm.deal.get", {"id": int(action.deal)}, action.deal
+    if action.kind is ActionKind.MESSAGE and "DIALOG_ID" in action.params:
+        dialog = str(action.params["DIALOG_ID"])
+        return "im.dialog.messages.get", {"DIALOG_ID": dialog, "LIMIT": 50}, f"dialog:{dialog}"
     return None
 
 
-def _action_of(row: Mapping[str, Any]) -> Action:
+def _queued(action: Action) -> bool:
+    """A notice waiting for its message (digest): recorded, not written itself (unless a CRM's dialect made it a
+    write of its own: amoCRM turns it into a task)."""
+    return action.kind is ActionKind.NOTIFY and not action.crm_method
+
+
+def action_of_row(row: Mapping[str, Any]) -> Action:
     """An Action rebuilt from its audit row (for reconciling an earlier run's intents)."""
     return Action(row["idempotency_key"], ActionKind(row["kind"]), row["rule"], str(row["deal_id"]),
                   json.loads(row["payload"]), row["summary"] or "", row["reason"] or "", row["clause"] or "",
@@ -421,8 +512,8 @@ def _outcome(kind: ActionKind, result: Any) -> tuple[Any, list[str]]:
         # crm.activity.todo.add answers {"id": N}
         todo_id = result.get("id") if isinstance(result, Mapping) else None
         return {"todo_id": str(todo_id) if todo_id is not None else None}, [str(todo_id)] if todo_id is not None else []
-    if kind in (ActionKind.COMMENT, ActionKind.NOTIFY):
-        return result, [str(result)] if result not in (None, False, "") else []
+    if kind in (ActionKind.COMMENT, ActionKind.MESSAGE):
+        return result, [str(result)] if result not in (None, False, "", 0) else []
     return result, []
 
 
@@ -435,4 +526,4 @@ def _describe(error: CrmError | None) -> str:
 
 
 __all__ = ["ActionWriter", "Bitrix24Writer", "Executor", "ExecutionSummary", "MAX_SENDS_PER_RUN", "MAX_SENDS_TOTAL",
-           "Pending", "Reconciliation", "WriteOutcome", "writer_for"]
+           "Pending", "Reconciliation", "WriteOutcome", "action_of_row", "lookup_call", "writer_for"]

@@ -19,7 +19,8 @@ from crmbridge.mapping.schema import BindingSpec, StageTaskSpec, TaskSpec
 from crmbridge.model import LOST, TODO, WON, Deal, Mode, StageEntry, Violation
 from crmbridge.regulation.clients import add_months
 from crmbridge.regulation.compiled import CompiledDirection, CompiledRegulation
-from crmbridge.regulation.stages import current_run, previous_regulated
+from crmbridge.regulation.evaluate import beyond_look_back
+from crmbridge.regulation.stages import current_run, previous_regulated, task_in_place
 
 #: rules whose clause reports to management: their violations also notify the head (R7 reassignments,
 #: R8 slow payments, R9 overdue receivables, R11 stale deals); the binding's `heads` say who and for what
@@ -46,7 +47,8 @@ class ActionKind(str, enum.Enum):
     SET_FIELD = "set_field"  # crm.deal.update of a regulated field (probability, next contact, segment)
     REASSIGN = "reassign"  # crm.deal.update ASSIGNED_BY_ID (R7 round robin)
     COMMENT = "comment"  # crm.timeline.comment.add on the deal
-    NOTIFY = "notify"  # im.notify.system.add to a manager or head
+    NOTIFY = "notify"  # a notice for one person about one breach: queued, then delivered in a MESSAGE (digest)
+    MESSAGE = "message"  # one message to one person carrying notices: a digest, a single notice, a summary
 
 
 #: kinds that set deal fields: sending them again is harmless, a lost answer is reconciled by reading the deal
@@ -59,7 +61,8 @@ METHODS: Mapping[ActionKind, str] = {
     ActionKind.SET_FIELD: "crm.deal.update",
     ActionKind.REASSIGN: "crm.deal.update",
     ActionKind.COMMENT: "crm.timeline.comment.add",
-    ActionKind.NOTIFY: "im.notify.system.add",
+    ActionKind.NOTIFY: "digest",  # not a REST call: a notice waits in the outbox for the message that carries it
+    ActionKind.MESSAGE: "im.message.add",  # or im.notify.system.add (the `notify` channel): the action's params say
 }
 
 #: the few phrases crmbridge adds to the regulation's own messages, in the regulation's language
@@ -73,6 +76,7 @@ WORDING: Mapping[str, Mapping[str, str]] = {
         "field_set": "{rule}: crmbridge записал «{label}» = {value}.",
         "clause": "Регламент: {clause}",
         "deal": "Сделка",
+        "inactive_reassigned": "Ответственный {old} деактивирован: сделка передана {new}.",
     },
     "en": {
         "reverted": "crmbridge moved the deal back to «{to}» (from «{from_}»).",
@@ -83,6 +87,7 @@ WORDING: Mapping[str, Mapping[str, str]] = {
         "field_set": "{rule}: crmbridge set «{label}» to {value}.",
         "clause": "Regulation: {clause}",
         "deal": "Deal",
+        "inactive_reassigned": "Manager {old} is deactivated: the deal went to {new}.",
     },
 }
 
@@ -109,7 +114,10 @@ class Action:
     #: actions that belong together and are completed together after a crash, whatever the next plan says: a revert
     #: with its comment and notices, or the actions of one violation (empty: the action is its own group)
     group: str = ""
-    #: the CRM request when it is not the Bitrix24 method of the kind (amoCRM: "POST /api/v4/tasks", ...)
+    #: MESSAGE: the notices it delivers (their keys)
+    items: tuple[str, ...] = ()
+    #: the CRM request when it is not the Bitrix24 method of the kind (amoCRM: "POST /api/v4/tasks"; a message through
+    #: the `notify` channel: im.notify.system.add)
     crm_method: str = ""
 
     @property
@@ -142,6 +150,7 @@ class PlanContext:
     #: deal id -> {key of a stage entry the bridge reverted: the CRM stage it moved the deal back to}
     reverted_entries: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     user_names: Mapping[str, str] = field(default_factory=dict)
+    portal_url: str = ""  # https://<portal> : links to deal cards in messages
 
 
 @dataclass
@@ -151,6 +160,10 @@ class Plan:
     actions: list[Action] = field(default_factory=list)
     rotation: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what the planner could not do, and why
+    #: breaches older than their rule's look-back window: recorded in `violations`, not acted on (by rule)
+    old_breaches: dict[str, int] = field(default_factory=dict)
+    #: deals whose manager is deactivated: deal id -> who gets their tasks and notices instead (or the new manager)
+    rerouted: dict[str, str] = field(default_factory=dict)
 
 
 def plan(deals: Iterable[tuple[Deal, Sequence[Violation]]], context: PlanContext) -> Plan:
@@ -180,14 +193,26 @@ class _DealPlanner:
         if direction is None:
             return
         actions: list[Action] = []
+        self.direction = direction
+        self.title = deal.title
         self.did = ""
         self.made_by_bridge = self._entry_made_by_bridge(deal)
+        acting = []
+        for violation in violations:
+            if beyond_look_back(violation, direction, self.now):
+                # a deadline that passed long ago: recorded (violations, audit), nobody is told or tasked
+                self.result.old_breaches[violation.rule] = self.result.old_breaches.get(violation.rule, 0) + 1
+            else:
+                acting.append(violation)
+        if not acting:
+            return
+        self.manager = self._route(deal, acting, actions)
         run = current_run(deal)
         current = run[-1].key if run else None
-        reverting = [v for v in violations if v.severity is Mode.ENFORCE and self._reverts(v, current)]
+        reverting = [v for v in acting if v.severity is Mode.ENFORCE and self._reverts(v, current)]
         reverted = self._revert(deal, direction, reverting, actions) if reverting else frozenset()
-        revert_group = actions[0].idempotency_key if reverted else ""
-        for violation in violations:
+        revert_group = next((a.idempotency_key for a in actions if a.kind is ActionKind.REVERT_STAGE), "")
+        for violation in acting:
             if violation.severity not in (Mode.WARN, Mode.ENFORCE):
                 continue
             handler = getattr(self, f"_{violation.rule.lower()}", None)
@@ -197,9 +222,46 @@ class _DealPlanner:
         for action in actions:
             if action.idempotency_key not in seen:
                 seen.add(action.idempotency_key)
-                fixes_revert = reverted and reverted.intersection(action.violation_keys)
-                group = revert_group if fixes_revert else (action.violation_keys or (action.idempotency_key,))[0]
-                self.result.actions.append(replace(action, group=group))
+                if not action.group:
+                    fixes_revert = reverted and reverted.intersection(action.violation_keys)
+                    group = revert_group if fixes_revert else (action.violation_keys or (action.idempotency_key,))[0]
+                    action = replace(action, group=group)
+                self.result.actions.append(action)
+
+    def _route(self, deal: Deal, violations: Sequence[Violation], actions: list[Action]) -> str | None:
+        """Who gets the deal's tasks and notices: its manager; for a deactivated manager, as the regulation says, an
+        active member of the team the deal is handed to (`reassign`, rules in enforce) or the deal's team head."""
+        manager = deal.manager
+        active = self.ctx.active_users
+        if manager is None or active is None or manager in active:
+            return manager
+        policy = self.ctx.regulation.spec.enforcement.inactive_manager
+        if policy == "reassign" and any(v.severity is Mode.ENFORCE for v in violations):
+            new = self._next_in_team(deal)
+            if new is not None:
+                key = f"inactive:{deal.id}:{manager}|reassign"
+                rules = ",".join(sorted({v.rule for v in violations}, key=lambda rule: int(rule[1:])))
+                text = self.words["inactive_reassigned"].format(old=self._who(manager), new=self._who(new))
+                actions.append(replace(Action(
+                    key, ActionKind.REASSIGN, rules, deal.id, {"id": _as_id(deal.id), "fields": {"ASSIGNED_BY_ID": _as_id(new)}},
+                    f"reassign {self._who(manager)} (deactivated) → {self._who(new)}", text, "",
+                    tuple(v.key for v in violations)), group=key))
+                self.result.rerouted[deal.id] = new
+                self.result.notes.append(f"deal {deal.id}: manager {self._who(manager)} is deactivated; "
+                                         f"reassigned to {self._who(new)}")
+                return new
+        head = self._team_head(deal)
+        self.result.rerouted[deal.id] = head or ""
+        self.result.notes.append(f"deal {deal.id}: manager {self._who(manager)} is deactivated; its tasks and notices "
+                                 + (f"go to the head {self._who(head)}" if head else "have no active recipient"))
+        return head
+
+    def _team_head(self, deal: Deal) -> str | None:
+        """The deal's team head: an active head bound to the deal's direction, else an active head of sales."""
+        active = self.ctx.active_users
+        heads = [head for head in self.ctx.binding.heads if active is None or head.user in active]
+        team = next((head.user for head in heads if head.directions and deal.direction in head.directions), None)
+        return team or next((head.user for head in heads if not head.directions), None)
 
     @staticmethod
     def _reverts(violation: Violation, current: str | None) -> bool:
@@ -241,17 +303,19 @@ class _DealPlanner:
 
     def _notify(self, actions: list[Action], violation: Violation, user: str | None, message: str,
                 suffix: str = "notify") -> None:
-        """`suffix` names the recipient's role (manager, head:<id>, ...), never a user the bridge itself may change."""
+        """A notice for `user`, delivered later in a message (digest); `suffix` names the recipient's role (manager,
+        head:<id>, ...), never a user the bridge itself may change."""
         if not user:
             return
         key = f"{self._anchor(violation)}|{suffix}"
-        link = f"[url=/crm/deal/details/{violation.deal}/]{self.words['deal']} {violation.deal}[/url]"
-        text = self._text(message, self._clause(violation), link)[:MESSAGE_LIMIT]
-        actions.append(Action(
-            key, ActionKind.NOTIFY, violation.rule, violation.deal,
-            {"USER_ID": _as_id(user), "MESSAGE": text, "TAG": "crmbridge|" + marker_of(key)[11:-1],
-             "SUB_TAG": f"crmbridge|{violation.rule}|{violation.deal}"},
-            f"notify user {self._who(user)}", violation.message, violation.clause, (violation.key,), user))
+        first_rule = violation.rule.split(",")[0]
+        spec = getattr(self.direction.rules, first_rule, None)
+        form = getattr(spec, "notify", None) or self.ctx.regulation.spec.notifications.form
+        notice = {"USER_ID": _as_id(user), "TEXT": message[:MESSAGE_LIMIT], "DEAL": _as_id(violation.deal),
+                  "TITLE": self.title[:TITLE_LIMIT], "RULE": first_rule, "CLAUSE": violation.clause,
+                  "REMEDY": getattr(spec, "remedy", "") or "", "FORM": form}
+        actions.append(Action(key, ActionKind.NOTIFY, violation.rule, violation.deal, notice,
+                              f"notice to {self._who(user)}", violation.message, violation.clause, (violation.key,), user))
 
     def _body(self, violation: Violation, description: str, key: str) -> str:
         """The text of a created task or to-do: what to do, why, the clause, and the marker reconciliation looks for."""
@@ -259,13 +323,13 @@ class _DealPlanner:
                           self._clause(violation), marker_of(key))
 
     def _create(self, actions: list[Action], kind: ActionKind, violation: Violation, deal: Deal, user: str | None,
-                title: str, description: str, deadline: datetime, suffix: str) -> None:
+                title: str, description: str, deadline: datetime, suffix: str, key: str | None = None) -> None:
         """A task bound to the deal (tasks.task.add) or a CRM to-do on it (crm.activity.todo.add), for `user`, due at
         `deadline`; its description carries the marker a lost answer is found again by."""
         if not user:
             self.result.notes.append(f"{violation.rule} deal {deal.id}: no responsible user for «{title}»")
             return
-        key = f"{self._anchor(violation)}|{suffix}"
+        key = key or f"{self._anchor(violation)}|{suffix}"
         body = self._body(violation, description, key)
         due = deadline.astimezone(self.zone)
         stamp = due.isoformat(timespec="seconds")
@@ -283,7 +347,7 @@ class _DealPlanner:
 
     def _flag_task(self, actions: list[Action], violation: Violation, deal: Deal, suffix: str = "task") -> None:
         """A task that flags the deal to its manager: the message is the title, due in a day."""
-        user = deal.manager or self._first_head(deal, violation.rule)
+        user = self.manager or self._first_head(deal, violation.rule)
         self._create(actions, ActionKind.CREATE_TASK, violation, deal, user, violation.message, violation.message,
                      self.now + FLAG_TASK_DEADLINE, suffix)
 
@@ -295,9 +359,12 @@ class _DealPlanner:
     def _heads(self, deal: Deal, rules: Iterable[str]) -> list[str]:
         wanted = set(rules)
         heads: list[str] = []
+        active = self.ctx.active_users
         for head in self.ctx.binding.heads:
             if head.directions and deal.direction not in head.directions:
                 continue
+            if active is not None and head.user not in active:
+                continue  # a deactivated head receives nothing
             if head.rules and not wanted & set(head.rules):
                 continue
             if head.user not in heads:
@@ -374,8 +441,23 @@ class _DealPlanner:
         actions.append(Action(comment_key, ActionKind.COMMENT, rules, deal.id,
                               {"fields": {"ENTITY_ID": _as_id(deal.id), "ENTITY_TYPE": "deal", "COMMENT": comment}},
                               "timeline comment: why the stage was reverted", reasons, clauses, keys))
+        self._task_of_stage_back_in(deal, direction, previous, violations[0], key, actions)
         self.did = did  # each reverted violation's own notification says it
         return frozenset(keys)
+
+    def _task_of_stage_back_in(self, deal: Deal, direction: CompiledDirection, previous: StageEntry,
+                               violation: Violation, revert_key: str, actions: list[Action]) -> None:
+        """After a revert the deal has exactly one open task for the stage it is back in: the one still open from
+        its earlier visit, or a new one set with the revert (same group: completed with it after a crash). R3 then
+        finds it for the new entry, so no later run sets another."""
+        spec = getattr(direction.stages.get(previous.stage or ""), "task", None)
+        if spec is None or self._has_stage_task(deal, spec, previous.stage, self.now):
+            return
+        user = self.manager if spec.responsible == "manager" else self._first_head(deal, "R3")
+        kind = ActionKind.CREATE_TODO if spec.kind == TODO else ActionKind.CREATE_TASK
+        self._create(actions, kind, violation, deal, user or self.manager, spec.title,
+                     spec.description or spec.title, self.now + spec.deadline, "stage_todo" if spec.kind == TODO
+                     else "stage_task", key=f"{revert_key}|stage_task")
 
     def _escalate(self, deal: Deal, entry: StageEntry, violations: list[Violation], rules: str,
                   actions: list[Action]) -> None:
@@ -386,7 +468,7 @@ class _DealPlanner:
         reasons = "\n".join(v.message for v in violations)
         escalation = Violation(rules, deal.id, first.severity, first.clause, message, first.since, first.direction,
                                first.stage, entry)
-        heads = self._heads(deal, [v.rule for v in violations]) or ([deal.manager] if deal.manager else [])
+        heads = self._heads(deal, [v.rule for v in violations]) or ([self.manager] if self.manager else [])
         for head in heads:
             self._notify(actions, escalation, head, self._text(message, reasons), suffix=f"escalate:{head}")
         self.result.notes.append(f"{rules} deal {deal.id}: {count} reverts today, escalated instead of reverting")
@@ -396,7 +478,7 @@ class _DealPlanner:
     def _r1(self, deal: Deal, direction: CompiledDirection, violation: Violation, actions: list[Action],
             reverted: frozenset[str]) -> None:
         """R1 skipped stage: the manager is told; enforce also reverted the move (see _revert)."""
-        self._notify(actions, violation, deal.manager,
+        self._notify(actions, violation, self.manager,
                      self._text(violation.message, self.did if violation.key in reverted else ""))
 
     def _r2(self, deal: Deal, direction: CompiledDirection, violation: Violation, actions: list[Action],
@@ -406,9 +488,9 @@ class _DealPlanner:
         Not on a stage the bridge itself moved the deal back to: its revert already told the manager why.
         """
         if violation.key in reverted:
-            self._notify(actions, violation, deal.manager, self._text(violation.message, self.did))
+            self._notify(actions, violation, self.manager, self._text(violation.message, self.did))
         elif not self.made_by_bridge:
-            self._notify(actions, violation, deal.manager, violation.message)
+            self._notify(actions, violation, self.manager, violation.message)
 
     def _r3(self, deal: Deal, direction: CompiledDirection, violation: Violation, actions: list[Action],
             reverted: frozenset[str]) -> None:
@@ -416,32 +498,31 @@ class _DealPlanner:
         for item in violation.missing:
             if item.startswith("task:"):
                 spec = getattr(direction.stages.get(deal.stage or ""), "task", None)
-                if spec is None or violation.entry is None or self._has_stage_task(deal, spec):
-                    continue
-                user = deal.manager if spec.responsible == "manager" else self._first_head(deal, "R3")
+                if spec is None or violation.entry is None or reverted or self._has_stage_task(deal, spec):
+                    continue  # (a deal being moved back out of this stage does not get its task: see _revert)
+                user = self.manager if spec.responsible == "manager" else self._first_head(deal, "R3")
                 # the regulation says which kind the stage task is; a to-do gets its own key suffix, so
                 # switching a stage from task to to-do creates the to-do instead of finding the task "done"
                 todo = spec.kind == TODO
                 self._create(actions, ActionKind.CREATE_TODO if todo else ActionKind.CREATE_TASK, violation, deal,
-                             user or deal.manager, spec.title, spec.description or violation.message,
+                             user or self.manager, spec.title, spec.description or violation.message,
                              self._deadline(violation.entry.entered, spec.deadline),
                              suffix="stage_todo" if todo else "stage_task")
             elif item.startswith("task_not_completed:"):
-                self._notify(actions, violation, deal.manager,
+                self._notify(actions, violation, self.manager,
                              self._text(violation.message, self.did if violation.key in reverted else ""))
 
-    def _has_stage_task(self, deal: Deal, spec: StageTaskSpec) -> bool:
-        """The stage's task (or to-do, by its kind) was already set since the deal first came to this stage in its
-        current run. A deal the bridge moved back re-enters a stage whose task exists: it must not get a second one.
-        """
-        wanted = " ".join(spec.title.split()).casefold()
+    def _has_stage_task(self, deal: Deal, spec: StageTaskSpec, stage: str | None = None,
+                        entered: datetime | None = None) -> bool:
+        """The stage's task (or to-do, by its kind) covers the deal's visit to the stage (R3's own judgement:
+        regulation.stages.task_in_place): set since it entered, or still open from an earlier visit in this run."""
         run = current_run(deal)
-        first = next((entry.entered for entry in run if entry.stage == deal.stage), None)
-        if first is None:
-            return False
-        earliest = first - timedelta(minutes=5)
-        return any(task.kind == spec.kind and task.title_key == wanted
-                   and (task.created is None or task.created >= earliest) for task in deal.tasks)
+        if entered is None:
+            if not run:
+                return False
+            entered = run[-1].entered
+        return task_in_place(deal, run, stage or deal.stage or "", entered, spec.title, self.direction.rules.R3.match,
+                             spec.kind) is not None
 
     def _r4(self, deal: Deal, direction: CompiledDirection, violation: Violation, actions: list[Action],
             reverted: frozenset[str]) -> None:
@@ -454,10 +535,10 @@ class _DealPlanner:
             self._update(actions, f"{violation.key}|probability", ActionKind.SET_FIELD, "R4", deal,
                          {"PROBABILITY": expected}, f"probability {violation.details.get('actual')} → {expected}",
                          violation.message, violation.clause, (violation.key,))
-            self._notify(actions, violation, deal.manager,
+            self._notify(actions, violation, self.manager,
                          self._text(violation.message, self.words["probability"].format(value=expected, stage=stage)))
         else:
-            self._notify(actions, violation, deal.manager, violation.message)
+            self._notify(actions, violation, self.manager, violation.message)
 
     def _r5(self, deal: Deal, direction: CompiledDirection, violation: Violation, actions: list[Action],
             reverted: frozenset[str]) -> None:
@@ -477,17 +558,17 @@ class _DealPlanner:
                              {crm_field: day.isoformat()}, f"{label} → {day.isoformat()}", violation.message,
                              violation.clause, (violation.key,))
                 self._follow_up(actions, violation, deal, day, spec.follow_up_task)
-                self._notify(actions, violation, deal.manager, self._text(
+                self._notify(actions, violation, self.manager, self._text(
                     violation.message, self.words["field_set"].format(rule="R5", label=label, value=day.isoformat())))
                 return
         if next_contact is not None and follow_up_missing:
             self._follow_up(actions, violation, deal, date.fromisoformat(str(next_contact)[:10]), spec.follow_up_task)
             return
-        self._notify(actions, violation, deal.manager, violation.message)
+        self._notify(actions, violation, self.manager, violation.message)
 
     def _follow_up(self, actions: list[Action], violation: Violation, deal: Deal, day: date, spec: TaskSpec) -> None:
         moment = datetime.combine(day, time(10, 0), self.zone)
-        self._create(actions, ActionKind.CREATE_TASK, violation, deal, deal.manager, spec.title,
+        self._create(actions, ActionKind.CREATE_TASK, violation, deal, self.manager, spec.title,
                      spec.description or violation.message, moment if moment > self.now else self.now + spec.deadline,
                      suffix="follow_up")
 
@@ -505,7 +586,8 @@ class _DealPlanner:
         first_stages = set(spec.stages or [direction.first_stage])
         # unanswered: it never left the first stage(s); one the bridge moved back there was worked already
         unanswered = all(entry.stage in first_stages for entry in current_run(deal))
-        if (violation.severity is Mode.ENFORCE and spec.reassign and waiting and unanswered
+        handed_over = any(action.kind is ActionKind.REASSIGN for action in actions)  # its manager was deactivated
+        if (violation.severity is Mode.ENFORCE and spec.reassign and waiting and unanswered and not handed_over
                 and violation.details.get("reassign", True)):
             new = self._next_in_team(deal)
             if new is not None:
@@ -514,13 +596,13 @@ class _DealPlanner:
                 self._update(actions, f"{violation.key}|reassign", ActionKind.REASSIGN, "R7", deal,
                              {"ASSIGNED_BY_ID": _as_id(new)}, f"reassign {self._who(deal.manager)} → {self._who(new)}",
                              violation.message, violation.clause, (violation.key,))
-                self._notify(actions, violation, deal.manager, self._text(violation.message, message), "notify_old")
+                self._notify(actions, violation, self.manager, self._text(violation.message, message), "notify_old")
                 self._notify(actions, violation, new, self._text(violation.message, message), "notify_new")
                 for head in self._heads(deal, ["R7"]):
                     self._notify(actions, violation, head, self._text(violation.message, message), f"head:{head}")
                 return
             self.result.notes.append(f"R7 deal {deal.id}: no other active member in the manager's team")
-        self._notify(actions, violation, deal.manager, violation.message)
+        self._notify(actions, violation, self.manager, violation.message)
         if waiting:
             self._notify_heads(actions, deal, violation, violation.message)
 
@@ -565,7 +647,7 @@ class _DealPlanner:
                              {crm_field: option}, f"{label} → {expected}", violation.message, violation.clause,
                              (violation.key,))
             else:
-                self._notify(actions, violation, deal.manager, violation.message)
+                self._notify(actions, violation, self.manager, violation.message)
         if "touch" in violation.missing:
             self._flag_task(actions, violation, deal, suffix="touch")
 

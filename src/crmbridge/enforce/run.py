@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,8 +16,16 @@ from crmbridge.cache.store import Cache
 from crmbridge.connectors.bitrix24.client import Bitrix24Client
 from crmbridge.connectors.registry import CrmClient, syncer_for
 from crmbridge.enforce.audit import AuditLog, utc_now
-from crmbridge.enforce.execute import MAX_SENDS_TOTAL, ExecutionSummary, Executor, Reconciliation
-from crmbridge.enforce.plan import DEFAULT_MAX_REVERTS_PER_DAY, Action, Plan, PlanContext, plan
+from crmbridge.enforce.digest import Composition, Delivery, Notice, SummaryFacts, compose
+from crmbridge.enforce.execute import (
+    MAX_SENDS_TOTAL,
+    ExecutionSummary,
+    Executor,
+    Reconciliation,
+    action_of_row,
+    lookup_call,
+)
+from crmbridge.enforce.plan import DEFAULT_MAX_REVERTS_PER_DAY, Action, ActionKind, Plan, PlanContext, plan
 from crmbridge.mapping.binding import DealMapper
 from crmbridge.mapping.cached import load_deals, record_violations, with_client_peers
 from crmbridge.mapping.load import Mappings
@@ -64,6 +73,10 @@ class EnforceReport:
     reconciled_unknown: int = 0  # intents of an earlier run not found there: (re)sent by this run
     reconciled_unresolved: int = 0  # intents whose lookup failed: left for a later run, not sent by this one
     cancelled: int = 0
+    owed: int = 0  # actions of groups partly landed in an earlier run, completed by this one whatever the plan says
+    messages: ExecutionSummary | None = None  # the messages (digests, summaries) this run sent
+    composed: int = 0  # messages composed from queued notices (or, dry run, that would be)
+    held: dict[str, int] = field(default_factory=dict)  # notices left queued, by why (working_hours, daily_cap, ...)
     sync_requests: int = 0
 
     def as_dict(self) -> dict[str, Any]:
@@ -77,6 +90,10 @@ class EnforceReport:
             "actions": [action.as_dict() for action in self.to_write],
             "notes": self.plan.notes,
             "execution": self.execution.as_dict() if self.execution else None,
+            "owed": self.owed,
+            "messages": {"composed": self.composed, "held": self.held,
+                         "execution": self.messages.as_dict() if self.messages else None},
+            "old_breaches": self.plan.old_breaches, "rerouted": self.plan.rerouted,
             "reconciled": {"found": self.reconciled_found, "unknown": self.reconciled_unknown,
                            "unresolved": self.reconciled_unresolved, "cancelled": self.cancelled},
             "sync_requests": self.sync_requests,
@@ -113,7 +130,7 @@ def evaluate(cache: Cache, mappings: Mappings, now: datetime, *, deal_ids: Seque
 
 
 def plan_context(cache: Cache, mappings: Mappings, evaluator_regulation: Any, now: datetime, audit: AuditLog,
-                 *, max_reverts_per_day: int) -> PlanContext:
+                 *, max_reverts_per_day: int, portal_url: str = "") -> PlanContext:
     """The plain facts planning needs, read from the cache and the audit log."""
     users = cache.query("SELECT id, name, last_name, active FROM users")
     active = frozenset(str(row["id"]) for row in users if row["active"]) if users else None
@@ -121,7 +138,68 @@ def plan_context(cache: Cache, mappings: Mappings, evaluator_regulation: Any, no
     return PlanContext(evaluator_regulation, mappings.binding, now, active_users=active,
                        reverts_today=audit.reverts_today(now, evaluator_regulation.calendar.zone),
                        max_reverts_per_day=max_reverts_per_day, rotation=audit.rotation(),
-                       reverted_entries=audit.reverted_entries(), user_names=names)
+                       reverted_entries=audit.reverted_entries(), user_names=names, portal_url=portal_url)
+
+
+def delivery_of(audit: AuditLog, context: PlanContext, evaluation: Evaluation, *, channel: str,
+                client_id: str | None, digests: bool = True) -> Delivery:
+    """What composing messages needs: who heads sales, what each person got today, the summary's facts."""
+    heads = frozenset(head.user for head in context.binding.heads if not head.directions)
+    sent_today, summaries = audit.messages_today(context.now, context.regulation.calendar.zone)
+    managers: Counter[str] = Counter()
+    for deal in evaluation.deals:
+        found = evaluation.violations.get(deal.id)
+        if found and deal.manager:
+            managers[deal.manager] += len(found)
+    facts = SummaryFacts(evaluation.compliance.by_rule, dict(managers),
+                         {head: audit.done_since_summary(head) for head in heads})
+    return Delivery(context.regulation, context.now, heads, sent_today, summaries, facts, context.portal_url, channel,
+                    client_id, context.user_names, digests)
+
+
+def lost_messages(audit: AuditLog, now: datetime, unresolved: Iterable[str] = ()) -> list[Action]:
+    """Messages earlier runs left as intents (reconcile found them neither done nor unknowable): one looked up and not
+    found is cancelled, so its notices go into this run's messages; one that cannot be looked up (the `notify`
+    channel) is returned, to go out again exactly as recorded."""
+    skip = set(unresolved)
+    lost = [action_of_row(row) for row in audit.pending() if row["kind"] == ActionKind.MESSAGE.value
+            and row["idempotency_key"] not in skip]
+    audit.cancel([action.idempotency_key for action in lost if lookup_call(action) is not None], now,
+                 "looked up and not found in the dialog: its notices go into the next message")
+    return [action for action in lost if lookup_call(action) is None]
+
+
+def deliver(executor: Executor | None, audit: AuditLog, delivery: Delivery, *, wanted: Iterable[str],
+            evaluated: Iterable[str] | None, again: Sequence[Action] = (), new: Sequence[Action] = ()) -> tuple[
+                Composition, ExecutionSummary | None]:
+    """Compose the queued notices into messages and send them with `again` (see lost_messages); `executor` None:
+    only compose, for a dry run, with the plan's `new` notices added.
+
+    Queued notices about breaches gone before they were told are cancelled first, unless their group partly
+    landed (a revert's notice is told even after the deal was fixed); `evaluated`: the deals this run judged
+    (None: all)."""
+    rows = audit.queued()
+    scope = None if evaluated is None else set(evaluated)
+    wanted_keys = set(wanted)
+    landed = audit.groups_landed(row["group_key"] for row in rows)
+    gone = [row["idempotency_key"] for row in rows
+            if row["idempotency_key"] not in wanted_keys and row["group_key"] not in landed
+            and (scope is None or str(row["deal_id"]) in scope)]
+    if executor is not None and gone:
+        audit.cancel(gone, delivery.now, "no longer needed: the breach was gone before a message told it")
+    notices = [Notice.of_row(row, json.loads(row["payload"])) for row in rows if row["idempotency_key"] not in gone]
+    recorded = {notice.key for notice in notices}
+    notices += [Notice.of_row(_row_of(action), action.params) for action in new
+                if action.kind is ActionKind.NOTIFY and action.idempotency_key not in recorded]
+    composition = compose(notices, delivery)
+    if executor is None:
+        return composition, None
+    return composition, executor.execute([*again, *composition.messages])
+
+
+def _row_of(action: Action) -> dict[str, Any]:
+    return {"idempotency_key": action.idempotency_key, "deal_id": action.deal, "rule": action.rule,
+            "recipient_id": action.recipient, "reason": action.reason}
 
 
 def still_to_write(actions: Iterable[Action], audit: AuditLog) -> list[Action]:
@@ -134,7 +212,8 @@ def still_to_write(actions: Iterable[Action], audit: AuditLog) -> list[Action]:
 def enforce(client: CrmClient, cache: Cache, mappings: Mappings, *, now: Callable[[], datetime] = utc_now,
             dry_run: bool = False, deal_ids: Sequence[int] | None = None, sync: bool = True,
             modes: Mapping[str, Mode] | None = None, max_reverts_per_day: int = DEFAULT_MAX_REVERTS_PER_DAY,
-            sleep: Callable[[float], None] = time.sleep, break_lock: bool = False) -> EnforceReport:
+            sleep: Callable[[float], None] = time.sleep, break_lock: bool = False, channel: str = "chat",
+            client_id: str | None = None, checkpoint: Callable[[str], None] | None = None) -> EnforceReport:
     """Make the portal follow the regulation; with `dry_run`, show the same plan and write nothing to the CRM.
 
     One writer at a time (two overlapping scheduled runs would plan the same actions and both write them): the
@@ -151,10 +230,11 @@ def enforce(client: CrmClient, cache: Cache, mappings: Mappings, *, now: Callabl
         if sync:
             syncer_for(client, cache).run(full=False)
         sync_requests = client.requests_made - requests_before
-        executor = Executor(client, audit, run_id=run_id, lock=None if dry_run else lock, now=now, sleep=sleep)
+        executor = Executor(client, audit, run_id=run_id, lock=None if dry_run else lock, now=now, sleep=sleep,
+                            checkpoint=checkpoint)
         return _plan_and_write(client, cache, mappings, audit, executor, now=now, dry_run=dry_run, deal_ids=deal_ids,
                                sync=sync, modes=modes, max_reverts_per_day=max_reverts_per_day, started=started,
-                               sync_requests=sync_requests)
+                               sync_requests=sync_requests, channel=channel, client_id=client_id)
     finally:
         lock.release()
 
@@ -162,7 +242,7 @@ def enforce(client: CrmClient, cache: Cache, mappings: Mappings, *, now: Callabl
 def _plan_and_write(client: CrmClient, cache: Cache, mappings: Mappings, audit: AuditLog, executor: Executor, *,
                     now: Callable[[], datetime], dry_run: bool, deal_ids: Sequence[int] | None, sync: bool,
                     modes: Mapping[str, Mode] | None, max_reverts_per_day: int, started: datetime,
-                    sync_requests: int) -> EnforceReport:
+                    sync_requests: int, channel: str, client_id: str | None) -> EnforceReport:
     reconciled = Reconciliation(0, 0, frozenset())
     if not dry_run:
         # an earlier run killed between a write and its result: look in the CRM before planning anything again;
@@ -171,7 +251,8 @@ def _plan_and_write(client: CrmClient, cache: Cache, mappings: Mappings, audit: 
     moment = now()
     evaluation = evaluate(cache, mappings, moment, deal_ids=deal_ids, modes=modes, record=not dry_run)
     regulation = Evaluator.of(mappings.regulation, moment, override_modes=modes).regulation
-    context = plan_context(cache, mappings, regulation, moment, audit, max_reverts_per_day=max_reverts_per_day)
+    context = plan_context(cache, mappings, regulation, moment, audit, max_reverts_per_day=max_reverts_per_day,
+                           portal_url=getattr(client, "portal_url", ""))
     deals = [(deal, evaluation.violations.get(deal.id, [])) for deal in evaluation.deals]
     the_plan = plan(deals, context)
     if getattr(client, "crm", "bitrix24") == "amocrm":
@@ -182,18 +263,35 @@ def _plan_and_write(client: CrmClient, cache: Cache, mappings: Mappings, audit: 
     report = EnforceReport(dry_run, started, evaluation.compliance, the_plan, still_to_write(the_plan.actions, audit),
                            reconciled_found=reconciled.found, reconciled_unknown=reconciled.not_found,
                            reconciled_unresolved=len(reconciled.unknown), sync_requests=sync_requests)
+    wanted = {action.idempotency_key for action in the_plan.actions}
+    evaluated = None if deal_ids is None else [deal.id for deal in evaluation.deals]
     if dry_run:
+        composition, _ = deliver(None, audit, delivery_of(audit, context, evaluation, channel=channel,
+                                                          client_id=client_id, digests=deal_ids is None),
+                                 wanted=wanted, evaluated=evaluated, new=report.to_write)
+        report.composed, report.held = len(composition.messages), dict(composition.held)
         return report
-    report.execution = executor.execute(report.to_write)
+    # a group some of which landed before a crash is completed, even where the plan no longer wants it (the revert
+    # landed and the deal is fixed, so its comment is not planned again): the comment is still owed
+    planned_keys = {action.idempotency_key for action in report.to_write}
+    owed = [action_of_row(row) for row in audit.owed(exclude=reconciled.unknown) if row["idempotency_key"] not in planned_keys]
+    report.owed = len(owed)
+    report.execution = executor.execute(owed + report.to_write)
     audit.save_rotation(the_plan.rotation)
     # intents of evaluated deals the new plan no longer wants (the violation went away) will not be resent;
     # those reconcile could not look up stay intents: they may have landed, a later run looks for them again
-    keep = {action.idempotency_key for action in the_plan.actions} | reconciled.unknown
-    evaluated = [int(deal.id) for deal in evaluation.deals]
-    leftovers = [row["idempotency_key"] for row in audit.pending(evaluated if deal_ids is not None else None)
-                 if row["idempotency_key"] not in keep]
+    keep = wanted | reconciled.unknown | {action.idempotency_key for action in owed}
+    evaluated_ids = [int(deal.id) for deal in evaluation.deals]
+    leftovers = [row["idempotency_key"] for row in audit.pending(evaluated_ids if deal_ids is not None else None)
+                 if row["idempotency_key"] not in keep and row["kind"] != ActionKind.MESSAGE.value]
     report.cancelled = audit.cancel(leftovers, now())
-    if sync and report.execution.sent:
+    again = lost_messages(audit, now(), reconciled.unknown)  # first: a cancelled message frees today's quota
+    composition, report.messages = deliver(
+        executor, audit, delivery_of(audit, replace(context, now=now()), evaluation, channel=channel,
+                                     client_id=client_id, digests=deal_ids is None),
+        wanted=wanted, evaluated=evaluated, again=again)
+    report.composed, report.held = len(composition.messages), dict(composition.held)
+    if sync and (report.execution.sent or (report.messages is not None and report.messages.sent)):
         before = client.requests_made
         syncer_for(client, cache).run(full=False)
         report.sync_requests += client.requests_made - before
@@ -203,4 +301,5 @@ def _plan_and_write(client: CrmClient, cache: Cache, mappings: Mappings, audit: 
     return report
 
 
-__all__ = ["Compliance", "EnforceReport", "Evaluation", "enforce", "evaluate", "plan_context", "still_to_write"]
+__all__ = ["Compliance", "EnforceReport", "Evaluation", "deliver", "delivery_of", "enforce", "evaluate", "lost_messages",
+           "plan_context", "still_to_write"]

@@ -179,12 +179,28 @@ class FinalStageSpec(Strict):
     task: StageTaskSpec | None = None
 
 
+NotifyForm = Literal["digest", "individual"]
+
+
 class RuleSpec(Strict):
     """Common to every rule: its mode, the clause it enforces and the manager's message."""
 
     mode: Mode = Field(Mode.AUDIT, description="off; audit (record only); warn (task / notification); enforce (correct the CRM).")
     clause: str = Field("", description="The regulation's text of the rule, quoted in audits.")
     message: str = Field("", description="What the manager reads; placeholders like {title}, {stage}, {missing}.")
+    remedy: str = Field("", description="What to do about a breach, one line; digests show it under the rule's clause.")
+    notify: NotifyForm | None = Field(
+        None, description="How people are told about this rule's breaches: digest (one message per person per run, "
+                          "grouped by rule) or individual (a message per breach); empty = notifications.form.")
+
+
+class LookBack(RuleSpec):
+    """A rule whose breach is a moment in the past (a deadline that passed): old breaches are recorded, not pushed."""
+
+    look_back: Duration = Field(
+        timedelta(days=7),
+        description="Breaches older than this (counted from when the deadline passed) are recorded and shown in "
+                    "`crmbridge audit`, but nobody is notified or tasked about them and nothing is corrected.")
 
 
 class R1Order(RuleSpec):
@@ -234,7 +250,7 @@ class R6ContactData(RuleSpec):
     require: list[Literal["phone", "email"]] = Field(default_factory=lambda: ["phone", "email"])
 
 
-class R7ResponseTime(RuleSpec):
+class R7ResponseTime(LookBack):
     """R7: an inbound lead is contacted within the SLA."""
 
     sla: Duration = timedelta(hours=1)
@@ -244,7 +260,7 @@ class R7ResponseTime(RuleSpec):
     reassign: bool = Field(True, description="enforce: reassign round robin within the manager's team.")
 
 
-class R8Payment(RuleSpec):
+class R8Payment(LookBack):
     """R8: once the client agreed, the deal reaches payment within the limit."""
 
     from_stages: list[Id] = Field(default_factory=list, description="Stages meaning the client agreed to buy (`won` allowed).")
@@ -253,7 +269,7 @@ class R8Payment(RuleSpec):
     working_hours: bool = False
 
 
-class R9Receivables(RuleSpec):
+class R9Receivables(LookBack):
     """R9: overdue payments are reported with their reason; instalment reminders."""
 
     due_field: Id = "payment_due_date"
@@ -422,6 +438,30 @@ class WordingSpec(Strict):
     explain: ExplainWordingSpec = Field(default_factory=ExplainWordingSpec)
 
 
+class NotificationsSpec(Strict):
+    """How crmbridge tells people about breaches: few messages, at working hours."""
+
+    form: NotifyForm = Field("digest", description="digest: one message per person per run, grouped by rule, each "
+                                                   "deal a link to its card; individual: a message per breach. A rule's "
+                                                   "own `notify` overrides it.")
+    max_per_person_per_day: int = Field(6, ge=1, le=200, description="Messages one person gets a day at most; what is "
+                                                                       "left waits for the next day.")
+    outside_working_hours: Literal["hold", "send"] = Field(
+        "hold", description="hold: messages wait for the calendar's working hours; send: they go at once.")
+    head_summary: bool = Field(True, description="Heads of sales (binding heads without `directions`) get one summary "
+                                                 "a day (breaches by rule and manager, escalations listed) instead of "
+                                                 "a notice per deal.")
+
+
+class EnforcementSpec(Strict):
+    """How enforcement treats people the CRM cannot reach."""
+
+    inactive_manager: Literal["head", "reassign"] = Field(
+        "head", description="A deal whose manager is deactivated: head: tasks and notices go to the deal's team head; "
+                            "reassign: `enforce` hands the deal round robin to an active member of the manager's team "
+                            "(rules in warn route to the head).")
+
+
 class RegulationSpec(Strict):
     """The company's sales regulation, CRM-neutral: no pipeline, stage, field or user ids of any CRM."""
 
@@ -434,6 +474,8 @@ class RegulationSpec(Strict):
     directions: dict[Id, DirectionSpec] = Field(min_length=1)
     rules: RulesSpec = Field(default_factory=RulesSpec)
     wording: WordingSpec = Field(default_factory=WordingSpec, description="Words used inside messages, in the admin's language.")
+    notifications: NotificationsSpec = Field(default_factory=NotificationsSpec)
+    enforcement: EnforcementSpec = Field(default_factory=EnforcementSpec)
 
     def rules_for(self, direction: str) -> RulesSpec:
         """The rules with the direction's overrides applied."""
@@ -644,8 +686,9 @@ def json_schemas() -> dict[str, dict[str, Any]]:
 
 __all__ = [
     "AMOCRM_SCHEMA_FILE", "AMOCRM_STANDARD_FIELDS", "AmoCRMBindingSpec", "AmoFieldBindingSpec", "AnyBinding",
-    "BINDING_SCHEMA_FILES", "BINDING_SCHEMA_FILE", "BindingSpec", "CalendarSpec", "DirectionSpec", "FieldBindingSpec", "FieldSpec",
-    "FinalStageSpec", "HeadSpec", "IGNORE", "LOST", "PipelineBinding", "PlansSourceSpec", "REGULATION_SCHEMA_FILE", "RULE_IDS",
+    "BINDING_SCHEMA_FILES", "BINDING_SCHEMA_FILE", "BindingSpec", "CalendarSpec", "DirectionSpec", "EnforcementSpec",
+    "FieldBindingSpec", "FieldSpec", "FinalStageSpec", "HeadSpec", "IGNORE", "LOST", "LookBack", "NotificationsSpec",
+    "PipelineBinding", "PlansSourceSpec", "REGULATION_SCHEMA_FILE", "RULE_IDS",
     "RegulationSpec", "RequirementSpec", "RulesSpec", "StageSpec", "StageTaskSpec", "TaskKind", "TaskSpec", "TeamSpec",
     "WEEKDAYS", "WON",
     "format_duration", "json_schemas", "parse_duration",

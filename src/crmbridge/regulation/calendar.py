@@ -30,6 +30,16 @@ class WorkingCalendar:
     def is_working_day(self, day: date) -> bool:
         return day.weekday() in self.working_weekdays and day not in self.holidays
 
+    def is_working_time(self, moment: datetime) -> bool:
+        """Whether `moment` is inside working hours of a working day (always, without a calendar)."""
+        if self.spec is None:
+            return True
+        local = moment.astimezone(self.zone)
+        if not self.is_working_day(local.date()):
+            return False
+        opens, closes = self._window(local.date())
+        return opens <= local < closes
+
     def _window(self, day: date) -> tuple[datetime, datetime]:
         midnight = datetime.combine(day, _MIDNIGHT, self.zone)
         return midnight + self._opens_after, midnight + self._closes_after

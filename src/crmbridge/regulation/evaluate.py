@@ -108,6 +108,14 @@ class Evaluator:
             yield deal, self.violations(deal)
 
 
+def beyond_look_back(violation: Violation, direction: CompiledDirection, now: datetime) -> bool:
+    """A breach that is a moment in the past (R7's first response, R8's or R9's deadline) older than its rule's
+    `look_back` window: recorded and shown by `audit`, never pushed to people. Rules about the deal's state now have
+    no window: they act on every open deal, however old."""
+    window = getattr(getattr(direction.rules, violation.rule, None), "look_back", None)
+    return window is not None and violation.since < now - window
+
+
 def _with_modes(compiled: CompiledRegulation, modes: Mapping[str, Mode]) -> CompiledRegulation:
     directions = {direction_id: replace(direction, modes={**direction.modes, **modes})
                   for direction_id, direction in compiled.directions.items()}

@@ -237,8 +237,10 @@ def check_r2(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
 _title_keys: dict[str, str] = {}
 
 
-def stage_task(deal: Deal, title: str, entered: datetime, match: str = "exact", kind: str = TASK) -> Task | None:
-    """The deal's stage task (by the R3 `match` mode), set on or after entering the stage; a completed one wins.
+def stage_task(deal: Deal, title: str, entered: datetime, match: str = "exact", kind: str = TASK, *,
+               open_only: bool = False) -> Task | None:
+    """The deal's stage task (by the R3 `match` mode), set on or after entering the stage; a completed one wins
+    (`open_only`: only one not completed).
 
     `kind` is the regulation's kind of the stage task: where it asks for a CRM to-do, only to-dos count
     (and only tasks where it asks for a task), so "any" never lets one stand in for the other.
@@ -258,9 +260,25 @@ def stage_task(deal: Deal, title: str, entered: datetime, match: str = "exact", 
         elif contains and wanted not in task.title_key:
             continue
         if task.created is None or task.created >= earliest:
+            if open_only and task.status is TaskStatus.COMPLETED:
+                continue
             if best is None or task.status is TaskStatus.COMPLETED:
                 best = task
     return best
+
+
+def task_in_place(deal: Deal, run: tuple[StageEntry, ...], stage: str, entered: datetime, title: str,
+                  match: str = "exact", kind: str = TASK) -> Task | None:
+    """The stage task covering the deal's visit to `stage` that began at `entered`: one set since then (any status),
+    or one still open that was set during an earlier visit of the stage in the same run. A deal moved back into a
+    stage whose task is still open needs no second one; one whose task was completed gets a new open one."""
+    found = stage_task(deal, title, entered, match, kind)
+    if found is not None:
+        return found
+    first = next((entry.entered for entry in run if entry.stage == stage), None)
+    if first is None or first >= entered:
+        return None
+    return stage_task(deal, title, first, match, kind, open_only=True)
 
 
 def check_r3(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = None) -> tuple[Violation, ...] | None:
@@ -286,8 +304,8 @@ def check_r3(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
     since = entry.entered
     if task_spec is not None:
         grace = direction.rules.R3.create_within
-        if ctx.now - entry.entered >= grace and stage_task(deal, task_spec.title, entry.entered, match,
-                                                          task_spec.kind) is None:
+        if ctx.now - entry.entered >= grace and task_in_place(deal, run, deal.stage, entry.entered, task_spec.title,
+                                                             match, task_spec.kind) is None:
             missing.append(f"task:{task_spec.title}")
             remarks.append((wording.task_missing, {"task": task_spec.title}))
             due = entry.entered + grace

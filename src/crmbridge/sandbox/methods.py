@@ -553,14 +553,63 @@ def timeline_comment_list(ctx: Context, params: dict[str, Any]) -> MethodResult:
 
 
 def notify_system_add(ctx: Context, params: dict[str, Any]) -> MethodResult:
+    """D chats/notifications/im-notify-system-add.md: answers the notification's id, or `false` when not created."""
     user_id = _ci(params, "USER_ID")
-    message = _ci(params, "MESSAGE")
-    if not user_id:
-        raise ApiError(400, "USER_ID_EMPTY", "Recipient ID not specified")
+    message = str(_ci(params, "MESSAGE") or "").strip()  # "trims whitespace from the ends"
+    if not user_id or not str(user_id).isdigit() or int(str(user_id)) <= 0:
+        raise ApiError(400, "USER_ID_EMPTY", "User ID can't be empty")
     if not message:
-        raise ApiError(400, "MESSAGE_EMPTY", "Message text not specified")
+        raise ApiError(400, "MESSAGE_EMPTY", "Message can't be empty")
+    if ctx.extra.get("not_created"):
+        return MethodResult(False)
     extra = {k.upper(): v for k, v in params.items() if k.upper() not in ("USER_ID", "MESSAGE")}
-    return MethodResult(ctx.state.add_notification(int(str(user_id)), str(message), extra))
+    auth = ctx.extra.get("auth")
+    if getattr(auth, "kind", "") == "app" and getattr(auth, "client_id", None):
+        extra.setdefault("CLIENT_ID", auth.client_id)  # called with an application's token: the application is known
+    return MethodResult(ctx.state.add_notification(int(str(user_id)), message, extra))
+
+
+def _dialog_user(params: dict[str, Any]) -> int:
+    """DIALOG_ID of a private dialog: the other user's id (group chats `chatN` do not exist on this portal)."""
+    dialog = str(_ci(params, "DIALOG_ID") or "").strip()
+    if dialog.startswith(("chat", "sg")):
+        raise ApiError(400, "CHAT_ID", "Error creating message")
+    if not dialog.isdigit() or int(dialog) <= 0:
+        raise ApiError(400, "USER_ID_EMPTY", "User ID can't be empty")
+    if int(dialog) not in {u.id for u in c.USERS}:
+        raise ApiError(400, "USER_NOT_FOUND", "User not found")
+    return int(dialog)
+
+
+def message_add(ctx: Context, params: dict[str, Any]) -> MethodResult:
+    """D chats/messages/im-message-add.md: a message from the webhook's user; answers the message id."""
+    dialog_user = _dialog_user(params)
+    text = str(_ci(params, "MESSAGE") or "")
+    if not text.strip() and not _ci(params, "ATTACH"):
+        raise ApiError(400, "MESSAGE_EMPTY", "Message can't be empty")
+    if ctx.extra.get("not_created"):
+        return MethodResult(False)
+    extra = {k.upper(): v for k, v in params.items() if k.upper() not in ("DIALOG_ID", "MESSAGE")}
+    return MethodResult(ctx.state.add_message(ctx.user_id, dialog_user, text, extra))
+
+
+def dialog_messages_get(ctx: Context, params: dict[str, Any]) -> MethodResult:
+    """D chats/messages/im-dialog-messages-get.md: the newest messages (LIMIT ≤ 50, default 20), older than LAST_ID
+    or newer than FIRST_ID; newest first."""
+    dialog_user = _dialog_user(params)
+    try:
+        limit = min(50, max(1, int(str(_ci(params, "LIMIT", 20)))))
+        last_id = int(str(_ci(params, "LAST_ID", 0) or 0))
+        first_id = int(str(_ci(params, "FIRST_ID", 0) or 0))
+    except ValueError:
+        raise ApiError(400, "PARAMS_ERROR", "Incorrect params") from None
+    chat_id, rows = ctx.state.dialog_messages(ctx.user_id, dialog_user)
+    if last_id:
+        rows = [row for row in rows if row["id"] < last_id]
+    if first_id:
+        rows = [row for row in rows if row["id"] > first_id][-limit:]
+    rows = rows[:limit]
+    return MethodResult({"chat_id": chat_id, "messages": rows, "users": [], "files": []})
 
 
 # --- currencies, smart process items ------------------------------------------------------------
@@ -653,6 +702,8 @@ METHODS: dict[str, Method] = {
     "tasks.task.add": Method("task", task_add, writes=True),
     "tasks.task.update": Method("task", task_update, writes=True),
     "im.notify.system.add": Method("im", notify_system_add, writes=True),
+    "im.message.add": Method("im", message_add, writes=True),
+    "im.dialog.messages.get": Method("im", dialog_messages_get),
     "scope": Method(None, scope_method),
     "profile": Method(None, profile),
     "server.time": Method(None, server_time),

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from .app import RequestAuth, SandboxApp, current_auth, serving
@@ -113,6 +113,10 @@ class _Counters:
     events_failed: int = 0
 
 
+#: methods that may answer `false` (not created) instead of an id
+_MAY_NOT_CREATE = frozenset({"im.notify.system.add", "im.message.add"})
+
+
 class _Drop(Exception):
     """Close the connection without an answer."""
 
@@ -123,7 +127,9 @@ class SandboxPortal:
     Every knob has the real cloud value as default; `limits=False` turns the bucket and the
     operating-time block off (time is still accounted and reported). `faults` is the probability
     that a request is hit by a network/server fault; a faulted write is either not applied, or
-    applied with its answer lost. `now` pins the portal clock (seeded dates are relative to it).
+    applied with its answer lost. `not_created` is the probability that a notification or chat message is
+    not created and the method answers `false` (im.notify.system.add documents it). `now` pins the portal clock
+    (seeded dates are relative to it); `advance(seconds)` moves it on.
     """
 
     def __init__(
@@ -151,6 +157,7 @@ class SandboxPortal:
         events_delay: float = 0.1,
         events_workers: int = 4,
         slow_seconds: tuple[float, float] = (1.0, 1.5),
+        not_created: float = 0.0,
         app_options: dict[str, Any] | None = None,
     ) -> None:
         if error_dialect not in AUTH_DIALECTS:
@@ -168,6 +175,10 @@ class SandboxPortal:
         self.scopes = tuple(scopes)
         self.error_dialect = error_dialect
         self.slow_seconds = slow_seconds
+        self.not_created = not_created
+        #: test seam: called with each batch command's method before the portal runs it (crash tests kill the client
+        #: there: the portal goes on with the batch, as a real one does when its caller dies)
+        self.on_command: Callable[[str], None] | None = None
         self.bucket = LeakyBucket(rate, burst)
         self.operating = OperatingTime(operating_limit, window_seconds)
         self._fault_rng = random.Random(seed * 7919 + 17)  # deterministic for a given seed and request order
@@ -182,8 +193,8 @@ class SandboxPortal:
         else:
             now_ts = float(now)
         # the portal clock runs from `now` at real speed, so writes after a pinned start stay ordered
-        offset = now_ts - time.time()
-        self.state = PortalState(clock=lambda: time.time() + offset)
+        self._clock_offset = now_ts - time.time()
+        self.state = PortalState(clock=lambda: time.time() + self._clock_offset)
         # hundreds of thousands of small dicts: cyclic GC passes would cost more than the seeding itself,
         # and freezing keeps a big seeded heap out of later collections (no latency spikes mid-sync)
         gc_was_enabled = gc.isenabled()
@@ -365,10 +376,20 @@ class SandboxPortal:
             time.sleep(slow)
         return kind
 
-    def _context(self) -> Context:
+    def _context(self, method: str = "") -> Context:
         auth = current_auth()
+        extra: dict[str, Any] = {"app": self.app, "auth": auth}
+        if self.not_created > 0 and method in _MAY_NOT_CREATE:
+            with self._fault_lock:
+                extra["not_created"] = self._fault_rng.random() < self.not_created
+            if extra["not_created"]:
+                self._bump("faults", "not_created")
         return Context(self.state, auth.user_id if auth is not None else self.webhook_user, self.scopes,
-                       self._status_table, self._user_table, {"app": self.app, "auth": auth})
+                       self._status_table, self._user_table, extra)
+
+    def advance(self, seconds: float) -> None:
+        """Move the portal's clock on (tests: "a run days later"); its seeded data does not change."""
+        self._clock_offset += seconds
 
     def call(self, method: str, params: dict[str, Any]) -> tuple[MethodResult, dict[str, Any]]:
         """Run one method with scope and operating-time checks; returns the result and its `time` block."""
@@ -384,7 +405,7 @@ class SandboxPortal:
             raise _OperatingBlocked(self.operating.reset_at(method), self.operating.used(method))
         t0 = time.perf_counter()
         try:
-            result = spec.handler(self._context(), params)
+            result = spec.handler(self._context(method), params)
         except ApiError:
             self._charge(method, NON_LIST_COST)
             raise
@@ -426,6 +447,8 @@ class SandboxPortal:
             try:
                 if method == "batch":
                     raise ApiError(405, "ERROR_BATCH_METHOD_NOT_ALLOWED", "Method is not allowed for batch usage")
+                if self.on_command is not None:
+                    self.on_command(method)
                 result, tblock = self.call(method, sub_params)
             except _OperatingBlocked as blocked:
                 maps["result_error"][key] = blocked.body()

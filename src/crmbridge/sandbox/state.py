@@ -98,6 +98,9 @@ class PortalState:
         #: items of the smart process that holds plans (crm.item.list entityTypeId PLANS_ENTITY_TYPE_ID)
         self.plan_items = Table("plan_item", id_key="id", types=dict(PLAN_ITEM_TYPES))
         self.notifications: list[dict[str, Any]] = []
+        self.messages: list[dict[str, Any]] = []  # chat messages (im.message.add), oldest first
+        self._chats: dict[tuple[int, ...], int] = {}  # private dialog (pair of users) -> chat id
+        self._next_message = 1
         self.planted: dict[int, list[str]] = {}
         self.on_event: EventHook | None = None
         self._task_index: dict[str, list[int]] | None = None  # binding (D_12) -> task ids; None = rebuild
@@ -268,6 +271,9 @@ class PortalState:
             })
             row.update(task_fields_to_wire(fields))
             self.tasks.insert(task_id, row)
+            for binding in row.get("ufCrmTask") or ():
+                if str(binding).startswith("D_") and str(binding)[2:].isdigit():
+                    self._timeline_activity(int(str(binding)[2:]), user_id)
             self._task_index = None
         self._fire("ONTASKADD", task_id)
         return task_id
@@ -321,6 +327,8 @@ class PortalState:
                 "RESULT_VALUE": None, "RESULT_SUM": None, "RESULT_CURRENCY_ID": None, "RESULT_STATUS": "0",
                 "RESULT_STREAM": "0", "RESULT_SOURCE_ID": None, "AUTOCOMPLETE_RULE": "0",
             })
+            if owner_type == 2:
+                self._timeline_activity(owner_id, author_id)
         self._fire("ONCRMACTIVITYADD", aid)
         return aid
 
@@ -360,19 +368,53 @@ class PortalState:
                 "ID": str(cid), "CREATED": self.now_wire(), "ENTITY_ID": str(entity_id),
                 "ENTITY_TYPE": entity_type.lower(), "AUTHOR_ID": str(author_id), "COMMENT": comment, "FILES": [],
             })
+            if entity_type.lower() == "deal":
+                self._timeline_activity(entity_id, author_id)
             return cid
 
+    def _timeline_activity(self, deal_id: int, user_id: int) -> None:
+        """A new item in a deal's timeline (comment, to-do, task) is its last activity: LAST_ACTIVITY_TIME / _BY
+        ("date and author of the last activity in the timeline", D crm/deals/crm-deal-get.md). DATE_MODIFY stays:
+        the deal's own fields did not change."""
+        row = self.deals.rows.get(int(deal_id))
+        if row is not None:
+            row["LAST_ACTIVITY_TIME"], row["LAST_ACTIVITY_BY"] = self.now_wire(), str(user_id)
+
     def add_notification(self, user_id: int, message: str, extra: dict[str, Any]) -> int:
+        """im.notify.system.add as a webhook calls it. The docs: TAG is unique within an application and, through a
+        webhook, must come with CLIENT_ID (the application's id); then a notification with an existing TAG of that
+        application removes the earlier ones. Without CLIENT_ID no application is known: TAG replaces nothing."""
         with self.lock:
             nid = self._next_notification
             self._next_notification += 1
-            tag = extra.get("TAG")
-            if tag:
-                # im.notify.system.add docs: "When adding a notification with an existing tag,
-                # other notifications will be deleted" (TAG is unique within the portal)
-                self.notifications[:] = [n for n in self.notifications if n.get("TAG") != tag]
+            tag, client = extra.get("TAG"), extra.get("CLIENT_ID")
+            if tag and client:
+                self.notifications[:] = [n for n in self.notifications
+                                         if not (n.get("TAG") == tag and n.get("CLIENT_ID") == client)]
             self.notifications.append(dict(extra, ID=nid, USER_ID=user_id, MESSAGE=message, DATE=self.now_wire()))
             return nid
+
+    def add_message(self, author_id: int, dialog_user: int, text: str, params: dict[str, Any]) -> int:
+        """im.message.add to the private dialog of `author_id` and `dialog_user` (one chat per pair of users)."""
+        with self.lock:
+            pair = tuple(sorted((author_id, dialog_user)))
+            chat_id = self._chats.setdefault(pair, 100 + len(self._chats))
+            mid = self._next_message
+            self._next_message += 1
+            self.messages.append({"id": mid, "chat_id": chat_id, "author_id": author_id, "date": self.now_wire(),
+                                  "text": text, "unread": True, "uuid": None, "replaces": [], "params": params,
+                                  "disappearing_date": None, "_pair": pair})
+            return mid
+
+    def dialog_messages(self, user_id: int, dialog_user: int) -> tuple[int, list[dict[str, Any]]]:
+        """(chat id, messages of the private dialog, newest first) as the participant `user_id` sees them."""
+        with self.lock:
+            pair = tuple(sorted((user_id, dialog_user)))
+            chat_id = self._chats.get(pair, 0)
+            rows = [dict(m) for m in reversed(self.messages) if m["_pair"] == pair]
+        for row in rows:
+            del row["_pair"]
+        return chat_id, rows
 
     def tasks_bound_to(self, binding: str) -> list[int]:
         """Ids of the tasks bound to a CRM binding such as D_12 (an index rebuilt after task writes)."""

@@ -181,6 +181,12 @@ class Bitrix24Client:
         return self._auth
 
     # -- metrics and lifecycle ---------------------------------------------------------------------
+    @property
+    def portal_url(self) -> str:
+        """The portal's address (https://example.bitrix24.ru): links to its pages in what crmbridge writes."""
+        parts = urlsplit(self._auth.url_for("server.time"))
+        return f"{parts.scheme}://{parts.netloc}"
+
     def operating_wait(self, method: str) -> float:
         """Seconds a call of `method` would now wait for its operating budget; lets a caller do other work first."""
         return self.limiter.operating_wait(method)
