@@ -36,22 +36,38 @@ def deal_rows(cache: Cache, fields: Mapping[str, str], crm: str = "bitrix24") ->
                  params)
 
 
-def stage_history_rows(cache: Cache) -> list[Row]:
-    return _rows(cache, "SELECT deal_id, category_id, stage_id, created_time FROM stage_history WHERE deal_id IS NOT NULL")
+def stage_history_rows(cache: Cache, suffix: str | None = None) -> list[tuple[Any, ...]]:
+    """(deal_id, category_id, stage_id, entered) of every stage change."""
+    return cache.db.execute(f"SELECT deal_id, category_id, stage_id, {_day('created_time', suffix)} FROM stage_history "
+                            "WHERE deal_id IS NOT NULL").fetchall()
 
 
-def communication_rows(cache: Cache) -> list[Row]:
-    return _rows(cache, "SELECT kind, responsible_id, deal_id, completed, incoming, start_time, created, last_updated "
-                        "FROM communications")
+# The big lists come as tuples (column order as selected): a dict per row would cost more than the KPIs.
+# With the portal's fixed offset (`suffix`, e.g. +03:00) a timestamp written in it is cut to its date in SQL,
+# which is its local date; any other text is returned whole for Python to convert.
 
 
-def todo_rows(cache: Cache) -> list[Row]:
-    return _rows(cache, "SELECT responsible_id, deal_id, completed, deadline, created, last_updated FROM activities "
-                        "WHERE provider_id = 'CRM_TODO'")
+def _day(column: str, suffix: str | None) -> str:
+    if not suffix:
+        return column
+    return f"CASE WHEN length({column}) = 25 AND substr({column}, 20) = '{suffix}' THEN substr({column}, 1, 10) " \
+           f"ELSE {column} END"
 
 
-def task_rows(cache: Cache) -> list[Row]:
-    return _rows(cache, "SELECT responsible_id, deal_id, status, deadline, created_date, closed_date FROM tasks")
+def communication_rows(cache: Cache, suffix: str | None = None) -> list[tuple[Any, ...]]:
+    return cache.db.execute(f"SELECT kind, responsible_id, deal_id, completed, incoming, {_day('start_time', suffix)}, "
+                            f"{_day('created', suffix)}, {_day('last_updated', suffix)} FROM communications").fetchall()
+
+
+def todo_rows(cache: Cache) -> list[tuple[Any, ...]]:
+    # deadlines and completions are compared as moments (overdue): kept whole
+    return cache.db.execute("SELECT responsible_id, deal_id, completed, deadline, created, last_updated FROM activities "
+                            "WHERE provider_id = 'CRM_TODO'").fetchall()
+
+
+def task_rows(cache: Cache) -> list[tuple[Any, ...]]:
+    return cache.db.execute("SELECT responsible_id, deal_id, status, deadline, created_date, closed_date "
+                            "FROM tasks").fetchall()
 
 
 def violation_rows(cache: Cache) -> list[Row]:

@@ -182,6 +182,7 @@ class KpiEngine:
         self._groups: dict[tuple[str, Period], dict[GroupKey, Acc]] = {}
         self._index: dict[tuple[str, Period], dict[str | None, list[tuple[GroupKey, Acc]]]] = {}
         self._active: dict[Period, set[str]] = {}
+        self._steps_events: dict[str, list[tuple[date, str | None, str, float]]] | None = None
         self.deals_by_id = {deal.id: deal for deal in data.deals}
 
     # ---------------------------------------------------------- which rows a KPI expands to
@@ -283,24 +284,35 @@ class KpiEngine:
 
     def _conversion(self, step: str) -> Iterator[tuple[date, str | None, str, float]]:
         """Entering a stage in the period, and reaching the next one (or later) by now; no step: entry to won."""
-        furthest: dict[tuple[int, str], int] = defaultdict(lambda: -1)
+        return iter(self._conversion_events().get(step, []))
+
+    def _conversion_events(self) -> dict[str, list[tuple[date, str | None, str, float]]]:
+        """Every step's events in one pass over the stage visits ("" = the first stage to won)."""
+        if self._steps_events is not None:
+            return self._steps_events
+        furthest: dict[tuple[int, str], int] = {}
         for visit in self.data.visits:
             key = (visit.deal_id, visit.direction)
-            furthest[key] = max(furthest[key], visit.index)
+            if furthest.get(key, -1) < visit.index:
+                furthest[key] = visit.index
+        names = {direction: [f"{a}-{b}" for a, b in zip(stages, stages[1:])]
+                 for direction, stages in self.data.funnels.items()}
+        found: dict[str, list[tuple[date, str | None, str, float]]] = defaultdict(list)
+        deals = self.deals_by_id
         for visit in self.data.visits:
-            stages = self.data.funnels.get(visit.direction, [])
-            deal = self.deals_by_id.get(visit.deal_id)
-            if deal is None or not stages:
+            steps = names.get(visit.direction)
+            deal = deals.get(visit.deal_id)
+            if deal is None or not steps:
                 continue
-            if step:
-                if visit.index + 1 >= len(stages) or f"{stages[visit.index]}-{stages[visit.index + 1]}" != step:
-                    continue
-                hit = furthest[(visit.deal_id, visit.direction)] > visit.index
-            else:
-                if visit.index != 0:
-                    continue
-                hit = deal.outcome == "won" and furthest[(visit.deal_id, visit.direction)] == len(stages) - 1
-            yield visit.entered, deal.manager, visit.direction, 1.0 if hit else 0.0
+            reached = furthest[(visit.deal_id, visit.direction)]
+            if visit.index < len(steps):
+                found[steps[visit.index]].append((visit.entered, deal.manager, visit.direction,
+                                                  1.0 if reached > visit.index else 0.0))
+            if visit.index == 0:
+                won = deal.outcome == "won" and reached == len(steps)
+                found[""].append((visit.entered, deal.manager, visit.direction, 1.0 if won else 0.0))
+        self._steps_events = dict(found)
+        return self._steps_events
 
     # ---------------------------------------------------------- groups per period
 

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone, tzinfo
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, NamedTuple
 
 from crmbridge.model import LOST, WON
 
 UNBOUND = "\x00unbound"  # direction of a call or task not bound to any deal: counts only in "all directions"
 
 
-@dataclass(frozen=True, slots=True)
-class DealFact:
-    """A deal as the KPIs see it."""
+class DealFact(NamedTuple):
+    """A deal as the KPIs see it (a tuple: hundreds of thousands are built, and a frozen dataclass costs 3x)."""
 
     id: int
     manager: str | None
@@ -29,15 +28,14 @@ class DealFact:
     created: date
     closed: date | None  # the close date (CLOSEDATE) of a closed deal
     client: str | None  # contact:12 / company:7
-    values: Mapping[str, float | None] = field(default_factory=dict)  # bound number fields (margin, nps)
+    values: Mapping[str, float | None] = {}  # bound number fields (margin, nps); never mutated
 
     @property
     def cycle_days(self) -> float | None:
         return float((self.closed - self.created).days) if self.closed is not None else None
 
 
-@dataclass(frozen=True, slots=True)
-class WorkFact:
+class WorkFact(NamedTuple):
     """A call, meeting, e-mail, CRM to-do or task of a manager."""
 
     kind: str  # call, meeting, email, todo, task
@@ -48,7 +46,7 @@ class WorkFact:
     start: date | None
     created: date | None
     closed: date | None
-    deadline: datetime | None
+    deadline: datetime | None  # aware, in the offset it was written in
     closed_at: datetime | None
 
     def overdue(self, now: datetime) -> bool:
@@ -59,8 +57,7 @@ class WorkFact:
         return self.deadline < now
 
 
-@dataclass(frozen=True, slots=True)
-class ViolationFact:
+class ViolationFact(NamedTuple):
     deal_id: int
     rule: str
     manager: str | None
@@ -68,8 +65,7 @@ class ViolationFact:
     resolved: date | None
 
 
-@dataclass(frozen=True, slots=True)
-class StageVisit:
+class StageVisit(NamedTuple):
     """A deal's first arrival in a regulated stage of a direction (index in the direction's order; won = last)."""
 
     deal_id: int
@@ -111,45 +107,79 @@ class DepartmentInfo:
 
 
 class LocalTime:
-    """Portal timestamps -> dates and moments in the portal's zone; texts repeat a lot, so parses are memoised."""
+    """Portal timestamps -> dates in the portal's zone, and comparable moments.
+
+    Hundreds of thousands of timestamps go through here: a Bitrix24 timestamp already written in the zone's
+    own offset for that day ("2026-11-30T23:30:00+03:00" in Moscow) has its date in its first ten characters,
+    so only texts in another offset (or another format) are parsed and converted.
+    """
 
     def __init__(self, zone: tzinfo) -> None:
         self.zone = zone
         self._days: dict[str, date | None] = {}
-        self._moments: dict[str, datetime | None] = {}
+        self._offsets: dict[str, str] = {}
+        #: the zone's offset when it has kept one since 2015 (Moscow: +03:00), else None (a DST zone)
+        suffixes = {self._offset_of(f"{year}-{month:02d}-15") for year in (2015, 2020, 2025, 2030) for month in (1, 7)}
+        self.fixed_suffix = suffixes.pop() if len(suffixes) == 1 else None
 
     def moment(self, text: Any) -> datetime | None:
+        """An aware datetime (in whatever offset it was written: comparisons do not care), or None."""
         if not text:
             return None
-        key = str(text)
-        if key in self._moments:
-            return self._moments[key]
         try:
-            value = datetime.fromisoformat(key)
+            value = datetime.fromisoformat(str(text))
         except ValueError:
-            value = None
-        if value is not None:
-            value = value.replace(tzinfo=self.zone) if value.tzinfo is None else value.astimezone(self.zone)
-        self._moments[key] = value
-        return value
+            return None
+        return value.replace(tzinfo=self.zone) if value.tzinfo is None else value
+
+    def _offset_of(self, day_text: str) -> str:
+        """The zone's UTC offset at noon of a day, written as the portal writes it (+03:00)."""
+        found = self._offsets.get(day_text)
+        if found is None:
+            try:
+                noon = datetime.fromisoformat(day_text + "T12:00:00").replace(tzinfo=self.zone)
+            except ValueError:
+                found = ""
+            else:
+                minutes = int(noon.utcoffset().total_seconds() // 60)  # type: ignore[union-attr]
+                sign = "+" if minutes >= 0 else "-"
+                found = f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+            self._offsets[day_text] = found
+        return found
 
     def day(self, text: Any) -> date | None:
         if not text:
             return None
-        key = str(text)
-        found = self._days.get(key, False)
-        if found is not False:
-            return found  # type: ignore[return-value]
+        key = text if type(text) is str else str(text)
         if len(key) == 10:
+            found = self._days.get(key, False)
+            if found is not False:
+                return found  # type: ignore[return-value]
+            return self._date(key)
+        if self.fixed_suffix is not None and len(key) == 25 and key.endswith(self.fixed_suffix):
+            found = self._days.get(key[:10], False)  # the fast path of fixed-offset zones
+            if found is not False:
+                return found  # type: ignore[return-value]
+        head = key[:10]
+        # the common case: written in the zone's own offset of that day (a DST night differs: parsed below)
+        if len(key) == 25 and key[10] == "T" and key[19:] == self._offset_of(head):
+            return self._date(head)
+        if len(key) == 10:
+            return self._date(key)
+        moment = self.moment(key)
+        if moment is None:
+            return None
+        return moment.astimezone(self.zone).date() if moment.tzinfo is not self.zone else moment.date()
+
+    def _date(self, head: str) -> date | None:
+        found = self._days.get(head, False)
+        if found is False:
             try:
-                value: date | None = date.fromisoformat(key)
+                found = date.fromisoformat(head)
             except ValueError:
-                value = None
-        else:
-            moment = self.moment(key)
-            value = moment.date() if moment is not None else None
-        self._days[key] = value
-        return value
+                found = None
+            self._days[head] = found
+        return found  # type: ignore[return-value]
 
 
 def currency_rates(rows: Iterable[Mapping[str, Any]], base: str | None = None) -> tuple[str, dict[str, float]]:
@@ -242,16 +272,16 @@ def stage_visits(rows: Iterable[Mapping[str, Any]], binding: Binding, deals: Map
     first: dict[tuple[int, str, int], date] = {}
     positions = {direction: {stage: index for index, stage in enumerate(stages)}
                  for direction, stages in binding.funnels.items()}
+    stage_of = binding.stage_of
     for row in rows:
-        deal_id = int(row["deal_id"])
+        deal_id, category, stage_id, created = _values(row, ("deal_id", "category_id", "stage_id", "created_time"))
         if deal_id not in deals:
             continue
-        direction, stage = binding.stage_of.get((str(row.get("category_id") or 0), str(row.get("stage_id") or "")),
-                                                (None, None))
+        direction, stage = stage_of.get((str(category or 0), str(stage_id or "")), (None, None))
         if direction is None or stage is None or stage == LOST:
             continue
         index = positions.get(direction, {}).get(stage)
-        entered = clock.day(row.get("created_time"))
+        entered = clock.day(created)
         if index is None or entered is None:
             continue
         key = (deal_id, direction, index)
@@ -260,52 +290,69 @@ def stage_visits(rows: Iterable[Mapping[str, Any]], binding: Binding, deals: Map
     return [StageVisit(deal_id, direction, index, entered) for (deal_id, direction, index), entered in first.items()]
 
 
-def work_facts(communications: Iterable[Mapping[str, Any]], todos: Iterable[Mapping[str, Any]],
-               tasks: Iterable[Mapping[str, Any]], direction_of_deal: Mapping[int, str], known_deals: set[int],
-               clock: LocalTime) -> list[WorkFact]:
-    """Calls / meetings / e-mails, CRM to-dos and tasks; bound to a deal of an ignored pipeline, they do not count."""
+#: the dates a WorkFact can be counted by (kpi.yaml `date`), and `overdue` (needs deadline and closing moments)
+WORK_DATES = ("start", "created", "closed", "deadline", "overdue")
+
+
+def work_facts(communications: Iterable[Any], todos: Iterable[Any], tasks: Iterable[Any],
+               direction_of_deal: Mapping[int, str], known_deals: set[int], clock: LocalTime,
+               needed: Iterable[str] = WORK_DATES) -> list[WorkFact]:
+    """Calls / meetings / e-mails, CRM to-dos and tasks; bound to a deal of an ignored pipeline, they do not count.
+
+    Rows are tuples in the order of cache/kpi.py (or dicts with those keys). Only the dates the KPIs read are
+    parsed (`needed`): a year of a big portal's activities is half a million timestamps.
+    """
+    wanted = set(needed)
+    day = clock.day
+    moment = clock.moment
+    want_start, want_created = "start" in wanted, "created" in wanted
+    want_closed, want_deadline = "closed" in wanted or "completed" in wanted, "deadline" in wanted
+    want_moments = "overdue" in wanted
     found: list[WorkFact] = []
+    get_direction = direction_of_deal.get
 
     def direction(deal_id: Any) -> str | None:
         if deal_id is None:
             return UNBOUND
-        deal_id = int(deal_id)
-        if deal_id in direction_of_deal:
-            return direction_of_deal[deal_id]
+        where = get_direction(deal_id)
+        if where is not None:
+            return where
         return None if deal_id in known_deals else UNBOUND
 
     for row in communications:
-        where = direction(row.get("deal_id"))
-        if where is None or not row.get("kind"):
+        kind, responsible, deal_id, completed, incoming, start, created, updated = _values(
+            row, ("kind", "responsible_id", "deal_id", "completed", "incoming", "start_time", "created", "last_updated"))
+        where = direction(deal_id)
+        if where is None or not kind:
             continue
-        completed = bool(row.get("completed"))
-        incoming = row.get("incoming")
-        found.append(WorkFact(str(row["kind"]), _user(row.get("responsible_id")), where, completed,
-                              None if incoming is None else bool(incoming), clock.day(row.get("start_time")),
-                              clock.day(row.get("created")),
-                              clock.day(row.get("last_updated")) if completed else None, None, None))
-    for row in todos:
-        where = direction(row.get("deal_id"))
-        if where is None:
-            continue
-        completed = bool(row.get("completed"))
-        deadline = clock.moment(row.get("deadline"))
-        # a completed to-do's last update is when it was completed (crm.activity.list has no completion time)
-        closed_at = clock.moment(row.get("last_updated")) if completed else None
-        found.append(WorkFact("todo", _user(row.get("responsible_id")), where, completed, None,
-                              deadline.date() if deadline else None, clock.day(row.get("created")),
-                              closed_at.date() if closed_at else None, deadline, closed_at))
-    for row in tasks:
-        where = direction(row.get("deal_id"))
-        if where is None:
-            continue
-        completed = row.get("status") in (4, 5, "4", "5")
-        deadline = clock.moment(row.get("deadline"))
-        closed_at = clock.moment(row.get("closed_date")) if completed else None
-        found.append(WorkFact("task", _user(row.get("responsible_id")), where, completed, None,
-                              deadline.date() if deadline else None, clock.day(row.get("created_date")),
-                              closed_at.date() if closed_at else None, deadline, closed_at))
+        found.append(WorkFact(kind, _user(responsible), where, bool(completed),
+                              None if incoming is None else bool(incoming), day(start) if want_start else None,
+                              day(created) if want_created else None,
+                              day(updated) if want_closed and completed else None, None, None))
+    for kind, rows, keys in (("todo", todos, ("responsible_id", "deal_id", "completed", "deadline", "created",
+                                                "last_updated")),
+                             ("task", tasks, ("responsible_id", "deal_id", "status", "deadline", "created_date",
+                                              "closed_date"))):
+        for row in rows:
+            responsible, deal_id, state, deadline, created, closed = _values(row, keys)
+            where = direction(deal_id)
+            if where is None:
+                continue
+            # a completed to-do's last update is when it was completed (crm.activity.list has no completion time)
+            completed = bool(state) if kind == "todo" else state in (4, 5, "4", "5")
+            closed_text = closed if completed else None
+            deadline_day = day(deadline) if want_deadline or want_start else None
+            found.append(WorkFact(kind, _user(responsible), where, completed, None, deadline_day,
+                                  day(created) if want_created else None,
+                                  day(closed_text) if want_closed else None,
+                                  moment(deadline) if want_moments else None,
+                                  moment(closed_text) if want_moments else None))
     return found
+
+
+def _values(row: Any, keys: tuple[str, ...]) -> tuple[Any, ...]:
+    # `type(...) is` on purpose: isinstance against typing.Mapping costs more than the rest of the row
+    return row if type(row) is tuple else tuple(row.get(key) for key in keys)
 
 
 def _user(value: Any) -> str | None:

@@ -54,8 +54,13 @@ def fact_data(cache: Cache, mappings: Mappings, kpis: KpiFileSpec) -> FactData:
                               warnings)
     by_id = {deal.id: deal for deal in deals}
     known = {row_id for (row_id,) in cache.db.execute("SELECT id FROM deals")}
-    work = inputs.work_facts(store.communication_rows(cache), store.todo_rows(cache), store.task_rows(cache),
-                             {deal.id: deal.direction for deal in deals}, known, clock)
+    needed = {spec.date or ("start" if spec.source == "activities" else "closed")
+              for spec in kpis.kpis.values() if spec.source in ("activities", "tasks")}
+    if any(spec.where.overdue is not None for spec in kpis.kpis.values()):
+        needed.add("overdue")
+    work = inputs.work_facts(store.communication_rows(cache, clock.fixed_suffix), store.todo_rows(cache),
+                             store.task_rows(cache),
+                             {deal.id: deal.direction for deal in deals}, known, clock, needed)
     users, departments = inputs.people(store.user_rows(cache), store.department_rows(cache))
     rule_directions: dict[str, set[str]] = {}
     for direction_id in mappings.regulation.directions:
@@ -65,7 +70,7 @@ def fact_data(cache: Cache, mappings: Mappings, kpis: KpiFileSpec) -> FactData:
                 rule_directions.setdefault(rule, set()).add(direction_id)
     return FactData(
         deals=deals, work=work, violations=inputs.violation_facts(store.violation_rows(cache), clock),
-        visits=inputs.stage_visits(store.stage_history_rows(cache), binding, by_id, clock),
+        visits=inputs.stage_visits(store.stage_history_rows(cache, clock.fixed_suffix), binding, by_id, clock),
         funnels=dict(binding.funnels), users=users, departments=departments, rule_directions=rule_directions,
         base_currency=base, warnings=warnings, violations_recorded=cache.count("violations") > 0)
 
