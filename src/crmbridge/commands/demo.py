@@ -70,6 +70,8 @@ def register(app: typer.Typer) -> None:
                                              "crmbridge-amocrm-demo.db for amoCRM)."),
         seed: int = typer.Option(1, help="Sandbox seed."),
         report: Path = typer.Option(Path("report.html"), "--report", help="Where the demo writes the HTML report."),
+        live: bool = typer.Option(True, "--live/--no-live",
+                                  help="Then run the live bridge on loopback and correct a deal as it is moved."),
     ) -> None:
         """Start the sandbox CRM on loopback, sync it, show what crmbridge sees, then enforce the regulation on it."""
         if crm not in ("bitrix24", "amocrm"):
@@ -109,6 +111,10 @@ def register(app: typer.Typer) -> None:
                 operating_limit=settings.bitrix24_operating_limit,
             )
             _flow(client, path, settings, "bitrix24", report)
+            if live:
+                from crmbridge.live.demo import run_live_demo
+
+                run_live_demo(portal, path, settings)
         finally:
             portal.stop()
 
