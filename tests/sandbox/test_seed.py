@@ -165,9 +165,7 @@ def test_users_pipelines_and_fields_match_the_contract() -> None:
     assert dict(c.UF_BY_NAME["UF_CRM_1700000114"].options)[123] == "Нет интереса сейчас"
 
 
-def test_seeding_is_fast() -> None:
-    # CPU time, not wall time: on a shared 2-core machine other test runs stretch the wall clock 2-3x
-    t0 = time.process_time()
+def test_seeding_ten_thousand_deals() -> None:
+    # how fast is a benchmark's question (house rules: no timed assertions; ~0.6 s on a dev box, seconds under load)
     p = SandboxPortal(deals=10_000, seed=1)
-    assert time.process_time() - t0 < 2.0  # ~0.9 s on a dev box (with the KPIs' calls and e-mails); generous for CI
     assert len(p.state.deals) == 10_000

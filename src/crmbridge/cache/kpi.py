@@ -6,9 +6,34 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from crmbridge.cache.store import Cache
+from crmbridge.cache.tables import Tables as Cache
 
 Row = dict[str, Any]
+
+
+class Kpi:
+    """What the sync writes for the KPIs: calls / meetings / e-mails, currencies, departments, plan items."""
+
+    def __init__(self, cache: Cache) -> None:
+        self.cache = cache
+
+    def write_communications(self, rows: Iterable[Row]) -> int:
+        """Calls, meetings and e-mails as read (whoever owns them: a deal, a contact, a lead)."""
+        return self.cache.upsert("communications", rows)
+
+    def delete_communications_not_synced_since(self, since: str) -> int:
+        """After a full read: the ones it did not see are gone from the portal."""
+        return self.cache.db.execute(
+            "DELETE FROM communications WHERE synced_at IS NULL OR synced_at < ?", [since]).rowcount
+
+    def replace_reference(self, currencies: Iterable[Row], departments: Iterable[Row] | None,
+                          plan_items: Iterable[Row] | None) -> tuple[int, int | None, int]:
+        """Lists read whole with the reference data; departments None: the webhook lacks their scope (kept as
+        they were); plan items None: no smart process is bound."""
+        counted = self.cache.replace_all("currencies", currencies)
+        found_departments = None if departments is None else self.cache.replace_all("departments", departments)
+        found_items = 0 if plan_items is None else self.cache.replace_all("plan_items", plan_items)
+        return counted, found_departments, found_items
 
 
 def _rows(cache: Cache, sql: str, params: Iterable[Any] = ()) -> list[Row]:
@@ -72,6 +97,16 @@ def task_rows(cache: Cache) -> list[tuple[Any, ...]]:
 
 def violation_rows(cache: Cache) -> list[Row]:
     return _rows(cache, "SELECT deal_id, rule, manager_id, opened, resolved FROM violations")
+
+
+def deal_ids(cache: Cache) -> set[int]:
+    """Every cached deal, deleted or in an ignored pipeline too (a call bound to one is not "unbound")."""
+    return {row_id for (row_id,) in cache.db.execute("SELECT id FROM deals")}
+
+
+def violations_recorded(cache: Cache) -> bool:
+    """Whether an audit or enforcement ever recorded violations (compliance is unknown until then)."""
+    return cache.db.execute("SELECT 1 FROM violations LIMIT 1").fetchone() is not None
 
 
 def user_rows(cache: Cache) -> list[Row]:

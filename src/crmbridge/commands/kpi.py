@@ -41,32 +41,37 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _session(mappings_dir: Path | None, now: datetime, *, strict: bool = True) -> tuple[KpiSession, Any]:
+@contextmanager
+def kpi_session(mappings_dir: Path | None, now: datetime) -> Iterator[tuple[KpiSession, Any]]:
+    """The cache (refused when missing) and a KPI session over it; warnings of portal plans and rates on stderr."""
     settings = common.settings()
-    cache = common.existing_cache(settings)
-    try:
-        session = open_session(cache, mappings_dir or settings.mappings_dir, now, strict_plans=strict,
-                               crm=getattr(settings, "crm", None))
-    except BaseException:
-        cache.close()
-        raise
-    for warning in [*session.data.warnings, *session.plans.warnings]:
-        common.err_console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False, markup=True)
-    return session, cache
+    with common.cache(settings) as cache:
+        session = open_session(cache, mappings_dir or settings.mappings_dir, now, crm=settings.crm)
+        for warning in [*session.data.warnings, *session.plans.warnings]:
+            common.err_console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False, markup=True)
+        yield session, cache
+
+
+@contextmanager
+def optional_cache() -> Iterator[Any]:
+    """The cache when there is one (plans check and export work without it), else None."""
+    settings = common.settings()
+    if not settings.cache_path.exists():
+        yield None
+        return
+    with common.cache(settings) as cache:
+        yield cache
 
 
 @contextmanager
 def month_session(mappings_dir: Path | None, period: str | None, what: str) -> Iterator[tuple[KpiSession, Any, Period, datetime]]:
     """The KPI session of a month command (payout, report): the month given, else the last full one."""
     now = _now()
-    session, cache = _session(mappings_dir, now)
-    try:
+    with kpi_session(mappings_dir, now) as (session, cache):
         chosen = parse_period(period, last_full_month(now.astimezone(portal_zone(session.mappings)).date()))
         if chosen.kind != "month":
             raise typer.BadParameter(f"{what} per month, e.g. 2026-11", param_hint="--period")
         yield session, cache, chosen, now
-    finally:
-        cache.close()
 
 
 def current_month(session: KpiSession, now: datetime) -> Period:
@@ -104,8 +109,7 @@ def register(app: typer.Typer) -> None:
         if ctx.invoked_subcommand is not None:
             return
         now = _now()
-        session, cache = _session(mappings_dir, now)
-        try:
+        with kpi_session(mappings_dir, now) as (session, _):
             chosen = parse_period(period, current_month(session, now))
             if direction is not None and direction not in session.directions:
                 raise typer.BadParameter(f'no direction "{direction}" — {did_you_mean(direction, session.directions)}',
@@ -114,8 +118,6 @@ def register(app: typer.Typer) -> None:
                 raise typer.BadParameter(f'"{manager}" is not a CRM user id', param_hint="--manager")
             rows = session.rows([chosen], managers={manager} if manager else None,
                                 direction_filter=direction if direction else "*")
-        finally:
-            cache.close()
         if as_json:
             common.print_json([row.as_json() for row in rows])
         elif as_csv:
@@ -131,12 +133,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write the period's KPIs into kpi_snapshots: same figures write nothing; changed ones keep the old as history."""
         now = _now()
-        session, cache = _session(mappings_dir, now)
-        try:
+        with kpi_session(mappings_dir, now) as (session, cache):
             chosen = parse_period(period, last_full_month(now.astimezone(portal_zone(session.mappings)).date()))
             result = take_snapshot(cache, session, chosen, now)
-        finally:
-            cache.close()
         changed = [{"kpi": row.kpi, "scope": row.scope, "manager_id": row.manager_id,
                     "department_id": row.department_id, "direction": row.direction,
                     "plan_before": old["plan"], "fact_before": old["fact"], "plan": row.plan, "fact": row.fact}
@@ -245,7 +244,6 @@ def register(app: typer.Typer) -> None:
 
 def check_plan_files(directory: Path) -> tuple[list[str], str]:
     """plans.yaml (+ the portal's items in the cache, when there is one) and kpi.yaml / motivation.yaml."""
-    from crmbridge.cache.store import open_cache
     from crmbridge.kpi.load import MOTIVATION_FILE, load_kpis, load_motivation
     from crmbridge.kpi.service import fact_data
     from crmbridge.mapping.load import load_mappings
@@ -258,14 +256,9 @@ def check_plan_files(directory: Path) -> tuple[list[str], str]:
             load_motivation(directory, kpis)
         except MappingError as bad:
             problems.extend(bad.problems)
-    settings = common.settings()
-    cache = open_cache(settings.cache_path) if settings.cache_path.exists() else None
-    try:
+    with optional_cache() as cache:
         data = fact_data(cache, mappings, kpis) if cache is not None else None
         state = plan_state(cache, directory, mappings, kpis, data)
-    finally:
-        if cache is not None:
-            cache.close()
     problems.extend(str(problem) for problem in state.errors)
     for warning in state.warnings:
         common.err_console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False)

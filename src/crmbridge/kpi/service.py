@@ -53,7 +53,7 @@ def fact_data(cache: Cache, mappings: Mappings, kpis: KpiFileSpec) -> FactData:
     deals = inputs.deal_facts(store.deal_rows(cache, binding.fields, mappings.binding.crm), binding, rates, base, clock,
                               warnings)
     by_id = {deal.id: deal for deal in deals}
-    known = {row_id for (row_id,) in cache.db.execute("SELECT id FROM deals")}
+    known = store.deal_ids(cache)
     needed = {spec.date or ("start" if spec.source == "activities" else "closed")
               for spec in kpis.kpis.values() if spec.source in ("activities", "tasks")}
     if any(spec.where.overdue is not None for spec in kpis.kpis.values()):
@@ -72,7 +72,7 @@ def fact_data(cache: Cache, mappings: Mappings, kpis: KpiFileSpec) -> FactData:
         deals=deals, work=work, violations=inputs.violation_facts(store.violation_rows(cache), clock),
         visits=inputs.stage_visits(store.stage_history_rows(cache, clock.fixed_suffix), binding, by_id, clock),
         funnels=dict(binding.funnels), users=users, departments=departments, rule_directions=rule_directions,
-        base_currency=base, warnings=warnings, violations_recorded=cache.count("violations") > 0)
+        base_currency=base, warnings=warnings, violations_recorded=store.violations_recorded(cache))
 
 
 @dataclass

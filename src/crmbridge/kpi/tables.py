@@ -114,19 +114,15 @@ def dump_plans(data: dict[str, Any]) -> str:
 
 def export_table(mappings_dir: Path, out: Path | None, *, written_only: bool = True) -> int:
     """plans.yaml and the portal's plan items (from the cache) as the table `plans import` reads."""
-    from crmbridge.cache.store import open_cache
     from crmbridge.commands import common
+    from crmbridge.commands.kpi import optional_cache
     from crmbridge.kpi.service import plan_state
 
     settings = common.settings()
     mappings = load_mappings(mappings_dir, crm=settings.crm)
     kpis = load_kpis(mappings_dir, mappings).kpis
-    cache = open_cache(settings.cache_path) if settings.cache_path.exists() else None
-    try:
+    with optional_cache() as cache:
         state = plan_state(cache, mappings_dir, mappings, kpis, None)
-    finally:
-        if cache is not None:
-            cache.close()
     if state.errors:
         raise MappingError([str(problem) for problem in state.errors])
     table = export_rows(state.resolution.rows if state.resolution else [], written_only=written_only)

@@ -6,7 +6,6 @@ import os
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,8 @@ from typing import Any
 
 from rich.markup import escape
 
+from crmbridge.cache.actions import ActionsRepository
+from crmbridge.cache.store import open_cache
 from crmbridge.commands import common
 
 #: the stage move the demo makes: pipeline 1 (B2B new clients), Презентация -> Обратная связь, skipping Общее КП
@@ -75,11 +76,9 @@ def run_live_demo(portal: Any, cache_path: Path, settings: Any) -> float | None:
                 return None
             console.print(f"[green]✓[/green] crmbridge moved it back to «Презентация» {took:.2f} s after the move:")
             time.sleep(0.5)  # the rest of the round (comment, notification) and the echo of the revert
-            with sqlite3.connect(cache_path) as conn:
-                for kind, summary, status in conn.execute(
-                        "SELECT kind, summary, status FROM actions WHERE deal_id = ? ORDER BY id DESC LIMIT 5",
-                        (deal_id,)):
-                    console.print(f"    {kind:<13} {status:<5} {escape(summary or '')}")
+            with open_cache(cache_path) as cache:
+                for row in ActionsRepository(cache).log(deal=deal_id, limit=5):
+                    console.print(f"    {row['kind']:<13} {row['status']:<5} {escape(row['summary'] or '')}")
             return took
         finally:
             daemon.send_signal(signal.SIGTERM)
