@@ -259,7 +259,15 @@ class Daemon:
                 self.stop.wait(backoff)
 
     def _housekeeping(self) -> None:
-        while not self.stop.wait(3600):
+        minutes = 0
+        while not self.stop.wait(60):
+            minutes += 1
+            try:
+                self.inbox.checkpoint()
+            except sqlite3.Error as exc:
+                log.warning("WAL checkpoint failed: %s", exc)
+            if minutes % 60:
+                continue
             try:
                 pruned = self.inbox.prune(timedelta(days=self.settings.inbox_keep_days))
                 if pruned:

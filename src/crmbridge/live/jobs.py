@@ -337,6 +337,9 @@ def run_job(job: Job, ctx: JobContext, scheduled_for: datetime, *, metrics: Any 
             outcome: dict[str, Any] = {}
 
             def work() -> None:
+                from crmbridge.live.worker import lower_priority
+
+                lower_priority()
                 try:
                     outcome["summary"] = JOB_COMMANDS[job.spec.run](ctx)
                     outcome["status"] = "done"
