@@ -74,15 +74,14 @@ def job_duration(text: Any) -> timedelta:
 
 def _sync(full: bool) -> Callable[[JobContext], dict[str, Any]]:
     def run(ctx: JobContext) -> dict[str, Any]:
-        from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
-        from crmbridge.sync import Syncer
+        from crmbridge.connectors.registry import syncer_for
 
         cache = open_cache(ctx.settings.cache_path)
         try:
             with ctx.writer_lock:
-                return Syncer(Bitrix24Reader(ctx.client()), cache,
-                              overlap=timedelta(minutes=ctx.settings.sync_overlap_minutes),
-                              plan_entity_type=_plans_entity_type(ctx)).run(full=full).as_dict()
+                return syncer_for(ctx.client(), cache, overlap=timedelta(minutes=ctx.settings.sync_overlap_minutes),
+                                  refresh=timedelta(minutes=ctx.settings.amocrm_refresh_minutes),
+                                  plan_entity_type=_plans_entity_type(ctx)).run(full=full).as_dict()
         finally:
             cache.close()
 
@@ -126,7 +125,8 @@ def _enforce(ctx: JobContext) -> dict[str, Any]:
     from crmbridge.enforce.run import enforce
     from crmbridge.mapping.load import load_mappings
 
-    mappings = ctx.mappings() if ctx.mappings is not None else load_mappings(ctx.settings.mappings_dir)
+    mappings = ctx.mappings() if ctx.mappings is not None else load_mappings(ctx.settings.mappings_dir,
+                                                                             crm=ctx.settings.crm)
     cache = open_cache(ctx.settings.cache_path)
     try:
         with ctx.writer_lock:

@@ -45,8 +45,9 @@ MAX_PAUSE = 2.0
 class MappingsWatcher:
     """The admin's mapping files, reloaded when they change; a broken edit keeps the last good version."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, crm: str | None = None) -> None:
         self.directory = Path(directory)
+        self.crm = crm
         self._stamp: tuple[float, ...] | None = None
         self._mappings: Mappings | None = None
         self.error: str | None = None
@@ -55,7 +56,7 @@ class MappingsWatcher:
         stamp = tuple(path.stat().st_mtime for path in sorted(self.directory.glob("*.yaml")))
         if stamp != self._stamp or self._mappings is None:
             try:
-                self._mappings = load_mappings(self.directory)
+                self._mappings = load_mappings(self.directory, crm=self.crm)
                 self.error = None
             except MappingError as exc:
                 self.error = f"{exc} ({len(exc.problems)} problem(s); `crmbridge check` lists them)"
