@@ -122,7 +122,7 @@ def test_discover_marks_what_it_cannot_match(shipped) -> None:
     assert any("pipeline 5: the direction is still todo — choose one of: project_sales" in str(p) for p in problems)
 
 
-@pytest.mark.parametrize("name", ["regulation.yaml", "bitrix24.yaml", "amocrm.yaml"])
+@pytest.mark.parametrize("name", sorted(path.name for path in MAPPINGS.glob("*.yaml")))
 def test_packaged_defaults_are_the_shipped_mapping_files(name: str) -> None:
     from crmbridge import defaults
 

@@ -1,8 +1,8 @@
-"""Package data: the default regulation and the sandbox's bindings, for installs without the repository's mappings/.
+"""Package data: the default regulation and the sandbox's mapping files, for installs without the repository's mappings/.
 
-`regulation.yaml` is what `discover` starts a fresh install from; `bitrix24.yaml` and `amocrm.yaml` bind it to the
-built-in sandboxes, so `crmbridge demo` runs from any folder. They are copies of the repository's mappings/
-(a test keeps them equal).
+`regulation.yaml` is what `discover` starts a fresh install from; the bindings, plans and KPI files fit the built-in
+sandboxes, so `crmbridge demo` runs from any folder. They are copies of the repository's mappings/ (a test keeps
+them equal).
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path
 
-FILES = ("regulation.yaml", "bitrix24.yaml", "amocrm.yaml")
+#: every mapping file of the repository's mappings/ (the demo reads the plans and KPI files too)
+FILES = ("regulation.yaml", "bitrix24.yaml", "amocrm.yaml", "plans.yaml", "plans.amocrm.yaml", "kpi.yaml",
+         "motivation.yaml")
 
 
 def text(name: str) -> str:
