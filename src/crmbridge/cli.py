@@ -33,6 +33,7 @@ COMMAND_MODULES = [
     "crmbridge.commands.enforce",
     "crmbridge.commands.live",
     "crmbridge.commands.connect",
+    "crmbridge.commands.kpi",
 ]
 
 

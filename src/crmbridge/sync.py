@@ -55,13 +55,18 @@ class SyncSummary:
     stage_history_read: int = 0
     tasks_read: int = 0
     todos_read: int = 0
+    communications_read: int = 0
+    plan_items: int = 0
     users: int = 0
+    departments: int | None = None  # None: the webhook lacks the department scope
+    currencies: int = 0
     pipelines: int = 0
     stages: int = 0
     deal_fields: int = 0
     http_requests: int = 0
     seconds: float = 0.0
     operating_seconds: dict[str, float] = field(default_factory=dict)
+
     #: records set aside because crmbridge cannot use them (kept raw in rejected_records), per table
     skipped: dict[str, int] = field(default_factory=dict)
     #: records a full read did not see but did not remove (too many at once without --confirm-deletions), per table
@@ -77,6 +82,9 @@ class SyncSummary:
 
     def add_todos(self, count: int) -> None:
         self.todos_read += count
+
+    def add_communications(self, count: int) -> None:
+        self.communications_read += count
 
 
 def utc_now_iso() -> str:
@@ -120,8 +128,9 @@ def then(first: list[RawRecord] | None, rest: Callable[[int], Iterator[RawRecord
         yield from rest(max(ids, default=0))
 
 
-def chunks(records: Iterable[RawRecord], size: int = CHUNK_ROWS) -> Iterator[list[RawRecord]]:
+def chunks(records: Iterable[RawRecord], size: int | None = None) -> Iterator[list[RawRecord]]:
     iterator = iter(records)
+    size = size or CHUNK_ROWS
     while chunk := list(islice(iterator, size)):
         yield chunk
 
@@ -136,6 +145,7 @@ class Syncer:
         *,
         overlap: timedelta = DEFAULT_OVERLAP,
         progress: ProgressCallback | None = None,
+        plan_entity_type: int | None = None,
         now: Callable[[], str] = utc_now_iso,
         monotonic: Callable[[], float] = time.monotonic,
         metadata_max_age: timedelta = timedelta(hours=1),
@@ -150,15 +160,17 @@ class Syncer:
         self.lock_wait = lock_wait
         self.break_lock = break_lock
         self._lock: WriterLock | None = None
+        #: contacts and companies this run has read already (deals of one client fall into many chunks)
+        self._clients_read: dict[str, set[int]] = {"contacts": set(), "companies": set()}
         #: an incremental sync re-reads pipelines, stages, fields and users when they are older than this
         #: (or when a deal names a stage or pipeline the cache does not know); a full sync always does
         self.metadata_max_age = metadata_max_age
         # a factory is opened only after the portal answered, so bad input leaves no file behind
         self._cache_or_factory = cache
         self.overlap = overlap
-        self.progress = progress or (lambda entity, count: None)
-        self.now = now
-        self.monotonic = monotonic
+        # the smart process that holds plans (binding `plans_source`), read whole on every sync
+        self.plan_entity_type = plan_entity_type
+        self.granted: set[str] = set()
         # deletion needs evidence: vanished ids are read back, and a large share waits for a person's word
         self.confirm_deletions = confirm_deletions
         self.max_deleted_share = max_deleted_share
@@ -167,6 +179,9 @@ class Syncer:
         self.skipped: dict[str, list[Rejected]] = {}
         self._cursors_told: set[str] = set()
         self._with_rejected: set[str] | None = None
+        self.progress = progress or (lambda entity, count: None)
+        self.now = now
+        self.monotonic = monotonic
 
     def run(self, *, full: bool = False) -> SyncSummary:
         started = self.monotonic()
@@ -178,7 +193,8 @@ class Syncer:
             self.cache = self._cache_or_factory
             return self._locked_run(full, None, started, requests_before)
         # Ask the portal first: a wrong URL, a missing scope or an outage fails before anything is written.
-        _, portal_time = self.reader.check_scopes()
+        granted, portal_time = self.reader.check_scopes()
+        self.granted = set(granted)
         portal_time = self._portal_clock(portal_time)
         # a cache this run opened is this run's to close
         with self._cache_or_factory() as self.cache:
@@ -190,6 +206,7 @@ class Syncer:
             self._lock.heartbeat()
 
     def _locked_run(self, full: bool, portal_time: str | None, started: float, requests_before: int) -> SyncSummary:
+        self._clients_read = {"contacts": set(), "companies": set()}
         with self.cache.syncs.writer(wait=self.lock_wait, break_lock=self.break_lock) as self._lock:
             return self._run(full, portal_time, started, requests_before)
 
@@ -202,8 +219,11 @@ class Syncer:
         if mode == "incremental":
             first = self.reader.first_pages(self._first_page_params(deals_state), with_scope=portal_time is None)
             portal_time = portal_time or first.portal_time
+            if first.scopes is not None:
+                self.granted = set(first.scopes)
         elif portal_time is None:
-            _, portal_time = self.reader.check_scopes()
+            granted, portal_time = self.reader.check_scopes()
+            self.granted = set(granted)
         portal_time = self._portal_clock(portal_time)
         pages = first.pages if first is not None else {}
         # one cache, one account: a cache of another portal (or of an amoCRM account) is refused before any write
@@ -227,6 +247,10 @@ class Syncer:
                 self._dated_stream("activities", "crm.activity.list", full_lists, portal_time, self.reader.iter_todos,
                                    "updated_since", cache_rows.activity_row, summary.add_todos,
                                    pages.get("activities"), summary=summary),
+                self._dated_stream("communications", "crm.activity.list", full_lists, portal_time,
+                                   self.reader.iter_communications, "updated_since", cache_rows.communication_row,
+                                   summary.add_communications, pages.get("communications"), deals_only=False,
+                                   summary=summary),
             ])
             if not reference_read and self._unknown_structure():
                 self._sync_reference(summary)  # a new pipeline or stage appeared: the check needs it now
@@ -306,18 +330,23 @@ class Syncer:
     def _settle_vanished(self, entity: str, since: str, summary: SyncSummary) -> int:
         """After a full read: what it did not see is read back by id; only what the portal confirms gone (and not
         too many at once) leaves the cache. Returns how many left."""
-        deals_ = self.cache.deals
-        unseen = deals_.not_synced_since(since) if entity == "deals" else deals_.linked_not_synced_since(entity, since)
+        deals_, kpi = self.cache.deals, self.cache.kpi
+        if entity == "deals":
+            unseen, cached = deals_.not_synced_since(since), deals_.count_live()
+        elif entity == "communications":
+            unseen, cached = kpi.communications_not_synced_since(since), kpi.count_communications()
+        else:
+            unseen, cached = deals_.linked_not_synced_since(entity, since), deals_.count_linked(entity)
         seen_unusable = self.cache.rejected.seen_since(entity, since)  # sent, though crmbridge could not use them
         vanished = [record_id for record_id in unseen if record_id not in seen_unusable]
         if not vanished:
             return 0
-        cached = deals_.count_live() if entity == "deals" else deals_.count_linked(entity)
         read_back = None
         if deletions.worth_reading_back(len(vanished), cached, max_share=self.max_deleted_share,
                                         confirmed=self.confirm_deletions):
             read_back = {"deals": self.reader.deals_by_ids, "tasks": self.reader.tasks_by_ids,
-                         "activities": self.reader.todos_by_ids}[entity](vanished)
+                         "activities": self.reader.todos_by_ids,
+                         "communications": self.reader.communications_by_ids}[entity](vanished)
             self._restore(entity, read_back.found, summary)
         verdict = deletions.verdict(entity, vanished, cached, read_back, max_share=self.max_deleted_share,
                                     confirmed=self.confirm_deletions)
@@ -328,6 +357,8 @@ class Syncer:
         with self.cache.atomic():
             if entity == "deals":
                 deals_.mark_deleted_ids(verdict.delete)
+            elif entity == "communications":
+                kpi.delete_communications(verdict.delete)
             else:
                 deals_.delete_linked(entity, verdict.delete)
         return len(verdict.delete)
@@ -340,11 +371,16 @@ class Syncer:
             for chunk in chunks(records):
                 self._write_deals(chunk, summary, state_update=None)
             return
-        to_row = partial(cache_rows.task_row, binding_asked=True) if entity == "tasks" else cache_rows.activity_row
+        to_row = {"tasks": partial(cache_rows.task_row, binding_asked=True), "activities": cache_rows.activity_row,
+                  "communications": cache_rows.communication_row}[entity]
         synced_at = self.now()
         rows = [{**row, "synced_at": synced_at} for row in self._usable(entity, records, to_row)]
         with self.cache.atomic():
-            self.cache.deals.write_linked(entity, rows)
+            if entity == "communications":
+                self.cache.kpi.write_communications(rows)
+            else:
+                self.cache.deals.write_linked(entity, rows)
+
 
     # --- the first pages of an incremental poll ------------------------------------------------
 
@@ -356,7 +392,7 @@ class Syncer:
             "stage_history": self.reader.list_params(
                 "stage_history", after_id=max(0, (self.cache.syncs.get("stage_history").last_id or 0) - HISTORY_ID_MARGIN)),
         }
-        for entity in ("tasks", "activities"):
+        for entity in ("tasks", "activities", "communications"):
             state = self._checked(self.cache.syncs.get(entity), entity)
             if state.cursor is not None and not (state.status == "running" and state.mode == "full"):
                 lists[entity] = self.reader.list_params(entity, since=minus_overlap(state.cursor, self.overlap))
@@ -382,7 +418,10 @@ class Syncer:
     # --- reference lists ----------------------------------------------------------------------
 
     def _sync_reference(self, summary: SyncSummary) -> None:
-        reference = self.reader.reference_data()
+        with_departments = "department" in self.granted
+        reference = self.reader.reference_data(departments=with_departments)
+        plan_items = (list(self.reader.iter_plan_items(self.plan_entity_type))
+                      if self.plan_entity_type is not None else None)
         cached = self.cache.reference
         keep = not self.confirm_deletions  # an empty answer is no evidence that a list is gone
         pipelines = self._usable("pipelines", reference.pipelines, cache_rows.pipeline_row)
@@ -418,6 +457,11 @@ class Syncer:
                 pipelines, stage_rows, fields, users)
             self.cache.syncs.save(SyncState(entity="reference", mode="full", status="done",
                                             finished_at=datetime.now(timezone.utc).isoformat()))
+            summary.currencies, summary.departments, summary.plan_items = self.cache.kpi.replace_reference(
+                map(cache_rows.currency_row, reference.currencies),
+                None if reference.departments is None else map(cache_rows.department_row, reference.departments),
+                None if plan_items is None else [cache_rows.plan_item_row(raw, self.plan_entity_type or 0, self.now())
+                                                 for raw in plan_items])
 
     # --- deals --------------------------------------------------------------------------------
 
@@ -459,11 +503,12 @@ class Syncer:
             self.progress("deals", len(chunk))
             return
         changed = self.cache.deals.changed_ids(deal_rows)
-        # a full sync re-reads every deal's client (a phone added to a contact does not touch its deals);
-        # an incremental one those of changed deals, plus clients edited on their own (_sync_changed_clients)
+        # a full sync re-reads every deal's client (a phone added to a contact does not touch its deals), each once
+        # however many chunks name it; an incremental one those of changed deals, plus clients edited on their own
+        # (_sync_changed_clients)
         with_clients = deal_rows if state_update is not None else [r for r in deal_rows if r["id"] in changed]
-        contact_ids = {r["contact_id"] for r in with_clients if r["contact_id"]}
-        company_ids = {r["company_id"] for r in with_clients if r["company_id"]}
+        contact_ids = {r["contact_id"] for r in with_clients if r["contact_id"]} - self._clients_read["contacts"]
+        company_ids = {r["company_id"] for r in with_clients if r["company_id"]} - self._clients_read["companies"]
         if state_update is None:
             # an edited client moves its own DATE_MODIFY and comes in with _sync_changed_clients: an incremental
             # sync reads only the clients the cache does not have yet (a deal given a new contact)
@@ -474,12 +519,15 @@ class Syncer:
         contact_records, company_records = (self.reader.clients(contact_ids, company_ids)
                                             if contact_ids or company_ids else ([], []))
         contacts = self._usable("contacts", contact_records, cache_rows.contact_row)
-        more = {row["company_id"] for row in contacts if row["company_id"]} - company_ids
+        more = ({row["company_id"] for row in contacts if row["company_id"]} - company_ids
+                - self._clients_read["companies"])
         if state_update is None:
             more = set(self.cache.deals.missing_clients("companies", more))
         if more:
             company_records += self.reader.clients((), more)[1]
         companies = self._usable("companies", company_records, cache_rows.company_row)
+        self._clients_read["contacts"] |= contact_ids
+        self._clients_read["companies"] |= company_ids | more
         self._heartbeat()
         with self.cache.atomic():
             self.cache.deals.upsert(deal_rows, contacts, companies)
@@ -547,11 +595,14 @@ class Syncer:
         count: Callable[[int], None],
         first: list[RawRecord] | None = None,
         *,
+        deals_only: bool = True,
         summary: SyncSummary,
     ) -> _Stream:
-        """Tasks and to-dos: a full read by ID that resumes after a kill, else what changed since the cursor.
+        """Tasks, to-dos, calls / meetings / e-mails: a full read by ID that resumes after a kill, else what
+        changed since the cursor.
 
-        Only records bound to a deal are kept: the regulation judges deals (R3, R5, R11).
+        With `deals_only`, only records bound to a deal are kept: the regulation judges deals (R3, R5, R11);
+        the activity KPIs count a manager's calls whoever they were with.
         """
         state = self._checked(self.cache.syncs.get(entity), entity)
         resuming = state.status == "running" and state.mode == "full"
@@ -574,7 +625,9 @@ class Syncer:
             if not rows:
                 return
             with self.cache.atomic():
-                bound = self.cache.deals.write_linked(entity, rows)
+                # tasks and to-dos count for their deal (the regulation); calls, meetings and e-mails for their
+                # manager whoever they were with (the activity KPIs)
+                bound = self.cache.deals.write_linked(entity, rows) if deals_only else self.cache.kpi.write_communications(rows)
                 if by_id:
                     state.last_id = max(row["id"] or 0 for row in rows)
                     self.cache.syncs.save(state)
@@ -583,7 +636,7 @@ class Syncer:
         def finish() -> None:
             if by_id and state.started_at:
                 # a full read saw every record the portal still has: the rest are read back by id, and those the
-                # portal confirms gone leave the cache (a stale task would satisfy R3)
+                # portal confirms gone leave the cache (a stale task would satisfy R3, a lost call skew the KPIs)
                 self._settle_vanished(entity, state.started_at, summary)
             with self.cache.atomic():
                 state.status, state.cursor, state.run_cursor = "done", state.run_cursor or portal_time, None
@@ -614,7 +667,8 @@ class Syncer:
 
 
 #: how messages name each table's records
-ENTITY_WORDS = {"deals": "deal", "tasks": "task", "activities": "to-do", "stage_history": "stage change"}
+ENTITY_WORDS = {"deals": "deal", "tasks": "task", "activities": "to-do", "communications": "call, meeting or e-mail",
+                "stage_history": "stage change"}
 #: the primary key of tables whose rows are matched against rejected_records
 PRIMARY_KEY_OF = {"stages": "status_id", "deal_fields": "field_name"}
 

@@ -10,6 +10,7 @@ import sqlite_utils
 
 from crmbridge.cache.account import Account
 from crmbridge.cache.deals import Deals
+from crmbridge.cache.kpi import Kpi
 from crmbridge.cache.meta import Meta
 from crmbridge.cache.reference import Reference
 from crmbridge.cache.rejected import RejectedRecords
@@ -23,8 +24,8 @@ from crmbridge.errors import CacheError
 class Cache(Tables):
     """The local SQLite file: one repository per table family, and the transactions they share.
 
-    `cache.deals`, `cache.reference`, `cache.violations`, `cache.syncs`, `cache.account`, `cache.rejected` (records a
-    sync could not use) and `cache.meta` (facts about the file) hold every query of their tables
+    `cache.deals`, `cache.reference`, `cache.violations`, `cache.syncs`, `cache.account`, `cache.kpi`, `cache.rejected`
+    (records a sync could not use) and `cache.meta` (facts about the file) hold every query of their tables
     (`cache.actions.ActionsRepository(cache)` those of the enforcement's outbox).
     """
 
@@ -35,6 +36,7 @@ class Cache(Tables):
         self.violations = Violations(self)
         self.syncs = SyncStates(self)
         self.account = Account(self)
+        self.kpi = Kpi(self)
         self.rejected = RejectedRecords(self)
         self.meta = Meta(self)
 

@@ -12,6 +12,7 @@ from pydantic import SecretStr
 import typer
 from rich.table import Table
 
+from crmbridge import defaults
 from crmbridge.cache.store import CREATED_BY, DEMO, Cache, replaceable_demo_cache
 from crmbridge.commands import common
 from crmbridge.commands.enforce import print_report
@@ -83,76 +84,94 @@ def register(app: typer.Typer) -> None:
                                         help="SQLite file the demo writes (default crmbridge-demo.db, "
                                              "crmbridge-amocrm-demo.db for amoCRM)."),
         seed: int = typer.Option(1, help="Sandbox seed."),
+        report: Path = typer.Option(Path("report.html"), "--report", help="Where the demo writes the HTML report."),
         live: bool = typer.Option(True, "--live/--no-live",
                                   help="Then run the live bridge on loopback and correct a deal as it is moved."),
+        mappings_dir: Path = typer.Option(None, "--mappings",
+                                          help="Regulation, bindings, plans and KPI files to use (default: the ones "
+                                               "shipped with crmbridge, bound to the sandbox's ids)."),
     ) -> None:
         """Start the sandbox CRM on loopback, sync it, show what crmbridge sees, then enforce the regulation on it."""
         if crm not in ("bitrix24", "amocrm"):
             from crmbridge.errors import ConfigError
 
             raise ConfigError(f"--crm {crm!r}: use bitrix24 or amocrm")
-        settings = load_settings()
-        path = cache_path or Path("crmbridge-amocrm-demo.db" if crm == "amocrm" else "crmbridge-demo.db")
-        # the demo replaces only a cache an earlier demo created: never an admin's cache or any other file
-        refusal = replaceable_demo_cache(path)
-        if refusal is not None:
-            raise CrmBridgeError(f"{path} {refusal}; the demo replaces only a cache an earlier demo created",
-                                 hint="pass --cache with a new file name")
-        if path.exists():
-            for suffix in ("", "-wal", "-shm", ".amocrm-rate"):
-                Path(str(path) + suffix).unlink(missing_ok=True)
-        if crm == "amocrm":
-            from crmbridge.sandbox.amocrm import SandboxAccount
+        # the sandbox's ids are those of the shipped bindings: the demo never reads the admin's own mappings/
+        with defaults.directory() as shipped:
+            _demo(crm, deals, cache_path, seed, live, report, load_settings().model_copy(
+                update={"mappings_dir": mappings_dir or shipped}))
 
-            account = SandboxAccount(deals=deals, seed=seed)
-            account.start(port=0)
-            try:
-                common.console.print(common.markup(
-                    "[bold]Sandbox amoCRM account[/bold] with {deals} leads at {url} (7 requests per second, "
-                    "as amoCRM allows)", deals=f"{deals:,}", url=account.base_url))
-                from crmbridge.connectors.registry import amocrm_client_from
 
-                client: Any = amocrm_client_from(settings.model_copy(update={
-                    "crm": "amocrm", "cache_path": path, "amocrm_long_lived_token": SecretStr(account.long_lived_token)}),
-                    base_url=account.base_url)
-                _flow(client, path, settings, "amocrm")
-            finally:
-                account.stop()
-            return
-        from crmbridge.sandbox import SandboxPortal
+def _demo(crm: str, deals: int, cache_path: Path | None, seed: int, live: bool, report: Path, settings: Any) -> None:
+    """The flow against the chosen sandbox, with `settings.mappings_dir` pointing at the mapping files to use."""
+    path = cache_path or Path("crmbridge-amocrm-demo.db" if crm == "amocrm" else "crmbridge-demo.db")
+    # the demo replaces only a cache an earlier demo created: never an admin's cache or any other file
+    refusal = replaceable_demo_cache(path)
+    if refusal is not None:
+        raise CrmBridgeError(f"{path} {refusal}; the demo replaces only a cache an earlier demo created",
+                             hint="pass --cache with a new file name")
+    if path.exists():
+        for suffix in ("", "-wal", "-shm", ".amocrm-rate"):
+            Path(str(path) + suffix).unlink(missing_ok=True)
+    if crm == "amocrm":
+        from crmbridge.sandbox.amocrm import SandboxAccount
 
-        portal = SandboxPortal(deals=deals, seed=seed)
-        portal.start(port=0)
+        account = SandboxAccount(deals=deals, seed=seed)
+        account.start(port=0)
         try:
-            common.console.print(common.markup("[bold]Sandbox portal[/bold] with {deals} deals at {url}",
-                                               deals=f"{deals:,}", url=portal.webhook_url))
-            client = Bitrix24Client(
-                portal.webhook_url, rate=settings.bitrix24_rate, burst=settings.bitrix24_burst,
-                operating_limit=settings.bitrix24_operating_limit,
-            )
-            _flow(client, path, settings, "bitrix24")
-            if live:
-                from crmbridge.live.demo import run_live_demo
+            common.console.print(common.markup(
+                "[bold]Sandbox amoCRM account[/bold] with {deals} leads at {url} (7 requests per second, "
+                "as amoCRM allows)", deals=f"{deals:,}", url=account.base_url))
+            from crmbridge.connectors.registry import amocrm_client_from
 
-                run_live_demo(portal, path, settings)
+            client: Any = amocrm_client_from(settings.model_copy(update={
+                "crm": "amocrm", "cache_path": path, "amocrm_long_lived_token": SecretStr(account.long_lived_token)}),
+                base_url=account.base_url)
+            _flow(client, path, settings, "amocrm", report)
         finally:
-            portal.stop()
+            account.stop()
+        return
+    from crmbridge.sandbox import SandboxPortal
+
+    portal = SandboxPortal(deals=deals, seed=seed)
+    portal.start(port=0)
+    try:
+        common.console.print(common.markup("[bold]Sandbox portal[/bold] with {deals} deals at {url}",
+                                           deals=f"{deals:,}", url=portal.webhook_url))
+        client = Bitrix24Client(
+            portal.webhook_url, rate=settings.bitrix24_rate, burst=settings.bitrix24_burst,
+            operating_limit=settings.bitrix24_operating_limit,
+        )
+        _flow(client, path, settings, "bitrix24", report)
+        if live:
+            from crmbridge.live.demo import run_live_demo
+
+            run_live_demo(portal, path, settings)
+    finally:
+        portal.stop()
 
 
-def _flow(client: Any, cache_path: Path, settings: Any, crm: str) -> None:
-    """Full sync with a progress bar, the tables, then the enforcement part (plan, enforce, a second run)."""
+def _flow(client: Any, cache_path: Path, settings: Any, crm: str, report: Path) -> None:
+    """Full sync with a progress bar, the tables, the enforcement part (plan, enforce, a second run), then the
+    plans and KPIs of the last full month, a KPI snapshot and the HTML report."""
     from crmbridge.connectors.registry import syncer_for
+    from crmbridge.kpi.demo import run_demo_kpis
     from crmbridge.mapping.load import load_mappings
 
+    mappings = load_mappings(settings.mappings_dir, crm=crm)
+    source = getattr(mappings.binding, "plans_source", None)
     with common.cache(settings.model_copy(update={"crm": crm}), create=True, path=cache_path) as cache:
         cache.meta.set(CREATED_BY, DEMO)  # a later demo may replace this file; nothing else may
         with progress_bar(sys.stderr.isatty()) as advance:
-            summary = syncer_for(client, cache, progress=advance).run(full=True)
+            summary = syncer_for(client, cache, progress=advance,
+                                 plan_entity_type=source.entity_type_id if source else None).run(full=True)
         print_summary(summary, cache_path)
         common.console.print(pipeline_table(cache))
         common.console.print(manager_table(cache))
         # evaluate, show the plan, enforce it on the sandbox, show what changed
-        run_demo_enforcement(client, cache, load_mappings(settings.mappings_dir, crm=crm))
+        run_demo_enforcement(client, cache, mappings)
+        # issue 10: plans (the plans file and the portal's smart process), KPIs, a snapshot and report.html
+        run_demo_kpis(cache, settings.mappings_dir, report, crm=crm)
     common.console.print(common.markup(
         "The cache is [bold]{path}[/bold]: try `sqlite3 {name} 'select stage_id, count(*) from deals group by 1'`.",
         path=cache_path.resolve(), name=cache_path))

@@ -58,9 +58,9 @@ def evaluate_cache(cache: Cache, mappings: Mappings, now: datetime, *, record: b
 
 def default_regulation_text() -> str:
     """The shipped default regulation (package data; the same text as mappings/regulation.yaml)."""
-    from importlib.resources import files
+    from crmbridge import defaults
 
-    return files("crmbridge.defaults").joinpath("regulation.yaml").read_text(encoding="utf-8")
+    return defaults.text("regulation.yaml")
 
 
 def _mappings(directory: Path | None) -> Mappings:
@@ -102,11 +102,13 @@ def register(app: typer.Typer) -> None:
     def schema(
         out: Path = typer.Option(None, "--out", help="Directory for the JSON Schema files (default: the mappings dir)."),
     ) -> None:
-        """Write the JSON Schema of regulation.yaml, bitrix24.yaml and amocrm.yaml for editors (yaml-language-server)."""
+        """Write the JSON Schema of the mapping files (regulation, bindings, plans, kpi, motivation) for editors."""
+        from crmbridge.kpi.schema import kpi_json_schemas
+
         directory = out or common.settings().mappings_dir
         option = "--out" if out else "CRMBRIDGE_MAPPINGS_DIR"
         files.make_folder(directory, option=option)
-        for name, document in json_schemas().items():
+        for name, document in {**json_schemas(), **kpi_json_schemas()}.items():
             files.write_text(directory / name, json.dumps(document, ensure_ascii=False, indent=2) + "\n", option=option)
             common.console.print(common.markup("wrote {path}", path=directory / name))
 
@@ -118,8 +120,15 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     ) -> None:
         """Validate the regulation and binding files; every problem as file:line:col: what — fix."""
+        from crmbridge.commands.kpi import check_plan_files
+
         mappings = _mappings(mappings_dir)
-        report: dict[str, Any] = {"ok": True, "files": [mappings.regulation_path, mappings.binding_path]}
+        # plans.yaml, kpi.yaml and motivation.yaml are the admin's files too (issue 10)
+        plan_problems, plans_summary = check_plan_files(mappings_dir or common.settings().mappings_dir)
+        if plan_problems:
+            raise MappingError(plan_problems)
+        report: dict[str, Any] = {"ok": True, "files": [mappings.regulation_path, mappings.binding_path],
+                                  "plans": plans_summary}
         if live:
             snapshot, source = _snapshot(cache_only=False)
             text = Path(mappings.binding_path).read_text(encoding="utf-8")
@@ -136,9 +145,10 @@ def register(app: typer.Typer) -> None:
         if as_json:
             common.print_json(report)
             return
-        common.console.print(common.markup("[green]ok[/green]: {regulation} and {binding}{live}",
+        common.console.print(common.markup("[green]ok[/green]: {regulation} and {binding}{live}; plans: {plans}",
                                            regulation=mappings.regulation_path, binding=mappings.binding_path,
-                                           live=f" (checked against {report['live']})" if live else ""))
+                                           live=f" (checked against {report['live']})" if live else "",
+                                           plans=plans_summary))
         if impact_:
             table = Table(title=f"Impact on {report['deals']:,} cached deals", title_justify="left")
             for column in ("rule", "mode", "would flag", "flagged with current modes"):
@@ -224,13 +234,15 @@ def _explain_deal(cache: Cache, mappings: Mappings, now: datetime, deal_id: int,
         id=the_deal.id, title=the_deal.title, direction=the_deal.direction or "—", stage=the_deal.stage or "—",
         crm_stage=the_deal.crm_stage, manager=the_deal.manager or "—"))
     colours = {"passed": "green", "failed": "red", "not_applicable": "dim"}
+    labels = mappings.regulation.wording.explain
     table = Table(show_header=True)
     for column in ("rule", "verdict", "why"):
         table.add_column(column)
     for line in lines:
         severity = f" ({line.violations[0].severity.value})" if line.violations else ""
-        table.add_row(line.rule, common.cell(f"{line.verdict.value.replace('_', ' ')}{severity}",
-                                             style=colours[line.verdict.value]), common.cell(line.reason))
+        label = getattr(labels, line.verdict.value)  # in the regulation's language
+        table.add_row(line.rule, common.cell(f"{label}{severity}", style=colours[line.verdict.value]),
+                      common.cell(line.reason))
     common.console.print(table)
 
 

@@ -58,8 +58,10 @@ def amocrm_client_from(settings: Settings, *, base_url: str | None = None) -> Am
 
 def syncer_for(client: CrmClient, cache: Cache | Callable[[], AbstractContextManager[Cache]], *,
                overlap: timedelta = timedelta(minutes=5), progress: Any = None, refresh: timedelta | None = None,
-               lock_wait: float | None = None, break_lock: bool = False, **guards: Any) -> Any:
-    """The Syncer of the client's CRM (same `run(full=...) -> SyncSummary` contract).
+               lock_wait: float | None = None, break_lock: bool = False, plan_entity_type: int | None = None,
+               **guards: Any) -> Any:
+    """The Syncer of the client's CRM (same `run(full=...) -> SyncSummary` contract); `plan_entity_type` is the
+    Bitrix24 smart process holding plans (bitrix24.yaml `plans_source`).
 
     `guards` (confirm_deletions, max_deleted_share, max_record_bytes) tune the Bitrix24 sync's evidence for
     deletions and its cap on records; the amoCRM sync looks vanished records up by id on its own."""
@@ -74,7 +76,8 @@ def syncer_for(client: CrmClient, cache: Cache | Callable[[], AbstractContextMan
     from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
     from crmbridge.sync import Syncer
 
-    return Syncer(Bitrix24Reader(client), cache, overlap=overlap, progress=progress, **locking, **guards)
+    return Syncer(Bitrix24Reader(client), cache, overlap=overlap, progress=progress, plan_entity_type=plan_entity_type,
+                  **locking, **guards)
 
 
 def api_snapshot(client: CrmClient) -> Any:

@@ -171,6 +171,9 @@ def _translate(doc: LocatedDocument, root: type[BaseModel], error: dict[str, Any
         if kind == "literal_error":
             doc.problem(loc + (value,) if value in _container(doc.data, loc) else loc,
                         f'unknown key "{value}"', did_you_mean(value, options), key=True)
+        elif kind == "value_error":  # a key checked by a validator (e.g. a period) says itself what is wrong
+            what, _, fix = str(error.get("ctx", {}).get("error", error["msg"])).partition(" — ")
+            doc.problem(loc + (value,) if value in _container(doc.data, loc) else loc, what, fix, key=True)
         else:
             doc.problem(loc + (value,) if value in _container(doc.data, loc) else loc,
                         f'"{value}" is not a valid id', "use lower-case latin letters, digits and _, e.g. client_interest",
@@ -219,6 +222,11 @@ def _container(data: Any, loc: tuple[Any, ...]) -> Any:
         else:
             return {}
     return data if isinstance(data, dict) else {}
+
+
+def validate_document(doc: LocatedDocument, model: type[BaseModel]) -> BaseModel | None:
+    """Validate a located YAML document against a model; every error becomes a problem of `doc` with its position."""
+    return _validate(doc, model)
 
 
 def _validate(doc: LocatedDocument, model: type[BaseModel]) -> BaseModel | None:
@@ -630,6 +638,11 @@ def _outside(directory: FsPath, name: str) -> str | None:
     except (OSError, RuntimeError):
         inside = False
     return None if inside else "the regulation file leads out of the mappings folder (a symbolic link)"
+
+
+def read_text(path: FsPath) -> str:
+    """An admin's file as text; a missing, unreadable or non-UTF-8 file is a MappingError naming it."""
+    return _read(path)
 
 
 def _read(path: FsPath) -> str:

@@ -241,6 +241,12 @@ class R3StageTask(RuleSpec):
 class R4Probability(RuleSpec):
     """R4: the deal's probability equals its stage's."""
 
+    @field_validator("message")
+    @classmethod
+    def _actual_carries_its_percent(cls, text: str) -> str:
+        # {actual} reads "50%" or "not set" (never "not set%"): templates written as "{actual}%" keep working
+        return text.replace("{actual}%", "{actual}")
+
 
 class R5Postponed(RuleSpec):
     """R5: a postponed client has a next-contact date 3/6/9 months ahead and a follow-up task."""
@@ -387,6 +393,18 @@ class CalendarSpec(Strict):
         return text
 
 
+_CYRILLIC = re.compile("[А-Яа-яЁё]")
+#: Russian defaults of the explanation texts newer than the shipped regulation some admins started from
+EXPLAIN_RU = {
+    "task_pending": "задачу этапа «{task}» нужно поставить до {deadline}",
+    "previous_task_done": "задача предыдущего этапа выполнена",
+    "ignored": "воронка сделки исключена в привязке (ignore): правила к ней не применяются (стадия CRM {crm_stage})",
+    "passed": "соблюдено",
+    "failed": "нарушено",
+    "not_applicable": "не применяется",
+}
+
+
 class ExplainWordingSpec(Strict):
     """Why a rule passed or did not apply, as `crmbridge audit --deal` shows it (a failed rule shows its message)."""
 
@@ -401,6 +419,9 @@ class ExplainWordingSpec(Strict):
     no_stage_task: str = "«{stage}» has no stage task"
     task_set: str = "the stage task is set"
     task_done: str = "the stage task is set and the previous one was completed"
+    task_pending: str = "the stage task «{task}» is due by {deadline}"
+    previous_task_done: str = "the previous stage's task was completed"
+    ignored: str = "the deal's pipeline is excluded in the binding (ignore): no rule applies (CRM stage {crm_stage})"
     probability_ok: str = "probability {expected}% matches the stage"
     not_lost: str = "the deal is not lost"
     not_postponed: str = "the loss reason ({reason}) does not postpone the client"
@@ -425,6 +446,18 @@ class ExplainWordingSpec(Strict):
     segment_ok: str = "segment «{segment}» is set and the client was touched in time"
     closed: str = "the deal is closed"
     active: str = "last activity {date}, within {limit}"
+    passed: str = "passed"
+    failed: str = "failed"
+    not_applicable: str = "not applicable"
+
+    @model_validator(mode="after")
+    def _in_the_files_language(self) -> "ExplainWordingSpec":
+        """Texts a file written in Russian leaves out (keys added in later versions) default to Russian, not English."""
+        if any(_CYRILLIC.search(str(getattr(self, name))) for name in self.model_fields_set):
+            for name, text in EXPLAIN_RU.items():
+                if name not in self.model_fields_set:
+                    object.__setattr__(self, name, text)
+        return self
 
 
 class WordingSpec(Strict):
@@ -568,6 +601,19 @@ class HeadSpec(Strict):
     rules: list[RuleId] = Field(default_factory=list, description="Empty = all rules.")
 
 
+class PlansSourceSpec(Strict):
+    """A smart process whose items are sales plans (read on sync with crm.item.list)."""
+
+    entity_type_id: int = Field(ge=1, description="The smart process's entityTypeId (crm.type.list), e.g. 1038.")
+    manager: str = Field("assignedById", description="The item field holding the manager (a user id).")
+    period: str = Field(description="The item field holding the period: text 2026-11 / 2026-Q4, or a date.")
+    metric: str = Field(description="The item field holding the metric: a KPI id, or an enum mapped by `metrics`.")
+    target: str = Field(description="The item field holding the target figure.")
+    direction: str | None = Field(None, description="Optional: the item field holding the direction.")
+    metrics: dict[CrmId, Id] = Field(default_factory=dict, description="Enum option id -> KPI id of kpi.yaml.")
+    directions: dict[CrmId, Id] = Field(default_factory=dict, description="Enum option id -> direction.")
+
+
 class BindingSpec(Strict):
     """How one Bitrix24 portal maps onto the regulation."""
 
@@ -580,6 +626,8 @@ class BindingSpec(Strict):
     fields: dict[Id, FieldBinding] = Field(default_factory=dict)
     teams: dict[Id, TeamSpec] = Field(default_factory=dict)
     heads: list[HeadSpec] = Field(default_factory=list)
+    plans_source: PlansSourceSpec | None = Field(
+        None, description="Plans kept in a Bitrix24 smart process (besides or instead of plans.yaml).")
 
     @field_validator("pipelines", mode="before")
     @classmethod
@@ -693,7 +741,7 @@ __all__ = [
     "AMOCRM_SCHEMA_FILE", "AMOCRM_STANDARD_FIELDS", "AmoCRMBindingSpec", "AmoFieldBindingSpec", "AnyBinding",
     "BINDING_SCHEMA_FILES", "BINDING_SCHEMA_FILE", "BindingSpec", "CalendarSpec", "DirectionSpec", "EnforcementSpec",
     "FieldBindingSpec", "FieldSpec", "FinalStageSpec", "HeadSpec", "IGNORE", "LOST", "LookBack", "NotificationsSpec",
-    "PipelineBinding", "REGULATION_SCHEMA_FILE", "RULE_IDS",
+    "PipelineBinding", "PlansSourceSpec", "REGULATION_SCHEMA_FILE", "RULE_IDS",
     "RegulationSpec", "RequirementSpec", "RulesSpec", "StageSpec", "StageTaskSpec", "TaskKind", "TaskSpec", "TeamSpec",
     "WEEKDAYS", "WON",
     "format_duration", "json_schemas", "parse_duration",
