@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone, tzinfo
 from typing import Any, Iterable, Mapping, NamedTuple
 
+from crmbridge.mapping.binding import YEARS
 from crmbridge.model import LOST, WON
 
 UNBOUND = "\x00unbound"  # direction of a call or task not bound to any deal: counts only in "all directions"
@@ -130,6 +131,8 @@ class LocalTime:
             value = datetime.fromisoformat(str(text))
         except ValueError:
             return None
+        if value.year not in YEARS:  # year 1 or 9999 with an offset overflows when converted: not a usable date
+            return None
         return value.replace(tzinfo=self.zone) if value.tzinfo is None else value
 
     def _offset_of(self, day_text: str) -> str:
@@ -177,6 +180,8 @@ class LocalTime:
             try:
                 found = date.fromisoformat(head)
             except ValueError:
+                found = None
+            if found is not None and found.year not in YEARS:
                 found = None
             self._days[head] = found
         return found  # type: ignore[return-value]
