@@ -68,28 +68,52 @@ def _load_deals(cache: Cache, mapper: DealMapper, deal_ids: Iterable[int | str] 
         if from_stage is not None:  # amoCRM: where the lead came from (its first change tells where it was created)
             row["FROM_CATEGORY_ID"], row["FROM_STAGE_ID"] = from_category, from_stage
         history[str(deal_id)].append(row)
+    # crmbridge's own tasks and to-dos (the audit log holds their ids; the marker is in their text): setting them
+    # was not a person's activity (R11)
     tasks: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for task_id, deal_id, title, status, responsible, deadline, created, closed in cache.db.execute(
-            "SELECT id, deal_id, title, status, responsible_id, deadline, created_date, closed_date FROM tasks "
-            f"WHERE deal_id IS NOT NULL{scope}", params):
+    for task_id, deal_id, title, status, responsible, deadline, created, closed, own in cache.db.execute(
+            "SELECT id, deal_id, title, status, responsible_id, deadline, created_date, closed_date, "
+            f"id IN ({_OWN_IDS.format(kinds=_TASK_KINDS)}) OR instr(raw, '{BRIDGE_MARK}') > 0 "
+            f"FROM tasks WHERE deal_id IS NOT NULL{scope}", params):
         tasks[str(deal_id)].append({"id": task_id, "title": title or "", "status": status, "responsibleId": responsible,
-                                    "deadline": deadline, "createdDate": created, "closedDate": closed})
+                                    "deadline": deadline, "createdDate": created, "closedDate": closed,
+                                    "byBridge": own})
     todos: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for todo_id, deal_id, subject, completed, responsible, deadline, created, updated in cache.db.execute(
-            "SELECT id, deal_id, subject, completed, responsible_id, deadline, created, last_updated FROM activities "
-            f"WHERE deal_id IS NOT NULL{scope}", params):
+    for todo_id, deal_id, subject, completed, responsible, deadline, created, updated, own in cache.db.execute(
+            "SELECT id, deal_id, subject, completed, responsible_id, deadline, created, last_updated, "
+            f"id IN ({_OWN_IDS.format(kinds=_TODO_KINDS)}) OR instr(raw, '{BRIDGE_MARK}') > 0 "
+            f"FROM activities WHERE deal_id IS NOT NULL{scope}", params):
         todos[str(deal_id)].append({"ID": todo_id, "SUBJECT": subject or "", "COMPLETED": "Y" if completed else "N",
                                     "RESPONSIBLE_ID": responsible, "DEADLINE": deadline, "CREATED": created,
-                                    "LAST_UPDATED": updated})
+                                    "LAST_UPDATED": updated, "byBridge": own})
     contact_ids = {contact_id for _, _, contact_id, _ in deal_rows}
     company_ids = {company_id for _, _, _, company_id in deal_rows}
     contacts = {key: mapper.client(row, "contact") for key, row in _by_id(cache, "contacts", contact_ids).items()}
     companies = {key: mapper.client(row, "company") for key, row in _by_id(cache, "companies", company_ids).items()}
+    own = own_users(cache)
     deals = []
     for deal_id, raw, contact_id, company_id in deal_rows:
         deals.append(mapper.deal(raw, history.get(deal_id, ()), tasks.get(deal_id, ()), contacts.get(contact_id),
-                                 companies.get(company_id), todos.get(deal_id, ())))
+                                 companies.get(company_id), todos.get(deal_id, ()), own_users=own))
     return deals
+
+
+#: the start of the marker crmbridge puts into everything it creates (enforce.plan.marker_of)
+BRIDGE_MARK = "[crmbridge:"
+#: ids of what crmbridge created, by the kinds of its audit log's done actions
+_OWN_IDS = ("SELECT CAST(ids.value AS INTEGER) FROM actions, json_each(actions.crm_ids) AS ids "
+            "WHERE actions.status = 'done' AND actions.kind IN ({kinds})")
+_TASK_KINDS = "'create_task', 'create_todo', 'notify'"  # amoCRM writes to-dos and notices as tasks
+_TODO_KINDS = "'create_todo'"
+
+
+def own_users(cache: Cache) -> frozenset[str]:
+    """The users crmbridge writes as: the authors of the cached tasks it created (the webhook's or the application's
+    user). Found in the data, so nothing to configure."""
+    rows = cache.db.execute(
+        "SELECT DISTINCT COALESCE(json_extract(raw, '$.createdBy'), json_extract(raw, '$.created_by')) FROM tasks "
+        f"WHERE id IN ({_OWN_IDS.format(kinds=_TASK_KINDS)}) OR instr(raw, '{BRIDGE_MARK}') > 0")
+    return frozenset(str(user) for (user,) in rows if user not in (None, ""))
 
 
 def with_client_peers(cache: Cache, deal_ids: Iterable[int | str]) -> list[int]:
