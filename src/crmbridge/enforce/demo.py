@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from dataclasses import replace
 
 from crmbridge.cache.store import Cache
 from crmbridge.commands import common
@@ -26,6 +28,10 @@ def run_demo_enforcement(client: CrmClient, cache: Cache, mappings: Mappings, *,
     if modes:
         shown = ", ".join(f"{rule}={mode.value}" for rule, mode in modes.items())
         console.print(f"[bold]Enforcement[/bold] (demo modes: {shown}; the shipped regulation has them in warn)")
+    # the shipped regulation holds messages outside working hours; the demo shows its digests at any hour
+    data = mappings.regulation.model_dump()
+    data["notifications"]["outside_working_hours"] = "send"
+    mappings = replace(mappings, regulation=type(mappings.regulation).model_validate(data))
     plan = enforce(client, cache, mappings, dry_run=True, modes=modes)
     print_report(plan, limit=limit)
     console.print("[bold]Enforcing on the sandbox…[/bold]")
@@ -34,4 +40,10 @@ def run_demo_enforcement(client: CrmClient, cache: Cache, mappings: Mappings, *,
     again = enforce(client, cache, mappings, modes=modes)
     sent = again.execution.sent if again.execution else 0
     console.print(f"Second run: {sent} writes (each action is written once; `crmbridge log` shows them all)")
+    digest = next((row for row in cache.query("SELECT payload FROM actions WHERE kind = 'message' AND status = 'done' "
+                                              "AND idempotency_key LIKE 'message:%' ORDER BY id LIMIT 1")), None)
+    if digest is not None:
+        text = str(json.loads(digest["payload"]).get("MESSAGE") or "")
+        console.print("[bold]A manager's digest[/bold] (one message per person per run):")
+        console.print(text if len(text) < 1500 else text[:1500] + " …", markup=False)
     return report, again
