@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_sync.py --deals 50000
 	$(BIN)/python bench/bench_evaluate.py --deals 100000
 	$(BIN)/python bench/bench_enforce.py --actions 5000
+	$(BIN)/python bench/bench_events.py
 
 sandbox: $(STAMP)
 	$(BIN)/crmbridge sandbox

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from crmbridge.mapping.binding import DealMapper  # noqa: E402
-from crmbridge.mapping.cached import paused_gc  # noqa: E402
+from crmbridge.bulk import paused_gc  # noqa: E402
 from crmbridge.mapping.load import load_mappings  # noqa: E402
 from crmbridge.regulation.evaluate import Evaluator  # noqa: E402
 
@@ -46,7 +46,6 @@ def deals_from_state(state, mapper: DealMapper):
 
 def deals_via_cache(state, mapper: DealMapper, directory: str):
     from crmbridge.cache.store import open_cache
-    from crmbridge.mapping.cached import load_deals
 
     cache = open_cache(Path(directory) / "bench.db")
     stamp = datetime.now(timezone.utc).isoformat()
@@ -54,7 +53,7 @@ def deals_via_cache(state, mapper: DealMapper, directory: str):
         for table, table_rows in state.cache_rows(stamp).items():
             cache.upsert(table, table_rows)
     started = time.perf_counter()
-    deals = load_deals(cache, mapper)
+    deals = mapper.deals(cache.deals.records())
     cache.close()
     return deals, time.perf_counter() - started
 
@@ -81,7 +80,7 @@ def main() -> None:
             deals, load_s = deals_via_cache(state, mapper, directory)
         report["cache_load_and_map_s"] = round(load_s, 2)
     else:
-        with paused_gc():  # as load_deals does
+        with paused_gc():  # as DealMapper.deals does
             deals = deals_from_state(state, mapper)
         report["map_s"] = round(time.perf_counter() - started, 2)
     del state

@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     sync_overlap_minutes: int = Field(default=5, ge=0)
     #: minutes between re-reads of pipelines, stages, fields and users by an incremental sync (a full sync always reads them)
     sync_metadata_minutes: int = Field(default=60, ge=0)
+    #: seconds a sync waits for another sync of the same cache to finish before it stops and says who holds it
+    sync_lock_wait_seconds: float = Field(default=60.0, ge=0, le=86_400)
 
     # --- the daemon (`crmbridge serve`) ---
     #: largest event body accepted (bytes); a longer one gets 413

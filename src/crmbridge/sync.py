@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from itertools import islice
 from typing import Any
 
 from crmbridge.cache import rows as cache_rows
-from crmbridge.cache.store import Cache, SyncState
+from crmbridge.cache.store import Cache
+from crmbridge.cache.lock import WriterLock
+from crmbridge.cache.sync_state import SYNC_LOCK_WAIT, SyncState
 from crmbridge.connectors.bitrix24.client import PAGE_SIZE
 from crmbridge.connectors.bitrix24.reader import Bitrix24Reader, FirstPages, RawRecord, stage_entity_id
 
@@ -92,15 +95,21 @@ class Syncer:
     def __init__(
         self,
         reader: Bitrix24Reader,
-        cache: Cache | Callable[[], Cache],
+        cache: Cache | Callable[[], AbstractContextManager[Cache]],
         *,
         overlap: timedelta = timedelta(minutes=5),
         progress: ProgressCallback | None = None,
         now: Callable[[], str] = utc_now_iso,
         monotonic: Callable[[], float] = time.monotonic,
         metadata_max_age: timedelta = timedelta(hours=1),
+        lock_wait: float = SYNC_LOCK_WAIT,
+        break_lock: bool = False,
     ) -> None:
         self.reader = reader
+        #: another sync of the same cache: wait this long for it, then say who holds it (CacheLocked)
+        self.lock_wait = lock_wait
+        self.break_lock = break_lock
+        self._lock: WriterLock | None = None
         #: an incremental sync re-reads pipelines, stages, fields and users when they are older than this
         #: (or when a deal names a stage or pipeline the cache does not know); a full sync always does
         self.metadata_max_age = metadata_max_age
@@ -118,19 +127,25 @@ class Syncer:
             # an open cache (the daemon, scheduled jobs, enforce): an incremental poll asks for the scopes in
             # the same batch as the first pages of every list, so an idle poll is one request
             self.cache = self._cache_or_factory
-            return self._run(full, None, started, requests_before)
+            return self._locked_run(full, None, started, requests_before)
         # Ask the portal first: a wrong URL, a missing scope or an outage fails before anything is written.
         _, portal_time = self.reader.check_scopes()
         portal_time = portal_time or datetime.now(timezone.utc).isoformat(timespec="seconds")
         # a cache this run opened is this run's to close
-        self.cache = self._cache_or_factory()
-        try:
+        with self._cache_or_factory() as self.cache:
+            return self._locked_run(full, portal_time, started, requests_before)
+
+    def _heartbeat(self) -> None:
+        """Still this run's cache? A `sync --break-lock` elsewhere stops this run here (LockLost)."""
+        if self._lock is not None:
+            self._lock.heartbeat()
+
+    def _locked_run(self, full: bool, portal_time: str | None, started: float, requests_before: int) -> SyncSummary:
+        with self.cache.syncs.writer(wait=self.lock_wait, break_lock=self.break_lock) as self._lock:
             return self._run(full, portal_time, started, requests_before)
-        finally:
-            self.cache.close()
 
     def _run(self, full: bool, portal_time: str | None, started: float, requests_before: int) -> SyncSummary:
-        deals_state = self.cache.sync_state("deals")
+        deals_state = self.cache.syncs.get("deals")
         resuming = deals_state.status == "running" and deals_state.mode == "full"
         mode = "full" if (full or resuming or deals_state.cursor is None) else "incremental"
         summary = SyncSummary(mode=mode, resumed=resuming)
@@ -143,8 +158,8 @@ class Syncer:
         portal_time = portal_time or datetime.now(timezone.utc).isoformat(timespec="seconds")
         pages = first.pages if first is not None else {}
         # one cache, one account: a cache of another portal (or of an amoCRM account) is refused before any write
-        self.cache.claim_account("bitrix24", self.reader.client.account, self.now())
-        run_id = self.cache.start_run(mode, self.now())
+        self.cache.account.claim("bitrix24", self.reader.client.account, self.now())
+        run_id = self.cache.syncs.start_run(mode, self.now())
         try:
             reference_read = mode == "full" or self._metadata_due()
             if reference_read:
@@ -168,12 +183,12 @@ class Syncer:
         except BaseException:
             summary.http_requests = self.reader.client.requests_made - requests_before
             summary.seconds = round(self.monotonic() - started, 3)
-            self.cache.finish_run(run_id, "failed", self.now(), summary.as_dict())
+            self.cache.syncs.finish_run(run_id, "failed", self.now(), summary.as_dict())
             raise
         summary.http_requests = self.reader.client.requests_made - requests_before
         summary.seconds = round(self.monotonic() - started, 3)
         summary.operating_seconds = dict(self.reader.client.operating_seconds())
-        self.cache.finish_run(run_id, "done", self.now(), summary.as_dict())
+        self.cache.syncs.finish_run(run_id, "done", self.now(), summary.as_dict())
         return summary
 
     # --- the first pages of an incremental poll ------------------------------------------------
@@ -184,10 +199,10 @@ class Syncer:
         lists = {
             "deals": self.reader.list_params("deals", since=since),
             "stage_history": self.reader.list_params(
-                "stage_history", after_id=max(0, (self.cache.sync_state("stage_history").last_id or 0) - HISTORY_ID_MARGIN)),
+                "stage_history", after_id=max(0, (self.cache.syncs.get("stage_history").last_id or 0) - HISTORY_ID_MARGIN)),
         }
         for entity in ("tasks", "activities"):
-            state = self.cache.sync_state(entity)
+            state = self.cache.syncs.get(entity)
             if state.cursor is not None and not (state.status == "running" and state.mode == "full"):
                 lists[entity] = self.reader.list_params(entity, since=minus_overlap(state.cursor, self.overlap))
         if since:
@@ -196,7 +211,7 @@ class Syncer:
         return lists
 
     def _metadata_due(self) -> bool:
-        state = self.cache.sync_state("reference")
+        state = self.cache.syncs.get("reference")
         if not state.finished_at:
             return True
         try:
@@ -207,9 +222,7 @@ class Syncer:
 
     def _unknown_structure(self) -> bool:
         """A cached deal in a pipeline or stage the cache does not know (added on the portal since the last read)."""
-        return bool(self.cache.query(
-            "SELECT 1 FROM deals WHERE deleted = 0 AND (stage_id NOT IN (SELECT status_id FROM stages) "
-            "OR category_id NOT IN (SELECT id FROM pipelines)) LIMIT 1"))
+        return self.cache.deals.in_unknown_stages() > 0
 
     # --- reference lists ----------------------------------------------------------------------
 
@@ -222,14 +235,11 @@ class Syncer:
             if raw.get("ENTITY_ID", stage_entity_id(category_id)) == stage_entity_id(category_id)
         ]
         with self.cache.atomic():
-            # read whole every run, so a stage or field deleted on the portal disappears here too
-            # (check --live then names it as missing instead of trusting a stale copy)
-            summary.pipelines = self.cache.replace_all("pipelines", map(cache_rows.pipeline_row, reference.pipelines))
-            summary.stages = self.cache.replace_all("stages", stage_rows)
-            summary.deal_fields = self.cache.replace_all("deal_fields", map(cache_rows.deal_field_row, reference.deal_fields))
-            summary.users = self.cache.upsert("users", map(cache_rows.user_row, reference.users))
-            self.cache.save_sync_state(SyncState(entity="reference", mode="full", status="done",
-                                                 finished_at=datetime.now(timezone.utc).isoformat()))
+            summary.pipelines, summary.stages, summary.deal_fields, summary.users = self.cache.reference.replace(
+                map(cache_rows.pipeline_row, reference.pipelines), stage_rows,
+                map(cache_rows.deal_field_row, reference.deal_fields), map(cache_rows.user_row, reference.users))
+            self.cache.syncs.save(SyncState(entity="reference", mode="full", status="done",
+                                            finished_at=datetime.now(timezone.utc).isoformat()))
 
     # --- deals --------------------------------------------------------------------------------
 
@@ -239,16 +249,16 @@ class Syncer:
                 entity="deals", mode="full", status="running", cursor=state.cursor,
                 run_cursor=portal_time, last_id=0, started_at=self.now(),
             )
-            self.cache.save_sync_state(state)
+            self.cache.syncs.save(state)
         run_started_at = state.started_at or self.now()
         for chunk in chunks(self.reader.iter_deals(after_id=state.last_id or 0)):
             self._write_deals(chunk, summary, state_update=state)
         with self.cache.atomic():
-            summary.deals_deleted = self.cache.mark_deleted_deals(run_started_at)
+            summary.deals_deleted = self.cache.deals.mark_deleted(run_started_at)
             state.status, state.mode = "done", "full"
             state.cursor, state.run_cursor = state.run_cursor or portal_time, None
             state.finished_at = self.now()
-            self.cache.save_sync_state(state)
+            self.cache.syncs.save(state)
 
     def _incremental_deals(self, state: SyncState, portal_time: str, summary: SyncSummary,
                            pages: dict[str, list[RawRecord]]) -> None:
@@ -260,13 +270,13 @@ class Syncer:
             self._sync_changed_clients(since, summary, pages)
         state.mode, state.status = "incremental", "done"
         state.cursor, state.finished_at = portal_time, self.now()
-        self.cache.save_sync_state(state)
+        self.cache.syncs.save(state)
 
     def _write_deals(self, chunk: list[RawRecord], summary: SyncSummary, state_update: SyncState | None) -> None:
         """Deals of one chunk, their contacts and companies, and the resume cursor: one transaction."""
         synced_at = self.now()
         deal_rows = [cache_rows.deal_row(raw, synced_at) for raw in chunk]
-        changed = self.cache.changed_ids("deals", deal_rows)
+        changed = self.cache.deals.changed_ids(deal_rows)
         # a full sync re-reads every deal's client (a phone added to a contact does not touch its deals);
         # an incremental one those of changed deals, plus clients edited on their own (_sync_changed_clients)
         with_clients = deal_rows if state_update is not None else [r for r in deal_rows if r["id"] in changed]
@@ -275,58 +285,39 @@ class Syncer:
         if state_update is None:
             # an edited client moves its own DATE_MODIFY and comes in with _sync_changed_clients: an incremental
             # sync reads only the clients the cache does not have yet (a deal given a new contact)
-            contact_ids -= self._cached_ids("contacts", contact_ids)
-            company_ids -= self._cached_ids("companies", company_ids)
+            contact_ids = set(self.cache.deals.missing_clients("contacts", contact_ids))
+            company_ids = set(self.cache.deals.missing_clients("companies", company_ids))
         # read before the transaction: HTTP inside a write transaction would hold the file locked;
         # contacts and companies go in one batch, and only the companies that just the contacts name in another
         contacts, companies = self.reader.clients(contact_ids, company_ids) if contact_ids or company_ids else ([], [])
         more = {cid for c in contacts if (cid := cache_rows.as_int(c.get("COMPANY_ID")))} - company_ids
         if state_update is None:
-            more -= self._cached_ids("companies", more)
+            more = set(self.cache.deals.missing_clients("companies", more))
         if more:
             companies += self.reader.clients((), more)[1]
+        self._heartbeat()
         with self.cache.atomic():
-            self.cache.upsert("deals", deal_rows)
-            self.cache.upsert("contacts", map(cache_rows.contact_row, contacts))
-            self.cache.upsert("companies", map(cache_rows.company_row, companies))
+            self.cache.deals.upsert(deal_rows, map(cache_rows.contact_row, contacts),
+                                    map(cache_rows.company_row, companies))
             if state_update is not None:
                 state_update.last_id = max(r["id"] for r in deal_rows)
-                self.cache.save_sync_state(state_update)
+                self.cache.syncs.save(state_update)
         summary.deals_read += len(deal_rows)
         summary.deals_changed += len(changed)
         summary.contacts_read += len(contacts)
         summary.companies_read += len(companies)
         self.progress("deals", len(deal_rows))
 
-    def _cached_ids(self, table: str, ids: set[int]) -> set[int]:
-        found: set[int] = set()
-        wanted = sorted(ids)
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start:start + 500]
-            found.update(row["id"] for row in self.cache.query(
-                f"SELECT id FROM {table} WHERE id IN ({','.join('?' * len(chunk))})", chunk))
-        return found
-
     def _sync_changed_clients(self, since: str, summary: SyncSummary, pages: dict[str, list[RawRecord]]) -> None:
         """A contact or company edited without touching its deals (R6 reads its phone / e-mail)."""
-        for entity, column, to_row in (
-            ("contacts", "contact_id", cache_rows.contact_row),
-            ("companies", "company_id", cache_rows.company_row),
-        ):
-            referenced = {
-                row["ref"] for row in self.cache.query(
-                    f"SELECT DISTINCT {column} AS ref FROM deals WHERE {column} IS NOT NULL"
-                )
-            }
-            if entity == "companies":  # a contact's company counts too
-                referenced |= {row["ref"] for row in self.cache.query(
-                    "SELECT DISTINCT company_id AS ref FROM contacts WHERE company_id IS NOT NULL")}
+        for entity, to_row in (("contacts", cache_rows.contact_row), ("companies", cache_rows.company_row)):
+            referenced = self.cache.deals.referenced_clients(entity)
             records = then(pages.get(entity), lambda last, entity=entity: self.reader.iter_changed_clients(
                 entity, modified_since=since, after_id=last))
             for chunk in chunks(records):
                 client_rows = [row for row in map(to_row, chunk) if row["id"] in referenced]
                 with self.cache.atomic():
-                    self.cache.upsert(entity, client_rows)
+                    self.cache.deals.upsert_clients(entity, client_rows)
                 if entity == "contacts":
                     summary.contacts_read += len(client_rows)
                 else:
@@ -336,7 +327,7 @@ class Syncer:
 
     def _stage_history_stream(self, *, full: bool, summary: SyncSummary, first: list[RawRecord] | None = None) -> _Stream:
         """Append-only on the portal: the last ID is a complete cursor, and a full sync re-reads from 0."""
-        state = self.cache.sync_state("stage_history")
+        state = self.cache.syncs.get("stage_history")
         state.status, state.mode = "running", "full" if full else "incremental"
         # IDs are given out when a row is inserted but become visible when its transaction commits,
         # so a row with a lower ID can appear after a higher one: re-read a margin (upserts de-duplicate)
@@ -345,14 +336,14 @@ class Syncer:
         def write(chunk: list[RawRecord]) -> None:
             history_rows = [cache_rows.stage_history_row(raw) for raw in chunk]
             with self.cache.atomic():
-                self.cache.upsert("stage_history", history_rows)
+                self.cache.deals.upsert_history(history_rows)
                 state.last_id = max(r["id"] for r in history_rows)
-                self.cache.save_sync_state(state)
+                self.cache.syncs.save(state)
             summary.stage_history_read += len(history_rows)
 
         def finish() -> None:
             state.status, state.finished_at = "done", self.now()
-            self.cache.save_sync_state(state)
+            self.cache.syncs.save(state)
 
         records = (then(first, lambda last: self.reader.iter_stage_history(after_id=last)) if first is not None and not full
                    else self.reader.iter_stage_history(after_id=after_id))
@@ -374,14 +365,14 @@ class Syncer:
 
         Only records bound to a deal are kept: the regulation judges deals (R3, R5, R11).
         """
-        state = self.cache.sync_state(entity)
+        state = self.cache.syncs.get(entity)
         resuming = state.status == "running" and state.mode == "full"
         by_id = full or resuming or state.cursor is None
         if by_id:
             if not resuming:
                 state = SyncState(entity=entity, mode="full", status="running", cursor=state.cursor,
                                   run_cursor=portal_time, last_id=0, started_at=self.now())
-                self.cache.save_sync_state(state)
+                self.cache.syncs.save(state)
             records = read(after_id=state.last_id or 0)
         else:
             state.mode, state.run_cursor = "incremental", portal_time
@@ -393,22 +384,20 @@ class Syncer:
             synced_at = self.now()
             rows = [{**to_row(raw), "synced_at": synced_at} for raw in chunk]
             with self.cache.atomic():
-                self.cache.upsert(entity, [row for row in rows if row["deal_id"] is not None])
-                # unbound from its deal since the last sync: it no longer counts for the deal
-                self.cache.delete_ids(entity, [row["id"] for row in rows if row["deal_id"] is None])
+                bound = self.cache.deals.write_linked(entity, rows)
                 if by_id:
                     state.last_id = max(row["id"] or 0 for row in rows)
-                    self.cache.save_sync_state(state)
-            count(sum(1 for row in rows if row["deal_id"] is not None))
+                    self.cache.syncs.save(state)
+            count(bound)
 
         def finish() -> None:
             with self.cache.atomic():
                 if by_id and state.started_at:
                     # a full read saw every record the portal still has: the rest were deleted there
-                    self.cache.delete_not_synced_since(entity, state.started_at)
+                    self.cache.deals.delete_linked_not_synced_since(entity, state.started_at)
                 state.status, state.cursor, state.run_cursor = "done", state.run_cursor or portal_time, None
                 state.finished_at = self.now()
-                self.cache.save_sync_state(state)
+                self.cache.syncs.save(state)
 
         return _Stream(entity, method, chunks(records), write, finish)
 
@@ -428,6 +417,7 @@ class Syncer:
                 stream.finish()
                 active.remove(stream)
                 continue
+            self._heartbeat()
             stream.write(chunk)
             self.progress(stream.entity, len(chunk))
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from crmbridge.cache import amocrm_rows as rows
 from crmbridge.cache.rows import as_int, dumps
-from crmbridge.cache.store import Cache, SyncState
+from crmbridge.cache.store import Cache
+from crmbridge.cache.sync_state import SYNC_LOCK_WAIT, SyncState
 from crmbridge.connectors.amocrm.client import Page
 from crmbridge.connectors.amocrm.reader import AmoCRMReader, AmoReference
 from crmbridge.errors import AuthError, ConfigError
@@ -52,7 +54,7 @@ class AmoCRMSyncer:
     def __init__(
         self,
         reader: AmoCRMReader,
-        cache: Cache | Callable[[], Cache],
+        cache: Cache | Callable[[], AbstractContextManager[Cache]],
         *,
         overlap: timedelta = timedelta(minutes=5),
         progress: ProgressCallback | None = None,
@@ -61,8 +63,12 @@ class AmoCRMSyncer:
         wall: Callable[[], float] = time.time,
         reference_every: timedelta = REFERENCE_EVERY,
         clients_every: timedelta = CLIENTS_EVERY,
+        lock_wait: float = SYNC_LOCK_WAIT,
+        break_lock: bool = False,
     ) -> None:
         self.reader = reader
+        self.lock_wait = lock_wait
+        self.break_lock = break_lock
         self._cache_or_factory = cache
         self.overlap = overlap
         self.progress = progress or (lambda entity, count: None)
@@ -82,24 +88,27 @@ class AmoCRMSyncer:
         requests_before = self.reader.client.requests_made
         if isinstance(self._cache_or_factory, Cache):
             self.cache = self._cache_or_factory
-            return self._run(full, started, requests_before)
-        self.cache = self._cache_or_factory()
-        fresh = self.cache.crm_account() is None and self.cache.count("deals") == 0
+            return self._locked_run(full, started, requests_before)
+        doomed: Path | None = None
         try:
-            return self._run(full, started, requests_before)
-        except (AuthError, ConfigError):
-            if fresh:
-                self._remove_cache_file()  # a wrong token or address leaves no empty cache behind
-            raise
+            # a cache this run opened is this run's to close
+            with self._cache_or_factory() as self.cache:
+                fresh = self.cache.account.get() is None and self.cache.deals.empty()
+                try:
+                    return self._locked_run(full, started, requests_before)
+                except (AuthError, ConfigError):
+                    if fresh:
+                        doomed = self.cache.path  # a wrong token or address leaves no empty cache behind
+                    raise
         finally:
-            self.cache.close()
+            if doomed is not None:
+                for suffix in ("", "-wal", "-shm"):
+                    Path(str(doomed) + suffix).unlink(missing_ok=True)
 
-    def _remove_cache_file(self) -> None:
-        path = self.cache.path
-        self.cache.close()
-        if path is not None:
-            for suffix in ("", "-wal", "-shm"):
-                Path(str(path) + suffix).unlink(missing_ok=True)
+    def _locked_run(self, full: bool, started: float, requests_before: int) -> SyncSummary:
+        """One sync at a time per cache: another one waits `lock_wait` seconds, then says who holds it."""
+        with self.cache.syncs.writer(wait=self.lock_wait, break_lock=self.break_lock):
+            return self._run(full, started, requests_before)
 
     def _run_time(self) -> float:
         """The account's clock when this run started: our start time moved by the skew its Date headers show
@@ -109,19 +118,19 @@ class AmoCRMSyncer:
     def _run(self, full: bool, started: float, requests_before: int) -> SyncSummary:
         # a second early: the account's Date headers have one-second steps, and a cursor may only err early
         self._started_wall = self.wall() - 1.0
-        deals_state = self.cache.sync_state("deals")
+        deals_state = self.cache.syncs.get("deals")
         resuming = deals_state.status == "running" and deals_state.mode == "full"
         mode = "full" if (full or resuming or deals_state.cursor is None) else "incremental"
         summary = SyncSummary(mode=mode, resumed=resuming)
-        run_id = self.cache.start_run(mode, self.now())
+        run_id = self.cache.syncs.start_run(mode, self.now())
         try:
-            held = self.cache.crm_account()
+            held = self.cache.account.get()
             if mode == "full" or held is None or self._due("reference", self.reference_every):
                 reference = self.reader.reference_data()
                 self._write_reference(reference, summary)
-                held = self.cache.crm_account()
+                held = self.cache.account.get()
             else:
-                self.cache.claim_account("amocrm", self.reader.client.account, self.now())
+                self.cache.account.claim("amocrm", self.reader.client.account, self.now())
             self._settle_account(held)
             if mode == "incremental" and held is not None and held.get("filter_enabled") == 0:
                 log.warning("amoCRM API filtering is off for this account: an incremental sync re-reads everything")
@@ -131,15 +140,15 @@ class AmoCRMSyncer:
         except BaseException:
             summary.http_requests = self.reader.client.requests_made - requests_before
             summary.seconds = round(self.monotonic() - started, 3)
-            self.cache.finish_run(run_id, "failed", self.now(), summary.as_dict())
+            self.cache.syncs.finish_run(run_id, "failed", self.now(), summary.as_dict())
             raise
         summary.http_requests = self.reader.client.requests_made - requests_before
         summary.seconds = round(self.monotonic() - started, 3)
-        self.cache.finish_run(run_id, "done", self.now(), summary.as_dict())
+        self.cache.syncs.finish_run(run_id, "done", self.now(), summary.as_dict())
         return summary
 
     def _due(self, entity: str, every: timedelta) -> bool:
-        finished = _stamp(self.cache.sync_state(entity).finished_at)
+        finished = _stamp(self.cache.syncs.get(entity).finished_at)
         return finished is None or datetime.now(timezone.utc).timestamp() - finished >= every.total_seconds()
 
     def _settle_account(self, held: dict[str, Any] | None) -> None:
@@ -155,32 +164,29 @@ class AmoCRMSyncer:
     def _write_reference(self, reference: AmoReference, summary: SyncSummary) -> None:
         account = reference.account
         with self.cache.atomic():
-            self.cache.claim_account(
+            self.cache.account.claim(
                 "amocrm", self.reader.client.account, self.now(), account_id=str(account.get("id")),
                 name=account.get("name"), timezone=reference.timezone, currency=account.get("currency"),
                 filter_enabled=int(reference.filter_enabled), raw=dumps(account))
-            summary.pipelines = self.cache.replace_all("pipelines", map(rows.pipeline_row, reference.pipelines))
-            summary.stages = self.cache.replace_all(
-                "stages", [row for pipeline in reference.pipelines for row in rows.stage_rows(pipeline)])
-            summary.deal_fields = self.cache.replace_all("deal_fields", map(rows.deal_field_row, reference.lead_fields))
-            summary.users = self.cache.upsert("users", map(rows.user_row, reference.users))
+            summary.pipelines, summary.stages, summary.deal_fields, summary.users = self.cache.reference.replace(
+                map(rows.pipeline_row, reference.pipelines),
+                [row for pipeline in reference.pipelines for row in rows.stage_rows(pipeline)],
+                map(rows.deal_field_row, reference.lead_fields), map(rows.user_row, reference.users))
             self._finish_state("reference")
 
     def _refresh_reference_if_unknown_statuses(self, summary: SyncSummary) -> None:
         """A lead in a status the cache does not know: a pipeline or status was added; re-read the metadata."""
-        unknown = self.cache.query(
-            "SELECT COUNT(*) AS n FROM deals d LEFT JOIN stages s ON s.category_id = d.category_id "
-            "AND s.status_id = d.stage_id WHERE d.deleted = 0 AND s.status_id IS NULL")[0]["n"]
-        if unknown and self.cache.count("stages") and not summary.pipelines:
+        unknown = self.cache.deals.in_unknown_stages()
+        if unknown and self.cache.reference.has_stages() and not summary.pipelines:
             log.info("amocrm: %d leads are in statuses the cache does not know; re-reading pipelines and fields", unknown)
             self._write_reference(self.reader.reference_data(), summary)
 
     def _finish_state(self, entity: str, **fields: Any) -> None:
-        state = self.cache.sync_state(entity)
+        state = self.cache.syncs.get(entity)
         state.status, state.finished_at = "done", self.now()
         for key, value in fields.items():
             setattr(state, key, value)
-        self.cache.save_sync_state(state)
+        self.cache.syncs.save(state)
 
     # --- the entities, each full (resumable) or incremental by its own state ------------------------
 
@@ -188,7 +194,7 @@ class AmoCRMSyncer:
         """Leads, contacts, companies, the events feed and tasks. Each entity resumes its own interrupted full
         read, even when the leads themselves are read incrementally (a run killed while reading tasks)."""
         for entity in ("deals", "contacts", "companies", "stage_history", "tasks"):
-            state = self.cache.sync_state(entity)
+            state = self.cache.syncs.get(entity)
             resuming = state.status == "running" and state.mode == "full"
             if full or resuming or state.cursor is None:
                 self._full_entity(entity, state, resuming, summary)
@@ -245,27 +251,26 @@ class AmoCRMSyncer:
         if not resuming:
             state = SyncState(entity=state.entity, mode="full", status="running", cursor=state.cursor,
                               run_cursor=run_cursor, last_id=0, started_at=self.now())
-            self.cache.save_sync_state(state)
+            self.cache.syncs.save(state)
         # resume on the last committed page again: a deletion meanwhile shifts later rows one page back
         for page in pages(max(1, state.last_id or 1)):
             write(page, state)
         return state.started_at or self.now()
 
     def _close_state(self, entity: str, run_time: float) -> None:
-        state = self.cache.sync_state(entity)
+        state = self.cache.syncs.get(entity)
         full = state.status == "running"
         state.mode = "full" if full else "incremental"
         state.cursor = (state.run_cursor if full and state.run_cursor
                         else datetime.fromtimestamp(run_time, timezone.utc).isoformat())
         state.status, state.run_cursor = "done", None
         state.finished_at = self.now()
-        self.cache.save_sync_state(state)
+        self.cache.syncs.save(state)
 
     def _settle_absent_leads(self, started_at: str, summary: SyncSummary) -> int:
         """Leads a full read did not see: looked up by id; those the account still has come back, the rest are
         marked deleted. Without API filtering the look-up proves nothing, and nothing is marked."""
-        absent = [row["id"] for row in self.cache.query(
-            "SELECT id FROM deals WHERE deleted = 0 AND (synced_at IS NULL OR synced_at < ?)", [started_at])]
+        absent = self.cache.deals.not_synced_since(started_at)
         if not absent:
             return 0
         found = self.reader.leads_by_ids(absent)
@@ -277,14 +282,11 @@ class AmoCRMSyncer:
             self._write_leads(found, summary, None)
         gone = sorted(set(absent) - {as_int(lead.get("id")) for lead in found})
         with self.cache.atomic():
-            for start in range(0, len(gone), 500):
-                chunk = gone[start:start + 500]
-                self.cache.db.execute(f"UPDATE deals SET deleted = 1 WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+            self.cache.deals.mark_deleted_ids(gone)
         return len(gone)
 
     def _settle_absent_tasks(self, started_at: str) -> None:
-        absent = [row["id"] for row in self.cache.query(
-            "SELECT id FROM tasks WHERE synced_at IS NULL OR synced_at < ?", [started_at])]
+        absent = self.cache.deals.linked_not_synced_since("tasks", started_at)
         if not absent:
             return
         found = self.reader.tasks_by_ids(absent)
@@ -293,13 +295,14 @@ class AmoCRMSyncer:
         kept = [task for task in found if task.get("entity_type") == "leads"]
         synced_at = self.now()
         with self.cache.atomic():
-            self.cache.upsert("tasks", [{**rows.task_row(task, self.zone), "synced_at": synced_at} for task in kept])
-            self.cache.delete_ids("tasks", sorted(set(absent) - {as_int(task.get("id")) for task in kept}))
+            self.cache.deals.write_linked("tasks", [{**rows.task_row(task, self.zone), "synced_at": synced_at}
+                                                    for task in kept])
+            self.cache.deals.delete_linked("tasks", sorted(set(absent) - {as_int(task.get("id")) for task in kept}))
 
     # --- incremental -------------------------------------------------------------------------------
 
     def _since(self, entity: str) -> int | None:
-        cursor = _stamp(self.cache.sync_state(entity).cursor)
+        cursor = _stamp(self.cache.syncs.get(entity).cursor)
         return None if cursor is None else int(cursor - self.overlap.total_seconds())
 
     # --- writing pages -----------------------------------------------------------------------------
@@ -311,44 +314,34 @@ class AmoCRMSyncer:
             return
         synced_at = self.now()
         deal_rows = [rows.deal_row(lead, synced_at, self.zone, self.currency) for lead in leads]
-        changed = self.cache.changed_ids("deals", deal_rows)
+        changed = self.cache.deals.changed_ids(deal_rows)
         clients: dict[str, list[RawRecord]] = {"contacts": [], "companies": []}
         if state is None:  # a full run reads every contact and company by itself
             for entity, column in (("contacts", "contact_id"), ("companies", "company_id")):
                 wanted = {row[column] for row in deal_rows if row[column]}
-                missing = self._not_cached(entity, wanted)
+                missing = self.cache.deals.missing_clients(entity, wanted)
                 if missing:
                     clients[entity] = self.reader.clients_by_ids(entity, missing) or []
         with self.cache.atomic():
-            self.cache.upsert("deals", deal_rows)
-            self.cache.upsert("contacts", map(rows.contact_row, clients["contacts"]))
-            self.cache.upsert("companies", map(rows.company_row, clients["companies"]))
+            self.cache.deals.upsert(deal_rows, map(rows.contact_row, clients["contacts"]),
+                                    map(rows.company_row, clients["companies"]))
             if state is not None and page is not None:
                 state.last_id = page
-                self.cache.save_sync_state(state)
+                self.cache.syncs.save(state)
         summary.deals_read += len(deal_rows)
         summary.deals_changed += len(changed)
         summary.contacts_read += len(clients["contacts"])
         summary.companies_read += len(clients["companies"])
         self.progress("deals", len(deal_rows))
 
-    def _not_cached(self, entity: str, ids: Iterable[int]) -> list[int]:
-        wanted = sorted(set(ids))
-        have: set[int] = set()
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start:start + 500]
-            have |= {row[0] for row in self.cache.db.execute(
-                f"SELECT id FROM {entity} WHERE id IN ({','.join('?' * len(chunk))})", chunk)}
-        return [entity_id for entity_id in wanted if entity_id not in have]
-
     def _write_clients(self, entity: str, records: list[RawRecord], summary: SyncSummary,
                        state: SyncState | None, page: int | None = None) -> None:
         to_row = rows.contact_row if entity == "contacts" else rows.company_row
         with self.cache.atomic():
-            self.cache.upsert(entity, map(to_row, records))
+            self.cache.deals.upsert_clients(entity, map(to_row, records))
             if state is not None and page is not None:
                 state.last_id = page
-                self.cache.save_sync_state(state)
+                self.cache.syncs.save(state)
         if entity == "contacts":
             summary.contacts_read += len(records)
         else:
@@ -373,13 +366,11 @@ class AmoCRMSyncer:
             if leads:
                 self._write_leads(leads, summary, None)
         with self.cache.atomic():
-            self.cache.upsert("stage_history", history)
-            for start in range(0, len(deleted), 500):
-                chunk = deleted[start:start + 500]
-                self.cache.db.execute(f"UPDATE deals SET deleted = 1 WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+            self.cache.deals.upsert_history(history)
+            self.cache.deals.mark_deleted_ids(deleted)
             if state is not None and page is not None:
                 state.last_id = page
-                self.cache.save_sync_state(state)
+                self.cache.syncs.save(state)
         summary.stage_history_read += len(history)
         summary.deals_deleted += len(deleted)
         self.progress("stage_history", len(history))
@@ -389,10 +380,9 @@ class AmoCRMSyncer:
         synced_at = self.now()
         task_rows = [{**rows.task_row(task, self.zone), "synced_at": synced_at} for task in tasks]
         with self.cache.atomic():
-            self.cache.upsert("tasks", [row for row in task_rows if row["deal_id"] is not None])
-            self.cache.delete_ids("tasks", [row["id"] for row in task_rows if row["deal_id"] is None])
+            self.cache.deals.write_linked("tasks", task_rows)
             if state is not None and page is not None:
                 state.last_id = page
-                self.cache.save_sync_state(state)
+                self.cache.syncs.save(state)
         summary.tasks_read += sum(1 for row in task_rows if row["deal_id"] is not None)
         self.progress("tasks", len(task_rows))

@@ -39,7 +39,7 @@ def test_full_sync_equals_the_account_at_the_request_floor(make_account: Any, ca
     lead = account.state.leads[1]
     assert (row["category_id"], row["stage_id"], row["assigned_by_id"], row["amount"]) == (
         lead["pipeline_id"], str(lead["status_id"]), lead["responsible_user_id"], float(lead["price"]))
-    assert cache.crm_account()["crm"] == "amocrm"
+    assert cache.account.get()["crm"] == "amocrm"
     assert cache.count("stages", "status_id = '142'") == 4  # won exists in every pipeline
     assert cache.count("users") == 9 and cache.count("pipelines") == 4 and cache.count("deal_fields") == 20
 

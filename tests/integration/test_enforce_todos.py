@@ -70,7 +70,7 @@ def test_sync_reads_the_deals_to_dos_full_and_incremental(make_portal, cache) ->
     assert incremental.mode == "incremental" and incremental.todos_read == 2  # the completed one and the new one
     rows = {row["id"]: row["completed"] for row in cache.query("SELECT id, completed FROM activities")}
     assert rows == {first: 1, second: 0}
-    assert cache.sync_state("activities").status == "done"
+    assert cache.syncs.get("activities").status == "done"
 
 
 def test_enforce_creates_one_to_do_per_deal_and_a_second_run_writes_nothing(make_portal, cache, todo_mappings) -> None:

@@ -311,3 +311,68 @@ def test_a_poll_killed_at_every_step_loses_and_duplicates_nothing(point: str, po
     ids = [r[3] for r in inbox_events(tmp_path / "cache.db")]
     assert sorted(ids, key=int) == [str(i) for i in range(1, 11)]  # every change once, none twice
     assert portal.app.queue() == []
+
+
+def test_connect_takes_a_pasted_code_for_the_address_it_printed(portal: SandboxPortal, tmp_path: Path) -> None:
+    env = environment(portal, tmp_path / "cache.db")
+    proc = subprocess.Popen([sys.executable, "-m", "crmbridge", "connect", "--portal", f"http://127.0.0.1:{portal.port}",
+                             "--no-events"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None and proc.stdin is not None
+    url = ""
+    while not url:
+        line = proc.stderr.readline()
+        assert line, "connect printed no authorization address"
+        if "/oauth/authorize/" in line:
+            url = line.strip()
+    # the application has no redirect URI: Bitrix24 shows the code on its page, the admin pastes it
+    page = requests.get(url, timeout=10).text
+    code = page.split("<b>")[1].split("</b>")[0]
+    out, err = proc.communicate(code + "\n", timeout=60)
+    assert proc.returncode == 0, err
+    assert TokenStore(tmp_path / "cache.db", "bitrix24").require().account == portal.member_id
+
+
+@pytest.mark.slow
+def test_offline_events_survive_a_faulty_network_exactly_once(tmp_path: Path, settings_env: Any) -> None:
+    """20 % of requests fail (500, HTML 503, dropped, slow, or applied with the answer lost): every change
+    still reaches the inbox once and leaves the portal's queue."""
+    with SandboxPortal(deals=60, seed=13, limits=False) as portal:
+        settings = settings_env(connected(portal, tmp_path))
+        for deal_id in range(1, 41):
+            portal.update_deal(deal_id, {"TITLE": f"edit {deal_id}"})
+        portal.faults = 0.2
+        client = Bitrix24Client(auth=oauth_auth(settings), rate=100, burst=100, backoff_initial=0.01,
+                                backoff_max=0.05)
+        failures = 0
+        with Inbox(settings.cache_path) as inbox:
+            poller = OfflinePoller(client, settings.cache_path, connector="crmbridge", batch_size=7, scan_every=0.0)
+            deadline = time.monotonic() + 120
+            quiet = 0
+            while quiet < 3 and time.monotonic() < deadline:
+                try:
+                    quiet = quiet + 1 if poller.poll(inbox) == 0 and not portal.app.queue() else 0
+                except Exception:  # noqa: BLE001 - the daemon logs it and polls again later
+                    failures += 1
+        portal.faults = 0.0
+        assert sum(portal.stats.faults.values()) > 0 and failures > 0  # the faults did hit
+        ids = [r[3] for r in inbox_events(settings.cache_path)]
+        assert sorted(ids, key=int) == [str(i) for i in range(1, 41)]
+        assert portal.app.queue() == []
+
+
+def test_an_idle_offline_poll_costs_one_request_and_three_edits_two(portal: SandboxPortal, tmp_path: Path,
+                                                                    settings_env: Any) -> None:
+    settings = settings_env(connected(portal, tmp_path))
+    client = client_for(settings)
+    with Inbox(settings.cache_path) as inbox:
+        poller = OfflinePoller(client, settings.cache_path, connector="crmbridge")
+        poller.poll(inbox)  # the first poll also looks for reservations an earlier process left: one more request
+        before = client.requests_made
+        assert poller.poll(inbox) == 0
+        assert client.requests_made - before == 1  # event.offline.get
+        for deal_id in (3, 4, 5):
+            portal.update_deal(deal_id, {"TITLE": "edited"})
+        before = client.requests_made
+        assert poller.poll(inbox) == 3
+        assert client.requests_made - before == 2  # event.offline.get + event.offline.clear

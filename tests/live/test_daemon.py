@@ -165,3 +165,97 @@ def test_sigterm_mid_batch_leaves_nothing_half_written(live, tmp_path: Path) -> 
         per_deal = conn.execute("SELECT deal_id, COUNT(*) FROM actions WHERE kind = 'revert_stage' "
                                 "GROUP BY deal_id HAVING COUNT(*) > 1").fetchall()
     assert per_deal == []
+
+
+def test_metrics_cover_events_crm_requests_and_jobs(live, tmp_path: Path) -> None:
+    portal, daemon = live(jobs={"sync": "run: sync\nevery: 2s\ntimeout: 1m\n"})
+    daemon.start().wait_ready()
+    portal.send_events_to(daemon.url + "/bitrix24/events")
+    deal_id = open_deal_at(portal, "C1:NEW")
+    portal.update_deal(deal_id, {"STAGE_ID": "C1:EXECUTING"})
+    wait_for(lambda: stage_of(portal, deal_id) == "C1:NEW", what="the revert")
+    wait_for(lambda: 'crmbridge_job_runs_total{job="sync",status="done"}' in daemon.get("/metrics")[1],
+             what="a job run")
+    metrics = daemon.get("/metrics")[1]
+    for line in ('crmbridge_events_received_total{event="ONCRMDEALUPDATE",source="bitrix24.webhook"}',
+                 "crmbridge_event_ack_seconds_count", "crmbridge_event_reaction_seconds_count",
+                 'crmbridge_crm_requests_total{method="batch",status="200"}',
+                 'crmbridge_job_duration_seconds_count{job="sync"}',
+                 'crmbridge_job_last_success_timestamp_seconds{job="sync"}',
+                 "crmbridge_events_pending", 'crmbridge_actions{status="done"}', "crmbridge_open_violations{rule="):
+        assert line in metrics, line
+
+
+def test_an_empty_cache_is_synced_first_while_events_wait(live, tmp_path: Path) -> None:
+    portal, daemon = live(sync=False, deals=400)
+    daemon.start()
+    deal_id = open_deal_at(portal, "C1:NEW")
+    portal.update_deal(deal_id, {"STAGE_ID": "C1:EXECUTING"})
+    status, text = daemon.post("/bitrix24/events", form("ONCRMDEALUPDATE", deal_id, portal))
+    assert status == 200  # accepted at once, even before the first sync is done
+    daemon.wait_ready()
+    wait_for(lambda: stage_of(portal, deal_id) == "C1:NEW", what="the revert after the initial sync")
+    with sqlite3.connect(tmp_path / "cache.db") as conn:
+        assert conn.execute("SELECT mode, status FROM sync_runs ORDER BY id LIMIT 1").fetchone() == ("full", "done")
+
+
+def test_inbox_commands_show_the_backlog_and_requeue_dead_letters(tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from crmbridge.live.inbox import Inbox, InboxEvent
+
+    cache = tmp_path / "cache.db"
+    with Inbox(cache, max_attempts=1) as box:
+        first, second = box.accept([InboxEvent("bitrix24.webhook", "ONCRMDEALUPDATE", "deal", str(n), "x")
+                                    for n in (1, 2)])
+        box.failed([second], "CrmRejected: Access denied.")
+        box.reject("bitrix24.webhook", "malformed: no `event` field", b"junk")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CRMBRIDGE_")}
+    env["CRMBRIDGE_CACHE_PATH"] = str(cache)
+
+    def crmbridge(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "crmbridge", *args], env=env, capture_output=True, text=True,
+                              timeout=60)
+
+    backlog = json.loads(crmbridge("inbox", "--json").stdout)
+    assert backlog["pending"] == 1 and backlog["dead"] == 2 and backlog["events"][0]["id"] == first
+    dead = json.loads(crmbridge("inbox", "--dead", "--json").stdout)
+    assert {letter["reason"] for letter in dead["letters"]} == {"CrmRejected: Access denied.",
+                                                                 "malformed: no `event` field"}
+    table = crmbridge("inbox", "--dead").stdout
+    assert "Access" in table and "retry" in table
+    malformed = next(letter["id"] for letter in dead["letters"] if letter["inbox_id"] is None)
+    refused = crmbridge("inbox", "retry", str(malformed))
+    assert refused.returncode == 1 and "names no event" in refused.stderr
+    done = crmbridge("inbox", "retry", "--all")
+    assert done.returncode == 0 and "1 event(s) back in the inbox" in done.stdout
+    assert json.loads(crmbridge("inbox", "--json").stdout)["pending"] == 2
+
+
+def test_task_todo_and_client_events_refresh_their_deals(live, tmp_path: Path) -> None:
+    portal, daemon = live(rules=())
+    daemon.start().wait_ready()
+    portal.send_events_to(daemon.url + "/bitrix24/events")
+    cache = tmp_path / "cache.db"
+    with portal.state.lock:
+        task_id, task = next((tid, row) for tid, row in portal.state.tasks.rows.items()
+                             if row["status"] != "5" and row.get("ufCrmTask"))
+        contact_id = next(cid for cid, row in portal.state.contacts.rows.items() if not row.get("PHONE"))
+    deal_id = int(task["ufCrmTask"][0][2:])
+    portal.update_task(task_id, {"STATUS": 5})
+    todo_id = portal.state.add_todo(2, deal_id, portal.state.now_wire(), title="Позвонить", responsible_id=2,
+                                    author_id=1)
+    portal.update_client("contact", contact_id, {"PHONE": [{"ID": "1", "VALUE": "+79990000000",
+                                                            "VALUE_TYPE": "WORK", "TYPE_ID": "PHONE"}]})
+
+    def cached(sql: str, *params: object) -> object:
+        with sqlite3.connect(cache) as conn:
+            row = conn.execute(sql, params).fetchone()
+        return row[0] if row else None
+
+    wait_for(lambda: cached("SELECT status FROM tasks WHERE id = ?", task_id) == 5, what="the task re-read")
+    wait_for(lambda: cached("SELECT deal_id FROM activities WHERE id = ?", todo_id) == deal_id, what="the to-do")
+    wait_for(lambda: cached("SELECT has_phone FROM contacts WHERE id = ?", contact_id) == 1, what="the contact")

@@ -165,8 +165,7 @@ def test_users_pipelines_and_fields_match_the_contract() -> None:
     assert dict(c.UF_BY_NAME["UF_CRM_1700000114"].options)[123] == "Нет интереса сейчас"
 
 
-def test_seeding_is_fast() -> None:
-    t0 = time.perf_counter()
+def test_seeding_ten_thousand_deals() -> None:
+    # how fast is a benchmark's question (house rules: no timed assertions; ~0.6 s on a dev box, seconds under load)
     p = SandboxPortal(deals=10_000, seed=1)
-    assert time.perf_counter() - t0 < 2.0  # ~0.6 s on a dev box; generous for CI
     assert len(p.state.deals) == 10_000

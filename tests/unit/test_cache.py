@@ -9,7 +9,8 @@ import pytest
 
 from crmbridge.cache import rows
 from crmbridge.cache.schema import SCHEMA_VERSION
-from crmbridge.cache.store import SyncState, open_cache
+from crmbridge.cache.store import open_cache
+from crmbridge.cache.sync_state import SyncState
 from crmbridge.errors import CacheError
 
 RAW_DEAL = {
@@ -83,24 +84,24 @@ def test_not_a_database_is_refused(tmp_path: Path) -> None:
 def test_changed_ids_and_deleted_marks(tmp_path: Path) -> None:
     cache = open_cache(tmp_path / "c.db")
     first = [rows.deal_row({**RAW_DEAL, "ID": str(i)}, "2026-01-01T00:00:00.000000+00:00") for i in (1, 2, 3)]
-    assert cache.changed_ids("deals", first) == {1, 2, 3}
+    assert cache.deals.changed_ids(first) == {1, 2, 3}
     cache.upsert("deals", first)
     again = [rows.deal_row({**RAW_DEAL, "ID": "1"}, "2026-01-02T00:00:00.000000+00:00"),
              rows.deal_row({**RAW_DEAL, "ID": "2", "TITLE": "renamed"}, "2026-01-02T00:00:00.000000+00:00")]
-    assert cache.changed_ids("deals", again) == {2}
+    assert cache.deals.changed_ids(again) == {2}
     cache.upsert("deals", again)
-    assert cache.mark_deleted_deals("2026-01-02T00:00:00.000000+00:00") == 1
+    assert cache.deals.mark_deleted("2026-01-02T00:00:00.000000+00:00") == 1
     assert cache.query("SELECT id FROM deals WHERE deleted = 1") == [{"id": 3}]
     # a deleted deal that comes back counts as a change
-    assert cache.changed_ids("deals", [rows.deal_row({**RAW_DEAL, "ID": "3"}, "x")]) == {3}
+    assert cache.deals.changed_ids([rows.deal_row({**RAW_DEAL, "ID": "3"}, "x")]) == {3}
 
 
 def test_sync_state_round_trip(tmp_path: Path) -> None:
     cache = open_cache(tmp_path / "c.db")
-    assert cache.sync_state("deals") == SyncState(entity="deals")
+    assert cache.syncs.get("deals") == SyncState(entity="deals")
     state = SyncState(entity="deals", mode="full", status="running", last_id=2500, started_at="t0")
-    cache.save_sync_state(state)
-    assert cache.sync_state("deals") == state
+    cache.syncs.save(state)
+    assert cache.syncs.get("deals") == state
 
 
 def test_replace_all_drops_what_the_portal_no_longer_has(tmp_path: Path) -> None:

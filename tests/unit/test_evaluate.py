@@ -8,7 +8,7 @@ import pytest
 from crmbridge.cache import rows as cache_rows
 from crmbridge.cache.store import open_cache
 from crmbridge.mapping.binding import DealMapper
-from crmbridge.mapping.cached import load_deals, record_violations
+from crmbridge.compliance import record_violations
 from crmbridge.mapping.load import parse_binding
 from crmbridge.model import Mode, Verdict
 from crmbridge.regulation.evaluate import Evaluator, evaluate, explain, impact
@@ -111,7 +111,7 @@ def test_violations_are_opened_and_resolved_in_the_cache(cache) -> None:
     cache.upsert("stage_history", [cache_rows.stage_history_row(history_row(1, 1, "NEW", "2026-11-02T10:00:00+03:00", 1)),
                                    cache_rows.stage_history_row(history_row(2, 1, "EXECUTING", "2026-11-03T10:00:00+03:00"))])
     cache.upsert("contacts", [cache_rows.contact_row({"ID": "4", "NAME": "Ivan", "PHONE": [{"VALUE": "+7"}]})])
-    deals = load_deals(cache, mapper)
+    deals = mapper.deals(cache.deals.records())
     assert [(d.id, d.stage, [e.stage for e in d.history], d.contact.phones) for d in deals] == [("1", "three", ["one", "three"], ("+7",))]
     first = Evaluator.of(SPEC, at("2026-11-04 12:00")).violations(deals[0])
     record_violations(cache, first, now)
@@ -124,7 +124,7 @@ def test_violations_are_opened_and_resolved_in_the_cache(cache) -> None:
     # the manager moves the deal back to the skipped stage and fixes the probability: R1 and R4 resolve
     cache.upsert("deals", [cache_rows.deal_row(raw_deal(1, "PREPARATION"), now)])
     cache.upsert("stage_history", [cache_rows.stage_history_row(history_row(3, 1, "PREPARATION", "2026-11-04T10:00:00+03:00"))])
-    later = Evaluator.of(SPEC, at("2026-11-04 12:30")).violations(load_deals(cache, mapper)[0])
+    later = Evaluator.of(SPEC, at("2026-11-04 12:30")).violations(mapper.deals(cache.deals.records())[0])
     changes = record_violations(cache, later, "2026-11-04T09:30:00+00:00")
     assert changes.resolved
     resolved = {row["rule"] for row in cache.query("SELECT rule FROM violations WHERE resolved IS NOT NULL")}

@@ -10,7 +10,6 @@ import pytest
 
 from crmbridge.cache.store import open_cache
 from crmbridge.mapping.binding import DealMapper
-from crmbridge.mapping.cached import load_deals
 from crmbridge.mapping.load import load_mappings
 from crmbridge.regulation.evaluate import Evaluator
 from tests.unit.test_evaluate_sandbox import NOW, PLANTED
@@ -35,7 +34,7 @@ def evaluated(tmp_path_factory: Any) -> tuple[dict[str, Any], dict[str, Any], di
     with cache.atomic():
         for table, table_rows in account.cache_rows("2026-01-01T00:00:00+00:00").items():
             cache.upsert(table, table_rows)
-    amo_deals = load_deals(cache, DealMapper(amo_mappings.regulation, amo_mappings.binding))
+    amo_deals = DealMapper(amo_mappings.regulation, amo_mappings.binding).deals(cache.deals.records())
     cache.close()
 
     portal = PortalState(clock=lambda: NOW)

@@ -12,7 +12,6 @@ from crmbridge.cache.store import open_cache
 from crmbridge.enforce.execute import _outcome
 from crmbridge.enforce.plan import ActionKind, marker_of
 from crmbridge.mapping.binding import DealMapper
-from crmbridge.mapping.cached import load_deals
 from crmbridge.model import TASK, TODO, Mode, Task, TaskStatus
 from crmbridge.regulation.compiled import Context, compile_regulation
 from crmbridge.regulation.evaluate import RULES
@@ -124,6 +123,6 @@ def test_cached_to_dos_join_the_deals_tasks() -> None:
                 "ASSIGNED_BY_ID": "3", "CLOSED": "N", "DATE_CREATE": "2026-11-20T10:00:00+03:00"}
     cache.upsert("deals", [rows.deal_row(raw_deal, "2026-11-20T10:00:00+00:00")])
     cache.upsert("activities", [rows.activity_row(RAW_TODO), rows.activity_row({**RAW_TODO, "ID": "72", "OWNER_ID": "38"})])
-    (loaded,) = load_deals(cache, DealMapper(TODO_SPEC, MODEL))
+    (loaded,) = DealMapper(TODO_SPEC, MODEL).deals(cache.deals.records())
     assert [(item.id, item.kind, item.completed) for item in loaded.tasks] == [("71", TODO, True)]
     cache.close()

@@ -71,9 +71,10 @@ class WriterLock:
 
     # ------------------------------------------------------------ public
 
-    def acquire(self, *, break_lock: bool = False, now: datetime | None = None) -> None:
-        """Take the lock or raise CacheLocked naming the holder; `break_lock` takes it from a holder the OS lock
-        cannot see (the old holder stops at its next heartbeat)."""
+    def acquire(self, *, break_lock: bool = False, now: datetime | None = None, wait: float = 0.0) -> None:
+        """Take the lock (waiting up to `wait` seconds for its holder to finish) or raise CacheLocked naming the
+        holder; `break_lock` takes it from a holder the OS lock cannot see (the old holder stops at its next
+        heartbeat)."""
         moment = now or datetime.now(UTC)
         if self.path is None:
             return
@@ -84,11 +85,17 @@ class WriterLock:
         except OSError as exc:
             raise CacheError(f"cannot open the lock file {self.path}: {exc.strerror or exc}",
                              hint="check CRMBRIDGE_CACHE_PATH and the folder's permissions") from None
-        if not _os_lock(fd):
+        deadline = time.monotonic() + wait
+        taken = _os_lock(fd)
+        while not taken and time.monotonic() < deadline:
+            time.sleep(0.05)
+            taken = _os_lock(fd)
+        if not taken:
             holder = Holder.parse(_read(fd))
             os.close(fd)
             raise self._held(holder, moment)
         self._fd = fd
+        moment = moment if now is not None or not wait else datetime.now(UTC)  # after a wait: when it was taken
         self._since = moment.astimezone(UTC).isoformat(timespec="seconds")
         self._write(moment)
 

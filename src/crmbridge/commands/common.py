@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -74,24 +77,25 @@ def crm_client(settings: Settings) -> Any:
     return client_from(settings)
 
 
-def cache_from(settings: Settings) -> Cache:
-    cache = open_cache(settings.cache_path)
-    try:
-        cache.check_account(settings.crm)  # a cache of the other CRM is refused before anything reads it as this one
-    except CacheError:
-        cache.close()
-        raise
-    return cache
+@contextmanager
+def cache(settings: Settings, *, create: bool = False, path: Path | None = None) -> Iterator[Cache]:
+    """The cache file of one command (CRMBRIDGE_CACHE_PATH, or `path`), opened and migrated, closed at the end.
 
-
-def existing_cache(settings: Settings) -> Cache:
-    """The cache for commands that only read it: a missing file is a clear error, never a new empty one."""
-    if str(settings.cache_path) != ":memory:" and not settings.cache_path.exists():
+    Commands that only read it (create=False) refuse a missing file with a clear error instead of creating
+    an empty one; a cache of another CRM than CRMBRIDGE_CRM is refused.
+    """
+    where = path or settings.cache_path
+    if not create and str(where) != ":memory:" and not Path(where).exists():
         raise CacheError(
-            f"there is no cache at {settings.cache_path}",
+            f"there is no cache at {where}",
             hint="run `crmbridge sync` first, or point CRMBRIDGE_CACHE_PATH at the file sync writes",
         )
-    return cache_from(settings)
+    opened = open_cache(where)
+    try:
+        opened.account.check(settings.crm)  # a cache of the other CRM is refused before anything reads it as this one
+        yield opened
+    finally:
+        opened.close()
 
 
 def print_json(payload: Any) -> None:

@@ -158,24 +158,15 @@ def connect_bitrix24(settings: Settings, *, code: str | None, portal: str | None
         if redirect.member_id and redirect.member_id != member_id:
             raise ConfigError("the code came from another portal than the one that answered",
                               hint="authorize again on your portal")
-        others = [account for account in _accounts(store) if account != member_id]
-        if others:
-            raise ConfigError(f"this cache is connected to another portal (member_id {others[0][:8]}…)",
+        current = store.current()  # ConfigError if the cache somehow holds several portals
+        if current is not None and current.account != member_id:
+            raise ConfigError(f"this cache is connected to another portal (member_id {current.account[:8]}…)",
                               hint="point CRMBRIDGE_CACHE_PATH at a new file for this portal")
         _remember_member_id(settings, member_id)
         pair = TokenStore(settings.cache_path, CRM, member_id).save(member_id, grant)
         store = TokenStore(settings.cache_path, CRM, member_id)
     setup = None if no_events else bind_events(settings, store, server)
     return store.require() if setup else pair, setup
-
-
-def _accounts(store: TokenStore) -> list[str]:
-    pair = None
-    try:
-        pair = store.current()
-    except ConfigError:  # several accounts: report the first
-        return ["several"]
-    return [pair.account] if pair is not None else []
 
 
 def _report(pair: TokenPair, setup: OfflineSetup | None, settings: Settings) -> dict[str, Any]:

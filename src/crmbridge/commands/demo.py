@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,29 +13,24 @@ from pydantic import SecretStr
 import typer
 from rich.table import Table
 
-from crmbridge.cache.store import Cache, open_cache
+from crmbridge.cache.store import Cache
 from crmbridge.commands import common
+from crmbridge.commands.enforce import print_report
 from crmbridge.commands.sync import print_summary, progress_bar
 from crmbridge.config import load_settings
 from crmbridge.connectors.bitrix24.client import Bitrix24Client
+from crmbridge.connectors.registry import CrmClient
+from crmbridge.enforce.audit import AuditLog
+from crmbridge.enforce.run import EnforceReport, enforce
+from crmbridge.mapping.load import Mappings
+from crmbridge.model import Mode
 
 
 def pipeline_table(cache: Cache) -> Table:
     table = Table(title="Deals per pipeline and stage", title_justify="left")
     for column, justify in (("pipeline", "left"), ("stage", "left"), ("deals", "right"), ("amount", "right")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    rows = cache.query(
-        """
-        SELECT p.name AS pipeline, COALESCE(s.name, d.stage_id) AS stage, COUNT(*) AS deals,
-               ROUND(COALESCE(SUM(d.amount), 0)) AS amount
-        FROM deals d
-        LEFT JOIN pipelines p ON p.id = d.category_id
-        LEFT JOIN stages s ON s.category_id = d.category_id AND s.status_id = d.stage_id
-        WHERE d.deleted = 0
-        GROUP BY d.category_id, d.stage_id
-        ORDER BY d.category_id, s.sort
-        """
-    )
+    rows = cache.deals.per_stage()
     for row in rows:
         table.add_row(row["pipeline"] or "?", row["stage"] or "?", f"{row['deals']:,}", f"{row['amount']:,.0f}")
     return table
@@ -43,21 +40,44 @@ def manager_table(cache: Cache) -> Table:
     table = Table(title="Deals per manager", title_justify="left")
     for column, justify in (("manager", "left"), ("open", "right"), ("won", "right"), ("lost", "right"), ("won amount", "right")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    rows = cache.query(
-        """
-        SELECT TRIM(COALESCE(u.name, '') || ' ' || COALESCE(u.last_name, '')) AS manager, u.active,
-               SUM(d.stage_semantic = 'P') AS open, SUM(d.stage_semantic = 'S') AS won,
-               SUM(d.stage_semantic = 'F') AS lost,
-               ROUND(COALESCE(SUM(CASE WHEN d.stage_semantic = 'S' THEN d.amount END), 0)) AS won_amount
-        FROM deals d LEFT JOIN users u ON u.id = d.assigned_by_id
-        WHERE d.deleted = 0
-        GROUP BY d.assigned_by_id ORDER BY won_amount DESC
-        """
-    )
+    rows = cache.deals.per_manager()
     for row in rows:
         name = (row["manager"] or "?") + ("" if row["active"] else " (inactive)")
         table.add_row(name, str(row["open"]), str(row["won"]), str(row["lost"]), f"{row['won_amount']:,.0f}")
     return table
+
+
+#: the shipped regulation has R1..R3 in `warn`; the demo turns them to `enforce` so stage reverts show too
+DEMO_MODES: Mapping[str, Mode] = {"R1": Mode.ENFORCE, "R2": Mode.ENFORCE, "R3": Mode.ENFORCE}
+
+
+def run_demo_enforcement(client: CrmClient, cache: Cache, mappings: Mappings, *,
+                         modes: Mapping[str, Mode] | None = DEMO_MODES, limit: int = 15) -> tuple[EnforceReport, EnforceReport]:
+    """Dry run (the plan), then the real run and a second one that must write nothing; returns both reports.
+
+    The cache must hold a synced portal (the demo's full sync); each run syncs incrementally itself.
+    """
+    console = common.console
+    if modes:
+        shown = ", ".join(f"{rule}={mode.value}" for rule, mode in modes.items())
+        console.print(f"[bold]Enforcement[/bold] (demo modes: {shown}; the shipped regulation has them in warn)")
+    # the shipped regulation holds messages outside working hours; the demo shows its digests at any hour
+    data = mappings.regulation.model_dump()
+    data["notifications"]["outside_working_hours"] = "send"
+    mappings = replace(mappings, regulation=type(mappings.regulation).model_validate(data))
+    plan = enforce(client, cache, mappings, dry_run=True, modes=modes)
+    print_report(plan, limit=limit)
+    console.print("[bold]Enforcing on the sandbox…[/bold]")
+    report = enforce(client, cache, mappings, modes=modes)
+    print_report(report, limit=0)
+    again = enforce(client, cache, mappings, modes=modes)
+    sent = again.execution.sent if again.execution else 0
+    console.print(f"Second run: {sent} writes (each action is written once; `crmbridge log` shows them all)")
+    digest = AuditLog(cache).a_digest()
+    if digest:
+        console.print("[bold]A manager's digest[/bold] (one message per person per run):")
+        console.print(digest if len(digest) < 1500 else digest[:1500] + " …", markup=False)
+    return report, again
 
 
 def register(app: typer.Typer) -> None:
@@ -69,6 +89,8 @@ def register(app: typer.Typer) -> None:
                                         help="SQLite file the demo writes (default crmbridge-demo.db, "
                                              "crmbridge-amocrm-demo.db for amoCRM)."),
         seed: int = typer.Option(1, help="Sandbox seed."),
+        live: bool = typer.Option(True, "--live/--no-live",
+                                  help="Then run the live bridge on loopback and correct a deal as it is moved."),
     ) -> None:
         """Start the sandbox CRM on loopback, sync it, show what crmbridge sees, then enforce the regulation on it."""
         if crm not in ("bitrix24", "amocrm"):
@@ -109,6 +131,10 @@ def register(app: typer.Typer) -> None:
                 bucket_level=0.0,  # the sandbox portal was just started here: its bucket is empty
             )
             _flow(client, path, settings, "bitrix24")
+            if live:
+                from crmbridge.live.demo import run_live_demo
+
+                run_live_demo(portal, path, settings)
         finally:
             portal.stop()
 
@@ -116,20 +142,16 @@ def register(app: typer.Typer) -> None:
 def _flow(client: Any, cache_path: Path, settings: Any, crm: str) -> None:
     """Full sync with a progress bar, the tables, then the enforcement part (plan, enforce, a second run)."""
     from crmbridge.connectors.registry import syncer_for
-    from crmbridge.enforce.demo import run_demo_enforcement
     from crmbridge.mapping.load import load_mappings
 
-    cache = open_cache(cache_path)
-    try:
+    with common.cache(settings.model_copy(update={"crm": crm}), create=True, path=cache_path) as cache:
         with progress_bar(sys.stderr.isatty()) as advance:
             summary = syncer_for(client, cache, progress=advance).run(full=True)
         print_summary(summary, cache_path)
         common.console.print(pipeline_table(cache))
         common.console.print(manager_table(cache))
-        # issue 4: evaluate, show the plan, enforce it on the sandbox, show what changed
+        # evaluate, show the plan, enforce it on the sandbox, show what changed
         run_demo_enforcement(client, cache, load_mappings(settings.mappings_dir, crm=crm))
-    finally:
-        cache.close()
     common.console.print(
         f"The cache is [bold]{cache_path.resolve()}[/bold]: try "
         f"`sqlite3 {cache_path} 'select stage_id, count(*) from deals group by 1'`."

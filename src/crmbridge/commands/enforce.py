@@ -10,7 +10,6 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from crmbridge.cache.store import Cache
 from crmbridge.commands import common
 from crmbridge.enforce.audit import STATUSES, AuditLog, parse_since
 from crmbridge.enforce.plan import Action
@@ -141,15 +140,12 @@ def register(app: typer.Typer) -> None:
         mappings = load_mappings(mappings_dir or settings.mappings_dir, crm=settings.crm)
         overrides = _modes(mode)
         client = common.crm_client(settings)
-        cache = common.cache_from(settings)
-        try:
+        with common.cache(settings, create=True) as cache:
             report = enforce(client, cache, mappings, dry_run=dry_run, deal_ids=[deal] if deal is not None else None,
                              sync=sync, modes=overrides, break_lock=break_lock,
                              channel=settings.enforce_notify_channel, client_id=settings.bitrix24_client_id,
                              max_reverts_per_day=settings.enforce_max_reverts_per_day
                              if max_reverts_per_day is None else max_reverts_per_day)
-        finally:
-            cache.close()
         if as_json:
             common.print_json(report.as_dict())
         else:
@@ -175,12 +171,9 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(str(exc)) from None
         if status is not None and status not in STATUSES:
             raise ConfigError(f"--status {status!r}: use {', '.join(STATUSES)}")
-        cache: Cache = common.cache_from(settings)
-        try:
+        with common.cache(settings, create=True) as cache:
             entries = AuditLog(cache).entries(deal=deal, since=moment, rule=rule.upper() if rule else None,
                                               status=status, limit=limit)
-        finally:
-            cache.close()
         if as_json:
             common.print_json([entry.as_dict() for entry in entries])
             return

@@ -53,7 +53,8 @@ def register(app: typer.Typer) -> None:
         from crmbridge.live.inbox import Inbox
 
         settings = common.settings()
-        common.existing_cache(settings).close()
+        with common.cache(settings):  # a missing cache is a clear error, not a new empty file
+            pass
         with Inbox(settings.cache_path) as box:
             stats = box.stats()
             if dead:
@@ -62,10 +63,9 @@ def register(app: typer.Typer) -> None:
                     common.print_json({"dead": stats.dead, "letters": [letter.__dict__ for letter in letters]})
                     return
                 table = Table(title=f"{stats.dead} dead letter(s)", title_justify="left")
-                for column in ("id", "received", "source", "event", "entity", "attempts", "reason"):
-                    table.add_column(column)
+                _columns(table, ("id", "received", "source", "event", "entity", "attempts", "reason"))
                 for letter in letters:
-                    table.add_row(str(letter.id), letter.received_at[:19], letter.source, escape(letter.event or "-"),
+                    table.add_row(str(letter.id), _when(letter.received_at), letter.source, escape(letter.event or "-"),
                                   escape(f"{letter.entity or '-'} {letter.entity_id or ''}".strip()),
                                   str(letter.attempts), escape(letter.reason))
                 common.console.print(table)
@@ -81,10 +81,9 @@ def register(app: typer.Typer) -> None:
                 return
             table = Table(title=f"{stats.pending} pending ({stats.due} due), {stats.done} processed, "
                                 f"{stats.dead} dead letter(s)", title_justify="left")
-            for column in ("id", "received", "source", "event", "entity", "attempts", "last error"):
-                table.add_column(column)
+            _columns(table, ("id", "received", "source", "event", "entity", "attempts", "last error"))
             for row in rows:
-                table.add_row(str(row.id), row.received_at[:19], row.source, escape(row.event),
+                table.add_row(str(row.id), _when(row.received_at), row.source, escape(row.event),
                               escape(f"{row.entity} {row.entity_id}"), str(row.attempts), escape(row.last_error or ""))
             common.console.print(table)
 
@@ -99,7 +98,8 @@ def register(app: typer.Typer) -> None:
         if (letter_id is None) == (not all_):
             raise ConfigError("give a dead letter id or --all", hint="`crmbridge inbox --dead` lists them")
         settings = common.settings()
-        common.existing_cache(settings).close()
+        with common.cache(settings):  # a missing cache is a clear error, not a new empty file
+            pass
         with Inbox(settings.cache_path) as box:
             requeued, problems = box.retry(None if all_ else [letter_id])  # type: ignore[list-item]
         for problem in problems:
@@ -184,6 +184,21 @@ def register(app: typer.Typer) -> None:
         target = settings.jobs_dir / JOB_SCHEMA_FILE
         target.write_text(json.dumps(job_schema(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
         common.console.print(f"wrote {target}")
+
+
+def _columns(table: Table, names: tuple[str, ...]) -> None:
+    """Ids, times and counts never wrap; names fold; the reason (last column) takes the rest of the width."""
+    for name in names:
+        if name in ("id", "received", "attempts"):
+            table.add_column(name, no_wrap=True)
+        elif name == names[-1]:
+            table.add_column(name, ratio=1, overflow="fold")
+        else:
+            table.add_column(name, overflow="fold")
+
+
+def _when(iso: str) -> str:
+    return iso[:16].replace("T", " ")
 
 
 def _last_runs(settings: object) -> dict[str, dict[str, str]]:

@@ -12,11 +12,12 @@ from typing import Any, Sequence
 import typer
 from rich.table import Table
 
+from crmbridge.bulk import paused_gc
 from crmbridge.cache.store import Cache
 from crmbridge.commands import common
+from crmbridge.compliance import record_violations
 from crmbridge.errors import CrmBridgeError, MappingError
 from crmbridge.mapping.binding import DealMapper
-from crmbridge.mapping.cached import load_deals, paused_gc, portal_snapshot, record_violations
 from crmbridge.mapping.discover import draft_binding, todo_left
 from crmbridge.mapping.load import Mappings, binding_file, load_mappings, load_regulation
 from crmbridge.mapping.portal import PortalSnapshot, lint_live
@@ -40,9 +41,9 @@ def evaluate_cache(cache: Cache, mappings: Mappings, now: datetime, *, record: b
                    deal_ids: Sequence[int | str] | None = None) -> AuditRun:
     """Map and evaluate cached deals; with `record`, open / resolve rows of the `violations` table."""
     mapper = DealMapper(mappings.regulation, mappings.binding)
-    deals = load_deals(cache, mapper, deal_ids=deal_ids)
+    deals = mapper.deals(cache.deals.records(deal_ids))
     # R10 needs each client's last purchase across all deals, not only the ones asked for
-    everyone = deals if deal_ids is None else load_deals(cache, mapper)
+    everyone = deals if deal_ids is None else mapper.deals(cache.deals.records())
     with paused_gc():  # evaluation allocates many small objects and no reference cycles
         evaluator = Evaluator.of(mappings.regulation, now, deals_for_purchases=everyone)
         found = [violation for deal in deals for violation in evaluator.violations(deal)]
@@ -71,11 +72,9 @@ def _snapshot(cache_only: bool) -> tuple[PortalSnapshot, str]:
     settings = common.settings()
     snapshot = PortalSnapshot()
     if settings.cache_path.exists():
-        cache = common.existing_cache(settings)
-        try:
-            snapshot = portal_snapshot(cache)
-        finally:
-            cache.close()
+        with common.cache(settings) as cache:
+            cached = cache.reference.rows()
+        snapshot = PortalSnapshot.from_rows(cached.pipelines, cached.stages, cached.fields, cached.users)
     if not snapshot.empty:
         return snapshot, f"cache {settings.cache_path}"
     if cache_only:
@@ -85,11 +84,6 @@ def _snapshot(cache_only: bool) -> tuple[PortalSnapshot, str]:
 
     # the API's records go through the same conversions a sync would cache them with
     return api_snapshot(common.crm_client(settings)), "the portal's API" if settings.crm == "bitrix24" else "the account's API"
-
-
-def _user_names(cache: Cache) -> dict[str, str]:
-    return {str(row["id"]): " ".join(part for part in (row["name"], row["last_name"]) if part)
-            for row in cache.query("SELECT id, name, last_name FROM users")}
 
 
 def violation_json(violation: Violation) -> dict[str, Any]:
@@ -133,11 +127,8 @@ def register(app: typer.Typer) -> None:
             report["live"] = source
         if impact_:
             settings = common.settings()
-            cache = common.existing_cache(settings)
-            try:
-                deals = load_deals(cache, DealMapper(mappings.regulation, mappings.binding))
-            finally:
-                cache.close()
+            with common.cache(settings) as cache:
+                deals = DealMapper(mappings.regulation, mappings.binding).deals(cache.deals.records())
             report["impact"] = impact(deals, mappings.regulation, datetime.now(timezone.utc))
             report["deals"] = len(deals)
         if as_json:
@@ -198,25 +189,22 @@ def register(app: typer.Typer) -> None:
         """Evaluate cached deals: open violations by rule and by manager, or one deal explained."""
         mappings = _mappings(mappings_dir)
         settings = common.settings()
-        cache = common.existing_cache(settings)
         now = datetime.now(timezone.utc)
-        try:
+        with common.cache(settings) as cache:
             if deal is not None:
                 _explain_deal(cache, mappings, now, deal, as_json)
                 return
             run = evaluate_cache(cache, mappings, now, record=record)
-            names = _user_names(cache)
-        finally:
-            cache.close()
+            names = cache.reference.user_names()
         _print_audit(run, names, as_json)
 
 
 def _explain_deal(cache: Cache, mappings: Mappings, now: datetime, deal_id: int, as_json: bool) -> None:
     mapper = DealMapper(mappings.regulation, mappings.binding)
-    deals = load_deals(cache, mapper, deal_ids=[deal_id])
+    deals = mapper.deals(cache.deals.records([deal_id]))
     if not deals:
         raise CrmBridgeError(f"deal {deal_id} is not in the cache", hint="run `crmbridge sync`, or check the ID")
-    evaluator = Evaluator.of(mappings.regulation, now, deals_for_purchases=load_deals(cache, mapper))
+    evaluator = Evaluator.of(mappings.regulation, now, deals_for_purchases=mapper.deals(cache.deals.records()))
     the_deal = deals[0]
     lines = evaluator.explain(the_deal)
     if as_json:

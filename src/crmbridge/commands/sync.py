@@ -43,13 +43,14 @@ def progress_bar(enabled: bool) -> Iterator[ProgressCallback | None]:
         yield advance
 
 
-def run_sync(webhook_url: str | None, *, full: bool, show_progress: bool) -> SyncSummary:
+def run_sync(webhook_url: str | None, *, full: bool, show_progress: bool, break_lock: bool = False) -> SyncSummary:
     settings = common.settings()
     client = common.client_from(settings, webhook_url) if webhook_url else common.crm_client(settings)
     with progress_bar(show_progress) as advance:
-        syncer = syncer_for(client, lambda: common.cache_from(settings),
+        syncer = syncer_for(client, lambda: common.cache(settings, create=True),
                             overlap=timedelta(minutes=settings.sync_overlap_minutes), progress=advance,
-                            refresh=timedelta(minutes=settings.amocrm_refresh_minutes))
+                            refresh=timedelta(minutes=settings.amocrm_refresh_minutes),
+                            lock_wait=settings.sync_lock_wait_seconds, break_lock=break_lock)
         return syncer.run(full=full)
 
 
@@ -69,9 +70,12 @@ def register(app: typer.Typer) -> None:
     def sync(
         full: bool = typer.Option(False, "--full", help="Re-read everything and mark deals gone from the portal as deleted."),
         as_json: bool = typer.Option(False, "--json", help="Print a JSON summary (for scheduled jobs)."),
+        break_lock: bool = typer.Option(False, "--break-lock",
+                                        help="Take the sync lock from a run the OS lock cannot see (a cache on a "
+                                             "network share); that run stops at its next chunk."),
     ) -> None:
         """Sync the CRM into the local SQLite cache (first run full, then incremental by modification time)."""
-        summary = run_sync(None, full=full, show_progress=not as_json and sys.stderr.isatty())
+        summary = run_sync(None, full=full, show_progress=not as_json and sys.stderr.isatty(), break_lock=break_lock)
         if as_json:
             common.print_json(summary.as_dict())
         else:

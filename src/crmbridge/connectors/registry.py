@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -55,20 +56,22 @@ def amocrm_client_from(settings: Settings, *, base_url: str | None = None) -> Am
                         max_attempts=settings.amocrm_max_attempts)
 
 
-def syncer_for(client: CrmClient, cache: Cache | Callable[[], Cache], *, overlap: timedelta = timedelta(minutes=5),
-               progress: Any = None, refresh: timedelta | None = None) -> Any:
+def syncer_for(client: CrmClient, cache: Cache | Callable[[], AbstractContextManager[Cache]], *,
+               overlap: timedelta = timedelta(minutes=5), progress: Any = None, refresh: timedelta | None = None,
+               lock_wait: float | None = None, break_lock: bool = False) -> Any:
     """The Syncer of the client's CRM (same `run(full=...) -> SyncSummary` contract)."""
+    locking: dict[str, Any] = {"break_lock": break_lock} | ({} if lock_wait is None else {"lock_wait": lock_wait})
     if isinstance(client, AmoCRMClient):
         from crmbridge.connectors.amocrm.reader import AmoCRMReader
         from crmbridge.sync_amocrm import REFERENCE_EVERY, AmoCRMSyncer
 
         every = refresh if refresh is not None else REFERENCE_EVERY
         return AmoCRMSyncer(AmoCRMReader(client), cache, overlap=overlap, progress=progress,
-                            reference_every=every, clients_every=every)
+                            reference_every=every, clients_every=every, **locking)
     from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
     from crmbridge.sync import Syncer
 
-    return Syncer(Bitrix24Reader(client), cache, overlap=overlap, progress=progress)
+    return Syncer(Bitrix24Reader(client), cache, overlap=overlap, progress=progress, **locking)
 
 
 def api_snapshot(client: CrmClient) -> Any:

@@ -13,6 +13,7 @@ from typing import Any
 
 from crmbridge.cache.lock import WriterLock
 from crmbridge.cache.store import Cache
+from crmbridge.compliance import record_violations
 from crmbridge.connectors.bitrix24.client import Bitrix24Client
 from crmbridge.connectors.registry import CrmClient, syncer_for
 from crmbridge.enforce.audit import AuditLog, utc_now
@@ -27,7 +28,6 @@ from crmbridge.enforce.execute import (
 )
 from crmbridge.enforce.plan import DEFAULT_MAX_REVERTS_PER_DAY, Action, ActionKind, Plan, PlanContext, plan
 from crmbridge.mapping.binding import DealMapper
-from crmbridge.mapping.cached import load_deals, record_violations, with_client_peers
 from crmbridge.mapping.load import Mappings
 from crmbridge.model import Deal, Mode, Violation
 from crmbridge.regulation.evaluate import Evaluator
@@ -106,7 +106,7 @@ def evaluate(cache: Cache, mappings: Mappings, now: datetime, *, deal_ids: Seque
     mapper = DealMapper(mappings.regulation, mappings.binding)
     wanted = None if deal_ids is None else {str(deal_id) for deal_id in deal_ids}
     # a few deals (the daemon's worker, --deal) load only themselves and their clients' other deals (R10)
-    everyone = load_deals(cache, mapper, deal_ids=None if deal_ids is None else with_client_peers(cache, deal_ids))
+    everyone = mapper.deals(cache.deals.records(None if deal_ids is None else cache.deals.with_client_peers(deal_ids)))
     deals = everyone if wanted is None else [deal for deal in everyone if deal.id in wanted]
     evaluator = Evaluator.of(mappings.regulation, now, deals_for_purchases=everyone, override_modes=modes)
     found: dict[str, list[Violation]] = {}
@@ -132,9 +132,9 @@ def evaluate(cache: Cache, mappings: Mappings, now: datetime, *, deal_ids: Seque
 def plan_context(cache: Cache, mappings: Mappings, evaluator_regulation: Any, now: datetime, audit: AuditLog,
                  *, max_reverts_per_day: int, portal_url: str = "") -> PlanContext:
     """The plain facts planning needs, read from the cache and the audit log."""
-    users = cache.query("SELECT id, name, last_name, active FROM users")
+    users = cache.reference.users()
     active = frozenset(str(row["id"]) for row in users if row["active"]) if users else None
-    names = {str(row["id"]): " ".join(part for part in (row["name"], row["last_name"]) if part) for row in users}
+    names = cache.reference.user_names()
     return PlanContext(evaluator_regulation, mappings.binding, now, active_users=active,
                        reverts_today=audit.reverts_today(now, evaluator_regulation.calendar.zone),
                        max_reverts_per_day=max_reverts_per_day, rotation=audit.rotation(),

@@ -221,7 +221,7 @@ class Daemon:
             if self.has_portal and not self.stop.is_set():
                 cache = open_cache(self.settings.cache_path)
                 try:
-                    if cache.sync_state("deals").cursor is None:
+                    if cache.syncs.get("deals").cursor is None:
                         log.warning("crmbridge serve: the cache is empty; a full sync runs first "
                                     "(events wait in the inbox meanwhile)")
                         with self.writer_lock:

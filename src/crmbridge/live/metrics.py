@@ -11,6 +11,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from crmbridge.live.inbox import connect
+from crmbridge.mapping.schema import RULE_IDS
 
 ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 JOB_BUCKETS = (0.5, 1, 5, 15, 60, 300, 900, 1800, 3600)
@@ -78,7 +79,10 @@ class _CacheCollector(Collector):
             pending.add_metric([], count or 0)
             lag.add_metric([], max(0.0, oldest or 0.0))
             dead.add_metric([], conn.execute("SELECT COUNT(*) FROM dead_letters WHERE requeued_at IS NULL").fetchone()[0])
-            for rule, number in conn.execute("SELECT rule, COUNT(*) FROM violations WHERE resolved IS NULL GROUP BY rule"):
+            open_by_rule = dict.fromkeys(RULE_IDS, 0)  # every rule has a series, 0 included (dashboards, alerts)
+            open_by_rule.update(conn.execute(
+                "SELECT rule, COUNT(*) FROM violations WHERE resolved IS NULL GROUP BY rule").fetchall())
+            for rule, number in open_by_rule.items():
                 violations.add_metric([rule], number)
             for status, number in conn.execute("SELECT status, COUNT(*) FROM actions GROUP BY status"):
                 actions.add_metric([status], number)

@@ -92,8 +92,8 @@ class ReReader:
         requests_before = self.client.requests_made
         deal_ids = set(found.deals)
         # deleted tasks and to-dos: their deal (known from the cache) must be judged again without them
-        deal_ids |= self._cached_deals("tasks", found.deleted_tasks)
-        deal_ids |= self._cached_deals("activities", found.deleted_activities)
+        deal_ids |= self.cache.deals.deals_of_linked("tasks", found.deleted_tasks)
+        deal_ids |= self.cache.deals.deals_of_linked("activities", found.deleted_activities)
         removed_tasks, removed_todos = set(found.deleted_tasks), set(found.deleted_activities)
         # tasks and to-dos name their deal only on the portal (a task may have been bound to another deal):
         # one batch reads them and the clients; their old deal (cached) and new deal are both affected
@@ -115,18 +115,18 @@ class ReReader:
                     task.get("ufCrmTask", task.get("UF_CRM_TASK")))}
                 if not tasks:
                     removed_tasks.add(task_id)  # gone, or no longer visible to the webhook's user
-            deal_ids |= self._cached_deals("tasks", found.tasks)
+            deal_ids |= self.cache.deals.deals_of_linked("tasks", found.tasks)
             for _ in _chunks(sorted(found.activities)):
                 for activity in _rows(next(answers)):
                     row = cache_rows.activity_row(activity)
                     if row["deal_id"] is not None:
                         deal_ids.add(row["deal_id"])
-            deal_ids |= self._cached_deals("activities", found.activities)
+            deal_ids |= self.cache.deals.deals_of_linked("activities", found.activities)
             for _ in _chunks(sorted(found.contacts)):
                 clients["contacts"] += _rows(next(answers))
             for _ in _chunks(sorted(found.companies)):
                 clients["companies"] += _rows(next(answers))
-            deal_ids |= self._deals_of_clients(found.contacts, found.companies)
+            deal_ids |= self.cache.deals.deals_of_clients(found.contacts, found.companies)
         deal_ids -= found.deleted_deals
         deals, history, tasks, todos, more_clients = self._read_deals(sorted(deal_ids))
         clients["contacts"] += more_clients["contacts"]
@@ -142,7 +142,7 @@ class ReReader:
         """The deals with their history, tasks, to-dos and clients: one batch per ~50 deals."""
         if not deal_ids:
             return [], [], [], [], {"contacts": [], "companies": []}
-        contact_ids, company_ids = self._cached_clients(deal_ids)
+        contact_ids, company_ids = self.cache.deals.clients_of(deal_ids)
         history_after = self._history_cursor(deal_ids)
         calls: list[tuple[str, Mapping[str, Any]]] = []
         for chunk in _chunks(deal_ids):
@@ -209,51 +209,6 @@ class ReReader:
 
     # ------------------------------------------------------------------ the cache
 
-    def _cached_deals(self, table: str, ids: Iterable[int]) -> set[int]:
-        ids = sorted(set(ids))
-        found: set[int] = set()
-        for chunk in _chunks(ids, 500):
-            found.update(deal for (deal,) in self.cache.db.execute(
-                f"SELECT deal_id FROM {table} WHERE deal_id IS NOT NULL AND id IN ({_marks(chunk)})", chunk))
-        return found
-
-    def _deals_of_clients(self, contacts: set[int], companies: set[int]) -> set[int]:
-        found: set[int] = set()
-        for column, ids in (("contact_id", contacts), ("company_id", companies)):
-            for chunk in _chunks(sorted(ids), 500):
-                found.update(deal for (deal,) in self.cache.db.execute(
-                    f"SELECT id FROM deals WHERE deleted = 0 AND {column} IN ({_marks(chunk)})", chunk))
-        if companies:  # a contact of the company whose deals name only the contact
-            for chunk in _chunks(sorted(companies), 500):
-                found.update(deal for (deal,) in self.cache.db.execute(
-                    "SELECT d.id FROM deals d JOIN contacts c ON c.id = d.contact_id "
-                    f"WHERE d.deleted = 0 AND c.company_id IN ({_marks(chunk)})", chunk))
-        return found
-
-    def _cached_clients(self, deal_ids: list[int]) -> tuple[set[int], set[int]]:
-        contacts: set[int] = set()
-        companies: set[int] = set()
-        for chunk in _chunks(deal_ids, 500):
-            for contact, company in self.cache.db.execute(
-                    f"SELECT contact_id, company_id FROM deals WHERE id IN ({_marks(chunk)})", chunk):
-                if contact:
-                    contacts.add(int(contact))
-                if company:
-                    companies.add(int(company))
-        return contacts, companies
-
-    def _history_cursor(self, deal_ids: list[int]) -> int:
-        """Re-read history from just below the oldest "newest cached row" of these deals (0: one is new)."""
-        newest: dict[int, int] = {}
-        for chunk in _chunks(deal_ids, 500):
-            for deal, top in self.cache.db.execute(
-                    f"SELECT deal_id, MAX(id) FROM stage_history WHERE deal_id IN ({_marks(chunk)}) GROUP BY deal_id",
-                    chunk):
-                newest[int(deal)] = int(top)
-        if len(newest) < len(deal_ids):
-            return 0
-        return max(0, min(newest.values()) - HISTORY_ID_MARGIN)
-
     def _write(self, deals: list[RawRecord], history: list[RawRecord], tasks: list[RawRecord], todos: list[RawRecord],
                clients: dict[str, list[RawRecord]], deal_ids: list[int], removed_tasks: set[int],
                removed_todos: set[int], gone: set[int]) -> None:
@@ -265,14 +220,14 @@ class ReReader:
         kept = {"tasks": {row["id"] for row in task_rows}, "activities": {row["id"] for row in todo_rows}}
         removed = {"tasks": set(removed_tasks), "activities": set(removed_todos)}
         with self.cache.atomic():
-            self.cache.upsert("contacts", map(cache_rows.contact_row, clients["contacts"]))
-            self.cache.upsert("companies", map(cache_rows.company_row, clients["companies"]))
-            for chunk in _chunks(sorted(gone), 500):
-                self.cache.db.execute(f"UPDATE deals SET deleted = 1 WHERE id IN ({_marks(chunk)})", chunk)
+            self.cache.deals.upsert_clients("contacts", map(cache_rows.contact_row, clients["contacts"]))
+            self.cache.deals.upsert_clients("companies", map(cache_rows.company_row, clients["companies"]))
+            self.cache.deals.mark_deleted_ids(sorted(gone))
             for table, rows in (("tasks", task_rows), ("activities", todo_rows)):
-                self.cache.delete_ids(table, sorted(removed[table] - kept[table]))
+                self.cache.deals.delete_linked(table, sorted(removed[table] - kept[table]))
                 # bound to several deals: the cache files it under its first one, which may not be re-read here
-                self.cache.upsert(table, [row for row in rows if row["deal_id"] is not None and row["deal_id"] not in read])
+                self.cache.deals.upsert_linked(
+                    table, [row for row in rows if row["deal_id"] is not None and row["deal_id"] not in read])
         # one transaction per group of deals: each deal with its history, tasks and to-dos is whole, and the
         # inbox's writer (acknowledging events meanwhile) never waits long for the file
         by_deal: dict[int, list[RawRecord]] = {}
@@ -281,16 +236,21 @@ class ReReader:
         for group in _chunks(sorted(read), WRITE_GROUP):
             wanted = set(group)
             with self.cache.atomic():
-                self.cache.upsert("deals", [cache_rows.deal_row(by_deal[deal][0], synced_at) for deal in group])
-                self.cache.upsert("stage_history", [cache_rows.stage_history_row(raw) for raw in history
-                                                    if cache_rows.as_int(raw.get("OWNER_ID")) in wanted])
+                self.cache.deals.upsert([cache_rows.deal_row(by_deal[deal][0], synced_at) for deal in group])
+                self.cache.deals.upsert_history([cache_rows.stage_history_row(raw) for raw in history
+                                                 if cache_rows.as_int(raw.get("OWNER_ID")) in wanted])
                 for table, rows in (("tasks", task_rows), ("activities", todo_rows)):
-                    mine = [row for row in rows if row["deal_id"] in wanted]
-                    self.cache.upsert(table, mine)
+                    self.cache.deals.upsert_linked(table, [row for row in rows if row["deal_id"] in wanted])
                     # what a re-read deal no longer has on the portal leaves the cache (deleted, unbound)
-                    stale = {row_id for (row_id,) in self.cache.db.execute(
-                        f"SELECT id FROM {table} WHERE deal_id IN ({_marks(group)})", group)} - kept[table]
-                    self.cache.delete_ids(table, sorted(stale))
+                    stale = self.cache.deals.linked_ids_of(table, group) - kept[table]
+                    self.cache.deals.delete_linked(table, sorted(stale))
+
+    def _history_cursor(self, deal_ids: list[int]) -> int:
+        """Re-read history from just below the oldest "newest cached row" of these deals (0: one is new)."""
+        newest = self.cache.deals.newest_history_ids(deal_ids)
+        if len(newest) < len(deal_ids):
+            return 0
+        return max(0, min(newest.values()) - HISTORY_ID_MARGIN)
 
 
 def _fast(params: dict[str, Any], filter_: dict[str, Any], select: list[str], after: int) -> dict[str, Any]:
@@ -308,10 +268,6 @@ def _rows(answer: Any, key: str | None = None) -> list[RawRecord]:
 def _chunks(ids: list[int], size: int = IDS_PER_COMMAND) -> Iterable[list[int]]:
     for start in range(0, len(ids), size):
         yield ids[start:start + size]
-
-
-def _marks(chunk: Sequence[Any]) -> str:
-    return ",".join("?" * len(chunk))
 
 
 __all__ = ["Affected", "ReReadResult", "ReReader", "affected"]

@@ -9,6 +9,8 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Iterable, Mapping
 from zoneinfo import ZoneInfo
 
+from crmbridge.bulk import paused_gc
+from crmbridge.cache.deals import DealRecords
 from crmbridge.mapping import records
 from crmbridge.mapping.schema import IGNORE, AnyBinding, FieldSpec, RegulationSpec
 from crmbridge.model import (
@@ -354,3 +356,15 @@ class DealMapper:
             contact=contact_card,
             company=company_card,
         )
+
+    def deals(self, records: DealRecords) -> list[Deal]:
+        """Cached deals with their history, tasks, to-dos and clients -> Deals (each client mapped once)."""
+        with paused_gc():
+            contacts = {key: self.client(row, "contact") for key, row in records.contacts.items()}
+            companies = {key: self.client(row, "company") for key, row in records.companies.items()}
+            deals = []
+            for deal_id, raw, contact_id, company_id in records.deals:
+                deals.append(self.deal(raw, records.history.get(deal_id, ()), records.tasks.get(deal_id, ()),
+                                       contacts.get(contact_id), companies.get(company_id), records.todos.get(deal_id, ()),
+                                       own_users=records.own_users))
+            return deals

@@ -187,13 +187,18 @@ class Bitrix24Reader:
             commands[name] = (INCREMENTAL_LISTS[name][0], params)
         answer = self.client.batch(commands)
         for error in answer.errors.values():
-            raise error
+            if not error.retryable:
+                raise error
         scopes = None
         if with_scope:
-            scopes = list(answer.results.get("scope") or [])
-            self._require(scopes, READ_SCOPES)
+            if "scope" in answer.results:
+                scopes = list(answer.results.get("scope") or [])
+                self._require(scopes, READ_SCOPES)
+            else:
+                scopes, _ = self.check_scopes()
+        # a list whose page a limit refused is left out: the sync reads it the usual way, with its retries
         pages = {name: self.client.rows_of(INCREMENTAL_LISTS[name][0], answer.results.get(name),
-                                           INCREMENTAL_LISTS[name][1]) for name in lists}
+                                           INCREMENTAL_LISTS[name][1]) for name in lists if name in answer.results}
         # the portal's clock, not ours, is what DATE_MODIFY is compared with (see check_scopes)
         portal_time = (answer.time or {}).get("date_start")
         return FirstPages(scopes, str(portal_time) if portal_time else None, pages)
