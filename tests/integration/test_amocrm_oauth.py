@@ -150,3 +150,17 @@ def test_sync_runs_on_oauth_tokens(connected: Any, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["deals_read"] == 30
     assert account.stats.token_refreshes == 1
+
+
+def test_crmbridge_connect_crm_amocrm_code(make_account: Any, tmp_path: Path) -> None:
+    account = make_account(deals=10, seed=2, rate=100)
+    env = oauth_env(account, tmp_path)
+    redirect = f"{amo.REDIRECT_URI}?code={account.issue_code()}&state=x&referer=127.0.0.1:{account.port}"
+    result = subprocess.run([sys.executable, "-m", "crmbridge", "connect", "--crm", "amocrm", "--code", redirect,
+                             "--json"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["name"] == "crmbridge sandbox"
+    reused = subprocess.run([sys.executable, "-m", "crmbridge", "connect", "--crm", "amocrm", "--code", redirect],
+                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert reused.returncode == 1 and reused.stderr.startswith("crmbridge: error:") and "Traceback" not in reused.stderr
+    assert "def" not in reused.stderr.split("(")[0]  # the code itself is not echoed

@@ -113,3 +113,9 @@ def test_done_events_are_pruned_after_their_keep_time(inbox: Inbox, clock: Clock
     clock.now += timedelta(days=8)
     assert inbox.prune(timedelta(days=7)) == 1
     assert inbox.stats().pending == 1
+
+
+def test_a_round_takes_every_event_of_the_records_waiting_longest(inbox: Inbox) -> None:
+    inbox.accept([event(n % 3) for n in range(9)] + [event(7)])
+    rows = inbox.claim_entities(2)
+    assert sorted({row.entity_id for row in rows}) == ["0", "1"] and len(rows) == 6

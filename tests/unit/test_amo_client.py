@@ -211,24 +211,48 @@ def test_the_account_clock_comes_from_the_date_header() -> None:
 
 def test_the_window_never_lets_an_eighth_request_into_one_second_across_threads() -> None:
     window = RateWindow(7, margin=0.0)
-    stamps: list[float] = []
+    spans: list[tuple[float, float]] = []
     lock = threading.Lock()
 
     def worker() -> None:
-        for _ in range(4):
-            window.acquire()
+        for number in range(4):
+            ticket = window.acquire()
+            sent = time.monotonic()
+            time.sleep(0.03 * (number % 3))  # requests of uneven length: a slow one must not let others bunch up
+            answered = time.monotonic()
+            window.release(ticket)
             with lock:
-                stamps.append(time.monotonic())
+                spans.append((sent, answered))
 
     threads = [threading.Thread(target=worker) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    stamps.sort()
-    assert len(stamps) == 16
-    for index in range(len(stamps) - 7):
-        assert stamps[index + 7] - stamps[index] >= 0.999  # any 8 consecutive sends span at least a second
+    assert len(spans) == 16
+    # wherever the account takes each request (between its send and its answer), no second holds eight:
+    # for any eight requests, the last one was sent a second or more after the first one was answered
+    spans.sort()
+    for index in range(len(spans) - 7):
+        group = spans[index:index + 8]
+        assert max(sent for sent, _ in group) - min(answered for _, answered in group) >= 0.999
+
+
+def test_a_request_still_on_its_way_holds_its_slot() -> None:
+    clock = FakeClock()
+    window = RateWindow(2, margin=0.0, clock=clock.monotonic, sleep=clock.sleep)
+    slow = window.acquire()
+    fast = window.acquire()
+    window.release(fast)
+    clock.advance(5.0)  # the slow one has not come back: only one slot is free again
+    window.release(window.acquire())
+    assert clock.sleeps == []
+    clock.advance(1.0)
+    window.release(slow)  # answered now: it counts for one more second
+    window.release(window.acquire())
+    third = window.acquire()
+    assert clock.sleeps and abs(sum(clock.sleeps) - 1.0) < 0.01
+    window.release(third)
 
 
 def test_the_file_window_is_shared_by_two_objects_like_two_processes(tmp_path: Any) -> None:
@@ -236,11 +260,17 @@ def test_the_file_window_is_shared_by_two_objects_like_two_processes(tmp_path: A
     first = FileRateWindow(tmp_path / "rate", 7, margin=0.0, clock=clock.wall, sleep=clock.sleep)
     second = FileRateWindow(tmp_path / "rate", 7, margin=0.0, clock=clock.wall, sleep=clock.sleep)
     for index in range(7):
-        (first if index % 2 else second).acquire()
+        window = first if index % 2 else second
+        window.release(window.acquire())
     assert clock.sleeps == []
-    first.acquire()  # the eighth waits for the first send to leave the window
+    first.release(first.acquire())  # the eighth waits for the first answer to leave the window
     assert clock.sleeps and abs(sum(clock.sleeps) - 1.0) < 1e-6
     second.hold(2.0)
-    first.acquire()
+    first.release(first.acquire())
     assert sum(clock.sleeps) >= 3.0 - 1e-6
-    assert json.dumps(sorted(float(x) for x in (tmp_path / "rate").read_text().split()))
+    stuck = FileRateWindow(tmp_path / "rate", 7, margin=0.0, flight_bound=10.0, clock=clock.wall, sleep=clock.sleep)
+    for _ in range(7):
+        stuck.acquire()  # a process that dies mid-request never releases: its slots come back after the bound
+    before = sum(clock.sleeps)
+    first.release(first.acquire())
+    assert 9.0 <= sum(clock.sleeps) - before <= 10.0 + 1e-6

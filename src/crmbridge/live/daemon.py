@@ -29,7 +29,6 @@ from crmbridge.config import Settings
 from crmbridge.connectors.bitrix24.app import oauth_auth
 from crmbridge.connectors.bitrix24.client import Bitrix24Client, validate_webhook_url
 from crmbridge.connectors.bitrix24.limiter import Limiter, bucket_file
-from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
 from crmbridge.errors import CrmBridgeError
 from crmbridge.live.app import Bitrix24Receiver, Readiness, build_app
 from crmbridge.live.bitrix24_events import portal_domain
@@ -37,7 +36,7 @@ from crmbridge.live.bridge import EventSource, LiveBridge, load_plugins
 from crmbridge.live.inbox import Inbox
 from crmbridge.live.metrics import Metrics
 from crmbridge.live.worker import MappingsWatcher, Worker
-from crmbridge.sync import Syncer
+from crmbridge.connectors.registry import syncer_for
 
 log = logging.getLogger("crmbridge.live")
 
@@ -83,12 +82,14 @@ class Daemon:
         self.metrics = Metrics(settings.cache_path)
         self.inbox = Inbox(settings.cache_path, max_attempts=settings.inbox_max_attempts,
                            on_commit=lambda count, seconds: self.worker_wake())
+        self.amocrm = settings.crm == "amocrm"
         url = webhook_url or (settings.bitrix24_webhook_url.get_secret_value() if settings.bitrix24_webhook_url else None)
-        self.webhook_url = validate_webhook_url(url) if url else None
+        self.webhook_url = validate_webhook_url(url) if url and not self.amocrm else None
         # A connected OAuth application (`crmbridge connect`) is preferred over the webhook: its writes carry the
         # auth_connector its offline events are bound with, so they are not queued back (live/offline.py).
-        self.oauth = None if webhook_url else oauth_auth(settings)
-        self.has_portal = bool(self.webhook_url or self.oauth)
+        self.oauth = None if webhook_url or self.amocrm else oauth_auth(settings)
+        # amoCRM (CRMBRIDGE_CRM=amocrm): the account's client; its hooks come through the amoCRM plugin
+        self.has_portal = bool(self.webhook_url or self.oauth) or (self.amocrm and bool(settings.amocrm_base_url))
         # one limiter for every client of the daemon: the portal's bucket is one, whoever asks
         self.limiter = Limiter(rate=settings.bitrix24_rate, burst=settings.bitrix24_burst,
                                operating_limit=settings.bitrix24_operating_limit, on_wait=self.metrics.crm_wait,
@@ -96,7 +97,7 @@ class Daemon:
         self.writer_lock = threading.Lock()
         self.bridge = LiveBridge(settings, self.inbox, self.metrics, Path(settings.cache_path),
                                  client=self.new_client() if self.has_portal else None)
-        self.mappings = MappingsWatcher(settings.mappings_dir)
+        self.mappings = MappingsWatcher(settings.mappings_dir, crm=settings.crm)
         self.mappings.current()  # a broken mapping file stops the start with its problems, before anything runs
         self.worker = Worker(self.bridge, self.new_client() if self.has_portal else None, self.mappings,
                              writer_lock=self.writer_lock,
@@ -122,8 +123,12 @@ class Daemon:
 
     # ------------------------------------------------------------------ pieces
 
-    def new_client(self) -> Bitrix24Client:
+    def new_client(self) -> Any:
         """A client of the configured portal, paced by the daemon's one limiter, counted in its metrics."""
+        if self.amocrm:
+            from crmbridge.connectors.registry import amocrm_client_from
+
+            return amocrm_client_from(self.settings)  # every process of the account shares its 7 rps window
         if self.oauth is not None:
             return Bitrix24Client(auth=self.oauth, max_attempts=self.settings.bitrix24_max_attempts,
                                   limiter=self.limiter, observer=self.metrics.crm_request)
@@ -225,8 +230,8 @@ class Daemon:
                         log.warning("crmbridge serve: the cache is empty; a full sync runs first "
                                     "(events wait in the inbox meanwhile)")
                         with self.writer_lock:
-                            Syncer(Bitrix24Reader(self.new_client()), cache,
-                                   overlap=timedelta(minutes=self.settings.sync_overlap_minutes)).run(full=True)
+                            syncer_for(self.new_client(), cache,
+                                       overlap=timedelta(minutes=self.settings.sync_overlap_minutes)).run(full=True)
                 finally:
                     cache.close()
         except Exception as exc:  # noqa: BLE001 - reported by /readyz; the worker still drains the inbox
@@ -260,7 +265,15 @@ class Daemon:
                 self.stop.wait(backoff)
 
     def _housekeeping(self) -> None:
-        while not self.stop.wait(3600):
+        minutes = 0
+        while not self.stop.wait(60):
+            minutes += 1
+            try:
+                self.inbox.checkpoint()
+            except sqlite3.Error as exc:
+                log.warning("WAL checkpoint failed: %s", exc)
+            if minutes % 60:
+                continue
             try:
                 pruned = self.inbox.prune(timedelta(days=self.settings.inbox_keep_days))
                 if pruned:

@@ -170,6 +170,9 @@ class Inbox:
         try:
             # FULL: the commit is on disk (the WAL fsynced) before the caller acknowledges the event
             conn = connect(self.path, synchronous="FULL")
+            # no checkpoints on the acknowledging path (copying the WAL into the file and syncing it can take
+            # 100+ ms): the other connections' commits and `checkpoint()` do them
+            conn.execute("PRAGMA wal_autocheckpoint=0")
         except BaseException as exc:  # noqa: BLE001 - reported to the constructor
             self._writer_error = exc
             self._writer_ready.set()
@@ -253,6 +256,19 @@ class Inbox:
             "SELECT id, source, event, entity, entity_id, payload, received_at, attempts, status, last_error "
             "FROM inbox WHERE status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= ?) "
             "ORDER BY id LIMIT ?", (now, limit)).fetchall()
+        return [InboxRow(**dict(row)) for row in rows]
+
+    def claim_entities(self, entities: int = 500, *, max_events: int = 50_000) -> list[InboxRow]:
+        """Every due event of the `entities` records that have waited longest: a record's ten events come
+        in one round, so it is re-read once for all of them (oldest first)."""
+        now = utc_iso(self.clock())
+        rows = self._conn().execute(
+            "SELECT id, source, event, entity, entity_id, payload, received_at, attempts, status, last_error "
+            "FROM inbox WHERE status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= ?1) "
+            "AND (source, entity, entity_id) IN (SELECT source, entity, entity_id FROM inbox "
+            "  WHERE status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= ?1) "
+            "  GROUP BY source, entity, entity_id ORDER BY MIN(id) LIMIT ?2) "
+            "ORDER BY id LIMIT ?3", (now, entities, max_events)).fetchall()
         return [InboxRow(**dict(row)) for row in rows]
 
     def done(self, ids: Iterable[int]) -> None:
@@ -358,6 +374,10 @@ class Inbox:
         cutoff = utc_iso(self.clock() - older_than)
         with self._transaction() as conn:
             return conn.execute("DELETE FROM inbox WHERE status = 'done' AND processed_at < ?", (cutoff,)).rowcount
+
+    def checkpoint(self) -> None:
+        """Move the WAL into the database file without waiting for readers (the daemon calls it every minute)."""
+        self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     # ------------------------------------------------------------------ small state shared with other parts
 

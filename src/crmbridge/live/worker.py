@@ -14,6 +14,7 @@ alone and, after `max_attempts`, in the dead letters with its reason.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -32,8 +33,9 @@ from crmbridge.mapping.load import Mappings, load_mappings
 
 log = logging.getLogger("crmbridge.live.worker")
 
-#: events taken per round at most (a burst is worked off in rounds of this size)
-ROUND_EVENTS = 1_000
+#: records (deals, tasks, ...) a round takes at most, with all their due events: a burst is worked off in
+#: rounds of this size, each record re-read once however many events named it
+ROUND_EVENTS = 500
 #: wait after the first event of a quiet spell, so a burst (a manager saving several fields) is one round
 GATHER_SECONDS = 0.05
 #: longest pause between two rounds of a burst
@@ -43,8 +45,9 @@ MAX_PAUSE = 2.0
 class MappingsWatcher:
     """The admin's mapping files, reloaded when they change; a broken edit keeps the last good version."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, crm: str | None = None) -> None:
         self.directory = Path(directory)
+        self.crm = crm
         self._stamp: tuple[float, ...] | None = None
         self._mappings: Mappings | None = None
         self.error: str | None = None
@@ -53,7 +56,7 @@ class MappingsWatcher:
         stamp = tuple(path.stat().st_mtime for path in sorted(self.directory.glob("*.yaml")))
         if stamp != self._stamp or self._mappings is None:
             try:
-                self._mappings = load_mappings(self.directory)
+                self._mappings = load_mappings(self.directory, crm=self.crm)
                 self.error = None
             except MappingError as exc:
                 self.error = f"{exc} ({len(exc.problems)} problem(s); `crmbridge check` lists them)"
@@ -106,6 +109,7 @@ class Worker:
 
     def run(self, stop: threading.Event, *, poll: float = 1.0) -> None:
         """Rounds until `stop` is set; a round in flight is always finished (SIGTERM leaves nothing half-written)."""
+        lower_priority()
         try:
             while not stop.is_set():
                 if self.wake.wait(poll):
@@ -138,7 +142,7 @@ class Worker:
 
     def round(self) -> RoundReport:
         started = time.perf_counter()
-        rows = self.inbox.claim(self._limit)
+        rows = self.inbox.claim_entities(self._limit)
         report = RoundReport(events=len(rows))
         if not rows:
             return report
@@ -160,7 +164,7 @@ class Worker:
                 else:
                     raise CrmBridgeError(f"no processor for events of source {group[0].source!r}")
             except Exception as exc:  # noqa: BLE001 - every failure is settled on the events, none is lost
-                self._settle_failure(ids, exc, report)
+                self._settle_failure(ids, exc, report, records=len({(r.entity, r.entity_id) for r in group}))
                 continue
             self.inbox.done(ids)
             self._backoff = 0.0
@@ -202,7 +206,7 @@ class Worker:
         log.info("worker: %d events -> %d deals re-read (%d deleted), %d actions written, %d HTTP requests",
                  len(rows), len(result.deals), len(result.deleted), report.actions_done, report.http_requests)
 
-    def _settle_failure(self, ids: list[int], exc: Exception, report: RoundReport) -> None:
+    def _settle_failure(self, ids: list[int], exc: Exception, report: RoundReport, *, records: int) -> None:
         reason = f"{type(exc).__name__}: {exc}"
         report.error = reason
         if _waits(exc):
@@ -215,12 +219,21 @@ class Worker:
             return
         dead = self.inbox.failed(ids, reason)
         self._backoff = min(self.max_backoff, max(1.0, self._backoff * 2))
-        self._limit = max(1, len(ids) // 2)  # a poison event ends up alone
+        self._limit = max(1, records // 2)  # a poison event's record ends up alone
         report.outcome = "failed"
         self.bridge.metrics.events_processed.labels("failed").inc(len(ids) - dead)
         self.bridge.metrics.events_processed.labels("dead").inc(dead)
         log.error("worker: processing %d events failed (%s); %d went to the dead letters", len(ids), reason, dead,
                   exc_info=not isinstance(exc, CrmBridgeError))
+
+
+def lower_priority(niceness: int = 10) -> None:
+    """Run the calling thread at a lower OS priority (Linux schedules threads one by one): on a busy machine the
+    HTTP loop, which acknowledges events, gets the CPU before the worker's and the jobs' background work."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except (AttributeError, OSError):
+        pass  # not Linux, or not allowed: the default priority serves too
 
 
 def _waits(exc: Exception) -> bool:

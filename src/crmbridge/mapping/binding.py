@@ -114,6 +114,14 @@ class DealMapper:
         self.adapt_client: records.Adapter = records.amocrm_client(self.zone) if amocrm else records.same
         # amoCRM's history is its status changes: where a lead was created is where its first change came from
         self.synthesize_creation = amocrm
+        # stage task titles by the kind the regulation wants (amoCRM tasks stand in for to-dos by their title)
+        self.todo_titles: set[str] = set()
+        self.task_titles: set[str] = set()
+        for direction in regulation.directions.values():
+            for spec in [stage.task for stage in direction.stages] + [direction.won.task, direction.lost.task]:
+                if spec is not None:
+                    titles = self.todo_titles if spec.kind == TODO else self.task_titles
+                    titles.add(" ".join(spec.title.split()).casefold())
         self._cards: dict[tuple[str, Any, Any], Client | None] = {}
         self.readers: list[tuple[str, str, Callable[[Any], FieldValue]]] = []
         self.client_fields: list[tuple[str, str]] = []
@@ -235,9 +243,17 @@ class DealMapper:
 
     def _tasks(self, tasks: Iterable[Mapping[str, Any]], todos: Iterable[Mapping[str, Any]]) -> tuple[Task, ...]:
         mapped = tuple(self.task(row) for row in tasks)
-        if self.synthesize_creation:
-            # amoCRM has one kind of task: where the regulation asks for a to-do, an amoCRM task is one
-            return mapped + tuple(dataclass_replace(task, kind=TODO) for task in mapped)
+        if self.synthesize_creation and self.todo_titles:
+            # amoCRM has one kind of task: where the regulation asks for a to-do, an amoCRM task of that title is one
+            out: list[Task] = []
+            for task in mapped:
+                if task.title_key in self.todo_titles:
+                    out.append(dataclass_replace(task, kind=TODO))
+                    if task.title_key in self.task_titles:  # a title both kinds use: it counts as either
+                        out.append(task)
+                else:
+                    out.append(task)
+            return tuple(out)
         return mapped + tuple(self.todo(row) for row in todos)
 
     def _creation(self, history: list[Mapping[str, Any]], entries: list[StageEntry], category: str, crm_stage: str,

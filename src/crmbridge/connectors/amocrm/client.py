@@ -160,7 +160,7 @@ class AmoCRMClient:
         if data is not None:
             headers["Content-Type"] = "application/json"
         what = f"{verb} {path}"
-        self.limiter.acquire()
+        ticket = self.limiter.acquire()
         self.requests_made += 1
         try:
             raw = self._transport.request(verb, url, body=data, headers=headers, timeout=self._timeout)
@@ -168,6 +168,9 @@ class AmoCRMClient:
             text = " ".join(redact(str(exc)).split())
             raise CrmUnreachable(f"{what}: {text}", method=what, code="TIMEOUT" if exc.timeout else "UNREACHABLE",
                                  description=text, hint="check the network and CRMBRIDGE_AMOCRM_BASE_URL") from None
+        finally:
+            # counted until a second after its answer: the latest the account can have taken it (see limiter.py)
+            self.limiter.release(ticket)
         stamp = server_time_of(raw.header("date"))
         if stamp is not None:
             self.server_time = stamp
