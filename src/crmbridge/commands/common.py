@@ -15,6 +15,7 @@ from rich.text import Text
 from crmbridge.cache.store import Cache, open_cache
 from crmbridge.config import Settings, load_settings
 from crmbridge.connectors.bitrix24.client import Bitrix24Client, validate_webhook_url
+from crmbridge.connectors.bitrix24.limiter import bucket_file
 from crmbridge.connectors.bitrix24.app import authorization_server, effective_connector, oauth_auth
 from crmbridge.errors import CacheError, ConfigError
 from crmbridge.text import for_terminal, json_text
@@ -54,6 +55,8 @@ def client_from(settings: Settings, webhook_url: str | None = None) -> Bitrix24C
         "operating_limit": settings.bitrix24_operating_limit,
         "max_attempts": settings.bitrix24_max_attempts,
         "max_answer_bytes": settings.bitrix24_max_answer_mb * 1024 * 1024,
+        # a restart right after a burst must not draw 503: the bucket's level is kept beside the cache
+        "bucket": bucket_file(settings.cache_path),
     }
     if webhook_url:
         return Bitrix24Client(validate_webhook_url(webhook_url), **options)

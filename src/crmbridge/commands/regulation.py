@@ -24,7 +24,7 @@ from crmbridge.mapping.load import Mappings, binding_file, load_mappings, load_r
 from crmbridge.mapping.portal import PortalSnapshot, lint_live
 from crmbridge.mapping.schema import json_schemas
 from crmbridge.model import Deal, Violation
-from crmbridge.regulation.evaluate import RULES, Evaluator, impact
+from crmbridge.regulation.evaluate import RULES, Evaluator, beyond_look_back, impact
 
 
 @dataclass
@@ -87,6 +87,25 @@ def _snapshot(cache_only: bool) -> tuple[PortalSnapshot, str]:
     return api_snapshot(common.crm_client(settings)), "the portal's API" if settings.crm == "bitrix24" else "the account's API"
 
 
+RIGHTS_WARNING = ("the webhook's user is not a Bitrix24 administrator (user.admin answered false): it sees only the "
+                  "tasks it takes part in, so R3 would find other managers' stage tasks missing, and `crmbridge "
+                  "enforce` refuses to run; create the inbound webhook as a portal administrator")
+
+
+def _webhook_rights() -> bool | None:
+    """`user.admin` of the user the Bitrix24 reads run as; None when there is no portal to ask (or it is down)."""
+    settings = common.settings()
+    if settings.crm != "bitrix24":
+        return None
+    from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
+    from crmbridge.errors import ConfigError, CrmError
+
+    try:
+        return Bitrix24Reader(common.crm_client(settings)).webhook_admin()
+    except (ConfigError, CrmError):
+        return None  # checked against the cache without a reachable portal: nothing to say about its rights
+
+
 def violation_json(violation: Violation) -> dict[str, Any]:
     return {
         "rule": violation.rule, "deal": violation.deal, "severity": violation.severity.value,
@@ -136,6 +155,7 @@ def register(app: typer.Typer) -> None:
             if problems:
                 raise MappingError([str(problem) for problem in problems])
             report["live"] = source
+            report["webhook_admin"] = _webhook_rights()
         if impact_:
             settings = common.settings()
             with common.cache(settings) as cache:
@@ -149,6 +169,8 @@ def register(app: typer.Typer) -> None:
                                            regulation=mappings.regulation_path, binding=mappings.binding_path,
                                            live=f" (checked against {report['live']})" if live else "",
                                            plans=plans_summary))
+        if live and report["webhook_admin"] is False:
+            common.console.print(f"[yellow]warning[/yellow]: {RIGHTS_WARNING}")
         if impact_:
             table = Table(title=f"Impact on {report['deals']:,} cached deals", title_justify="left")
             for column in ("rule", "mode", "would flag", "flagged with current modes"):
@@ -248,6 +270,11 @@ def _explain_deal(cache: Cache, mappings: Mappings, now: datetime, deal_id: int,
 
 def _print_audit(run: AuditRun, names: dict[str, str], as_json: bool) -> None:
     by_rule: Counter[str] = Counter(violation.rule for violation in run.violations)
+    # R7 / R8 / R9 breaches older than the rule's look-back window: recorded here, never pushed to people
+    directions = run.evaluator.regulation.directions
+    old: Counter[str] = Counter(violation.rule for violation in run.violations
+                                if violation.direction in directions
+                                and beyond_look_back(violation, directions[violation.direction], run.evaluator.now))
     by_manager: dict[str, Counter[str]] = defaultdict(Counter)
     for violation in run.violations:
         by_manager[violation.manager or "—"][violation.rule] += 1
@@ -255,6 +282,7 @@ def _print_audit(run: AuditRun, names: dict[str, str], as_json: bool) -> None:
         common.print_json({
             "deals": len(run.deals), "violations": len(run.violations), "opened": run.opened, "resolved": run.resolved,
             "by_rule": dict(sorted(by_rule.items(), key=lambda item: int(item[0][1:]))),
+            "beyond_look_back": dict(sorted(old.items(), key=lambda item: int(item[0][1:]))),
             "by_manager": {manager: dict(counts) for manager, counts in by_manager.items()},
             "open": [violation_json(violation) for violation in run.violations],
         })
@@ -266,11 +294,15 @@ def _print_audit(run: AuditRun, names: dict[str, str], as_json: bool) -> None:
     for violation in run.violations:
         deals_by_rule[violation.rule].add(violation.deal)
     table = Table(title="Open violations by rule", title_justify="left")
-    for column in ("rule", "violations", "deals", "clause"):
-        table.add_column(column, justify="right" if column in ("violations", "deals") else "left")
+    for column in ("rule", "violations", "deals", "older than look-back", "clause"):
+        table.add_column(column, justify="left" if column in ("rule", "clause") else "right")
     for rule in RULES:
         if by_rule[rule]:
-            table.add_row(rule, f"{by_rule[rule]:,}", f"{len(deals_by_rule[rule]):,}", common.cell(clauses[rule]))
+            table.add_row(rule, f"{by_rule[rule]:,}", f"{len(deals_by_rule[rule]):,}", f"{old[rule]:,}" if old[rule] else "",
+                          common.cell(clauses[rule]))
+    if old:
+        table.caption = ("older than look-back: breaches of a moment long past (R7, R8, R9 `look_back`): recorded, "
+                         "not pushed to people")
     common.console.print(table)
     rules = [rule for rule in RULES if by_rule[rule]]
     table = Table(title="Open violations by manager", title_justify="left")
