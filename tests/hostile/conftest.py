@@ -104,8 +104,11 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> CliResu
         for name in list(os.environ):
             if name.startswith("CRMBRIDGE_"):
                 del os.environ[name]
+        # the sandboxes here run without limits: a client that starts with a full bucket (as after a burst on a
+        # real portal) would wait for nothing in every command
         os.environ.update({"CRMBRIDGE_CACHE_PATH": str(cwd / "cache.db"), "CRMBRIDGE_MAPPINGS_DIR": str(MAPPINGS),
-                           "CRMBRIDGE_BITRIX24_MAX_ATTEMPTS": "2", "COLUMNS": "200"})
+                           "CRMBRIDGE_BITRIX24_MAX_ATTEMPTS": "2", "CRMBRIDGE_BITRIX24_RATE": "1000",
+                           "CRMBRIDGE_BITRIX24_BURST": "1000", "COLUMNS": "200"})
         os.environ.update(env or {})
         os.chdir(cwd)
         sys.argv = ["crmbridge", *args]
@@ -169,7 +172,8 @@ class World:
 
     @property
     def env(self) -> dict[str, str]:
-        return {"CRMBRIDGE_BITRIX24_WEBHOOK_URL": self.proxy.webhook_url, "CRMBRIDGE_CACHE_PATH": str(self.cache_path)}
+        return {"CRMBRIDGE_BITRIX24_WEBHOOK_URL": self.proxy.webhook_url, "CRMBRIDGE_CACHE_PATH": str(self.cache_path),
+                "CRMBRIDGE_BITRIX24_RATE": "1000", "CRMBRIDGE_BITRIX24_BURST": "1000"}
 
     def run(self, *args: str, **env: str) -> CliResult:
         return self.cli(*args, env={**self.env, **env}, cwd=self.folder)
