@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_evaluate.py --deals 100000
 	$(BIN)/python bench/bench_enforce.py --actions 5000
 	$(BIN)/python bench/bench_events.py
+	$(BIN)/python bench/bench_kpi.py --deals 100000
 
 sandbox: $(STAMP)
 	$(BIN)/crmbridge sandbox

@@ -31,6 +31,7 @@ COMMAND_MODULES = [
     "crmbridge.commands.enforce",
     "crmbridge.commands.live",
     "crmbridge.commands.connect",
+    "crmbridge.commands.kpi",
 ]
 
 

@@ -45,7 +45,11 @@ class SyncSummary:
     stage_history_read: int = 0
     tasks_read: int = 0
     todos_read: int = 0
+    communications_read: int = 0
+    plan_items: int = 0
     users: int = 0
+    departments: int | None = None  # None: the webhook lacks the department scope
+    currencies: int = 0
     pipelines: int = 0
     stages: int = 0
     deal_fields: int = 0
@@ -61,6 +65,9 @@ class SyncSummary:
 
     def add_todos(self, count: int) -> None:
         self.todos_read += count
+
+    def add_communications(self, count: int) -> None:
+        self.communications_read += count
 
 
 def utc_now_iso() -> str:
@@ -99,6 +106,7 @@ class Syncer:
         *,
         overlap: timedelta = timedelta(minutes=5),
         progress: ProgressCallback | None = None,
+        plan_entity_type: int | None = None,
         now: Callable[[], str] = utc_now_iso,
         monotonic: Callable[[], float] = time.monotonic,
         metadata_max_age: timedelta = timedelta(hours=1),
@@ -116,6 +124,9 @@ class Syncer:
         # a factory is opened only after the portal answered, so bad input leaves no file behind
         self._cache_or_factory = cache
         self.overlap = overlap
+        # the smart process that holds plans (binding `plans_source`), read whole on every sync
+        self.plan_entity_type = plan_entity_type
+        self.granted: set[str] = set()
         self.progress = progress or (lambda entity, count: None)
         self.now = now
         self.monotonic = monotonic
@@ -129,7 +140,8 @@ class Syncer:
             self.cache = self._cache_or_factory
             return self._locked_run(full, None, started, requests_before)
         # Ask the portal first: a wrong URL, a missing scope or an outage fails before anything is written.
-        _, portal_time = self.reader.check_scopes()
+        granted, portal_time = self.reader.check_scopes()
+        self.granted = set(granted)
         portal_time = portal_time or datetime.now(timezone.utc).isoformat(timespec="seconds")
         # a cache this run opened is this run's to close
         with self._cache_or_factory() as self.cache:
@@ -153,8 +165,11 @@ class Syncer:
         if mode == "incremental":
             first = self.reader.first_pages(self._first_page_params(deals_state), with_scope=portal_time is None)
             portal_time = portal_time or first.portal_time
+            if first.scopes is not None:
+                self.granted = set(first.scopes)
         elif portal_time is None:
-            _, portal_time = self.reader.check_scopes()
+            granted, portal_time = self.reader.check_scopes()
+            self.granted = set(granted)
         portal_time = portal_time or datetime.now(timezone.utc).isoformat(timespec="seconds")
         pages = first.pages if first is not None else {}
         # one cache, one account: a cache of another portal (or of an amoCRM account) is refused before any write
@@ -177,6 +192,9 @@ class Syncer:
                 self._dated_stream("activities", "crm.activity.list", full_lists, portal_time, self.reader.iter_todos,
                                    "updated_since", cache_rows.activity_row, summary.add_todos,
                                    pages.get("activities")),
+                self._dated_stream("communications", "crm.activity.list", full_lists, portal_time,
+                                   self.reader.iter_communications, "updated_since", cache_rows.communication_row,
+                                   summary.add_communications, pages.get("communications"), deals_only=False),
             ])
             if not reference_read and self._unknown_structure():
                 self._sync_reference(summary)  # a new pipeline or stage appeared: the check needs it now
@@ -201,7 +219,7 @@ class Syncer:
             "stage_history": self.reader.list_params(
                 "stage_history", after_id=max(0, (self.cache.syncs.get("stage_history").last_id or 0) - HISTORY_ID_MARGIN)),
         }
-        for entity in ("tasks", "activities"):
+        for entity in ("tasks", "activities", "communications"):
             state = self.cache.syncs.get(entity)
             if state.cursor is not None and not (state.status == "running" and state.mode == "full"):
                 lists[entity] = self.reader.list_params(entity, since=minus_overlap(state.cursor, self.overlap))
@@ -227,7 +245,10 @@ class Syncer:
     # --- reference lists ----------------------------------------------------------------------
 
     def _sync_reference(self, summary: SyncSummary) -> None:
-        reference = self.reader.reference_data()
+        with_departments = "department" in self.granted
+        reference = self.reader.reference_data(departments=with_departments)
+        plan_items = (list(self.reader.iter_plan_items(self.plan_entity_type))
+                      if self.plan_entity_type is not None else None)
         stage_rows = [
             cache_rows.stage_row(raw, category_id)
             for category_id, stages in reference.stages.items()
@@ -240,6 +261,11 @@ class Syncer:
                 map(cache_rows.deal_field_row, reference.deal_fields), map(cache_rows.user_row, reference.users))
             self.cache.syncs.save(SyncState(entity="reference", mode="full", status="done",
                                             finished_at=datetime.now(timezone.utc).isoformat()))
+            summary.currencies, summary.departments, summary.plan_items = self.cache.kpi.replace_reference(
+                map(cache_rows.currency_row, reference.currencies),
+                None if reference.departments is None else map(cache_rows.department_row, reference.departments),
+                None if plan_items is None else [cache_rows.plan_item_row(raw, self.plan_entity_type or 0, self.now())
+                                                 for raw in plan_items])
 
     # --- deals --------------------------------------------------------------------------------
 
@@ -360,10 +386,14 @@ class Syncer:
         to_row: Callable[[RawRecord], dict[str, Any]],
         count: Callable[[int], None],
         first: list[RawRecord] | None = None,
+        *,
+        deals_only: bool = True,
     ) -> _Stream:
-        """Tasks and to-dos: a full read by ID that resumes after a kill, else what changed since the cursor.
+        """Tasks, to-dos, calls / meetings / e-mails: a full read by ID that resumes after a kill, else what
+        changed since the cursor.
 
-        Only records bound to a deal are kept: the regulation judges deals (R3, R5, R11).
+        With `deals_only`, only records bound to a deal are kept: the regulation judges deals (R3, R5, R11);
+        the activity KPIs count a manager's calls whoever they were with.
         """
         state = self.cache.syncs.get(entity)
         resuming = state.status == "running" and state.mode == "full"
@@ -384,7 +414,9 @@ class Syncer:
             synced_at = self.now()
             rows = [{**to_row(raw), "synced_at": synced_at} for raw in chunk]
             with self.cache.atomic():
-                bound = self.cache.deals.write_linked(entity, rows)
+                # tasks and to-dos count for their deal (the regulation); calls, meetings and e-mails for their
+                # manager whoever they were with (the activity KPIs)
+                bound = self.cache.deals.write_linked(entity, rows) if deals_only else self.cache.kpi.write_communications(rows)
                 if by_id:
                     state.last_id = max(row["id"] or 0 for row in rows)
                     self.cache.syncs.save(state)
@@ -394,7 +426,10 @@ class Syncer:
             with self.cache.atomic():
                 if by_id and state.started_at:
                     # a full read saw every record the portal still has: the rest were deleted there
-                    self.cache.deals.delete_linked_not_synced_since(entity, state.started_at)
+                    if deals_only:
+                        self.cache.deals.delete_linked_not_synced_since(entity, state.started_at)
+                    else:
+                        self.cache.kpi.delete_communications_not_synced_since(state.started_at)
                 state.status, state.cursor, state.run_cursor = "done", state.run_cursor or portal_time, None
                 state.finished_at = self.now()
                 self.cache.syncs.save(state)

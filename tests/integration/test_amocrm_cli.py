@@ -117,3 +117,22 @@ def test_full_sync_killed_midway_resumes_from_its_last_page(make_account: Any, t
         assert_cache_equals_account(cache, account)
     finally:
         cache.close()
+
+
+def test_kpis_on_an_amocrm_account(make_account: Any, tmp_path: Path) -> None:
+    """Leads land in the same deals table: the KPIs, plans (plans.amocrm.yaml) and report work on amoCRM too."""
+    account = make_account(deals=300, seed=6)
+    env = env_for(account, tmp_path)
+    assert crmbridge(env, "sync", cwd=tmp_path).returncode == 0
+    result = crmbridge(env, "kpi", "--period", "2026", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    company = {row["kpi"]: row for row in rows if row["scope"] == "company" and row["direction"] is None}
+    assert company["won_deals"]["fact"] > 0 and company["revenue"]["fact"] > 0
+    assert company["profit"]["fact"] > 0  # the margin custom field (500131) read from the leads' raw records
+    assert company["revenue"]["plan"] == 186_000_000  # plans.amocrm.yaml: its four managers' 2026 plans
+    managers = [row["fact"] for row in rows if row["scope"] == "manager" and row["kpi"] == "revenue"
+                and row["direction"] is None]
+    assert sum(managers) == pytest.approx(company["revenue"]["fact"], abs=0.05)
+    report = crmbridge(env, "report", "--html", str(tmp_path / "amo.html"), "--period", "2026-11", cwd=tmp_path)
+    assert report.returncode == 0 and (tmp_path / "amo.html").stat().st_size > 5_000

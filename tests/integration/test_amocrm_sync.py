@@ -41,7 +41,7 @@ def test_full_sync_equals_the_account_at_the_request_floor(make_account: Any, ca
         lead["pipeline_id"], str(lead["status_id"]), lead["responsible_user_id"], float(lead["price"]))
     assert cache.account.get()["crm"] == "amocrm"
     assert cache.count("stages", "status_id = '142'") == 4  # won exists in every pipeline
-    assert cache.count("users") == 9 and cache.count("pipelines") == 4 and cache.count("deal_fields") == 20
+    assert cache.count("users") == 9 and cache.count("pipelines") == 4 and cache.count("deal_fields") == 22  # 19 regulated, margin and NPS (the KPIs), probability
 
 
 def test_incremental_sync_after_three_edits_costs_three_requests(make_account: Any, cache: Cache) -> None:

@@ -156,7 +156,7 @@ def test_reference_methods(portal: SandboxPortal, call: Callable[..., requests.R
     assert won["SEMANTICS"] == "S" and won["EXTRA"]["SEMANTICS"] == "success"
     assert next(s for s in stages if s["STATUS_ID"] == "NEW")["SEMANTICS"] is None
     ufs = call(portal, "crm.deal.userfield.list", {"filter": {"LANG": "ru"}}).json()["result"]
-    assert len(ufs) == 19
+    assert len(ufs) == 21
     reason = next(f for f in ufs if f["FIELD_NAME"] == "UF_CRM_1700000114")
     assert {"ID": "123", "VALUE": "Нет интереса сейчас"}.items() <= reason["LIST"][2].items()
     fields = call(portal, "crm.deal.fields").json()["result"]

@@ -161,7 +161,7 @@ def test_users_pipelines_and_fields_match_the_contract() -> None:
         (6, 3, True), (7, 3, True), (8, 3, True), (9, 2, False)]
     assert [s.probability for s in c.STAGES[0]] == [10, 25, 50, 75, 90, 100, 0, 0]
     assert [s.status_id for s in c.STAGES[2]] == ["C2:NEW", "C2:FINAL_INVOICE", "C2:WON", "C2:LOSE"]
-    assert [f.name for f in c.USER_FIELDS] == [f"UF_CRM_1700000{n}" for n in range(101, 120)]
+    assert [f.name for f in c.USER_FIELDS] == [f"UF_CRM_1700000{n}" for n in (*range(101, 120), 131, 132)]  # margin, NPS
     assert dict(c.UF_BY_NAME["UF_CRM_1700000114"].options)[123] == "Нет интереса сейчас"
 
 

@@ -219,3 +219,68 @@ def activity_row(raw: RawRecord) -> Row:
         "last_updated": as_text(raw.get("LAST_UPDATED")),
         "raw": dumps(raw),
     }
+
+
+def department_row(raw: RawRecord) -> Row:
+    """department.get: ID, NAME, SORT, PARENT (absent at the top), UF_HEAD."""
+    return {
+        "id": as_int(raw.get("ID")),
+        "name": as_text(raw.get("NAME")),
+        "parent_id": as_int(raw.get("PARENT")),
+        "head_id": as_int(raw.get("UF_HEAD")) or None,
+        "sort": as_int(raw.get("SORT")),
+        "raw": dumps(raw),
+    }
+
+
+def currency_row(raw: RawRecord) -> Row:
+    """crm.currency.list: AMOUNT_CNT units of CURRENCY cost AMOUNT units of the base currency (BASE = Y)."""
+    return {
+        "currency": as_text(raw.get("CURRENCY")),
+        "amount_cnt": as_float(raw.get("AMOUNT_CNT")),
+        "amount": as_float(raw.get("AMOUNT")),
+        "base": as_flag(raw.get("BASE")),
+        "sort": as_int(raw.get("SORT")),
+        "date_update": as_text(raw.get("DATE_UPDATE")),
+        "raw": dumps(raw),
+    }
+
+
+#: crm.activity.list TYPE_ID of what the activity KPIs count (D crm/auxiliary/enum/crm-enum-activity-type.md)
+COMMUNICATION_KINDS = {1: "meeting", 2: "call", 4: "email"}
+
+
+def communication_row(raw: RawRecord) -> Row:
+    """A call, meeting or e-mail (crm.activity.list, UPPER_CASE strings), whoever owns it."""
+    type_id = as_int(raw.get("TYPE_ID"))
+    owner_type = as_int(raw.get("OWNER_TYPE_ID"))
+    direction = as_int(raw.get("DIRECTION"))
+    return {
+        "id": as_int(raw.get("ID")),
+        "kind": COMMUNICATION_KINDS.get(type_id or 0),
+        "type_id": type_id,
+        "provider_id": as_text(raw.get("PROVIDER_ID")),
+        "incoming": {1: 1, 2: 0}.get(direction or 0) if type_id in (2, 4) else None,
+        "owner_type_id": owner_type,
+        "owner_id": as_int(raw.get("OWNER_ID")),
+        "deal_id": as_int(raw.get("OWNER_ID")) if owner_type == DEAL_OWNER_TYPE else None,
+        "subject": as_text(raw.get("SUBJECT")),
+        "completed": as_flag(raw.get("COMPLETED")),
+        "responsible_id": as_int(raw.get("RESPONSIBLE_ID")),
+        "start_time": as_text(raw.get("START_TIME")),
+        "end_time": as_text(raw.get("END_TIME")),
+        "created": as_text(raw.get("CREATED")),
+        "last_updated": as_text(raw.get("LAST_UPDATED")),
+        "raw": dumps(raw),
+    }
+
+
+def plan_item_row(raw: RawRecord, entity_type_id: int, synced_at: str) -> Row:
+    """A crm.item.list record (camelCase, typed values) of the smart process that holds plans."""
+    return {
+        "id": as_int(raw.get("id")),
+        "entity_type_id": entity_type_id,
+        "updated_time": as_text(raw.get("updatedTime")),
+        "synced_at": synced_at,
+        "raw": dumps(raw),
+    }

@@ -358,6 +358,90 @@ MIGRATIONS: list[str] = [
     CREATE INDEX actions_delivered_by ON actions(delivered_by) WHERE delivered_by IS NOT NULL;
     CREATE INDEX actions_queued ON actions(status) WHERE status = 'queued';
     """,
+    # 12: plans and KPIs (issue 10): departments, currency rates, calls / meetings / e-mails, the bound smart
+    # process's plan items, resolved plans with their source, and KPI snapshots kept as history.
+    """
+    CREATE TABLE departments (
+        id INTEGER PRIMARY KEY,          -- department.get ID
+        name TEXT,
+        parent_id INTEGER,               -- PARENT (NULL at the top)
+        head_id INTEGER,                 -- UF_HEAD (users.id)
+        sort INTEGER,
+        raw TEXT NOT NULL
+    );
+
+    CREATE TABLE currencies (
+        currency TEXT PRIMARY KEY,       -- crm.currency.list CURRENCY, e.g. RUB
+        amount_cnt REAL,                 -- AMOUNT_CNT units of this currency ...
+        amount REAL,                     -- ... cost AMOUNT units of the base currency
+        base INTEGER,                    -- 1 for the portal's base currency (BASE = Y)
+        sort INTEGER,
+        date_update TEXT,
+        raw TEXT NOT NULL
+    );
+
+    CREATE TABLE communications (
+        id INTEGER PRIMARY KEY,          -- crm.activity.list ID of a call, meeting or e-mail (TYPE_ID 2, 1, 4)
+        kind TEXT,                       -- call, meeting, email
+        type_id INTEGER,
+        provider_id TEXT,                -- e.g. VOXIMPLANT_CALL, CRM_MEETING, CRM_EMAIL
+        incoming INTEGER,                -- 1 incoming, 0 outgoing (DIRECTION 1 / 2), NULL for meetings
+        owner_type_id INTEGER,           -- 2 deal, 3 contact, 4 company, 1 lead ...
+        owner_id INTEGER,
+        deal_id INTEGER,                 -- OWNER_ID when a deal owns it
+        subject TEXT,
+        completed INTEGER,               -- 1 when COMPLETED = Y
+        responsible_id INTEGER,          -- users.id
+        start_time TEXT,                 -- START_TIME: when the call / meeting took place, the e-mail was sent
+        end_time TEXT,
+        created TEXT,
+        last_updated TEXT,
+        synced_at TEXT,
+        raw TEXT NOT NULL
+    );
+    CREATE INDEX communications_responsible ON communications(responsible_id, start_time);
+
+    CREATE TABLE plan_items (
+        id INTEGER PRIMARY KEY,          -- crm.item.list id of the bound smart process's item
+        entity_type_id INTEGER NOT NULL,
+        updated_time TEXT,
+        synced_at TEXT,
+        raw TEXT NOT NULL
+    );
+
+    CREATE TABLE plans (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        source TEXT NOT NULL,            -- file (plans.yaml) or portal (the bound smart process)
+        origin TEXT NOT NULL,            -- plans.yaml:12:9, "portal smart process 1038 item 17", or spread
+        scope TEXT NOT NULL,             -- manager, department or company
+        scope_id TEXT,                   -- users.id / departments.id; NULL for the company
+        direction TEXT,                  -- a regulated direction; NULL = all directions
+        metric TEXT NOT NULL,            -- a KPI id of kpi.yaml
+        period TEXT NOT NULL,            -- 2026-11, 2026-Q4, 2026-H2, 2026
+        target REAL NOT NULL,
+        written INTEGER NOT NULL,        -- 1 as written, 0 spread from a larger period
+        loaded_at TEXT NOT NULL          -- when crmbridge last read the plans (UTC)
+    );
+    CREATE INDEX plans_key ON plans(metric, period, scope, scope_id);
+
+    CREATE TABLE kpi_snapshots (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        period TEXT NOT NULL,            -- 2026-11, 2026-Q4, ...
+        scope TEXT NOT NULL,             -- manager, department, company
+        manager_id INTEGER,              -- users.id for scope manager
+        department_id INTEGER,           -- departments.id for scope department
+        direction TEXT,                  -- NULL = all directions
+        kpi TEXT NOT NULL,
+        plan REAL,
+        fact REAL,
+        share_done REAL,                 -- fact / plan
+        computed_at TEXT NOT NULL,       -- when this figure was computed (UTC)
+        superseded_at TEXT               -- when a recomputation gave another figure (NULL = current)
+    );
+    CREATE UNIQUE INDEX kpi_snapshots_current ON kpi_snapshots(
+        period, scope, COALESCE(manager_id, -1), COALESCE(department_id, -1), COALESCE(direction, ''), kpi)
+        WHERE superseded_at IS NULL;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -9,6 +9,7 @@ import sqlite_utils
 
 from crmbridge.cache.account import Account
 from crmbridge.cache.deals import Deals
+from crmbridge.cache.kpi import Kpi
 from crmbridge.cache.reference import Reference
 from crmbridge.cache.schema import MIGRATIONS, SCHEMA_VERSION
 from crmbridge.cache.sync_state import SyncStates
@@ -20,7 +21,8 @@ from crmbridge.errors import CacheError
 class Cache(Tables):
     """The local SQLite file: one repository per table family, and the transactions they share.
 
-    `cache.deals`, `cache.reference`, `cache.violations`, `cache.syncs`, `cache.account` hold every query of their
+    `cache.deals`, `cache.reference`, `cache.violations`, `cache.syncs`, `cache.account`, `cache.kpi` hold every
+    query of their
     tables (`cache.actions.ActionsRepository(cache)` those of the enforcement's outbox).
     """
 
@@ -31,6 +33,7 @@ class Cache(Tables):
         self.violations = Violations(self)
         self.syncs = SyncStates(self)
         self.account = Account(self)
+        self.kpi = Kpi(self)
 
 
 def open_cache(path: Path | str) -> Cache:

@@ -20,6 +20,10 @@ PRIMARY_KEYS: dict[str, str | tuple[str, ...]] = {
     "stage_history": "id",
     "tasks": "id",
     "activities": "id",
+    "communications": "id",
+    "departments": "id",
+    "currencies": "currency",
+    "plan_items": "id",
     "sync_state": "entity",
 }
 

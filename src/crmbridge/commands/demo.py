@@ -79,6 +79,7 @@ def register(app: typer.Typer) -> None:
                                         help="SQLite file the demo writes (default crmbridge-demo.db, "
                                              "crmbridge-amocrm-demo.db for amoCRM)."),
         seed: int = typer.Option(1, help="Sandbox seed."),
+        report: Path = typer.Option(Path("report.html"), "--report", help="Where the demo writes the HTML report."),
         live: bool = typer.Option(True, "--live/--no-live",
                                   help="Then run the live bridge on loopback and correct a deal as it is moved."),
     ) -> None:
@@ -105,7 +106,7 @@ def register(app: typer.Typer) -> None:
                 client: Any = amocrm_client_from(settings.model_copy(update={
                     "crm": "amocrm", "cache_path": path, "amocrm_long_lived_token": SecretStr(account.long_lived_token)}),
                     base_url=account.base_url)
-                _flow(client, path, settings, "amocrm")
+                _flow(client, path, settings, "amocrm", report)
             finally:
                 account.stop()
             return
@@ -119,7 +120,7 @@ def register(app: typer.Typer) -> None:
                 portal.webhook_url, rate=settings.bitrix24_rate, burst=settings.bitrix24_burst,
                 operating_limit=settings.bitrix24_operating_limit,
             )
-            _flow(client, path, settings, "bitrix24")
+            _flow(client, path, settings, "bitrix24", report)
             if live:
                 from crmbridge.live.demo import run_live_demo
 
@@ -128,19 +129,26 @@ def register(app: typer.Typer) -> None:
             portal.stop()
 
 
-def _flow(client: Any, cache_path: Path, settings: Any, crm: str) -> None:
-    """Full sync with a progress bar, the tables, then the enforcement part (plan, enforce, a second run)."""
+def _flow(client: Any, cache_path: Path, settings: Any, crm: str, report: Path) -> None:
+    """Full sync with a progress bar, the tables, the enforcement part (plan, enforce, a second run), then the
+    plans and KPIs of the last full month, a KPI snapshot and the HTML report."""
     from crmbridge.connectors.registry import syncer_for
+    from crmbridge.kpi.demo import run_demo_kpis
     from crmbridge.mapping.load import load_mappings
 
+    mappings = load_mappings(settings.mappings_dir, crm=crm)
+    source = getattr(mappings.binding, "plans_source", None)
     with common.cache(settings.model_copy(update={"crm": crm}), create=True, path=cache_path) as cache:
         with progress_bar(sys.stderr.isatty()) as advance:
-            summary = syncer_for(client, cache, progress=advance).run(full=True)
+            summary = syncer_for(client, cache, progress=advance,
+                                 plan_entity_type=source.entity_type_id if source else None).run(full=True)
         print_summary(summary, cache_path)
         common.console.print(pipeline_table(cache))
         common.console.print(manager_table(cache))
         # evaluate, show the plan, enforce it on the sandbox, show what changed
-        run_demo_enforcement(client, cache, load_mappings(settings.mappings_dir, crm=crm))
+        run_demo_enforcement(client, cache, mappings)
+        # issue 10: plans (the plans file and the portal's smart process), KPIs, a snapshot and report.html
+        run_demo_kpis(cache, settings.mappings_dir, report, crm=crm)
     common.console.print(
         f"The cache is [bold]{cache_path.resolve()}[/bold]: try "
         f"`sqlite3 {cache_path} 'select stage_id, count(*) from deals group by 1'`."

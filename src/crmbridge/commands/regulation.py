@@ -101,10 +101,12 @@ def register(app: typer.Typer) -> None:
     def schema(
         out: Path = typer.Option(None, "--out", help="Directory for the JSON Schema files (default: the mappings dir)."),
     ) -> None:
-        """Write the JSON Schema of regulation.yaml, bitrix24.yaml and amocrm.yaml for editors (yaml-language-server)."""
+        """Write the JSON Schema of the mapping files (regulation, bindings, plans, kpi, motivation) for editors."""
+        from crmbridge.kpi.schema import kpi_json_schemas
+
         directory = out or common.settings().mappings_dir
         directory.mkdir(parents=True, exist_ok=True)
-        for name, document in json_schemas().items():
+        for name, document in {**json_schemas(), **kpi_json_schemas()}.items():
             (directory / name).write_text(json.dumps(document, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
             common.console.print(f"wrote {directory / name}")
 
@@ -116,8 +118,15 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     ) -> None:
         """Validate the regulation and binding files; every problem as file:line:col: what — fix."""
+        from crmbridge.commands.kpi import check_plan_files
+
         mappings = _mappings(mappings_dir)
-        report: dict[str, Any] = {"ok": True, "files": [mappings.regulation_path, mappings.binding_path]}
+        # plans.yaml, kpi.yaml and motivation.yaml are the admin's files too (issue 10)
+        plan_problems, plans_summary = check_plan_files(mappings_dir or common.settings().mappings_dir)
+        if plan_problems:
+            raise MappingError(plan_problems)
+        report: dict[str, Any] = {"ok": True, "files": [mappings.regulation_path, mappings.binding_path],
+                                  "plans": plans_summary}
         if live:
             snapshot, source = _snapshot(cache_only=False)
             text = Path(mappings.binding_path).read_text(encoding="utf-8")
@@ -135,7 +144,7 @@ def register(app: typer.Typer) -> None:
             common.print_json(report)
             return
         common.console.print(f"[green]ok[/green]: {mappings.regulation_path} and {mappings.binding_path}"
-                             + (f" (checked against {report['live']})" if live else ""))
+                             + (f" (checked against {report['live']})" if live else "") + f"; plans: {plans_summary}")
         if impact_:
             table = Table(title=f"Impact on {report['deals']:,} cached deals", title_justify="left")
             for column in ("rule", "mode", "would flag", "flagged with current modes"):

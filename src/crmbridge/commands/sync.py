@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Iterator
 
 import typer
@@ -12,10 +13,11 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 
 from crmbridge.commands import common
 from crmbridge.connectors.registry import syncer_for
+from crmbridge.errors import MappingError
 from crmbridge.sync import ProgressCallback, SyncSummary
 
 ENTITY_LABELS = {"deals": "deals", "stage_history": "stage history", "tasks": "tasks", "activities": "to-dos",
-                 "contacts": "contacts", "companies": "companies"}
+                 "contacts": "contacts", "companies": "companies", "communications": "calls, e-mails"}
 
 
 @contextmanager
@@ -43,6 +45,25 @@ def progress_bar(enabled: bool) -> Iterator[ProgressCallback | None]:
         yield advance
 
 
+def plans_entity_type(mappings_dir: Path) -> int | None:
+    """The smart process holding plans (bitrix24.yaml `plans_source`), if the mapping files load.
+
+    A sync must not depend on the mapping files being right (it is how an admin gets the data to fix them),
+    so a broken file only skips the plans, with a warning.
+    """
+    if not (mappings_dir / "bitrix24.yaml").exists() or getattr(common.settings(), "crm", "bitrix24") != "bitrix24":
+        return None
+    from crmbridge.mapping.load import load_mappings
+
+    try:
+        source = load_mappings(mappings_dir).binding.plans_source
+    except MappingError as bad:
+        common.err_console.print(f"[yellow]warning[/yellow]: plans in the portal not read: {bad} "
+                                 "(run `crmbridge check`)", highlight=False)
+        return None
+    return source.entity_type_id if source is not None else None
+
+
 def run_sync(webhook_url: str | None, *, full: bool, show_progress: bool, break_lock: bool = False) -> SyncSummary:
     settings = common.settings()
     client = common.client_from(settings, webhook_url) if webhook_url else common.crm_client(settings)
@@ -50,7 +71,8 @@ def run_sync(webhook_url: str | None, *, full: bool, show_progress: bool, break_
         syncer = syncer_for(client, lambda: common.cache(settings, create=True),
                             overlap=timedelta(minutes=settings.sync_overlap_minutes), progress=advance,
                             refresh=timedelta(minutes=settings.amocrm_refresh_minutes),
-                            lock_wait=settings.sync_lock_wait_seconds, break_lock=break_lock)
+                            lock_wait=settings.sync_lock_wait_seconds, break_lock=break_lock,
+                            plan_entity_type=plans_entity_type(settings.mappings_dir))
         return syncer.run(full=full)
 
 
@@ -60,7 +82,8 @@ def print_summary(summary: SyncSummary, cache_path: object) -> None:
         f"[green]✓[/green] {summary.mode} sync{resumed}: {summary.deals_read:,} deals read, "
         f"{summary.deals_changed:,} changed, {summary.deals_deleted:,} marked deleted; "
         f"{summary.contacts_read:,} contacts, {summary.companies_read:,} companies, "
-        f"{summary.stage_history_read:,} stage changes, {summary.tasks_read:,} tasks, {summary.todos_read:,} to-dos; "
+        f"{summary.stage_history_read:,} stage changes, {summary.tasks_read:,} tasks, {summary.todos_read:,} to-dos, "
+        f"{summary.communications_read:,} calls / meetings / e-mails, {summary.plan_items:,} plan items; "
         f"{summary.http_requests} HTTP requests in {summary.seconds:.1f} s → {cache_path}"
     )
 

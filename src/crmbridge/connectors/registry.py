@@ -58,8 +58,9 @@ def amocrm_client_from(settings: Settings, *, base_url: str | None = None) -> Am
 
 def syncer_for(client: CrmClient, cache: Cache | Callable[[], AbstractContextManager[Cache]], *,
                overlap: timedelta = timedelta(minutes=5), progress: Any = None, refresh: timedelta | None = None,
-               lock_wait: float | None = None, break_lock: bool = False) -> Any:
-    """The Syncer of the client's CRM (same `run(full=...) -> SyncSummary` contract)."""
+               lock_wait: float | None = None, break_lock: bool = False, plan_entity_type: int | None = None) -> Any:
+    """The Syncer of the client's CRM (same `run(full=...) -> SyncSummary` contract); `plan_entity_type` is the
+    Bitrix24 smart process holding plans (bitrix24.yaml `plans_source`)."""
     locking: dict[str, Any] = {"break_lock": break_lock} | ({} if lock_wait is None else {"lock_wait": lock_wait})
     if isinstance(client, AmoCRMClient):
         from crmbridge.connectors.amocrm.reader import AmoCRMReader
@@ -71,7 +72,8 @@ def syncer_for(client: CrmClient, cache: Cache | Callable[[], AbstractContextMan
     from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
     from crmbridge.sync import Syncer
 
-    return Syncer(Bitrix24Reader(client), cache, overlap=overlap, progress=progress, **locking)
+    return Syncer(Bitrix24Reader(client), cache, overlap=overlap, progress=progress, plan_entity_type=plan_entity_type,
+                  **locking)
 
 
 def api_snapshot(client: CrmClient) -> Any:

@@ -2,7 +2,7 @@
 
 A job file says what to run, when, and for how long at most:
 
-    run: sync                    # sync | sync --full | enforce (JOB_COMMANDS; other parts may add theirs)
+    run: sync                    # sync | sync --full | enforce | kpi snapshot (JOB_COMMANDS)
     every: 5m                    # or  cron: "30 2 * * *"  (minute hour day month weekday, the regulation's zone)
     window: working_hours        # optional: only fire times inside the regulation's working hours
     timeout: 10m                 # a longer run is recorded as `timeout` (its work is resumable)
@@ -80,12 +80,45 @@ def _sync(full: bool) -> Callable[[JobContext], dict[str, Any]]:
         try:
             with ctx.writer_lock:
                 return syncer_for(ctx.client(), cache, overlap=timedelta(minutes=ctx.settings.sync_overlap_minutes),
-                                  refresh=timedelta(minutes=ctx.settings.amocrm_refresh_minutes)
-                                  ).run(full=full).as_dict()
+                                  refresh=timedelta(minutes=ctx.settings.amocrm_refresh_minutes),
+                                  plan_entity_type=_plans_entity_type(ctx)).run(full=full).as_dict()
         finally:
             cache.close()
 
     return run
+
+
+def _plans_entity_type(ctx: JobContext) -> int | None:
+    """The smart process holding plans (bitrix24.yaml `plans_source`); broken mapping files only skip the plans."""
+    from crmbridge.mapping.load import load_mappings
+
+    if ctx.mappings is None and not (Path(ctx.settings.mappings_dir) / "bitrix24.yaml").exists():
+        return None
+    try:
+        mappings = ctx.mappings() if ctx.mappings is not None else load_mappings(ctx.settings.mappings_dir)
+    except MappingError as bad:
+        log.warning("plans in the portal not read: %s", bad)
+        return None
+    source = getattr(mappings.binding, "plans_source", None)  # Bitrix24 only
+    return source.entity_type_id if source is not None else None
+
+
+def _kpi_snapshot(ctx: JobContext) -> dict[str, Any]:
+    """The monthly KPI snapshot (issue 10): the last full month into kpi_snapshots, idempotent."""
+    from crmbridge.kpi.periods import last_full_month
+    from crmbridge.kpi.service import open_session, portal_zone, take_snapshot
+
+    now = datetime.now(UTC)
+    cache = open_cache(ctx.settings.cache_path)
+    try:
+        with ctx.writer_lock:
+            session = open_session(cache, Path(ctx.settings.mappings_dir), now, crm=getattr(ctx.settings, "crm", None))
+            period = last_full_month(now.astimezone(portal_zone(session.mappings)).date())
+            result = take_snapshot(cache, session, period, now)
+        return {"period": result.period, "written": result.written, "unchanged": result.unchanged,
+                "changed": len(result.changed)}
+    finally:
+        cache.close()
 
 
 def _enforce(ctx: JobContext) -> dict[str, Any]:
@@ -112,6 +145,7 @@ JOB_COMMANDS: dict[str, Callable[[JobContext], dict[str, Any]]] = {
     "sync": _sync(full=False),
     "sync --full": _sync(full=True),
     "enforce": _enforce,
+    "kpi snapshot": _kpi_snapshot,
 }
 
 

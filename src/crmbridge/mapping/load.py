@@ -171,6 +171,9 @@ def _translate(doc: LocatedDocument, root: type[BaseModel], error: dict[str, Any
         if kind == "literal_error":
             doc.problem(loc + (value,) if value in _container(doc.data, loc) else loc,
                         f'unknown key "{value}"', did_you_mean(value, options), key=True)
+        elif kind == "value_error":  # a key checked by a validator (e.g. a period) says itself what is wrong
+            what, _, fix = str(error.get("ctx", {}).get("error", error["msg"])).partition(" — ")
+            doc.problem(loc + (value,) if value in _container(doc.data, loc) else loc, what, fix, key=True)
         else:
             doc.problem(loc + (value,) if value in _container(doc.data, loc) else loc,
                         f'"{value}" is not a valid id', "use lower-case latin letters, digits and _, e.g. client_interest",
@@ -219,6 +222,11 @@ def _container(data: Any, loc: tuple[Any, ...]) -> Any:
         else:
             return {}
     return data if isinstance(data, dict) else {}
+
+
+def validate_document(doc: LocatedDocument, model: type[BaseModel]) -> BaseModel | None:
+    """Validate a located YAML document against a model; every error becomes a problem of `doc` with its position."""
+    return _validate(doc, model)
 
 
 def _validate(doc: LocatedDocument, model: type[BaseModel]) -> BaseModel | None:
@@ -588,6 +596,11 @@ def load_mappings(directory: str | FsPath = "mappings", *, binding_file: str | N
     if problems or regulation is None or binding is None:
         raise MappingError([str(problem) for problem in problems] or [f"{binding_path}:1:1: cannot be loaded"])
     return Mappings(regulation, binding, str(regulation_path), str(binding_path))
+
+
+def read_text(path: FsPath) -> str:
+    """An admin's file as text; a missing, unreadable or non-UTF-8 file is a MappingError naming it."""
+    return _read(path)
 
 
 def _read(path: FsPath) -> str:

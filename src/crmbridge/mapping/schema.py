@@ -553,6 +553,19 @@ class HeadSpec(Strict):
     rules: list[RuleId] = Field(default_factory=list, description="Empty = all rules.")
 
 
+class PlansSourceSpec(Strict):
+    """A smart process whose items are sales plans (read on sync with crm.item.list)."""
+
+    entity_type_id: int = Field(ge=1, description="The smart process's entityTypeId (crm.type.list), e.g. 1038.")
+    manager: str = Field("assignedById", description="The item field holding the manager (a user id).")
+    period: str = Field(description="The item field holding the period: text 2026-11 / 2026-Q4, or a date.")
+    metric: str = Field(description="The item field holding the metric: a KPI id, or an enum mapped by `metrics`.")
+    target: str = Field(description="The item field holding the target figure.")
+    direction: str | None = Field(None, description="Optional: the item field holding the direction.")
+    metrics: dict[CrmId, Id] = Field(default_factory=dict, description="Enum option id -> KPI id of kpi.yaml.")
+    directions: dict[CrmId, Id] = Field(default_factory=dict, description="Enum option id -> direction.")
+
+
 class BindingSpec(Strict):
     """How one Bitrix24 portal maps onto the regulation."""
 
@@ -565,6 +578,8 @@ class BindingSpec(Strict):
     fields: dict[Id, FieldBinding] = Field(default_factory=dict)
     teams: dict[Id, TeamSpec] = Field(default_factory=dict)
     heads: list[HeadSpec] = Field(default_factory=list)
+    plans_source: PlansSourceSpec | None = Field(
+        None, description="Plans kept in a Bitrix24 smart process (besides or instead of plans.yaml).")
 
     @field_validator("pipelines", mode="before")
     @classmethod
@@ -673,7 +688,7 @@ __all__ = [
     "AMOCRM_SCHEMA_FILE", "AMOCRM_STANDARD_FIELDS", "AmoCRMBindingSpec", "AmoFieldBindingSpec", "AnyBinding",
     "BINDING_SCHEMA_FILES", "BINDING_SCHEMA_FILE", "BindingSpec", "CalendarSpec", "DirectionSpec", "EnforcementSpec",
     "FieldBindingSpec", "FieldSpec", "FinalStageSpec", "HeadSpec", "IGNORE", "LOST", "LookBack", "NotificationsSpec",
-    "PipelineBinding", "REGULATION_SCHEMA_FILE", "RULE_IDS",
+    "PipelineBinding", "PlansSourceSpec", "REGULATION_SCHEMA_FILE", "RULE_IDS",
     "RegulationSpec", "RequirementSpec", "RulesSpec", "StageSpec", "StageTaskSpec", "TaskKind", "TaskSpec", "TeamSpec",
     "WEEKDAYS", "WON",
     "format_duration", "json_schemas", "parse_duration",

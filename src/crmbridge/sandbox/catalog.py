@@ -156,13 +156,17 @@ USER_FIELDS: tuple[UserField, ...] = (
     _uf(117, "date", "Дата оплаты"),
     _uf(118, "date", "Срок оплаты (дебиторка)"),
     _uf(119, "datetime", "Первый контакт с лидом"),
+    # 131, 132: not 120, 121 (the amoCRM sandbox numbers its lead fields 500000 + the last three digits,
+    # and keeps the probability in 500120)
+    _uf(131, "double", "Маржа"),
+    _uf(132, "double", "Оценка клиента (NPS)"),
 )
 
 UF_BY_NAME: dict[str, UserField] = {f.name: f for f in USER_FIELDS}
 
 
 def uf(n: int) -> str:
-    """The FIELD_NAME of user field number n (101..119)."""
+    """The FIELD_NAME of user field number n (101..119, 131, 132)."""
     return f"UF_CRM_1700000{n:03d}"
 
 
@@ -171,6 +175,29 @@ UF_FIRST_MEETING, UF_PRESENTATION, UF_TZ_URL, UF_KP_DATE, UF_KP_SUM = uf(105), u
 UF_CONTRACT_NO, UF_CONTRACT_SUM, UF_SIGN_DATE, UF_PAY_TERMS = uf(110), uf(111), uf(112), uf(113)
 UF_LOSS_REASON, UF_NEXT_CONTACT, UF_SEGMENT, UF_PAID_DATE, UF_PAY_DUE, UF_FIRST_CONTACT = (
     uf(114), uf(115), uf(116), uf(117), uf(118), uf(119))
+UF_MARGIN, UF_NPS = uf(131), uf(132)  # the KPIs' profit and satisfaction (seeded on won deals)
+
+# --- currencies (crm.currency.list): RUB is the base; some project deals are priced in USD or EUR -----
+
+#: CURRENCY -> (AMOUNT_CNT, AMOUNT: what AMOUNT_CNT units cost in the base currency, FULL_NAME, SORT)
+CURRENCIES: dict[str, tuple[int, str, str, int]] = {
+    "RUB": (1, "1.0000", "Российский рубль", 100),
+    "USD": (1, "90.5000", "Доллар США", 200),
+    "EUR": (1, "98.2000", "Евро", 300),
+    "KZT": (100, "18.1000", "Казахстанский тенге", 400),
+}
+BASE_CURRENCY = "RUB"
+
+# --- the smart process that holds sales plans (crm.item.list entityTypeId) --------------------------
+
+#: a user-defined type: entityTypeId 1038 (hex 40E), its own id 5, so its fields are UF_CRM_5_* (ufCrm5_* in crm.item)
+PLANS_ENTITY_TYPE_ID = 1038
+PLANS_TYPE_ID = 5
+PLANS_TITLE = "Планы продаж"
+PLAN_FIELD_PERIOD = "ufCrm5_1700000301"  # string: 2026-11, 2026-Q4 ...
+PLAN_FIELD_METRIC = "ufCrm5_1700000302"  # enumeration: 301 revenue, 302 won_deals, 303 new_clients
+PLAN_FIELD_TARGET = "ufCrm5_1700000303"  # double
+PLAN_METRIC_OPTIONS: dict[int, str] = {301: "Выручка", 302: "Выигранные сделки", 303: "Новые клиенты"}
 
 LOSS_NO_INTEREST_NOW = "123"  # "Нет интереса сейчас": requires a next-contact date
 PAY_DEFERRED = "113"

@@ -359,7 +359,8 @@ def user_get(ctx: Context, params: dict[str, Any]) -> MethodResult:
 def department_get(ctx: Context, params: dict[str, Any]) -> MethodResult:
     table = Table("department", types={"ID": "int", "PARENT": "int", "UF_HEAD": "int", "SORT": "int"})
     for did, (name, parent, head) in c.DEPARTMENTS.items():
-        row: dict[str, Any] = {"ID": str(did), "NAME": name, "SORT": str(did * 100), "UF_HEAD": str(head) if head else ""}
+        # D departments/department-get.md: ID and PARENT as strings, SORT as a number
+        row: dict[str, Any] = {"ID": str(did), "NAME": name, "SORT": did * 100, "UF_HEAD": str(head) if head else ""}
         if parent is not None:
             row["PARENT"] = str(parent)
         table.insert(did, row)
@@ -611,6 +612,48 @@ def dialog_messages_get(ctx: Context, params: dict[str, Any]) -> MethodResult:
     return MethodResult({"chat_id": chat_id, "messages": rows, "users": [], "files": []})
 
 
+# --- currencies, smart process items ------------------------------------------------------------
+
+def currency_list(ctx: Context, params: dict[str, Any]) -> MethodResult:
+    """D crm/currency/crm-currency-list.md: one page of UPPER_CASE string rows; `total` is always 0."""
+    rows = []
+    for code, (count, amount, name, sort) in sorted(c.CURRENCIES.items(), key=lambda item: item[1][3]):
+        rows.append({"CURRENCY": code, "AMOUNT_CNT": str(count), "AMOUNT": amount, "SORT": str(sort),
+                     "BASE": "Y" if code == c.BASE_CURRENCY else "N", "FULL_NAME": name, "LID": "ru",
+                     "FORMAT_STRING": f"# {code}", "DEC_POINT": ".", "THOUSANDS_SEP": "&nbsp;", "DECIMALS": "2",
+                     "DATE_UPDATE": "2026-01-12T10:00:00+03:00"})
+    order = _as_dict(_ci(params, "order"), "order")
+    for key, direction in reversed(list(order.items())):
+        column = str(key).upper()
+        rows.sort(key=lambda row: (int(row[column]) if column == "SORT" else str(row.get(column) or "")),
+                  reverse=str(direction).upper() == "DESC")
+    return MethodResult(rows, total=0, is_list=True, rows=len(rows), counted=len(rows))
+
+
+def item_list(ctx: Context, params: dict[str, Any]) -> MethodResult:
+    """D crm/universal/crm-item-list.md: camelCase typed rows in `result.items`; this portal's only dynamic
+    type is the smart process holding plans (deals are served by crm.deal.list)."""
+    entity_type = str(_get(params, "entityTypeId", default=""))
+    if entity_type != str(c.PLANS_ENTITY_TYPE_ID):
+        raise ApiError(400, "NOT_FOUND", "Smart process not found")
+    filt = _as_dict(_get(params, "filter"), "filter")
+    order = _as_dict(_get(params, "order"), "order")
+    select = _as_list(_get(params, "select"))
+    start = parse_start(_get(params, "start", default=0))
+    with ctx.state.lock:
+        table = ctx.state.plan_items
+        unknown = [key for key in filt if key.lstrip("><=!@%") not in table.types]
+        if unknown:
+            raise ApiError(400, "INVALID_ARG_VALUE", f"Invalid filter: field '{unknown[0].lstrip('><=!@%')}' is not allowed in filter")
+        qr = run_query(table, filt, order, start)
+        if select and "*" not in select:
+            keys = ["id"] + [key for key in select if key != "id"]
+            rows = [{key: row.get(key) for key in keys if key in row} for row in qr.rows]
+        else:
+            rows = [dict(row) for row in qr.rows]
+    return MethodResult({"items": rows}, qr.total, qr.next, True, len(rows), qr.counted)
+
+
 # --- introspection ----------------------------------------------------------------------------
 
 def scope_method(ctx: Context, params: dict[str, Any]) -> MethodResult:
@@ -647,6 +690,8 @@ METHODS: dict[str, Method] = {
     "crm.company.get": Method("crm", _entity_get(lambda s: s.companies)),
     "crm.stagehistory.list": Method("crm", stagehistory_list),
     "crm.activity.todo.add": Method("crm", activity_todo_add, writes=True),
+    "crm.currency.list": Method("crm", currency_list),
+    "crm.item.list": Method("crm", item_list),
     "crm.activity.list": Method("crm", activity_list),
     "crm.timeline.comment.add": Method("crm", timeline_comment_add, writes=True),
     "crm.timeline.comment.list": Method("crm", timeline_comment_list),

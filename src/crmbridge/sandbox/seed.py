@@ -237,6 +237,7 @@ def seed_portal(state: PortalState, *, deals: int, seed: int, now: float) -> Non
         task["id"] = str(tid)
         state.tasks.rows[tid] = task
         state.tasks.ids.append(tid)
+    seed_kpi_data(state, seed=seed, now=now)
 
 
 class _People(NamedTuple):
@@ -561,3 +562,136 @@ def _uf_value(rng: random.Random, name: str, deal_id: int, amount: float, entere
     if name == c.UF_LOSS_REASON:
         return _pick(rng, ("121", "122", "123", "124"))
     return ""
+
+
+# --- what the plans and KPIs read (issue 10) -----------------------------------------------------------
+# Added after the regulation's data with an RNG of its own, so every value seeded above stays as it was:
+# foreign-currency prices on a few project deals, margin and NPS on won deals, calls / meetings / e-mails,
+# and the smart process that holds the B2C team's monthly plans.
+
+_KPI_SALT = 104_729
+
+
+def seed_kpi_data(state: PortalState, *, seed: int, now: float) -> None:
+    rng = random.Random(seed * _KPI_SALT + 11)
+    rates = {code: float(amount) / count for code, (count, amount, _, _) in c.CURRENCIES.items()}
+    won_by_manager_month: dict[tuple[int, str], list[float]] = {}
+    communications: list[tuple[float, dict[str, Any]]] = []
+    for deal_id in state.deals.ids:
+        row = state.deals.rows[deal_id]
+        category = int(row["CATEGORY_ID"])
+        amount = float(row["OPPORTUNITY"])
+        if category == 0 and rng.random() < 0.06:
+            # priced in a foreign currency: the same deal, its amounts in USD or EUR
+            currency = "USD" if rng.random() < 0.6 else "EUR"
+            row["CURRENCY_ID"] = currency
+            amount = round(amount / rates[currency], 2)
+            row["OPPORTUNITY"] = f"{amount:.2f}"
+            for name in (c.UF_KP_SUM, c.UF_CONTRACT_SUM):
+                if row.get(name):
+                    row[name] = str(round(float(row[name]) / rates[currency], 2))
+        if row["STAGE_SEMANTIC_ID"] == "S":
+            margin = round(amount * rng.uniform(0.12, 0.42), 2)
+            row[c.UF_MARGIN] = str(int(margin)) if margin.is_integer() else str(margin)
+            if rng.random() < 0.75:
+                row[c.UF_NPS] = str(_pick(rng, (10, 10, 9, 9, 9, 8, 8, 7, 6, 5, 3)))
+            month = (row["CLOSEDATE"] or "")[:7]
+            won_by_manager_month.setdefault((int(row["ASSIGNED_BY_ID"]), month), []).append(
+                amount * rates[row["CURRENCY_ID"] or "RUB"])
+        _seed_communications(rng, row, now, communications)
+    communications.sort(key=itemgetter(0))
+    first = state.activities.next_id()
+    for offset, (_, activity) in enumerate(communications):
+        activity["ID"] = str(first + offset)
+        state.activities.rows[first + offset] = activity
+        state.activities.ids.append(first + offset)
+    _seed_plan_items(state, rng, now, won_by_manager_month)
+
+
+_ACTIVITY_TEMPLATE: dict[str, Any] = {
+    "ID": None, "PROVIDER_GROUP_ID": None, "ASSOCIATED_ENTITY_ID": "0", "PRIORITY": "2", "NOTIFY_TYPE": "0",
+    "NOTIFY_VALUE": "0", "DESCRIPTION": "", "DESCRIPTION_TYPE": "1", "SETTINGS": [], "ORIGINATOR_ID": None,
+    "ORIGIN_ID": None, "PROVIDER_PARAMS": [], "PROVIDER_DATA": None, "RESULT_MARK": "0", "RESULT_VALUE": None,
+    "RESULT_SUM": None, "RESULT_CURRENCY_ID": None, "RESULT_STATUS": "0", "RESULT_STREAM": "0",
+    "RESULT_SOURCE_ID": None, "AUTOCOMPLETE_RULE": "0",
+}
+_CALL_SUBJECTS = ("Звонок клиенту", "Входящий звонок", "Уточнение потребностей", "Звонок по КП", "Напоминание об оплате")
+_MEETING_SUBJECTS = ("Встреча с ЛПР", "Презентация решения", "Демонстрация", "Обсуждение договора")
+_EMAIL_SUBJECTS = ("Коммерческое предложение", "Счёт на оплату", "Re: вопросы по проекту", "Материалы встречи")
+
+
+_KINDS = {2: ("VOXIMPLANT_CALL", "CALL", _CALL_SUBJECTS, 60.0, 840.0),
+          1: ("CRM_MEETING", "MEETING", _MEETING_SUBJECTS, 1800.0, 3600.0),
+          4: ("CRM_EMAIL", "EMAIL", _EMAIL_SUBJECTS, 0.0, 0.0)}
+
+
+def _seed_communications(rng: random.Random, deal: dict[str, Any], now: float,
+                         out: list[tuple[float, dict[str, Any]]]) -> None:
+    """A deal's calls, meetings and e-mails while it was worked on (a few go to the contact, not the deal)."""
+    random_ = rng.random
+    calls, emails = int(random_() * 4), int(random_() * 3)
+    meetings = int(random_() * 2) if deal["CATEGORY_ID"] in ("0", "1") else 0
+    if not calls + emails + meetings:
+        return
+    created = datetime.fromisoformat(deal["DATE_CREATE"]).timestamp()
+    closed = deal["CLOSED"] == "Y"
+    end = datetime.fromisoformat(deal["MOVED_TIME"]).timestamp() if closed else now
+    span = max(end, created + HOUR) - created
+    manager = deal["ASSIGNED_BY_ID"]
+    contact = deal.get("CONTACT_ID")
+    has_contact = contact not in (None, "", "0")
+    for type_id, count in ((2, calls), (4, emails), (1, meetings)):
+        provider, provider_type, subjects, shortest, extra = _KINDS[type_id]
+        for _ in range(count):
+            start = created + span * random_()
+            if not closed and random_() < 0.08:
+                start = now + HOUR + 6 * DAY * random_()  # a planned call or meeting, not done yet
+            on_contact = has_contact and random_() < 0.15
+            duration = shortest + extra * random_()
+            done = start + duration < now
+            start_s = fmt_dt(start)
+            end_s = fmt_dt(start + duration) if duration else start_s
+            created_s = fmt_dt(min(start, now) - 2 * DAY * random_()) if type_id == 1 else fmt_dt(min(start, now))
+            activity = dict(_ACTIVITY_TEMPLATE)
+            activity.update({
+                "OWNER_ID": contact if on_contact else deal["ID"], "OWNER_TYPE_ID": "3" if on_contact else "2",
+                "TYPE_ID": str(type_id), "PROVIDER_ID": provider, "PROVIDER_TYPE_ID": provider_type,
+                "SUBJECT": subjects[int(random_() * len(subjects))], "CREATED": created_s,
+                "LAST_UPDATED": end_s if done else created_s, "START_TIME": start_s, "END_TIME": end_s,
+                "DEADLINE": start_s, "COMPLETED": "Y" if done else "N", "STATUS": "2" if done else "1",
+                "RESPONSIBLE_ID": manager, "AUTHOR_ID": manager, "EDITOR_ID": manager,
+                "DIRECTION": "0" if type_id == 1 else ("1" if random_() < 0.35 else "2"),
+                "LOCATION": "Офис клиента" if type_id == 1 else "",
+            })
+            out.append((min(start, now), activity))
+
+
+def _seed_plan_items(state: PortalState, rng: random.Random, now: float,
+                     won: dict[tuple[int, str], list[float]]) -> None:
+    """The B2C team keeps its monthly plans in a smart process: revenue and won deals, 12 months back, 1 ahead."""
+    today = _local_day(now)
+    months = [_add_months(date(today.year, today.month, 1), offset) for offset in range(-12, 2)]
+    item_id = 0
+    for manager in c.B2C_MANAGERS:
+        closed_months = [won.get((manager, f"{m.year}-{m.month:02d}"), []) for m in months[:-2]]
+        revenue = sum(sum(amounts) for amounts in closed_months) / max(1, len(closed_months))
+        deals = sum(len(amounts) for amounts in closed_months) / max(1, len(closed_months))
+        for month in months:
+            for option, target in ((301, round(revenue * rng.uniform(0.9, 1.25), -4)),
+                                   (302, max(1, round(deals * rng.uniform(0.9, 1.3))))):
+                item_id += 1
+                stamp = fmt_dt(datetime(month.year, month.month, 1, 10, tzinfo=PORTAL_TZ).timestamp()
+                               - 5 * DAY)
+                state.plan_items.insert(item_id, {
+                    "id": item_id, "xmlId": None, "title": f"План {manager} {month:%Y-%m}",
+                    "createdBy": 1, "updatedBy": 1, "movedBy": 1, "createdTime": stamp, "updatedTime": stamp,
+                    "movedTime": stamp, "categoryId": 11, "opened": "N", "stageId": "DT1038_11:NEW",
+                    "previousStageId": "", "begindate": stamp, "closedate": stamp, "companyId": 0, "contactId": 0,
+                    "opportunity": 0, "isManualOpportunity": "N", "taxValue": 0, "currencyId": "RUB",
+                    "mycompanyId": 0, "sourceId": "", "sourceDescription": "", "webformId": 0,
+                    "assignedById": manager, "lastActivityBy": 1, "lastActivityTime": stamp,
+                    "entityTypeId": c.PLANS_ENTITY_TYPE_ID,
+                    c.PLAN_FIELD_PERIOD: f"{month.year}-{month.month:02d}",
+                    c.PLAN_FIELD_METRIC: option,
+                    c.PLAN_FIELD_TARGET: float(target),
+                })

@@ -150,7 +150,7 @@ class SandboxPortal:
         application_token: str = "sandbox-app-token",
         webhook_user: int = 1,
         webhook_code: str = "sandboxcode",
-        scopes: tuple[str, ...] = ("crm", "task", "im", "user"),
+        scopes: tuple[str, ...] = ("crm", "task", "im", "user", "department"),
         *,
         now: datetime | float | None = None,
         error_dialect: str = "classic",

@@ -10,6 +10,9 @@ from typing import Any, Callable
 
 from .catalog import (
     DEAL_FIELDS,
+    PLAN_FIELD_METRIC,
+    PLAN_FIELD_PERIOD,
+    PLAN_FIELD_TARGET,
     STAGE_BY_ID,
     STAGES,
     UF_BY_NAME,
@@ -64,6 +67,12 @@ ACTIVITY_TYPES: dict[str, str] = {
     "RESULT_SUM": "float", "RESULT_CURRENCY_ID": "str", "RESULT_STATUS": "int", "RESULT_STREAM": "int",
     "RESULT_SOURCE_ID": "str", "AUTOCOMPLETE_RULE": "int",
 }
+#: crm.item.* rows of the plans smart process: camelCase keys, typed values (D crm/universal/crm-item-list.md)
+PLAN_ITEM_TYPES: dict[str, str] = {
+    "id": "int", "title": "str", "createdBy": "int", "updatedBy": "int", "createdTime": "datetime",
+    "updatedTime": "datetime", "categoryId": "int", "stageId": "str", "assignedById": "int", "opportunity": "float",
+    PLAN_FIELD_PERIOD: "str", PLAN_FIELD_METRIC: "int", PLAN_FIELD_TARGET: "float",
+}
 COMMENT_TYPES: dict[str, str] = {
     "ID": "int", "CREATED": "datetime", "ENTITY_ID": "int", "ENTITY_TYPE": "str", "AUTHOR_ID": "int", "COMMENT": "str",
 }
@@ -86,6 +95,8 @@ class PortalState:
         self.tasks = Table("task", id_key="id", types=dict(TASK_TYPES), key_map=dict(TASK_KEYS), default_desc=True)
         self.comments = Table("timelinecomment", types=dict(COMMENT_TYPES), default_desc=True)
         self.activities = Table("activity", types=dict(ACTIVITY_TYPES))
+        #: items of the smart process that holds plans (crm.item.list entityTypeId PLANS_ENTITY_TYPE_ID)
+        self.plan_items = Table("plan_item", id_key="id", types=dict(PLAN_ITEM_TYPES))
         self.notifications: list[dict[str, Any]] = []
         self.messages: list[dict[str, Any]] = []  # chat messages (im.message.add), oldest first
         self._chats: dict[tuple[int, ...], int] = {}  # private dialog (pair of users) -> chat id

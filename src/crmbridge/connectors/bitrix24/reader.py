@@ -28,6 +28,12 @@ ACTIVITY_SELECT = [
 ]
 #: crm.activity.list filter of the activities the regulation reads: to-dos (universal activities) of deals
 TODO_FILTER = {"OWNER_TYPE_ID": 2, "PROVIDER_ID": "CRM_TODO"}
+#: crm.activity.list filter of what the activity KPIs count: meetings, calls and e-mails (TYPE_ID 1, 2, 4), any owner
+COMMUNICATION_FILTER = {"@TYPE_ID": [1, 2, 4]}
+COMMUNICATION_SELECT = [
+    "ID", "OWNER_TYPE_ID", "OWNER_ID", "TYPE_ID", "PROVIDER_ID", "PROVIDER_TYPE_ID", "SUBJECT", "COMPLETED", "STATUS",
+    "DIRECTION", "RESPONSIBLE_ID", "START_TIME", "END_TIME", "DEADLINE", "CREATED", "LAST_UPDATED",
+]
 CONTACT_SELECT = ["ID", "NAME", "LAST_NAME", "SECOND_NAME", "COMPANY_ID", "PHONE", "EMAIL", "DATE_MODIFY"]
 COMPANY_SELECT = ["ID", "TITLE", "PHONE", "EMAIL", "DATE_MODIFY"]
 #: ids per `@ID` filter: one command reads up to a page (50) of contacts
@@ -49,6 +55,7 @@ INCREMENTAL_LISTS: dict[str, tuple[str, str | None]] = {
     "stage_history": ("crm.stagehistory.list", "items"),
     "tasks": ("tasks.task.list", "tasks"),
     "activities": ("crm.activity.list", None),
+    "communications": ("crm.activity.list", None),
     "contacts": ("crm.contact.list", None),
     "companies": ("crm.company.list", None),
 }
@@ -62,6 +69,8 @@ class ReferenceData:
     stages: dict[int, list[RawRecord]] = field(default_factory=dict)  # CATEGORY_ID -> crm.status.list rows
     deal_fields: list[RawRecord] = field(default_factory=list)
     users: list[RawRecord] = field(default_factory=list)
+    currencies: list[RawRecord] = field(default_factory=list)  # crm.currency.list (rates to the base currency)
+    departments: list[RawRecord] | None = None  # department.get; None when the webhook lacks the department scope
 
 
 def stage_entity_id(category_id: int) -> str:
@@ -101,7 +110,8 @@ class Bitrix24Reader:
                 + ", save, and keep the same CRMBRIDGE_BITRIX24_WEBHOOK_URL",
             )
 
-    def reference_data(self) -> ReferenceData:
+    def reference_data(self, *, departments: bool = False) -> ReferenceData:
+        """Pipelines, stages, fields, users, currencies; departments too when asked (scope `department`)."""
         pipelines = list(self.client.iter_list("crm.category.list", {"entityTypeId": 2}, result_key="categories"))
         category_ids = sorted({int(p.get("id", p.get("ID", 0))) for p in pipelines} | {0})
         calls = [
@@ -109,14 +119,20 @@ class Bitrix24Reader:
             for cid in category_ids
         ]
         calls.append(("crm.deal.userfield.list", {"filter": {"LANG": "ru"}}))
+        # one page (the docs: "total" is always 0; a portal has a handful of currencies)
+        calls.append(("crm.currency.list", {"order": {"sort": "asc"}}))
         answers = self.client.batch_calls(calls)
         for answer in answers:
             if isinstance(answer, CrmError):
                 raise answer
         stages = {cid: list(answers[i] or []) for i, cid in enumerate(category_ids)}
-        deal_fields = list(answers[-1] or [])
+        deal_fields = list(answers[-2] or [])
+        currencies = list(answers[-1] or [])
         users = list(self.client.iter_list_fast("user.get", filter={}, select=None, id_field="ID"))
-        return ReferenceData(pipelines=pipelines, stages=stages, deal_fields=deal_fields, users=users)
+        found_departments = (list(self.client.iter_list_fast("department.get", filter={}, select=None, id_field="ID"))
+                             if departments else None)
+        return ReferenceData(pipelines=pipelines, stages=stages, deal_fields=deal_fields, users=users,
+                             currencies=currencies, departments=found_departments)
 
     def iter_deals(self, *, after_id: int = 0, modified_since: str | None = None) -> Iterator[RawRecord]:
         """All deals (ID ascending) after `after_id`, optionally only those modified since a portal time."""
@@ -154,6 +170,19 @@ class Bitrix24Reader:
             todo_filter[">=LAST_UPDATED"] = updated_since
         return self.client.iter_list_fast("crm.activity.list", filter=todo_filter, select=ACTIVITY_SELECT, id_field="ID")
 
+    def iter_communications(self, *, after_id: int = 0, updated_since: str | None = None) -> Iterator[RawRecord]:
+        """Calls, meetings and e-mails (any owner: deal, contact, company, lead) for the activity KPIs."""
+        activity_filter: dict[str, Any] = {">ID": after_id, **COMMUNICATION_FILTER}
+        if updated_since:
+            activity_filter[">=LAST_UPDATED"] = updated_since
+        return self.client.iter_list_fast("crm.activity.list", filter=activity_filter, select=COMMUNICATION_SELECT,
+                                          id_field="ID")
+
+    def iter_plan_items(self, entity_type_id: int) -> Iterator[RawRecord]:
+        """Every item of the smart process that holds plans (crm.item.list: camelCase rows in result.items)."""
+        return self.client.iter_list_fast("crm.item.list", filter={}, select=["*"], id_field="id",
+                                          result_key="items", params={"entityTypeId": entity_type_id})
+
     def iter_changed_clients(self, entity: str, *, modified_since: str, after_id: int = 0) -> Iterator[RawRecord]:
         """Contacts or companies edited on their own (a phone added) since a portal time."""
         method, select = {"contacts": ("crm.contact.list", CONTACT_SELECT), "companies": ("crm.company.list", COMPANY_SELECT)}[entity]
@@ -173,6 +202,9 @@ class Bitrix24Reader:
         elif name == "activities":
             filter_ = {**TODO_FILTER, **({">=LAST_UPDATED": since} if since else {})}
             params = {"select": ACTIVITY_SELECT}
+        elif name == "communications":
+            filter_ = {**COMMUNICATION_FILTER, **({">=LAST_UPDATED": since} if since else {})}
+            params = {"select": COMMUNICATION_SELECT}
         else:
             filter_ = {">=DATE_MODIFY": since} if since else {}
             params = {"select": CONTACT_SELECT if name == "contacts" else COMPANY_SELECT}

@@ -1,0 +1,559 @@
+"""Pure KPI engine: facts per manager, department and company, per direction, per period, with plans.
+
+Every KPI of kpi.yaml becomes dated events (a won deal on its close date, a call on its day, a stage entry
+on its day); a period takes the events inside it and adds them up per manager and direction. A department
+or the company merges its managers' events, so a sum or a count of the company is the sum of its managers,
+and a median or a rate is recomputed over the merged events, never averaged.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any, Callable, Iterable, Iterator
+
+from crmbridge.kpi.inputs import UNBOUND, DealFact, FactData, WorkFact
+from crmbridge.kpi.periods import Period
+from crmbridge.kpi.plans import Owner, PlanBook
+from crmbridge.kpi.schema import KpiFileSpec, KpiSpec
+
+GroupKey = tuple[str | None, str]  # (manager, direction or UNBOUND)
+
+
+# ---------------------------------------------------------------- accumulators
+
+
+class Acc:
+    """Adds up values of one group; `merge` combines groups (a department, the company)."""
+
+    __slots__ = ()
+
+    def add(self, value: float) -> None:
+        raise NotImplementedError
+
+    def merge(self, other: Acc) -> None:
+        raise NotImplementedError
+
+    def result(self) -> float | None:
+        raise NotImplementedError
+
+
+class SumAcc(Acc):
+    __slots__ = ("total",)
+
+    def __init__(self) -> None:
+        self.total = 0.0
+
+    def add(self, value: float) -> None:
+        self.total += value
+
+    def merge(self, other: Acc) -> None:
+        self.total += other.total  # type: ignore[attr-defined]
+
+    def result(self) -> float | None:
+        return self.total
+
+
+class MeanAcc(Acc):
+    __slots__ = ("total", "count")
+
+    def __init__(self) -> None:
+        self.total, self.count = 0.0, 0
+
+    def add(self, value: float) -> None:
+        self.total += value
+        self.count += 1
+
+    def merge(self, other: Acc) -> None:
+        self.total += other.total  # type: ignore[attr-defined]
+        self.count += other.count  # type: ignore[attr-defined]
+
+    def result(self) -> float | None:
+        return self.total / self.count if self.count else None
+
+
+class QuantileAcc(Acc):
+    __slots__ = ("values", "q")
+
+    def __init__(self, q: float) -> None:
+        self.values: list[float] = []
+        self.q = q
+
+    def add(self, value: float) -> None:
+        self.values.append(value)
+
+    def merge(self, other: Acc) -> None:
+        self.values.extend(other.values)  # type: ignore[attr-defined]
+
+    def result(self) -> float | None:
+        return quantile(self.values, self.q)
+
+
+class RateAcc(Acc):
+    """Share of hits in percent."""
+
+    __slots__ = ("hits", "count")
+
+    def __init__(self) -> None:
+        self.hits, self.count = 0.0, 0
+
+    def add(self, value: float) -> None:
+        self.hits += value
+        self.count += 1
+
+    def merge(self, other: Acc) -> None:
+        self.hits += other.hits  # type: ignore[attr-defined]
+        self.count += other.count  # type: ignore[attr-defined]
+
+    def result(self) -> float | None:
+        return 100.0 * self.hits / self.count if self.count else None
+
+
+def quantile(values: list[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks (numpy's default): median = quantile(v, 0.5)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def _factory(spec: KpiSpec) -> Callable[[], Acc]:
+    if spec.aggregate in ("count", "sum", "new_clients"):
+        return SumAcc
+    if spec.aggregate == "average":
+        return MeanAcc
+    if spec.aggregate == "median":
+        return lambda: QuantileAcc(0.5)
+    if spec.aggregate == "p90":
+        return lambda: QuantileAcc(0.9)
+    return RateAcc  # conversion, compliance
+
+
+# ---------------------------------------------------------------- events
+
+
+@dataclass
+class Events:
+    """Dated values of one KPI, sorted by day (ordinal), so a period is a bisect slice."""
+
+    days: list[int] = field(default_factory=list)
+    managers: list[str | None] = field(default_factory=list)
+    directions: list[str] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+
+    @staticmethod
+    def of(items: Iterable[tuple[date, str | None, str, float]]) -> Events:
+        ordered = sorted(items, key=lambda item: item[0])
+        events = Events()
+        events.days = [item[0].toordinal() for item in ordered]
+        events.managers = [item[1] for item in ordered]
+        events.directions = [item[2] for item in ordered]
+        events.values = [item[3] for item in ordered]
+        return events
+
+    def groups(self, period: Period, factory: Callable[[], Acc]) -> dict[GroupKey, Acc]:
+        low = bisect.bisect_left(self.days, period.start.toordinal())
+        high = bisect.bisect_left(self.days, period.end.toordinal())
+        found: dict[GroupKey, Acc] = {}
+        managers, directions, values = self.managers, self.directions, self.values
+        for i in range(low, high):
+            key = (managers[i], directions[i])
+            acc = found.get(key)
+            if acc is None:
+                acc = found[key] = factory()
+            acc.add(values[i])
+        return found
+
+
+class KpiEngine:
+    """Facts of the KPIs of one kpi.yaml over one FactData; memoised per KPI and period."""
+
+    def __init__(self, data: FactData, kpis: KpiFileSpec, now: datetime) -> None:
+        self.data = data
+        self.kpis = kpis
+        self.now = now
+        self._events: dict[str, Events] = {}
+        self._groups: dict[tuple[str, Period], dict[GroupKey, Acc]] = {}
+        self._index: dict[tuple[str, Period], dict[str | None, list[tuple[GroupKey, Acc]]]] = {}
+        self._active: dict[Period, set[str]] = {}
+        self._steps_events: dict[str, list[tuple[date, str | None, str, float]]] | None = None
+        self.deals_by_id = {deal.id: deal for deal in data.deals}
+
+    # ---------------------------------------------------------- which rows a KPI expands to
+
+    def kpi_ids(self) -> list[str]:
+        """KPI ids as rows carry them: a conversion KPI expands into one id per funnel step."""
+        ids: list[str] = []
+        for kpi_id, spec in self.kpis.kpis.items():
+            ids.append(kpi_id)
+            if spec.aggregate == "conversion":
+                ids.extend(f"{kpi_id}:{step}" for step in self.steps())
+        return ids
+
+    def steps(self) -> list[str]:
+        seen: list[str] = []
+        for stages in self.data.funnels.values():
+            for first, second in zip(stages, stages[1:]):
+                step = f"{first}-{second}"
+                if step not in seen:
+                    seen.append(step)
+        return seen
+
+    def step_directions(self, step: str) -> set[str]:
+        return {direction for direction, stages in self.data.funnels.items()
+                if step in {f"{a}-{b}" for a, b in zip(stages, stages[1:])}}
+
+    def spec_of(self, kpi: str) -> KpiSpec:
+        return self.kpis.kpis[kpi.split(":")[0]]
+
+    # ---------------------------------------------------------- events per KPI
+
+    def events(self, kpi: str) -> Events:
+        if kpi not in self._events:
+            self._events[kpi] = Events.of(self._event_items(kpi))
+        return self._events[kpi]
+
+    def _event_items(self, kpi: str) -> Iterator[tuple[date, str | None, str, float]]:
+        spec = self.spec_of(kpi)
+        if spec.aggregate == "new_clients":
+            yield from self._new_clients()
+        elif spec.aggregate == "conversion":
+            yield from self._conversion(kpi.partition(":")[2])
+        elif spec.source == "deals":
+            yield from self._deal_events(spec)
+        elif spec.source in ("activities", "tasks"):
+            yield from self._work_events(spec)
+
+    def _deal_events(self, spec: KpiSpec) -> Iterator[tuple[date, str | None, str, float]]:
+        outcome = spec.where.outcome
+        money = spec.unit == "money"
+        for deal in self.data.deals:
+            if outcome is not None and deal.outcome != outcome:
+                continue
+            day = deal.closed if spec.date in (None, "closed") else deal.created
+            if day is None:
+                continue
+            if spec.aggregate == "count":
+                value: float | None = 1.0
+            else:
+                value = deal_value(deal, spec.value or "amount", money)
+                if value is None:
+                    continue
+            yield day, deal.manager, deal.direction, value
+
+    def _work_events(self, spec: KpiSpec) -> Iterator[tuple[date, str | None, str, float]]:
+        kinds = set(spec.where.kind) or ({"call", "meeting", "email", "todo"} if spec.source == "activities"
+                                        else {"task", "todo"})
+        if spec.source == "tasks":
+            kinds &= {"task", "todo"}
+        where = spec.where
+        date_of: Callable[[WorkFact], date | None] = {
+            "start": lambda w: w.start, "created": lambda w: w.created, "closed": lambda w: w.closed,
+            "completed": lambda w: w.closed, "deadline": lambda w: w.deadline.date() if w.deadline else None,
+        }[spec.date or ("start" if spec.source == "activities" else "closed")]
+        for work in self.data.work:
+            if work.kind not in kinds:
+                continue
+            if where.completed is not None and work.completed != where.completed:
+                continue
+            if where.incoming is not None and work.incoming != where.incoming:
+                continue
+            if where.overdue is not None and work.overdue(self.now) != where.overdue:
+                continue
+            day = date_of(work)
+            if day is not None:
+                yield day, work.manager, work.direction, 1.0
+
+    def _new_clients(self) -> Iterator[tuple[date, str | None, str, float]]:
+        """A client's first won deal (by close date, then id) makes it a new client of that deal's manager."""
+        first: dict[str, DealFact] = {}
+        for deal in self.data.deals:
+            if deal.outcome != "won" or deal.client is None or deal.closed is None:
+                continue
+            earlier = first.get(deal.client)
+            if earlier is None or (deal.closed, deal.id) < (earlier.closed, earlier.id):  # type: ignore[operator]
+                first[deal.client] = deal
+        for deal in first.values():
+            yield deal.closed, deal.manager, deal.direction, 1.0  # type: ignore[misc]
+
+    def _conversion(self, step: str) -> Iterator[tuple[date, str | None, str, float]]:
+        """Entering a stage in the period, and reaching the next one (or later) by now; no step: entry to won."""
+        return iter(self._conversion_events().get(step, []))
+
+    def _conversion_events(self) -> dict[str, list[tuple[date, str | None, str, float]]]:
+        """Every step's events in one pass over the stage visits ("" = the first stage to won)."""
+        if self._steps_events is not None:
+            return self._steps_events
+        furthest: dict[tuple[int, str], int] = {}
+        for visit in self.data.visits:
+            key = (visit.deal_id, visit.direction)
+            if furthest.get(key, -1) < visit.index:
+                furthest[key] = visit.index
+        names = {direction: [f"{a}-{b}" for a, b in zip(stages, stages[1:])]
+                 for direction, stages in self.data.funnels.items()}
+        found: dict[str, list[tuple[date, str | None, str, float]]] = defaultdict(list)
+        deals = self.deals_by_id
+        for visit in self.data.visits:
+            steps = names.get(visit.direction)
+            deal = deals.get(visit.deal_id)
+            if deal is None or not steps:
+                continue
+            reached = furthest[(visit.deal_id, visit.direction)]
+            if visit.index < len(steps):
+                found[steps[visit.index]].append((visit.entered, deal.manager, visit.direction,
+                                                  1.0 if reached > visit.index else 0.0))
+            if visit.index == 0:
+                won = deal.outcome == "won" and reached == len(steps)
+                found[""].append((visit.entered, deal.manager, visit.direction, 1.0 if won else 0.0))
+        self._steps_events = dict(found)
+        return self._steps_events
+
+    # ---------------------------------------------------------- groups per period
+
+    def groups(self, kpi: str, period: Period) -> dict[GroupKey, Acc]:
+        key = (kpi, period)
+        if key not in self._groups:
+            spec = self.spec_of(kpi)
+            if spec.aggregate == "compliance":
+                self._groups[key] = self._compliance(spec, period)
+            elif spec.aggregate == "growth":
+                self._groups[key] = {}
+            else:
+                self._groups[key] = self.events(kpi).groups(period, _factory(spec))
+        return self._groups[key]
+
+    def _compliance(self, spec: KpiSpec, period: Period) -> dict[GroupKey, Acc]:
+        """Share of deals without a violation of `rules` in the period: worked on in it, or created in it."""
+        if not self.data.violations_recorded:
+            return {}
+        rules = set(spec.rules)
+        start, end = period.start, period.end
+        troubled: set[int] = set()
+        for violation in self.data.violations:
+            if rules and violation.rule not in rules:
+                continue
+            if spec.cohort == "created" or (violation.opened < end and
+                                            (violation.resolved is None or violation.resolved >= start)):
+                troubled.add(violation.deal_id)
+        applies: set[str] | None = None
+        if rules:
+            applies = set().union(*(self.data.rule_directions.get(rule, set()) for rule in rules))
+        found: dict[GroupKey, Acc] = {}
+        for deal in self.data.deals:
+            if applies is not None and deal.direction not in applies:
+                continue
+            if spec.cohort == "created":
+                if not start <= deal.created < end:
+                    continue
+            elif deal.created >= end or (deal.closed is not None and deal.closed < start):
+                continue
+            acc = found.get((deal.manager, deal.direction))
+            if acc is None:
+                acc = found[(deal.manager, deal.direction)] = RateAcc()
+            acc.add(0.0 if deal.id in troubled else 1.0)
+        return found
+
+    # ---------------------------------------------------------- one figure
+
+    def fact(self, kpi: str, period: Period, managers: set[str | None] | None, direction: str | None) -> float | None:
+        """The KPI over the events of `managers` (None = everyone) in `direction` (None = all)."""
+        spec = self.spec_of(kpi)
+        if spec.aggregate == "growth":
+            base = spec.of or ""
+            now_value = self.fact(base, period, managers, direction)
+            earlier = period.previous() if spec.against == "previous" else period.year_ago()
+            before = self.fact(base, earlier, managers, direction)
+            if now_value is None or before is None or before == 0:
+                return None
+            return 100.0 * (now_value - before) / abs(before)
+        merged: Acc | None = None
+        if managers is None:
+            candidates: Iterable[tuple[GroupKey, Acc]] = self.groups(kpi, period).items()
+        else:
+            index = self._by_manager(kpi, period)
+            candidates = [item for manager in managers for item in index.get(manager, ())]
+        for (_, where), acc in candidates:
+            if direction is not None and where != direction:
+                continue
+            if merged is None:
+                merged = _factory(spec)() if spec.aggregate != "compliance" else RateAcc()
+            merged.merge(acc)
+        if merged is None:
+            return 0.0 if spec.aggregate in ("count", "sum", "new_clients") else None
+        return merged.result()
+
+    def _by_manager(self, kpi: str, period: Period) -> dict[str | None, list[tuple[GroupKey, Acc]]]:
+        key = (kpi, period)
+        index = self._index.get(key)
+        if index is None:
+            index = defaultdict(list)
+            for group, acc in self.groups(kpi, period).items():
+                index[group[0]].append((group, acc))
+            self._index[key] = index
+        return index
+
+    def managers_in(self, period: Period) -> set[str]:
+        """Managers with any event in the period."""
+        if period not in self._active:
+            found: set[str] = set()
+            for kpi in self.kpis.kpis:
+                if self.spec_of(kpi).aggregate == "growth":
+                    continue
+                for manager, _ in self.groups(kpi, period):
+                    if manager is not None:
+                        found.add(manager)
+            self._active[period] = found
+        return self._active[period]
+
+
+def deal_value(deal: DealFact, value: str, money: bool) -> float | None:
+    """A deal's figure for sum / average / median / p90: its amount, cycle days or a bound number field."""
+    if value == "cycle_days":
+        return deal.cycle_days
+    raw = deal.amount if value == "amount" else deal.values.get(value)
+    if raw is None:
+        return None
+    if money or value == "amount":
+        return raw * deal.rate if deal.rate is not None else None
+    return raw
+
+
+# ---------------------------------------------------------------- rows
+
+
+@dataclass(frozen=True)
+class KpiRow:
+    """One figure: the keys `crmbridge kpi --json` prints."""
+
+    period: str
+    scope: str  # manager, department, company
+    manager_id: str | None
+    department_id: str | None
+    direction: str | None
+    kpi: str
+    plan: float | None
+    fact: float | None
+    share_done: float | None
+    previous: float | None = None
+    trend: float | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "period": self.period, "scope": self.scope,
+            "manager_id": int(self.manager_id) if self.manager_id and self.manager_id.isdigit() else self.manager_id,
+            "department_id": (int(self.department_id) if self.department_id and self.department_id.isdigit()
+                              else self.department_id),
+            "direction": self.direction, "kpi": self.kpi, "plan": _round(self.plan), "fact": _round(self.fact),
+            "share_done": _round(self.share_done, 4), "previous": _round(self.previous),
+            "trend": _round(self.trend, 1),
+        }
+
+
+def _round(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def share(fact: float | None, plan: float | None) -> float | None:
+    if fact is None or plan is None or plan == 0:
+        return None
+    return fact / plan
+
+
+def department_members(data: FactData) -> dict[str, set[str]]:
+    """Department id -> the users in it or in any department below it."""
+    children: dict[str, set[str]] = defaultdict(set)
+    for department_id, info in data.departments.items():
+        if info.parent:
+            children[info.parent].add(department_id)
+    direct: dict[str, set[str]] = defaultdict(set)
+    for user_id, info in data.users.items():
+        for department_id in info.departments:
+            direct[department_id].add(user_id)
+    members: dict[str, set[str]] = {}
+
+    def collect(department_id: str, seen: set[str]) -> set[str]:
+        if department_id in seen:
+            return set()  # a cycle in the portal's tree: count each department once
+        seen.add(department_id)
+        found = set(direct.get(department_id, set()))
+        for child in children.get(department_id, ()):
+            found |= collect(child, seen)
+        return found
+
+    for department_id in set(data.departments) | set(direct):
+        members[department_id] = collect(department_id, set())
+    return members
+
+
+def kpi_rows(engine: KpiEngine, periods: Iterable[Period], plans: PlanBook | None, *,
+             directions: list[str], managers: set[str] | None = None, direction_filter: str | None = "*",
+             kpi_filter: set[str] | None = None, with_trend: bool = True) -> list[KpiRow]:
+    """Every KPI for every period, scope (each manager, each department, the company) and direction.
+
+    `managers` limits the manager rows (e.g. `--manager 3`); `direction_filter` "*" = all directions and the
+    total, None = only the total, else one direction.
+    """
+    rows: list[KpiRow] = []
+    members = department_members(engine.data)
+    wanted_directions: list[str | None] = ([None, *directions] if direction_filter == "*" else [direction_filter])
+    for period in periods:
+        planned = {owner.id for owner in _planned_owners(plans, period)} if plans else set()
+        active = (engine.managers_in(period) | planned) - {None}
+        if managers is not None:
+            active &= managers
+        units: list[tuple[str, str | None, str | None, set[str | None] | None]] = []
+        for manager in sorted(active, key=_natural):
+            units.append(("manager", manager, None, {manager}))
+        if managers is None:
+            for department_id in sorted(members, key=_natural):
+                people = members[department_id]
+                if people & (engine.managers_in(period) | planned):
+                    units.append(("department", None, department_id, set(people)))
+            units.append(("company", None, None, None))
+        for kpi in engine.kpi_ids():
+            if kpi_filter is not None and kpi.split(":")[0] not in kpi_filter:
+                continue
+            spec = engine.spec_of(kpi)
+            step = kpi.partition(":")[2]
+            kpi_directions = wanted_directions
+            if step:
+                allowed = engine.step_directions(step)
+                kpi_directions = [d for d in wanted_directions if d in allowed]
+            for scope, manager, department_id, who in units:
+                for direction in kpi_directions:
+                    fact = engine.fact(kpi, period, who, direction)
+                    plan = None
+                    if plans is not None and spec.plannable and not step:
+                        owner = (Owner("manager", manager) if scope == "manager" else
+                                 Owner("department", department_id) if scope == "department" else Owner("company"))
+                        plan = plans.target(owner, direction, kpi, period)
+                    previous = trend = None
+                    if with_trend and spec.aggregate != "growth":
+                        previous = engine.fact(kpi, period.previous(), who, direction)
+                        if previous not in (None, 0) and fact is not None:
+                            trend = 100.0 * (fact - previous) / abs(previous)  # type: ignore[operator]
+                    rows.append(KpiRow(str(period), scope, manager, department_id, direction, kpi, plan, fact,
+                                       share(fact, plan), previous, trend))
+    return rows
+
+
+def _planned_owners(plans: PlanBook, period: Period) -> list[Owner]:
+    owners = []
+    for (owner, _direction, _metric), values in plans.resolved.items():
+        if owner.scope == "manager" and any(period.contains(p) or p.contains(period) for p in values):
+            owners.append(owner)
+    return owners
+
+
+def _natural(text: str | None) -> tuple[int, str]:
+    text = text or ""
+    return (int(text), "") if text.isdigit() else (1 << 30, text)
+
+
+__all__ = ["KpiEngine", "KpiRow", "UNBOUND", "department_members", "kpi_rows", "quantile", "share"]

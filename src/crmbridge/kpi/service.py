@@ -1,0 +1,208 @@
+"""Edge: the cache and the admin's files -> the KPI engine, the plans in force, snapshots written back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone, tzinfo
+from pathlib import Path
+from typing import Any, Iterable
+from zoneinfo import ZoneInfo
+
+from crmbridge.cache import kpi as store
+from crmbridge.cache.store import Cache
+from crmbridge.errors import MappingError
+from crmbridge.kpi import inputs
+from crmbridge.kpi.facts import KpiEngine, KpiRow, department_members, kpi_rows
+from crmbridge.kpi.inputs import Binding, FactData, LocalTime
+from crmbridge.kpi.load import load_kpis, load_plans_file, plans_path
+from crmbridge.kpi.periods import Period
+from crmbridge.kpi.plans import PlanBook, PlanInput, PlanProblem, PortalPlanFields, Resolution, portal_plan_inputs, resolve
+from crmbridge.kpi.schema import KpiFileSpec
+from crmbridge.mapping.load import Mappings, load_mappings
+from crmbridge.mapping.schema import IGNORE
+from crmbridge.model import WON
+
+
+def portal_zone(mappings: Mappings) -> tzinfo:
+    name = mappings.binding.timezone or (mappings.regulation.calendar.timezone if mappings.regulation.calendar else None)
+    return ZoneInfo(name) if name else timezone.utc
+
+
+def binding_view(mappings: Mappings, kpis: KpiFileSpec) -> Binding:
+    """What the KPIs need of the binding and the regulation."""
+    direction_of: dict[str, str | None] = {}
+    stage_of: dict[tuple[str, str], tuple[str | None, str | None]] = {}
+    for category, pipeline in mappings.binding.pipelines.items():
+        direction = None if pipeline.direction == IGNORE else pipeline.direction
+        direction_of[category] = direction
+        for crm_stage, target in pipeline.stages.items():
+            stage_of[(category, crm_stage)] = (direction, None if target == IGNORE or direction is None else target)
+    funnels = {direction_id: [*direction.stage_ids, WON] for direction_id, direction in mappings.regulation.directions.items()}
+    wanted = {spec.value for spec in kpis.kpis.values() if spec.value not in (None, "amount", "cycle_days")}
+    fields = {field_id: mappings.binding.fields[field_id].crm_field for field_id in sorted(wanted)
+              if field_id in mappings.binding.fields}
+    return Binding(direction_of, stage_of, funnels, fields)
+
+
+def fact_data(cache: Cache, mappings: Mappings, kpis: KpiFileSpec) -> FactData:
+    """Everything the KPIs count, read from the cache with a handful of queries."""
+    binding = binding_view(mappings, kpis)
+    clock = LocalTime(portal_zone(mappings))
+    warnings: list[str] = []
+    base, rates = inputs.currency_rates(store.currency_rows(cache), kpis.base_currency)
+    deals = inputs.deal_facts(store.deal_rows(cache, binding.fields, mappings.binding.crm), binding, rates, base, clock,
+                              warnings)
+    by_id = {deal.id: deal for deal in deals}
+    known = store.deal_ids(cache)
+    needed = {spec.date or ("start" if spec.source == "activities" else "closed")
+              for spec in kpis.kpis.values() if spec.source in ("activities", "tasks")}
+    if any(spec.where.overdue is not None for spec in kpis.kpis.values()):
+        needed.add("overdue")
+    work = inputs.work_facts(store.communication_rows(cache, clock.fixed_suffix), store.todo_rows(cache),
+                             store.task_rows(cache),
+                             {deal.id: deal.direction for deal in deals}, known, clock, needed)
+    users, departments = inputs.people(store.user_rows(cache), store.department_rows(cache))
+    rule_directions: dict[str, set[str]] = {}
+    for direction_id in mappings.regulation.directions:
+        rules = mappings.regulation.rules_for(direction_id)
+        for rule in type(rules).model_fields:
+            if getattr(rules, rule).mode.value != "off":
+                rule_directions.setdefault(rule, set()).add(direction_id)
+    return FactData(
+        deals=deals, work=work, violations=inputs.violation_facts(store.violation_rows(cache), clock),
+        visits=inputs.stage_visits(store.stage_history_rows(cache, clock.fixed_suffix), binding, by_id, clock),
+        funnels=dict(binding.funnels), users=users, departments=departments, rule_directions=rule_directions,
+        base_currency=base, warnings=warnings, violations_recorded=store.violations_recorded(cache))
+
+
+@dataclass
+class PlanState:
+    """The plans in force: resolved, with problems of the file (errors) and of portal items (warnings)."""
+
+    resolution: Resolution | None
+    errors: list[PlanProblem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def book(self) -> PlanBook | None:
+        return self.resolution.book if self.resolution is not None else None
+
+
+def plan_state(cache: Cache | None, directory: Path, mappings: Mappings, kpis: KpiFileSpec,
+               data: FactData | None) -> PlanState:
+    """plans.yaml and the bound smart process's items (as the last sync cached them), checked together."""
+    managers = set(data.users) if data is not None and data.users else None
+    parsed = load_plans_file(directory, kpis, mappings, managers)
+    plan_inputs: list[PlanInput] = []
+    errors: list[PlanProblem] = []
+    warnings: list[str] = []
+    files: list[str] = []
+    if parsed is not None:
+        files.append(str(plans_path(directory, mappings)))
+        errors.extend(parsed.problems)
+        plan_inputs.extend(parsed.inputs)
+    source = getattr(mappings.binding, "plans_source", None)  # a Bitrix24 smart process; amoCRM has none
+    if source is not None and cache is not None:
+        items = [item for entity_type, item in store.plan_items(cache) if entity_type == source.entity_type_id]
+        fields = PortalPlanFields(source.manager, source.period, source.metric, source.target, source.direction,
+                                  dict(source.metrics), dict(source.directions))
+        portal, portal_problems = portal_plan_inputs(items, fields, source.entity_type_id, metrics=kpis.kpis,
+                                                     directions=mappings.regulation.directions)
+        plan_inputs.extend(portal)
+        warnings.extend(f"{problem} (the item is left out)" for problem in portal_problems)
+        files.append(f"portal smart process {source.entity_type_id} ({len(items)} items)")
+    if not plan_inputs and not errors:
+        return PlanState(None, [], warnings, files)
+    members = department_members(data) if data is not None and data.departments else None
+    resolution = resolve(plan_inputs, members=members)
+    warnings.extend(resolution.notes)
+    for problem in resolution.problems:
+        (warnings.append(str(problem)) if problem.where.startswith("portal") else errors.append(problem))
+    return PlanState(resolution, sorted(set(errors)), warnings, files)
+
+
+def record_plans(cache: Cache, state: PlanState, now: datetime) -> int:
+    """All plan rows in force land in the `plans` table with their source."""
+    rows = [] if state.resolution is None else [
+        {"source": row.source, "origin": row.origin, "scope": row.owner.scope, "scope_id": row.owner.id,
+         "direction": row.direction, "metric": row.metric, "period": str(row.period), "target": row.target,
+         "written": int(row.written)}
+        for row in state.resolution.rows]
+    return store.replace_plans(cache, rows, now.astimezone(timezone.utc).isoformat(timespec="seconds"))
+
+
+@dataclass
+class KpiSession:
+    """One look at the KPIs: the admin's files, the facts of the cache and the plans in force."""
+
+    mappings: Mappings
+    kpis: KpiFileSpec
+    kpi_path: str
+    data: FactData
+    engine: KpiEngine
+    plans: PlanState
+
+    @property
+    def directions(self) -> list[str]:
+        return list(self.mappings.regulation.directions)
+
+    def rows(self, periods: Iterable[Period], **options: Any) -> list[KpiRow]:
+        return kpi_rows(self.engine, periods, self.plans.book, directions=self.directions, **options)
+
+
+def open_session(cache: Cache, directory: Path, now: datetime, *, strict_plans: bool = True,
+                 crm: str | None = None) -> KpiSession:
+    """Load the files, read the cache, check the plans (file problems raise MappingError) and record them."""
+    mappings = load_mappings(directory, crm=crm)
+    files = load_kpis(directory, mappings)
+    data = fact_data(cache, mappings, files.kpis)
+    plans = plan_state(cache, directory, mappings, files.kpis, data)
+    if plans.errors and strict_plans:
+        raise MappingError([str(problem) for problem in plans.errors])
+    record_plans(cache, plans, now)
+    engine = KpiEngine(data, files.kpis, now)
+    return KpiSession(mappings, files.kpis, files.path, data, engine, plans)
+
+
+# ---------------------------------------------------------------- snapshots
+
+
+@dataclass
+class SnapshotResult:
+    period: str
+    written: int  # new figures (first time or changed)
+    unchanged: int
+    changed: list[tuple[dict[str, Any], KpiRow]]  # (the superseded row, the new figure)
+
+
+def take_snapshot(cache: Cache, session: KpiSession, period: Period, now: datetime) -> SnapshotResult:
+    """kpi_snapshots for one period: idempotent (same figures write nothing), a changed figure supersedes the old
+    row, which stays as history."""
+    rows = session.rows([period], with_trend=False)
+    current = store.current_snapshots(cache, [str(period)])
+    new: list[dict[str, Any]] = []
+    changed: list[tuple[dict[str, Any], KpiRow]] = []
+    superseded: list[int] = []
+    unchanged = 0
+    for row in rows:
+        values = {"period": row.period, "scope": row.scope,
+                  "manager_id": int(row.manager_id) if row.manager_id and row.manager_id.isdigit() else None,
+                  "department_id": int(row.department_id) if row.department_id and row.department_id.isdigit() else None,
+                  "direction": row.direction, "kpi": row.kpi, "plan": _r(row.plan), "fact": _r(row.fact),
+                  "share_done": _r(row.share_done, 6)}
+        key = tuple(values[name] for name in store.SNAPSHOT_KEY)
+        old = current.get(key)
+        if old is not None and old["plan"] == values["plan"] and old["fact"] == values["fact"]:
+            unchanged += 1
+            continue
+        if old is not None:
+            superseded.append(old["id"])
+            changed.append((old, row))
+        new.append(values)
+    store.write_snapshots(cache, new, superseded, now.astimezone(timezone.utc).isoformat(timespec="seconds"))
+    return SnapshotResult(str(period), len(new), unchanged, changed)
+
+
+def _r(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(value, digits)
