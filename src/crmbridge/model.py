@@ -158,6 +158,7 @@ class Deal:
     tasks: tuple[Task, ...] = ()  # tasks and to-dos alike: both are the manager's work on the deal (R5, R10, R11)
     contact: Client | None = None
     company: Client | None = None
+    ignored: bool = False  # its pipeline is excluded in the binding (`ignore`), not merely unbound
     #: the entries since the deal last came into its current direction (oldest first): most rules judge
     #: this run, so it is computed once when the deal is built rather than by every rule that asks
     run: tuple[StageEntry, ...] = field(init=False, compare=False, repr=False)

@@ -407,8 +407,11 @@ class FakePortal:
         body = sent(request)
         if method != "batch":
             self.calls.append(body)
-            assert body["start"] == -1 and body["order"] == {"ID": "ASC"}
-            return 200, {}, json.dumps(ok_json(self.page(int(body["filter"][">ID"])), total=0))
+            # the first page counts the rows left (start=0): chains are sized to them
+            assert body["start"] == 0 and body["order"] == {"ID": "ASC"}
+            after = int(body["filter"][">ID"])
+            left = len([i for i in self.ids if i > after]) if self.honour_filter else len(self.ids)
+            return 200, {}, json.dumps(ok_json(self.page(after), total=left))
         number = len(self.batches)
         self.batches.append(body["cmd"])
         results: dict[str, Any] = {}
@@ -702,7 +705,7 @@ def test_iter_list_fast_user_get_uses_sort_and_order_strings(rsps: responses.Req
     client = make_client(clock)
     assert [r["ID"] for r in client.iter_list_fast("user.get", filter={"ACTIVE": True})] == ["1", "2"]
     body = sent(rsps.calls[0].request)
-    assert body["sort"] == "ID" and body["order"] == "ASC" and body["start"] == -1
+    assert body["sort"] == "ID" and body["order"] == "ASC" and body["start"] == 0  # the first page counts what is left
     assert body["filter"] == {"ACTIVE": True, ">ID": 0}
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from crmbridge.bulk import paused_gc
@@ -57,9 +58,9 @@ def evaluate_cache(cache: Cache, mappings: Mappings, now: datetime, *, record: b
 
 def default_regulation_text() -> str:
     """The shipped default regulation (package data; the same text as mappings/regulation.yaml)."""
-    from importlib.resources import files
+    from crmbridge import defaults
 
-    return files("crmbridge.defaults").joinpath("regulation.yaml").read_text(encoding="utf-8")
+    return defaults.text("regulation.yaml")
 
 
 def _mappings(directory: Path | None) -> Mappings:
@@ -225,13 +226,14 @@ def _explain_deal(cache: Cache, mappings: Mappings, now: datetime, deal_id: int,
     common.console.print(f"[bold]Deal {the_deal.id}[/bold] «{the_deal.title}»: direction {the_deal.direction or '—'}, "
                          f"stage {the_deal.stage or '—'} (CRM {the_deal.crm_stage}), manager {the_deal.manager or '—'}")
     colours = {"passed": "green", "failed": "red", "not_applicable": "dim"}
+    labels = mappings.regulation.wording.explain
     table = Table(show_header=True)
     for column in ("rule", "verdict", "why"):
         table.add_column(column)
     for line in lines:
         severity = f" ({line.violations[0].severity.value})" if line.violations else ""
-        table.add_row(line.rule, f"[{colours[line.verdict.value]}]{line.verdict.value.replace('_', ' ')}{severity}[/]",
-                      line.reason)
+        label = getattr(labels, line.verdict.value)  # in the regulation's language
+        table.add_row(line.rule, f"[{colours[line.verdict.value]}]{escape(label)}{severity}[/]", escape(line.reason))
     common.console.print(table)
 
 

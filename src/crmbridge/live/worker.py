@@ -40,6 +40,10 @@ ROUND_EVENTS = 500
 GATHER_SECONDS = 0.05
 #: longest pause between two rounds of a burst
 MAX_PAUSE = 2.0
+#: events per second above which a round waits for the burst to pass (acknowledgements first) ...
+BURST_RATE = 500.0
+#: ... but never longer than this (seconds): a steady stream is still worked off
+BURST_DEFER = 5.0
 
 
 class MappingsWatcher:
@@ -116,6 +120,7 @@ class Worker:
                     self.wake.clear()
                     if GATHER_SECONDS:
                         stop.wait(GATHER_SECONDS)
+                self._yield_to_a_burst(stop)
                 report = self.round()
                 if report.outcome == "done" and report.events:
                     # more may be due: go on, but after a pause as long as the round took, so that under a burst
@@ -127,6 +132,13 @@ class Worker:
                     stop.wait(min(self._backoff, 5.0))
         finally:
             self.close()
+
+    def _yield_to_a_burst(self, stop: threading.Event) -> None:
+        """While events pour in (over BURST_RATE per second), acknowledging them comes first: the round waits,
+        at most BURST_DEFER seconds, and then takes more events of each deal at once."""
+        deadline = time.monotonic() + BURST_DEFER
+        while not stop.is_set() and time.monotonic() < deadline and self.inbox.arrival_rate() > BURST_RATE:
+            stop.wait(0.1)
 
     def close(self) -> None:
         if self._cache is not None:

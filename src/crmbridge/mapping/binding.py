@@ -100,6 +100,8 @@ class DealMapper:
         zone_name = binding.timezone or (regulation.calendar.timezone if regulation.calendar else None)
         self.zone = ZoneInfo(zone_name) if zone_name else timezone.utc
         self.direction_of: dict[str, str | None] = {}
+        self.ignored = frozenset(category for category, pipeline in binding.pipelines.items()
+                                 if pipeline.direction == IGNORE)
         # keyed by (pipeline, CRM stage): amoCRM's won 142 and lost 143 are the same ids in every pipeline
         self.stage_of: dict[tuple[str, str], tuple[str | None, str | None]] = {}
         for category, pipeline in binding.pipelines.items():
@@ -364,6 +366,7 @@ class DealMapper:
             tasks=self._tasks(tasks, todos),
             contact=contact_card,
             company=company_card,
+            ignored=direction is None and category in self.ignored,
         )
 
     def deals(self, records: DealRecords) -> list[Deal]:
