@@ -101,7 +101,8 @@ class Daemon:
         self.mappings.current()  # a broken mapping file stops the start with its problems, before anything runs
         self.worker = Worker(self.bridge, self.new_client() if self.has_portal else None, self.mappings,
                              writer_lock=self.writer_lock,
-                             max_reverts_per_day=settings.enforce_max_reverts_per_day)
+                             max_reverts_per_day=settings.enforce_max_reverts_per_day,
+                             allow_non_admin=settings.enforce_allow_non_admin)
         self.scheduler: Any = None
         if run_jobs:
             from crmbridge.live.jobs import JobScheduler, load_jobs
