@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from crmbridge import deletions
 from crmbridge.cache import amocrm_rows as rows
 from crmbridge.cache.rows import as_int, dumps
 from crmbridge.cache.store import Cache
@@ -28,6 +29,7 @@ from crmbridge.cache.sync_state import SYNC_LOCK_WAIT, SyncState
 from crmbridge.connectors.amocrm.client import Page
 from crmbridge.connectors.amocrm.reader import AmoCRMReader, AmoReference
 from crmbridge.errors import AuthError, ConfigError
+from crmbridge.notices import notice
 from crmbridge.sync import ProgressCallback, SyncSummary, utc_now_iso
 
 log = logging.getLogger("crmbridge.amocrm")
@@ -65,8 +67,14 @@ class AmoCRMSyncer:
         clients_every: timedelta = CLIENTS_EVERY,
         lock_wait: float = SYNC_LOCK_WAIT,
         break_lock: bool = False,
+        confirm_deletions: bool = False,
+        max_deleted_share: float = deletions.DEFAULT_MAX_SHARE,
     ) -> None:
         self.reader = reader
+        # as on Bitrix24: a lead or task leaves the cache only when reading it back by id says it is gone, and
+        # more than this share of a table at once waits for `sync --full --confirm-deletions`
+        self.confirm_deletions = confirm_deletions
+        self.max_deleted_share = max_deleted_share
         self.lock_wait = lock_wait
         self.break_lock = break_lock
         self._cache_or_factory = cache
@@ -224,7 +232,7 @@ class AmoCRMSyncer:
             started_at = self._paged(state, resuming, lambda start: self.reader.task_pages(start=start),
                                      lambda page, st: self._write_tasks(page.items, summary, st, page.number),
                                      run_cursor)
-            self._settle_absent_tasks(started_at)
+            self._settle_absent_tasks(started_at, summary)
 
     def _incremental_entity(self, entity: str, summary: SyncSummary) -> bool:
         """What changed since the entity's cursor; False when the entity is not due for a look in this run."""
@@ -269,35 +277,63 @@ class AmoCRMSyncer:
 
     def _settle_absent_leads(self, started_at: str, summary: SyncSummary) -> int:
         """Leads a full read did not see: looked up by id; those the account still has come back, the rest are
-        marked deleted. Without API filtering the look-up proves nothing, and nothing is marked."""
+        marked deleted (beyond the share, only with --confirm-deletions). Without API filtering the look-up
+        proves nothing, and nothing is marked."""
         absent = self.cache.deals.not_synced_since(started_at)
         if not absent:
             return 0
-        found = self.reader.leads_by_ids(absent)
-        if found is None:
-            log.warning("amocrm: %d cached leads were not in the full read, and the account ignores filter[id]: "
-                        "they are left as they are", len(absent))
-            return 0
-        if found:
-            self._write_leads(found, summary, None)
-        gone = sorted(set(absent) - {as_int(lead.get("id")) for lead in found})
+        cached = self.cache.deals.count_live()
+        read_back = None
+        if deletions.worth_reading_back(len(absent), cached, max_share=self.max_deleted_share,
+                                        confirmed=self.confirm_deletions):
+            found = self.reader.leads_by_ids(absent)
+            if found is None:
+                log.warning("amocrm: %d cached leads were not in the full read, and the account ignores filter[id]: "
+                            "they are left as they are", len(absent))
+                return 0
+            if found:
+                self._write_leads(found, summary, None)
+            read_back = deletions.ReadBack(found=found, missing=sorted(
+                set(absent) - {as_int(lead.get("id")) for lead in found}))
+        verdict = self._verdict("deals", absent, cached, read_back, summary)
         with self.cache.atomic():
-            self.cache.deals.mark_deleted_ids(gone)
-        return len(gone)
+            self.cache.deals.mark_deleted_ids(verdict.delete)
+        return len(verdict.delete)
 
-    def _settle_absent_tasks(self, started_at: str) -> None:
+    def _settle_absent_tasks(self, started_at: str, summary: SyncSummary) -> None:
         absent = self.cache.deals.linked_not_synced_since("tasks", started_at)
         if not absent:
             return
-        found = self.reader.tasks_by_ids(absent)
-        if found is None:
-            return
-        kept = [task for task in found if task.get("entity_type") == "leads"]
+        cached = self.cache.deals.count_linked("tasks")
+        kept: list[RawRecord] = []
+        read_back = None
+        if deletions.worth_reading_back(len(absent), cached, max_share=self.max_deleted_share,
+                                        confirmed=self.confirm_deletions):
+            found = self.reader.tasks_by_ids(absent)
+            if found is None:
+                return
+            kept = [task for task in found if task.get("entity_type") == "leads"]
+            # a task moved off its lead is gone from the leads as much as a deleted one
+            read_back = deletions.ReadBack(found=kept, missing=sorted(
+                set(absent) - {as_int(task.get("id")) for task in kept}))
+        verdict = self._verdict("tasks", absent, cached, read_back, summary)
         synced_at = self.now()
         with self.cache.atomic():
             self.cache.deals.write_linked("tasks", [{**rows.task_row(task, self.zone), "synced_at": synced_at}
                                                     for task in kept])
-            self.cache.deals.delete_linked("tasks", sorted(set(absent) - {as_int(task.get("id")) for task in kept}))
+            self.cache.deals.delete_linked("tasks", verdict.delete)
+
+    def _verdict(self, entity: str, absent: list[int], cached: int, read_back: deletions.ReadBack | None,
+                 summary: SyncSummary) -> deletions.DeletionVerdict:
+        """What may leave the cache; held deletions and restored records are told (a notice, the summary)."""
+        verdict = deletions.verdict(entity, absent, cached, read_back, max_share=self.max_deleted_share,
+                                    confirmed=self.confirm_deletions)
+        if verdict.held:
+            summary.deletions_held[entity] = len(verdict.held)
+        if verdict.warning:
+            summary.warnings.append(verdict.warning)
+            notice(verdict.warning)
+        return verdict
 
     # --- incremental -------------------------------------------------------------------------------
 

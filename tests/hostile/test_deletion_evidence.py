@@ -3,7 +3,7 @@
 Each case first syncs a healthy portal, then lets the proxy break one list during `sync --full`, and
 checks that nothing the portal still has left the cache (no deal marked deleted, no task or to-do
 dropped) and that the run said so. Real deletions still arrive: confirmed by reading the ids back, and
-beyond the share guard only with `--confirm-deletions`.
+beyond the share guard only with `--confirm-deletions`, on Bitrix24 and on amoCRM.
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ from typing import Any
 import pytest
 import requests
 
+from crmbridge.cache.store import open_cache
+from crmbridge.sandbox.amocrm import catalog as amo
 from crmbridge.sandbox.proxy import result_of, rows_of
+from tests.integration.amocrm_kit import make_account  # noqa: F401 - fixture
 
 from .conftest import World
 
@@ -161,3 +164,34 @@ def test_many_deletions_wait_for_confirmation(make_world: Any) -> None:
     confirmed = world.sync("--full", "--confirm-deletions")
     assert confirmed.code == 0, confirmed.err
     assert world.count("deals", "deleted = 1") == 60
+
+
+def test_amocrm_many_vanished_leads_and_tasks_wait_for_confirmation(make_account: Any, cli: Any,
+                                                                     tmp_path: Any) -> None:
+    """The same guard on amoCRM: leads and tasks gone from the lists and from the look-up by id (a wiped or
+    misbehaving account looks exactly like this) stay in the cache until a person confirms."""
+    account = make_account(deals=100, seed=2, rate=100)
+    env = {"CRMBRIDGE_CRM": "amocrm", "CRMBRIDGE_AMOCRM_BASE_URL": account.base_url,
+           "CRMBRIDGE_AMOCRM_LONG_LIVED_TOKEN": amo.LONG_LIVED_TOKEN}
+    assert cli("sync", env=env).code == 0
+    cache = open_cache(tmp_path / "cache.db")
+    try:
+        tasks = cache.count("tasks")
+        assert tasks >= 20
+        with account.state.lock:  # gone without a trace in the events feed
+            for lead_id in range(1, 61):
+                account.state.leads.pop(lead_id)
+            for task_id in sorted(account.state.tasks)[: tasks * 6 // 10]:
+                account.state.tasks.pop(task_id)
+            account.state.version += 1
+        refused = cli("sync", "--full", env=env)
+        assert refused.code == 1, refused.err
+        assert "--confirm-deletions" in refused.err
+        assert cache.count("deals", "deleted = 1") == 0
+        assert cache.count("tasks") == tasks
+        confirmed = cli("sync", "--full", "--confirm-deletions", env=env)
+        assert confirmed.code == 0, confirmed.err
+        assert cache.count("deals", "deleted = 1") == 60
+        assert cache.count("tasks") < tasks
+    finally:
+        cache.close()

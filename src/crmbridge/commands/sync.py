@@ -68,9 +68,8 @@ def run_sync(webhook_url: str | None, *, full: bool, show_progress: bool, break_
              confirm_deletions: bool = False) -> SyncSummary:
     settings = common.settings()
     client = common.client_from(settings, webhook_url) if webhook_url else common.crm_client(settings)
-    guards = {} if settings.crm != "bitrix24" else {
-        "confirm_deletions": confirm_deletions, "max_deleted_share": settings.sync_max_deleted_share,
-        "max_record_bytes": settings.sync_max_record_kb * 1024}
+    guards = {"confirm_deletions": confirm_deletions, "max_deleted_share": settings.sync_max_deleted_share,
+              "max_record_bytes": settings.sync_max_record_kb * 1024}
     with progress_bar(show_progress) as advance:
         syncer = syncer_for(client, lambda: common.cache(settings, create=True),
                             overlap=timedelta(minutes=settings.sync_overlap_minutes), progress=advance,

@@ -63,16 +63,17 @@ def syncer_for(client: CrmClient, cache: Cache | Callable[[], AbstractContextMan
     """The Syncer of the client's CRM (same `run(full=...) -> SyncSummary` contract); `plan_entity_type` is the
     Bitrix24 smart process holding plans (bitrix24.yaml `plans_source`).
 
-    `guards` (confirm_deletions, max_deleted_share, max_record_bytes) tune the Bitrix24 sync's evidence for
-    deletions and its cap on records; the amoCRM sync looks vanished records up by id on its own."""
+    `guards` (confirm_deletions, max_deleted_share, max_record_bytes) tune the sync's evidence for deletions (both
+    CRMs) and its cap on records (Bitrix24 only)."""
     locking: dict[str, Any] = {"break_lock": break_lock} | ({} if lock_wait is None else {"lock_wait": lock_wait})
     if isinstance(client, AmoCRMClient):
         from crmbridge.connectors.amocrm.reader import AmoCRMReader
         from crmbridge.sync_amocrm import REFERENCE_EVERY, AmoCRMSyncer
 
         every = refresh if refresh is not None else REFERENCE_EVERY
+        deletion_guards = {key: value for key, value in guards.items() if key in ("confirm_deletions", "max_deleted_share")}
         return AmoCRMSyncer(AmoCRMReader(client), cache, overlap=overlap, progress=progress,
-                            reference_every=every, clients_every=every, **locking)
+                            reference_every=every, clients_every=every, **locking, **deletion_guards)
     from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
     from crmbridge.sync import Syncer
 
