@@ -69,6 +69,10 @@ READERS: dict[str, list[tuple[str, ...]]] = {
     "cache.db": [("sync",), ("audit",), ("log",), ("check", "--impact"), ("check", "--live"),
                  ("enforce", "--dry-run", "--no-sync"), ("discover", "--cache-only", "--out", "d.yaml")],
     ".env": [("sync",), ("log",), ("audit",), ("check",), ("schema", "--out", "s"), ("enforce", "--dry-run")],
+    "kpi.yaml": [("check",), ("kpi", "snapshot"), ("payout",), ("report", "--html", "r.html"), ("plans", "check")],
+    "plans.yaml": [("plans", "check"), ("plans", "export"), ("kpi", "snapshot"), ("report", "--html", "r.html")],
+    "motivation.yaml": [("check",), ("payout",), ("report", "--html", "r.html")],
+    "jobs/sync.yaml": [("jobs", "list"), ("jobs", "run", "sync")],
 }
 CASES = [(name, args, damage) for name, commands in READERS.items() for args in commands for damage in damages()]
 
@@ -78,6 +82,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str
     """A synced cache, the mappings and a .env; each test damages a copy."""
     folder = tmp_path_factory.mktemp("seeded")
     shutil.copytree(MAPPINGS, folder / "mappings")
+    shutil.copytree(MAPPINGS.parent / "jobs", folder / "jobs")
     with SandboxPortal(deals=20, seed=3, limits=False) as portal:
         result = run_cli("sync", cwd=folder, env={"CRMBRIDGE_BITRIX24_WEBHOOK_URL": portal.webhook_url})
         assert result.code == 0, result.err
@@ -92,10 +97,10 @@ def test_a_damaged_file_is_one_clear_answer(seeded: tuple[Path, str], tmp_path: 
     source, _ = seeded
     folder = tmp_path / "run"
     shutil.copytree(source, folder, symlinks=True)
-    target = folder / "mappings" / name if name.endswith(".yaml") else folder / name
+    target = folder / name if "/" in name or not name.endswith(".yaml") else folder / "mappings" / name
     damages()[damage](target)
     # the settings come from the (maybe damaged) .env in the folder, as for an admin in their project folder
-    env = {"CRMBRIDGE_CACHE_PATH": "cache.db", "CRMBRIDGE_MAPPINGS_DIR": "mappings"}
+    env = {"CRMBRIDGE_CACHE_PATH": "cache.db", "CRMBRIDGE_MAPPINGS_DIR": "mappings", "CRMBRIDGE_JOBS_DIR": "jobs"}
     if name == ".env":
         env = {"CRMBRIDGE_CACHE_PATH": "cache.db"}
     result = run_cli(*args, cwd=folder, env=env)

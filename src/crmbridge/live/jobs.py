@@ -38,7 +38,7 @@ from pydantic import Field, field_validator, model_validator
 from crmbridge.cache.store import open_cache
 from crmbridge.errors import MappingError
 from crmbridge.live.inbox import connect, utc_iso
-from crmbridge.mapping.load import Mappings, did_you_mean, validate_document
+from crmbridge.mapping.load import Mappings, did_you_mean, read_text, validate_document
 from crmbridge.mapping.schema import Strict, parse_duration
 from crmbridge.mapping.yamlpos import Problem, read_yaml
 from crmbridge.regulation.calendar import WorkingCalendar
@@ -224,14 +224,20 @@ def load_jobs(directory: Path | str) -> list[Job]:
         return []
     jobs: list[Job] = []
     problems: list[Problem] = []
+    unreadable: list[str] = []  # not UTF-8, too large, a folder or a link loop: `file:line:col` lines already
     for path in sorted(folder.glob("*.yaml")):
-        doc = read_yaml(path.read_text(encoding="utf-8"), str(path))
+        try:
+            text = read_text(path)
+        except MappingError as bad:
+            unreadable += bad.problems
+            continue
+        doc = read_yaml(text, str(path))
         spec = validate_document(doc, JobSpec)
         problems += doc.problems
         if isinstance(spec, JobSpec):
             jobs.append(Job(path.stem, spec, path))
-    if problems:
-        raise MappingError([str(problem) for problem in sorted(problems)])
+    if problems or unreadable:
+        raise MappingError([*unreadable, *(str(problem) for problem in sorted(problems))])
     return jobs
 
 
