@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -116,3 +117,47 @@ def test_a_title_never_becomes_bb_code_on_the_portal(make_world: Callable[..., W
     assert texts, "enforcement wrote nothing to check"
     leaked = [text for text in texts if "[url=https://evil.example]" in text.lower()]
     assert not leaked, leaked[:3]
+
+
+KPI_COMMANDS: list[tuple[str, ...]] = [("kpi",), ("kpi", "--period", "{month}"), ("kpi", "snapshot"),
+                                       ("payout", "--period", "{month}"), ("plans", "check")]
+
+
+@pytest.mark.parametrize("name", ["[/b]", "[bold]Boss[/bold] [/]", "\x1b]0;pwned\x07 Иван \x9b31m"])
+def test_names_in_kpi_tables_and_payouts_are_text(make_world: Callable[..., World], name: str) -> None:
+    """The KPI tables, payouts and plan checks print managers' and departments' names from the portal."""
+    world = make_world(deals=60, seed=11)
+    world.proxy.add(rows_of("user.get", lambda row: {**row, "NAME": name}),
+                    rows_of("department.get", lambda row: {**row, "NAME": name}))
+    assert world.sync().code == 0
+    month = datetime.now(timezone.utc).strftime("%Y-%m")
+    for command in KPI_COMMANDS:
+        args = tuple(part.format(month=month) for part in command)
+        result = world.run(*args)
+        assert not result.crashed, f"{' '.join(args)}: {result.err}"
+        assert result.code in (0, 1, 2), f"{' '.join(args)}: {result.err}"
+        assert "Traceback" not in result.err, f"{' '.join(args)}: {result.err}"
+        found = RAW_CONTROLS.search(result.out + result.err)
+        assert found is None, f"{' '.join(args)} printed a raw control character {found.group()!r}"
+    shown = world.run("kpi", "--period", month)
+    assert shown.code == 0, shown.err
+    if "\x1b" not in name:
+        assert name in " ".join(shown.out.split()), shown.out
+
+
+def test_webhook_text_in_the_inbox_is_shown_as_text(make_world: Callable[..., World]) -> None:
+    """Whoever can post to the webhook chooses the event name, ids and what a rejected body says."""
+    from crmbridge.live.inbox import Inbox, InboxEvent
+
+    world = make_world(deals=5)
+    assert world.sync().code == 0
+    with Inbox(world.cache_path) as box:
+        box.accept([InboxEvent("bitrix24.webhook", "ONCRMDEALUPDATE\x1b]0;pwned\x07[/b]", "deal", "7\x1b[2J\x9b31m",
+                               "{}")])
+        box.reject("bitrix24.webhook", "unknown event \x1b[2J[/bold] \u202eevil", b"\x1b]8;;https://evil.example\x1b\\")
+    for args in (("inbox",), ("inbox", "--dead"), ("inbox", "--json"), ("inbox", "--dead", "--json")):
+        result = world.run(*args)
+        assert not result.crashed, f"{' '.join(args)}: {result.err}"
+        assert result.code == 0, f"{' '.join(args)}: {result.err}"
+        found = RAW_CONTROLS.search(result.out + result.err)
+        assert found is None, f"{' '.join(args)} printed a raw control character {found.group()!r}"

@@ -48,7 +48,7 @@ def kpi_session(mappings_dir: Path | None, now: datetime) -> Iterator[tuple[KpiS
     with common.cache(settings) as cache:
         session = open_session(cache, mappings_dir or settings.mappings_dir, now, crm=settings.crm)
         for warning in [*session.data.warnings, *session.plans.warnings]:
-            common.err_console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False, markup=True)
+            common.err_console.print(common.markup("[yellow]warning[/yellow]: {warning}", warning=warning), highlight=False)
         yield session, cache
 
 
@@ -151,8 +151,8 @@ def register(app: typer.Typer) -> None:
                                  "(the earlier rows are kept, superseded): e.g.")
             for item in changed[:10]:
                 who = item["manager_id"] or item["department_id"] or item["scope"]
-                common.console.print(f"  {item['kpi']} {who} {item['direction'] or ''}: "
-                                     f"{item['fact_before']} → {item['fact']}", highlight=False)
+                common.console.print(common.cell(f"  {item['kpi']} {who} {item['direction'] or ''}: "
+                                                 f"{item['fact_before']} → {item['fact']}"), highlight=False)
 
     @plans_app.command("check")
     def plans_check(
@@ -162,7 +162,7 @@ def register(app: typer.Typer) -> None:
         problems, summary = check_plan_files(mappings_dir or common.settings().mappings_dir)
         if problems:
             raise MappingError(problems)
-        common.console.print(f"[green]ok[/green]: {summary}")
+        common.console.print(common.markup("[green]ok[/green]: {summary}", summary=summary))
 
     @plans_app.command("import")
     def plans_import(
@@ -221,7 +221,7 @@ def register(app: typer.Typer) -> None:
             for column in ("manager", "base_salary", "commission", "bonus", "kpi_bonus", "deduction", "total"):
                 table.add_column(column, justify="left" if column == "manager" else "right")
             for row in rows:
-                table.add_row(f"{row['manager']} ({row['manager_id']})",
+                table.add_row(common.cell(f"{row['manager']} ({row['manager_id']})"),
                               *(f"{row[c]:,.0f}" if row[c] is not None else "—"
                                 for c in ("base_salary", "commission", "bonus", "kpi_bonus", "deduction", "total")))
             common.console.print(table)
@@ -261,7 +261,7 @@ def check_plan_files(directory: Path) -> tuple[list[str], str]:
         state = plan_state(cache, directory, mappings, kpis, data)
     problems.extend(str(problem) for problem in state.errors)
     for warning in state.warnings:
-        common.err_console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False)
+        common.err_console.print(common.markup("[yellow]warning[/yellow]: {warning}", warning=warning), highlight=False)
     rows = state.resolution.rows if state.resolution is not None else []
     written = sum(1 for row in rows if row.written)
     sources = ", ".join(state.files) or "no plans (the KPIs show facts only)"
@@ -304,7 +304,7 @@ def print_kpi_tables(session: KpiSession, rows: list[KpiRow], period: Period, di
                                                          "yellow" if row.share_done >= 0.8 else "red")
             cells.append(f"[{colour}]{present.fmt_share(row.share_done)}[/]" if colour else present.fmt_share(row.share_done))
         style = "bold" if scope != "manager" else None
-        table.add_row(name, *cells, style=style)
+        table.add_row(common.cell(name), *cells, style=style)  # a portal's user or department name: plain text
     common.console.print(table)
     activity = [kpi for kpi in other if kpis.kpis[kpi].source in ("activities", "tasks")]
     quality = [kpi for kpi in other if kpi not in activity]
@@ -319,7 +319,7 @@ def print_kpi_tables(session: KpiSession, rows: list[KpiRow], period: Period, di
             any_row = next(iter(figures.values()))
             cells = [present.fmt_value(figures[kpi].fact, kpis.kpis[kpi].unit, language) if kpi in figures else ""
                      for kpi in columns]
-            table.add_row(present.scope_name(any_row, session.data, language), *cells,
+            table.add_row(common.cell(present.scope_name(any_row, session.data, language)), *cells,
                           style="bold" if scope != "manager" else None)
         common.console.print(table)
     plans = session.plans

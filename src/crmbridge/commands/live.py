@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from typing import Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from crmbridge.commands import common
@@ -65,9 +64,11 @@ def register(app: typer.Typer) -> None:
                 table = Table(title=f"{stats.dead} dead letter(s)", title_justify="left")
                 _columns(table, ("id", "received", "source", "event", "entity", "attempts", "reason"))
                 for letter in letters:
-                    table.add_row(str(letter.id), _when(letter.received_at), letter.source, escape(letter.event or "-"),
-                                  escape(f"{letter.entity or '-'} {letter.entity_id or ''}".strip()),
-                                  str(letter.attempts), escape(letter.reason))
+                    # what a webhook's sender chose (event, ids, the reason quoting its body): plain text
+                    table.add_row(str(letter.id), _when(letter.received_at), common.cell(letter.source),
+                                  common.cell(letter.event or "-"),
+                                  common.cell(f"{letter.entity or '-'} {letter.entity_id or ''}".strip()),
+                                  str(letter.attempts), common.cell(letter.reason))
                 common.console.print(table)
                 if letters:
                     common.console.print("requeue with `crmbridge inbox retry ID` or `crmbridge inbox retry --all`")
@@ -83,8 +84,9 @@ def register(app: typer.Typer) -> None:
                                 f"{stats.dead} dead letter(s)", title_justify="left")
             _columns(table, ("id", "received", "source", "event", "entity", "attempts", "last error"))
             for row in rows:
-                table.add_row(str(row.id), _when(row.received_at), row.source, escape(row.event),
-                              escape(f"{row.entity} {row.entity_id}"), str(row.attempts), escape(row.last_error or ""))
+                table.add_row(str(row.id), _when(row.received_at), common.cell(row.source), common.cell(row.event),
+                              common.cell(f"{row.entity} {row.entity_id}"), str(row.attempts),
+                              common.cell(row.last_error or ""))
             common.console.print(table)
 
     @inbox_app.command("retry")
@@ -169,8 +171,8 @@ def register(app: typer.Typer) -> None:
         if as_json:
             common.print_json(run.__dict__)
         else:
-            common.console.print(f"job {name}: {run.status} in {run.seconds:.1f} s "
-                                 f"{escape(json.dumps(run.summary, ensure_ascii=False, default=str)[:300])}")
+            common.console.print(common.cell(f"job {name}: {run.status} in {run.seconds:.1f} s "
+                                             f"{json.dumps(run.summary, ensure_ascii=False, default=str)[:300]}"))
         if run.status in ("failed", "timeout"):
             raise typer.Exit(1)
 
