@@ -90,7 +90,8 @@ def test_control_sequences_in_a_title_never_reach_the_terminal(make_world: Calla
 @pytest.mark.parametrize("description", ["\x1b]0;pwned\x07 [bold]boom[/bold]", "<b>bold</b> &#27;[2J", "\x9b2J\x00"])
 def test_a_portal_error_text_is_printed_as_text(make_world: Callable[..., World], description: str) -> None:
     world = make_world(deals=10)
-    world.proxy.add(answer_with("scope", 400, {"error": "WEIRD\x1b[2J", "error_description": description}))
+    # a direct call every full sync makes (the scopes are read inside a batch)
+    world.proxy.add(answer_with("crm.category.list", 400, {"error": "WEIRD\x1b[2J", "error_description": description}))
     result = world.sync()
     assert result.code == 1
     line = result.one_line()
