@@ -6,6 +6,7 @@ import importlib
 import logging
 import sqlite3
 import sys
+from pathlib import Path
 
 import typer
 
@@ -148,7 +149,8 @@ def _os_error(exc: OSError | sqlite3.Error) -> str:
         cache = str(common.settings().cache_path)
     except CrmBridgeError:
         cache = None
-    if cache and name.startswith(cache):
+    # the cache, a file beside it (-wal, the limiter's bucket file) or a folder on its path (created before the cache)
+    if cache and (name.startswith(cache) or Path(name) in Path(cache).parents):
         return f"{reason}: {name} (check CRMBRIDGE_CACHE_PATH and the permissions of the file and its folder)"
     return f"{reason}: {name} (check the path and its permissions)"
 
