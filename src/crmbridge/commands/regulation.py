@@ -75,7 +75,8 @@ def _snapshot(cache_only: bool) -> tuple[PortalSnapshot, str]:
     if settings.cache_path.exists():
         with common.cache(settings) as cache:
             cached = cache.reference.rows()
-        snapshot = PortalSnapshot.from_rows(cached.pipelines, cached.stages, cached.fields, cached.users)
+        snapshot = PortalSnapshot.from_rows(cached.pipelines, cached.stages, cached.fields, cached.users,
+                                            cached.departments)
     if not snapshot.empty:
         return snapshot, f"cache {settings.cache_path}"
     if cache_only:
