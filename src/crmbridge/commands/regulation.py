@@ -211,6 +211,9 @@ def register(app: typer.Typer) -> None:
         common.console.print(f"wrote {target} from {source}: {len(snapshot.pipelines)} pipelines, "
                              f"{sum(len(stages) for stages in snapshot.stages.values())} stages, "
                              f"{len(snapshot.fields)} fields; {todo} `todo` left for you")
+        if target.resolve() == default_target.resolve():
+            common.console.print(f"next: settle the `todo`s, rename it to {binding_file(settings.crm)} and run "
+                                 "`crmbridge check --live`")
 
     @app.command()
     def audit(
