@@ -81,7 +81,8 @@ def _snapshot(cache_only: bool) -> tuple[PortalSnapshot, str]:
     if settings.cache_path.exists():
         with common.cache(settings) as cache:
             cached = cache.reference.rows()
-        snapshot = PortalSnapshot.from_rows(cached.pipelines, cached.stages, cached.fields, cached.users)
+        snapshot = PortalSnapshot.from_rows(cached.pipelines, cached.stages, cached.fields, cached.users,
+                                            cached.departments)
     if not snapshot.empty:
         return snapshot, f"cache {settings.cache_path}"
     if cache_only:
@@ -216,6 +217,9 @@ def register(app: typer.Typer) -> None:
         common.console.print(f"wrote {target} from {source}: {len(snapshot.pipelines)} pipelines, "
                              f"{sum(len(stages) for stages in snapshot.stages.values())} stages, "
                              f"{len(snapshot.fields)} fields; {todo} `todo` left for you")
+        if target.resolve() == default_target.resolve():
+            common.console.print(f"next: settle the `todo`s, rename it to {binding_file(settings.crm)} and run "
+                                 "`crmbridge check --live`")
 
     @app.command()
     def audit(

@@ -35,6 +35,9 @@ DEAL_KEYS = ("ID", "TITLE", "CATEGORY_ID", "STAGE_ID", "STAGE_SEMANTIC_ID", "ASS
              "DATE_MODIFY", "MOVED_TIME", "LAST_ACTIVITY_TIME", "LAST_ACTIVITY_BY", "CLOSED", "CLOSEDATE",
              "PROBABILITY", "OPPORTUNITY")
 _RU_DATE = re.compile(r"^(\d{2})\.(\d{2})\.(\d{4})(?:\s+(\d{2}):(\d{2})(?::(\d{2}))?)?$")
+#: how CRMs write yes / no (Bitrix24 boolean fields 1 / 0, sometimes Y / N; amoCRM checkboxes true / false)
+_YES_NO = {"1": "1", "Y": "1", "y": "1", "true": "1", "True": "1", "0": "0", "N": "0", "n": "0", "false": "0",
+           "False": "0"}
 _URL = re.compile(r"^(https?|ftp)://\S+$|^www\.\S+$", re.IGNORECASE)
 
 
@@ -193,8 +196,15 @@ class DealMapper:
             value = parse_moment(raw, zone)
             return FieldValue(value) if value else FieldValue(None, raw, "not a date")
 
+        # a yes/no CRM field bound as an enum: its options are keyed "1" and "0" (no enumeration option has id 0)
+        yes_no = "0" in by_option
+
         def enum(raw: Any) -> FieldValue:
             raw = _first(raw)
+            if yes_no:
+                key = _YES_NO.get(raw if type(raw) is str else str(raw).lower() if isinstance(raw, (bool, int)) else raw)
+                if key is not None:
+                    return by_option.get(key, empty)
             if raw in (None, "", False, "0"):
                 return empty
             shared = by_option.get(raw if type(raw) is str else str(raw))
@@ -339,8 +349,8 @@ class DealMapper:
         get = raw.get
         for field_id, crm_field, read in self.readers:
             crm_value = get(crm_field)
-            if crm_value is None or crm_value == "" or crm_value is False or crm_value == []:
-                continue  # most fields of most deals are empty
+            if crm_value is None or crm_value == "" or crm_value == []:
+                continue  # most fields of most deals are empty (False is "no" to a yes/no field: its reader decides)
             value = read(crm_value)
             if value.value is not None or value.problem is not None:
                 fields[field_id] = value
