@@ -116,3 +116,25 @@ def test_the_mapping_reads_only_the_keys_the_cache_decodes(cache: Cache, mapping
     picked = next(cache.deals.iter_records(5, keys=mapper.deal_keys)).deals
     assert [deal.raw for deal in picked] == [{key: deal.raw.get(key) for key in mapper.deal_keys}
                                             for deal in whole.deals[:5]]
+
+
+def test_a_few_deals_are_judged_with_their_clients_deals_only(cache: Cache, mappings: Mappings) -> None:
+    """`audit --deal` and `evaluate_cache(deal_ids=...)` take R10's purchases from the deals sharing a client with
+    the ones asked for (not the whole cache): every won deal's explanation is the one the whole cache gives."""
+    from crmbridge.commands.regulation import _evaluator_for
+
+    mapper = DealMapper(mappings.regulation, mappings.binding)
+    deals = mapper.deals(cache.deals.records())
+    everyone = Evaluator.of(mappings.regulation, NOW, deals_for_purchases=deals)
+    won = [deal for deal in deals if deal.outcome is Outcome.WON and deal.client_key][:150]
+    for deal in won:
+        few = _evaluator_for(cache, mapper, mappings, NOW, [deal.id])
+        assert _lines(few, deal) == _lines(everyone, deal), deal.id
+    superseded = [deal for deal in won if everyone.purchases and deal.client_key in everyone.purchases
+                  and everyone.purchases[deal.client_key][1] != deal.id]
+    assert superseded  # a later purchase of the same client: the case the peers must know about
+
+
+def _lines(evaluator: Evaluator, deal) -> list[tuple]:
+    return [(line.rule, line.verdict, line.reason, [violation_json(found) for found in line.violations])
+            for line in evaluator.explain(deal)]

@@ -51,8 +51,7 @@ def evaluate_cache(cache: Cache, mappings: Mappings, now: datetime, *, record: b
             run = AuditRun(evaluation.deals, evaluation.violations, evaluation.evaluator)
         else:
             deals = mapper.deals(cache.deals.records(deal_ids))
-            # R10 needs each client's last purchase across all deals, not only the ones asked for
-            evaluator = Evaluator.of(mappings.regulation, now, deals_for_purchases=mapper.deals(cache.deals.records()))
+            evaluator = _evaluator_for(cache, mapper, mappings, now, deal_ids)
             run = AuditRun(len(deals), [violation for deal in deals for violation in evaluator.violations(deal)],
                            evaluator)
     if record:
@@ -60,6 +59,14 @@ def evaluate_cache(cache: Cache, mappings: Mappings, now: datetime, *, record: b
         changes = record_violations(cache, run.violations, now.astimezone(timezone.utc).isoformat(), scope)
         run.opened, run.resolved = len(changes.opened), len(changes.resolved)
     return run
+
+
+def _evaluator_for(cache: Cache, mapper: DealMapper, mappings: Mappings, now: datetime,
+                   deal_ids: Sequence[int | str]) -> Evaluator:
+    """An evaluator for a few deals. R10 needs each one's client's last purchase across all deals: the deals that
+    share a contact or company with them hold it (`with_client_peers`), not the whole cache."""
+    peers = mapper.deals(cache.deals.records(cache.deals.with_client_peers(deal_ids)))
+    return Evaluator.of(mappings.regulation, now, deals_for_purchases=peers)
 
 
 def default_regulation_text() -> str:
@@ -246,7 +253,7 @@ def _explain_deal(cache: Cache, mappings: Mappings, now: datetime, deal_id: int,
     deals = mapper.deals(cache.deals.records([deal_id]))
     if not deals:
         raise CrmBridgeError(f"deal {deal_id} is not in the cache", hint="run `crmbridge sync`, or check the ID")
-    evaluator = Evaluator.of(mappings.regulation, now, deals_for_purchases=mapper.deals(cache.deals.records()))
+    evaluator = _evaluator_for(cache, mapper, mappings, now, [deal_id])
     the_deal = deals[0]
     lines = evaluator.explain(the_deal)
     if as_json:
