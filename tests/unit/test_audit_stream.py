@@ -12,7 +12,7 @@ from crmbridge.cache.store import Cache, open_cache
 from crmbridge.commands.regulation import violation_json
 from crmbridge.mapping.binding import DealMapper
 from crmbridge.mapping.load import Mappings, load_mappings
-from crmbridge.model import Outcome
+from crmbridge.model import Mode, Outcome
 from crmbridge.regulation.evaluate import RULES, Evaluator, evaluate_stream
 
 MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
@@ -138,3 +138,22 @@ def test_a_few_deals_are_judged_with_their_clients_deals_only(cache: Cache, mapp
 def _lines(evaluator: Evaluator, deal) -> list[tuple]:
     return [(line.rule, line.verdict, line.reason, [violation_json(found) for found in line.violations])
             for line in evaluator.explain(deal)]
+
+
+def test_check_impact_streams_and_counts_what_every_rule_on_would_flag(cache: Cache, mappings: Mappings) -> None:
+    """`check --impact` judges a stream of deals as `audit` does: per rule, the deals it would flag with every rule
+    on (R10 counting only a client's latest purchase) and those it flags with the file's modes."""
+    from crmbridge.regulation.evaluate import impact
+
+    mapper = DealMapper(mappings.regulation, mappings.binding)
+    deals = mapper.deals(cache.deals.records())
+    everything_on = Evaluator.of(mappings.regulation, NOW, deals_for_purchases=deals,
+                                 override_modes={rule: Mode.AUDIT for rule in RULES})
+    modes = Evaluator.of(mappings.regulation, NOW).regulation.directions
+    expected = {rule: {"would_flag": 0, "flagged_now": 0} for rule in RULES}
+    for deal in deals:
+        for rule in {violation.rule for violation in everything_on.violations(deal)}:
+            expected[rule]["would_flag"] += 1
+            expected[rule]["flagged_now"] += modes[deal.direction].modes[rule] is not Mode.OFF
+    streamed = impact(mapper.stream(cache.deals.iter_records(40, keys=mapper.deal_keys)), mappings.regulation, NOW)
+    assert streamed == expected and expected["R10"]["would_flag"] > 0

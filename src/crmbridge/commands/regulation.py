@@ -7,7 +7,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import typer
 from rich.markup import escape
@@ -23,7 +23,7 @@ from crmbridge.mapping.discover import draft_binding, todo_left
 from crmbridge.mapping.load import Mappings, binding_file, load_mappings, load_regulation
 from crmbridge.mapping.portal import PortalSnapshot, lint_live
 from crmbridge.mapping.schema import json_schemas
-from crmbridge.model import Violation
+from crmbridge.model import Deal, Violation
 from crmbridge.regulation.evaluate import RULES, Evaluator, beyond_look_back, evaluate_stream, impact
 
 
@@ -171,10 +171,17 @@ def register(app: typer.Typer) -> None:
             report["webhook_admin"] = _webhook_rights()
         if impact_:
             settings = common.settings()
-            with common.cache(settings) as cache:
-                deals = DealMapper(mappings.regulation, mappings.binding).deals(cache.deals.records())
-            report["impact"] = impact(deals, mappings.regulation, datetime.now(timezone.utc))
-            report["deals"] = len(deals)
+            mapper = DealMapper(mappings.regulation, mappings.binding)
+            seen: list[int] = [0]
+
+            def counted(deals: Iterator[Deal]) -> Iterator[Deal]:
+                for deal in deals:
+                    seen[0] += 1
+                    yield deal
+            with common.cache(settings) as cache, paused_gc():  # streamed like `audit`: one chunk of deals at a time
+                report["impact"] = impact(counted(mapper.stream(cache.deals.iter_records(keys=mapper.deal_keys))),
+                                          mappings.regulation, datetime.now(timezone.utc))
+            report["deals"] = seen[0]
         if as_json:
             common.print_json(report)
             return
