@@ -157,3 +157,25 @@ def test_check_impact_streams_and_counts_what_every_rule_on_would_flag(cache: Ca
             expected[rule]["flagged_now"] += modes[deal.direction].modes[rule] is not Mode.OFF
     streamed = impact(mapper.stream(cache.deals.iter_records(40, keys=mapper.deal_keys)), mappings.regulation, NOW)
     assert streamed == expected and expected["R10"]["would_flag"] > 0
+
+
+def test_the_stream_reads_one_snapshot_while_a_sync_commits(cache: Cache) -> None:
+    """The stream spans many queries (a chunk each): what another connection commits meanwhile (a sync writing a
+    deal) shows in none of its chunks; the next stream sees it."""
+    import sqlite3
+
+    chunks = cache.deals.iter_records(200)
+    first = next(chunks)
+    top = cache.db.execute("SELECT MAX(id) FROM deals").fetchone()[0]
+    row = cache.db.execute("SELECT * FROM deals WHERE id = ?", [first.deals[0].id]).fetchone()
+    other = sqlite3.connect(cache.path, timeout=30)
+    try:
+        with other:
+            other.execute(f"INSERT INTO deals VALUES ({','.join('?' * len(row))})", [top + 1, *row[1:]])
+        streamed = [deal.id for chunk in chunks for deal in chunk.deals]
+        assert str(top + 1) not in streamed and len(first.deals) + len(streamed) == 1500
+        assert str(top + 1) in [deal.id for chunk in cache.deals.iter_records(500) for deal in chunk.deals]
+    finally:
+        with other:
+            other.execute("DELETE FROM deals WHERE id = ?", [top + 1])
+        other.close()
