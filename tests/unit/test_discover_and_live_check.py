@@ -46,6 +46,8 @@ def test_a_pipeline_or_stage_only_like_a_direction_is_left_todo_with_the_guess(s
     text = draft_binding(shipped.regulation, snapshot)
     assert "direction: todo  # looks like project_sales?" in text
     assert "C1:PREPARATION: todo  # Общее коммерческое предложение" in text
+    # the stages of a pipeline only like a direction: that direction's stages suggested, none bound
+    assert "      PREPARATION: todo  # Позиционирование — looks like positioning?" in text
 
 
 def test_portal_fields_it_did_not_bind_are_listed_with_labels_and_types(shipped: Mappings) -> None:

@@ -141,7 +141,8 @@ def draft_binding(regulation: RegulationSpec, snapshot: PortalSnapshot, *, regul
             bound_directions.add(found.id)  # type: ignore[arg-type]
             lines.append(f"    direction: {found.id}")
         lines.append("    stages:")
-        direction = regulation.directions.get(found.id) if found.strong and found.id else None
+        # under a pipeline only like a direction, that direction's stages are suggested, never bound
+        direction = regulation.directions.get(found.id) if found.id else None
         stage_choices = [(stage.id, (stage.name, stage.id)) for stage in direction.stages] if direction else []
         for crm_stage, (stage_name, semantics) in snapshot.stages.get(category, {}).items():
             mark = f" ({semantics})" if semantics in ("S", "F") else ""
@@ -151,8 +152,9 @@ def draft_binding(regulation: RegulationSpec, snapshot: PortalSnapshot, *, regul
                 target, note = LOST, ""
             else:
                 stage = _match(stage_name, stage_choices) if stage_choices else Match(None)
-                target = stage.id if stage.strong else TODO
-                note = GUESS_NOTE.format(stage.id) if stage.id and not stage.strong else ""
+                sure = stage.strong and found.strong
+                target = stage.id if sure else TODO
+                note = GUESS_NOTE.format(stage.id) if stage.id and not sure else ""
             if target == TODO:
                 todo_count += 1
             lines.append(f"      {crm_stage}: {target}  # {_quote(stage_name)}{mark}{note}")
