@@ -264,7 +264,8 @@ def _plan_and_write(client: CrmClient, cache: Cache, mappings: Mappings, audit: 
                            reconciled_found=reconciled.found, reconciled_unknown=reconciled.not_found,
                            reconciled_unresolved=len(reconciled.unknown), sync_requests=sync_requests)
     wanted = {action.idempotency_key for action in the_plan.actions}
-    evaluated = None if deal_ids is None else [deal.id for deal in evaluation.deals]
+    # the deals asked about, loaded or not: one deleted on the portal (not loaded) is judged as breaking nothing
+    evaluated = None if deal_ids is None else [str(deal_id) for deal_id in deal_ids]
     if dry_run:
         composition, _ = deliver(None, audit, delivery_of(audit, context, evaluation, channel=channel,
                                                           client_id=client_id, digests=deal_ids is None),
@@ -281,7 +282,7 @@ def _plan_and_write(client: CrmClient, cache: Cache, mappings: Mappings, audit: 
     # intents of evaluated deals the new plan no longer wants (the violation went away) will not be resent;
     # those reconcile could not look up stay intents: they may have landed, a later run looks for them again
     keep = wanted | reconciled.unknown | {action.idempotency_key for action in owed}
-    evaluated_ids = [int(deal.id) for deal in evaluation.deals]
+    evaluated_ids = [int(deal_id) for deal_id in evaluated or ()]
     leftovers = [row["idempotency_key"] for row in audit.pending(evaluated_ids if deal_ids is not None else None)
                  if row["idempotency_key"] not in keep and row["kind"] != ActionKind.MESSAGE.value]
     report.cancelled = audit.cancel(leftovers, now())

@@ -29,7 +29,7 @@ from crmbridge.config import Settings
 from crmbridge.connectors.bitrix24.app import oauth_auth
 from crmbridge.connectors.bitrix24.client import Bitrix24Client, validate_webhook_url
 from crmbridge.connectors.bitrix24.limiter import Limiter
-from crmbridge.errors import CrmBridgeError
+from crmbridge.errors import CrmBridgeError, MappingError
 from crmbridge.live.app import Bitrix24Receiver, Readiness, build_app
 from crmbridge.live.bitrix24_events import portal_domain
 from crmbridge.live.bridge import EventSource, LiveBridge, load_plugins
@@ -100,7 +100,8 @@ class Daemon:
         self.mappings.current()  # a broken mapping file stops the start with its problems, before anything runs
         self.worker = Worker(self.bridge, self.new_client() if self.has_portal else None, self.mappings,
                              writer_lock=self.writer_lock,
-                             max_reverts_per_day=settings.enforce_max_reverts_per_day)
+                             max_reverts_per_day=settings.enforce_max_reverts_per_day,
+                             channel=settings.enforce_notify_channel, client_id=settings.bitrix24_client_id)
         self.scheduler: Any = None
         if run_jobs:
             from crmbridge.live.jobs import JobScheduler, load_jobs
@@ -154,6 +155,23 @@ class Daemon:
         if self._server is not None:
             self._server.should_exit = True
 
+    def startup_notes(self) -> list[str]:
+        """What an operator should know before the first event: settings that leave a part of the bridge idle."""
+        notes = []
+        if not self.has_portal:
+            notes.append("no portal is configured (CRMBRIDGE_BITRIX24_WEBHOOK_URL, or `crmbridge connect`): "
+                         "events are kept in the inbox until one is")
+        if not self.settings.bitrix24_application_token and not self.amocrm:
+            notes.append("CRMBRIDGE_BITRIX24_APPLICATION_TOKEN is not set: every POST /bitrix24/events gets 401"
+                         + (" (the offline events of the connected application still come in)"
+                            if self.oauth is not None else
+                            " (copy the token the portal's outgoing webhook shows, or connect the OAuth application)"))
+        if self.scheduler is not None and not any(job.spec.run == "enforce" for job in self.scheduler.jobs):
+            notes.append(f"no enabled `run: enforce` job in {self.settings.jobs_dir}: timers (response time, payment, "
+                         "stale deals) are not checked, and notices told by digests wait until `crmbridge enforce` "
+                         "runs (the worker sends only the rules told `individual`)")
+        return notes
+
     # ------------------------------------------------------------------ readiness
 
     def readiness(self) -> list[str]:
@@ -188,6 +206,10 @@ class Daemon:
             failed.append("the initial full sync is running")
         if self.initial_sync_error:
             failed.append(f"the initial sync failed: {self.initial_sync_error}")
+        try:
+            self.mappings.current()  # an edit is noticed here too, not only when the next event needs the files
+        except (MappingError, OSError):
+            pass  # the error is kept on the watcher
         if self.mappings.error:
             failed.append(f"mapping files do not load: {self.mappings.error}")
         if self.worker.last_error:
