@@ -92,6 +92,8 @@ class Task:
     closed: datetime | None = None
     kind: str = TASK  # TASK or TODO; ids are only unique within a kind
     title_key: str = field(default="", compare=False, repr=False)  # the title as stage tasks are matched
+    #: crmbridge set it (its marker is in the text): setting it was not a person's activity (R11)
+    by_bridge: bool = False
 
     def __post_init__(self) -> None:
         if not self.title_key:

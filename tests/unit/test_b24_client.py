@@ -52,6 +52,8 @@ def rsps() -> Iterator[responses.RequestsMock]:
 
 
 def make_client(clock: FakeClock, **kwargs: Any) -> Bitrix24Client:
+    # the mocked portal starts idle (a real client without a bucket file assumes a full bucket: see the limiter tests)
+    kwargs.setdefault("bucket_level", 0.0)
     return Bitrix24Client(
         BASE, clock=clock.monotonic, sleep=clock.sleep, wall=clock.wall, rng=random.Random(7), **kwargs
     )
@@ -222,7 +224,7 @@ def test_auth_expired_refreshes_once_and_repeats(rsps: responses.RequestsMock, c
     )
     rsps.add(responses.POST, url("crm.deal.get"), json=ok_json({"ID": "1"}))
     auth = RefreshingAuth()
-    client = Bitrix24Client(auth=auth, clock=clock.monotonic, sleep=clock.sleep, wall=clock.wall)
+    client = Bitrix24Client(auth=auth, clock=clock.monotonic, sleep=clock.sleep, wall=clock.wall, bucket_level=0.0)
     assert client.call("crm.deal.get", {"id": 1}).result == {"ID": "1"}
     assert auth.refreshes == 1
     assert [sent(c.request)["auth"] for c in rsps.calls] == ["old", "new"]
@@ -231,7 +233,7 @@ def test_auth_expired_refreshes_once_and_repeats(rsps: responses.RequestsMock, c
 def test_auth_expired_twice_gives_up_after_one_refresh(rsps: responses.RequestsMock, clock: FakeClock) -> None:
     rsps.add(responses.POST, url("crm.deal.get"), json=err_json("expired_token"), status=401)
     auth = RefreshingAuth()
-    client = Bitrix24Client(auth=auth, clock=clock.monotonic, sleep=clock.sleep, wall=clock.wall)
+    client = Bitrix24Client(auth=auth, clock=clock.monotonic, sleep=clock.sleep, wall=clock.wall, bucket_level=0.0)
     with pytest.raises(AuthExpired):
         client.call("crm.deal.get")
     assert auth.refreshes == 1 and client.requests_made == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from crmbridge.commands.sync import print_summary, progress_bar
 from crmbridge.config import load_settings
 from crmbridge.connectors.bitrix24.client import Bitrix24Client
 from crmbridge.connectors.registry import CrmClient
+from crmbridge.enforce.audit import AuditLog
 from crmbridge.enforce.run import EnforceReport, enforce
 from crmbridge.mapping.load import Mappings
 from crmbridge.model import Mode
@@ -60,6 +62,10 @@ def run_demo_enforcement(client: CrmClient, cache: Cache, mappings: Mappings, *,
     if modes:
         shown = ", ".join(f"{rule}={mode.value}" for rule, mode in modes.items())
         console.print(f"[bold]Enforcement[/bold] (demo modes: {shown}; the shipped regulation has them in warn)")
+    # the shipped regulation holds messages outside working hours; the demo shows its digests at any hour
+    data = mappings.regulation.model_dump()
+    data["notifications"]["outside_working_hours"] = "send"
+    mappings = replace(mappings, regulation=type(mappings.regulation).model_validate(data))
     plan = enforce(client, cache, mappings, dry_run=True, modes=modes)
     print_report(plan, limit=limit)
     console.print("[bold]Enforcing on the sandbox…[/bold]")
@@ -68,6 +74,10 @@ def run_demo_enforcement(client: CrmClient, cache: Cache, mappings: Mappings, *,
     again = enforce(client, cache, mappings, modes=modes)
     sent = again.execution.sent if again.execution else 0
     console.print(f"Second run: {sent} writes (each action is written once; `crmbridge log` shows them all)")
+    digest = AuditLog(cache).a_digest()
+    if digest:
+        console.print("[bold]A manager's digest[/bold] (one message per person per run):")
+        console.print(digest if len(digest) < 1500 else digest[:1500] + " …", markup=False)
     return report, again
 
 
@@ -130,6 +140,7 @@ def _demo(crm: str, deals: int, cache_path: Path | None, seed: int, live: bool, 
         client = Bitrix24Client(
             portal.webhook_url, rate=settings.bitrix24_rate, burst=settings.bitrix24_burst,
             operating_limit=settings.bitrix24_operating_limit,
+            bucket_level=0.0,  # the sandbox portal was just started here: its bucket is empty
         )
         _flow(client, path, settings, "bitrix24", report)
         if live:

@@ -24,7 +24,7 @@ from crmbridge.mapping.load import Mappings, binding_file, load_mappings, load_r
 from crmbridge.mapping.portal import PortalSnapshot, lint_live
 from crmbridge.mapping.schema import json_schemas
 from crmbridge.model import Deal, Violation
-from crmbridge.regulation.evaluate import RULES, Evaluator, impact
+from crmbridge.regulation.evaluate import RULES, Evaluator, beyond_look_back, impact
 
 
 @dataclass
@@ -239,6 +239,11 @@ def _explain_deal(cache: Cache, mappings: Mappings, now: datetime, deal_id: int,
 
 def _print_audit(run: AuditRun, names: dict[str, str], as_json: bool) -> None:
     by_rule: Counter[str] = Counter(violation.rule for violation in run.violations)
+    # R7 / R8 / R9 breaches older than the rule's look-back window: recorded here, never pushed to people
+    directions = run.evaluator.regulation.directions
+    old: Counter[str] = Counter(violation.rule for violation in run.violations
+                                if violation.direction in directions
+                                and beyond_look_back(violation, directions[violation.direction], run.evaluator.now))
     by_manager: dict[str, Counter[str]] = defaultdict(Counter)
     for violation in run.violations:
         by_manager[violation.manager or "—"][violation.rule] += 1
@@ -246,6 +251,7 @@ def _print_audit(run: AuditRun, names: dict[str, str], as_json: bool) -> None:
         common.print_json({
             "deals": len(run.deals), "violations": len(run.violations), "opened": run.opened, "resolved": run.resolved,
             "by_rule": dict(sorted(by_rule.items(), key=lambda item: int(item[0][1:]))),
+            "beyond_look_back": dict(sorted(old.items(), key=lambda item: int(item[0][1:]))),
             "by_manager": {manager: dict(counts) for manager, counts in by_manager.items()},
             "open": [violation_json(violation) for violation in run.violations],
         })
@@ -257,11 +263,15 @@ def _print_audit(run: AuditRun, names: dict[str, str], as_json: bool) -> None:
     for violation in run.violations:
         deals_by_rule[violation.rule].add(violation.deal)
     table = Table(title="Open violations by rule", title_justify="left")
-    for column in ("rule", "violations", "deals", "clause"):
-        table.add_column(column, justify="right" if column in ("violations", "deals") else "left")
+    for column in ("rule", "violations", "deals", "older than look-back", "clause"):
+        table.add_column(column, justify="left" if column in ("rule", "clause") else "right")
     for rule in RULES:
         if by_rule[rule]:
-            table.add_row(rule, f"{by_rule[rule]:,}", f"{len(deals_by_rule[rule]):,}", clauses[rule])
+            table.add_row(rule, f"{by_rule[rule]:,}", f"{len(deals_by_rule[rule]):,}", f"{old[rule]:,}" if old[rule] else "",
+                          clauses[rule])
+    if old:
+        table.caption = ("older than look-back: breaches of a moment long past (R7, R8, R9 `look_back`): recorded, "
+                         "not pushed to people")
     common.console.print(table)
     rules = [rule for rule in RULES if by_rule[rule]]
     table = Table(title="Open violations by manager", title_justify="left")

@@ -20,7 +20,7 @@ import tenacity
 from crmbridge import __version__
 from crmbridge.connectors.bitrix24.encoding import encode_command
 from crmbridge.connectors.bitrix24.envelope import BatchResult, CallResult, parse_batch, parse_call, reported_reset_at
-from crmbridge.connectors.bitrix24.limiter import Limiter
+from crmbridge.connectors.bitrix24.limiter import BucketFile, Limiter
 from crmbridge.connectors.bitrix24.transport import (
     DEFAULT_TIMEOUT,
     Auth,
@@ -130,6 +130,8 @@ class Bitrix24Client:
         backoff_max: float = 30.0,
         rng: random.Random | None = None,
         limiter: Limiter | None = None,
+        bucket: BucketFile | None = None,
+        bucket_level: float | None = None,
         observer: Callable[[str, str], None] | None = None,
     ) -> None:
         if (webhook_url is None) == (auth is None):
@@ -155,6 +157,9 @@ class Bitrix24Client:
             sleep=sleep,
             wall=wall,
             operating_threshold=operating_threshold,
+            # where the portal's bucket stands at start: the shared bucket file, else `bucket_level`, else full
+            bucket=bucket,
+            level=bucket_level,
         )
         self._headers = {
             "User-Agent": f"crmbridge/{__version__}",
