@@ -12,6 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from crmbridge import logs
 from crmbridge.commands import common
 from crmbridge.errors import ConfigError, MappingError
 
@@ -28,9 +29,8 @@ def register(app: typer.Typer) -> None:
         """Run the live bridge: webhook receiver, inbox worker and scheduled jobs in one process."""
         from crmbridge.live.daemon import Daemon
 
-        if not common.state.debug:
-            # a service's log (journald, docker logs) says what it does: start, sync, rounds, jobs, waits, stop
-            logging.getLogger("crmbridge").setLevel(logging.INFO)
+        # a service's log (journald, docker logs) says what it does: start, sync, rounds, jobs, waits, stop
+        logs.setup(debug=common.state.debug, crmbridge_level=logging.INFO)
         settings = common.settings()
         daemon = Daemon(settings, host=host, port=port, run_jobs=not no_jobs)
         for line in daemon.startup_notes():
@@ -172,9 +172,8 @@ def register(app: typer.Typer) -> None:
         if name not in jobs:
             raise ConfigError(f'there is no job "{name}" in {settings.jobs_dir}',
                               hint=did_you_mean(name, jobs) if jobs else "add a jobs/*.yaml file")
-        client_factory = ((lambda: common.client_from(settings))
-                          if settings.bitrix24_webhook_url or common.oauth_auth(settings) else None)
-        run = run_job(jobs[name], JobContext(settings, client_factory), datetime.now(UTC))
+        # the job runs in a child process with its own client of the configured CRM (Bitrix24 or amoCRM)
+        run = run_job(jobs[name], JobContext(settings), datetime.now(UTC))
         if as_json:
             common.print_json(run.__dict__)
         else:
