@@ -178,6 +178,9 @@ class Syncer:
         pages = first.pages if first is not None else {}
         # one cache, one account: a cache of another portal (or of an amoCRM account) is refused before any write
         self.cache.account.claim("bitrix24", self.reader.client.account, self.now())
+        if self.reader.admin is not None:
+            # a non-admin sees only the tasks it may: enforcement refuses to act on what it cannot see
+            self.cache.account.record_rights(self.reader.admin, self.now())
         run_id = self.cache.syncs.start_run(mode, self.now())
         try:
             reference_read = mode == "full" or self._metadata_due()

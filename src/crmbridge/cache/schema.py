@@ -442,6 +442,11 @@ MIGRATIONS: list[str] = [
         period, scope, COALESCE(manager_id, -1), COALESCE(department_id, -1), COALESCE(direction, ''), kpi)
         WHERE superseded_at IS NULL;
     """,
+    # 13: the webhook's rights (issue 7): a non-admin sees only some tasks, so enforcement must know who it reads as.
+    """
+    ALTER TABLE crm_account ADD COLUMN webhook_admin INTEGER;   -- Bitrix24 user.admin of the user reads run as: 1 / 0
+    ALTER TABLE crm_account ADD COLUMN rights_checked_at TEXT;  -- when a sync last asked (UTC)
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

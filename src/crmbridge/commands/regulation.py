@@ -87,6 +87,25 @@ def _snapshot(cache_only: bool) -> tuple[PortalSnapshot, str]:
     return api_snapshot(common.crm_client(settings)), "the portal's API" if settings.crm == "bitrix24" else "the account's API"
 
 
+RIGHTS_WARNING = ("the webhook's user is not a Bitrix24 administrator (user.admin answered false): it sees only the "
+                  "tasks it takes part in, so R3 would find other managers' stage tasks missing, and `crmbridge "
+                  "enforce` refuses to run; create the inbound webhook as a portal administrator")
+
+
+def _webhook_rights() -> bool | None:
+    """`user.admin` of the user the Bitrix24 reads run as; None when there is no portal to ask (or it is down)."""
+    settings = common.settings()
+    if settings.crm != "bitrix24":
+        return None
+    from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
+    from crmbridge.errors import ConfigError, CrmError
+
+    try:
+        return Bitrix24Reader(common.crm_client(settings)).webhook_admin()
+    except (ConfigError, CrmError):
+        return None  # checked against the cache without a reachable portal: nothing to say about its rights
+
+
 def violation_json(violation: Violation) -> dict[str, Any]:
     return {
         "rule": violation.rule, "deal": violation.deal, "severity": violation.severity.value,
@@ -135,6 +154,7 @@ def register(app: typer.Typer) -> None:
             if problems:
                 raise MappingError([str(problem) for problem in problems])
             report["live"] = source
+            report["webhook_admin"] = _webhook_rights()
         if impact_:
             settings = common.settings()
             with common.cache(settings) as cache:
@@ -146,6 +166,8 @@ def register(app: typer.Typer) -> None:
             return
         common.console.print(f"[green]ok[/green]: {mappings.regulation_path} and {mappings.binding_path}"
                              + (f" (checked against {report['live']})" if live else "") + f"; plans: {plans_summary}")
+        if live and report["webhook_admin"] is False:
+            common.console.print(f"[yellow]warning[/yellow]: {RIGHTS_WARNING}")
         if impact_:
             table = Table(title=f"Impact on {report['deals']:,} cached deals", title_justify="left")
             for column in ("rule", "mode", "would flag", "flagged with current modes"):

@@ -102,7 +102,8 @@ class Daemon:
         self.worker = Worker(self.bridge, self.new_client() if self.has_portal else None, self.mappings,
                              writer_lock=self.writer_lock,
                              max_reverts_per_day=settings.enforce_max_reverts_per_day,
-                             channel=settings.enforce_notify_channel, client_id=settings.bitrix24_client_id)
+                             channel=settings.enforce_notify_channel, client_id=settings.bitrix24_client_id,
+                             allow_non_admin=settings.enforce_allow_non_admin)
         self.scheduler: Any = None
         if run_jobs:
             from crmbridge.live.jobs import JobScheduler, load_jobs

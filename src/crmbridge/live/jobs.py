@@ -149,6 +149,7 @@ def _enforce(ctx: JobContext) -> dict[str, Any]:
             report = enforce(ctx.client(), cache, mappings,
                              max_reverts_per_day=ctx.settings.enforce_max_reverts_per_day,
                              channel=ctx.settings.enforce_notify_channel, client_id=ctx.settings.bitrix24_client_id,
+                             allow_non_admin=ctx.settings.enforce_allow_non_admin,
                              # after a round's outcomes are committed: a timed-out job stops between two rounds
                              checkpoint=lambda step: ctx.checkpoint() if step.endswith("outcomes") else None)
         summary = report.as_dict()

@@ -25,7 +25,7 @@ from pathlib import Path
 from crmbridge.cache.store import Cache, open_cache
 from crmbridge.connectors.bitrix24.client import Bitrix24Client
 from crmbridge.enforce.run import enforce
-from crmbridge.errors import CacheLocked, CrmBridgeError, CrmError, LockLost, MappingError
+from crmbridge.errors import CacheLocked, CrmBridgeError, CrmError, LockLost, MappingError, RightsError
 from crmbridge.live.bridge import LiveBridge
 from crmbridge.live.inbox import Inbox, InboxRow
 from crmbridge.live.reread import ReReader, affected
@@ -109,7 +109,7 @@ class Worker:
 
     def __init__(self, bridge: LiveBridge, client: Bitrix24Client | None, mappings: MappingsWatcher, *,
                  writer_lock: threading.Lock, max_reverts_per_day: int = 3, channel: str = "chat",
-                 client_id: str | None = None,
+                 client_id: str | None = None, allow_non_admin: bool = False,
                  now: Callable[[], datetime] = lambda: datetime.now(UTC), round_events: int = ROUND_EVENTS,
                  max_backoff: float = 300.0, sleep: Callable[[float], None] = time.sleep) -> None:
         self.bridge = bridge
@@ -120,6 +120,7 @@ class Worker:
         self.max_reverts_per_day = max_reverts_per_day
         self.channel = channel  # how messages reach people (CRMBRIDGE_ENFORCE_NOTIFY_CHANNEL), as `enforce` sends them
         self.client_id = client_id
+        self.allow_non_admin = allow_non_admin
         self.now = now
         self.round_events = round_events
         self.max_backoff = max_backoff
@@ -238,7 +239,7 @@ class Worker:
                 enforced = enforce(self.client, cache, mappings, now=self.now,
                                    deal_ids=sorted(result.deals | result.deleted), sync=False,
                                    max_reverts_per_day=self.max_reverts_per_day, channel=self.channel,
-                                   client_id=self.client_id)
+                                   client_id=self.client_id, allow_non_admin=self.allow_non_admin)
                 report.http_requests += self.client.requests_made - before
                 if enforced.execution is not None:
                     report.actions_done += enforced.execution.done
@@ -279,8 +280,8 @@ def _waits(exc: Exception) -> bool:
     """Errors that say "not now" rather than "not this event"."""
     if isinstance(exc, CrmError):
         return exc.retryable
-    if isinstance(exc, MappingError):
-        return True  # the admin's files are broken: events wait for the fix
+    if isinstance(exc, (MappingError, RightsError)):
+        return True  # the admin's files are broken, or the webhook's user too narrow: events wait for the fix
     return isinstance(exc, (CacheLocked, LockLost))
 
 
