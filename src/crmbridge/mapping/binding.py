@@ -6,7 +6,7 @@ import re
 from dataclasses import replace as dataclass_replace
 from datetime import date, datetime, timezone
 from decimal import Decimal, InvalidOperation
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 from zoneinfo import ZoneInfo
 
 from crmbridge.bulk import paused_gc
@@ -30,6 +30,10 @@ from crmbridge.model import (
 _ENTRY_KINDS = {"1": EntryKind.CREATED, "2": EntryKind.MOVED, "3": EntryKind.CLOSED, "5": EntryKind.PIPELINE_CHANGED}
 _TASK_STATUS = {"1": TaskStatus.PENDING, "2": TaskStatus.PENDING, "3": TaskStatus.IN_PROGRESS,
                 "4": TaskStatus.COMPLETED, "5": TaskStatus.COMPLETED, "6": TaskStatus.DEFERRED}
+#: the keys of a Bitrix24 deal record `DealMapper.deal` reads besides the bound fields (a test watches it read)
+DEAL_KEYS = ("ID", "TITLE", "CATEGORY_ID", "STAGE_ID", "STAGE_SEMANTIC_ID", "ASSIGNED_BY_ID", "DATE_CREATE",
+             "DATE_MODIFY", "MOVED_TIME", "LAST_ACTIVITY_TIME", "LAST_ACTIVITY_BY", "CLOSED", "CLOSEDATE",
+             "PROBABILITY", "OPPORTUNITY")
 _RU_DATE = re.compile(r"^(\d{2})\.(\d{2})\.(\d{4})(?:\s+(\d{2}):(\d{2})(?::(\d{2}))?)?$")
 #: how CRMs write yes / no (Bitrix24 boolean fields 1 / 0, sometimes Y / N; amoCRM checkboxes true / false)
 _YES_NO = {"1": "1", "Y": "1", "y": "1", "true": "1", "True": "1", "0": "0", "N": "0", "n": "0", "false": "0",
@@ -137,6 +141,10 @@ class DealMapper:
             bound = binding.fields.get(field_id)
             if bound is not None:
                 self.readers.append((field_id, bound.crm_field, self._reader(spec, dict(bound.options))))
+        #: the keys of a raw deal the mapping reads, for a cache to decode only those (None: the whole record;
+        #: amoCRM's adapter reads the lead's nested shape)
+        self.deal_keys: tuple[str, ...] | None = None if amocrm else tuple(
+            dict.fromkeys((*DEAL_KEYS, *(crm_field for _, crm_field, _ in self.readers))))
 
     # ------------------------------------------------------------ fields
 
@@ -397,3 +405,19 @@ class DealMapper:
                                        contacts.get(contact_id), companies.get(company_id), records.todos.get(deal_id, ()),
                                        own_users=records.own_users))
             return deals
+
+    def stream(self, chunks: Iterable[DealRecords]) -> Iterator[Deal]:
+        """`deals()` over chunks of cached deals (`Deals.iter_records`), one Deal at a time: only the chunk being
+        mapped is held. A client comes with the first chunk that names it and is kept (mapped once) for the rest."""
+        contacts: dict[str, Client | None] = {}
+        companies: dict[str, Client | None] = {}
+        for records in chunks:
+            with paused_gc():
+                contacts.update((key, self.client(row, "contact")) for key, row in records.contacts.items())
+                companies.update((key, self.client(row, "company")) for key, row in records.companies.items())
+                history, tasks, todos, own_users = records.history, records.tasks, records.todos, records.own_users
+                mapped = [self.deal(raw, history.get(deal_id, ()), tasks.get(deal_id, ()), contacts.get(contact_id),
+                                    companies.get(company_id), todos.get(deal_id, ()), own_users=own_users)
+                          for deal_id, raw, contact_id, company_id in records.deals]
+            del records
+            yield from mapped
