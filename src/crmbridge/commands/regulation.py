@@ -101,11 +101,6 @@ def _snapshot(cache_only: bool) -> tuple[PortalSnapshot, str]:
     return api_snapshot(common.crm_client(settings)), "the portal's API" if settings.crm == "bitrix24" else "the account's API"
 
 
-RIGHTS_WARNING = ("the webhook's user is not a Bitrix24 administrator (user.admin answered false): it sees only the "
-                  "tasks it takes part in, so R3 would find other managers' stage tasks missing, and `crmbridge "
-                  "enforce` refuses to run; create the inbound webhook as a portal administrator")
-
-
 def _webhook_rights() -> bool | None:
     """`user.admin` of the user the Bitrix24 reads run as; None when there is no portal to ask (or it is down)."""
     settings = common.settings()
@@ -188,7 +183,7 @@ def register(app: typer.Typer) -> None:
         common.console.print(f"[green]ok[/green]: {mappings.regulation_path} and {mappings.binding_path}"
                              + (f" (checked against {report['live']})" if live else "") + f"; plans: {plans_summary}")
         if live and report["webhook_admin"] is False:
-            common.console.print(f"[yellow]warning[/yellow]: {RIGHTS_WARNING}")
+            common.console.print(f"[yellow]warning[/yellow]: {common.RIGHTS_WARNING}")
         if impact_:
             table = Table(title=f"Impact on {report['deals']:,} cached deals", title_justify="left")
             for column in ("rule", "mode", "would flag", "flagged with current modes"):
