@@ -10,9 +10,9 @@ from pathlib import Path
 
 import typer
 
-from crmbridge import __version__
+from crmbridge import __version__, logs
 from crmbridge.commands import common
-from crmbridge.connectors.bitrix24.transport import redact
+from crmbridge.connectors.http import redact
 from crmbridge.errors import ConfigError, CrmBridgeError, MappingError
 from crmbridge.notices import LOGGER as NOTICE_LOGGER
 from crmbridge.text import for_terminal
@@ -50,14 +50,7 @@ def root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     common.state.debug = debug
-    logging.basicConfig(
-        # retries and pacing are logged at WARNING/INFO: shown with --debug, kept off an admin's screen otherwise
-        level=logging.DEBUG if debug else logging.ERROR,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for handler in logging.getLogger().handlers:
-        # libraries log request lines with the webhook path (urllib3 at DEBUG): its code is a password
-        handler.addFilter(RedactSecrets())
+    logs.setup(debug=debug)
     # long waits, skipped records, held deletions: shown without --debug, one plain line each
     notices = logging.getLogger(NOTICE_LOGGER)
     notices.setLevel(logging.INFO)
@@ -66,15 +59,6 @@ def root(
     if not debug:
         notices.addHandler(NoticeLines())
     notices.propagate = debug
-
-
-class RedactSecrets(logging.Filter):
-    """Rewrites every log record with webhook codes and tokens replaced by ***, and control characters shown
-    escaped (a log line quotes texts from the CRM)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = for_terminal(redact(record.getMessage()), multiline=True), None
-        return True
 
 
 class NoticeLines(logging.Handler):

@@ -7,7 +7,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import typer
 from rich.table import Table
@@ -24,14 +24,14 @@ from crmbridge.mapping.load import Mappings, binding_file, load_mappings, load_r
 from crmbridge.mapping.portal import PortalSnapshot, lint_live
 from crmbridge.mapping.schema import json_schemas
 from crmbridge.model import Deal, Violation
-from crmbridge.regulation.evaluate import RULES, Evaluator, beyond_look_back, impact
+from crmbridge.regulation.evaluate import RULES, Evaluator, beyond_look_back, evaluate_stream, impact
 
 
 @dataclass
 class AuditRun:
     """One evaluation of the cached deals."""
 
-    deals: list[Deal]
+    deals: int  # how many were evaluated
     violations: list[Violation]
     evaluator: Evaluator
     opened: int = 0
@@ -40,20 +40,33 @@ class AuditRun:
 
 def evaluate_cache(cache: Cache, mappings: Mappings, now: datetime, *, record: bool = True,
                    deal_ids: Sequence[int | str] | None = None) -> AuditRun:
-    """Map and evaluate cached deals; with `record`, open / resolve rows of the `violations` table."""
+    """Map and evaluate cached deals; with `record`, open / resolve rows of the `violations` table.
+
+    Every deal: streamed from the cache a chunk at a time and judged as it is mapped, so memory holds one chunk
+    and the violations, not the cache (issue 8: 1.8 GB at 100,000 deals before)."""
     mapper = DealMapper(mappings.regulation, mappings.binding)
-    deals = mapper.deals(cache.deals.records(deal_ids))
-    # R10 needs each client's last purchase across all deals, not only the ones asked for
-    everyone = deals if deal_ids is None else mapper.deals(cache.deals.records())
-    with paused_gc():  # evaluation allocates many small objects and no reference cycles
-        evaluator = Evaluator.of(mappings.regulation, now, deals_for_purchases=everyone)
-        found = [violation for deal in deals for violation in evaluator.violations(deal)]
-    run = AuditRun(deals, found, evaluator)
+    with paused_gc():  # mapping and evaluation allocate many small objects and no reference cycles
+        if deal_ids is None:
+            evaluation = evaluate_stream(mappings.regulation, now, mapper.stream(cache.deals.iter_records(keys=mapper.deal_keys)))
+            run = AuditRun(evaluation.deals, evaluation.violations, evaluation.evaluator)
+        else:
+            deals = mapper.deals(cache.deals.records(deal_ids))
+            evaluator = _evaluator_for(cache, mapper, mappings, now, deal_ids)
+            run = AuditRun(len(deals), [violation for deal in deals for violation in evaluator.violations(deal)],
+                           evaluator)
     if record:
         scope = None if deal_ids is None else {str(deal_id) for deal_id in deal_ids}
-        changes = record_violations(cache, found, now.astimezone(timezone.utc).isoformat(), scope)
+        changes = record_violations(cache, run.violations, now.astimezone(timezone.utc).isoformat(), scope)
         run.opened, run.resolved = len(changes.opened), len(changes.resolved)
     return run
+
+
+def _evaluator_for(cache: Cache, mapper: DealMapper, mappings: Mappings, now: datetime,
+                   deal_ids: Sequence[int | str]) -> Evaluator:
+    """An evaluator for a few deals. R10 needs each one's client's last purchase across all deals: the deals that
+    share a contact or company with them hold it (`with_client_peers`), not the whole cache."""
+    peers = mapper.deals(cache.deals.records(cache.deals.with_client_peers(deal_ids)))
+    return Evaluator.of(mappings.regulation, now, deals_for_purchases=peers)
 
 
 def default_regulation_text() -> str:
@@ -75,7 +88,8 @@ def _snapshot(cache_only: bool) -> tuple[PortalSnapshot, str]:
     if settings.cache_path.exists():
         with common.cache(settings) as cache:
             cached = cache.reference.rows()
-        snapshot = PortalSnapshot.from_rows(cached.pipelines, cached.stages, cached.fields, cached.users)
+        snapshot = PortalSnapshot.from_rows(cached.pipelines, cached.stages, cached.fields, cached.users,
+                                            cached.departments)
     if not snapshot.empty:
         return snapshot, f"cache {settings.cache_path}"
     if cache_only:
@@ -85,11 +99,6 @@ def _snapshot(cache_only: bool) -> tuple[PortalSnapshot, str]:
 
     # the API's records go through the same conversions a sync would cache them with
     return api_snapshot(common.crm_client(settings)), "the portal's API" if settings.crm == "bitrix24" else "the account's API"
-
-
-RIGHTS_WARNING = ("the webhook's user is not a Bitrix24 administrator (user.admin answered false): it sees only the "
-                  "tasks it takes part in, so R3 would find other managers' stage tasks missing, and `crmbridge "
-                  "enforce` refuses to run; create the inbound webhook as a portal administrator")
 
 
 def _webhook_rights() -> bool | None:
@@ -158,10 +167,17 @@ def register(app: typer.Typer) -> None:
             report["webhook_admin"] = _webhook_rights()
         if impact_:
             settings = common.settings()
-            with common.cache(settings) as cache:
-                deals = DealMapper(mappings.regulation, mappings.binding).deals(cache.deals.records())
-            report["impact"] = impact(deals, mappings.regulation, datetime.now(timezone.utc))
-            report["deals"] = len(deals)
+            mapper = DealMapper(mappings.regulation, mappings.binding)
+            seen: list[int] = [0]
+
+            def counted(deals: Iterator[Deal]) -> Iterator[Deal]:
+                for deal in deals:
+                    seen[0] += 1
+                    yield deal
+            with common.cache(settings) as cache, paused_gc():  # streamed like `audit`: one chunk of deals at a time
+                report["impact"] = impact(counted(mapper.stream(cache.deals.iter_records(keys=mapper.deal_keys))),
+                                          mappings.regulation, datetime.now(timezone.utc))
+            report["deals"] = seen[0]
         if as_json:
             common.print_json(report)
             return
@@ -170,7 +186,7 @@ def register(app: typer.Typer) -> None:
                                            live=f" (checked against {report['live']})" if live else "",
                                            plans=plans_summary))
         if live and report["webhook_admin"] is False:
-            common.console.print(f"[yellow]warning[/yellow]: {RIGHTS_WARNING}")
+            common.console.print(f"[yellow]warning[/yellow]: {common.RIGHTS_WARNING}")
         if impact_:
             table = Table(title=f"Impact on {report['deals']:,} cached deals", title_justify="left")
             for column in ("rule", "mode", "would flag", "flagged with current modes"):
@@ -216,6 +232,9 @@ def register(app: typer.Typer) -> None:
             "wrote {target} from {source}: {pipelines} pipelines, {stages} stages, {fields} fields; {todo} `todo` left "
             "for you", target=target, source=source, pipelines=len(snapshot.pipelines),
             stages=sum(len(stages) for stages in snapshot.stages.values()), fields=len(snapshot.fields), todo=todo))
+        if target.resolve() == default_target.resolve():
+            common.console.print(common.markup("next: settle the `todo`s, rename it to {name} and run "
+                                               "`crmbridge check --live`", name=binding_file(settings.crm)))
 
     @app.command()
     def audit(
@@ -242,7 +261,7 @@ def _explain_deal(cache: Cache, mappings: Mappings, now: datetime, deal_id: int,
     deals = mapper.deals(cache.deals.records([deal_id]))
     if not deals:
         raise CrmBridgeError(f"deal {deal_id} is not in the cache", hint="run `crmbridge sync`, or check the ID")
-    evaluator = Evaluator.of(mappings.regulation, now, deals_for_purchases=mapper.deals(cache.deals.records()))
+    evaluator = _evaluator_for(cache, mapper, mappings, now, [deal_id])
     the_deal = deals[0]
     lines = evaluator.explain(the_deal)
     if as_json:
@@ -279,15 +298,14 @@ def _print_audit(run: AuditRun, names: dict[str, str], as_json: bool) -> None:
     for violation in run.violations:
         by_manager[violation.manager or "—"][violation.rule] += 1
     if as_json:
-        common.print_json({
-            "deals": len(run.deals), "violations": len(run.violations), "opened": run.opened, "resolved": run.resolved,
+        common.print_json_list({
+            "deals": run.deals, "violations": len(run.violations), "opened": run.opened, "resolved": run.resolved,
             "by_rule": dict(sorted(by_rule.items(), key=lambda item: int(item[0][1:]))),
             "beyond_look_back": dict(sorted(old.items(), key=lambda item: int(item[0][1:]))),
             "by_manager": {manager: dict(counts) for manager, counts in by_manager.items()},
-            "open": [violation_json(violation) for violation in run.violations],
-        })
+        }, "open", map(violation_json, run.violations))
         return
-    common.console.print(f"{len(run.deals):,} deals evaluated: {len(run.violations):,} open violations "
+    common.console.print(f"{run.deals:,} deals evaluated: {len(run.violations):,} open violations "
                          f"({run.opened:,} newly opened, {run.resolved:,} resolved since the last audit)")
     clauses = {violation.rule: violation.clause.split(".")[0] for violation in run.violations}
     deals_by_rule: dict[str, set[str]] = defaultdict(set)

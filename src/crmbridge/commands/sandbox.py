@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
     def sandbox(
         crm: str = typer.Option("bitrix24", "--crm", help="Which CRM to imitate: bitrix24 or amocrm."),
         port: int = typer.Option(None, min=0, max=65535,
-                                 help="TCP port on 127.0.0.1 (0 = any free port; default 8024, amoCRM 8031)."),
+                                 help="TCP port on 127.0.0.1 (0 = any free port; default 8030, amoCRM 8031)."),
         deals: int = typer.Option(2000, min=0, max=MAX_DEALS, help="How many deals (leads) to seed."),
         seed: int = typer.Option(1, help="Random seed: the same seed gives the same portal."),
         latency_ms: int = typer.Option(0, "--latency-ms", min=0, max=60_000,
@@ -45,7 +45,9 @@ def register(app: typer.Typer) -> None:
         """Serve a CRM-compatible sandbox on loopback (for the demo, tests and trials)."""
         if crm not in CRMS:
             raise ConfigError(f"--crm {crm!r}: use bitrix24 or amocrm")
-        port = (8031 if crm == "amocrm" else 8024) if port is None else port
+        from crmbridge.sandbox.server import DEFAULT_PORT
+
+        port = (8031 if crm == "amocrm" else DEFAULT_PORT) if port is None else port
         try:
             if crm == "amocrm":
                 from crmbridge.sandbox.amocrm import serve_forever as serve_account
@@ -53,7 +55,7 @@ def register(app: typer.Typer) -> None:
                 serve_account(port=port, deals=deals, seed=seed, latency_ms=latency_ms,
                               faults=faults, hooks_url=events_url, limits=not no_limits)
                 return
-            from crmbridge.sandbox import serve_forever
+            from crmbridge.sandbox.server import serve_forever
 
             serve_forever(
                 port=port, deals=deals, seed=seed, latency_ms=latency_ms, faults=faults,

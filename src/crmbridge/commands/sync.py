@@ -110,5 +110,7 @@ def register(app: typer.Typer) -> None:
             common.print_json(summary.as_dict())
         else:
             print_summary(summary, common.settings().cache_path)
+        if summary.webhook_admin is False:  # on stderr, so a job's --json stays JSON and its log shows why
+            common.err_console.print(common.markup("[yellow]warning[/yellow]: {text}", text=common.RIGHTS_WARNING), highlight=False)
         if getattr(summary, "deletions_held", None):
             raise typer.Exit(1)  # the notice said what and how to confirm; a scheduled job sees it failed
