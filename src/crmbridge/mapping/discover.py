@@ -99,8 +99,9 @@ def _match(name: str, candidates: Iterable[tuple[str, Iterable[str]]]) -> Match:
 
 
 def _quote(text: str) -> str:
-    """Portal text for a `# comment`: one line, nothing invisible (see text.yaml_comment)."""
-    return yaml_comment(text)
+    """Portal text for a `# comment`: one line (line breaks and runs of white space become one space, as
+    check --live compares labels), nothing invisible (see text.yaml_comment)."""
+    return yaml_comment(" ".join(str(text).split()))
 
 
 def _key(text: str) -> str:
