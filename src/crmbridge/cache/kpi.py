@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from crmbridge.cache.tables import Tables as Cache
 
@@ -49,54 +51,224 @@ _FIELD_SQL = {
     "amocrm": "(SELECT json_extract(cf.value, '$.values[0].value') FROM json_each(raw, '$.custom_fields_values') cf "
               "WHERE CAST(json_extract(cf.value, '$.field_id') AS TEXT) = ?)",
 }
+_DEAL_COLUMNS = ("id", "category_id", "stage_id", "stage_semantic", "amount", "currency", "assigned_by_id", "contact_id",
+                 "company_id", "date_create", "close_date", "closed")
 
 
-def deal_rows(cache: Cache, fields: Mapping[str, str], crm: str = "bitrix24") -> list[Row]:
-    """Non-deleted deals with the typed columns the KPIs read; bound number fields come out of `raw` in SQL
-    (json_extract runs in C: decoding 100,000 raw records in Python would cost seconds)."""
-    extracted = "".join(f", {_FIELD_SQL[crm]} AS \"field:{name}\"" for name in fields)
-    params = [f'$."{crm_field}"' if crm == "bitrix24" else str(crm_field) for crm_field in fields.values()]
-    return _rows(cache, "SELECT id, category_id, stage_id, stage_semantic, amount, currency, assigned_by_id, "
-                        f"contact_id, company_id, date_create, close_date, closed{extracted} FROM deals WHERE deleted = 0",
-                 params)
+def deal_rows(cache: Cache, fields: Mapping[str, str], crm: str = "bitrix24") -> list[tuple[Any, ...]]:
+    """Non-deleted deals: the columns the KPIs read (kpi/inputs.py DEAL_KEYS), then the bound number fields (margin,
+    NPS) in the order of `fields`.
+
+    Those are in `raw`, whose JSON SQLite parses per field and deal (seconds for a big cache): they are kept in
+    `kpi_deal_values` once read, and a deal written again (a trigger, cache/schema.py) drops its values there, so only
+    new and changed deals are read out of `raw`. A cache opened read-only reads them all out of `raw` every time."""
+    keys = [f'$."{crm_field}"' if crm == "bitrix24" else str(crm_field) for crm_field in fields.values()]
+    try:
+        with cache.atomic():
+            for key in sorted(set(keys)):
+                # the missing ones are found in an index of the deals (SQLite takes the narrowest), their values in raw
+                cache.db.execute(
+                    f"INSERT INTO kpi_deal_values (deal_id, field, value) SELECT d.id, ?, {_FIELD_SQL[crm]} "
+                    "FROM deals d WHERE d.id IN (SELECT id FROM deals WHERE NOT EXISTS "
+                    "(SELECT 1 FROM kpi_deal_values v WHERE v.deal_id = deals.id AND v.field = ?))", [key, key, key])
+    except sqlite3.OperationalError as refused:
+        if "readonly" not in str(refused):
+            raise
+        extracted = "".join(f", {_FIELD_SQL[crm]}" for _ in keys)
+        return cache.db.execute(f"SELECT {', '.join(_DEAL_COLUMNS)}{extracted} FROM deals WHERE deleted = 0",
+                                keys).fetchall()
+    joins = "".join(f" LEFT JOIN kpi_deal_values v{index} ON v{index}.deal_id = d.id AND v{index}.field = ?"
+                    for index in range(len(keys)))
+    values = "".join(f", v{index}.value" for index in range(len(keys)))
+    return cache.db.execute(f"SELECT {', '.join('d.' + column for column in _DEAL_COLUMNS)}{values} FROM deals d"
+                            f"{joins} WHERE d.deleted = 0", keys).fetchall()
+
+
+# ---------------------------------------------------------------- the big tables, grouped in SQL
+#
+# Calls, meetings, e-mails, to-dos, tasks and stage changes are most of a cache (a year of a 100,000-deal portal is
+# about a million rows): the KPIs count them per period (whole months), so SQL groups them by what the KPIs read (kind,
+# manager, state, month) and hands each group's deal ids over as one text (their direction is the pure side's business: a deal moved
+# between directions counts where it is now). Only timestamps written in the portal's fixed offset are cut into months
+# and compared in SQL ("2026-11-30T23:30:00+03:00": its first ten characters are the local date, and two such texts
+# compare as the moments they are); any other text (another offset, no offset, a DST zone's portal, garbage) comes
+# out row by row for Python to convert as before. Indexes (cache/schema.py) hold these columns in the grouping's
+# order, so SQLite groups while it scans them.
+
+def _day_ok(column: str) -> str:
+    """SQL: the column is NULL, or written in the portal's fixed offset (:suffix) with a real day of the month in it: its
+    first seven characters are then its local month (Python checks that month once per group: kpi/inputs.py)."""
+    head = f"substr({column}, 1, 10)"
+    return (f"({column} IS NULL OR (length({column}) = 25 AND substr({column}, 20) = :suffix "
+            f"AND ((substr({column}, 9, 2) BETWEEN '01' AND '28' AND substr({column}, 10, 1) BETWEEN '0' AND '9') "
+            f"OR date(julianday({head})) = {head})))")
+
+
+def _moment_ok(column: str) -> str:
+    """SQL: the column is NULL or a moment Python reads (datetime.fromisoformat) written 'YYYY-MM-DDTHH:MM:SS' in the
+    portal's fixed offset: two such texts compare as the moments they are. SQLite's julianday checks the digits and
+    the time but lets a 30 February or a 24:00 through, hence the rest."""
+    head = f"substr({column}, 1, 10)"
+    return (f"({column} IS NULL OR (length({column}) = 25 AND substr({column}, 20) = :suffix "
+            f"AND substr({column}, 11, 1) = 'T' AND substr({column}, 12, 2) < '24' AND substr({column}, 1, 4) <> '0000' "
+            f"AND julianday({column}) IS NOT NULL "
+            f"AND (substr({column}, 9, 2) <= '28' OR date(julianday({head})) = {head})))")
+
+
+@dataclass(frozen=True)
+class WorkSource:
+    """A table of calls / meetings / e-mails, to-dos or tasks as the KPIs read it."""
+
+    name: str  # communications, todos, tasks
+    table: str
+    where: str
+    kind: str  # SQL: the kind (a column, or a literal)
+    state: str  # the column saying whether it is done (completed flag, task status)
+    done: str  # SQL: it is done
+    incoming: str  # column or NULL
+    dates: Mapping[str, str]  # KPI date (start, created, closed, deadline) -> column
+    deadline: str | None = None  # overdue: deadline, and when it was closed
+    closing: str | None = None
+    #: the per-row columns (cache/kpi.py order, what kpi/inputs.py work_facts reads)
+    columns: tuple[str, ...] = ()
+
+
+WORK_SOURCES: dict[str, WorkSource] = {
+    "communications": WorkSource(
+        "communications", "communications", "1", "kind", "completed", "completed = 1", "incoming",
+        {"start": "start_time", "created": "created", "closed": "last_updated"},
+        columns=("kind", "responsible_id", "deal_id", "completed", "incoming", "start_time", "created",
+                 "last_updated")),
+    "todos": WorkSource(
+        "todos", "activities", "provider_id = 'CRM_TODO'", "'todo'", "completed", "completed = 1", "NULL",
+        {"start": "deadline", "created": "created", "closed": "last_updated", "deadline": "deadline"},
+        "deadline", "last_updated",
+        columns=("responsible_id", "deal_id", "completed", "deadline", "created", "last_updated")),
+    "tasks": WorkSource(
+        "tasks", "tasks", "1", "'task'", "status", "status IN (4, 5, '4', '5')", "NULL",
+        {"start": "deadline", "created": "created_date", "closed": "closed_date", "deadline": "deadline"},
+        "deadline", "closed_date",
+        columns=("responsible_id", "deal_id", "status", "deadline", "created_date", "closed_date")),
+}
+
+
+class WorkGroup(NamedTuple):
+    """Rows of one source alike in everything a KPI reads, in one month of one of their dates."""
+
+    kind: str | None
+    responsible_id: Any
+    state: Any
+    incoming: Any
+    month: str  # YYYY-MM
+    unbound: int  # rows bound to no deal, not overdue
+    deal_ids: str | None  # the deal ids of the others, comma-separated (a deal once per row)
+    unbound_late: int  # the same for overdue rows (zero unless overdue was asked for)
+    late_deal_ids: str | None
+    rows: int  # how many rows the group holds
+
+
+def _late(source: WorkSource, now: tuple[str, bool] | None) -> str:
+    """SQL for WorkFact.overdue on rows whose deadline and closing pass _moment_ok: done after the deadline, or open
+    past it at `now`."""
+    if now is None or source.deadline is None:
+        return "0"
+    # `now` in the same fixed offset, to the second; with a fraction of a second, a deadline of that very second
+    # is already past
+    before_now = "<=" if now[1] else "<"
+    return (f"(CASE WHEN {source.deadline} IS NULL THEN 0 WHEN {source.done} THEN "
+            f"coalesce({source.closing} > {source.deadline}, 0) ELSE {source.deadline} {before_now} :now END)")
+
+
+def _grouped(source: WorkSource, date: str, late: bool) -> str:
+    """SQL: the row is counted by `work_groups` for `date`."""
+    condition = _day_ok(source.dates[date])
+    if late and source.deadline is not None:
+        condition += f" AND {_moment_ok(source.deadline)} AND {_moment_ok(source.closing or source.deadline)}"
+    return condition
+
+
+def work_groups(cache: Cache, source: WorkSource, date: str, suffix: str,
+                now: tuple[str, bool] | None) -> list[WorkGroup]:
+    """The rows of `source` with a `date`, grouped per month of it (the KPIs' periods are whole months), except those `work_rows` gives one by one; `now`
+    (in the fixed offset, and whether a fraction of a second was cut off) when overdue rows are told apart."""
+    column = source.dates[date]
+    late = _late(source, now)
+    done = f" AND {source.done}" if date == "closed" else ""
+    month = f"substr({column}, 1, 7)"
+    # grouped in the order of the source's index (cache/schema.py), constants left out: SQLite then groups as it scans
+    grouping = ", ".join(term for term in (source.kind, "responsible_id", source.state, source.incoming, month)
+                         if not term.startswith("'") and term != "NULL")
+    sql = (f"SELECT {source.kind}, responsible_id, {source.state}, {source.incoming}, {month}, "
+           f"SUM(deal_id IS NULL AND NOT {late}), group_concat(CASE WHEN {late} THEN NULL ELSE deal_id END), "
+           f"SUM(deal_id IS NULL AND {late}), group_concat(CASE WHEN {late} THEN deal_id END), count(*) "
+           f"FROM {source.table} WHERE {source.where} AND {column} IS NOT NULL{done} "
+           f"AND {_grouped(source, date, now is not None)} GROUP BY {grouping}")
+    return [WorkGroup(*row) for row in cache.db.execute(sql, {"suffix": suffix, "now": now[0] if now else None})]
+
+
+def work_count(cache: Cache, source: WorkSource, date: str) -> int:
+    """The rows `work_groups` would group for `date` if all were plain (a cheap count over the source's index): when
+    the groups hold as many, no row is left for `work_rows`."""
+    done = f" AND {source.done}" if date == "closed" else ""
+    return cache.db.execute(f"SELECT count(*) FROM {source.table} WHERE {source.where} "
+                            f"AND {source.dates[date]} IS NOT NULL{done}").fetchone()[0]
+
+
+def work_rows(cache: Cache, source: WorkSource, dates: Mapping[str, bool], suffix: str | None
+              ) -> list[tuple[tuple[Any, ...], frozenset[str]]]:
+    """The rows `work_groups` leaves out for some date (`dates`: date -> whether overdue rows are told apart), one by
+    one (all of them without a fixed offset, `suffix` None), each with the dates it was grouped by (not to be
+    counted twice). A timestamp no KPI reads comes out NULL: the rest is in the source's index, read instead."""
+    read = {source.dates[name] for name in dates}
+    if any(dates.values()) and source.deadline is not None:
+        read |= {source.deadline, source.closing or source.deadline}
+    columns = [column if column not in _DATE_COLUMNS or column in read else "NULL" for column in source.columns]
+    names = sorted(dates)
+    if suffix is None or not names:
+        found = cache.db.execute(f"SELECT {', '.join(columns)} FROM {source.table} WHERE {source.where}").fetchall()
+        return [(row, frozenset()) for row in found]
+    flags = [f"({_grouped(source, name, dates[name])})" for name in names]
+    found = cache.db.execute(f"SELECT {', '.join(columns + flags)} FROM {source.table} "
+                             f"WHERE {source.where} AND NOT ({' AND '.join(flags)})", {"suffix": suffix}).fetchall()
+    width = len(columns)
+    return [(row[:width], frozenset(name for name, flag in zip(names, row[width:]) if flag)) for row in found]
+
+
+#: the timestamp columns of WORK_SOURCES
+_DATE_COLUMNS = frozenset({"start_time", "created", "last_updated", "deadline", "created_date", "closed_date"})
+
+
+def stage_groups(cache: Cache, suffix: str) -> list[tuple[Any, str, str, str, int]]:
+    """(pipeline, CRM stage, month, deal ids comma-separated, rows) of stage changes with plain timestamps."""
+    return cache.db.execute(
+        "SELECT category_id, stage_id, substr(created_time, 1, 7), group_concat(deal_id), count(*) FROM stage_history "
+        f"WHERE deal_id IS NOT NULL AND created_time IS NOT NULL AND {_day_ok('created_time')} GROUP BY 1, 2, 3",
+        {"suffix": suffix}).fetchall()
+
+
+def stage_count(cache: Cache) -> int:
+    """The stage changes `stage_groups` would group if all were plain."""
+    return cache.db.execute("SELECT count(*) FROM stage_history WHERE deal_id IS NOT NULL "
+                            "AND created_time IS NOT NULL").fetchone()[0]
 
 
 def stage_history_rows(cache: Cache, suffix: str | None = None) -> list[tuple[Any, ...]]:
-    """(deal_id, category_id, stage_id, entered) of every stage change."""
-    return cache.db.execute(f"SELECT deal_id, category_id, stage_id, {_day('created_time', suffix)} FROM stage_history "
-                            "WHERE deal_id IS NOT NULL").fetchall()
+    """(deal_id, category_id, stage_id, created_time) of the stage changes `stage_groups` leaves out (all of them
+    without a fixed offset, `suffix` None)."""
+    where = "" if suffix is None else f" AND NOT {_day_ok('created_time')}"
+    return cache.db.execute("SELECT deal_id, category_id, stage_id, created_time FROM stage_history "
+                            f"WHERE deal_id IS NOT NULL AND created_time IS NOT NULL{where}",
+                            {"suffix": suffix}).fetchall()
 
 
-# The big lists come as tuples (column order as selected): a dict per row would cost more than the KPIs.
-# With the portal's fixed offset (`suffix`, e.g. +03:00) a timestamp written in it is cut to its date in SQL,
-# which is its local date; any other text is returned whole for Python to convert.
+def violation_rows(cache: Cache, suffix: str | None = None) -> list[tuple[Any, ...]]:
+    """(deal_id, rule, manager_id, opened, resolved); a timestamp in the portal's fixed offset cut to its date."""
+    return cache.db.execute(f"SELECT deal_id, rule, manager_id, {_cut('opened')}, {_cut('resolved')} FROM violations",
+                            {"suffix": suffix}).fetchall()
 
 
-def _day(column: str, suffix: str | None) -> str:
-    if not suffix:
-        return column
-    return f"CASE WHEN length({column}) = 25 AND substr({column}, 20) = '{suffix}' THEN substr({column}, 1, 10) " \
-           f"ELSE {column} END"
-
-
-def communication_rows(cache: Cache, suffix: str | None = None) -> list[tuple[Any, ...]]:
-    return cache.db.execute(f"SELECT kind, responsible_id, deal_id, completed, incoming, {_day('start_time', suffix)}, "
-                            f"{_day('created', suffix)}, {_day('last_updated', suffix)} FROM communications").fetchall()
-
-
-def todo_rows(cache: Cache) -> list[tuple[Any, ...]]:
-    # deadlines and completions are compared as moments (overdue): kept whole
-    return cache.db.execute("SELECT responsible_id, deal_id, completed, deadline, created, last_updated FROM activities "
-                            "WHERE provider_id = 'CRM_TODO'").fetchall()
-
-
-def task_rows(cache: Cache) -> list[tuple[Any, ...]]:
-    return cache.db.execute("SELECT responsible_id, deal_id, status, deadline, created_date, closed_date "
-                            "FROM tasks").fetchall()
-
-
-def violation_rows(cache: Cache) -> list[Row]:
-    return _rows(cache, "SELECT deal_id, rule, manager_id, opened, resolved FROM violations")
+def _cut(column: str) -> str:
+    return f"CASE WHEN {_day_ok(column)} THEN substr({column}, 1, 10) ELSE {column} END"
 
 
 def deal_ids(cache: Cache) -> set[int]:

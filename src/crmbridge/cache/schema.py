@@ -442,6 +442,41 @@ MIGRATIONS: list[str] = [
         period, scope, COALESCE(manager_id, -1), COALESCE(department_id, -1), COALESCE(direction, ''), kpi)
         WHERE superseded_at IS NULL;
     """,
+    # 13 (issue 10, speed): the KPIs group calls / meetings / e-mails, to-dos, tasks and stage changes per month in SQL
+    # (cache/kpi.py); these indexes hold the grouped columns in the grouping's order, with the timestamps checked
+    # and the deal ids, so SQLite groups while it scans an index instead of sorting the table's rows
+    """
+    CREATE INDEX communications_kpi ON communications(
+        kind, responsible_id, completed, incoming, substr(start_time, 1, 7), deal_id, start_time);
+    CREATE INDEX activities_kpi_deadline ON activities(
+        provider_id, responsible_id, completed, substr(deadline, 1, 7), deal_id, deadline, last_updated);
+    CREATE INDEX activities_kpi_closed ON activities(
+        provider_id, responsible_id, completed, substr(last_updated, 1, 7), deal_id, last_updated, deadline);
+    CREATE INDEX tasks_kpi_deadline ON tasks(
+        responsible_id, status, substr(deadline, 1, 7), deal_id, deadline, closed_date);
+    CREATE INDEX tasks_kpi_closed ON tasks(
+        responsible_id, status, substr(closed_date, 1, 7), deal_id, closed_date, deadline);
+    CREATE INDEX stage_history_kpi ON stage_history(
+        category_id, stage_id, substr(created_time, 1, 7), deal_id, created_time);
+
+    -- the deals' bound number fields (margin, NPS) as the KPIs last read them out of `raw`; a deal written again
+    -- drops its values here (the triggers), so the next read takes them out of its new `raw`
+    CREATE TABLE kpi_deal_values (
+        deal_id INTEGER NOT NULL,
+        field TEXT NOT NULL,             -- where in raw: $."UF_CRM_..." (Bitrix24) or the custom field id (amoCRM)
+        value,                           -- as raw has it (number or text)
+        PRIMARY KEY (deal_id, field)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER deals_kpi_values_insert AFTER INSERT ON deals BEGIN
+        DELETE FROM kpi_deal_values WHERE deal_id = NEW.id;
+    END;
+    CREATE TRIGGER deals_kpi_values_update AFTER UPDATE OF id, raw ON deals BEGIN
+        DELETE FROM kpi_deal_values WHERE deal_id IN (OLD.id, NEW.id);
+    END;
+    CREATE TRIGGER deals_kpi_values_delete AFTER DELETE ON deals BEGIN
+        DELETE FROM kpi_deal_values WHERE deal_id = OLD.id;
+    END;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

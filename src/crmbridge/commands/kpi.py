@@ -245,7 +245,7 @@ def register(app: typer.Typer) -> None:
 def check_plan_files(directory: Path) -> tuple[list[str], str]:
     """plans.yaml (+ the portal's items in the cache, when there is one) and kpi.yaml / motivation.yaml."""
     from crmbridge.kpi.load import MOTIVATION_FILE, load_kpis, load_motivation
-    from crmbridge.kpi.service import fact_data
+    from crmbridge.kpi.service import people_data
     from crmbridge.mapping.load import load_mappings
 
     mappings = load_mappings(directory, crm=getattr(common.settings(), "crm", None))
@@ -257,7 +257,7 @@ def check_plan_files(directory: Path) -> tuple[list[str], str]:
         except MappingError as bad:
             problems.extend(bad.problems)
     with optional_cache() as cache:
-        data = fact_data(cache, mappings, kpis) if cache is not None else None
+        data = people_data(cache) if cache is not None else None
         state = plan_state(cache, directory, mappings, kpis, data)
     problems.extend(str(problem) for problem in state.errors)
     for warning in state.warnings:

@@ -12,8 +12,8 @@ from crmbridge.cache import kpi as store
 from crmbridge.cache.store import Cache
 from crmbridge.errors import MappingError
 from crmbridge.kpi import inputs
-from crmbridge.kpi.facts import KpiEngine, KpiRow, department_members, kpi_rows
-from crmbridge.kpi.inputs import Binding, FactData, LocalTime
+from crmbridge.kpi.facts import KpiEngine, KpiRow, department_members, kpi_rows, work_kinds
+from crmbridge.kpi.inputs import Binding, FactData, LocalTime, WorkFact
 from crmbridge.kpi.load import load_kpis, load_plans_file, plans_path
 from crmbridge.kpi.periods import Period
 from crmbridge.kpi.plans import PlanBook, PlanInput, PlanProblem, PortalPlanFields, Resolution, portal_plan_inputs, resolve
@@ -44,23 +44,60 @@ def binding_view(mappings: Mappings, kpis: KpiFileSpec) -> Binding:
     return Binding(direction_of, stage_of, funnels, fields)
 
 
-def fact_data(cache: Cache, mappings: Mappings, kpis: KpiFileSpec) -> FactData:
-    """Everything the KPIs count, read from the cache with a handful of queries."""
+def work_needs(kpis: KpiFileSpec) -> dict[str, dict[str, bool]]:
+    """Per table of calls / to-dos / tasks (cache/kpi.py WORK_SOURCES): the dates the KPIs count its rows by, each
+    with whether a KPI so dated asks which rows are overdue. A table no KPI counts is not read."""
+    needs: dict[str, dict[str, bool]] = {}
+    for spec in kpis.kpis.values():
+        if spec.source not in ("activities", "tasks") or spec.aggregate in ("new_clients", "conversion", "compliance",
+                                                                             "growth"):
+            continue
+        kinds = work_kinds(spec)
+        date = spec.date or ("start" if spec.source == "activities" else "closed")
+        date = "closed" if date == "completed" else date
+        for source, held in inputs.SOURCE_KINDS.items():
+            if kinds & held:
+                dates = needs.setdefault(source, {})
+                dates[date] = dates.get(date, False) or spec.where.overdue is not None
+    return needs
+
+
+def fact_data(cache: Cache, mappings: Mappings, kpis: KpiFileSpec, now: datetime) -> FactData:
+    """Everything the KPIs count, read from the cache: deals one by one, calls, to-dos, tasks and stage changes
+    grouped in SQL where their timestamps allow (cache/kpi.py), the rest one by one."""
     binding = binding_view(mappings, kpis)
     clock = LocalTime(portal_zone(mappings))
+    suffix = clock.fixed_suffix
     warnings: list[str] = []
     base, rates = inputs.currency_rates(store.currency_rows(cache), kpis.base_currency)
     deals = inputs.deal_facts(store.deal_rows(cache, binding.fields, mappings.binding.crm), binding, rates, base, clock,
                               warnings)
     by_id = {deal.id: deal for deal in deals}
     known = store.deal_ids(cache)
-    needed = {spec.date or ("start" if spec.source == "activities" else "closed")
-              for spec in kpis.kpis.values() if spec.source in ("activities", "tasks")}
-    if any(spec.where.overdue is not None for spec in kpis.kpis.values()):
-        needed.add("overdue")
-    work = inputs.work_facts(store.communication_rows(cache, clock.fixed_suffix), store.todo_rows(cache),
-                             store.task_rows(cache),
-                             {deal.id: deal.direction for deal in deals}, known, clock, needed)
+    at_now = store_moment(now, clock) if suffix is not None else None
+    if at_now is not None and not at_now[0].endswith(suffix or ""):
+        suffix = at_now = None  # the zone's offset changed since (a far future `now`): every row one by one
+    needs = work_needs(kpis)
+    directions = inputs.deal_directions(deals, known) if suffix is not None and needs else {}
+    direction_of = {deal.id: deal.direction for deal in deals}
+    work: list[WorkFact] = []
+    for name, dates in needs.items():
+        source = store.WORK_SOURCES[name]
+        if suffix is not None:
+            # one query per column (to-dos and tasks are started and due at their deadline) and lateness
+            alike: dict[tuple[str, bool, bool], list[str]] = {}
+            for date, late in sorted(dates.items()):
+                alike.setdefault((source.dates[date], date == "closed", late), []).append(date)
+            every_row_grouped = True
+            for (_, _, late), names in sorted(alike.items()):
+                groups = store.work_groups(cache, source, names[0], suffix, at_now if late else None)
+                work += inputs.grouped_work(name, groups, names, directions, clock, late)
+                every_row_grouped &= sum(group.rows for group in groups) == store.work_count(cache, source, names[0])
+            if every_row_grouped:
+                continue
+        wanted = set(dates) | ({"overdue"} if any(dates.values()) else set())
+        work += inputs.single_work(name, store.work_rows(cache, source, dates, suffix), direction_of, known, clock,
+                                   wanted)
     users, departments = inputs.people(store.user_rows(cache), store.department_rows(cache))
     rule_directions: dict[str, set[str]] = {}
     for direction_id in mappings.regulation.directions:
@@ -68,11 +105,28 @@ def fact_data(cache: Cache, mappings: Mappings, kpis: KpiFileSpec) -> FactData:
         for rule in type(rules).model_fields:
             if getattr(rules, rule).mode.value != "off":
                 rule_directions.setdefault(rule, set()).add(direction_id)
+    groups = store.stage_groups(cache, suffix) if suffix is not None else []
+    grouped = suffix is not None and sum(group[4] for group in groups) == store.stage_count(cache)
+    entries = inputs.grouped_entries(groups, [] if grouped else store.stage_history_rows(cache, suffix), binding,
+                                     by_id, clock)
     return FactData(
-        deals=deals, work=work, violations=inputs.violation_facts(store.violation_rows(cache), clock),
-        visits=inputs.stage_visits(store.stage_history_rows(cache, clock.fixed_suffix), binding, by_id, clock),
-        funnels=dict(binding.funnels), users=users, departments=departments, rule_directions=rule_directions,
-        base_currency=base, warnings=warnings, violations_recorded=store.violations_recorded(cache))
+        deals=deals, work=work, violations=inputs.violation_facts(store.violation_rows(cache, suffix), clock),
+        entries=entries, funnels=dict(binding.funnels), users=users, departments=departments,
+        rule_directions=rule_directions, base_currency=base, warnings=warnings,
+        violations_recorded=store.violations_recorded(cache))
+
+
+def people_data(cache: Cache) -> FactData:
+    """Only the portal's users and departments (what checking plans needs of the cache)."""
+    users, departments = inputs.people(store.user_rows(cache), store.department_rows(cache))
+    return FactData(users=users, departments=departments)
+
+
+def store_moment(now: datetime, clock: LocalTime) -> tuple[str, bool]:
+    """`now` as the cache writes timestamps in the portal's fixed offset (to the second), and whether a fraction of
+    a second was cut off."""
+    local = now.astimezone(clock.zone)
+    return local.replace(microsecond=0).isoformat(), bool(local.microsecond)
 
 
 @dataclass
@@ -156,7 +210,7 @@ def open_session(cache: Cache, directory: Path, now: datetime, *, strict_plans: 
     """Load the files, read the cache, check the plans (file problems raise MappingError) and record them."""
     mappings = load_mappings(directory, crm=crm)
     files = load_kpis(directory, mappings)
-    data = fact_data(cache, mappings, files.kpis)
+    data = fact_data(cache, mappings, files.kpis, now)
     plans = plan_state(cache, directory, mappings, files.kpis, data)
     if plans.errors and strict_plans:
         raise MappingError([str(problem) for problem in plans.errors])
