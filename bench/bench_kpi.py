@@ -43,7 +43,6 @@ MANAGERS = list(range(2, 14))  # 12 managers (users 10..13 join the seeded 2..9)
 
 
 def build_cache(directory: Path, deals: int, seed: int, now: datetime) -> Path:
-    from crmbridge.sandbox import catalog
     from crmbridge.sandbox.seed import seed_portal
     from crmbridge.sandbox.state import PortalState
 
@@ -55,21 +54,10 @@ def build_cache(directory: Path, deals: int, seed: int, now: datetime) -> Path:
     tables = state.cache_rows(stamp)
     for row in tables["deals"]:
         row["assigned_by_id"] = MANAGERS[row["id"] % len(MANAGERS)]
-    tables["communications"] = [{**rows.communication_row(raw), "synced_at": stamp}
-                                for raw in state.activities.rows.values()]
-    tables["plan_items"] = [rows.plan_item_row(raw, catalog.PLANS_ENTITY_TYPE_ID, stamp)
-                            for raw in state.plan_items.rows.values()]
-    tables["currencies"] = [rows.currency_row({"CURRENCY": code, "AMOUNT_CNT": count, "AMOUNT": amount,
-                                               "BASE": "Y" if code == catalog.BASE_CURRENCY else "N", "SORT": sort})
-                            for code, (count, amount, _, sort) in catalog.CURRENCIES.items()]
-    users = [rows.user_row({"ID": str(u.id), "NAME": u.name, "LAST_NAME": u.last_name, "ACTIVE": u.active,
-                            "UF_DEPARTMENT": [u.department]}) for u in catalog.USERS]
-    users += [rows.user_row({"ID": str(i), "NAME": f"Менеджер {i}", "LAST_NAME": "", "ACTIVE": True,
-                             "UF_DEPARTMENT": [2 if i % 2 else 3]}) for i in range(10, 14)]
-    tables["users"] = users
-    tables["departments"] = [rows.department_row({"ID": str(d), "NAME": name, "PARENT": parent, "UF_HEAD": head})
-                             for d, (name, parent, head) in catalog.DEPARTMENTS.items()]
-    tables["activities"] = todo_rows(tables["deals"], random.Random(seed), stamp)
+    tables.update(state.kpi_cache_rows(stamp))
+    tables["users"] += [rows.user_row({"ID": str(i), "NAME": f"Менеджер {i}", "LAST_NAME": "", "ACTIVE": True,
+                                       "UF_DEPARTMENT": [2 if i % 2 else 3]}) for i in range(10, 14)]
+    tables["activities"] += todo_rows(tables["deals"], random.Random(seed), stamp)
     shift_offsets(tables["communications"], random.Random(seed + 1))
     path = directory / "bench.db"
     cache = open_cache(path)
@@ -137,6 +125,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--cache", type=Path, default=None,
                         help="keep the built cache in this folder and reuse it on later runs (same --deals, --seed)")
+    parser.add_argument("--once", action="store_true",
+                        help="with --cache: open the session and compute the rows once, print nothing (for an outside "
+                             "timer such as /usr/bin/time)")
     parser.add_argument("--check", type=Path, default=None,
                         help="every figure, the payout and the report: written to this JSON file when it does not "
                              "exist, else compared with it (a change of the engine must not change its output)")
@@ -158,6 +149,11 @@ def main() -> None:
         mappings = directory / "mappings"
         shutil.copytree(ROOT / "mappings", mappings)
         write_plans(mappings, months)
+        if args.once:
+            cache = open_cache(path)
+            open_session(cache, mappings, now).rows(months)
+            cache.close()
+            return
         kpi_times, report_times, kpi_cpu, report_cpu = [], [], [], []
         for _ in range(args.repeat):
             cache = open_cache(path)

@@ -4,13 +4,42 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
+
+import sqlite_utils
 
 from crmbridge.cache.tables import Tables as Cache
 
 Row = dict[str, Any]
+
+
+@contextmanager
+def read_snapshot(cache: Cache) -> Iterator[None]:
+    """Reads in one transaction: they see the file as it was at the first of them (a sync may be writing)."""
+    conn = cache.db.conn
+    if conn.in_transaction:
+        yield
+        return
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        conn.rollback()  # nothing was written
+
+
+def side_reader(cache: Cache) -> Cache | None:
+    """A second, read-only connection to the cache's file (None for an in-memory cache), to read from in another
+    thread: SQLite runs a query without holding Python's lock, so such reads go on beside Python work. The caller
+    closes it (`with`); it may be opened in one thread and used in another."""
+    if cache.path is None:
+        return None
+    conn = sqlite3.connect(f"{Path(cache.path).resolve().as_uri()}?mode=ro", uri=True, timeout=30,
+                           check_same_thread=False)
+    return Cache(sqlite_utils.Database(conn), cache.path)
 
 
 class Kpi:
@@ -55,17 +84,27 @@ _DEAL_COLUMNS = ("id", "category_id", "stage_id", "stage_semantic", "amount", "c
                  "company_id", "date_create", "close_date", "closed")
 
 
-def deal_rows(cache: Cache, fields: Mapping[str, str], crm: str = "bitrix24") -> list[tuple[Any, ...]]:
-    """Non-deleted deals: the columns the KPIs read (kpi/inputs.py DEAL_KEYS), then the bound number fields (margin,
-    NPS) in the order of `fields`.
+def deal_rows(cache: Cache, suffix: str | None = None) -> list[tuple[Any, ...]]:
+    """Non-deleted deals: the columns the KPIs read (kpi/inputs.py DEAL_KEYS); a date written in the portal's fixed
+    offset `suffix` comes cut to its date."""
+    columns = [_cut(column) if column in ("date_create", "close_date") else column for column in _DEAL_COLUMNS]
+    return cache.db.execute(f"SELECT {', '.join(columns)} FROM deals WHERE deleted = 0", [suffix, suffix]).fetchall()
 
-    Those are in `raw`, whose JSON SQLite parses per field and deal (seconds for a big cache): they are kept in
+
+def deal_values(cache: Cache, fields: Mapping[str, str], crm: str = "bitrix24") -> dict[str, dict[int, Any]]:
+    """The deals' bound number fields (margin, NPS): field name -> {deal id: value as raw has it}.
+
+    They are in `raw`, whose JSON SQLite parses per field and deal (seconds for a big cache): they are kept in
     `kpi_deal_values` once read, and a deal written again (a trigger, cache/schema.py) drops its values there, so only
     new and changed deals are read out of `raw`. A cache opened read-only reads them all out of `raw` every time."""
-    keys = [f'$."{crm_field}"' if crm == "bitrix24" else str(crm_field) for crm_field in fields.values()]
+    keys = {name: f'$."{crm_field}"' if crm == "bitrix24" else str(crm_field) for name, crm_field in fields.items()}
     try:
-        with cache.atomic():
-            for key in sorted(set(keys)):
+        deals = cache.db.execute("SELECT count(*) FROM deals").fetchone()[0]
+        for key in sorted(set(keys.values())):
+            held = cache.db.execute("SELECT count(*) FROM kpi_deal_values WHERE field = ?", [key]).fetchone()[0]
+            if held == deals:
+                continue  # a value per deal: the triggers drop those of deals written since
+            with cache.atomic():
                 # the missing ones are found in an index of the deals (SQLite takes the narrowest), their values in raw
                 cache.db.execute(
                     f"INSERT INTO kpi_deal_values (deal_id, field, value) SELECT d.id, ?, {_FIELD_SQL[crm]} "
@@ -74,45 +113,47 @@ def deal_rows(cache: Cache, fields: Mapping[str, str], crm: str = "bitrix24") ->
     except sqlite3.OperationalError as refused:
         if "readonly" not in str(refused):
             raise
-        extracted = "".join(f", {_FIELD_SQL[crm]}" for _ in keys)
-        return cache.db.execute(f"SELECT {', '.join(_DEAL_COLUMNS)}{extracted} FROM deals WHERE deleted = 0",
-                                keys).fetchall()
-    joins = "".join(f" LEFT JOIN kpi_deal_values v{index} ON v{index}.deal_id = d.id AND v{index}.field = ?"
-                    for index in range(len(keys)))
-    values = "".join(f", v{index}.value" for index in range(len(keys)))
-    return cache.db.execute(f"SELECT {', '.join('d.' + column for column in _DEAL_COLUMNS)}{values} FROM deals d"
-                            f"{joins} WHERE d.deleted = 0", keys).fetchall()
+        return {name: dict(cache.db.execute(f"SELECT id, {_FIELD_SQL[crm]} FROM deals WHERE deleted = 0", [key]))
+                for name, key in keys.items()}
+    return {name: dict(cache.db.execute("SELECT deal_id, value FROM kpi_deal_values WHERE field = ?", [key]))
+            for name, key in keys.items()}
 
 
 # ---------------------------------------------------------------- the big tables, grouped in SQL
 #
 # Calls, meetings, e-mails, to-dos, tasks and stage changes are most of a cache (a year of a 100,000-deal portal is
 # about a million rows): the KPIs count them per period (whole months), so SQL groups them by what the KPIs read (kind,
-# manager, state, month) and hands each group's deal ids over as one text (their direction is the pure side's business: a deal moved
-# between directions counts where it is now). Only timestamps written in the portal's fixed offset are cut into months
-# and compared in SQL ("2026-11-30T23:30:00+03:00": its first ten characters are the local date, and two such texts
-# compare as the moments they are); any other text (another offset, no offset, a DST zone's portal, garbage) comes
-# out row by row for Python to convert as before. Indexes (cache/schema.py) hold these columns in the grouping's
-# order, so SQLite groups while it scans them.
+# manager, state, month) and hands each group's deal ids over as one text (their direction is the pure side's
+# business: a deal moved between directions counts where it is now).
+#
+# Only timestamps written 'YYYY-MM-DDTHH:MM:SS+03:00' in the portal's fixed offset are cut into months and compared in
+# SQL: their first ten characters are the local date, and two of them compare as the moments they are. Whether a text
+# has that shape (a real date, a time Python reads) does not depend on the portal, so an index holds that verdict
+# (cache/schema.py) beside the grouped columns in the grouping's order: SQLite then reads the plain rows straight off
+# the index, grouping as it goes, and checks only the offset. Any other row (another offset, none, a DST zone's
+# portal, garbage) comes out one by one, for Python to convert as it always did; the results are the same.
 
-def _day_ok(column: str) -> str:
-    """SQL: the column is NULL, or written in the portal's fixed offset (:suffix) with a real day of the month in it: its
-    first seven characters are then its local month (Python checks that month once per group: kpi/inputs.py)."""
+
+def _day_shape(column: str) -> str:
+    """SQL without parameters (an index holds it): the column is NULL, or 25 characters with a real day of the month in
+    them (the month itself is checked once per group, in Python)."""
     head = f"substr({column}, 1, 10)"
-    return (f"({column} IS NULL OR (length({column}) = 25 AND substr({column}, 20) = :suffix "
+    return (f"({column} IS NULL OR (length({column}) = 25 AND substr({column}, 8, 1) = '-' "
             f"AND ((substr({column}, 9, 2) BETWEEN '01' AND '28' AND substr({column}, 10, 1) BETWEEN '0' AND '9') "
-            f"OR date(julianday({head})) = {head})))")
+            f"OR date(julianday({head})) IS {head})))")
 
 
-def _moment_ok(column: str) -> str:
-    """SQL: the column is NULL or a moment Python reads (datetime.fromisoformat) written 'YYYY-MM-DDTHH:MM:SS' in the
-    portal's fixed offset: two such texts compare as the moments they are. SQLite's julianday checks the digits and
-    the time but lets a 30 February or a 24:00 through, hence the rest."""
+def _moment_shape(column: str) -> str:
+    """SQL without parameters: the column is NULL, or 'YYYY-MM-DDTHH:MM:SS' and an offset as Python reads it
+    (datetime.fromisoformat). SQLite's julianday checks the digits and the time, but lets a 30 February or 24:00 by."""
     head = f"substr({column}, 1, 10)"
-    return (f"({column} IS NULL OR (length({column}) = 25 AND substr({column}, 20) = :suffix "
-            f"AND substr({column}, 11, 1) = 'T' AND substr({column}, 12, 2) < '24' AND substr({column}, 1, 4) <> '0000' "
-            f"AND julianday({column}) IS NOT NULL "
-            f"AND (substr({column}, 9, 2) <= '28' OR date(julianday({head})) = {head})))")
+    return (f"({column} IS NULL OR (length({column}) = 25 AND substr({column}, 11, 1) = 'T' "
+            f"AND substr({column}, 12, 2) < '24' AND substr({column}, 1, 4) <> '0000' AND julianday({column}) IS NOT NULL "
+            f"AND (substr({column}, 9, 2) <= '28' OR date(julianday({head})) IS {head})))")
+
+
+def _in_offset(column: str) -> str:
+    return f"({column} IS NULL OR substr({column}, 20) = :suffix)"
 
 
 @dataclass(frozen=True)
@@ -131,6 +172,26 @@ class WorkSource:
     closing: str | None = None
     #: the per-row columns (cache/kpi.py order, what kpi/inputs.py work_facts reads)
     columns: tuple[str, ...] = ()
+
+    def shape(self, date: str, late: bool) -> str:
+        """SQL without parameters: a row's timestamps that `date` (and, `late`, overdue) reads can be cut in SQL."""
+        column = self.dates[date]
+        if not late or self.deadline is None:
+            return _day_shape(column)
+        # a moment Python reads has a real day too; the closing moment counts only for a row done
+        return (f"({_day_shape(column) + ' AND ' if column != self.deadline else ''}{_moment_shape(self.deadline)} "
+                f"AND (NOT ({self.done}) OR {_moment_shape(self.closing or self.deadline)}))")
+
+    def offset(self, date: str, late: bool) -> str:
+        """SQL: ... and they are written in the portal's offset (:suffix)."""
+        condition = _in_offset(self.dates[date])
+        if late and self.deadline is not None:
+            condition += f" AND {_in_offset(self.deadline)} AND (NOT ({self.done}) OR {_in_offset(self.closing or '')})"
+        return condition
+
+    def dated(self, date: str) -> str:
+        """SQL: the row has the date (a closing date only when it is done)."""
+        return f"{self.where} AND {self.dates[date]} IS NOT NULL" + (f" AND {self.done}" if date == "closed" else "")
 
 
 WORK_SOURCES: dict[str, WorkSource] = {
@@ -160,16 +221,16 @@ class WorkGroup(NamedTuple):
     state: Any
     incoming: Any
     month: str  # YYYY-MM
-    unbound: int  # rows bound to no deal, not overdue
-    deal_ids: str | None  # the deal ids of the others, comma-separated (a deal once per row)
-    unbound_late: int  # the same for overdue rows (zero unless overdue was asked for)
-    late_deal_ids: str | None
+    unbound: int  # rows bound to no deal
+    unbound_late: int | None  # how many of those are overdue (None, 0: none, or not asked)
+    #: the deal ids of the others, comma-separated (a deal once per row), an overdue row's prefixed "L"
+    deal_ids: str | None
     rows: int  # how many rows the group holds
 
 
 def _late(source: WorkSource, now: tuple[str, bool] | None) -> str:
-    """SQL for WorkFact.overdue on rows whose deadline and closing pass _moment_ok: done after the deadline, or open
-    past it at `now`."""
+    """SQL for WorkFact.overdue on rows of the right shape and offset: done after the deadline, or open past it at
+    `now`."""
     if now is None or source.deadline is None:
         return "0"
     # `now` in the same fixed offset, to the second; with a fraction of a second, a deadline of that very second
@@ -179,59 +240,47 @@ def _late(source: WorkSource, now: tuple[str, bool] | None) -> str:
             f"coalesce({source.closing} > {source.deadline}, 0) ELSE {source.deadline} {before_now} :now END)")
 
 
-def _grouped(source: WorkSource, date: str, late: bool) -> str:
-    """SQL: the row is counted by `work_groups` for `date`."""
-    condition = _day_ok(source.dates[date])
-    if late and source.deadline is not None:
-        condition += f" AND {_moment_ok(source.deadline)} AND {_moment_ok(source.closing or source.deadline)}"
-    return condition
-
-
 def work_groups(cache: Cache, source: WorkSource, date: str, suffix: str,
                 now: tuple[str, bool] | None) -> list[WorkGroup]:
-    """The rows of `source` with a `date`, grouped per month of it (the KPIs' periods are whole months), except those `work_rows` gives one by one; `now`
-    (in the fixed offset, and whether a fraction of a second was cut off) when overdue rows are told apart."""
+    """The rows of `source` with a `date`, grouped per month of it (the KPIs' periods are whole months), except those
+    `work_singles` gives one by one; `now` (in the fixed offset, and whether a fraction of a second was cut off) when
+    overdue rows are told apart."""
     column = source.dates[date]
     late = _late(source, now)
-    done = f" AND {source.done}" if date == "closed" else ""
     month = f"substr({column}, 1, 7)"
     # grouped in the order of the source's index (cache/schema.py), constants left out: SQLite then groups as it scans
     grouping = ", ".join(term for term in (source.kind, "responsible_id", source.state, source.incoming, month)
                          if not term.startswith("'") and term != "NULL")
+    # the lateness of a row is worked out once: its deal id carries it
+    ids = "group_concat(deal_id)" if late == "0" else f"group_concat(CASE WHEN {late} THEN 'L' || deal_id ELSE deal_id END)"
     sql = (f"SELECT {source.kind}, responsible_id, {source.state}, {source.incoming}, {month}, "
-           f"SUM(deal_id IS NULL AND NOT {late}), group_concat(CASE WHEN {late} THEN NULL ELSE deal_id END), "
-           f"SUM(deal_id IS NULL AND {late}), group_concat(CASE WHEN {late} THEN deal_id END), count(*) "
-           f"FROM {source.table} WHERE {source.where} AND {column} IS NOT NULL{done} "
-           f"AND {_grouped(source, date, now is not None)} GROUP BY {grouping}")
+           f"count(*) - count(deal_id), SUM(CASE WHEN deal_id IS NULL THEN {late} END), {ids}, count(*) "
+           f"FROM {source.table} WHERE {source.dated(date)} AND {source.shape(date, now is not None)} = 1 "
+           f"AND {source.offset(date, now is not None)} GROUP BY {grouping}")
     return [WorkGroup(*row) for row in cache.db.execute(sql, {"suffix": suffix, "now": now[0] if now else None})]
 
 
 def work_count(cache: Cache, source: WorkSource, date: str) -> int:
     """The rows `work_groups` would group for `date` if all were plain (a cheap count over the source's index): when
-    the groups hold as many, no row is left for `work_rows`."""
-    done = f" AND {source.done}" if date == "closed" else ""
-    return cache.db.execute(f"SELECT count(*) FROM {source.table} WHERE {source.where} "
-                            f"AND {source.dates[date]} IS NOT NULL{done}").fetchone()[0]
+    the groups hold as many, `work_singles` has none."""
+    return cache.db.execute(f"SELECT count(*) FROM {source.table} WHERE {source.dated(date)}").fetchone()[0]
 
 
-def work_rows(cache: Cache, source: WorkSource, dates: Mapping[str, bool], suffix: str | None
-              ) -> list[tuple[tuple[Any, ...], frozenset[str]]]:
-    """The rows `work_groups` leaves out for some date (`dates`: date -> whether overdue rows are told apart), one by
-    one (all of them without a fixed offset, `suffix` None), each with the dates it was grouped by (not to be
-    counted twice). A timestamp no KPI reads comes out NULL: the rest is in the source's index, read instead."""
-    read = {source.dates[name] for name in dates}
-    if any(dates.values()) and source.deadline is not None:
-        read |= {source.deadline, source.closing or source.deadline}
-    columns = [column if column not in _DATE_COLUMNS or column in read else "NULL" for column in source.columns]
-    names = sorted(dates)
-    if suffix is None or not names:
-        found = cache.db.execute(f"SELECT {', '.join(columns)} FROM {source.table} WHERE {source.where}").fetchall()
-        return [(row, frozenset()) for row in found]
-    flags = [f"({_grouped(source, name, dates[name])})" for name in names]
-    found = cache.db.execute(f"SELECT {', '.join(columns + flags)} FROM {source.table} "
-                             f"WHERE {source.where} AND NOT ({' AND '.join(flags)})", {"suffix": suffix}).fetchall()
-    width = len(columns)
-    return [(row[:width], frozenset(name for name, flag in zip(names, row[width:]) if flag)) for row in found]
+def work_singles(cache: Cache, source: WorkSource, date: str, late: bool, suffix: str | None) -> list[tuple[Any, ...]]:
+    """The rows with a `date` that `work_groups` leaves out (all of them without a fixed offset, `suffix` None), one by
+    one; a timestamp neither `date` nor overdue reads comes out NULL (the rest is in the source's index, read
+    instead)."""
+    read = {source.dates[date]} | ({source.deadline, source.closing} if late and source.deadline else set())
+    columns = ", ".join(column if column not in _DATE_COLUMNS or column in read else "NULL"
+                        for column in source.columns)
+    if suffix is None:
+        return cache.db.execute(f"SELECT {columns} FROM {source.table} WHERE {source.dated(date)}").fetchall()
+    shape = source.shape(date, late)
+    # the shape from the index: those of another shape, then those of another offset
+    return cache.db.execute(
+        f"SELECT {columns} FROM {source.table} WHERE {source.dated(date)} AND {shape} = 0 UNION ALL "
+        f"SELECT {columns} FROM {source.table} WHERE {source.dated(date)} AND {shape} = 1 "
+        f"AND NOT ({source.offset(date, late)})", {"suffix": suffix}).fetchall()
 
 
 #: the timestamp columns of WORK_SOURCES
@@ -242,7 +291,8 @@ def stage_groups(cache: Cache, suffix: str) -> list[tuple[Any, str, str, str, in
     """(pipeline, CRM stage, month, deal ids comma-separated, rows) of stage changes with plain timestamps."""
     return cache.db.execute(
         "SELECT category_id, stage_id, substr(created_time, 1, 7), group_concat(deal_id), count(*) FROM stage_history "
-        f"WHERE deal_id IS NOT NULL AND created_time IS NOT NULL AND {_day_ok('created_time')} GROUP BY 1, 2, 3",
+        f"WHERE deal_id IS NOT NULL AND created_time IS NOT NULL AND {_day_shape('created_time')} = 1 "
+        f"AND {_in_offset('created_time')} GROUP BY category_id, stage_id, substr(created_time, 1, 7)",
         {"suffix": suffix}).fetchall()
 
 
@@ -255,20 +305,25 @@ def stage_count(cache: Cache) -> int:
 def stage_history_rows(cache: Cache, suffix: str | None = None) -> list[tuple[Any, ...]]:
     """(deal_id, category_id, stage_id, created_time) of the stage changes `stage_groups` leaves out (all of them
     without a fixed offset, `suffix` None)."""
-    where = "" if suffix is None else f" AND NOT {_day_ok('created_time')}"
-    return cache.db.execute("SELECT deal_id, category_id, stage_id, created_time FROM stage_history "
-                            f"WHERE deal_id IS NOT NULL AND created_time IS NOT NULL{where}",
-                            {"suffix": suffix}).fetchall()
+    sql = ("SELECT deal_id, category_id, stage_id, created_time FROM stage_history "
+           "WHERE deal_id IS NOT NULL AND created_time IS NOT NULL")
+    if suffix is None:
+        return cache.db.execute(sql).fetchall()
+    shape = _day_shape("created_time")
+    return cache.db.execute(f"{sql} AND {shape} = 0 UNION ALL {sql} AND {shape} = 1 "
+                            f"AND NOT {_in_offset('created_time')}", {"suffix": suffix}).fetchall()
 
 
 def violation_rows(cache: Cache, suffix: str | None = None) -> list[tuple[Any, ...]]:
     """(deal_id, rule, manager_id, opened, resolved); a timestamp in the portal's fixed offset cut to its date."""
     return cache.db.execute(f"SELECT deal_id, rule, manager_id, {_cut('opened')}, {_cut('resolved')} FROM violations",
-                            {"suffix": suffix}).fetchall()
+                            [suffix, suffix]).fetchall()
 
 
 def _cut(column: str) -> str:
-    return f"CASE WHEN {_day_ok(column)} THEN substr({column}, 1, 10) ELSE {column} END"
+    """SQL: a timestamp in the portal's fixed offset (a positional parameter) cut to its date, any other left whole
+    (Python's LocalTime.day reads both alike)."""
+    return f"CASE WHEN length({column}) = 25 AND substr({column}, 20) = ? THEN substr({column}, 1, 10) ELSE {column} END"
 
 
 def deal_ids(cache: Cache) -> set[int]:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import bisect
 import math
-import operator
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from itertools import groupby, zip_longest
+from operator import itemgetter
 from typing import Any, Callable, Iterable, Iterator
 
 from crmbridge.kpi.inputs import UNBOUND, DealFact, FactData, WorkFact, entries_of_visits
@@ -173,14 +174,17 @@ class Events:
 
     @staticmethod
     def of(items: Iterable[Event]) -> Events:
-        ordered = sorted(items, key=lambda item: item[0])
+        ordered = sorted(items, key=itemgetter(0))  # stable: a day's events keep their order (the sums' order)
         events = Events()
-        events.days = [item[0].toordinal() for item in ordered]
-        events.managers = [item[1] for item in ordered]
-        events.directions = [item[2] for item in ordered]
-        events.values = [item[3] for item in ordered]
-        if any(len(item) > 4 and item[4] != 1 for item in ordered):
-            events.counts = [item[4] if len(item) > 4 else 1 for item in ordered]
+        if not ordered:
+            return events
+        # the columns at C speed (a KPI of a big portal has hundreds of thousands of events); an event of four
+        # stands for one
+        days, managers, directions, values, *counts = zip_longest(*ordered, fillvalue=1)
+        events.days = list(map(date.toordinal, days))
+        events.managers, events.directions, events.values = list(managers), list(directions), list(values)
+        if counts and any(map((1).__ne__, counts[0])):
+            events.counts = list(counts[0])
         return events
 
     def groups(self, period: Period, factory: Callable[[], Acc]) -> dict[GroupKey, Acc]:
@@ -210,13 +214,14 @@ class _GroupDeals:
     closed: list[int] = field(default_factory=list)  # closed deals: their close, and their creation
     closed_created: list[int] = field(default_factory=list)
     odd: list[tuple[int, int]] = field(default_factory=list)  # (created, closed) of deals closed before creation
-    troubled_created: list[int] = field(default_factory=list)  # cohort created: deals with a violation, created
 
 
 @dataclass
 class _ComplianceIndex:
-    groups: dict[GroupKey, _GroupDeals] = field(default_factory=dict)
-    deal_of: dict[int, tuple[GroupKey, int, int | None]] = field(default_factory=dict)
+    groups: dict[GroupKey, _GroupDeals]
+    deal_of: dict[int, tuple[GroupKey, int, int | None]]
+    #: cohort created: per group, the creation days of its deals with a violation, sorted
+    troubled_created: dict[GroupKey, list[int]] = field(default_factory=dict)
     #: cohort active: per group, each troubled deal's months (ranges, inclusive) of a violation while worked on
     troubled_months: dict[GroupKey, list[list[tuple[int, float]]]] = field(default_factory=dict)
     #: the same counted: per group, (months where the count changes, the count from there on)
@@ -238,7 +243,10 @@ class KpiEngine:
         self._entries: dict[str, list[dict[int, date]]] | None = None
         self._compliance_index: dict[tuple[Any, ...], Any] = {}
         self._by_outcome: dict[str, list[DealFact]] = {}
-        self._deal_days: list[tuple[int, GroupKey, int, int | None]] | None = None
+        self._present: set[str] | None = None
+        self._facts: dict[tuple[Any, ...], float | None] = {}
+        self._groups_of: dict[frozenset[str] | None, tuple[dict[GroupKey, _GroupDeals],
+                                                            dict[int, tuple[GroupKey, int, int | None]]]] = {}
         self.deals_by_id = {deal.id: deal for deal in data.deals}
 
     # ---------------------------------------------------------- which rows a KPI expands to
@@ -362,21 +370,26 @@ class KpiEngine:
                          for firsts in entries.get(direction, [])]
             if not steps or not per_stage:
                 continue
-            furthest: dict[int, int] = {}
-            for index, firsts in enumerate(per_stage):
-                furthest.update(dict.fromkeys(firsts, index))
-            for index, firsts in enumerate(per_stage):
-                reached = map(index.__lt__, map(furthest.__getitem__, firsts))
-                if index < len(steps):
-                    alike = Counter(zip(firsts.values(), map(manager_of.__getitem__, firsts), reached))
-                    found[steps[index]] += [(day, manager, direction, 1.0 if hit else 0.0, count)
-                                            for (day, manager, hit), count in alike.items()]
-                if index == 0:
-                    to_won = map(operator.and_, map(len(steps).__eq__, map(furthest.__getitem__, firsts)),
-                                 map(won.__contains__, firsts))
-                    alike = Counter(zip(firsts.values(), map(manager_of.__getitem__, firsts), to_won))
-                    found[""] += [(day, manager, direction, 1.0 if hit else 0.0, count)
-                                  for (day, manager, hit), count in alike.items()]
+            # set operations and C-level counting: a year of a big portal is hundreds of thousands of arrivals
+            later: list[set[int]] = [set() for _ in per_stage]  # deals that got past each stage
+            for index in range(len(per_stage) - 2, -1, -1):
+                later[index] = later[index + 1] | per_stage[index + 1].keys()
+            to_won = per_stage[-1].keys() & won if len(per_stage) == len(steps) + 1 else set()
+            manager = manager_of.__getitem__
+            for index, firsts in enumerate(per_stage[:len(steps)]):
+                for day, arrived in groupby(sorted(firsts.items(), key=itemgetter(1)), key=itemgetter(1)):
+                    deals = list(map(itemgetter(0), arrived))
+                    everyone = Counter(map(manager, deals))
+                    counted = [(steps[index], later[index].intersection(deals))]
+                    if index == 0:
+                        counted.append(("", to_won.intersection(deals)))
+                    for step, hits in counted:
+                        reached = Counter(map(manager, hits))
+                        for who, count in everyone.items():
+                            if reached[who]:
+                                found[step].append((day, who, direction, 1.0, reached[who]))
+                            if count > reached[who]:
+                                found[step].append((day, who, direction, 0.0, count - reached[who]))
         self._steps_events = dict(found)
         return self._steps_events
 
@@ -424,8 +437,9 @@ class KpiEngine:
         for group, deals in index.groups.items():
             if spec.cohort == "created":
                 count = bisect.bisect_left(deals.created, end) - bisect.bisect_left(deals.created, start)
-                troubled = (bisect.bisect_left(deals.troubled_created, end)
-                            - bisect.bisect_left(deals.troubled_created, start))
+                troubled_created = index.troubled_created.get(group, [])
+                troubled = (bisect.bisect_left(troubled_created, end)
+                            - bisect.bisect_left(troubled_created, start))
             else:
                 # worked on in the period: created before its end and not closed before its start
                 count = (bisect.bisect_left(deals.open_created, end)
@@ -457,13 +471,49 @@ class KpiEngine:
             if hit:
                 found[group].hits -= float(hit)  # type: ignore[attr-defined]
 
-    def _ordinals(self) -> list[tuple[int, GroupKey, int, int | None]]:
-        """(id, (manager, direction), created, closed) of every deal, days as ordinals."""
-        if self._deal_days is None:
-            self._deal_days = [(deal.id, (deal.manager, deal.direction), deal.created.toordinal(),
-                                deal.closed.toordinal() if deal.closed is not None else None)
-                               for deal in self.data.deals]
-        return self._deal_days
+    def _deal_groups(self, applies: set[str] | None) -> tuple[dict[GroupKey, _GroupDeals],
+                                                             dict[int, tuple[GroupKey, int, int | None]]]:
+        """The deals of the `applies` directions (None: all) by (manager, direction), days as ordinals, sorted; and
+        each deal's (group, created, closed), of every direction: a deal whose group is not among the groups does not
+        count. Built once for all directions; the compliance KPIs of fewer directions take some of its groups."""
+        if self._present is None:
+            self._present = {deal.direction for deal in self.data.deals}
+        key = None if applies is None or applies >= self._present else frozenset(applies & self._present)
+        found = self._groups_of.get(key)
+        if found is not None:
+            return found
+        if key is not None:
+            every, every_deal = self._deal_groups(None)
+            found = self._groups_of[key] = ({group: deals for group, deals in every.items() if group[1] in key},
+                                            every_deal)
+            return found
+        groups: dict[GroupKey, _GroupDeals] = {}
+        deal_of: dict[int, tuple[GroupKey, int, int | None]] = {}
+        ordinal = date.toordinal
+        for deal_id, manager, direction, _, _, _, created_day, closed_day, *_ in self.data.deals:
+            group = (manager, direction)
+            deals = groups.get(group)
+            if deals is None:
+                deals = groups[group] = _GroupDeals()
+            created = ordinal(created_day)
+            if closed_day is None:
+                deal_of[deal_id] = (group, created, None)
+                deals.created.append(created)
+                deals.open_created.append(created)
+                continue
+            closed = ordinal(closed_day)
+            deal_of[deal_id] = (group, created, closed)
+            deals.created.append(created)
+            if closed >= created:
+                deals.closed.append(closed)
+                deals.closed_created.append(created)
+            else:
+                deals.odd.append((created, closed))  # closed before it was created: counted as it is
+        for deals in groups.values():
+            for values in (deals.created, deals.open_created, deals.closed, deals.closed_created):
+                values.sort()
+        self._groups_of[key] = (groups, deal_of)
+        return groups, deal_of
 
     def _compliance_of(self, spec: KpiSpec) -> _ComplianceIndex:
         """Deals (of the directions where `rules` apply) by group, and their violations, sorted for bisecting."""
@@ -475,58 +525,59 @@ class KpiEngine:
         applies: set[str] | None = None
         if rules:
             applies = set().union(*(self.data.rule_directions.get(rule, set()) for rule in rules))
-        index = _ComplianceIndex()
-        groups = index.groups
-        deal_of = index.deal_of
-        for deal_id, group, created, closed in self._ordinals():
-            if applies is not None and group[1] not in applies:
-                continue
-            deals = groups.get(group)
-            if deals is None:
-                deals = groups[group] = _GroupDeals()
-            deal_of[deal_id] = (group, created, closed)
-            deals.created.append(created)
-            if closed is None:
-                deals.open_created.append(created)
-            elif closed >= created:
-                deals.closed.append(closed)
-                deals.closed_created.append(created)
-            else:
-                deals.odd.append((created, closed))  # closed before it was created: counted as it is
-        for deals in groups.values():
-            for values in (deals.created, deals.open_created, deals.closed, deals.closed_created):
-                values.sort()
+        groups, deal_of = self._deal_groups(applies)
+        index = _ComplianceIndex(groups, deal_of)
         chosen = [v for v in self.data.violations if not rules or v.rule in rules]
         if spec.cohort == "created":
             for deal_id in {v.deal_id for v in chosen}:
                 where = deal_of.get(deal_id)
-                if where is not None:
-                    groups[where[0]].troubled_created.append(where[1])
-            for deals in groups.values():
-                deals.troubled_created.sort()
+                if where is not None and where[0] in groups:
+                    index.troubled_created.setdefault(where[0], []).append(where[1])
+            for created in index.troubled_created.values():
+                created.sort()
         else:
             # a deal is troubled while worked on in month m when one of its violations was open in m and the deal was
             # worked on in m too: from the later of opening and creation to the earlier of resolving and closing
             spans: dict[int, list[tuple[int, float]]] = {}
+            month_of: dict[date, int] = {}
+            deal_months: dict[int, tuple[int, float]] = {}
             for v in chosen:
                 where = deal_of.get(v.deal_id)
-                if where is None:
+                if where is None or where[0] not in groups:
                     continue
-                _, created, closed = where
-                low = _month_number(max(v.opened, date.fromordinal(created)))
-                ends = [moment for moment in (v.resolved, date.fromordinal(closed) if closed is not None else None)
-                        if moment is not None]
-                spans.setdefault(v.deal_id, []).append((low, _month_number(min(ends)) if ends else math.inf))
+                worked = deal_months.get(v.deal_id)
+                if worked is None:
+                    _, created, closed = where
+                    worked = deal_months[v.deal_id] = (
+                        _month_number(date.fromordinal(created)),
+                        _month_number(date.fromordinal(closed)) if closed is not None else math.inf)
+                opened = month_of.get(v.opened)
+                if opened is None:
+                    opened = month_of[v.opened] = _month_number(v.opened)
+                resolved: float = math.inf
+                if v.resolved is not None:
+                    resolved = month_of.get(v.resolved) or month_of.setdefault(v.resolved, _month_number(v.resolved))
+                spans.setdefault(v.deal_id, []).append((max(opened, worked[0]), min(resolved, worked[1])))
+            monthly: dict[GroupKey, list[list[tuple[int, float]]]] = {}
             for deal_id, ranges in spans.items():
                 group = deal_of[deal_id][0]
+                if len(ranges) == 1:  # the usual deal: one violation
+                    single = ranges[0]
+                    monthly.setdefault(group, []).append([single] if single[0] <= single[1] else [])
+                    index.troubled_months.setdefault(group, []).append(ranges)
+                    continue
                 merged: list[tuple[int, float]] = []
-                for low, high in sorted(ranges):
+                for low, high in sorted(range_ for range_ in ranges if range_[0] <= range_[1]):
                     if merged and low <= merged[-1][1] + 1:
                         merged[-1] = (merged[-1][0], max(merged[-1][1], high))
-                    elif low <= high:
+                    else:
                         merged.append((low, high))
-                index.troubled_months.setdefault(group, []).append(merged)
-            for group, per_deal in index.troubled_months.items():
+                monthly.setdefault(group, []).append(merged)
+                # a range ending before it starts (a violation resolved before it opened, a deal closed before it was
+                # created) is in no single month, yet in a longer period that holds both ends, as plain counting had it
+                index.troubled_months.setdefault(group, []).append(
+                    merged + [range_ for range_ in ranges if range_[0] > range_[1]])
+            for group, per_deal in monthly.items():
                 deltas: dict[int, int] = defaultdict(int)
                 for merged in per_deal:
                     for low, high in merged:
@@ -545,7 +596,16 @@ class KpiEngine:
     # ---------------------------------------------------------- one figure
 
     def fact(self, kpi: str, period: Period, managers: set[str | None] | None, direction: str | None) -> float | None:
-        """The KPI over the events of `managers` (None = everyone) in `direction` (None = all)."""
+        """The KPI over the events of `managers` (None = everyone) in `direction` (None = all); remembered (a
+        month's figure is the next month's trend base)."""
+        key = (kpi, period, None if managers is None else frozenset(managers), direction)
+        if key in self._facts:
+            return self._facts[key]
+        found = self._fact(kpi, period, managers, direction)
+        self._facts[key] = found
+        return found
+
+    def _fact(self, kpi: str, period: Period, managers: set[str | None] | None, direction: str | None) -> float | None:
         spec = self.spec_of(kpi)
         if spec.aggregate == "growth":
             base = spec.of or ""

@@ -242,14 +242,17 @@ DEAL_KEYS = ("id", "category_id", "stage_id", "stage_semantic", "amount", "curre
 
 
 def deal_facts(rows: Iterable[Any], binding: Binding, rates: Mapping[str, float], base: str,
-               clock: LocalTime, warnings: list[str]) -> list[DealFact]:
+               clock: LocalTime, warnings: list[str], values: Mapping[str, Mapping[int, Any]] | None = None
+               ) -> list[DealFact]:
     """Cached deals in a bound direction; a deal in an `ignore` or unbound pipeline does not count.
 
-    Rows are tuples (DEAL_KEYS, then the binding's fields in order) or dicts with those keys."""
+    Rows are tuples (DEAL_KEYS, then the binding's fields in order) or dicts with those keys; the bound fields'
+    values may come apart instead (`values`: field -> {deal id: value})."""
     found: list[DealFact] = []
     unknown_currency: dict[str, int] = {}
-    keys = DEAL_KEYS + tuple(f"field:{name}" for name in binding.fields)
     names = list(binding.fields)
+    keys = DEAL_KEYS + (() if values is not None else tuple(f"field:{name}" for name in names))
+    apart = [values.get(name, {}) for name in names] if values is not None else None
     width = len(DEAL_KEYS)
     day = clock.day
     #: (pipeline, CRM stage, semantic) -> (direction, outcome): a few dozen combinations among all deals
@@ -273,9 +276,14 @@ def deal_facts(rows: Iterable[Any], binding: Binding, rates: Mapping[str, float]
         if rate is None:
             unknown_currency[currency] = unknown_currency.get(currency, 0) + 1
         client = f"company:{company}" if company else f"contact:{contact}" if contact else None
-        values = {name: _number(value) for name, value in zip(names, values_of[width:])}
+        if not names:
+            numbers: dict[str, float | None] = {}
+        elif apart is not None:
+            numbers = {name: _number(of.get(deal_id)) for name, of in zip(names, apart)}
+        else:
+            numbers = dict(zip(names, map(_number, values_of[width:])))
         found.append(DealFact(int(deal_id), str(manager) if manager else None, direction, outcome,
-                              _number(amount), rate, created, closed, client, values))
+                              _number(amount), rate, created, closed, client, numbers))
     for currency, count in sorted(unknown_currency.items()):
         warnings.append(f"{count} deals in {currency}: the portal lists no rate for it (crm.currency.list); "
                         "their money is left out")
@@ -296,6 +304,8 @@ def _placed(binding: Binding, category: Any, stage_id: Any, semantic: Any) -> tu
 
 
 def _number(value: Any) -> float | None:
+    if type(value) is float:
+        return value
     if value is None or value == "" or isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
@@ -348,24 +358,12 @@ def work_facts(communications: Iterable[Any], todos: Iterable[Any], tasks: Itera
     return [work for work in found if work is not None]
 
 
-def single_work(source: str, rows: Iterable[tuple[Any, frozenset[str]]], direction_of_deal: Mapping[int, str],
-                known_deals: set[int], clock: LocalTime, needed: Iterable[str]) -> list[WorkFact]:
-    """Rows SQL did not group (cache/kpi.py work_rows), each with the dates it was grouped by: those stay empty here,
-    so that no KPI counts a row twice."""
+def single_work(source: str, rows: Iterable[Any], direction_of_deal: Mapping[int, str], known_deals: set[int],
+                clock: LocalTime, needed: Iterable[str]) -> list[WorkFact]:
+    """Rows SQL did not group (cache/kpi.py work_singles) for the `needed` dates; the other dates stay empty (SQL
+    groups those rows by them, or reads them one by one again for them)."""
     fact = work_fact_maker(direction_of_deal, known_deals, clock, needed)
-    found: list[WorkFact] = []
-    for row, grouped in rows:
-        work = fact(source, row)
-        if work is None:
-            continue
-        if grouped:
-            work = work._replace(**{_FIELD_OF_DATE[name]: None for name in grouped})
-        found.append(work)
-    return found
-
-
-#: the WorkFact field of each date a KPI counts by
-_FIELD_OF_DATE = {"start": "start", "created": "created", "closed": "closed", "deadline": "due"}
+    return [work for work in (fact(source, row) for row in rows) if work is not None]
 
 
 def work_fact_maker(direction_of_deal: Mapping[int, str], known_deals: set[int], clock: LocalTime,
@@ -426,25 +424,39 @@ SOURCE_KINDS: Mapping[str, frozenset[str]] = {"communications": frozenset({"call
                                               "todos": frozenset({"todo"}), "tasks": frozenset({"task"})}
 
 
-def deal_directions(deals: Iterable[DealFact], known: Iterable[int]) -> dict[str, str | None]:
-    """Deal id (as SQL's group_concat writes it) -> its direction; None for a cached deal that does not count."""
-    found: dict[str, str | None] = dict.fromkeys(map(str, known))
-    found.update((str(deal.id), deal.direction) for deal in deals)
-    return found
+#: what a cached deal that does not count (ignored pipeline, deleted) maps to; an overdue row's mark
+_DROPPED, _LATE = "\x00dropped", "\x00late"
 
 
-def grouped_work(source: str, groups: Iterable[Any], dates: Iterable[str], directions: Mapping[str, str | None],
+class DealDirections:
+    """Deal id as SQL's group_concat writes it -> its direction (_DROPPED: a cached deal that does not count); with
+    lateness, "L" + id -> its direction marked _LATE as well: a group's ids are counted at C speed (texts hash once)."""
+
+    def __init__(self, deals: Iterable[DealFact], known: Iterable[int]) -> None:
+        self.of: dict[str, str] = dict.fromkeys(map(str, known), _DROPPED)
+        self.of.update((str(deal.id), deal.direction) for deal in deals)
+        self._late: dict[str, str] | None = None
+
+    def with_lateness(self) -> dict[str, str]:
+        if self._late is None:
+            marked = {direction: direction + _LATE for direction in set(self.of.values())}
+            self._late = dict(self.of)
+            self._late.update((f"L{key}", marked[direction]) for key, direction in self.of.items())
+        return self._late
+
+
+def grouped_work(source: str, groups: Iterable[Any], dates: Iterable[str], directions: DealDirections,
                  clock: LocalTime, overdue: bool) -> list[WorkFact]:
-    """Groups of `source` (cache/kpi.py WorkGroup: kind, responsible, state, incoming, month, then unbound count and
-    deal ids of the rows on time, the same of the overdue ones) -> a WorkFact per group, direction and lateness, dated
-    the 1st of its month (every period is whole months).
+    """Groups of `source` (cache/kpi.py WorkGroup: kind, responsible, state, incoming, month, rows bound to no deal and
+    how many of them are overdue, the deal ids of the others, an overdue one's prefixed "L") -> a WorkFact per group,
+    direction and lateness, dated the 1st of its month (every period is whole months).
 
-    `dates`: the dates the group's day is (start, created, closed, deadline: one column can be several); `overdue`:
-    whether SQL told the overdue rows apart (calls, meetings and e-mails have no deadline: never overdue)."""
+    `dates`: the dates the group's month is of (start, created, closed, deadline: one column can be several);
+    `overdue`: whether SQL told the overdue rows apart (calls, meetings and e-mails have no deadline: never overdue)."""
     wanted = set(dates)
     lateness = overdue or source == "communications"
     found: list[WorkFact] = []
-    for kind, responsible, state, incoming, month, unbound, ids, unbound_late, late_ids, _ in groups:
+    for kind, responsible, state, incoming, month, unbound, unbound_late, ids, _ in groups:
         if not kind:
             continue
         day = clock.day(f"{month}-01")  # the KPIs' periods are whole months: the 1st stands for the month
@@ -457,16 +469,27 @@ def grouped_work(source: str, groups: Iterable[Any], dates: Iterable[str], direc
         created = day if "created" in wanted else None
         closed = day if "closed" in wanted else None
         due = day if "deadline" in wanted else None
-        for late, bound, count_unbound in ((False, ids, unbound), (True, late_ids, unbound_late)):
-            counts: Counter[str | None] = Counter()
-            if bound:
-                counts.update(map(directions.get, bound.split(","), repeat(UNBOUND)))
-            if count_unbound:
-                counts[UNBOUND] += int(count_unbound)
-            for direction, count in counts.items():
-                if direction is not None:
-                    found.append(WorkFact(kind, manager, direction, completed, into, start, created, closed, None,
-                                          None, due, late if lateness else None, count))
+        tokens = ids.split(",") if ids else []
+        counts: Counter[str | None]
+        if overdue and ids and "L" in ids:
+            late_of = directions.with_lateness()
+            counts = Counter(map(late_of.get, tokens))
+            if None in counts:  # deals not in the cache (bound to nothing we know): all directions only
+                del counts[None]
+                counts.update(UNBOUND + _LATE if token.startswith("L") else UNBOUND
+                              for token in tokens if token not in late_of)
+        else:
+            counts = Counter(map(directions.of.get, tokens, repeat(UNBOUND)))
+        late_unbound = int(unbound_late or 0)
+        if unbound:
+            counts[UNBOUND] += int(unbound) - late_unbound
+            counts[UNBOUND + _LATE] += late_unbound
+        for marked, count in counts.items():
+            late = marked.endswith(_LATE)  # type: ignore[union-attr]
+            direction = marked[:-len(_LATE)] if late else marked  # type: ignore[index]
+            if direction != _DROPPED and count:
+                found.append(WorkFact(kind, manager, direction, completed, into, start, created, closed, None,
+                                      None, due, late if lateness else None, count))
     return found
 
 

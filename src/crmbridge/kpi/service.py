@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
 from pathlib import Path
 from typing import Any, Iterable
 from zoneinfo import ZoneInfo
 
+from crmbridge.bulk import paused_gc
 from crmbridge.cache import kpi as store
 from crmbridge.cache.store import Cache
 from crmbridge.errors import MappingError
@@ -62,58 +64,97 @@ def work_needs(kpis: KpiFileSpec) -> dict[str, dict[str, bool]]:
     return needs
 
 
-def fact_data(cache: Cache, mappings: Mappings, kpis: KpiFileSpec, now: datetime) -> FactData:
-    """Everything the KPIs count, read from the cache: deals one by one, calls, to-dos, tasks and stage changes
-    grouped in SQL where their timestamps allow (cache/kpi.py), the rest one by one."""
-    binding = binding_view(mappings, kpis)
-    clock = LocalTime(portal_zone(mappings))
-    suffix = clock.fixed_suffix
-    warnings: list[str] = []
-    base, rates = inputs.currency_rates(store.currency_rows(cache), kpis.base_currency)
-    deals = inputs.deal_facts(store.deal_rows(cache, binding.fields, mappings.binding.crm), binding, rates, base, clock,
-                              warnings)
-    by_id = {deal.id: deal for deal in deals}
-    known = store.deal_ids(cache)
-    at_now = store_moment(now, clock) if suffix is not None else None
-    if at_now is not None and not at_now[0].endswith(suffix or ""):
-        suffix = at_now = None  # the zone's offset changed since (a far future `now`): every row one by one
-    needs = work_needs(kpis)
-    directions = inputs.deal_directions(deals, known) if suffix is not None and needs else {}
-    direction_of = {deal.id: deal.direction for deal in deals}
-    work: list[WorkFact] = []
-    for name, dates in needs.items():
-        source = store.WORK_SOURCES[name]
-        if suffix is not None:
+@dataclass
+class GroupedReads:
+    """What SQL grouped (cache/kpi.py): per source and dates read alike, the groups and whether they hold every row
+    with such a date; the stage changes the same; the violations."""
+
+    #: (source, its dates read alike, whether overdue rows are told apart, groups, every row grouped)
+    work: list[tuple[str, list[str], bool, list[Any], bool]] = field(default_factory=list)
+    stages: list[tuple[Any, ...]] = field(default_factory=list)
+    stages_all_grouped: bool = False
+    violations: list[tuple[Any, ...]] = field(default_factory=list)
+
+
+def grouped_reads(cache: Cache, needs: dict[str, dict[str, bool]], suffix: str | None,
+                  at_now: tuple[str, bool] | None) -> GroupedReads:
+    """The grouped reads, in one read transaction (they may run on a connection of their own: see fact_data)."""
+    found = GroupedReads()
+    with store.read_snapshot(cache):
+        for name, dates in needs.items():
+            source = store.WORK_SOURCES[name]
             # one query per column (to-dos and tasks are started and due at their deadline) and lateness
             alike: dict[tuple[str, bool, bool], list[str]] = {}
             for date, late in sorted(dates.items()):
                 alike.setdefault((source.dates[date], date == "closed", late), []).append(date)
-            every_row_grouped = True
             for (_, _, late), names in sorted(alike.items()):
+                if suffix is None:
+                    found.work.append((name, names, late, [], False))
+                    continue
                 groups = store.work_groups(cache, source, names[0], suffix, at_now if late else None)
-                work += inputs.grouped_work(name, groups, names, directions, clock, late)
-                every_row_grouped &= sum(group.rows for group in groups) == store.work_count(cache, source, names[0])
-            if every_row_grouped:
-                continue
-        wanted = set(dates) | ({"overdue"} if any(dates.values()) else set())
-        work += inputs.single_work(name, store.work_rows(cache, source, dates, suffix), direction_of, known, clock,
-                                   wanted)
-    users, departments = inputs.people(store.user_rows(cache), store.department_rows(cache))
+                every_row = sum(group.rows for group in groups) == store.work_count(cache, source, names[0])
+                found.work.append((name, names, late, groups, every_row))
+        if suffix is not None:
+            found.stages = store.stage_groups(cache, suffix)
+            found.stages_all_grouped = sum(group[4] for group in found.stages) == store.stage_count(cache)
+        found.violations = store.violation_rows(cache, suffix)
+    return found
+
+
+@paused_gc()  # about a million small acyclic facts: the cycle collector would rescan them again and again
+def fact_data(cache: Cache, mappings: Mappings, kpis: KpiFileSpec, now: datetime, *, grouped: bool = True) -> FactData:
+    """Everything the KPIs count, read from the cache: deals one by one, calls, to-dos, tasks and stage changes
+    grouped in SQL where their timestamps allow (cache/kpi.py), the rest one by one (`grouped` False: every row one by
+    one, the slow way the grouped reads must agree with).
+
+    The grouped reads are mostly SQLite's own work, done without holding Python's lock: on a second connection of a
+    file cache they run in a thread while this one reads and converts the deals (two cores: about half the time)."""
+    binding = binding_view(mappings, kpis)
+    clock = LocalTime(portal_zone(mappings))
+    suffix = clock.fixed_suffix if grouped else None
+    at_now = store_moment(now, clock) if suffix is not None else None
+    if at_now is not None and not at_now[0].endswith(suffix or ""):
+        suffix = at_now = None  # the zone's offset changed since (a far future `now`): every row one by one
+    needs = work_needs(kpis)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        side = store.side_reader(cache)
+        pending = pool.submit(_grouped_reads_on, side, needs, suffix, at_now) if side is not None else None
+        warnings: list[str] = []
+        base, rates = inputs.currency_rates(store.currency_rows(cache), kpis.base_currency)
+        deals = inputs.deal_facts(store.deal_rows(cache, suffix), binding, rates, base, clock, warnings,
+                                  store.deal_values(cache, binding.fields, mappings.binding.crm))
+        known = store.deal_ids(cache)
+        directions = inputs.DealDirections(deals, known) if suffix is not None and needs else None
+        users, departments = inputs.people(store.user_rows(cache), store.department_rows(cache))
+        reads = pending.result() if pending is not None else grouped_reads(cache, needs, suffix, at_now)
+    by_id = {deal.id: deal for deal in deals}
+    direction_of = {deal.id: deal.direction for deal in deals}
+    work: list[WorkFact] = []
+    for name, names, late, groups, every_row in reads.work:
+        if groups:
+            work += inputs.grouped_work(name, groups, names, directions or inputs.DealDirections([], []), clock, late)
+        if not every_row:
+            rows = store.work_singles(cache, store.WORK_SOURCES[name], names[0], late, suffix)
+            work += inputs.single_work(name, rows, direction_of, known, clock, [*names, *(["overdue"] if late else [])])
     rule_directions: dict[str, set[str]] = {}
     for direction_id in mappings.regulation.directions:
         rules = mappings.regulation.rules_for(direction_id)
         for rule in type(rules).model_fields:
             if getattr(rules, rule).mode.value != "off":
                 rule_directions.setdefault(rule, set()).add(direction_id)
-    groups = store.stage_groups(cache, suffix) if suffix is not None else []
-    grouped = suffix is not None and sum(group[4] for group in groups) == store.stage_count(cache)
-    entries = inputs.grouped_entries(groups, [] if grouped else store.stage_history_rows(cache, suffix), binding,
-                                     by_id, clock)
+    singles = [] if reads.stages_all_grouped else store.stage_history_rows(cache, suffix)
+    entries = inputs.grouped_entries(reads.stages, singles, binding, by_id, clock)
     return FactData(
-        deals=deals, work=work, violations=inputs.violation_facts(store.violation_rows(cache, suffix), clock),
+        deals=deals, work=work, violations=inputs.violation_facts(reads.violations, clock),
         entries=entries, funnels=dict(binding.funnels), users=users, departments=departments,
         rule_directions=rule_directions, base_currency=base, warnings=warnings,
         violations_recorded=store.violations_recorded(cache))
+
+
+def _grouped_reads_on(side: Any, needs: dict[str, dict[str, bool]], suffix: str | None,
+                      at_now: tuple[str, bool] | None) -> GroupedReads:
+    with side as reader:
+        return grouped_reads(reader, needs, suffix, at_now)
 
 
 def people_data(cache: Cache) -> FactData:
@@ -202,9 +243,11 @@ class KpiSession:
         return list(self.mappings.regulation.directions)
 
     def rows(self, periods: Iterable[Period], **options: Any) -> list[KpiRow]:
-        return kpi_rows(self.engine, periods, self.plans.book, directions=self.directions, **options)
+        with paused_gc():  # the events and groups are acyclic too (see fact_data)
+            return kpi_rows(self.engine, periods, self.plans.book, directions=self.directions, **options)
 
 
+@paused_gc()  # the facts (see fact_data), the plans and the engine's indexes
 def open_session(cache: Cache, directory: Path, now: datetime, *, strict_plans: bool = True,
                  crm: str | None = None) -> KpiSession:
     """Load the files, read the cache, check the plans (file problems raise MappingError) and record them."""
