@@ -159,7 +159,7 @@ def evaluation(deals: int, seed: int, workdir: Path, rounds: int = 5) -> dict[st
 
     from crmbridge.cache.store import open_cache
     from crmbridge.mapping.binding import DealMapper
-    from crmbridge.mapping.cached import load_deals, paused_gc
+    from crmbridge.bulk import paused_gc
     from crmbridge.mapping.load import load_mappings
     from crmbridge.regulation.evaluate import Evaluator
     from crmbridge.sandbox.amocrm.state import seeded_state
@@ -180,7 +180,7 @@ def evaluation(deals: int, seed: int, workdir: Path, rounds: int = 5) -> dict[st
                 cache.upsert(table, table_rows)
         mappings = load_mappings(ROOT / "mappings", crm=crm)
         started = time.perf_counter()
-        loaded[crm] = (load_deals(cache, DealMapper(mappings.regulation, mappings.binding)), mappings)
+        loaded[crm] = (DealMapper(mappings.regulation, mappings.binding).deals(cache.deals.records()), mappings)
         out[crm] = {"load_and_map_seconds": round(time.perf_counter() - started, 2)}
         cache.close()
     moment = datetime.fromtimestamp(now, timezone.utc)

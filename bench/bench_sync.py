@@ -76,7 +76,9 @@ def run_crmbridge(url: str, args: argparse.Namespace, deals_only: bool) -> dict[
     from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
     from crmbridge.sync import Syncer
 
-    client = Bitrix24Client(url, rate=args.rate, burst=args.burst, operating_limit=args.operating_limit)
+    # each run gets a sandbox just started: its bucket is empty (a client knowing nothing would assume it full)
+    client = Bitrix24Client(url, rate=args.rate, burst=args.burst, operating_limit=args.operating_limit,
+                            bucket_level=0.0)
     started = time.monotonic()
     if deals_only:
         rows = sum(1 for _ in Bitrix24Reader(client).iter_deals())

@@ -74,6 +74,8 @@ class Settings(BaseSettings):
 
     #: loop guard: reverts of one deal per day before the bridge stops reverting and escalates to the head
     enforce_max_reverts_per_day: int = Field(default=3, ge=0)
+    #: enforce even when the webhook's Bitrix24 user is not an administrator (its role must see every deal and task)
+    enforce_allow_non_admin: bool = False
     #: how messages reach people: chat (im.message.add to the person's private dialog, read back after a lost
     #: answer: exactly once) or notify (im.notify.system.add: no read-back; see the README)
     enforce_notify_channel: Literal["chat", "notify"] = "chat"

@@ -44,6 +44,10 @@ class ConfigError(CrmBridgeError):
     """A setting is missing or wrong; the message names the setting."""
 
 
+class RightsError(ConfigError):
+    """The CRM user crmbridge works as cannot see everything the regulation judges (e.g. not a Bitrix24 admin)."""
+
+
 class MappingError(CrmBridgeError):
     """One or more problems in the admin's mapping / regulation files.
 

@@ -92,6 +92,8 @@ class Task:
     closed: datetime | None = None
     kind: str = TASK  # TASK or TODO; ids are only unique within a kind
     title_key: str = field(default="", compare=False, repr=False)  # the title as stage tasks are matched
+    #: crmbridge set it (its marker is in the text): setting it was not a person's activity (R11)
+    by_bridge: bool = False
 
     def __post_init__(self) -> None:
         if not self.title_key:
@@ -158,6 +160,7 @@ class Deal:
     tasks: tuple[Task, ...] = ()  # tasks and to-dos alike: both are the manager's work on the deal (R5, R10, R11)
     contact: Client | None = None
     company: Client | None = None
+    ignored: bool = False  # its pipeline is excluded in the binding (`ignore`), not merely unbound
     #: the entries since the deal last came into its current direction (oldest first): most rules judge
     #: this run, so it is computed once when the deal is built rather than by every rule that asks
     run: tuple[StageEntry, ...] = field(init=False, compare=False, repr=False)

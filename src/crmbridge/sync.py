@@ -90,8 +90,9 @@ def then(first: list[RawRecord] | None, rest: Callable[[int], Iterator[RawRecord
         yield from rest(max(int(row.get("ID", row.get("id", 0))) for row in first))
 
 
-def chunks(records: Iterable[RawRecord], size: int = CHUNK_ROWS) -> Iterator[list[RawRecord]]:
+def chunks(records: Iterable[RawRecord], size: int | None = None) -> Iterator[list[RawRecord]]:
     iterator = iter(records)
+    size = size or CHUNK_ROWS
     while chunk := list(islice(iterator, size)):
         yield chunk
 
@@ -118,6 +119,8 @@ class Syncer:
         self.lock_wait = lock_wait
         self.break_lock = break_lock
         self._lock: WriterLock | None = None
+        #: contacts and companies this run has read already (deals of one client fall into many chunks)
+        self._clients_read: dict[str, set[int]] = {"contacts": set(), "companies": set()}
         #: an incremental sync re-reads pipelines, stages, fields and users when they are older than this
         #: (or when a deal names a stage or pipeline the cache does not know); a full sync always does
         self.metadata_max_age = metadata_max_age
@@ -153,6 +156,7 @@ class Syncer:
             self._lock.heartbeat()
 
     def _locked_run(self, full: bool, portal_time: str | None, started: float, requests_before: int) -> SyncSummary:
+        self._clients_read = {"contacts": set(), "companies": set()}
         with self.cache.syncs.writer(wait=self.lock_wait, break_lock=self.break_lock) as self._lock:
             return self._run(full, portal_time, started, requests_before)
 
@@ -174,6 +178,9 @@ class Syncer:
         pages = first.pages if first is not None else {}
         # one cache, one account: a cache of another portal (or of an amoCRM account) is refused before any write
         self.cache.account.claim("bitrix24", self.reader.client.account, self.now())
+        if self.reader.admin is not None:
+            # a non-admin sees only the tasks it may: enforcement refuses to act on what it cannot see
+            self.cache.account.record_rights(self.reader.admin, self.now())
         run_id = self.cache.syncs.start_run(mode, self.now())
         try:
             reference_read = mode == "full" or self._metadata_due()
@@ -303,11 +310,12 @@ class Syncer:
         synced_at = self.now()
         deal_rows = [cache_rows.deal_row(raw, synced_at) for raw in chunk]
         changed = self.cache.deals.changed_ids(deal_rows)
-        # a full sync re-reads every deal's client (a phone added to a contact does not touch its deals);
-        # an incremental one those of changed deals, plus clients edited on their own (_sync_changed_clients)
+        # a full sync re-reads every deal's client (a phone added to a contact does not touch its deals), each once
+        # however many chunks name it; an incremental one those of changed deals, plus clients edited on their own
+        # (_sync_changed_clients)
         with_clients = deal_rows if state_update is not None else [r for r in deal_rows if r["id"] in changed]
-        contact_ids = {r["contact_id"] for r in with_clients if r["contact_id"]}
-        company_ids = {r["company_id"] for r in with_clients if r["company_id"]}
+        contact_ids = {r["contact_id"] for r in with_clients if r["contact_id"]} - self._clients_read["contacts"]
+        company_ids = {r["company_id"] for r in with_clients if r["company_id"]} - self._clients_read["companies"]
         if state_update is None:
             # an edited client moves its own DATE_MODIFY and comes in with _sync_changed_clients: an incremental
             # sync reads only the clients the cache does not have yet (a deal given a new contact)
@@ -316,11 +324,14 @@ class Syncer:
         # read before the transaction: HTTP inside a write transaction would hold the file locked;
         # contacts and companies go in one batch, and only the companies that just the contacts name in another
         contacts, companies = self.reader.clients(contact_ids, company_ids) if contact_ids or company_ids else ([], [])
-        more = {cid for c in contacts if (cid := cache_rows.as_int(c.get("COMPANY_ID")))} - company_ids
+        more = ({cid for c in contacts if (cid := cache_rows.as_int(c.get("COMPANY_ID")))} - company_ids
+                - self._clients_read["companies"])
         if state_update is None:
             more = set(self.cache.deals.missing_clients("companies", more))
         if more:
             companies += self.reader.clients((), more)[1]
+        self._clients_read["contacts"] |= contact_ids
+        self._clients_read["companies"] |= company_ids | more
         self._heartbeat()
         with self.cache.atomic():
             self.cache.deals.upsert(deal_rows, map(cache_rows.contact_row, contacts),

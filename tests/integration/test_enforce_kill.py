@@ -134,7 +134,7 @@ def test_killed_again_and_again_while_resuming_the_portal_still_holds_the_plan_o
     cache = open_cache(cache_path)
     portal, _ = synced(make_portal, cache, deals=300)
     plan = planned(portal, cache)
-    kills = [("answer", 1, None), ("intents", 2, None), ("none", None, 11), ("outcomes", 1, None),
+    kills = [("answer", 1, None), ("intents", 1, None), ("none", None, 11), ("message_intents", 1, None),
              ("message_answer", 1, None)]
     died = [child(portal, cache_path, step, occurrence or 1, write) for step, occurrence, write in kills]
     assert died.count(-signal.SIGKILL) >= 4  # a resumed run may finish before it reaches a later kill point

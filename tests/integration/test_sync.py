@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -196,3 +197,19 @@ def test_tasks_deleted_or_unbound_on_the_portal_leave_the_cache(make_portal: Any
     make_syncer(portal, cache).run(full=True)
     assert cache.count("tasks", "id = ?", [deleted]) == 0
     assert {row["id"] for row in cache.query("SELECT id FROM tasks")} == portal.state.deal_task_ids()
+
+
+def test_a_full_sync_reads_each_client_once(make_portal: Callable[..., SandboxPortal], cache: Cache,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 7, item 16: deals of one client fall into different chunks; a full sync read the client again for
+    each (15,811 contact rows for 5,000 contacts on 20,000 deals)."""
+    from crmbridge import sync as sync_module
+
+    monkeypatch.setattr(sync_module, "CHUNK_ROWS", 100)  # many chunks, as 20,000 deals make 8 of 2,500
+    portal = make_portal(deals=900, seed=11, limits=False)
+    summary = make_syncer(portal, cache).run(full=True)
+    named = {row["contact_id"] for row in cache.query("SELECT DISTINCT contact_id FROM deals WHERE contact_id IS NOT NULL")}
+    companies = {row["id"] for row in cache.query("SELECT id FROM companies")}
+    assert len(named) < 900 // 2  # clients are shared by deals of different chunks
+    assert summary.contacts_read == len(named) == portal.stats.rows_for("crm.contact.list")
+    assert summary.companies_read == len(companies) == portal.stats.rows_for("crm.company.list")

@@ -52,6 +52,8 @@ def rsps() -> Iterator[responses.RequestsMock]:
 
 
 def make_client(clock: FakeClock, **kwargs: Any) -> Bitrix24Client:
+    # the mocked portal starts idle (a real client without a bucket file assumes a full bucket: see the limiter tests)
+    kwargs.setdefault("bucket_level", 0.0)
     return Bitrix24Client(
         BASE, clock=clock.monotonic, sleep=clock.sleep, wall=clock.wall, rng=random.Random(7), **kwargs
     )
@@ -222,7 +224,7 @@ def test_auth_expired_refreshes_once_and_repeats(rsps: responses.RequestsMock, c
     )
     rsps.add(responses.POST, url("crm.deal.get"), json=ok_json({"ID": "1"}))
     auth = RefreshingAuth()
-    client = Bitrix24Client(auth=auth, clock=clock.monotonic, sleep=clock.sleep, wall=clock.wall)
+    client = Bitrix24Client(auth=auth, clock=clock.monotonic, sleep=clock.sleep, wall=clock.wall, bucket_level=0.0)
     assert client.call("crm.deal.get", {"id": 1}).result == {"ID": "1"}
     assert auth.refreshes == 1
     assert [sent(c.request)["auth"] for c in rsps.calls] == ["old", "new"]
@@ -231,7 +233,7 @@ def test_auth_expired_refreshes_once_and_repeats(rsps: responses.RequestsMock, c
 def test_auth_expired_twice_gives_up_after_one_refresh(rsps: responses.RequestsMock, clock: FakeClock) -> None:
     rsps.add(responses.POST, url("crm.deal.get"), json=err_json("expired_token"), status=401)
     auth = RefreshingAuth()
-    client = Bitrix24Client(auth=auth, clock=clock.monotonic, sleep=clock.sleep, wall=clock.wall)
+    client = Bitrix24Client(auth=auth, clock=clock.monotonic, sleep=clock.sleep, wall=clock.wall, bucket_level=0.0)
     with pytest.raises(AuthExpired):
         client.call("crm.deal.get")
     assert auth.refreshes == 1 and client.requests_made == 2
@@ -407,8 +409,11 @@ class FakePortal:
         body = sent(request)
         if method != "batch":
             self.calls.append(body)
-            assert body["start"] == -1 and body["order"] == {"ID": "ASC"}
-            return 200, {}, json.dumps(ok_json(self.page(int(body["filter"][">ID"])), total=0))
+            # the first page counts the rows left (start=0): chains are sized to them
+            assert body["start"] == 0 and body["order"] == {"ID": "ASC"}
+            after = int(body["filter"][">ID"])
+            left = len([i for i in self.ids if i > after]) if self.honour_filter else len(self.ids)
+            return 200, {}, json.dumps(ok_json(self.page(after), total=left))
         number = len(self.batches)
         self.batches.append(body["cmd"])
         results: dict[str, Any] = {}
@@ -702,7 +707,7 @@ def test_iter_list_fast_user_get_uses_sort_and_order_strings(rsps: responses.Req
     client = make_client(clock)
     assert [r["ID"] for r in client.iter_list_fast("user.get", filter={"ACTIVE": True})] == ["1", "2"]
     body = sent(rsps.calls[0].request)
-    assert body["sort"] == "ID" and body["order"] == "ASC" and body["start"] == -1
+    assert body["sort"] == "ID" and body["order"] == "ASC" and body["start"] == 0  # the first page counts what is left
     assert body["filter"] == {"ACTIVE": True, ">ID": 0}
 
 

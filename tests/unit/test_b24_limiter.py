@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fake_clock import WALL0, FakeClock
 
-from crmbridge.connectors.bitrix24.limiter import Limiter
+from crmbridge.connectors.bitrix24.limiter import BucketFile, Limiter
 
 
 
@@ -27,6 +27,7 @@ class PortalBucket:
 
 
 def _limiter(clock: FakeClock, **kwargs: float) -> Limiter:
+    kwargs.setdefault("level", 0.0)  # a portal left alone: its bucket has drained
     return Limiter(clock=clock.monotonic, sleep=clock.sleep, wall=clock.wall, **kwargs)  # type: ignore[arg-type]
 
 
@@ -158,3 +159,34 @@ def test_invalid_settings_are_refused() -> None:
         Limiter(rate=0)
     with pytest.raises(ValueError):
         Limiter(operating_threshold=1.5)
+
+
+def test_without_knowing_the_portal_a_limiter_starts_from_a_full_bucket() -> None:
+    clock = FakeClock()
+    limiter = Limiter(rate=2.0, burst=50, clock=clock.monotonic, sleep=clock.sleep, wall=clock.wall)
+    limiter.acquire()
+    # another process (or this one before a restart) may just have filled the portal's bucket: wait as if it had
+    assert clock.sleeps == [pytest.approx(1.5)]
+
+
+def test_a_restarted_limiter_takes_the_bucket_from_the_file_the_last_one_left(tmp_path) -> None:
+    clock = FakeClock()
+    portal = PortalBucket(2.0, 10)
+
+    def limiter() -> Limiter:
+        return Limiter(rate=2.0, burst=10, clock=clock.monotonic, sleep=clock.sleep, wall=clock.wall,
+                       bucket=BucketFile(tmp_path / "cache.db.bitrix24-bucket", wall=clock.wall))
+
+    first = limiter()
+    for _ in range(8):  # a burst, then the process is killed
+        first.acquire()
+        portal.hit(clock.t)
+    restarted = limiter()
+    for _ in range(20):
+        restarted.acquire()
+        portal.hit(clock.t)
+    assert portal.rejected == 0 and portal.peak <= 10
+    clock.advance(3600)  # an hour later the bucket has drained: no waiting at all
+    before = len(clock.sleeps)
+    limiter().acquire()
+    assert len(clock.sleeps) == before

@@ -122,8 +122,9 @@ def test_discover_marks_what_it_cannot_match(shipped) -> None:
     assert any("pipeline 5: the direction is still todo — choose one of: project_sales" in str(p) for p in problems)
 
 
-def test_packaged_default_is_the_shipped_regulation() -> None:
-    from crmbridge.commands.regulation import default_regulation_text
+@pytest.mark.parametrize("name", sorted(path.name for path in MAPPINGS.glob("*.yaml")))
+def test_packaged_defaults_are_the_shipped_mapping_files(name: str) -> None:
+    from crmbridge import defaults
 
-    assert default_regulation_text() == (MAPPINGS / "regulation.yaml").read_text(encoding="utf-8"), \
-        "copy mappings/regulation.yaml to src/crmbridge/defaults/regulation.yaml"
+    assert defaults.text(name) == (MAPPINGS / name).read_text(encoding="utf-8"), \
+        f"copy mappings/{name} to src/crmbridge/defaults/{name}"

@@ -162,7 +162,7 @@ def test_r4_probability(stage: str, probability: int | None, passes: bool) -> No
 
 def test_r4_message_comes_from_the_file() -> None:
     (violation,) = run("R4", deal("two", probability=10))
-    assert violation.message == "R4 10 vs 25"
+    assert violation.message == "R4 10% vs 25"  # {actual} carries its percent sign (it may read "not set")
 
 
 @pytest.mark.parametrize("match,title,passes", [

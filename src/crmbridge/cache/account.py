@@ -42,6 +42,18 @@ class Account:
             self.cache.db["crm_account"].upsert(row, pk="id")
         return self.get() or row
 
+    def record_rights(self, admin: bool, checked_at: str) -> None:
+        """What `user.admin` answered for the user the reads run as (a sync asks at its start)."""
+        with self.cache.atomic():
+            self.cache.db.execute("UPDATE crm_account SET webhook_admin = ?, rights_checked_at = ? WHERE id = 1",
+                                  [int(admin), checked_at])
+
+    def rights(self) -> bool | None:
+        """True when the last sync found the webhook's user to be an administrator, False when not, None unknown."""
+        held = self.get()
+        value = held.get("webhook_admin") if held else None
+        return None if value is None else bool(value)
+
     def check(self, crm: str) -> None:
         """Refuse to read a cache of another CRM than the one configured (CRMBRIDGE_CRM)."""
         held = self.get()

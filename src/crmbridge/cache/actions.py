@@ -136,6 +136,12 @@ class ActionsRepository:
                                 "AND kind != 'notify' GROUP BY kind", [since or ""])
         return {row["kind"]: int(row["count"]) for row in rows}
 
+    def first_done(self, key_prefix: str) -> dict[str, Any] | None:
+        """The oldest done action whose key starts with `key_prefix`."""
+        rows = self.cache.query("SELECT * FROM actions WHERE status = 'done' AND substr(idempotency_key, 1, ?) = ? "
+                                "ORDER BY id LIMIT 1", [len(key_prefix), key_prefix])
+        return rows[0] if rows else None
+
     def last_done(self, key_prefix: str) -> str | None:
         """When the newest done action whose key starts with `key_prefix` was done (None: never)."""
         rows = self.cache.query("SELECT MAX(done) AS done FROM actions WHERE status = 'done' "

@@ -15,6 +15,13 @@ RawRecord = dict[str, Any]
 
 #: tables of records bound to a deal that a sync reads by a dated cursor
 LINKED = ("tasks", "activities")
+#: the start of the marker crmbridge puts into everything it creates (enforce.plan.marker_of)
+BRIDGE_MARK = "[crmbridge:"
+#: ids of what crmbridge created, from its audit log's done actions of these kinds
+_OWN_IDS = ("SELECT CAST(ids.value AS INTEGER) FROM actions, json_each(actions.crm_ids) AS ids "
+            "WHERE actions.status = 'done' AND actions.kind IN ({kinds})")
+_OWN_TASK_KINDS = "'create_task', 'create_todo', 'notify'"  # amoCRM writes to-dos and notices as tasks
+_OWN_TODO_KINDS = "'create_todo'"
 CLIENTS = {"contacts": "contact_id", "companies": "company_id"}
 
 
@@ -41,6 +48,8 @@ class DealRecords:
     todos: dict[str, list[RawRecord]] = field(default_factory=dict)
     contacts: dict[str, RawRecord] = field(default_factory=dict)
     companies: dict[str, RawRecord] = field(default_factory=dict)
+    #: the users crmbridge writes as (see Deals.own_users): their last timeline activity is not a person's (R11)
+    own_users: frozenset[str] = frozenset()
 
 
 class Deals:
@@ -170,24 +179,37 @@ class Deals:
             if from_stage is not None:  # amoCRM: where the lead came from (its first change tells where it was created)
                 row["FROM_CATEGORY_ID"], row["FROM_STAGE_ID"] = from_category, from_stage
             history[str(deal_id)].append(row)
+        # crmbridge's own tasks and to-dos (the audit log holds their ids; the marker is in their text): setting
+        # them was not a person's activity (R11)
         tasks: dict[str, list[RawRecord]] = defaultdict(list)
-        for task_id, deal_id, title, status, responsible, deadline, created, closed in db.execute(
-                "SELECT id, deal_id, title, status, responsible_id, deadline, created_date, closed_date FROM tasks "
+        for task_id, deal_id, title, status, responsible, deadline, created, closed, own in db.execute(
+                "SELECT id, deal_id, title, status, responsible_id, deadline, created_date, closed_date, "
+                f"id IN ({_OWN_IDS.format(kinds=_OWN_TASK_KINDS)}) OR instr(raw, '{BRIDGE_MARK}') > 0 FROM tasks "
                 f"WHERE deal_id IS NOT NULL{scope}", params):
             tasks[str(deal_id)].append({"id": task_id, "title": title or "", "status": status,
                                         "responsibleId": responsible, "deadline": deadline, "createdDate": created,
-                                        "closedDate": closed})
+                                        "closedDate": closed, "byBridge": own})
         todos: dict[str, list[RawRecord]] = defaultdict(list)
-        for todo_id, deal_id, subject, completed, responsible, deadline, created, updated in db.execute(
-                "SELECT id, deal_id, subject, completed, responsible_id, deadline, created, last_updated "
+        for todo_id, deal_id, subject, completed, responsible, deadline, created, updated, own in db.execute(
+                "SELECT id, deal_id, subject, completed, responsible_id, deadline, created, last_updated, "
+                f"id IN ({_OWN_IDS.format(kinds=_OWN_TODO_KINDS)}) OR instr(raw, '{BRIDGE_MARK}') > 0 "
                 f"FROM activities WHERE deal_id IS NOT NULL{scope}", params):
             todos[str(deal_id)].append({"ID": todo_id, "SUBJECT": subject or "", "COMPLETED": "Y" if completed else "N",
                                         "RESPONSIBLE_ID": responsible, "DEADLINE": deadline, "CREATED": created,
-                                        "LAST_UPDATED": updated})
+                                        "LAST_UPDATED": updated, "byBridge": own})
         found.history, found.tasks, found.todos = history, tasks, todos
+        found.own_users = self.own_users()
         found.contacts = self._clients("contacts", {deal.contact for deal in found.deals})
         found.companies = self._clients("companies", {deal.company for deal in found.deals})
         return found
+
+    def own_users(self) -> frozenset[str]:
+        """The users crmbridge writes as: the authors of the cached tasks it created (the webhook's or the
+        application's user). Found in the data, so nothing to configure."""
+        rows = self.cache.db.execute(
+            "SELECT DISTINCT COALESCE(json_extract(raw, '$.createdBy'), json_extract(raw, '$.created_by')) FROM tasks "
+            f"WHERE id IN ({_OWN_IDS.format(kinds=_OWN_TASK_KINDS)}) OR instr(raw, '{BRIDGE_MARK}') > 0")
+        return frozenset(str(user) for (user,) in rows if user not in (None, ""))
 
     def with_client_peers(self, deal_ids: Iterable[int | str]) -> list[int]:
         """The deals plus every cached deal that shares a contact or company with one of them.

@@ -442,7 +442,12 @@ MIGRATIONS: list[str] = [
         period, scope, COALESCE(manager_id, -1), COALESCE(department_id, -1), COALESCE(direction, ''), kpi)
         WHERE superseded_at IS NULL;
     """,
-    # 13 (issue 10, speed): the KPIs group calls / meetings / e-mails, to-dos, tasks and stage changes per month in SQL
+    # 13: the webhook's rights (issue 7): a non-admin sees only some tasks, so enforcement must know who it reads as.
+    """
+    ALTER TABLE crm_account ADD COLUMN webhook_admin INTEGER;   -- Bitrix24 user.admin of the user reads run as: 1 / 0
+    ALTER TABLE crm_account ADD COLUMN rights_checked_at TEXT;  -- when a sync last asked (UTC)
+    """,
+    # 14 (issue 10, speed): the KPIs group calls / meetings / e-mails, to-dos, tasks and stage changes per month in SQL
     # (cache/kpi.py). Each index leads with whether a row's timestamps have the shape SQL can cut (written out exactly
     # as cache/kpi.py writes it: SQLite matches the expression), then the grouped columns in the grouping's order and
     # the deal ids: SQLite reads the plain rows off the index and groups as it scans. Tuned for the shipped kpi.yaml

@@ -14,6 +14,7 @@ from rich.console import Console
 from crmbridge.cache.store import Cache, open_cache
 from crmbridge.config import Settings, load_settings
 from crmbridge.connectors.bitrix24.client import Bitrix24Client, validate_webhook_url
+from crmbridge.connectors.bitrix24.limiter import bucket_file
 from crmbridge.connectors.bitrix24.app import authorization_server, effective_connector, oauth_auth
 from crmbridge.errors import CacheError, ConfigError
 
@@ -48,6 +49,8 @@ def client_from(settings: Settings, webhook_url: str | None = None) -> Bitrix24C
         "burst": settings.bitrix24_burst,
         "operating_limit": settings.bitrix24_operating_limit,
         "max_attempts": settings.bitrix24_max_attempts,
+        # a restart right after a burst must not draw 503: the bucket's level is kept beside the cache
+        "bucket": bucket_file(settings.cache_path),
     }
     if webhook_url:
         return Bitrix24Client(validate_webhook_url(webhook_url), **options)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +14,14 @@ import typer
 from rich.table import Table
 
 from crmbridge.cache.store import Cache
+from crmbridge import defaults
 from crmbridge.commands import common
 from crmbridge.commands.enforce import print_report
 from crmbridge.commands.sync import print_summary, progress_bar
 from crmbridge.config import load_settings
 from crmbridge.connectors.bitrix24.client import Bitrix24Client
 from crmbridge.connectors.registry import CrmClient
+from crmbridge.enforce.audit import AuditLog
 from crmbridge.enforce.run import EnforceReport, enforce
 from crmbridge.mapping.load import Mappings
 from crmbridge.model import Mode
@@ -59,6 +62,10 @@ def run_demo_enforcement(client: CrmClient, cache: Cache, mappings: Mappings, *,
     if modes:
         shown = ", ".join(f"{rule}={mode.value}" for rule, mode in modes.items())
         console.print(f"[bold]Enforcement[/bold] (demo modes: {shown}; the shipped regulation has them in warn)")
+    # the shipped regulation holds messages outside working hours; the demo shows its digests at any hour
+    data = mappings.regulation.model_dump()
+    data["notifications"]["outside_working_hours"] = "send"
+    mappings = replace(mappings, regulation=type(mappings.regulation).model_validate(data))
     plan = enforce(client, cache, mappings, dry_run=True, modes=modes)
     print_report(plan, limit=limit)
     console.print("[bold]Enforcing on the sandbox…[/bold]")
@@ -67,6 +74,10 @@ def run_demo_enforcement(client: CrmClient, cache: Cache, mappings: Mappings, *,
     again = enforce(client, cache, mappings, modes=modes)
     sent = again.execution.sent if again.execution else 0
     console.print(f"Second run: {sent} writes (each action is written once; `crmbridge log` shows them all)")
+    digest = AuditLog(cache).a_digest()
+    if digest:
+        console.print("[bold]A manager's digest[/bold] (one message per person per run):")
+        console.print(digest if len(digest) < 1500 else digest[:1500] + " …", markup=False)
     return report, again
 
 
@@ -82,51 +93,62 @@ def register(app: typer.Typer) -> None:
         report: Path = typer.Option(Path("report.html"), "--report", help="Where the demo writes the HTML report."),
         live: bool = typer.Option(True, "--live/--no-live",
                                   help="Then run the live bridge on loopback and correct a deal as it is moved."),
+        mappings_dir: Path = typer.Option(None, "--mappings",
+                                          help="Regulation, bindings, plans and KPI files to use (default: the ones "
+                                               "shipped with crmbridge, bound to the sandbox's ids)."),
     ) -> None:
         """Start the sandbox CRM on loopback, sync it, show what crmbridge sees, then enforce the regulation on it."""
         if crm not in ("bitrix24", "amocrm"):
             from crmbridge.errors import ConfigError
 
             raise ConfigError(f"--crm {crm!r}: use bitrix24 or amocrm")
-        settings = load_settings()
-        path = cache_path or Path("crmbridge-amocrm-demo.db" if crm == "amocrm" else "crmbridge-demo.db")
-        if path.exists():
-            for suffix in ("", "-wal", "-shm", ".amocrm-rate"):
-                Path(str(path) + suffix).unlink(missing_ok=True)
-        if crm == "amocrm":
-            from crmbridge.sandbox.amocrm import SandboxAccount
+        # the sandbox's ids are those of the shipped bindings: the demo never reads the admin's own mappings/
+        with defaults.directory() as shipped:
+            _demo(crm, deals, cache_path, seed, live, report, load_settings().model_copy(
+                update={"mappings_dir": mappings_dir or shipped}))
 
-            account = SandboxAccount(deals=deals, seed=seed)
-            account.start(port=0)
-            try:
-                common.console.print(f"[bold]Sandbox amoCRM account[/bold] with {deals:,} leads at {account.base_url} "
-                                     "(7 requests per second, as amoCRM allows)")
-                from crmbridge.connectors.registry import amocrm_client_from
 
-                client: Any = amocrm_client_from(settings.model_copy(update={
-                    "crm": "amocrm", "cache_path": path, "amocrm_long_lived_token": SecretStr(account.long_lived_token)}),
-                    base_url=account.base_url)
-                _flow(client, path, settings, "amocrm", report)
-            finally:
-                account.stop()
-            return
-        from crmbridge.sandbox import SandboxPortal
+def _demo(crm: str, deals: int, cache_path: Path | None, seed: int, live: bool, report: Path, settings: Any) -> None:
+    """The flow against the chosen sandbox, with `settings.mappings_dir` pointing at the mapping files to use."""
+    path = cache_path or Path("crmbridge-amocrm-demo.db" if crm == "amocrm" else "crmbridge-demo.db")
+    if path.exists():
+        for suffix in ("", "-wal", "-shm", ".amocrm-rate"):
+            Path(str(path) + suffix).unlink(missing_ok=True)
+    if crm == "amocrm":
+        from crmbridge.sandbox.amocrm import SandboxAccount
 
-        portal = SandboxPortal(deals=deals, seed=seed)
-        portal.start(port=0)
+        account = SandboxAccount(deals=deals, seed=seed)
+        account.start(port=0)
         try:
-            common.console.print(f"[bold]Sandbox portal[/bold] with {deals:,} deals at {portal.webhook_url}")
-            client = Bitrix24Client(
-                portal.webhook_url, rate=settings.bitrix24_rate, burst=settings.bitrix24_burst,
-                operating_limit=settings.bitrix24_operating_limit,
-            )
-            _flow(client, path, settings, "bitrix24", report)
-            if live:
-                from crmbridge.live.demo import run_live_demo
+            common.console.print(f"[bold]Sandbox amoCRM account[/bold] with {deals:,} leads at {account.base_url} "
+                                 "(7 requests per second, as amoCRM allows)")
+            from crmbridge.connectors.registry import amocrm_client_from
 
-                run_live_demo(portal, path, settings)
+            client: Any = amocrm_client_from(settings.model_copy(update={
+                "crm": "amocrm", "cache_path": path, "amocrm_long_lived_token": SecretStr(account.long_lived_token)}),
+                base_url=account.base_url)
+            _flow(client, path, settings, "amocrm", report)
         finally:
-            portal.stop()
+            account.stop()
+        return
+    from crmbridge.sandbox import SandboxPortal
+
+    portal = SandboxPortal(deals=deals, seed=seed)
+    portal.start(port=0)
+    try:
+        common.console.print(f"[bold]Sandbox portal[/bold] with {deals:,} deals at {portal.webhook_url}")
+        client = Bitrix24Client(
+            portal.webhook_url, rate=settings.bitrix24_rate, burst=settings.bitrix24_burst,
+            operating_limit=settings.bitrix24_operating_limit,
+            bucket_level=0.0,  # the sandbox portal was just started here: its bucket is empty
+        )
+        _flow(client, path, settings, "bitrix24", report)
+        if live:
+            from crmbridge.live.demo import run_live_demo
+
+            run_live_demo(portal, path, settings)
+    finally:
+        portal.stop()
 
 
 def _flow(client: Any, cache_path: Path, settings: Any, crm: str, report: Path) -> None:

@@ -144,6 +144,7 @@ def register(app: typer.Typer) -> None:
             report = enforce(client, cache, mappings, dry_run=dry_run, deal_ids=[deal] if deal is not None else None,
                              sync=sync, modes=overrides, break_lock=break_lock,
                              channel=settings.enforce_notify_channel, client_id=settings.bitrix24_client_id,
+                             allow_non_admin=settings.enforce_allow_non_admin,
                              max_reverts_per_day=settings.enforce_max_reverts_per_day
                              if max_reverts_per_day is None else max_reverts_per_day)
         if as_json:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from crmbridge.bulk import paused_gc
@@ -23,7 +24,7 @@ from crmbridge.mapping.load import Mappings, binding_file, load_mappings, load_r
 from crmbridge.mapping.portal import PortalSnapshot, lint_live
 from crmbridge.mapping.schema import json_schemas
 from crmbridge.model import Deal, Violation
-from crmbridge.regulation.evaluate import RULES, Evaluator, impact
+from crmbridge.regulation.evaluate import RULES, Evaluator, beyond_look_back, impact
 
 
 @dataclass
@@ -57,9 +58,9 @@ def evaluate_cache(cache: Cache, mappings: Mappings, now: datetime, *, record: b
 
 def default_regulation_text() -> str:
     """The shipped default regulation (package data; the same text as mappings/regulation.yaml)."""
-    from importlib.resources import files
+    from crmbridge import defaults
 
-    return files("crmbridge.defaults").joinpath("regulation.yaml").read_text(encoding="utf-8")
+    return defaults.text("regulation.yaml")
 
 
 def _mappings(directory: Path | None) -> Mappings:
@@ -84,6 +85,25 @@ def _snapshot(cache_only: bool) -> tuple[PortalSnapshot, str]:
 
     # the API's records go through the same conversions a sync would cache them with
     return api_snapshot(common.crm_client(settings)), "the portal's API" if settings.crm == "bitrix24" else "the account's API"
+
+
+RIGHTS_WARNING = ("the webhook's user is not a Bitrix24 administrator (user.admin answered false): it sees only the "
+                  "tasks it takes part in, so R3 would find other managers' stage tasks missing, and `crmbridge "
+                  "enforce` refuses to run; create the inbound webhook as a portal administrator")
+
+
+def _webhook_rights() -> bool | None:
+    """`user.admin` of the user the Bitrix24 reads run as; None when there is no portal to ask (or it is down)."""
+    settings = common.settings()
+    if settings.crm != "bitrix24":
+        return None
+    from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
+    from crmbridge.errors import ConfigError, CrmError
+
+    try:
+        return Bitrix24Reader(common.crm_client(settings)).webhook_admin()
+    except (ConfigError, CrmError):
+        return None  # checked against the cache without a reachable portal: nothing to say about its rights
 
 
 def violation_json(violation: Violation) -> dict[str, Any]:
@@ -134,6 +154,7 @@ def register(app: typer.Typer) -> None:
             if problems:
                 raise MappingError([str(problem) for problem in problems])
             report["live"] = source
+            report["webhook_admin"] = _webhook_rights()
         if impact_:
             settings = common.settings()
             with common.cache(settings) as cache:
@@ -145,6 +166,8 @@ def register(app: typer.Typer) -> None:
             return
         common.console.print(f"[green]ok[/green]: {mappings.regulation_path} and {mappings.binding_path}"
                              + (f" (checked against {report['live']})" if live else "") + f"; plans: {plans_summary}")
+        if live and report["webhook_admin"] is False:
+            common.console.print(f"[yellow]warning[/yellow]: {RIGHTS_WARNING}")
         if impact_:
             table = Table(title=f"Impact on {report['deals']:,} cached deals", title_justify="left")
             for column in ("rule", "mode", "would flag", "flagged with current modes"):
@@ -225,18 +248,24 @@ def _explain_deal(cache: Cache, mappings: Mappings, now: datetime, deal_id: int,
     common.console.print(f"[bold]Deal {the_deal.id}[/bold] «{the_deal.title}»: direction {the_deal.direction or '—'}, "
                          f"stage {the_deal.stage or '—'} (CRM {the_deal.crm_stage}), manager {the_deal.manager or '—'}")
     colours = {"passed": "green", "failed": "red", "not_applicable": "dim"}
+    labels = mappings.regulation.wording.explain
     table = Table(show_header=True)
     for column in ("rule", "verdict", "why"):
         table.add_column(column)
     for line in lines:
         severity = f" ({line.violations[0].severity.value})" if line.violations else ""
-        table.add_row(line.rule, f"[{colours[line.verdict.value]}]{line.verdict.value.replace('_', ' ')}{severity}[/]",
-                      line.reason)
+        label = getattr(labels, line.verdict.value)  # in the regulation's language
+        table.add_row(line.rule, f"[{colours[line.verdict.value]}]{escape(label)}{severity}[/]", escape(line.reason))
     common.console.print(table)
 
 
 def _print_audit(run: AuditRun, names: dict[str, str], as_json: bool) -> None:
     by_rule: Counter[str] = Counter(violation.rule for violation in run.violations)
+    # R7 / R8 / R9 breaches older than the rule's look-back window: recorded here, never pushed to people
+    directions = run.evaluator.regulation.directions
+    old: Counter[str] = Counter(violation.rule for violation in run.violations
+                                if violation.direction in directions
+                                and beyond_look_back(violation, directions[violation.direction], run.evaluator.now))
     by_manager: dict[str, Counter[str]] = defaultdict(Counter)
     for violation in run.violations:
         by_manager[violation.manager or "—"][violation.rule] += 1
@@ -244,6 +273,7 @@ def _print_audit(run: AuditRun, names: dict[str, str], as_json: bool) -> None:
         common.print_json({
             "deals": len(run.deals), "violations": len(run.violations), "opened": run.opened, "resolved": run.resolved,
             "by_rule": dict(sorted(by_rule.items(), key=lambda item: int(item[0][1:]))),
+            "beyond_look_back": dict(sorted(old.items(), key=lambda item: int(item[0][1:]))),
             "by_manager": {manager: dict(counts) for manager, counts in by_manager.items()},
             "open": [violation_json(violation) for violation in run.violations],
         })
@@ -255,11 +285,15 @@ def _print_audit(run: AuditRun, names: dict[str, str], as_json: bool) -> None:
     for violation in run.violations:
         deals_by_rule[violation.rule].add(violation.deal)
     table = Table(title="Open violations by rule", title_justify="left")
-    for column in ("rule", "violations", "deals", "clause"):
-        table.add_column(column, justify="right" if column in ("violations", "deals") else "left")
+    for column in ("rule", "violations", "deals", "older than look-back", "clause"):
+        table.add_column(column, justify="left" if column in ("rule", "clause") else "right")
     for rule in RULES:
         if by_rule[rule]:
-            table.add_row(rule, f"{by_rule[rule]:,}", f"{len(deals_by_rule[rule]):,}", clauses[rule])
+            table.add_row(rule, f"{by_rule[rule]:,}", f"{len(deals_by_rule[rule]):,}", f"{old[rule]:,}" if old[rule] else "",
+                          clauses[rule])
+    if old:
+        table.caption = ("older than look-back: breaches of a moment long past (R7, R8, R9 `look_back`): recorded, "
+                         "not pushed to people")
     common.console.print(table)
     rules = [rule for rule in RULES if by_rule[rule]]
     table = Table(title="Open violations by manager", title_justify="left")

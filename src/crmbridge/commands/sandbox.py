@@ -21,6 +21,9 @@ def register(app: typer.Typer) -> None:
         no_limits: bool = typer.Option(False, "--no-limits", help="Turn off the rate (and operating-time) limits."),
         app_redirect_uri: str = typer.Option(None, "--app-redirect-uri",
                                              help="Bitrix24: the OAuth application's redirect URI (crmbridge connect --listen)."),
+        webhook_user: int = typer.Option(1, "--webhook-user", min=1, max=9,
+                                         help="Bitrix24: the user who created the inbound webhook (1 is the administrator; "
+                                              "2..9 are managers, who see only their own tasks)."),
     ) -> None:
         """Serve a CRM-compatible sandbox on loopback (for the demo, tests and trials)."""
         if crm not in CRMS:
@@ -37,6 +40,6 @@ def register(app: typer.Typer) -> None:
 
         serve_forever(
             port=8024 if port is None else port, deals=deals, seed=seed, latency_ms=latency_ms, faults=faults,
-            events_url=events_url, limits=not no_limits,
+            events_url=events_url, limits=not no_limits, webhook_user=webhook_user,
             app_options={"redirect_uri": app_redirect_uri} if app_redirect_uri else None,
         )

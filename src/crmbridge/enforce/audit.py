@@ -148,6 +148,11 @@ class AuditLog:
                 summaries.add(user)
         return counts, frozenset(summaries)
 
+    def a_digest(self) -> str | None:
+        """The text of the first digest sent (the demo shows it)."""
+        row = self.rows.first_done("message:")
+        return str(json.loads(row["payload"]).get("MESSAGE") or "") if row is not None else None
+
     def done_since_summary(self, user: str) -> dict[str, int]:
         """crmbridge's writes by kind since `user`'s last summary (all of them before the first one)."""
         return self.rows.done_by_kind_since(self.rows.last_done(f"summary:{user}:"))

@@ -416,19 +416,25 @@ def _by_group(items: Iterable[_Pending]) -> list[_Pending]:
 
 def _next_chunk(queue: deque[_Pending]) -> list[_Pending]:
     """The next write batch: whole groups (a revert and its comment land in one request, or neither does), up to
-    MAX_BATCH commands; a group larger than a batch is split."""
+    MAX_BATCH commands; a group larger than a batch is split. Notices ride along with their group without taking a
+    command (they are recorded, not sent)."""
     chunk: list[_Pending] = []
-    while queue and len(chunk) < MAX_BATCH:
+    commands = 0
+    while queue and commands < MAX_BATCH:
         group = queue[0].action.group or queue[0].action.idempotency_key
-        size = 0
+        members: list[_Pending] = []
         for item in queue:
             if (item.action.group or item.action.idempotency_key) != group:
                 break
-            size += 1
-        if chunk and len(chunk) + size > MAX_BATCH:
+            members.append(item)
+        size = sum(not _queued(item.action) for item in members)
+        if chunk and commands + size > MAX_BATCH:
             break
-        for _ in range(min(size, MAX_BATCH - len(chunk))):
+        for item in members:
+            if not _queued(item.action) and commands >= MAX_BATCH:
+                break  # a group larger than a batch: the rest goes into the next one
             chunk.append(queue.popleft())
+            commands += not _queued(item.action)
     return chunk
 
 

@@ -15,6 +15,7 @@ from crmbridge.cache.lock import WriterLock
 from crmbridge.cache.store import Cache
 from crmbridge.compliance import record_violations
 from crmbridge.connectors.bitrix24.client import Bitrix24Client
+from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
 from crmbridge.connectors.registry import CrmClient, syncer_for
 from crmbridge.enforce.audit import AuditLog, utc_now
 from crmbridge.enforce.digest import Composition, Delivery, Notice, SummaryFacts, compose
@@ -27,6 +28,7 @@ from crmbridge.enforce.execute import (
     lookup_call,
 )
 from crmbridge.enforce.plan import DEFAULT_MAX_REVERTS_PER_DAY, Action, ActionKind, Plan, PlanContext, plan
+from crmbridge.errors import RightsError
 from crmbridge.mapping.binding import DealMapper
 from crmbridge.mapping.load import Mappings
 from crmbridge.model import Deal, Mode, Violation
@@ -213,7 +215,8 @@ def enforce(client: CrmClient, cache: Cache, mappings: Mappings, *, now: Callabl
             dry_run: bool = False, deal_ids: Sequence[int] | None = None, sync: bool = True,
             modes: Mapping[str, Mode] | None = None, max_reverts_per_day: int = DEFAULT_MAX_REVERTS_PER_DAY,
             sleep: Callable[[float], None] = time.sleep, break_lock: bool = False, channel: str = "chat",
-            client_id: str | None = None, checkpoint: Callable[[str], None] | None = None) -> EnforceReport:
+            client_id: str | None = None, checkpoint: Callable[[str], None] | None = None,
+            allow_non_admin: bool = False) -> EnforceReport:
     """Make the portal follow the regulation; with `dry_run`, show the same plan and write nothing to the CRM.
 
     One writer at a time (two overlapping scheduled runs would plan the same actions and both write them): the
@@ -229,6 +232,8 @@ def enforce(client: CrmClient, cache: Cache, mappings: Mappings, *, now: Callabl
         requests_before = client.requests_made
         if sync:
             syncer_for(client, cache).run(full=False)
+        if not dry_run and not allow_non_admin:
+            require_rights(client, cache)
         sync_requests = client.requests_made - requests_before
         executor = Executor(client, audit, run_id=run_id, lock=None if dry_run else lock, now=now, sleep=sleep,
                             checkpoint=checkpoint)
@@ -237,6 +242,27 @@ def enforce(client: CrmClient, cache: Cache, mappings: Mappings, *, now: Callabl
                                sync_requests=sync_requests, channel=channel, client_id=client_id)
     finally:
         lock.release()
+
+
+def require_rights(client: CrmClient, cache: Cache) -> None:
+    """Refuse to write when the Bitrix24 user the reads run as is not an administrator.
+
+    Reads run with that user's rights: a non-admin sees only the tasks it takes part in, so the stage tasks of other
+    managers would look missing, and enforcement would set them again. The sync records `user.admin`; a cache that
+    has no answer yet (an older cache, `--no-sync`) asks now.
+    """
+    if not isinstance(client, Bitrix24Client):
+        return
+    admin = cache.account.rights()
+    if admin is None:
+        admin = Bitrix24Reader(client).webhook_admin()
+    if admin is False:
+        raise RightsError(
+            "the webhook's user is not a Bitrix24 administrator (user.admin answered false): its reads show only "
+            "the tasks it takes part in, so other managers' stage tasks would look missing; enforcement is refused",
+            hint="create the inbound webhook as a portal administrator and put its URL in "
+                 "CRMBRIDGE_BITRIX24_WEBHOOK_URL (`crmbridge check --live` says what it sees), or, if this user's role "
+                 "sees every deal and task, set CRMBRIDGE_ENFORCE_ALLOW_NON_ADMIN=true")
 
 
 def _plan_and_write(client: CrmClient, cache: Cache, mappings: Mappings, audit: AuditLog, executor: Executor, *,

@@ -28,7 +28,7 @@ from crmbridge.cache.store import open_cache
 from crmbridge.config import Settings
 from crmbridge.connectors.bitrix24.app import oauth_auth
 from crmbridge.connectors.bitrix24.client import Bitrix24Client, validate_webhook_url
-from crmbridge.connectors.bitrix24.limiter import Limiter
+from crmbridge.connectors.bitrix24.limiter import Limiter, bucket_file
 from crmbridge.errors import CrmBridgeError
 from crmbridge.live.app import Bitrix24Receiver, Readiness, build_app
 from crmbridge.live.bitrix24_events import portal_domain
@@ -92,7 +92,8 @@ class Daemon:
         self.has_portal = bool(self.webhook_url or self.oauth) or (self.amocrm and bool(settings.amocrm_base_url))
         # one limiter for every client of the daemon: the portal's bucket is one, whoever asks
         self.limiter = Limiter(rate=settings.bitrix24_rate, burst=settings.bitrix24_burst,
-                               operating_limit=settings.bitrix24_operating_limit, on_wait=self.metrics.crm_wait)
+                               operating_limit=settings.bitrix24_operating_limit, on_wait=self.metrics.crm_wait,
+                               bucket=bucket_file(settings.cache_path))  # shared with cron runs, kept over restarts
         self.writer_lock = threading.Lock()
         self.bridge = LiveBridge(settings, self.inbox, self.metrics, Path(settings.cache_path),
                                  client=self.new_client() if self.has_portal else None)
@@ -100,7 +101,8 @@ class Daemon:
         self.mappings.current()  # a broken mapping file stops the start with its problems, before anything runs
         self.worker = Worker(self.bridge, self.new_client() if self.has_portal else None, self.mappings,
                              writer_lock=self.writer_lock,
-                             max_reverts_per_day=settings.enforce_max_reverts_per_day)
+                             max_reverts_per_day=settings.enforce_max_reverts_per_day,
+                             allow_non_admin=settings.enforce_allow_non_admin)
         self.scheduler: Any = None
         if run_jobs:
             from crmbridge.live.jobs import JobScheduler, load_jobs

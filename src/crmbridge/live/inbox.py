@@ -13,6 +13,7 @@ again go to `dead_letters` with their reason; malformed bodies go there directly
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import json
 import queue
@@ -130,6 +131,8 @@ class Inbox:
         self._writer_ready = threading.Event()
         self._writer_error: BaseException | None = None
         self._closed = False
+        #: (monotonic time, events) of recent group commits: how fast events are arriving right now
+        self._arrivals: collections.deque[tuple[float, int]] = collections.deque(maxlen=4096)
         self._writer.start()
         self._writer_ready.wait()
         if self._writer_error is not None:
@@ -154,6 +157,11 @@ class Inbox:
         waiter: asyncio.Future[list[int]] = loop.create_future()
         self._queue.put((list(events), _AsyncWaiter(loop, waiter)))
         return await waiter
+
+    def arrival_rate(self, window: float = 0.5) -> float:
+        """Events per second committed over the last `window` seconds (0 when quiet)."""
+        cutoff = time.monotonic() - window
+        return sum(count for moment, count in list(self._arrivals) if moment >= cutoff) / window
 
     def submit(self, events: Sequence[InboxEvent]) -> concurrent.futures.Future[list[int]]:
         future: concurrent.futures.Future[list[int]] = concurrent.futures.Future()
@@ -217,6 +225,7 @@ class Inbox:
             _settle([(waiter, error) for _, waiter in group])
             return
         _settle([(waiter, ids) for (_, waiter), ids in zip(group, results, strict=True)])
+        self._arrivals.append((time.monotonic(), sum(len(ids) for ids in results)))
         if self._on_commit is not None:
             self._on_commit(sum(len(ids) for ids in results), time.perf_counter() - started)
 

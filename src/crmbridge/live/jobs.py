@@ -132,7 +132,8 @@ def _enforce(ctx: JobContext) -> dict[str, Any]:
         with ctx.writer_lock:
             report = enforce(ctx.client(), cache, mappings,
                              max_reverts_per_day=ctx.settings.enforce_max_reverts_per_day,
-                             channel=ctx.settings.enforce_notify_channel, client_id=ctx.settings.bitrix24_client_id)
+                             channel=ctx.settings.enforce_notify_channel, client_id=ctx.settings.bitrix24_client_id,
+                             allow_non_admin=ctx.settings.enforce_allow_non_admin)
         summary = report.as_dict()
         summary.pop("actions", None)  # the audit log has them; the run's summary stays small
         return summary

@@ -25,7 +25,7 @@ from pathlib import Path
 from crmbridge.cache.store import Cache, open_cache
 from crmbridge.connectors.bitrix24.client import Bitrix24Client
 from crmbridge.enforce.run import enforce
-from crmbridge.errors import CacheLocked, CrmBridgeError, CrmError, LockLost, MappingError
+from crmbridge.errors import CacheLocked, CrmBridgeError, CrmError, LockLost, MappingError, RightsError
 from crmbridge.live.bridge import LiveBridge
 from crmbridge.live.inbox import Inbox, InboxRow
 from crmbridge.live.reread import ReReader, affected
@@ -40,6 +40,10 @@ ROUND_EVENTS = 500
 GATHER_SECONDS = 0.05
 #: longest pause between two rounds of a burst
 MAX_PAUSE = 2.0
+#: events per second above which a round waits for the burst to pass (acknowledgements first) ...
+BURST_RATE = 500.0
+#: ... but never longer than this (seconds): a steady stream is still worked off
+BURST_DEFER = 5.0
 
 
 class MappingsWatcher:
@@ -84,7 +88,7 @@ class Worker:
     """Runs rounds until stopped; everything it touches is injected (the daemon builds it)."""
 
     def __init__(self, bridge: LiveBridge, client: Bitrix24Client | None, mappings: MappingsWatcher, *,
-                 writer_lock: threading.Lock, max_reverts_per_day: int = 3,
+                 writer_lock: threading.Lock, max_reverts_per_day: int = 3, allow_non_admin: bool = False,
                  now: Callable[[], datetime] = lambda: datetime.now(UTC), round_events: int = ROUND_EVENTS,
                  max_backoff: float = 300.0, sleep: Callable[[float], None] = time.sleep) -> None:
         self.bridge = bridge
@@ -93,6 +97,7 @@ class Worker:
         self.mappings = mappings
         self.writer_lock = writer_lock
         self.max_reverts_per_day = max_reverts_per_day
+        self.allow_non_admin = allow_non_admin
         self.now = now
         self.round_events = round_events
         self.max_backoff = max_backoff
@@ -116,6 +121,7 @@ class Worker:
                     self.wake.clear()
                     if GATHER_SECONDS:
                         stop.wait(GATHER_SECONDS)
+                self._yield_to_a_burst(stop)
                 report = self.round()
                 if report.outcome == "done" and report.events:
                     # more may be due: go on, but after a pause as long as the round took, so that under a burst
@@ -127,6 +133,13 @@ class Worker:
                     stop.wait(min(self._backoff, 5.0))
         finally:
             self.close()
+
+    def _yield_to_a_burst(self, stop: threading.Event) -> None:
+        """While events pour in (over BURST_RATE per second), acknowledging them comes first: the round waits,
+        at most BURST_DEFER seconds, and then takes more events of each deal at once."""
+        deadline = time.monotonic() + BURST_DEFER
+        while not stop.is_set() and time.monotonic() < deadline and self.inbox.arrival_rate() > BURST_RATE:
+            stop.wait(0.1)
 
     def close(self) -> None:
         if self._cache is not None:
@@ -199,7 +212,8 @@ class Worker:
             if result.deals:
                 before = self.client.requests_made
                 enforced = enforce(self.client, cache, mappings, now=self.now, deal_ids=sorted(result.deals),
-                                   sync=False, max_reverts_per_day=self.max_reverts_per_day)
+                                   sync=False, max_reverts_per_day=self.max_reverts_per_day,
+                                   allow_non_admin=self.allow_non_admin)
                 report.http_requests += self.client.requests_made - before
                 if enforced.execution is not None:
                     report.actions_done += enforced.execution.done
@@ -240,8 +254,8 @@ def _waits(exc: Exception) -> bool:
     """Errors that say "not now" rather than "not this event"."""
     if isinstance(exc, CrmError):
         return exc.retryable
-    if isinstance(exc, MappingError):
-        return True  # the admin's files are broken: events wait for the fix
+    if isinstance(exc, (MappingError, RightsError)):
+        return True  # the admin's files are broken, or the webhook's user too narrow: events wait for the fix
     return isinstance(exc, (CacheLocked, LockLost))
 
 

@@ -100,6 +100,8 @@ class DealMapper:
         zone_name = binding.timezone or (regulation.calendar.timezone if regulation.calendar else None)
         self.zone = ZoneInfo(zone_name) if zone_name else timezone.utc
         self.direction_of: dict[str, str | None] = {}
+        self.ignored = frozenset(category for category, pipeline in binding.pipelines.items()
+                                 if pipeline.direction == IGNORE)
         # keyed by (pipeline, CRM stage): amoCRM's won 142 and lost 143 are the same ids in every pipeline
         self.stage_of: dict[tuple[str, str], tuple[str | None, str | None]] = {}
         for category, pipeline in binding.pipelines.items():
@@ -219,6 +221,7 @@ class DealMapper:
             created=parse_moment(row.get("createdDate") or row.get("CREATED_DATE"), self.zone),
             deadline=parse_moment(row.get("deadline") or row.get("DEADLINE"), self.zone),
             closed=parse_moment(row.get("closedDate") or row.get("CLOSED_DATE"), self.zone),
+            by_bridge=bool(row.get("byBridge")),
         )
 
     def todo(self, row: Mapping[str, Any]) -> Task:
@@ -237,6 +240,7 @@ class DealMapper:
             deadline=parse_moment(row.get("DEADLINE"), self.zone),
             closed=parse_moment(row.get("LAST_UPDATED"), self.zone) if completed else None,
             kind=TODO,
+            by_bridge=bool(row.get("byBridge")),
         )
 
     def _tasks(self, tasks: Iterable[Mapping[str, Any]], todos: Iterable[Mapping[str, Any]]) -> tuple[Task, ...]:
@@ -291,9 +295,13 @@ class DealMapper:
 
     def deal(self, raw: Mapping[str, Any], history: Iterable[Mapping[str, Any]] = (),
              tasks: Iterable[Mapping[str, Any]] = (), contact: Mapping[str, Any] | Client | None = None,
-             company: Mapping[str, Any] | Client | None = None, todos: Iterable[Mapping[str, Any]] = ()) -> Deal:
+             company: Mapping[str, Any] | Client | None = None, todos: Iterable[Mapping[str, Any]] = (), *,
+             own_users: frozenset[str] = frozenset()) -> Deal:
         """One raw `crm.deal.get` record with its stage history, tasks, contact, company (raw or mapped) and
-        CRM to-dos (crm.activity.list records) -> Deal; the to-dos join its tasks as Tasks of kind TODO."""
+        CRM to-dos (crm.activity.list records) -> Deal; the to-dos join its tasks as Tasks of kind TODO.
+
+        `own_users`: the users crmbridge writes as. The deal's last timeline activity by one of them is taken for
+        crmbridge's own (a task, comment or to-do it set), not a person's: it does not make a stale deal active."""
         zone = self.zone
         raw = self.adapt_deal(raw)
         crm_stage = str(raw.get("STAGE_ID") or "")
@@ -355,7 +363,8 @@ class DealMapper:
             manager=str(raw.get("ASSIGNED_BY_ID") or "") or None,
             created=created,
             modified=parse_moment(raw.get("DATE_MODIFY"), zone),
-            last_activity=parse_moment(raw.get("LAST_ACTIVITY_TIME"), zone),
+            last_activity=None if own_users and str(raw.get("LAST_ACTIVITY_BY") or "") in own_users
+            else parse_moment(raw.get("LAST_ACTIVITY_TIME"), zone),
             closed_at=parse_moment(raw.get("CLOSEDATE"), zone) if str(raw.get("CLOSED")) == "Y" else None,
             amount=amount,
             probability=probability,
@@ -364,6 +373,7 @@ class DealMapper:
             tasks=self._tasks(tasks, todos),
             contact=contact_card,
             company=company_card,
+            ignored=direction is None and category in self.ignored,
         )
 
     def deals(self, records: DealRecords) -> list[Deal]:
@@ -374,5 +384,6 @@ class DealMapper:
             deals = []
             for deal_id, raw, contact_id, company_id in records.deals:
                 deals.append(self.deal(raw, records.history.get(deal_id, ()), records.tasks.get(deal_id, ()),
-                                       contacts.get(contact_id), companies.get(company_id), records.todos.get(deal_id, ())))
+                                       contacts.get(contact_id), companies.get(company_id), records.todos.get(deal_id, ()),
+                                       own_users=records.own_users))
             return deals

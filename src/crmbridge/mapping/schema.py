@@ -231,6 +231,12 @@ class R3StageTask(RuleSpec):
 class R4Probability(RuleSpec):
     """R4: the deal's probability equals its stage's."""
 
+    @field_validator("message")
+    @classmethod
+    def _actual_carries_its_percent(cls, text: str) -> str:
+        # {actual} reads "50%" or "not set" (never "not set%"): templates written as "{actual}%" keep working
+        return text.replace("{actual}%", "{actual}")
+
 
 class R5Postponed(RuleSpec):
     """R5: a postponed client has a next-contact date 3/6/9 months ahead and a follow-up task."""
@@ -372,6 +378,18 @@ class CalendarSpec(Strict):
         return text
 
 
+_CYRILLIC = re.compile("[А-Яа-яЁё]")
+#: Russian defaults of the explanation texts newer than the shipped regulation some admins started from
+EXPLAIN_RU = {
+    "task_pending": "задачу этапа «{task}» нужно поставить до {deadline}",
+    "previous_task_done": "задача предыдущего этапа выполнена",
+    "ignored": "воронка сделки исключена в привязке (ignore): правила к ней не применяются (стадия CRM {crm_stage})",
+    "passed": "соблюдено",
+    "failed": "нарушено",
+    "not_applicable": "не применяется",
+}
+
+
 class ExplainWordingSpec(Strict):
     """Why a rule passed or did not apply, as `crmbridge audit --deal` shows it (a failed rule shows its message)."""
 
@@ -386,6 +404,9 @@ class ExplainWordingSpec(Strict):
     no_stage_task: str = "«{stage}» has no stage task"
     task_set: str = "the stage task is set"
     task_done: str = "the stage task is set and the previous one was completed"
+    task_pending: str = "the stage task «{task}» is due by {deadline}"
+    previous_task_done: str = "the previous stage's task was completed"
+    ignored: str = "the deal's pipeline is excluded in the binding (ignore): no rule applies (CRM stage {crm_stage})"
     probability_ok: str = "probability {expected}% matches the stage"
     not_lost: str = "the deal is not lost"
     not_postponed: str = "the loss reason ({reason}) does not postpone the client"
@@ -410,6 +431,18 @@ class ExplainWordingSpec(Strict):
     segment_ok: str = "segment «{segment}» is set and the client was touched in time"
     closed: str = "the deal is closed"
     active: str = "last activity {date}, within {limit}"
+    passed: str = "passed"
+    failed: str = "failed"
+    not_applicable: str = "not applicable"
+
+    @model_validator(mode="after")
+    def _in_the_files_language(self) -> "ExplainWordingSpec":
+        """Texts a file written in Russian leaves out (keys added in later versions) default to Russian, not English."""
+        if any(_CYRILLIC.search(str(getattr(self, name))) for name in self.model_fields_set):
+            for name, text in EXPLAIN_RU.items():
+                if name not in self.model_fields_set:
+                    object.__setattr__(self, name, text)
+        return self
 
 
 class WordingSpec(Strict):

@@ -83,7 +83,7 @@ class Evaluator:
         direction = self.regulation.directions.get(deal.direction) if deal.direction else None
         if direction is None:
             words = self.regulation.spec.wording.explain
-            reason = render(words.not_bound, {"crm_stage": deal.crm_stage})
+            reason = render(words.ignored if deal.ignored else words.not_bound, {"crm_stage": deal.crm_stage})
             return [RuleExplanation(rule, Verdict.NOT_APPLICABLE, reason) for rule in RULES]
         context = self._context  # type: ignore[attr-defined]
         lines: list[RuleExplanation] = []

@@ -302,14 +302,18 @@ def check_r3(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
     missing: list[str] = []
     remarks: list[tuple[str, dict[str, str]]] = []
     since = entry.entered
+    current = "no_stage_task"  # why it passes, for `audit --deal`: the current stage's part
     if task_spec is not None:
         grace = direction.rules.R3.create_within
-        if ctx.now - entry.entered >= grace and task_in_place(deal, run, deal.stage, entry.entered, task_spec.title,
-                                                             match, task_spec.kind) is None:
+        if task_in_place(deal, run, deal.stage, entry.entered, task_spec.title, match, task_spec.kind) is not None:
+            current = "task_set"
+        elif ctx.now - entry.entered >= grace:
             missing.append(f"task:{task_spec.title}")
             remarks.append((wording.task_missing, {"task": task_spec.title}))
             due = entry.entered + grace
             since = due
+        else:
+            current = "task_pending"
     moved_forward = left_task is not None and previous.stage in direction.order and (  # type: ignore[union-attr]
         deal.stage == WON or direction.order.get(deal.stage, -1) > direction.order[previous.stage])
     if left_task is not None and left_task.must_complete and moved_forward:
@@ -321,7 +325,14 @@ def check_r3(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
             since = entry.entered
     if not missing:
         if why is not None:
-            say(ctx, why, "task_done" if moved_forward and left_task else "task_set")
+            previous_done = left_task is not None and left_task.must_complete and moved_forward
+            if current == "task_set" and previous_done:
+                say(ctx, why, "task_done")
+            else:
+                say(ctx, why, current, stage=direction.stage_name(deal.stage), task=task_spec.title if task_spec else "",
+                    deadline=f"{entry.entered + direction.rules.R3.create_within:%Y-%m-%d %H:%M}")
+                if previous_done:
+                    say(ctx, why, "previous_task_done")
         return ()
     found = violation("R3", deal, direction, ctx, since=since, entry=entry, missing=tuple(missing),
                       values={"missing": Text(joined, remarks), "task": task_spec.title if task_spec else ""},
@@ -348,7 +359,8 @@ def check_r4(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
         return ()
     run = deal.run
     entry = run[-1] if run else None
-    actual: Any = deal.probability if deal.probability is not None else ctx.regulation.spec.wording.not_set
+    # "50%", or the wording's "not set" (never "not set%"): the template's {actual} carries its own percent sign
+    actual: Any = f"{deal.probability}%" if deal.probability is not None else ctx.regulation.spec.wording.not_set
     found = violation("R4", deal, direction, ctx, since=entry.entered if entry else deal.created, entry=entry,
                       missing=("probability",), values={"expected": expected, "actual": actual},
                       details={"expected": expected, "actual": deal.probability})

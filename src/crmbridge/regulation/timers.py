@@ -175,7 +175,8 @@ def check_r11(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why =
     if deal.last_activity is not None and deal.last_activity > last:
         last = deal.last_activity
     for task in deal.tasks:
-        for moment in (task.created, task.closed):
+        # a person's work counts, crmbridge's own does not: a task it set is no activity until someone closes it
+        for moment in (None if task.by_bridge else task.created, task.closed):
             if moment is not None and moment > last:
                 last = moment
     limit = direction.stages[deal.stage].stale_after or spec.stale_after  # type: ignore[union-attr]

@@ -410,6 +410,14 @@ def task_list(ctx: Context, params: dict[str, Any]) -> MethodResult:
         if isinstance(binding, str) and "@ID" not in filt:
             # a portal finds a deal's tasks by an index, not by reading every task (the filter still applies)
             filt = {**filt, "@ID": ctx.state.tasks_bound_to(binding)}
+        if not is_admin(ctx.user_id):
+            # the list answers with the current user's rights: a manager sees the tasks they take part in
+            visible = ctx.state.tasks_visible_to(ctx.user_id)
+            wanted = filt.get("@ID")
+            if wanted is not None:
+                asked = {str(item) for item in (wanted if isinstance(wanted, (list, tuple)) else [wanted])}
+                visible = [task_id for task_id in visible if str(task_id) in asked]
+            filt = {**filt, "@ID": visible}
         qr = run_query(ctx.state.tasks, filt, order, start)
         rows = [_task_view(r, select, now_wire) for r in qr.rows]
     return MethodResult({"tasks": rows}, qr.total, qr.next, True, len(rows), qr.counted)
@@ -662,10 +670,20 @@ def scope_method(ctx: Context, params: dict[str, Any]) -> MethodResult:
     return MethodResult(list(ctx.scopes))
 
 
+def is_admin(user_id: int) -> bool:
+    """The sandbox's administrator is user 1 (Администратор); every other user is a manager."""
+    return user_id == 1
+
+
+def user_admin(ctx: Context, params: dict[str, Any]) -> MethodResult:
+    """user.admin (scope basic, any user): whether the current user is a Bitrix24 administrator."""
+    return MethodResult(is_admin(ctx.user_id))
+
+
 def profile(ctx: Context, params: dict[str, Any]) -> MethodResult:
     user = next((u for u in c.USERS if u.id == ctx.user_id), c.USERS[0])
     return MethodResult({
-        "ID": str(user.id), "ADMIN": user.id == 1, "NAME": user.name, "LAST_NAME": user.last_name,
+        "ID": str(user.id), "ADMIN": is_admin(user.id), "NAME": user.name, "LAST_NAME": user.last_name,
         "PERSONAL_GENDER": "", "PERSONAL_PHOTO": "", "TIME_ZONE": "Europe/Moscow", "TIME_ZONE_OFFSET": 10800,
     })
 
@@ -706,5 +724,6 @@ METHODS: dict[str, Method] = {
     "im.dialog.messages.get": Method("im", dialog_messages_get),
     "scope": Method(None, scope_method),
     "profile": Method(None, profile),
+    "user.admin": Method(None, user_admin),
     "server.time": Method(None, server_time),
 }

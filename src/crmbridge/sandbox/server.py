@@ -66,6 +66,11 @@ class PortalStats:
     faults: dict[str, int]
     events_sent: int
     events_failed: int
+    rows: dict[str, int] = field(default_factory=dict)  # list rows returned per method (a page read twice counts twice)
+
+    def rows_for(self, method: str) -> int:
+        """Rows a list method returned, over every page and batch command."""
+        return self.rows.get(method, 0)
 
     @property
     def sent_503(self) -> int:
@@ -98,6 +103,7 @@ class PortalStats:
             "query_limit_exceeded": self.query_limit_exceeded, "operation_time_limit": self.operation_time_limit,
             "operating_seconds": dict(self.operating_seconds), "operating_total": self.operating_total,
             "faults": dict(self.faults), "faults_injected": self.faults_injected, "events_sent": self.events_sent, "events_failed": self.events_failed,
+            "rows": dict(self.rows),
         }
 
 
@@ -111,6 +117,7 @@ class _Counters:
     faults: dict[str, int] = field(default_factory=dict)
     events_sent: int = 0
     events_failed: int = 0
+    rows: dict[str, int] = field(default_factory=dict)
 
 
 #: methods that may answer `false` (not created) instead of an id
@@ -335,7 +342,7 @@ class SandboxPortal:
         with self._stats_lock:
             s = self._stats
             return PortalStats(s.requests, dict(s.calls), s.query_limit_exceeded, s.operation_time_limit,
-                               dict(s.operating_seconds), dict(s.faults), s.events_sent, s.events_failed)
+                               dict(s.operating_seconds), dict(s.faults), s.events_sent, s.events_failed, dict(s.rows))
 
     # --- internals --------------------------------------------------------------------------------
 
@@ -414,6 +421,7 @@ class SandboxPortal:
             raise ApiError(500, "INTERNAL_SERVER_ERROR", "Internal server error") from None
         processing = time.perf_counter() - t0
         if result.is_list:
+            self._bump("rows", method, result.rows)
             cost = self.page_cost + self.row_cost * result.rows
             cost += self.count_cost_per_row * result.counted
         else:

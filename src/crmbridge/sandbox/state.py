@@ -427,6 +427,12 @@ class PortalState:
             self._task_index, self._task_index_size = index, len(self.tasks.rows)
         return index.get(binding, [])
 
+    def tasks_visible_to(self, user_id: int) -> list[int]:
+        """Ids of the tasks a non-admin user sees: those they are responsible for or created."""
+        me = str(user_id)
+        return [task_id for task_id, row in self.tasks.rows.items()
+                if str(row.get("responsibleId")) == me or str(row.get("createdBy")) == me]
+
     def deal_tasks(self, deal_id: int) -> list[dict[str, Any]]:
         """Tasks bound to a deal (UF_CRM_TASK contains D_<id>)."""
         binding = f"D_{deal_id}"

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-__all__ = ["Limiter", "OperatingState"]
+__all__ = ["BucketFile", "Limiter", "OperatingState", "bucket_file"]
 
 log = logging.getLogger("crmbridge.bitrix24")
 
@@ -24,6 +26,59 @@ class OperatingState:
 
     operating: float
     reset_at: float  # wall-clock unix seconds
+
+
+class BucketFile:
+    """The portal's bucket as every crmbridge process of one cache sees it: a small file (`<cache>.bitrix24-bucket`)
+    holding the modelled level and when it was last counted, read and written under an exclusive lock.
+
+    A process that starts reads the level the last one left, drained by the time since (a restart right after a
+    burst waits instead of drawing 503); processes that overlap (the daemon, a cron `enforce`, an admin's `sync`)
+    count against one bucket, as the portal does. POSIX only (fcntl); elsewhere `reserve` keeps no file and the
+    limiter starts from a full bucket.
+    """
+
+    def __init__(self, path: Path | str, *, wall: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self._wall = wall
+        self._thread_lock = threading.Lock()
+        try:
+            import fcntl  # noqa: F401
+            self.available = True
+        except ImportError:  # pragma: no cover - not POSIX
+            self.available = False
+
+    def update(self, change: Callable[[float | None], tuple[float, float]], rate: float) -> float:
+        """Under the lock: the level now (the stored one drained since it was stored; None when there is none),
+        `change` -> (new level, what to return), the new level stored with the time."""
+        import fcntl
+
+        with self._thread_lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                now = self._wall()
+                level: float | None = None
+                try:
+                    stored, at = (float(part) for part in os.read(fd, 256).decode("ascii").split())
+                    level = max(0.0, stored - max(0.0, now - at) * rate)
+                except ValueError:
+                    level = None  # no file yet, or not ours: the caller assumes the worst
+                new_level, answer = change(level)
+                os.lseek(fd, 0, os.SEEK_SET)
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{new_level:.6f} {now:.6f}".encode("ascii"))
+                return answer
+            finally:
+                os.close(fd)  # closing releases the flock
+
+
+def bucket_file(cache_path: Path | str) -> BucketFile | None:
+    """The bucket every process of one cache (one portal) shares, beside the cache; None for a cache in memory."""
+    if str(cache_path) == ":memory:":
+        return None
+    return BucketFile(Path(f"{cache_path}.bitrix24-bucket"))
 
 
 class Limiter:
@@ -54,6 +109,8 @@ class Limiter:
         reset_pad: float = 1.0,
         max_operating_wait: float = 660.0,
         on_wait: Callable[[str, float], None] | None = None,
+        level: float | None = None,
+        bucket: BucketFile | None = None,
     ) -> None:
         if rate <= 0 or burst < 1:
             raise ValueError("rate must be > 0 and burst >= 1")
@@ -71,8 +128,11 @@ class Limiter:
         self._clock = clock
         self._sleep = sleep
         self._wall = wall
-        # Starts empty: a portal left alone drains to zero; a 503 tells us otherwise (see rate_limited).
-        self._level = 0.0
+        # What the portal's bucket holds when this process starts is unknown: another process (or this one before
+        # a restart) may have just filled it. So the level comes from the shared bucket file, or, without one, the
+        # bucket is taken to be full unless the caller knows better (`level`, e.g. 0 for a portal just started).
+        self.bucket = bucket if bucket is not None and bucket.available else None
+        self._level = float(self.burst if level is None else level)
         self._updated = clock()
         self._operating: dict[str, OperatingState] = {}
         #: total seconds this limiter has slept, for the sync summary
@@ -92,23 +152,36 @@ class Limiter:
     @property
     def level(self) -> float:
         """The modelled bucket counter right now."""
+        if self.bucket is not None:
+            return self.bucket.update(lambda level: (float(self.burst) if level is None else level,) * 2, self.rate)
         self._drain()
         return self._level
 
     def _wait_for_bucket(self) -> None:
         with self._lock:
-            self._drain()
-            overflow = self._level + 1.0 - self.capacity
-            delay = overflow / self.rate if overflow > 0 else 0.0
-            # the slot is reserved now: a second thread asking meanwhile waits for the next one
-            self._level += 1.0
+            if self.bucket is not None:
+                delay = self.bucket.update(self._reserve, self.rate)
+            else:
+                self._drain()
+                level, delay = self._reserve(self._level)
+                self._level = level
         if delay > 0:
             log.debug("bitrix24 limiter: bucket full, waiting %.2f s", delay)
             self._pause(delay, "rate_limit")
 
+    def _reserve(self, level: float | None) -> tuple[float, float]:
+        """One more request at `level` (None: unknown, taken as full): (the level with it, the wait before it). The slot
+        is reserved now: a second thread or process asking meanwhile waits for the next one."""
+        current = float(self.burst) if level is None else level
+        overflow = current + 1.0 - self.capacity
+        return current + 1.0, overflow / self.rate if overflow > 0 else 0.0
+
     def rate_limited(self) -> None:
         """The portal said 503 QUERY_LIMIT_EXCEEDED: its bucket is full (others share it per IP), so is ours."""
         with self._lock:
+            if self.bucket is not None:
+                self.bucket.update(lambda level: (max(level or 0.0, float(self.burst)), 0.0), self.rate)
+                return
             self._drain()
             self._level = max(self._level, float(self.burst))
 

@@ -83,18 +83,33 @@ class Bitrix24Reader:
 
     def __init__(self, client: Bitrix24Client) -> None:
         self.client = client
+        #: what `user.admin` answered for the user the reads run as (None: not asked, or it did not answer)
+        self.admin: bool | None = None
 
     def check_scopes(self, required: Iterable[str] = READ_SCOPES) -> tuple[list[str], str | None]:
         """Fail early, naming the scope the webhook lacks, instead of halfway through a sync.
 
         Returns the granted scopes and the portal's own clock (`time.date_start`), which becomes
         the next incremental cursor: the portal's clock, not ours, is what DATE_MODIFY is compared with.
+        The same request asks `user.admin` (`self.admin`): reads run with the webhook user's rights.
         """
-        answer = self.client.call("scope")
-        granted = answer.result or []
+        answer = self.client.batch({"scope": ("scope", None), "admin": ("user.admin", None)})
+        if "scope" not in answer.results:
+            raise answer.errors["scope"]
+        granted = list(answer.results["scope"] or [])
         self._require(granted, required)
+        self._note_admin(answer.results.get("admin"))
         portal_time = (answer.time or {}).get("date_start")
-        return list(granted), str(portal_time) if portal_time else None
+        return granted, str(portal_time) if portal_time else None
+
+    def _note_admin(self, value: Any) -> None:
+        # user.admin answers a boolean (D api-reference/common/users/user-admin.md); anything else is "unknown"
+        self.admin = value if isinstance(value, bool) else None
+
+    def webhook_admin(self) -> bool | None:
+        """Ask `user.admin` now: is the user the reads run as a Bitrix24 administrator?"""
+        self._note_admin(self.client.call("user.admin").result)
+        return self.admin
 
     @staticmethod
     def _require(granted: list[str], required: Iterable[str]) -> None:
@@ -215,17 +230,19 @@ class Bitrix24Reader:
         commands: dict[str, tuple[str, dict[str, Any] | None]] = {}
         if with_scope:
             commands["scope"] = ("scope", None)
+            commands["admin"] = ("user.admin", None)
         for name, params in lists.items():
             commands[name] = (INCREMENTAL_LISTS[name][0], params)
         answer = self.client.batch(commands)
-        for error in answer.errors.values():
-            if not error.retryable:
+        for key, error in answer.errors.items():
+            if not error.retryable and key != "admin":  # an unanswered user.admin leaves the rights unknown
                 raise error
         scopes = None
         if with_scope:
             if "scope" in answer.results:
                 scopes = list(answer.results.get("scope") or [])
                 self._require(scopes, READ_SCOPES)
+                self._note_admin(answer.results.get("admin"))
             else:
                 scopes, _ = self.check_scopes()
         # a list whose page a limit refused is left out: the sync reads it the usual way, with its retries

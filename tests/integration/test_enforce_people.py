@@ -1,0 +1,163 @@
+"""What enforcement does to people's work, against the sandbox: stage tasks after a revert, R11 and crmbridge's own
+writes, deactivated managers, breaches too old to push (issue 7, items 1 to 4)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from crmbridge.enforce.plan import ActionKind
+from crmbridge.enforce.run import evaluate
+from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
+from crmbridge.model import Mode
+from crmbridge.regulation.evaluate import Evaluator, beyond_look_back
+from crmbridge.sync import Syncer
+from tests.integration.enforce_kit import MAPPINGS, fast_client, run, shipped, synced, writes
+
+pytestmark = pytest.mark.integration
+
+RULES = ("R1", "R2", "R3", "R4", "R5", "R6", "R7", "R8", "R9", "R10", "R11")
+
+
+def only(**modes: Mode) -> dict[str, Mode]:
+    return {rule: modes.get(rule, Mode.OFF) for rule in RULES}
+
+
+def stage_titles(mappings) -> dict[tuple[str, str], str]:
+    """(pipeline, CRM stage) -> the title of the regulated stage's task."""
+    titles = {}
+    for category, pipeline in mappings.binding.pipelines.items():
+        direction = mappings.regulation.directions.get(pipeline.direction)
+        if direction is None:
+            continue
+        tasks = {stage.id: stage.task.title for stage in direction.stages if stage.task}
+        for crm_stage, stage in pipeline.stages.items():
+            if stage in tasks:
+                titles[category, crm_stage] = tasks[stage]
+    return titles
+
+
+def test_after_a_revert_the_deal_has_one_open_task_of_its_stage_and_days_later_nothing_is_written(
+        make_portal, cache) -> None:
+    portal, client = synced(make_portal, cache, deals=300)
+    mappings = shipped()
+    modes = only(R1=Mode.ENFORCE, R2=Mode.ENFORCE, R3=Mode.ENFORCE, R4=Mode.ENFORCE)
+    first = run(client, cache, mappings, modes)
+    reverts = [a for a in first.to_write if a.kind is ActionKind.REVERT_STAGE]
+    assert len(reverts) >= 10
+    titles = stage_titles(mappings)
+    state = portal.state
+    for revert in reverts:
+        deal = state.deals.rows[int(revert.deal)]
+        back_in = titles.get((deal["CATEGORY_ID"], deal["STAGE_ID"]))
+        moved_out_of = titles.get((deal["CATEGORY_ID"], revert.summary.split(" ")[2]))
+        tasks = state.deal_tasks(int(revert.deal))
+        if back_in is not None:  # exactly one open task for the stage the deal is back in
+            assert sum(t["title"] == back_in and t["status"] != "5" for t in tasks) == 1, revert.deal
+        if moved_out_of is not None and moved_out_of != back_in:  # and crmbridge set none for the one it left
+            assert not any(t["title"] == moved_out_of and "[crmbridge:" in t["description"] for t in tasks), revert.deal
+    # days later, nobody having touched anything: nothing new (R3's grace has long passed for the re-entered stages)
+    portal.advance(4 * 86400)
+    before = writes(portal)
+    later = run(client, cache, mappings, modes, now=lambda: datetime.now(UTC) + timedelta(days=4))
+    assert later.to_write == [] and writes(portal) == before
+
+
+def test_r11_counts_peoples_activity_not_crmbridges_own_tasks_comments_and_to_dos(make_portal, cache) -> None:
+    portal, client = synced(make_portal, cache, deals=300)
+    modes = only(R11=Mode.WARN)
+    report = run(client, cache, shipped(), modes)
+    stale = report.before.by_rule.get("R11", 0)
+    flagged = [a for a in report.to_write if a.kind is ActionKind.CREATE_TASK]
+    assert stale >= 5 and len(flagged) == stale
+    # the deals got crmbridge's task (and their LAST_ACTIVITY moved, authored by the webhook's user): still stale
+    assert report.after is not None and report.after.by_rule.get("R11", 0) == stale
+    deal_id = int(flagged[0].deal)
+    assert portal.state.deals.rows[deal_id]["LAST_ACTIVITY_BY"] == "1"
+    Syncer(Bitrix24Reader(client), cache).run(full=True)  # the moved LAST_ACTIVITY_TIME is in the cache now
+    assert evaluate(cache, shipped(), datetime.now(UTC), modes=modes, record=False).compliance.by_rule["R11"] == stale
+    # a person completing crmbridge's task is activity: that deal is no longer stale, and nothing is written again
+    task_id = next(t for t in portal.state.deal_tasks(deal_id) if flagged[0].marker in t["description"])["id"]
+    manager = int(portal.state.deals.rows[deal_id]["ASSIGNED_BY_ID"])
+    portal.state.update_task(int(task_id), {"STATUS": 5}, user_id=manager)
+    again = run(client, cache, shipped(), modes)
+    assert again.before.by_rule.get("R11", 0) == stale - 1 and again.to_write == []
+
+
+def test_nothing_goes_to_a_deactivated_manager_it_goes_to_the_deals_team_head(make_portal, cache) -> None:
+    portal, _ = synced(make_portal, cache, deals=300)
+    fired = [portal.add_deal({"TITLE": f"Сделка уволенного {n}", "CATEGORY_ID": 1, "ASSIGNED_BY_ID": 9}, user_id=9)
+             for n in range(3)]  # open deals of user 9, deactivated: their stage tasks are due
+    portal.advance(3600)
+    client = fast_client(portal)
+    Syncer(Bitrix24Reader(client), cache).run(full=False)
+    report = run(client, cache, shipped(), only(R3=Mode.WARN, R5=Mode.WARN, R10=Mode.ENFORCE, R11=Mode.WARN),
+                 now=lambda: datetime.now(UTC) + timedelta(hours=1))  # the portal's hour: R3's grace has passed
+    to_fired = [a for a in report.to_write if a.recipient == "9"]
+    assert to_fired == [] and not any(t["responsibleId"] == "9" and "[crmbridge:" in t["description"]
+                                      for t in portal.state.tasks.rows.values())
+    assert all(9 not in m["_pair"] for m in portal.state.messages)
+    # the deal's team head (user 2 heads the B2B directions) gets the new deals' stage tasks
+    stage_tasks = [a for a in report.to_write if a.kind is ActionKind.CREATE_TASK and int(a.deal) in fired]
+    assert len(stage_tasks) == 3 and {a.recipient for a in stage_tasks} == {"2"}
+    assert set(map(str, fired)) <= set(report.plan.rerouted) and report.as_dict()["rerouted"]
+    assert sum("deactivated" in note for note in report.plan.notes) == len(report.plan.rerouted)
+
+
+def test_old_breaches_are_recorded_and_shown_by_audit_not_pushed_to_people(make_portal, cache, tmp_path: Path) -> None:
+    portal, client = synced(make_portal, cache, deals=300)
+    mappings = shipped()
+    moment = datetime.now(UTC)
+    evaluation = evaluate(cache, mappings, moment, modes=only(R7=Mode.WARN, R8=Mode.WARN, R9=Mode.WARN), record=False)
+    regulation = Evaluator.of(mappings.regulation, moment).regulation
+    found = [v for vs in evaluation.violations.values() for v in vs]
+    old = [v for v in found if beyond_look_back(v, regulation.directions[v.direction], moment)]
+    assert len(old) >= 20 and len(old) < len(found) + 1
+    report = run(client, cache, mappings, only(R7=Mode.WARN, R8=Mode.WARN, R9=Mode.WARN), now=lambda: moment)
+    acted_on = {key for action in report.to_write for key in action.violation_keys}
+    assert not acted_on & {v.key for v in old}  # nobody is told or tasked about a breach long past
+    assert report.plan.old_breaches == dict(Counter(v.rule for v in old))
+    # `crmbridge audit` records them and says how many are older than their rule's look-back
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("CRMBRIDGE_")}
+    environment.update({"CRMBRIDGE_CACHE_PATH": str(cache.path), "CRMBRIDGE_MAPPINGS_DIR": str(MAPPINGS)})
+    audit = subprocess.run([sys.executable, "-m", "crmbridge", "audit", "--json", "--no-record"], cwd=tmp_path,
+                           env=environment, capture_output=True, text=True, timeout=120)
+    assert audit.returncode == 0, audit.stderr
+    shown = json.loads(audit.stdout)["beyond_look_back"]
+    assert sum(shown.values()) >= len(old) and set(shown) <= {"R7", "R8", "R9"}
+    human = subprocess.run([sys.executable, "-m", "crmbridge", "audit", "--no-record"], cwd=tmp_path, env=environment,
+                           capture_output=True, text=True, timeout=120)
+    assert "older than look-back" in human.stdout
+
+
+def test_a_deal_moved_back_by_its_manager_into_a_stage_whose_task_is_open_gets_no_second_task(make_portal,
+                                                                                            cache) -> None:
+    portal, client = synced(make_portal, cache, deals=200)
+    mappings = shipped()
+    modes = only(R3=Mode.ENFORCE)
+    run(client, cache, mappings, modes)  # every stage task that was due is set
+    titles = stage_titles(mappings)
+    deal_id, deal = next((deal_id, deal) for deal_id, deal in portal.state.deals.rows.items()
+                         if deal["CATEGORY_ID"] == "1" and deal["STAGE_ID"] == "C1:NEW" and deal["CLOSED"] == "N"
+                         and any(t["title"] == titles["1", "C1:NEW"] and t["status"] != "5"
+                                 for t in portal.state.deal_tasks(deal_id)))
+    manager = int(deal["ASSIGNED_BY_ID"])
+    portal.update_deal(deal_id, {"STAGE_ID": "C1:PREPARATION"}, user_id=manager)
+    portal.advance(3600)
+    portal.update_deal(deal_id, {"STAGE_ID": "C1:NEW"}, user_id=manager)  # back, allowed; its first task still open
+    portal.advance(3600)
+    later = datetime.now(UTC) + timedelta(hours=2)
+    report = run(client, cache, mappings, modes, now=lambda: later)
+    assert not [a for a in report.to_write if a.deal == str(deal_id)]
+    assert sum(t["title"] == titles["1", "C1:NEW"] and t["status"] != "5"
+               for t in portal.state.deal_tasks(deal_id)) == 1
+    # and R3 is satisfied by the open task: the deal is compliant, not a breach nobody acts on
+    judged = evaluate(cache, mappings, later, modes=modes, deal_ids=[deal_id], record=False)
+    assert not [v for v in judged.violations.get(str(deal_id), []) if v.rule == "R3"]
