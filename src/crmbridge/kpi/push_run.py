@@ -46,7 +46,7 @@ class PushReport:
 def push_month(client: Any, cache: Cache, session: KpiSession, period: Period, *,
                now: Callable[[], datetime] = utc_now, channel: str = "chat", client_id: str | None = None,
                dry_run: bool = False, sleep: Callable[[float], None] = time.sleep,
-               lock_wait: float = LOCK_WAIT_SECONDS) -> PushReport:
+               lock_wait: float = LOCK_WAIT_SECONDS, checkpoint: Callable[[str], None] | None = None) -> PushReport:
     """Each manager's plan and fact of `period` and each head of sales' table, each written once (see kpi/push.py).
 
     Holds the enforcement writer lock: both write messages through the same outbox and count the same daily cap."""
@@ -59,7 +59,8 @@ def push_month(client: Any, cache: Cache, session: KpiSession, period: Period, *
     if not dry_run:
         lock.acquire(now=now(), wait=lock_wait)
     try:
-        executor = Executor(client, audit, run_id=run_id, lock=None if dry_run else lock, now=now, sleep=sleep)
+        executor = Executor(client, audit, run_id=run_id, lock=None if dry_run else lock, now=now, sleep=sleep,
+                            checkpoint=checkpoint)
         if not dry_run:
             # a message of an earlier run killed between its write and the answer: looked up before anything is sent
             executor.reconcile([0])
