@@ -22,6 +22,11 @@ from crmbridge.errors import CacheError
 console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
+#: said by `sync` and `check --live` when user.admin answered false (issue 7, item 13)
+RIGHTS_WARNING = ("the webhook's user is not a Bitrix24 administrator (user.admin answered false): it sees only the "
+                  "tasks it takes part in, so R3 would find other managers' stage tasks missing, and `crmbridge "
+                  "enforce` refuses to run; create the inbound webhook as a portal administrator")
+
 
 class CliState:
     """Options given before the command (`crmbridge --debug sync`)."""
