@@ -26,6 +26,16 @@ from crmbridge.mapping.schema import json_schemas
 from crmbridge.model import Deal, Violation
 from crmbridge.regulation.evaluate import RULES, Evaluator, beyond_look_back, evaluate_stream, impact
 
+from rich.markup import escape as markup_escape
+
+from crmbridge.text import for_terminal
+
+
+def escape(text: object) -> str:
+    """CRM text inside our rich markup: markup escaped and control characters shown escaped."""
+    return markup_escape(for_terminal(text))
+
+
 
 @dataclass
 class AuditRun:
@@ -282,8 +292,7 @@ def _explain_deal(cache: Cache, mappings: Mappings, now: datetime, deal_id: int,
     for line in lines:
         severity = f" ({line.violations[0].severity.value})" if line.violations else ""
         label = getattr(labels, line.verdict.value)  # in the regulation's language
-        table.add_row(line.rule, common.cell(f"{label}{severity}", style=colours[line.verdict.value]),
-                      common.cell(line.reason))
+        table.add_row(line.rule, f"[{colours[line.verdict.value]}]{escape(label)}{severity}[/]", escape(line.reason))
     common.console.print(table)
 
 
