@@ -91,6 +91,23 @@ def test_r11_counts_peoples_activity_not_crmbridges_own_tasks_comments_and_to_do
     assert again.before.by_rule.get("R11", 0) == stale - 1 and again.to_write == []
 
 
+def test_crmbridges_own_revert_is_no_activity_a_stale_deal_it_moved_back_stays_stale(make_portal, cache) -> None:
+    portal, client = synced(make_portal, cache, deals=2000)
+    modes = only(R1=Mode.ENFORCE, R2=Mode.ENFORCE, R11=Mode.WARN)
+    report = run(client, cache, shipped(), modes)
+    reverted = {a.deal for a in report.to_write if a.kind is ActionKind.REVERT_STAGE}
+    stale = {a.deal for a in report.to_write if a.kind is ActionKind.CREATE_TASK and a.rule == "R11"}
+    both = reverted & stale
+    assert both  # stale deals whose last move a person made broke R1 or R2: crmbridge moved them back
+    # its move is not the manager's work: they are as stale after the run as before ("compliance after" is honest)
+    assert report.after is not None and report.after.by_rule.get("R11", 0) == report.before.by_rule.get("R11", 0)
+    judged = evaluate(cache, shipped(), datetime.now(UTC), modes=modes, deal_ids=sorted(map(int, both)), record=False)
+    assert all(any(v.rule == "R11" for v in judged.violations.get(deal, [])) for deal in both)
+    # days later, still untouched: the same breach, the task crmbridge set stands, nothing new about these deals
+    later = run(client, cache, shipped(), modes, now=lambda: datetime.now(UTC) + timedelta(days=3))
+    assert not [a for a in later.to_write if a.deal in both]
+
+
 def test_nothing_goes_to_a_deactivated_manager_it_goes_to_the_deals_team_head(make_portal, cache) -> None:
     portal, _ = synced(make_portal, cache, deals=300)
     fired = [portal.add_deal({"TITLE": f"Сделка уволенного {n}", "CATEGORY_ID": 1, "ASSIGNED_BY_ID": 9}, user_id=9)

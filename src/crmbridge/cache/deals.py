@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from crmbridge.cache.actions import ActionsRepository
 from crmbridge.cache.tables import Tables
 
 Row = dict[str, Any]
@@ -50,6 +51,8 @@ class DealRecords:
     companies: dict[str, RawRecord] = field(default_factory=dict)
     #: the users crmbridge writes as (see Deals.own_users): their last timeline activity is not a person's (R11)
     own_users: frozenset[str] = frozenset()
+    #: deal id -> {stage entry crmbridge reverted: the CRM stage it moved the deal back to}: that move is its own (R11)
+    reverted: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 class Deals:
@@ -199,6 +202,7 @@ class Deals:
                                         "LAST_UPDATED": updated, "byBridge": own})
         found.history, found.tasks, found.todos = history, tasks, todos
         found.own_users = self.own_users()
+        found.reverted = ActionsRepository(self.cache).reverted_entries()
         found.contacts = self._clients("contacts", {deal.contact for deal in found.deals})
         found.companies = self._clients("companies", {deal.company for deal in found.deals})
         return found
