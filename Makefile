@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_enforce.py --actions 5000
 	$(BIN)/python bench/bench_events.py
 	$(BIN)/python bench/bench_kpi.py --deals 100000
+	$(BIN)/python bench/bench_amocrm.py --deals 20000
 
 sandbox: $(STAMP)
 	$(BIN)/crmbridge sandbox

@@ -86,9 +86,11 @@ def run_crmbridge(url: str, args: argparse.Namespace, deals_only: bool) -> dict[
     with tempfile.TemporaryDirectory() as tmp:
         cache = open_cache(Path(tmp) / "bench.db")
         summary = Syncer(Bitrix24Reader(client), cache).run(full=True)
+        # issue 7, item 16: each client read once per sync (rows served per client cached)
+        clients = {"contacts_cached": cache.count("contacts"), "companies_cached": cache.count("companies")}
         cache.close()
     return {"rows": summary.deals_read, "requests": summary.http_requests, "seconds": time.monotonic() - started,
-            "summary": summary.as_dict()}
+            "summary": summary.as_dict(), "clients": clients}
 
 
 def run_fast_bitrix24(url: str) -> dict[str, Any]:
@@ -191,6 +193,11 @@ def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
                 f"rss={result.get('peak_rss_mb')} MB")
         if result.get("error"):
             line += f" error={result['error']}"
+        if result.get("clients"):
+            served = portal.get("rows", {})
+            line += (f" contact rows={served.get('crm.contact.list', 0):,} for {result['clients']['contacts_cached']:,}"
+                     f" contacts, company rows={served.get('crm.company.list', 0):,} for "
+                     f"{result['clients']['companies_cached']:,} companies")
         if job != "crmbridge-deals" and base.get("seconds") and seconds:
             line += f" time-ratio={seconds / base['seconds']:.2f}x"
         print(line)

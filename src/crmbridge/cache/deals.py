@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -24,6 +25,8 @@ _OWN_IDS = ("SELECT CAST(ids.value AS INTEGER) FROM actions, json_each(actions.c
 _OWN_TASK_KINDS = "'create_task', 'create_todo', 'notify'"  # amoCRM writes to-dos and notices as tasks
 _OWN_TODO_KINDS = "'create_todo'"
 CLIENTS = {"contacts": "contact_id", "companies": "company_id"}
+#: a raw record's key SQLite's JSON path can name as it is (the portal's own keys and UF_CRM_* fields)
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_]+$")
 
 
 class CachedDeal(NamedTuple):
@@ -169,10 +172,61 @@ class Deals:
             marks = ",".join("?" * len(params))
             where += f" AND id IN ({marks})"
             scope = f" AND deal_id IN ({marks})"
+        found = self._records(f"SELECT id, raw, contact_id, company_id FROM deals WHERE {where} ORDER BY id", params,
+                              scope, params, self.own_users(), self.reverted())
+        found.contacts = self._clients("contacts", {deal.contact for deal in found.deals})
+        found.companies = self._clients("companies", {deal.company for deal in found.deals})
+        return found
+
+    def iter_records(self, chunk: int = 500, keys: Sequence[str] | None = None) -> Iterator[DealRecords]:
+        """Every non-deleted cached deal, `chunk` deals at a time in id order (what `records()` returns, streamed:
+        memory stays that of one chunk however big the cache is).
+
+        `keys`: only these keys of each raw deal are decoded (SQLite picks them out of the stored JSON; a missing
+        key reads as null), not the record's sixty-odd: what the mapping reads, when the caller knows it.
+        Each contact and company comes with the first chunk that names it only: a consumer keeps the clients
+        it was given (there are far fewer clients than deals, and one client's deals fall into many chunks)."""
+        own_users, reverted = self.own_users(), self.reverted()
+        given: dict[str, set[str]] = {"contacts": set(), "companies": set()}
+        raw, paths = "raw", []
+        if keys is not None and all(_PLAIN_KEY.match(key) for key in keys):
+            # several paths give one JSON array of their values; one more path keeps it an array for a single key
+            paths = [f'$."{key}"' for key in (*keys, "ID")]
+            raw = f"json_extract(raw, {_marks(paths)})"
+        else:
+            keys = None  # a key a JSON path cannot name plainly: the whole record is decoded
+        after = -(2 ** 63)
+        while True:
+            found = self._records(
+                f"SELECT id, {raw}, contact_id, company_id FROM deals WHERE deleted = 0 AND id > ? ORDER BY id LIMIT ?",
+                [*paths, after, chunk], " AND deal_id BETWEEN ? AND ?", None, own_users, reverted, keys)
+            if not found.deals:
+                return
+            after = int(found.deals[-1].id)
+            for table, attribute in (("contacts", "contact"), ("companies", "company")):
+                wanted = {getattr(deal, attribute) for deal in found.deals} - {""} - given[table]
+                given[table] |= wanted
+                setattr(found, table, self._clients_by_id(table, wanted))
+            yield found
+
+    def _records(self, deals_sql: str, deals_params: Sequence[Any], scope: str, scope_params: Sequence[Any] | None,
+                 own_users: frozenset[str], reverted: dict[str, dict[str, str]],
+                 keys: Sequence[str] | None = None) -> DealRecords:
+        """Deals by `deals_sql` with their history, tasks and to-dos (`scope` narrows those to the deals' ids:
+        `scope_params` as given, or None for the first and last id read); clients are the caller's. With `keys`,
+        the raw column read is a JSON array of those keys' values."""
         db = self.cache.db
-        found = DealRecords([CachedDeal(str(deal_id), json.loads(raw), str(contact_id or ""), str(company_id or ""))
-                             for deal_id, raw, contact_id, company_id in db.execute(
-                                 f"SELECT id, raw, contact_id, company_id FROM deals WHERE {where} ORDER BY id", params)])
+        rows = db.execute(deals_sql, deals_params)
+        if keys is None:
+            found = DealRecords([CachedDeal(str(deal_id), json.loads(raw), str(contact_id or ""), str(company_id or ""))
+                                 for deal_id, raw, contact_id, company_id in rows])
+        else:
+            found = DealRecords([CachedDeal(str(deal_id), dict(zip(keys, json.loads(values))), str(contact_id or ""),
+                                            str(company_id or "")) for deal_id, values, contact_id, company_id in rows])
+        found.own_users, found.reverted = own_users, reverted
+        if not found.deals:
+            return found
+        params = scope_params if scope_params is not None else [int(found.deals[0].id), int(found.deals[-1].id)]
         history: dict[str, list[RawRecord]] = defaultdict(list)
         for row_id, deal_id, type_id, category_id, stage_id, created, crm_id, from_category, from_stage in db.execute(
                 "SELECT id, deal_id, type_id, category_id, stage_id, created_time, crm_id, from_category_id, "
@@ -188,7 +242,7 @@ class Deals:
         for task_id, deal_id, title, status, responsible, deadline, created, closed, own in db.execute(
                 "SELECT id, deal_id, title, status, responsible_id, deadline, created_date, closed_date, "
                 f"id IN ({_OWN_IDS.format(kinds=_OWN_TASK_KINDS)}) OR instr(raw, '{BRIDGE_MARK}') > 0 FROM tasks "
-                f"WHERE deal_id IS NOT NULL{scope}", params):
+                f"WHERE deal_id IS NOT NULL{scope} ORDER BY id", params):
             tasks[str(deal_id)].append({"id": task_id, "title": title or "", "status": status,
                                         "responsibleId": responsible, "deadline": deadline, "createdDate": created,
                                         "closedDate": closed, "byBridge": own})
@@ -196,16 +250,17 @@ class Deals:
         for todo_id, deal_id, subject, completed, responsible, deadline, created, updated, own in db.execute(
                 "SELECT id, deal_id, subject, completed, responsible_id, deadline, created, last_updated, "
                 f"id IN ({_OWN_IDS.format(kinds=_OWN_TODO_KINDS)}) OR instr(raw, '{BRIDGE_MARK}') > 0 "
-                f"FROM activities WHERE deal_id IS NOT NULL{scope}", params):
+                f"FROM activities WHERE deal_id IS NOT NULL{scope} ORDER BY id", params):
             todos[str(deal_id)].append({"ID": todo_id, "SUBJECT": subject or "", "COMPLETED": "Y" if completed else "N",
                                         "RESPONSIBLE_ID": responsible, "DEADLINE": deadline, "CREATED": created,
                                         "LAST_UPDATED": updated, "byBridge": own})
         found.history, found.tasks, found.todos = history, tasks, todos
-        found.own_users = self.own_users()
-        found.reverted = ActionsRepository(self.cache).reverted_entries()
-        found.contacts = self._clients("contacts", {deal.contact for deal in found.deals})
-        found.companies = self._clients("companies", {deal.company for deal in found.deals})
         return found
+
+    def reverted(self) -> dict[str, dict[str, str]]:
+        """Deal id -> {stage entry crmbridge reverted: the CRM stage it moved the deal back to}: the entries its own
+        reverts made, which are no person's activity (R11)."""
+        return ActionsRepository(self.cache).reverted_entries()
 
     def own_users(self) -> frozenset[str]:
         """The users crmbridge writes as: the authors of the cached tasks it created (the webhook's or the
@@ -287,6 +342,15 @@ class Deals:
         """Rows of `table` whose id is wanted (only those are decoded)."""
         return {str(row_id): json.loads(raw) for row_id, raw in self.cache.db.execute(f"SELECT id, raw FROM {table}")
                 if str(row_id) in wanted}
+
+    def _clients_by_id(self, table: str, wanted: set[str]) -> dict[str, RawRecord]:
+        """Rows of `table` with these ids, looked up by id (a few of many)."""
+        ids = sorted(int(client_id) for client_id in wanted if client_id.lstrip("-").isdigit())
+        found: dict[str, RawRecord] = {}
+        for chunk in _chunks(ids):
+            found.update((str(row_id), json.loads(raw)) for row_id, raw in self.cache.db.execute(
+                f"SELECT id, raw FROM {_client_table(table)} WHERE id IN ({_marks(chunk)})", chunk))
+        return found
 
     def per_stage(self) -> list[Row]:
         """Deals and their amount per pipeline and stage (pipeline, stage, deals, amount), in the portal's order."""

@@ -19,6 +19,7 @@ class ReferenceRows:
     stages: list[Row]
     fields: list[Row]
     users: list[Row]
+    departments: list[Row]  # id, name, head_id (empty when the webhook lacks the department scope)
 
 
 class Reference:
@@ -41,6 +42,7 @@ class Reference:
             self.cache.query("SELECT status_id, category_id, name, sort, semantics FROM stages"),
             self.cache.query("SELECT field_name, user_type_id, label, options FROM deal_fields"),
             self.cache.query("SELECT id, name, last_name, active, departments FROM users"),
+            self.cache.query("SELECT id, name, head_id FROM departments"),
         )
 
     def has_stages(self) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import sqlite_utils
@@ -58,7 +59,7 @@ def open_cache(path: Path | str) -> Cache:
         )
     db = sqlite_utils.Database(conn)
     if not in_memory:
-        db.enable_wal()
+        _enable_wal(conn)
     db.execute("PRAGMA synchronous=NORMAL")  # safe with WAL: a crash loses at most the last commit
     cache = Cache(db, file_path)
     if version < SCHEMA_VERSION:
@@ -71,6 +72,25 @@ def open_cache(path: Path | str) -> Cache:
                     db.execute(statement)
                 db.execute(f"PRAGMA user_version = {number}")
     return cache
+
+
+def _enable_wal(conn: sqlite3.Connection, wait_seconds: float = 30.0) -> None:
+    """Switch a new file to WAL, waiting for another process that opens it at the same moment.
+
+    Leaving rollback-journal mode needs the file to itself, and SQLite answers "database is locked" at once
+    instead of calling the busy handler when another connection is switching or migrating the same new file
+    (two syncs started together on a fresh cache). The mode is stored in the file, so this waits only once.
+    """
+    deadline = time.monotonic() + wait_seconds
+    delay = 0.01
+    while conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        try:
+            conn.execute("PRAGMA journal_mode=wal")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
 
 
 def _statements(script: str) -> list[str]:

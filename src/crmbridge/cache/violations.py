@@ -13,8 +13,8 @@ Row = dict[str, Any]
 class Changes(Protocol):
     """What one evaluation changes in the ledger (regulation.ledger.LedgerChanges)."""
 
-    opened: list[Row]  # new rows
-    refreshed: list[Row]  # id + checked, severity, message, missing, details
+    opened: Sequence[Row]  # new rows
+    refreshed: Sequence[Row]  # id + checked, severity, message, missing, details
     resolved: list[int]  # row ids no longer found
 
 
@@ -28,8 +28,10 @@ class Violations:
         self.cache = cache
 
     def open_rows(self) -> dict[str, Row]:
-        """Open violations (not resolved) by key."""
-        return {row["key"]: row for row in self.cache.query("SELECT * FROM violations WHERE resolved IS NULL")}
+        """Open violations (not resolved) by key: their row id and deal (all a reconciliation compares; the texts
+        are rewritten, not read, so 45,000 messages are not loaded)."""
+        return {key: {"id": row_id, "key": key, "deal_id": deal_id} for row_id, key, deal_id in self.cache.db.execute(
+            "SELECT id, key, deal_id FROM violations WHERE resolved IS NULL")}
 
     def record(self, reconcile: Callable[[dict[str, Row]], C], now_iso: str) -> C:
         """One transaction: the open rows, `reconcile` (pure) compares them with an evaluation, its changes are
@@ -44,8 +46,8 @@ class Violations:
             self.cache.db["violations"].insert_all(opened)
         self.cache.db.conn.executemany(
             "UPDATE violations SET checked = ?, severity = ?, message = ?, missing = ?, details = ? WHERE id = ?",
-            [(row["checked"], row["severity"], row["message"], row["missing"], row["details"], row["id"])
-             for row in refreshed])
+            ((row["checked"], row["severity"], row["message"], row["missing"], row["details"], row["id"])
+             for row in refreshed))
         for start in range(0, len(resolved), 500):
             chunk = list(resolved[start:start + 500])
             self.cache.db.execute(f"UPDATE violations SET resolved = ? WHERE id IN ({','.join('?' * len(chunk))})",

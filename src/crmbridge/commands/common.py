@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -100,3 +101,22 @@ def cache(settings: Settings, *, create: bool = False, path: Path | None = None)
 
 def print_json(payload: Any) -> None:
     sys.stdout.write(json.dumps(payload, ensure_ascii=False, indent=2, default=str) + "\n")
+
+
+def print_json_list(payload: dict[str, Any], name: str, items: Iterable[Any]) -> None:
+    """`print_json({**payload, name: list(items)})` written as it goes, one item a line: a long list (45,000
+    violations) is neither held twice as text nor indented by the pure-Python encoder (seconds at that size)."""
+    head = json.dumps({**payload, name: []}, ensure_ascii=False, indent=2, default=str)
+    opening = head.rindex("[]")  # the list is the last key: everything before its "[]" is printed as is
+    write = sys.stdout.write
+    write(head[:opening] + "[")
+    encode = json.JSONEncoder(ensure_ascii=False, default=str).encode
+    written = False
+    batch: list[str] = []
+    for item in itertools.chain(items, [None]):
+        if item is not None:
+            batch.append(encode(item))
+        if batch and (item is None or len(batch) == 1000):
+            write((",\n    " if written else "\n    ") + ",\n    ".join(batch))
+            written, batch = True, []
+    write(("\n  " if written else "") + head[opening + 1:] + "\n")

@@ -24,16 +24,16 @@ from crmbridge.mapping.discover import draft_binding, todo_left
 from crmbridge.mapping.load import Mappings, binding_file, load_mappings, load_regulation
 from crmbridge.mapping.portal import PortalSnapshot, lint_live
 from crmbridge.mapping.schema import json_schemas
-from crmbridge.model import Deal, Violation
+from crmbridge.model import Violation
 from crmbridge.regulation.compiled import CompiledRegulation
-from crmbridge.regulation.evaluate import RULES, Evaluator, beyond_look_back, impact
+from crmbridge.regulation.evaluate import RULES, Evaluator, beyond_look_back, evaluate_stream, impact
 
 
 @dataclass
 class AuditRun:
     """One evaluation of the cached deals."""
 
-    deals: list[Deal]
+    deals: int  # how many were evaluated
     violations: list[Violation]
     evaluator: Evaluator
     opened: int = 0
@@ -42,18 +42,24 @@ class AuditRun:
 
 def evaluate_cache(cache: Cache, mappings: Mappings, now: datetime, *, record: bool = True,
                    deal_ids: Sequence[int | str] | None = None) -> AuditRun:
-    """Map and evaluate cached deals; with `record`, open / resolve rows of the `violations` table."""
+    """Map and evaluate cached deals; with `record`, open / resolve rows of the `violations` table.
+
+    Every deal: streamed from the cache a chunk at a time and judged as it is mapped, so memory holds one chunk
+    and the violations, not the cache (issue 8: 1.8 GB at 100,000 deals before)."""
     mapper = DealMapper(mappings.regulation, mappings.binding)
-    deals = mapper.deals(cache.deals.records(deal_ids))
-    # R10 needs each client's last purchase across all deals, not only the ones asked for
-    everyone = deals if deal_ids is None else mapper.deals(cache.deals.records())
-    with paused_gc():  # evaluation allocates many small objects and no reference cycles
-        evaluator = Evaluator.of(mappings.regulation, now, deals_for_purchases=everyone)
-        found = [violation for deal in deals for violation in evaluator.violations(deal)]
-    run = AuditRun(deals, found, evaluator)
+    with paused_gc():  # mapping and evaluation allocate many small objects and no reference cycles
+        if deal_ids is None:
+            evaluation = evaluate_stream(mappings.regulation, now, mapper.stream(cache.deals.iter_records(keys=mapper.deal_keys)))
+            run = AuditRun(evaluation.deals, evaluation.violations, evaluation.evaluator)
+        else:
+            deals = mapper.deals(cache.deals.records(deal_ids))
+            # R10 needs each client's last purchase across all deals, not only the ones asked for
+            evaluator = Evaluator.of(mappings.regulation, now, deals_for_purchases=mapper.deals(cache.deals.records()))
+            run = AuditRun(len(deals), [violation for deal in deals for violation in evaluator.violations(deal)],
+                           evaluator)
     if record:
         scope = None if deal_ids is None else {str(deal_id) for deal_id in deal_ids}
-        changes = record_violations(cache, found, now.astimezone(timezone.utc).isoformat(), scope)
+        changes = record_violations(cache, run.violations, now.astimezone(timezone.utc).isoformat(), scope)
         run.opened, run.resolved = len(changes.opened), len(changes.resolved)
     return run
 
@@ -77,7 +83,8 @@ def _snapshot(cache_only: bool) -> tuple[PortalSnapshot, str]:
     if settings.cache_path.exists():
         with common.cache(settings) as cache:
             cached = cache.reference.rows()
-        snapshot = PortalSnapshot.from_rows(cached.pipelines, cached.stages, cached.fields, cached.users)
+        snapshot = PortalSnapshot.from_rows(cached.pipelines, cached.stages, cached.fields, cached.users,
+                                            cached.departments)
     if not snapshot.empty:
         return snapshot, f"cache {settings.cache_path}"
     if cache_only:
@@ -220,6 +227,9 @@ def register(app: typer.Typer) -> None:
         common.console.print(f"wrote {target} from {source}: {len(snapshot.pipelines)} pipelines, "
                              f"{sum(len(stages) for stages in snapshot.stages.values())} stages, "
                              f"{len(snapshot.fields)} fields; {todo} `todo` left for you")
+        if target.resolve() == default_target.resolve():
+            common.console.print(f"next: settle the `todo`s, rename it to {binding_file(settings.crm)} and run "
+                                 "`crmbridge check --live`")
 
     @app.command()
     def audit(
@@ -287,15 +297,14 @@ def _print_audit(run: AuditRun, names: dict[str, str], as_json: bool) -> None:
     for violation in run.violations:
         by_manager[violation.manager or "—"][violation.rule] += 1
     if as_json:
-        common.print_json({
-            "deals": len(run.deals), "violations": len(run.violations), "opened": run.opened, "resolved": run.resolved,
+        common.print_json_list({
+            "deals": run.deals, "violations": len(run.violations), "opened": run.opened, "resolved": run.resolved,
             "by_rule": dict(sorted(by_rule.items(), key=lambda item: int(item[0][1:]))),
             "beyond_look_back": dict(sorted(old.items(), key=lambda item: int(item[0][1:]))),
             "by_manager": {manager: dict(counts) for manager, counts in by_manager.items()},
-            "open": [violation_json(violation, beyond=too_old(violation)) for violation in run.violations],
-        })
+        }, "open", (violation_json(violation, beyond=too_old(violation)) for violation in run.violations))
         return
-    common.console.print(f"{len(run.deals):,} deals evaluated: {len(run.violations):,} open violations "
+    common.console.print(f"{run.deals:,} deals evaluated: {len(run.violations):,} open violations "
                          f"({run.opened:,} newly opened, {run.resolved:,} resolved since the last audit)")
     clauses = {violation.rule: violation.clause.split(".")[0] for violation in run.violations}
     deals_by_rule: dict[str, set[str]] = defaultdict(set)

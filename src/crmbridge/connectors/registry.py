@@ -94,11 +94,14 @@ def api_snapshot(client: CrmClient) -> Any:
     from crmbridge.cache import rows
     from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
 
-    reference = Bitrix24Reader(client).reference_data()
+    reader = Bitrix24Reader(client)
+    granted, _ = reader.check_scopes(required=())
+    reference = reader.reference_data(departments="department" in granted)
     # the API's records go through the same conversions a sync would cache them with
     return PortalSnapshot.from_rows(
         map(rows.pipeline_row, reference.pipelines),
         [rows.stage_row(raw, category) for category, stages in reference.stages.items() for raw in stages],
         map(rows.deal_field_row, reference.deal_fields),
         map(rows.user_row, reference.users),
+        map(rows.department_row, reference.departments or ()),
     )

@@ -6,7 +6,7 @@ import re
 from dataclasses import replace as dataclass_replace
 from datetime import date, datetime, timezone
 from decimal import Decimal, InvalidOperation
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 from zoneinfo import ZoneInfo
 
 from crmbridge.bulk import paused_gc
@@ -30,7 +30,14 @@ from crmbridge.model import (
 _ENTRY_KINDS = {"1": EntryKind.CREATED, "2": EntryKind.MOVED, "3": EntryKind.CLOSED, "5": EntryKind.PIPELINE_CHANGED}
 _TASK_STATUS = {"1": TaskStatus.PENDING, "2": TaskStatus.PENDING, "3": TaskStatus.IN_PROGRESS,
                 "4": TaskStatus.COMPLETED, "5": TaskStatus.COMPLETED, "6": TaskStatus.DEFERRED}
+#: the keys of a Bitrix24 deal record `DealMapper.deal` reads besides the bound fields (a test watches it read)
+DEAL_KEYS = ("ID", "TITLE", "CATEGORY_ID", "STAGE_ID", "STAGE_SEMANTIC_ID", "ASSIGNED_BY_ID", "DATE_CREATE",
+             "DATE_MODIFY", "MOVED_TIME", "LAST_ACTIVITY_TIME", "LAST_ACTIVITY_BY", "CLOSED", "CLOSEDATE",
+             "PROBABILITY", "OPPORTUNITY")
 _RU_DATE = re.compile(r"^(\d{2})\.(\d{2})\.(\d{4})(?:\s+(\d{2}):(\d{2})(?::(\d{2}))?)?$")
+#: how CRMs write yes / no (Bitrix24 boolean fields 1 / 0, sometimes Y / N; amoCRM checkboxes true / false)
+_YES_NO = {"1": "1", "Y": "1", "y": "1", "true": "1", "True": "1", "0": "0", "N": "0", "n": "0", "false": "0",
+           "False": "0"}
 _URL = re.compile(r"^(https?|ftp)://\S+$|^www\.\S+$", re.IGNORECASE)
 
 
@@ -134,6 +141,10 @@ class DealMapper:
             bound = binding.fields.get(field_id)
             if bound is not None:
                 self.readers.append((field_id, bound.crm_field, self._reader(spec, dict(bound.options))))
+        #: the keys of a raw deal the mapping reads, for a cache to decode only those (None: the whole record;
+        #: amoCRM's adapter reads the lead's nested shape)
+        self.deal_keys: tuple[str, ...] | None = None if amocrm else tuple(
+            dict.fromkeys((*DEAL_KEYS, *(crm_field for _, crm_field, _ in self.readers))))
 
     # ------------------------------------------------------------ fields
 
@@ -185,8 +196,15 @@ class DealMapper:
             value = parse_moment(raw, zone)
             return FieldValue(value) if value else FieldValue(None, raw, "not a date")
 
+        # a yes/no CRM field bound as an enum: its options are keyed "1" and "0" (no enumeration option has id 0)
+        yes_no = "0" in by_option
+
         def enum(raw: Any) -> FieldValue:
             raw = _first(raw)
+            if yes_no:
+                key = _YES_NO.get(raw if type(raw) is str else str(raw).lower() if isinstance(raw, (bool, int)) else raw)
+                if key is not None:
+                    return by_option.get(key, empty)
             if raw in (None, "", False, "0"):
                 return empty
             shared = by_option.get(raw if type(raw) is str else str(raw))
@@ -336,8 +354,8 @@ class DealMapper:
         get = raw.get
         for field_id, crm_field, read in self.readers:
             crm_value = get(crm_field)
-            if crm_value is None or crm_value == "" or crm_value is False or crm_value == []:
-                continue  # most fields of most deals are empty
+            if crm_value is None or crm_value == "" or crm_value == []:
+                continue  # most fields of most deals are empty (False is "no" to a yes/no field: its reader decides)
             value = read(crm_value)
             if value.value is not None or value.problem is not None:
                 fields[field_id] = value
@@ -392,3 +410,19 @@ class DealMapper:
                                        contacts.get(contact_id), companies.get(company_id), records.todos.get(deal_id, ()),
                                        own_users=records.own_users, reverted=records.reverted.get(deal_id)))
             return deals
+
+    def stream(self, chunks: Iterable[DealRecords]) -> Iterator[Deal]:
+        """`deals()` over chunks of cached deals (`Deals.iter_records`), one Deal at a time: only the chunk being
+        mapped is held. A client comes with the first chunk that names it and is kept (mapped once) for the rest."""
+        contacts: dict[str, Client | None] = {}
+        companies: dict[str, Client | None] = {}
+        for records in chunks:
+            with paused_gc():
+                contacts.update((key, self.client(row, "contact")) for key, row in records.contacts.items())
+                companies.update((key, self.client(row, "company")) for key, row in records.companies.items())
+                history, tasks, todos, own_users = records.history, records.tasks, records.todos, records.own_users
+                mapped = [self.deal(raw, history.get(deal_id, ()), tasks.get(deal_id, ()), contacts.get(contact_id),
+                                    companies.get(company_id), todos.get(deal_id, ()), own_users=own_users)
+                          for deal_id, raw, contact_id, company_id in records.deals]
+            del records
+            yield from mapped

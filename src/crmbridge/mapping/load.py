@@ -491,10 +491,20 @@ def _lint_binding(doc: LocatedDocument, regulation: RegulationSpec | None, crm: 
             if missing:
                 doc.problem(where, f'enum options of "{field_id}" not bound: {", ".join(missing)}',
                             "add `options: {<CRM option id>: <option>}` for each", key=True)
-    for field_id in sorted(_needed_fields(regulation)):
+    # only directions some pipeline is bound to read fields: a direction without a pipeline demands nothing
+    in_use = {pipeline.get("direction") for pipeline in map(_dict, _dict(data.get("pipelines")).values())}
+    for field_id, uses in sorted(needed_fields(regulation, in_use).items()):
         if field_id not in bound and fields[field_id].type not in ("phone", "email"):
-            doc.problem(("fields",), f'regulated field "{field_id}" is used by the regulation but not bound',
-                        f"add `{field_id}: {field_example}` under fields:", key=True)
+            rules = sorted({use.split()[0] for use in uses if use.startswith("R")}, key=lambda rule: int(rule[1:]))
+            drop = ("drop it from those stages' requirements" if any(not use.startswith("R") for use in uses) else "")
+            if rules:
+                drop += (" and " if drop else "") + f"switch {', '.join(rules)} off (`mode: off`) or point the rule at " \
+                        "another field"
+            uses = sorted(uses, key=lambda use: use.startswith("R"))  # stages first, then rules
+            doc.problem(("fields",), f'regulated field "{field_id}" is used by the regulation but not bound '
+                                     f"({'; '.join(uses)})",
+                        f"bind it: add `{field_id}: {field_example}` under fields: — or, in regulation.yaml, {drop}",
+                        key=True)
     if amocrm and data.get("probability_field") is None and any(
             regulation.rules_for(direction).R4.mode.value != "off" for direction in directions):
         doc.problem(("crm",), "R4 checks each deal's probability, but amoCRM leads have none of their own",
@@ -515,19 +525,34 @@ def _lint_binding(doc: LocatedDocument, regulation: RegulationSpec | None, crm: 
                             did_you_mean(direction_id, directions))
 
 
-def _needed_fields(regulation: RegulationSpec) -> set[str]:
-    """Regulated fields the regulation actually reads (requirements and enabled rules)."""
-    needed: set[str] = set()
+def needed_fields(regulation: RegulationSpec, directions: Iterable[Any] | None = None) -> dict[str, list[str]]:
+    """Regulated fields the regulation reads (stage requirements and enabled rules) in the given directions (all
+    when None), each with where it is used: "project_sales «Позиционирование» (to enter)", "R8 paid_field"."""
+    wanted = None if directions is None else {direction for direction in directions if isinstance(direction, str)}
+    uses: dict[str, list[str]] = {}
+
+    def add(field_id: str, where: str) -> None:
+        if field_id in regulation.fields and where not in uses.setdefault(field_id, []):
+            uses[field_id].append(where)
+
     for direction_id, direction in regulation.directions.items():
+        if wanted is not None and direction_id not in wanted:
+            continue
         for stage in direction.stages:
-            needed.update(req.field for req in (*stage.requires_to_enter, *stage.requires_to_leave))
-        needed.update(req.field for req in (*direction.won.requires, *direction.lost.requires))
+            for requirement in stage.requires_to_enter:
+                add(requirement.field, f"{direction_id} «{stage.name}» (to enter)")
+            for requirement in stage.requires_to_leave:
+                add(requirement.field, f"{direction_id} «{stage.name}» (to leave)")
+        for final, words in ((direction.won, "won"), (direction.lost, "lost")):
+            for requirement in final.requires:
+                add(requirement.field, f"{direction_id} {words}")
         rules = regulation.rules_for(direction_id)
         for rule_id, params in _RULE_FIELD_PARAMS.items():
             spec = getattr(rules, rule_id)
             if spec.mode.value != "off":
-                needed.update(getattr(spec, param) for param in params)
-    return {field_id for field_id in needed if field_id in regulation.fields}
+                for param in params:
+                    add(getattr(spec, param), f"{rule_id} {param}")
+    return uses
 
 
 # ---------------------------------------------------------------- public API
@@ -584,6 +609,11 @@ def load_mappings(directory: str | FsPath = "mappings", *, binding_file: str | N
     MappingError lists the problems of both files. `crm` (CRMBRIDGE_CRM) picks the file and must match it."""
     directory = FsPath(directory)
     binding_path = directory / (binding_file or BINDING_FILES.get(crm or "bitrix24", f"{crm}.yaml"))
+    draft = binding_path.with_name(binding_path.name.replace(".yaml", ".draft.yaml"))
+    if not binding_path.exists() and draft.exists():
+        # `crmbridge discover` wrote a draft and the admin has not adopted it yet
+        raise MappingError([f"{binding_path}:1:1: file not found — `crmbridge discover` wrote {draft.name} next to "
+                            f"it: settle its `todo` decisions and rename it to {binding_path.name}"])
     binding_text = _read(binding_path)
     regulation_name = REGULATION_FILE
     probe = read_yaml(binding_text, str(binding_path))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -21,6 +22,9 @@ STANDARD_DEAL_FIELDS = {
 }
 #: amoCRM lead fields that are not custom fields (they are not in /api/v4/leads/custom_fields)
 STANDARD_LEAD_FIELDS = {"price", "name"}
+#: yes/no CRM field types, and the option keys a binding uses for them (what the mapper reads values as)
+BOOLEAN_TYPES = frozenset({"boolean", "checkbox"})
+BOOLEAN_VALUES = ("1", "0")
 #: which CRM field types can hold which regulated type (Bitrix24 USER_TYPE_ID and amoCRM custom field types)
 COMPATIBLE = {
     "text": {"string", "char", "text", "url", "employee", "crm", "integer", "double", "textarea", "numeric",
@@ -28,7 +32,8 @@ COMPATIBLE = {
     "number": {"double", "integer", "money", "numeric", "price", "monetary"},
     "date": {"date", "datetime", "date_time", "birthday"},
     "datetime": {"datetime", "date", "date_time"},
-    "enum": {"enumeration", "crm_status", "select", "radiobutton", "multiselect"},
+    # a yes/no field (Bitrix24 boolean: 1 / 0; amoCRM checkbox: true / false) is an enum of two options
+    "enum": {"enumeration", "crm_status", "select", "radiobutton", "multiselect", "boolean", "checkbox"},
     "link": {"url", "string", "file", "text"},
 }
 
@@ -49,6 +54,8 @@ class PortalSnapshot:
     stages: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)  # CATEGORY_ID -> STAGE_ID -> (name, semantics)
     fields: dict[str, PortalField] = field(default_factory=dict)
     users: dict[str, tuple[str, bool, tuple[str, ...]]] = field(default_factory=dict)  # id -> (name, active, departments)
+    departments: dict[str, str] = field(default_factory=dict)  # department id -> name (when the portal says)
+    heads: dict[str, str] = field(default_factory=dict)  # department id -> its head's user id
 
     @classmethod
     def from_rows(
@@ -57,6 +64,7 @@ class PortalSnapshot:
         stages: Iterable[Mapping[str, Any]],
         deal_fields: Iterable[Mapping[str, Any]],
         users: Iterable[Mapping[str, Any]],
+        departments: Iterable[Mapping[str, Any]] = (),
     ) -> "PortalSnapshot":
         """From rows shaped like the cache's tables, whether read from the cache or converted from the API."""
         snapshot = cls()
@@ -72,13 +80,20 @@ class PortalSnapshot:
             snapshot.fields[row["field_name"]] = PortalField(row["field_name"], row["user_type_id"] or "", row["label"] or "", options)
         for row in users:
             name = " ".join(part for part in (row["name"], row["last_name"]) if part)
-            departments = tuple(str(item) for item in json.loads(row["departments"] or "[]"))
-            snapshot.users[str(row["id"])] = (name, bool(row["active"]), departments)
+            member_of = tuple(str(item) for item in json.loads(row["departments"] or "[]"))
+            snapshot.users[str(row["id"])] = (name, bool(row["active"]), member_of)
+        for row in departments:
+            snapshot.departments[str(row["id"])] = row.get("name") or ""
+            if row.get("head_id"):
+                snapshot.heads[str(row["id"])] = str(row["head_id"])
         return snapshot
 
     @property
     def empty(self) -> bool:
         return not self.stages
+
+
+_SEMANTICS_MARK = re.compile(r"\s*\((S|F)\)$")
 
 
 def _stage_comments(text: str) -> dict[tuple[str, str], str]:
@@ -93,7 +108,8 @@ def _stage_comments(text: str) -> dict[tuple[str, str], str]:
                 token = tokens[2] if len(tokens) > 2 else None
                 if token is not None:
                     label = token.value.strip().lstrip("#").strip()
-                    label = label.split("(")[0].strip()
+                    # discover marks final stages with " (S)" / " (F)": only that marker goes, a name may have brackets
+                    label = _SEMANTICS_MARK.sub("", label).strip()
                     if label:
                         comments[(str(category), str(crm_stage))] = label
     except Exception:  # comments are a courtesy; a file that loaded fine may still have odd ones
@@ -153,6 +169,15 @@ def lint_live(mappings: Mappings, snapshot: PortalSnapshot, binding_text: str) -
         if kind in COMPATIBLE and portal_field.type and portal_field.type not in COMPATIBLE[kind]:
             doc.problem(where, f'{bound.crm_field} («{portal_field.label}») is {portal_field.type} on the portal, "{field_id}" is {kind}',
                         "bind a CRM field of a matching type", key=True)
+        if portal_field.type in BOOLEAN_TYPES:
+            for option in bound.options:
+                if option not in BOOLEAN_VALUES:
+                    doc.problem(where + ("options", option), f"{bound.crm_field} is a yes/no field: its values are 1 and 0",
+                                'write `options: {"1": <option for yes>, "0": <option for no>}`', key=True)
+            for value, word in (("1", "yes"), ("0", "no")):
+                if value not in bound.options:
+                    doc.problem(where + ("options",), f"the {word} value ({value}) of {bound.crm_field} is not bound",
+                                f'add `"{value}": <option id>`', key=True)
         for option in bound.options:
             if portal_field.options and option not in portal_field.options:
                 doc.problem(where + ("options", option), f"enum option {option} does not exist in {bound.crm_field}",

@@ -147,20 +147,33 @@ def last_purchases(deals: Iterable[Deal], ctx: Context) -> dict[str, tuple[datet
     """Client key -> (last purchase, deal id): the cross-deal fact R10 needs, computed once per run."""
     found: dict[str, tuple[datetime, str]] = {}
     # it runs over every deal, so the per-direction setting is read once, not per deal
-    paid_fields = {direction_id: direction.rules.R8.paid_field for direction_id, direction in ctx.regulation.directions.items()}
+    paid_fields = purchase_fields(ctx)
     won = Outcome.WON
     for deal in deals:
         if deal.outcome is not won or deal.direction not in paid_fields:
             continue  # checked first: most deals are not won, and a client key is a string built on each read
-        key = deal.client_key
-        if key is None:
-            continue
-        moment = purchase_moment(deal, paid_fields[deal.direction], ctx)
-        if moment is not None:
-            known = found.get(key)
-            if known is None or moment > known[0]:
-                found[key] = (moment, deal.id)
+        note_purchase(found, deal, paid_fields, ctx)
     return found
+
+
+def purchase_fields(ctx: Context) -> dict[str, str | None]:
+    """Direction id -> the field R8 and R10 read the payment date from."""
+    return {direction_id: direction.rules.R8.paid_field for direction_id, direction in ctx.regulation.directions.items()}
+
+
+def note_purchase(found: dict[str, tuple[datetime, str]], deal: Deal, paid_fields: dict[str, str | None],
+                  ctx: Context) -> None:
+    """Count one deal into `last_purchases` (deals taken in the same order give the same answer)."""
+    if deal.outcome is not Outcome.WON or deal.direction not in paid_fields:
+        return
+    key = deal.client_key
+    if key is None:
+        return
+    moment = purchase_moment(deal, paid_fields[deal.direction], ctx)
+    if moment is not None:
+        known = found.get(key)
+        if known is None or moment > known[0]:
+            found[key] = (moment, deal.id)
 
 
 def check_r10(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = None) -> tuple[Violation, ...] | None:

@@ -9,7 +9,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from crmbridge.mapping.schema import RULE_IDS, RegulationSpec
 from crmbridge.model import Deal, Mode, Outcome, RuleExplanation, Verdict, Violation
-from crmbridge.regulation.clients import check_r5, check_r6, check_r10, last_purchases
+from crmbridge.regulation.clients import check_r5, check_r6, check_r10, last_purchases, note_purchase, purchase_fields
 from crmbridge.regulation.compiled import CompiledDirection, CompiledRegulation, Context, compile_regulation, render
 from crmbridge.regulation.stages import check_r1, check_r2, check_r3, check_r4
 from crmbridge.regulation.timers import check_r7, check_r8, check_r9, check_r11
@@ -106,6 +106,49 @@ class Evaluator:
         """Each deal with its violations."""
         for deal in deals:
             yield deal, self.violations(deal)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What `evaluate_stream` found: how many deals, their violations (deal by deal, in the order the deals came),
+    and the evaluator that knows every client's last purchase (for messages and look-back windows)."""
+
+    deals: int
+    violations: list[Violation]
+    evaluator: Evaluator
+
+
+def evaluate_stream(regulation: RegulationSpec | CompiledRegulation, now: datetime, deals: Iterable[Deal]) -> Evaluation:
+    """Every deal's violations in one pass that keeps no deal: the same violations, in the same order, as
+    `Evaluator.of(regulation, now, deals_for_purchases=deals)` finds deal by deal, with memory for the violations only.
+
+    R10 is the one rule that looks across deals (it judges only a client's latest purchase). Each won deal is
+    judged as if it were its client's latest purchase; once every deal was seen, the R10 violations of won deals a
+    later purchase of the same client superseded are dropped, which is what R10 says of them (not applicable).
+    """
+    evaluator = Evaluator.of(regulation, now)  # no purchases: R10 judges every won deal as its client's latest
+    context = evaluator._context  # type: ignore[attr-defined]
+    paid_fields = purchase_fields(context)
+    purchases: dict[str, tuple[datetime, str]] = {}
+    found: list[Violation] = []
+    judged_r10: list[tuple[int, str]] = []  # (position in found, client key) of R10 violations of won deals
+    count = 0
+    won = Outcome.WON
+    for deal in deals:
+        count += 1
+        violations = evaluator.violations(deal)
+        if deal.outcome is won:
+            note_purchase(purchases, deal, paid_fields, context)
+            key = deal.client_key
+            if key is not None:
+                judged_r10 += [(len(found) + index, key) for index, violation in enumerate(violations)
+                               if violation.rule == "R10"]
+        found += violations
+    superseded = {position for position, key in judged_r10
+                  if key in purchases and purchases[key][1] != found[position].deal}
+    if superseded:
+        found = [violation for position, violation in enumerate(found) if position not in superseded]
+    return Evaluation(count, found, replace(evaluator, purchases=purchases))
 
 
 def beyond_look_back(violation: Violation, direction: CompiledDirection, now: datetime) -> bool:
