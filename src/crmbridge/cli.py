@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import importlib
-import logging
 import sqlite3
 import sys
 
 import typer
 
-from crmbridge import __version__
+from crmbridge import __version__, logs
 from crmbridge.commands import common
-from crmbridge.connectors.bitrix24.transport import redact
 from crmbridge.errors import ConfigError, CrmBridgeError, MappingError
 
 app = typer.Typer(
@@ -47,22 +45,7 @@ def root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     common.state.debug = debug
-    logging.basicConfig(
-        # retries and pacing are logged at WARNING/INFO: shown with --debug, kept off an admin's screen otherwise
-        level=logging.DEBUG if debug else logging.ERROR,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for handler in logging.getLogger().handlers:
-        # libraries log request lines with the webhook path (urllib3 at DEBUG): its code is a password
-        handler.addFilter(RedactSecrets())
-
-
-class RedactSecrets(logging.Filter):
-    """Rewrites every log record with webhook codes and tokens replaced by ***."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = redact(record.getMessage()), None
-        return True
+    logs.setup(debug=debug)
 
 
 for _module in COMMAND_MODULES:

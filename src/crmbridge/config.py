@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -113,10 +116,41 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Read the settings; a wrong value becomes one ConfigError line naming the variable."""
+    """Read the settings; a wrong value, or a CRMBRIDGE_ name that is no setting (a typo would otherwise be ignored
+    and its default used), becomes one ConfigError line naming the variable (and the .env line)."""
+    unknown = unknown_settings(Path(".env"), os.environ)
+    if unknown:
+        raise ConfigError("; ".join(unknown), hint="fix the name; `.env.example` lists every setting")
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         err = exc.errors()[0]
         name = ENV_PREFIX + str(err["loc"][0]).upper() if err.get("loc") else "a CRMBRIDGE_ setting"
         raise ConfigError(f"{name}: {err['msg']}", hint="fix it in the environment or in .env") from None
+
+
+def unknown_settings(env_file: Path, environ: Mapping[str, str]) -> list[str]:
+    """`CRMBRIDGE_*` names in `.env` (with their line) or the environment that are not settings, each with a guess."""
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    found: list[str] = []
+    try:
+        lines = env_file.read_text(encoding="utf-8").splitlines() if env_file.is_file() else []
+    except (OSError, UnicodeDecodeError):
+        lines = []  # pydantic-settings reports an unreadable file itself
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if text.startswith("export "):
+            text = text[len("export "):].lstrip()
+        name = text.split("=", 1)[0].strip().upper() if "=" in text and not text.startswith("#") else ""
+        if name.startswith(ENV_PREFIX) and name not in known:
+            found.append(f"{env_file}:{number}: {name} is not a crmbridge setting{_guess(name, known)}")
+    for name in sorted(environ):
+        upper = name.upper()
+        if upper.startswith(ENV_PREFIX) and upper not in known:
+            found.append(f"environment variable {name} is not a crmbridge setting{_guess(upper, known)}")
+    return found
+
+
+def _guess(name: str, known: set[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+    return f" — did you mean {close[0]}?" if close else ""

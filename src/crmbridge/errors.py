@@ -3,6 +3,7 @@
     CrmBridgeError                   anything crmbridge raises on purpose; `str()` is one clear line for a user
     ├── ConfigError                  a setting is missing or wrong (names the setting and the fix)
     ├── MappingError                 a mapping / regulation file is wrong (carries every problem with file:line:col)
+    ├── JobCancelled                 a scheduled job was asked to stop (its timeout, a shutdown): it stopped between batches
     ├── CacheError                   the SQLite cache cannot be used (e.g. written by a newer crmbridge)
     │   ├── CacheLocked              another live run holds the cache's writer lock (names it)
     │   └── LockLost                 this run's writer lock was broken (--break-lock): it stops writing
@@ -60,6 +61,10 @@ class MappingError(CrmBridgeError):
         first = self.problems[0] if self.problems else "invalid mapping"
         more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
         super().__init__(first + more)
+
+
+class JobCancelled(CrmBridgeError):
+    """A scheduled job was asked to stop (its timeout passed, or the daemon stops) and did, between two batches."""
 
 
 class CacheError(CrmBridgeError):

@@ -56,6 +56,8 @@ class SyncSummary:
     http_requests: int = 0
     seconds: float = 0.0
     operating_seconds: dict[str, float] = field(default_factory=dict)
+    #: `user.admin` of the user the reads run as (Bitrix24): False means it sees only some tasks; None unknown
+    webhook_admin: bool | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -181,6 +183,8 @@ class Syncer:
         if self.reader.admin is not None:
             # a non-admin sees only the tasks it may: enforcement refuses to act on what it cannot see
             self.cache.account.record_rights(self.reader.admin, self.now())
+        # asked in this run, else what the last run that asked found (an incremental run may not ask)
+        summary.webhook_admin = self.reader.admin if self.reader.admin is not None else self.cache.account.rights()
         run_id = self.cache.syncs.start_run(mode, self.now())
         try:
             reference_read = mode == "full" or self._metadata_due()

@@ -172,6 +172,8 @@ class AmoCRMSyncer:
                 map(rows.pipeline_row, reference.pipelines),
                 [row for pipeline in reference.pipelines for row in rows.stage_rows(pipeline)],
                 map(rows.deal_field_row, reference.lead_fields), map(rows.user_row, reference.users))
+            # the user groups name the departments the KPIs and the report group managers by
+            summary.departments = self.cache.kpi.replace_departments(map(rows.group_row, reference.groups))
             self._finish_state("reference")
 
     def _refresh_reference_if_unknown_statuses(self, summary: SyncSummary) -> None:

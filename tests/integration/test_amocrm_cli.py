@@ -124,6 +124,8 @@ def test_kpis_on_an_amocrm_account(make_account: Any, tmp_path: Path) -> None:
     account = make_account(deals=300, seed=6)
     env = env_for(account, tmp_path)
     assert crmbridge(env, "sync", cwd=tmp_path).returncode == 0
+    with open_cache(tmp_path / "amo.db") as cache:  # the account's user groups are the departments
+        assert {row["id"]: row["name"] for row in cache.query("SELECT id, name FROM departments")} == amo.GROUP_NAMES
     result = crmbridge(env, "kpi", "--period", "2026", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
@@ -134,5 +136,28 @@ def test_kpis_on_an_amocrm_account(make_account: Any, tmp_path: Path) -> None:
     managers = [row["fact"] for row in rows if row["scope"] == "manager" and row["kpi"] == "revenue"
                 and row["direction"] is None]
     assert sum(managers) == pytest.approx(company["revenue"]["fact"], abs=0.05)
+    departments = {row["department_id"] for row in rows if row["scope"] == "department"}
+    assert departments == set(amo.GROUP_NAMES)
     report = crmbridge(env, "report", "--html", str(tmp_path / "amo.html"), "--period", "2026-11", cwd=tmp_path)
     assert report.returncode == 0 and (tmp_path / "amo.html").stat().st_size > 5_000
+
+
+def test_check_live_names_a_status_the_account_does_not_have_with_its_line(make_account: Any, tmp_path: Path) -> None:
+    account = make_account(deals=30, seed=3, rate=100)
+    mappings = tmp_path / "mappings"
+    mappings.mkdir()
+    for path in MAPPINGS.glob("*.yaml"):
+        (mappings / path.name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    binding = (mappings / "amocrm.yaml").read_text(encoding="utf-8")
+    (mappings / "amocrm.yaml").write_text(binding.replace("60000002: positioning", "60000092: positioning", 1),
+                                          encoding="utf-8")
+    line = next(n for n, text in enumerate((mappings / "amocrm.yaml").read_text(encoding="utf-8").splitlines(), 1)
+                if "60000092" in text)
+    env = env_for(account, tmp_path, CRMBRIDGE_MAPPINGS_DIR=str(mappings))
+    assert crmbridge(env, "check", cwd=tmp_path).returncode == 0  # the file itself is well-formed
+    live = crmbridge(env, "check", "--live", cwd=tmp_path)
+    assert live.returncode == 2, live.stdout + live.stderr  # a mapping error, as on Bitrix24
+    assert f'amocrm.yaml:{line}:7: CRM stage "60000092" does not exist in pipeline 7000100' in live.stderr
+    assert 'did you mean "60000002"' in live.stderr
+    assert 'CRM stage "60000002"' in live.stderr and "is not mapped" in live.stderr  # the status left unbound
+    assert "Traceback" not in live.stderr

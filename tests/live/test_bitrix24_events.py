@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from crmbridge.live.bitrix24_events import PortalIdentity, Verdict, parse_event, portal_domain
+from crmbridge.live.bitrix24_events import PortalIdentity, Verdict, parse_event, portal_domain, redact_auth
 from crmbridge.live.reread import affected
 from crmbridge.live.inbox import InboxRow
 from crmbridge.sandbox.events import event_data
@@ -64,3 +64,13 @@ def test_a_rounds_events_coalesce_per_entity() -> None:
                       row(7, "ONCRMCONTACTUPDATE", "contact", "9")])
     assert found.deals == {5} and found.deleted_deals == {6}
     assert found.tasks == {7} and found.deleted_tasks == {8} and found.contacts == {9}
+
+
+def test_credentials_are_redacted_from_what_is_kept() -> None:
+    body = urlencode({"event": "ONCRMDEALUPDATE", "data[FIELDS][ID]": "7", "auth[access_token]": "s3cr3t-a",
+                      "auth[refresh_token]": "s3cr3t-r", "auth[application_token]": "s3cr3t-t", "auth[domain]": "x.bitrix24.ru"})
+    kept = redact_auth(body)
+    assert "s3cr3t" not in kept
+    assert "auth%5Bdomain%5D=x.bitrix24.ru" in kept and "data%5BFIELDS%5D%5BID%5D=7" in kept
+    assert redact_auth("auth[application_token]=secret&event=X") == "auth[application_token]=***&event=X"
+    assert redact_auth("event=X&AUTH%5bACCESS_TOKEN%5d=secret") == "event=X&AUTH%5bACCESS_TOKEN%5d=***"

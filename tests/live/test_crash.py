@@ -67,7 +67,8 @@ def test_two_daemons_on_one_cache_run_each_job_once(live, tmp_path: Path) -> Non
         syncs = conn.execute("SELECT COUNT(*) FROM sync_runs WHERE mode = 'incremental'").fetchone()[0]
     assert len(runs) >= 3
     assert len({when for when, *_ in runs}) == len(runs)  # one run per fire time
-    assert {status for _, status, *_ in runs} == {"done"}
+    # a run the daemons' stop cut short stops after its batch: `interrupted`, and only the last one can be
+    assert {status for _, status, *_ in runs[:-1]} == {"done"} and runs[-1][1] in ("done", "interrupted")
     assert syncs == len(runs)  # each fire time synced once, whichever daemon took it
     for earlier, later in zip(runs, runs[1:]):
         assert earlier[4] <= later[3]  # never two runs of the job at once

@@ -97,6 +97,11 @@ def test_forged_foreign_malformed_and_oversized_events_are_refused(live, tmp_pat
     assert 'crmbridge_events_rejected_total{reason="malformed",source="bitrix24.webhook"} 1.0' in metrics
     assert 'crmbridge_events_rejected_total{reason="too_large",source="bitrix24.webhook"} 1.0' in metrics
     assert "crmbridge_events_dead 1.0" in metrics
+    # what the inbox and the dead letters keep (and `crmbridge inbox` shows) carries no credential
+    with sqlite3.connect(tmp_path / "cache.db") as conn:
+        stored = [row[0] for row in conn.execute("SELECT payload FROM inbox UNION ALL SELECT payload FROM dead_letters")]
+    assert stored and all(TOKEN not in payload and "application_token%5D=%2A%2A%2A" not in payload
+                          and "application_token%5D=***" in payload for payload in stored)
 
 
 def test_duplicate_deliveries_give_one_action(live, tmp_path: Path) -> None:
@@ -180,6 +185,10 @@ def test_metrics_cover_events_crm_requests_and_jobs(live, tmp_path: Path) -> Non
     for line in ('crmbridge_events_received_total{event="ONCRMDEALUPDATE",source="bitrix24.webhook"}',
                  "crmbridge_event_ack_seconds_count", "crmbridge_event_reaction_seconds_count",
                  'crmbridge_crm_requests_total{method="batch",status="200"}',
+                 # the commands inside the batches, each by its own method
+                 'crmbridge_crm_calls_total{method="crm.deal.list",status="ok"}',
+                 'crmbridge_crm_calls_total{method="crm.stagehistory.list",status="ok"}',
+                 'crmbridge_crm_calls_total{method="crm.deal.update",status="ok"}',
                  'crmbridge_job_duration_seconds_count{job="sync"}',
                  'crmbridge_job_last_success_timestamp_seconds{job="sync"}',
                  "crmbridge_events_pending", 'crmbridge_actions{status="done"}', "crmbridge_open_violations{rule="):
@@ -259,3 +268,49 @@ def test_task_todo_and_client_events_refresh_their_deals(live, tmp_path: Path) -
     wait_for(lambda: cached("SELECT status FROM tasks WHERE id = ?", task_id) == 5, what="the task re-read")
     wait_for(lambda: cached("SELECT deal_id FROM activities WHERE id = ?", todo_id) == deal_id, what="the to-do")
     wait_for(lambda: cached("SELECT has_phone FROM contacts WHERE id = ?", contact_id) == 1, what="the contact")
+
+
+def test_a_deal_deleted_on_the_portal_closes_its_breaches_and_tells_nobody(live, tmp_path: Path) -> None:
+    portal, daemon = live(rules=())  # every rule as shipped (warn): a skipped stage is told, not reverted
+    daemon.start().wait_ready()
+    portal.send_events_to(daemon.url + "/bitrix24/events")
+    cache = tmp_path / "cache.db"
+    deal_id = open_deal_at(portal, "C1:NEW")
+    portal.update_deal(deal_id, {"STAGE_ID": "C1:EXECUTING"})
+
+    def told(status: str) -> list[str]:
+        with sqlite3.connect(cache) as conn:
+            return [rule for (rule,) in conn.execute(
+                "SELECT rule FROM actions WHERE deal_id = ? AND kind = 'notify' AND status = ?", (deal_id, status))]
+
+    def open_rules() -> list[str]:
+        with sqlite3.connect(cache) as conn:
+            return [rule for (rule,) in conn.execute(
+                "SELECT rule FROM violations WHERE deal_id = ? AND resolved IS NULL", (deal_id,))]
+
+    wait_for(lambda: "R1" in told("queued"), what="the R1 notice waiting for its digest")
+    assert "R1" in open_rules()
+    portal.delete_deal(deal_id)
+    # closed, and the notices waiting for a digest cancelled (the R4 one too, though its correction landed)
+    wait_for(lambda: not open_rules() and not told("queued"), what="the deleted deal's breaches closed")
+    assert {"R1", "R4"} <= set(told("cancelled"))
+    with sqlite3.connect(cache) as conn:
+        assert conn.execute("SELECT deleted FROM deals WHERE id = ?", (deal_id,)).fetchone() == (1,)
+
+
+def test_readyz_follows_mapping_edits_and_the_log_says_what_the_daemon_does(live, tmp_path: Path) -> None:
+    portal, daemon = live()
+    daemon.start().wait_ready()
+    binding = tmp_path / "mappings" / "bitrix24.yaml"
+    good = binding.read_text(encoding="utf-8")
+    binding.write_text(good.replace("\ntimezone:", "\ntimezon:"), encoding="utf-8")
+    status, text = daemon.get("/readyz")  # no event needed: the probe itself notices the edit
+    assert status == 503 and 'bitrix24.yaml:' in text and 'did you mean \\"timezone\\"' in text
+    binding.write_text(good, encoding="utf-8")
+    assert daemon.get("/readyz")[0] == 200
+    daemon.signal(15)
+    assert daemon.wait(30) == 0
+    log = daemon.output()
+    for said in ("crmbridge serve: listening on http://127.0.0.1:", "mapping files changed but do not load",
+                 "mapping files changed: reloaded", "SIGTERM received", "crmbridge serve: stopped (SIGTERM)"):
+        assert said in log, said

@@ -186,3 +186,49 @@ def test_offline_get_validates_its_arguments(p: SandboxPortal) -> None:
         "error_description"]
     assert rest(p, pair, "event.offline.clear", process_id="x", message_id=["short"]).json()["error"] == \
         "ERROR_ARGUMENT"
+
+
+def test_online_handlers_are_called_with_the_applications_auth(p: SandboxPortal) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import parse_qsl
+
+    received: list[dict[str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+            received.append(dict(parse_qsl(body)))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    handler = f"http://127.0.0.1:{server.server_address[1]}/events"
+    try:
+        pair = connect(p)
+        assert rest(p, pair, "event.bind", connector=None, event="ONCRMDEALUPDATE", handler=handler).json()["result"]
+        assert rest(p, pair, "event.bind", event="ONCRMDEALUPDATE", event_type="offline").json()["result"]
+        p.update_deal(3, {"TITLE": "renamed by a manager"}, user_id=2)  # a person's change
+        rest(p, pair, "crm.deal.update", id=4, fields={"TITLE": "by the app"})  # the app's own, with its connector
+        assert p.app.wait_handlers(10)
+        assert sorted(call["data[FIELDS][ID]"] for call in received) == ["3", "4"]  # online: every change, once
+        assert [record.data["FIELDS"]["ID"] for record in p.app.queue()] == ["3"]  # offline: not the app's own
+        call = received[0]
+        assert call["event"] == "ONCRMDEALUPDATE" and call["auth[application_token]"] == p.app.application_token
+        assert call["auth[member_id]"] == p.member_id and call["auth[domain]"] == f"127.0.0.1:{p.port}"
+        assert call["auth[status]"] == "L" and call["auth[client_endpoint]"] == f"http://127.0.0.1:{p.port}/rest/"
+        handed = {"access_token": call["auth[access_token]"], "client_endpoint": call["auth[client_endpoint]"]}
+        assert rest(p, handed, "crm.deal.get", id=3).json()["result"]["TITLE"] == "renamed by a manager"
+        assert rest(p, pair, "crm.deal.get", id=3).status_code == 200  # the app's own pair still works
+        assert [d.status for d in p.app.handler_deliveries(handler)] == [200, 200]
+        assert rest(p, pair, "event.unbind", event="ONCRMDEALUPDATE", handler=handler).json()["result"]["count"] == 1
+        p.update_deal(3, {"TITLE": "after unbind"})
+        assert p.app.wait_handlers(10) and len(received) == 2
+    finally:
+        server.shutdown()
+        server.server_close()

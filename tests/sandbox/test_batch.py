@@ -59,3 +59,18 @@ def test_more_than_fifty_commands_is_rejected(portal: SandboxPortal, call: Calla
     response = call(portal, "batch", {"cmd": {str(i): "scope" for i in range(51)}})
     assert response.status_code == 400
     assert response.json()["error"] == "ERROR_BATCH_LENGTH_EXCEEDED"
+
+
+def test_the_client_reports_each_command_of_a_batch_by_its_method(portal: SandboxPortal) -> None:
+    from crmbridge.connectors.bitrix24.client import Bitrix24Client
+
+    requests_seen: list[tuple[str, str]] = []
+    calls_seen: list[tuple[str, str]] = []
+    with Bitrix24Client(portal.webhook_url, rate=100, burst=100, observer=lambda *seen: requests_seen.append(seen),
+                        on_call=lambda *seen: calls_seen.append(seen)) as client:
+        client.batch({"a": ("crm.deal.get", {"id": 1}), "b": ("crm.deal.get", {"id": 999999}),
+                      "c": ("crm.deal.list", {"select": ["ID"], "start": -1})})
+        client.call("scope")
+    assert requests_seen == [("batch", "200"), ("scope", "200")]
+    assert sorted(calls_seen) == [("crm.deal.get", "error"), ("crm.deal.get", "ok"), ("crm.deal.list", "ok"),
+                                  ("scope", "ok")]

@@ -124,3 +124,20 @@ def test_the_plan_in_amocrm_terms(dialect: AmoCRMDialect) -> None:
     assert notice is not None and notice.method == TASKS and notice.params["responsible_user_id"] == 6000001
     assert "[url=" not in notice.params["text"] and "Сделка 17" in notice.params["text"]
     assert notice.marker in notice.params["text"]
+
+
+def test_the_sandbox_account_peak_counts_every_request_that_reached_it_in_any_second() -> None:
+    from crmbridge.sandbox.amocrm.server import SlidingWindow
+
+    now = [100.0]
+    window = SlidingWindow(7, clock=lambda: now[0])
+    verdicts = []
+    for step in range(9):  # nine requests within 0.8 s: seven taken, two refused, all nine reached it
+        now[0] = 100.0 + step * 0.1
+        verdicts.append(window.admit())
+    assert verdicts == ["ok"] * 7 + ["limited"] * 2 and window.peak == 9
+    quiet = SlidingWindow(7, clock=lambda: now[0])
+    for step in range(20):  # seven a second, evenly: never more than seven in any one second
+        now[0] = 200.0 + step / 7
+        assert quiet.admit(enforce=False) == "ok"
+    assert quiet.peak == 7

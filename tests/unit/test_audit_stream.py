@@ -12,7 +12,7 @@ from crmbridge.cache.store import Cache, open_cache
 from crmbridge.commands.regulation import violation_json
 from crmbridge.mapping.binding import DealMapper
 from crmbridge.mapping.load import Mappings, load_mappings
-from crmbridge.model import Outcome
+from crmbridge.model import Mode, Outcome
 from crmbridge.regulation.evaluate import RULES, Evaluator, evaluate_stream
 
 MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
@@ -116,3 +116,66 @@ def test_the_mapping_reads_only_the_keys_the_cache_decodes(cache: Cache, mapping
     picked = next(cache.deals.iter_records(5, keys=mapper.deal_keys)).deals
     assert [deal.raw for deal in picked] == [{key: deal.raw.get(key) for key in mapper.deal_keys}
                                             for deal in whole.deals[:5]]
+
+
+def test_a_few_deals_are_judged_with_their_clients_deals_only(cache: Cache, mappings: Mappings) -> None:
+    """`audit --deal` and `evaluate_cache(deal_ids=...)` take R10's purchases from the deals sharing a client with
+    the ones asked for (not the whole cache): every won deal's explanation is the one the whole cache gives."""
+    from crmbridge.commands.regulation import _evaluator_for
+
+    mapper = DealMapper(mappings.regulation, mappings.binding)
+    deals = mapper.deals(cache.deals.records())
+    everyone = Evaluator.of(mappings.regulation, NOW, deals_for_purchases=deals)
+    won = [deal for deal in deals if deal.outcome is Outcome.WON and deal.client_key][:150]
+    for deal in won:
+        few = _evaluator_for(cache, mapper, mappings, NOW, [deal.id])
+        assert _lines(few, deal) == _lines(everyone, deal), deal.id
+    superseded = [deal for deal in won if everyone.purchases and deal.client_key in everyone.purchases
+                  and everyone.purchases[deal.client_key][1] != deal.id]
+    assert superseded  # a later purchase of the same client: the case the peers must know about
+
+
+def _lines(evaluator: Evaluator, deal) -> list[tuple]:
+    return [(line.rule, line.verdict, line.reason, [violation_json(found) for found in line.violations])
+            for line in evaluator.explain(deal)]
+
+
+def test_check_impact_streams_and_counts_what_every_rule_on_would_flag(cache: Cache, mappings: Mappings) -> None:
+    """`check --impact` judges a stream of deals as `audit` does: per rule, the deals it would flag with every rule
+    on (R10 counting only a client's latest purchase) and those it flags with the file's modes."""
+    from crmbridge.regulation.evaluate import impact
+
+    mapper = DealMapper(mappings.regulation, mappings.binding)
+    deals = mapper.deals(cache.deals.records())
+    everything_on = Evaluator.of(mappings.regulation, NOW, deals_for_purchases=deals,
+                                 override_modes={rule: Mode.AUDIT for rule in RULES})
+    modes = Evaluator.of(mappings.regulation, NOW).regulation.directions
+    expected = {rule: {"would_flag": 0, "flagged_now": 0} for rule in RULES}
+    for deal in deals:
+        for rule in {violation.rule for violation in everything_on.violations(deal)}:
+            expected[rule]["would_flag"] += 1
+            expected[rule]["flagged_now"] += modes[deal.direction].modes[rule] is not Mode.OFF
+    streamed = impact(mapper.stream(cache.deals.iter_records(40, keys=mapper.deal_keys)), mappings.regulation, NOW)
+    assert streamed == expected and expected["R10"]["would_flag"] > 0
+
+
+def test_the_stream_reads_one_snapshot_while_a_sync_commits(cache: Cache) -> None:
+    """The stream spans many queries (a chunk each): what another connection commits meanwhile (a sync writing a
+    deal) shows in none of its chunks; the next stream sees it."""
+    import sqlite3
+
+    chunks = cache.deals.iter_records(200)
+    first = next(chunks)
+    top = cache.db.execute("SELECT MAX(id) FROM deals").fetchone()[0]
+    row = cache.db.execute("SELECT * FROM deals WHERE id = ?", [first.deals[0].id]).fetchone()
+    other = sqlite3.connect(cache.path, timeout=30)
+    try:
+        with other:
+            other.execute(f"INSERT INTO deals VALUES ({','.join('?' * len(row))})", [top + 1, *row[1:]])
+        streamed = [deal.id for chunk in chunks for deal in chunk.deals]
+        assert str(top + 1) not in streamed and len(first.deals) + len(streamed) == 1500
+        assert str(top + 1) in [deal.id for chunk in cache.deals.iter_records(500) for deal in chunk.deals]
+    finally:
+        with other:
+            other.execute("DELETE FROM deals WHERE id = ?", [top + 1])
+        other.close()

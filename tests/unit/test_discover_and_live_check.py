@@ -46,6 +46,8 @@ def test_a_pipeline_or_stage_only_like_a_direction_is_left_todo_with_the_guess(s
     text = draft_binding(shipped.regulation, snapshot)
     assert "direction: todo  # looks like project_sales?" in text
     assert "C1:PREPARATION: todo  # Общее коммерческое предложение" in text
+    # the stages of a pipeline only like a direction: that direction's stages suggested, none bound
+    assert "      PREPARATION: todo  # Позиционирование — looks like positioning?" in text
 
 
 def test_portal_fields_it_did_not_bind_are_listed_with_labels_and_types(shipped: Mappings) -> None:
@@ -137,3 +139,34 @@ def test_after_discover_check_says_to_rename_the_draft(tmp_path: Path) -> None:
     message = str(raised.value)
     assert "bitrix24.draft.yaml" in message and "rename it to bitrix24.yaml" in message
     assert "run `crmbridge discover`" not in message
+
+
+def test_a_settled_guess_keeps_discovers_note_and_is_not_a_rename(shipped: Mappings, tmp_path: Path) -> None:
+    """The admin replaces `todo` and keeps the comment «Общий КП — looks like general_proposal?»: the note is
+    discover's, not part of the stage's name, so check --live must not report «Общий КП» as renamed."""
+    snapshot = sandbox_snapshot()
+    snapshot.stages["1"]["C1:PREPARATION"] = ("Общий КП", "P")
+    text = draft_binding(shipped.regulation, snapshot)
+    assert "C1:PREPARATION: todo  # Общий КП — looks like general_proposal?" in text
+    settled = text.replace("C1:PREPARATION: todo", "C1:PREPARATION: general_proposal")
+    (tmp_path / "regulation.yaml").write_text((MAPPINGS / "regulation.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    (tmp_path / "bitrix24.yaml").write_text(settled, encoding="utf-8")
+    assert [str(problem) for problem in lint_live(load_mappings(tmp_path), snapshot, settled)] == []
+    snapshot.stages["1"]["C1:PREPARATION"] = ("Индивидуальный КП", "P")  # a real rename is still caught
+    assert any("«Общий КП» -> «Индивидуальный КП»" in str(problem)
+               for problem in lint_live(load_mappings(tmp_path), snapshot, settled))
+
+
+def test_crm_names_are_data_in_the_draft(shipped: Mappings, tmp_path: Path) -> None:
+    """A pipeline called «B2B постоянные клиенты "VIP": 2» broke the draft's YAML; a line break in a stage name
+    started a YAML line of its own. Names round-trip, and white space alone is not a rename."""
+    snapshot = sandbox_snapshot()
+    snapshot.pipelines["2"] = 'B2B постоянные клиенты "VIP": 2 \\ #1'
+    snapshot.stages["0"]["EXECUTING"] = ("Предложение\n(ТКП)  ", "P")
+    text = draft_binding(shipped.regulation, snapshot)
+    (tmp_path / "regulation.yaml").write_text((MAPPINGS / "regulation.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    (tmp_path / "bitrix24.yaml").write_text(text, encoding="utf-8")
+    mappings = load_mappings(tmp_path)
+    assert mappings.binding.pipelines["2"].name == 'B2B постоянные клиенты "VIP": 2 \\ #1'
+    assert "EXECUTING: proposal  # Предложение (ТКП)" in text
+    assert [str(problem) for problem in lint_live(mappings, snapshot, text)] == []

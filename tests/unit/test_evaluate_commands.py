@@ -111,6 +111,12 @@ def test_audit_explains_one_deal(monkeypatch, capsys, cache_file) -> None:
     assert code == 0 and explained["deal"] == "7"
     assert [line["rule"] for line in explained["rules"]] == [f"R{n}" for n in range(1, 12)]
     assert {line["verdict"] for line in explained["rules"]} <= {"passed", "failed", "not_applicable"}
+    # the table a person reads labels verdicts in the regulation's language (issue 7, item 14)
+    code, out, _ = crmbridge(monkeypatch, capsys, cache_file, "audit", "--deal", "7")
+    verdicts = {line["verdict"] for line in explained["rules"]}
+    words = {"passed": "соблюдено", "failed": "нарушено", "not_applicable": "не применяется"}
+    assert code == 0 and all(words[verdict] in out for verdict in verdicts), out
+    assert not any(f" {verdict} " in out for verdict in ("passed", "failed", "not_applicable")), out
     code, _, err = crmbridge(monkeypatch, capsys, cache_file, "audit", "--deal", "999999")
     assert code == 1 and "deal 999999 is not in the cache" in err
 

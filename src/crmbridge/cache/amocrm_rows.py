@@ -134,6 +134,13 @@ def user_row(user: RawRecord) -> Row:
     }
 
 
+def group_row(group: RawRecord) -> Row:
+    """A user group of the account (GET /api/v4/account?with=users_groups) as a department: amoCRM's groups are
+    flat (no parent, no head); users name theirs in rights.group_id (0: the main group)."""
+    return {"id": as_int(group.get("id")), "name": as_text(group.get("name")), "parent_id": None, "head_id": None,
+            "sort": None, "raw": dumps(group)}
+
+
 def multitext(record: RawRecord, code: str) -> list[str]:
     """Values of a contact's / company's PHONE or EMAIL field (by its system code)."""
     found: list[str] = []

@@ -172,10 +172,11 @@ class Deals:
             marks = ",".join("?" * len(params))
             where += f" AND id IN ({marks})"
             scope = f" AND deal_id IN ({marks})"
-        found = self._records(f"SELECT id, raw, contact_id, company_id FROM deals WHERE {where} ORDER BY id", params,
-                              scope, params, self.own_users(), self.reverted())
-        found.contacts = self._clients("contacts", {deal.contact for deal in found.deals})
-        found.companies = self._clients("companies", {deal.company for deal in found.deals})
+        with self.cache.snapshot():  # its several queries see one state of the file
+            found = self._records(f"SELECT id, raw, contact_id, company_id FROM deals WHERE {where} ORDER BY id",
+                                  params, scope, params, self.own_users(), self.reverted())
+            found.contacts = self._clients("contacts", {deal.contact for deal in found.deals})
+            found.companies = self._clients("companies", {deal.company for deal in found.deals})
         return found
 
     def iter_records(self, chunk: int = 500, keys: Sequence[str] | None = None) -> Iterator[DealRecords]:
@@ -186,7 +187,6 @@ class Deals:
         key reads as null), not the record's sixty-odd: what the mapping reads, when the caller knows it.
         Each contact and company comes with the first chunk that names it only: a consumer keeps the clients
         it was given (there are far fewer clients than deals, and one client's deals fall into many chunks)."""
-        own_users, reverted = self.own_users(), self.reverted()
         given: dict[str, set[str]] = {"contacts": set(), "companies": set()}
         raw, paths = "raw", []
         if keys is not None and all(_PLAIN_KEY.match(key) for key in keys):
@@ -196,18 +196,21 @@ class Deals:
         else:
             keys = None  # a key a JSON path cannot name plainly: the whole record is decoded
         after = -(2 ** 63)
-        while True:
-            found = self._records(
-                f"SELECT id, {raw}, contact_id, company_id FROM deals WHERE deleted = 0 AND id > ? ORDER BY id LIMIT ?",
-                [*paths, after, chunk], " AND deal_id BETWEEN ? AND ?", None, own_users, reverted, keys)
-            if not found.deals:
-                return
-            after = int(found.deals[-1].id)
-            for table, attribute in (("contacts", "contact"), ("companies", "company")):
-                wanted = {getattr(deal, attribute) for deal in found.deals} - {""} - given[table]
-                given[table] |= wanted
-                setattr(found, table, self._clients_by_id(table, wanted))
-            yield found
+        # one snapshot for the whole stream: a sync committing while it runs shows in none of its chunks or all
+        with self.cache.snapshot():
+            own_users, reverted = self.own_users(), self.reverted()
+            while True:
+                found = self._records(
+                    f"SELECT id, {raw}, contact_id, company_id FROM deals WHERE deleted = 0 AND id > ? ORDER BY id "
+                    "LIMIT ?", [*paths, after, chunk], " AND deal_id BETWEEN ? AND ?", None, own_users, reverted, keys)
+                if not found.deals:
+                    return
+                after = int(found.deals[-1].id)
+                for table, attribute in (("contacts", "contact"), ("companies", "company")):
+                    wanted = {getattr(deal, attribute) for deal in found.deals} - {""} - given[table]
+                    given[table] |= wanted
+                    setattr(found, table, self._clients_by_id(table, wanted))
+                yield found
 
     def _records(self, deals_sql: str, deals_params: Sequence[Any], scope: str, scope_params: Sequence[Any] | None,
                  own_users: frozenset[str], reverted: dict[str, dict[str, str]],

@@ -36,6 +36,11 @@ class Kpi:
         return counted, found_departments, found_items
 
 
+    def replace_departments(self, departments: Iterable[Row]) -> int:
+        """The departments alone (amoCRM's user groups, read with the account)."""
+        return self.cache.replace_all("departments", departments)
+
+
 def _rows(cache: Cache, sql: str, params: Iterable[Any] = ()) -> list[Row]:
     cursor = cache.db.execute(sql, list(params))
     names = [column[0] for column in cursor.description]

@@ -61,6 +61,23 @@ class Tables:
             raise
         conn.commit()
 
+    @contextmanager
+    def snapshot(self) -> Iterator[Tables]:
+        """One read transaction: every read inside sees the file as it was at the first one (WAL), whatever other
+        connections commit meanwhile; nothing is blocked. Inside a transaction already, that one's view serves."""
+        conn = self.db.conn
+        if conn.in_transaction:
+            yield self
+            return
+        changes = conn.total_changes
+        conn.execute("BEGIN")
+        try:
+            yield self
+        finally:
+            if conn.in_transaction:
+                # for reads; a write made inside (between a stream's chunks, say) is the caller's and is kept
+                conn.commit() if conn.total_changes != changes else conn.rollback()
+
     def close(self) -> None:
         self.db.close()
 

@@ -17,10 +17,15 @@ from crmbridge.config import Settings, load_settings
 from crmbridge.connectors.bitrix24.client import Bitrix24Client, validate_webhook_url
 from crmbridge.connectors.bitrix24.limiter import bucket_file
 from crmbridge.connectors.bitrix24.app import authorization_server, effective_connector, oauth_auth
-from crmbridge.errors import CacheError, ConfigError
+from crmbridge.errors import CacheError
 
 console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
+
+#: said by `sync` and `check --live` when user.admin answered false (issue 7, item 13)
+RIGHTS_WARNING = ("the webhook's user is not a Bitrix24 administrator (user.admin answered false): it sees only the "
+                  "tasks it takes part in, so R3 would find other managers' stage tasks missing, and `crmbridge "
+                  "enforce` refuses to run; create the inbound webhook as a portal administrator")
 
 
 class CliState:
@@ -40,42 +45,23 @@ __all__ = ["authorization_server", "client_from", "effective_connector", "oauth_
 
 
 def client_from(settings: Settings, webhook_url: str | None = None) -> Bitrix24Client:
-    """The client for the configured portal; the URL is validated before any request or file write.
-
-    A connected OAuth application (`crmbridge connect`, tokens in the cache) is preferred over the
-    inbound webhook: only its writes carry `auth_connector`, so they are not queued back as offline events.
-    """
-    options: dict[str, Any] = {
-        "rate": settings.bitrix24_rate,
-        "burst": settings.bitrix24_burst,
-        "operating_limit": settings.bitrix24_operating_limit,
-        "max_attempts": settings.bitrix24_max_attempts,
-        # a restart right after a burst must not draw 503: the bucket's level is kept beside the cache
-        "bucket": bucket_file(settings.cache_path),
-    }
+    """The Bitrix24 client for the configured portal (or `webhook_url`); see `connectors.registry.client_for`."""
     if webhook_url:
-        return Bitrix24Client(validate_webhook_url(webhook_url), **options)
-    auth = oauth_auth(settings)
-    if auth is not None:
-        return Bitrix24Client(auth=auth, **options)
-    url = settings.bitrix24_webhook_url.get_secret_value() if settings.bitrix24_webhook_url else None
-    if not url:
-        raise ConfigError(
-            "CRMBRIDGE_BITRIX24_WEBHOOK_URL is not set and no Bitrix24 application is connected",
-            hint="put your portal's inbound webhook URL (https://<portal>/rest/<user>/<code>/) in .env, "
-            "or set CRMBRIDGE_BITRIX24_CLIENT_ID / _CLIENT_SECRET and run `crmbridge connect`, "
-            "or run `make demo` to try the built-in sandbox portal",
-        )
-    return Bitrix24Client(validate_webhook_url(url), **options)
+        return Bitrix24Client(validate_webhook_url(webhook_url), rate=settings.bitrix24_rate,
+                              burst=settings.bitrix24_burst, operating_limit=settings.bitrix24_operating_limit,
+                              max_attempts=settings.bitrix24_max_attempts, bucket=bucket_file(settings.cache_path))
+    from crmbridge.connectors.registry import client_for
+
+    client = client_for(settings.model_copy(update={"crm": "bitrix24"}))
+    assert isinstance(client, Bitrix24Client)
+    return client
 
 
 def crm_client(settings: Settings) -> Any:
     """The client of the configured CRM (CRMBRIDGE_CRM): Bitrix24Client or AmoCRMClient."""
-    if settings.crm == "amocrm":
-        from crmbridge.connectors.registry import amocrm_client_from
+    from crmbridge.connectors.registry import client_for
 
-        return amocrm_client_from(settings)
-    return client_from(settings)
+    return client_for(settings)
 
 
 @contextmanager

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from datetime import UTC, datetime
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
+from crmbridge import logs
 from crmbridge.commands import common
 from crmbridge.errors import ConfigError, MappingError
+
+log = logging.getLogger("crmbridge.live")
 
 
 def register(app: typer.Typer) -> None:
@@ -25,15 +29,15 @@ def register(app: typer.Typer) -> None:
         """Run the live bridge: webhook receiver, inbox worker and scheduled jobs in one process."""
         from crmbridge.live.daemon import Daemon
 
+        # a service's log (journald, docker logs) says what it does: start, sync, rounds, jobs, waits, stop
+        logs.setup(debug=common.state.debug, crmbridge_level=logging.INFO)
         settings = common.settings()
         daemon = Daemon(settings, host=host, port=port, run_jobs=not no_jobs)
-        jobs = len(daemon.scheduler.jobs) if daemon.scheduler is not None else 0
-        common.err_console.print(
-            f"crmbridge serve: listening on http://{host}:{port} (POST /bitrix24/events, /livez, /readyz, /metrics); "
-            f"{jobs} scheduled job(s); cache {settings.cache_path}")
-        if not settings.bitrix24_application_token:
-            common.err_console.print("[yellow]warning:[/yellow] CRMBRIDGE_BITRIX24_APPLICATION_TOKEN is not set: "
-                                     "every POST /bitrix24/events gets 401")
+        for line in daemon.startup_notes():
+            log.warning("%s", line)
+        log.info("crmbridge serve: listening on http://%s:%d (POST /bitrix24/events, /livez, /readyz, /metrics); "
+                 "%d scheduled job(s); cache %s", host, port,
+                 len(daemon.scheduler.jobs) if daemon.scheduler is not None else 0, settings.cache_path)
         raise typer.Exit(daemon.run())
 
     inbox_app = typer.Typer(help="The daemon's event inbox: backlog, dead letters, requeue.", no_args_is_help=False,
@@ -140,13 +144,18 @@ def register(app: typer.Typer) -> None:
         if not rows:
             common.console.print(f"no jobs in {settings.jobs_dir}: the daemon only reacts to events")
             return
-        table = Table(title=f"Jobs in {settings.jobs_dir}", title_justify="left")
+        table = Table(title=f"Jobs in {escape(str(settings.jobs_dir))} (times in {calendar.zone})",
+                      title_justify="left")
         for column in ("job", "runs", "schedule", "next run", "last run"):
-            table.add_column(column)
+            table.add_column(column, no_wrap=column in ("next run", "last run"), overflow="fold")
         for row in rows:
             previous = row["last_run"]
-            last_text = f"{previous['status']} {previous['scheduled_for'][:16]}" if previous else "-"
-            table.add_row(row["job"], row["run"], row["schedule"], row["next_run"] or "disabled", last_text)
+            last_text = "-"
+            if previous:
+                ran = datetime.fromisoformat(previous["scheduled_for"]).astimezone(calendar.zone)
+                last_text = f"{previous['status']} {ran:%Y-%m-%d %H:%M}"
+            upcoming = datetime.fromisoformat(row["next_run"]).strftime("%Y-%m-%d %H:%M") if row["next_run"] else None
+            table.add_row(escape(row["job"]), escape(row["run"]), row["schedule"], upcoming or "disabled", last_text)
         common.console.print(table)
 
     @jobs_app.command("run")
@@ -163,14 +172,13 @@ def register(app: typer.Typer) -> None:
         if name not in jobs:
             raise ConfigError(f'there is no job "{name}" in {settings.jobs_dir}',
                               hint=did_you_mean(name, jobs) if jobs else "add a jobs/*.yaml file")
-        client_factory = ((lambda: common.client_from(settings))
-                          if settings.bitrix24_webhook_url or common.oauth_auth(settings) else None)
-        run = run_job(jobs[name], JobContext(settings, client_factory), datetime.now(UTC))
+        # the job runs in a child process with its own client of the configured CRM (Bitrix24 or amoCRM)
+        run = run_job(jobs[name], JobContext(settings), datetime.now(UTC))
         if as_json:
             common.print_json(run.__dict__)
         else:
-            common.console.print(f"job {name}: {run.status} in {run.seconds:.1f} s "
-                                 f"{escape(json.dumps(run.summary, ensure_ascii=False, default=str)[:300])}")
+            common.console.print(f"job {name}: {run.status} in {run.seconds:.1f} s: "
+                                 f"{escape(describe_run(jobs[name].spec.run, run.summary))} (--json: the whole summary)")
         if run.status in ("failed", "timeout"):
             raise typer.Exit(1)
 
@@ -184,6 +192,29 @@ def register(app: typer.Typer) -> None:
         target = settings.jobs_dir / JOB_SCHEMA_FILE
         target.write_text(json.dumps(job_schema(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
         common.console.print(f"wrote {target}")
+
+
+def describe_run(command: str, summary: dict[str, object]) -> str:
+    """The figures of a job run a person looks for, in one line (job_runs.summary keeps everything)."""
+    s: dict[str, Any] = dict(summary)
+    if "error" in s or "reason" in s:
+        return str(s.get("error") or s.get("reason"))
+    if command.startswith("sync"):
+        return (f"{s.get('mode', '')} sync: {s.get('deals_read', 0)} deals read, {s.get('deals_changed', 0)} changed, "
+                f"{s.get('deals_deleted', 0)} deleted; {s.get('http_requests', 0)} HTTP requests")
+    if command == "enforce":
+        execution = s.get("execution") or {}
+        messages = s.get("messages") or {}
+        held = ", ".join(f"{count} ({why})" for why, count in (messages.get("held") or {}).items())
+        before, after = s.get("compliance_before") or {}, s.get("compliance_after") or {}
+        return (f"{s.get('to_write', 0)} actions to write, {execution.get('done', 0)} written"
+                f"{', ' + str(execution.get('failed')) + ' failed' if execution.get('failed') else ''}; "
+                f"messages {messages.get('composed', 0)} sent" + (f", notices held: {held}" if held else "")
+                + (f"; compliance {before.get('rate', 0):.1%} -> {after.get('rate', 0):.1%}" if before else ""))
+    if command == "kpi snapshot":
+        return (f"period {s.get('period')}: {s.get('written', 0)} figures written, {s.get('unchanged', 0)} unchanged, "
+                f"{s.get('changed', 0)} changed")
+    return json.dumps(s, ensure_ascii=False, default=str)
 
 
 def _columns(table: Table, names: tuple[str, ...]) -> None:

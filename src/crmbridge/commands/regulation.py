@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import typer
 from rich.markup import escape
@@ -24,7 +24,7 @@ from crmbridge.mapping.discover import draft_binding, todo_left
 from crmbridge.mapping.load import Mappings, binding_file, load_mappings, load_regulation
 from crmbridge.mapping.portal import PortalSnapshot, lint_live
 from crmbridge.mapping.schema import json_schemas
-from crmbridge.model import Violation
+from crmbridge.model import Deal, Violation
 from crmbridge.regulation.compiled import CompiledRegulation
 from crmbridge.regulation.evaluate import RULES, Evaluator, beyond_look_back, evaluate_stream, impact
 
@@ -53,8 +53,7 @@ def evaluate_cache(cache: Cache, mappings: Mappings, now: datetime, *, record: b
             run = AuditRun(evaluation.deals, evaluation.violations, evaluation.evaluator)
         else:
             deals = mapper.deals(cache.deals.records(deal_ids))
-            # R10 needs each client's last purchase across all deals, not only the ones asked for
-            evaluator = Evaluator.of(mappings.regulation, now, deals_for_purchases=mapper.deals(cache.deals.records()))
+            evaluator = _evaluator_for(cache, mapper, mappings, now, deal_ids)
             run = AuditRun(len(deals), [violation for deal in deals for violation in evaluator.violations(deal)],
                            evaluator)
     if record:
@@ -62,6 +61,14 @@ def evaluate_cache(cache: Cache, mappings: Mappings, now: datetime, *, record: b
         changes = record_violations(cache, run.violations, now.astimezone(timezone.utc).isoformat(), scope)
         run.opened, run.resolved = len(changes.opened), len(changes.resolved)
     return run
+
+
+def _evaluator_for(cache: Cache, mapper: DealMapper, mappings: Mappings, now: datetime,
+                   deal_ids: Sequence[int | str]) -> Evaluator:
+    """An evaluator for a few deals. R10 needs each one's client's last purchase across all deals: the deals that
+    share a contact or company with them hold it (`with_client_peers`), not the whole cache."""
+    peers = mapper.deals(cache.deals.records(cache.deals.with_client_peers(deal_ids)))
+    return Evaluator.of(mappings.regulation, now, deals_for_purchases=peers)
 
 
 def default_regulation_text() -> str:
@@ -94,11 +101,6 @@ def _snapshot(cache_only: bool) -> tuple[PortalSnapshot, str]:
 
     # the API's records go through the same conversions a sync would cache them with
     return api_snapshot(common.crm_client(settings)), "the portal's API" if settings.crm == "bitrix24" else "the account's API"
-
-
-RIGHTS_WARNING = ("the webhook's user is not a Bitrix24 administrator (user.admin answered false): it sees only the "
-                  "tasks it takes part in, so R3 would find other managers' stage tasks missing, and `crmbridge "
-                  "enforce` refuses to run; create the inbound webhook as a portal administrator")
 
 
 def _webhook_rights() -> bool | None:
@@ -174,17 +176,24 @@ def register(app: typer.Typer) -> None:
             report["webhook_admin"] = _webhook_rights()
         if impact_:
             settings = common.settings()
-            with common.cache(settings) as cache:
-                deals = DealMapper(mappings.regulation, mappings.binding).deals(cache.deals.records())
-            report["impact"] = impact(deals, mappings.regulation, datetime.now(timezone.utc))
-            report["deals"] = len(deals)
+            mapper = DealMapper(mappings.regulation, mappings.binding)
+            seen: list[int] = [0]
+
+            def counted(deals: Iterator[Deal]) -> Iterator[Deal]:
+                for deal in deals:
+                    seen[0] += 1
+                    yield deal
+            with common.cache(settings) as cache, paused_gc():  # streamed like `audit`: one chunk of deals at a time
+                report["impact"] = impact(counted(mapper.stream(cache.deals.iter_records(keys=mapper.deal_keys))),
+                                          mappings.regulation, datetime.now(timezone.utc))
+            report["deals"] = seen[0]
         if as_json:
             common.print_json(report)
             return
         common.console.print(f"[green]ok[/green]: {mappings.regulation_path} and {mappings.binding_path}"
                              + (f" (checked against {report['live']})" if live else "") + f"; plans: {plans_summary}")
         if live and report["webhook_admin"] is False:
-            common.console.print(f"[yellow]warning[/yellow]: {RIGHTS_WARNING}")
+            common.console.print(f"[yellow]warning[/yellow]: {common.RIGHTS_WARNING}")
         if impact_:
             table = Table(title=f"Impact on {report['deals']:,} cached deals", title_justify="left")
             for column in ("rule", "mode", "would flag", "flagged with current modes"):
@@ -256,7 +265,7 @@ def _explain_deal(cache: Cache, mappings: Mappings, now: datetime, deal_id: int,
     deals = mapper.deals(cache.deals.records([deal_id]))
     if not deals:
         raise CrmBridgeError(f"deal {deal_id} is not in the cache", hint="run `crmbridge sync`, or check the ID")
-    evaluator = Evaluator.of(mappings.regulation, now, deals_for_purchases=mapper.deals(cache.deals.records()))
+    evaluator = _evaluator_for(cache, mapper, mappings, now, [deal_id])
     the_deal = deals[0]
     lines = evaluator.explain(the_deal)
     too_old = _too_old(evaluator.regulation, now)

@@ -11,7 +11,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def sandbox(
         crm: str = typer.Option("bitrix24", "--crm", help="Which CRM to imitate: bitrix24 or amocrm."),
-        port: int = typer.Option(None, help="TCP port on 127.0.0.1 (0 = any free port; default 8024, amoCRM 8031)."),
+        port: int = typer.Option(None, help="TCP port on 127.0.0.1 (0 = any free port; default 8030, amoCRM 8031)."),
         deals: int = typer.Option(2000, help="How many deals (leads) to seed."),
         seed: int = typer.Option(1, help="Random seed: the same seed gives the same portal."),
         latency_ms: int = typer.Option(0, "--latency-ms", help="Added to every answer, like a real network."),
@@ -36,10 +36,10 @@ def register(app: typer.Typer) -> None:
             serve_account(port=8031 if port is None else port, deals=deals, seed=seed, latency_ms=latency_ms,
                           faults=faults, hooks_url=events_url, limits=not no_limits)
             return
-        from crmbridge.sandbox import serve_forever
+        from crmbridge.sandbox.server import DEFAULT_PORT, serve_forever
 
         serve_forever(
-            port=8024 if port is None else port, deals=deals, seed=seed, latency_ms=latency_ms, faults=faults,
+            port=DEFAULT_PORT if port is None else port, deals=deals, seed=seed, latency_ms=latency_ms, faults=faults,
             events_url=events_url, limits=not no_limits, webhook_user=webhook_user,
             app_options={"redirect_uri": app_redirect_uri} if app_redirect_uri else None,
         )

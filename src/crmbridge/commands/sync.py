@@ -103,3 +103,5 @@ def register(app: typer.Typer) -> None:
             common.print_json(summary.as_dict())
         else:
             print_summary(summary, common.settings().cache_path)
+        if summary.webhook_admin is False:  # on stderr, so a job's --json stays JSON and its log shows why
+            common.err_console.print(f"[yellow]warning[/yellow]: {common.RIGHTS_WARNING}", highlight=False)

@@ -56,6 +56,46 @@ def amocrm_client_from(settings: Settings, *, base_url: str | None = None) -> Am
                         max_attempts=settings.amocrm_max_attempts)
 
 
+#: what a person must set when no Bitrix24 portal is configured
+BITRIX24_MISSING_HINT = ("put your portal's inbound webhook URL (https://<portal>/rest/<user>/<code>/) in .env, "
+                         "or set CRMBRIDGE_BITRIX24_CLIENT_ID / _CLIENT_SECRET and run `crmbridge connect`, "
+                         "or run `make demo` to try the built-in sandbox portal")
+
+
+def client_for(settings: Settings, *, observer: Callable[[str, str], None] | None = None,
+               on_call: Callable[[str, str], None] | None = None, limiter: Any = None) -> CrmClient:
+    """The client of the configured CRM (CRMBRIDGE_CRM), URL and credentials checked before any request.
+
+    Bitrix24: a connected OAuth application (`crmbridge connect`, tokens in the cache) is preferred over the inbound
+    webhook: only its writes carry `auth_connector`, so they are not queued back as offline events. Every process of
+    one cache shares the portal's bucket (a file beside the cache) unless a `limiter` is given (the daemon's own).
+    `observer(method, status)` sees each HTTP request, `on_call(method, status)` each method run (a batch's
+    commands one by one)."""
+    if settings.crm == "amocrm":
+        return amocrm_client_from(settings)
+    from crmbridge.connectors.bitrix24.app import oauth_auth
+    from crmbridge.connectors.bitrix24.client import validate_webhook_url
+    from crmbridge.connectors.bitrix24.limiter import bucket_file
+
+    options: dict[str, Any] = {
+        "rate": settings.bitrix24_rate, "burst": settings.bitrix24_burst,
+        "operating_limit": settings.bitrix24_operating_limit, "max_attempts": settings.bitrix24_max_attempts,
+        "observer": observer, "on_call": on_call,
+    }
+    if limiter is not None:
+        options["limiter"] = limiter
+    else:
+        options["bucket"] = bucket_file(settings.cache_path)  # a restart right after a burst must not draw 503
+    auth = oauth_auth(settings)
+    if auth is not None:
+        return Bitrix24Client(auth=auth, **options)
+    url = settings.bitrix24_webhook_url.get_secret_value() if settings.bitrix24_webhook_url else None
+    if not url:
+        raise ConfigError("CRMBRIDGE_BITRIX24_WEBHOOK_URL is not set and no Bitrix24 application is connected",
+                          hint=BITRIX24_MISSING_HINT)
+    return Bitrix24Client(validate_webhook_url(url), **options)
+
+
 def syncer_for(client: CrmClient, cache: Cache | Callable[[], AbstractContextManager[Cache]], *,
                overlap: timedelta = timedelta(minutes=5), progress: Any = None, refresh: timedelta | None = None,
                lock_wait: float | None = None, break_lock: bool = False, plan_entity_type: int | None = None) -> Any:

@@ -172,23 +172,27 @@ def lost_messages(audit: AuditLog, now: datetime, unresolved: Iterable[str] = ()
 
 
 def deliver(executor: Executor | None, audit: AuditLog, delivery: Delivery, *, wanted: Iterable[str],
-            evaluated: Iterable[str] | None, again: Sequence[Action] = (), new: Sequence[Action] = ()) -> tuple[
-                Composition, ExecutionSummary | None]:
+            evaluated: Iterable[str] | None, again: Sequence[Action] = (), new: Sequence[Action] = (),
+            deleted: Iterable[str] = ()) -> tuple[Composition, ExecutionSummary | None]:
     """Compose the queued notices into messages and send them with `again` (see lost_messages); `executor` None:
     only compose, for a dry run, with the plan's `new` notices added.
 
     Queued notices about breaches gone before they were told are cancelled first, unless their group partly
     landed (a revert's notice is told even after the deal was fixed); `evaluated`: the deals this run judged
-    (None: all)."""
+    (None: all). Notices about a `deleted` deal (judged, but gone from the CRM) are cancelled in any case: there is
+    no card to open and nothing left to do about it."""
     rows = audit.queued()
     scope = None if evaluated is None else set(evaluated)
     wanted_keys = set(wanted)
+    removed = set(deleted)
     landed = audit.groups_landed(row["group_key"] for row in rows)
     gone = [row["idempotency_key"] for row in rows
-            if row["idempotency_key"] not in wanted_keys and row["group_key"] not in landed
+            if row["idempotency_key"] not in wanted_keys and (row["group_key"] not in landed
+                                                              or str(row["deal_id"]) in removed)
             and (scope is None or str(row["deal_id"]) in scope)]
     if executor is not None and gone:
-        audit.cancel(gone, delivery.now, "no longer needed: the breach was gone before a message told it")
+        audit.cancel(gone, delivery.now, "no longer needed: the breach was gone (or the deal deleted) before a "
+                                         "message told it")
     notices = [Notice.of_row(row, json.loads(row["payload"])) for row in rows if row["idempotency_key"] not in gone]
     recorded = {notice.key for notice in notices}
     notices += [Notice.of_row(_row_of(action), action.params) for action in new
@@ -290,7 +294,8 @@ def _plan_and_write(client: CrmClient, cache: Cache, mappings: Mappings, audit: 
                            reconciled_found=reconciled.found, reconciled_unknown=reconciled.not_found,
                            reconciled_unresolved=len(reconciled.unknown), sync_requests=sync_requests)
     wanted = {action.idempotency_key for action in the_plan.actions}
-    evaluated = None if deal_ids is None else [deal.id for deal in evaluation.deals]
+    # the deals asked about, loaded or not: one deleted on the portal (not loaded) is judged as breaking nothing
+    evaluated = None if deal_ids is None else [str(deal_id) for deal_id in deal_ids]
     if dry_run:
         composition, _ = deliver(None, audit, delivery_of(audit, context, evaluation, channel=channel,
                                                           client_id=client_id, digests=deal_ids is None),
@@ -307,7 +312,7 @@ def _plan_and_write(client: CrmClient, cache: Cache, mappings: Mappings, audit: 
     # intents of evaluated deals the new plan no longer wants (the violation went away) will not be resent;
     # those reconcile could not look up stay intents: they may have landed, a later run looks for them again
     keep = wanted | reconciled.unknown | {action.idempotency_key for action in owed}
-    evaluated_ids = [int(deal.id) for deal in evaluation.deals]
+    evaluated_ids = [int(deal_id) for deal_id in evaluated or ()]
     leftovers = [row["idempotency_key"] for row in audit.pending(evaluated_ids if deal_ids is not None else None)
                  if row["idempotency_key"] not in keep and row["kind"] != ActionKind.MESSAGE.value]
     report.cancelled = audit.cancel(leftovers, now())
@@ -315,7 +320,8 @@ def _plan_and_write(client: CrmClient, cache: Cache, mappings: Mappings, audit: 
     composition, report.messages = deliver(
         executor, audit, delivery_of(audit, replace(context, now=now()), evaluation, channel=channel,
                                      client_id=client_id, digests=deal_ids is None),
-        wanted=wanted, evaluated=evaluated, again=again)
+        wanted=wanted, evaluated=evaluated, again=again,
+        deleted=set(evaluated or ()) - {deal.id for deal in evaluation.deals})
     report.composed, report.held = len(composition.messages), dict(composition.held)
     if sync and (report.execution.sent or (report.messages is not None and report.messages.sent)):
         before = client.requests_made

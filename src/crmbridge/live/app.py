@@ -13,7 +13,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from crmbridge.live.bitrix24_events import PortalIdentity, Verdict, parse_event
+from crmbridge.live.bitrix24_events import PortalIdentity, Verdict, parse_event, redact_auth
 from crmbridge.live.inbox import Inbox, InboxEvent, utc_iso
 from crmbridge.live.metrics import Metrics
 
@@ -86,7 +86,8 @@ class Bitrix24Receiver:
             return PlainTextResponse("not authorised\n", status_code=401)
         if parsed.verdict is Verdict.MALFORMED:
             self.metrics.events_rejected.labels(BITRIX24_SOURCE, "malformed").inc()
-            letter = self.inbox.reject(BITRIX24_SOURCE, f"malformed: {parsed.reason}", body, received_at=received_at)
+            letter = self.inbox.reject(BITRIX24_SOURCE, f"malformed: {parsed.reason}",
+                                       redact_auth(body.decode("utf-8", errors="replace")), received_at=received_at)
             return PlainTextResponse(f"malformed event ({parsed.reason}); kept as dead letter {letter}\n",
                                      status_code=400)
         if self.member_id is None and parsed.member_id:
@@ -95,7 +96,7 @@ class Bitrix24Receiver:
             self.metrics.events_ignored.labels(BITRIX24_SOURCE, parsed.event).inc()
             return PlainTextResponse("ignored\n")
         event = InboxEvent(BITRIX24_SOURCE, parsed.event, parsed.entity, parsed.entity_id,
-                           body.decode("utf-8"), received_at)
+                           redact_auth(body.decode("utf-8")), received_at)
         (inbox_id,) = await self.inbox.accept_async([event])
         self.metrics.events_received.labels(BITRIX24_SOURCE, parsed.event).inc()
         self.metrics.ack_latency.observe(time.perf_counter() - started)

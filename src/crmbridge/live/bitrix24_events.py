@@ -11,6 +11,7 @@ reads the record itself.
 from __future__ import annotations
 
 import hmac
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -69,6 +70,17 @@ def portal_domain(webhook_url: str) -> str:
     return f"{host}:{parts.port}" if parts.port else host
 
 
+#: `auth[...]` fields that are credentials: the outgoing webhook's token, and an application's OAuth pair
+_SECRET_AUTH = re.compile(r"(^|&)(auth(?:\[|%5B)(?:application_token|access_token|refresh_token)(?:\]|%5D)=)[^&]*",
+                          re.IGNORECASE)
+
+
+def redact_auth(body: str) -> str:
+    """The body with its credentials replaced by ***: what the inbox and the dead letters keep (they are shown by
+    `crmbridge inbox`, and a token that reaches the cache or a screen is a leaked token)."""
+    return _SECRET_AUTH.sub(r"\1\2***", body)
+
+
 def parse_event(body: bytes, identity: PortalIdentity) -> ParsedEvent:
     """Authenticate and parse one delivery. Authenticity is checked first, so a forged body is never stored."""
     try:
@@ -118,4 +130,4 @@ def _entity_id(event: str, fields: Mapping[str, str]) -> str:
 
 
 __all__ = ["BOUND_EVENTS", "DELETE_EVENTS", "EVENT_ENTITIES", "ParsedEvent", "PortalIdentity", "Verdict", "parse_event",
-           "portal_domain"]
+           "portal_domain", "redact_auth"]

@@ -27,16 +27,16 @@ import uvicorn
 from crmbridge.cache.store import open_cache
 from crmbridge.config import Settings
 from crmbridge.connectors.bitrix24.app import oauth_auth
-from crmbridge.connectors.bitrix24.client import Bitrix24Client, validate_webhook_url
+from crmbridge.connectors.bitrix24.client import validate_webhook_url
 from crmbridge.connectors.bitrix24.limiter import Limiter, bucket_file
-from crmbridge.errors import CrmBridgeError
+from crmbridge.errors import MappingError
 from crmbridge.live.app import Bitrix24Receiver, Readiness, build_app
 from crmbridge.live.bitrix24_events import portal_domain
 from crmbridge.live.bridge import EventSource, LiveBridge, load_plugins
 from crmbridge.live.inbox import Inbox
 from crmbridge.live.metrics import Metrics
 from crmbridge.live.worker import MappingsWatcher, Worker
-from crmbridge.connectors.registry import syncer_for
+from crmbridge.connectors.registry import client_for, syncer_for
 
 log = logging.getLogger("crmbridge.live")
 
@@ -71,7 +71,7 @@ class Daemon:
     """Wires the parts; `run()` blocks until stopped and returns the exit code."""
 
     def __init__(self, settings: Settings, *, host: str = "127.0.0.1", port: int = 8024,
-                 webhook_url: str | None = None, run_jobs: bool = True) -> None:
+                 run_jobs: bool = True) -> None:
         self.settings = settings
         self.host = host
         self.port = port
@@ -83,11 +83,11 @@ class Daemon:
         self.inbox = Inbox(settings.cache_path, max_attempts=settings.inbox_max_attempts,
                            on_commit=lambda count, seconds: self.worker_wake())
         self.amocrm = settings.crm == "amocrm"
-        url = webhook_url or (settings.bitrix24_webhook_url.get_secret_value() if settings.bitrix24_webhook_url else None)
+        url = settings.bitrix24_webhook_url.get_secret_value() if settings.bitrix24_webhook_url else None
         self.webhook_url = validate_webhook_url(url) if url and not self.amocrm else None
         # A connected OAuth application (`crmbridge connect`) is preferred over the webhook: its writes carry the
         # auth_connector its offline events are bound with, so they are not queued back (live/offline.py).
-        self.oauth = None if webhook_url or self.amocrm else oauth_auth(settings)
+        self.oauth = None if self.amocrm else oauth_auth(settings)
         # amoCRM (CRMBRIDGE_CRM=amocrm): the account's client; its hooks come through the amoCRM plugin
         self.has_portal = bool(self.webhook_url or self.oauth) or (self.amocrm and bool(settings.amocrm_base_url))
         # one limiter for every client of the daemon: the portal's bucket is one, whoever asks
@@ -102,6 +102,7 @@ class Daemon:
         self.worker = Worker(self.bridge, self.new_client() if self.has_portal else None, self.mappings,
                              writer_lock=self.writer_lock,
                              max_reverts_per_day=settings.enforce_max_reverts_per_day,
+                             channel=settings.enforce_notify_channel, client_id=settings.bitrix24_client_id,
                              allow_non_admin=settings.enforce_allow_non_admin)
         self.scheduler: Any = None
         if run_jobs:
@@ -125,24 +126,17 @@ class Daemon:
     # ------------------------------------------------------------------ pieces
 
     def new_client(self) -> Any:
-        """A client of the configured portal, paced by the daemon's one limiter, counted in its metrics."""
-        if self.amocrm:
-            from crmbridge.connectors.registry import amocrm_client_from
-
-            return amocrm_client_from(self.settings)  # every process of the account shares its 7 rps window
-        if self.oauth is not None:
-            return Bitrix24Client(auth=self.oauth, max_attempts=self.settings.bitrix24_max_attempts,
-                                  limiter=self.limiter, observer=self.metrics.crm_request)
-        if not self.webhook_url:
-            raise CrmBridgeError("no Bitrix24 portal is configured (CRMBRIDGE_BITRIX24_WEBHOOK_URL)")
-        return Bitrix24Client(self.webhook_url, max_attempts=self.settings.bitrix24_max_attempts,
-                              limiter=self.limiter, observer=self.metrics.crm_request)
+        """A client of the configured CRM, paced by the daemon's one limiter, counted in its metrics."""
+        return client_for(self.settings, observer=self.metrics.crm_request, on_call=self.metrics.crm_call,
+                          limiter=self.limiter)
 
     def job_context(self) -> Any:
+        """What the scheduler hands its jobs: each runs in a child process with its own client of the configured CRM
+        (sharing the portal's bucket through the file beside the cache); the writer lock keeps the worker out of the
+        cache while a job writes; the mappings give the scheduler the regulation's working hours."""
         from crmbridge.live.jobs import JobContext
 
-        return JobContext(self.settings, self.new_client if self.has_portal else None, self.writer_lock,
-                          lambda: self.mappings.current())
+        return JobContext(self.settings, writer_lock=self.writer_lock, mappings=lambda: self.mappings.current())
 
     def worker_wake(self) -> None:
         self.worker.wake.set()
@@ -155,6 +149,23 @@ class Daemon:
         self.stop.set()
         if self._server is not None:
             self._server.should_exit = True
+
+    def startup_notes(self) -> list[str]:
+        """What an operator should know before the first event: settings that leave a part of the bridge idle."""
+        notes = []
+        if not self.has_portal:
+            notes.append("no portal is configured (CRMBRIDGE_BITRIX24_WEBHOOK_URL, or `crmbridge connect`): "
+                         "events are kept in the inbox until one is")
+        if not self.settings.bitrix24_application_token and not self.amocrm:
+            notes.append("CRMBRIDGE_BITRIX24_APPLICATION_TOKEN is not set: every POST /bitrix24/events gets 401"
+                         + (" (the offline events of the connected application still come in)"
+                            if self.oauth is not None else
+                            " (copy the token the portal's outgoing webhook shows, or connect the OAuth application)"))
+        if self.scheduler is not None and not any(job.spec.run == "enforce" for job in self.scheduler.jobs):
+            notes.append(f"no enabled `run: enforce` job in {self.settings.jobs_dir}: timers (response time, payment, "
+                         "stale deals) are not checked, and notices told by digests wait until `crmbridge enforce` "
+                         "runs (the worker sends only the rules told `individual`)")
+        return notes
 
     # ------------------------------------------------------------------ readiness
 
@@ -190,6 +201,10 @@ class Daemon:
             failed.append("the initial full sync is running")
         if self.initial_sync_error:
             failed.append(f"the initial sync failed: {self.initial_sync_error}")
+        try:
+            self.mappings.current()  # an edit is noticed here too, not only when the next event needs the files
+        except (MappingError, OSError):
+            pass  # the error is kept on the watcher
         if self.mappings.error:
             failed.append(f"mapping files do not load: {self.mappings.error}")
         if self.worker.last_error:

@@ -5,25 +5,33 @@ A job file says what to run, when, and for how long at most:
     run: sync                    # sync | sync --full | enforce | kpi snapshot (JOB_COMMANDS)
     every: 5m                    # or  cron: "30 2 * * *"  (minute hour day month weekday, the regulation's zone)
     window: working_hours        # optional: only fire times inside the regulation's working hours
-    timeout: 10m                 # a longer run is recorded as `timeout` (its work is resumable)
+    timeout: 10m                 # then the run stops between two batches (or is killed) and is recorded `timeout`
 
 Each fire time runs once per cache: a run is claimed by inserting `job_runs (job, scheduled_for)` (UNIQUE)
 while holding an exclusive lock file next to the cache (`<cache>.job-<name>.lock`), so two daemons on one
 cache never run the same job, and a job still running is never started again. Fire times missed while the
 daemon was down or busy coalesce into one run (the latest); runs never pile up. The triggers are APScheduler's
 (`CronTrigger`, `IntervalTrigger`); the loop around them is ours, because a run must know its fire time.
+
+Each run is a child process (`run_job`), so a timeout is real: the command stops at its next checkpoint (a committed
+sync chunk, an enforcement round's committed outcomes) or is killed after a grace period, and its lock goes with it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import functools
 import json
 import logging
+import multiprocessing
 import os
+import pickle
 import socket
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -36,7 +44,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from pydantic import Field, field_validator, model_validator
 
 from crmbridge.cache.store import open_cache
-from crmbridge.errors import MappingError
+from crmbridge.errors import JobCancelled, MappingError
 from crmbridge.live.inbox import connect, utc_iso
 from crmbridge.mapping.load import Mappings, did_you_mean, validate_document
 from crmbridge.mapping.schema import Strict, parse_duration
@@ -46,16 +54,24 @@ from crmbridge.regulation.calendar import WorkingCalendar
 log = logging.getLogger("crmbridge.jobs")
 
 JOB_SCHEMA_FILE = "job.schema.json"
+#: seconds a job asked to stop (its timeout, the daemon stopping) gets to end its batch before it is killed
+CANCEL_GRACE = 30.0
+#: seconds a job's child process may take to start (import crmbridge, take its lock) before its timeout counts
+CHILD_START_ALLOWANCE = 30.0
+#: jobs run in a fresh interpreter: a forked copy of the daemon's threads (HTTP loop, worker) would be unsafe
+_SPAWN = multiprocessing.get_context("spawn")
 
 
 @dataclass
 class JobContext:
-    """What a job command gets: the settings, a client factory, the daemon's writer lock, the mappings."""
+    """What a job command gets: the settings, a client factory, a lock, the mappings, and a checkpoint to call between
+    batches (it raises JobCancelled when the job was asked to stop: its timeout passed, or the daemon stops)."""
 
     settings: Any
-    client_factory: Callable[[], Any] | None
+    client_factory: Callable[[], Any] | None = None
     writer_lock: threading.Lock = field(default_factory=threading.Lock)
     mappings: Callable[[], Mappings] | None = None
+    checkpoint: Callable[[], None] = lambda: None
 
     def client(self) -> Any:
         if self.client_factory is None:
@@ -72,20 +88,19 @@ def job_duration(text: Any) -> timedelta:
     return parse_duration(text)
 
 
-def _sync(full: bool) -> Callable[[JobContext], dict[str, Any]]:
-    def run(ctx: JobContext) -> dict[str, Any]:
-        from crmbridge.connectors.registry import syncer_for
+def _sync(ctx: JobContext, *, full: bool) -> dict[str, Any]:
+    from crmbridge.connectors.registry import syncer_for
 
-        cache = open_cache(ctx.settings.cache_path)
-        try:
-            with ctx.writer_lock:
-                return syncer_for(ctx.client(), cache, overlap=timedelta(minutes=ctx.settings.sync_overlap_minutes),
-                                  refresh=timedelta(minutes=ctx.settings.amocrm_refresh_minutes),
-                                  plan_entity_type=_plans_entity_type(ctx)).run(full=full).as_dict()
-        finally:
-            cache.close()
-
-    return run
+    cache = open_cache(ctx.settings.cache_path)
+    try:
+        with ctx.writer_lock:
+            return syncer_for(ctx.client(), cache, overlap=timedelta(minutes=ctx.settings.sync_overlap_minutes),
+                              refresh=timedelta(minutes=ctx.settings.amocrm_refresh_minutes),
+                              plan_entity_type=_plans_entity_type(ctx),
+                              # each committed chunk is a point where a timed-out job stops cleanly
+                              progress=lambda entity, count: ctx.checkpoint()).run(full=full).as_dict()
+    finally:
+        cache.close()
 
 
 def _plans_entity_type(ctx: JobContext) -> int | None:
@@ -114,6 +129,7 @@ def _kpi_snapshot(ctx: JobContext) -> dict[str, Any]:
         with ctx.writer_lock:
             session = open_session(cache, Path(ctx.settings.mappings_dir), now, crm=getattr(ctx.settings, "crm", None))
             period = last_full_month(now.astimezone(portal_zone(session.mappings)).date())
+            ctx.checkpoint()  # one transaction follows: stop before it, or let it finish
             result = take_snapshot(cache, session, period, now)
         return {"period": result.period, "written": result.written, "unchanged": result.unchanged,
                 "changed": len(result.changed)}
@@ -133,7 +149,9 @@ def _enforce(ctx: JobContext) -> dict[str, Any]:
             report = enforce(ctx.client(), cache, mappings,
                              max_reverts_per_day=ctx.settings.enforce_max_reverts_per_day,
                              channel=ctx.settings.enforce_notify_channel, client_id=ctx.settings.bitrix24_client_id,
-                             allow_non_admin=ctx.settings.enforce_allow_non_admin)
+                             allow_non_admin=ctx.settings.enforce_allow_non_admin,
+                             # after a round's outcomes are committed: a timed-out job stops between two rounds
+                             checkpoint=lambda step: ctx.checkpoint() if step.endswith("outcomes") else None)
         summary = report.as_dict()
         summary.pop("actions", None)  # the audit log has them; the run's summary stays small
         return summary
@@ -141,10 +159,12 @@ def _enforce(ctx: JobContext) -> dict[str, Any]:
         cache.close()
 
 
-#: what a job may run; other parts add theirs (e.g. "kpi snapshot") by inserting into this mapping
+#: what a job may run; other parts add theirs (e.g. "kpi snapshot") by inserting into this mapping. A job runs in a
+#: child process, which gets the command by reference: give a module-level function (or a partial of one), not a
+#: closure (a closure is looked up by its name in the child, so only the ones listed here at import time work)
 JOB_COMMANDS: dict[str, Callable[[JobContext], dict[str, Any]]] = {
-    "sync": _sync(full=False),
-    "sync --full": _sync(full=True),
+    "sync": functools.partial(_sync, full=False),
+    "sync --full": functools.partial(_sync, full=True),
     "enforce": _enforce,
     "kpi snapshot": _kpi_snapshot,
 }
@@ -158,7 +178,8 @@ class JobSpec(Strict):
     cron: str | None = Field(None, description='a cron line: "minute hour day month weekday", the regulation\'s zone')
     window: Literal["always", "working_hours"] = Field(
         "always", description="working_hours: only fire times inside the regulation's working hours and days")
-    timeout: str = Field("30m", description="longest run; a longer one is recorded as timeout")
+    timeout: str = Field("30m", description="longest run: then the job stops after its current batch (or is killed) "
+                                            "and the run is recorded as timeout; the next run goes on from there")
     enabled: bool = Field(True, description="false keeps the file but runs nothing")
 
     @field_validator("run")
@@ -317,69 +338,212 @@ class JobLock:
 
 
 def run_job(job: Job, ctx: JobContext, scheduled_for: datetime, *, metrics: Any = None,
-            on_timeout: Callable[[], None] | None = None) -> JobRun:
-    """Run one fire time of a job, unless another process runs it or ran it already (then `skipped`)."""
+            stop: threading.Event | None = None, grace: float = CANCEL_GRACE) -> JobRun:
+    """Run one fire time of a job in a child process, unless another process runs it or ran it already (`skipped`).
+
+    The child takes the job's lock and its `job_runs` row, runs the command and records the outcome. At the
+    timeout (or when `stop` is set: the daemon stops) it is told to stop: the command stops between two batches
+    (sync chunks, enforcement rounds) and the run is recorded `timeout` (`interrupted`); a child that has not
+    stopped `grace` seconds later is killed, which leaves nothing half-written either (every write transaction is
+    atomic, a sync resumes from its last chunk, enforcement reconciles its intents), and the lock dies with it.
+    """
     cache_path = Path(ctx.settings.cache_path)
     open_cache(cache_path).close()  # migrated before job_runs is used
     when = utc_iso(scheduled_for)
-    lock = JobLock(cache_path, job.name)
-    if not lock.acquire():
-        return JobRun(job.name, when, "skipped", {"reason": "another process is running this job"})
-    try:
+    started = time.monotonic()
+    parent, child = _SPAWN.Pipe()
+    process = _SPAWN.Process(target=_child_main, name=f"crmbridge-job-{job.name}", daemon=True,
+                             args=(job.name, _command_ref(job.spec.run), ctx.settings, when, child,
+                                   logging.getLogger("crmbridge").getEffectiveLevel()))
+    with ctx.writer_lock:  # the daemon's worker and its jobs never write at the same time
+        process.start()
+        child.close()
+        outcome = _supervise(job, process, parent, started, stop, grace)
+    parent.close()
+    status, summary = outcome.status, outcome.summary
+    if status in ("skipped", "no answer"):
+        return JobRun(job.name, when, "skipped" if status == "skipped" else "failed", summary,
+                      time.monotonic() - started)
+    if outcome.killed and outcome.run_id is not None:
         conn = connect(cache_path)
         try:
-            try:
-                conn.execute("INSERT INTO job_runs (job, scheduled_for, status, started, host) VALUES (?, ?, ?, ?, ?)",
-                             (job.name, when, "running", utc_iso(), f"{socket.gethostname()}:{os.getpid()}"))
-                run_id = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
-            except sqlite3.IntegrityError:
-                return JobRun(job.name, when, "skipped", {"reason": "this fire time already ran"})
-            started = time.monotonic()
-            outcome: dict[str, Any] = {}
-
-            def work() -> None:
-                from crmbridge.live.worker import lower_priority
-
-                lower_priority()
-                try:
-                    outcome["summary"] = JOB_COMMANDS[job.spec.run](ctx)
-                    outcome["status"] = "done"
-                except Exception as exc:  # noqa: BLE001 - recorded in job_runs and the metrics
-                    outcome["status"] = "failed"
-                    outcome["summary"] = {"error": f"{type(exc).__name__}: {exc}"}
-                    log.error("job %s failed: %s", job.name, exc)
-
-            thread = threading.Thread(target=work, name=f"job-{job.name}", daemon=True)
-            thread.start()
-            thread.join(job.timeout.total_seconds())
-            if thread.is_alive():
-                # Python cannot stop the thread; its work commits chunk by chunk and resumes next time
-                _finish(conn, run_id, "timeout", {"error": f"still running after {job.spec.timeout}"})
-                if metrics is not None:
-                    metrics.job_runs.labels(job.name, "timeout").inc()
-                if on_timeout is not None:
-                    on_timeout()
-                thread.join()  # the lock stays held until it really ends: no second run meanwhile
-                status, summary = "timeout", outcome.get("summary", {})
-            else:
-                status, summary = outcome["status"], outcome["summary"]
-                _finish(conn, run_id, status, summary)
-                if metrics is not None:
-                    metrics.job_runs.labels(job.name, status).inc()
-            seconds = time.monotonic() - started
-            if metrics is not None:
-                metrics.job_duration.labels(job.name).observe(seconds)
-                if status == "done":
-                    metrics.job_last_success.labels(job.name).set(time.time())
-            return JobRun(job.name, when, status, summary, seconds)
+            _finish(conn, outcome.run_id, status, summary, only_running=True)
         finally:
             conn.close()
+    seconds = time.monotonic() - started
+    if metrics is not None:
+        metrics.job_runs.labels(job.name, status).inc()
+        metrics.job_duration.labels(job.name).observe(seconds)
+        if status == "done":
+            metrics.job_last_success.labels(job.name).set(time.time())
+        for (method, result), count in outcome.requests.items():
+            metrics.crm_requests.labels(method=method, status=result).inc(count)
+        for (method, result), count in outcome.calls.items():
+            metrics.crm_calls.labels(method=method, status=result).inc(count)
+    return JobRun(job.name, when, status, summary, seconds)
+
+
+def _command_ref(run: str) -> Any:
+    """What the child gets to find its command: the function itself (by reference), else its name."""
+    command = JOB_COMMANDS[run]
+    try:
+        pickle.dumps(command)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        return run
+    return command
+
+
+@dataclass
+class _Outcome:
+    status: str = "no answer"
+    summary: dict[str, Any] = field(default_factory=dict)
+    run_id: int | None = None
+    killed: bool = False
+    requests: dict[tuple[str, str], int] = field(default_factory=dict)
+    calls: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+def _supervise(job: Job, process: Any, conn: Any, started: float, stop: threading.Event | None,
+               grace: float) -> _Outcome:
+    """Follow the child's messages; at the timeout (or `stop`) ask it to stop, after `grace` more seconds kill it."""
+    outcome = _Outcome()
+    # the timeout counts from the run's start in the child; a fresh interpreter may take seconds to get there on a
+    # loaded machine, which is not the job's time (a child that never starts is still stopped, later)
+    deadline = started + job.timeout.total_seconds() + CHILD_START_ALLOWANCE
+    asked: str | None = None  # why the child was told to stop: timeout or interrupted
+    kill_at = float("inf")
+    while True:
+        now = time.monotonic()
+        if asked is None and (now >= deadline or (stop is not None and stop.is_set())):
+            asked = "timeout" if now >= deadline else "interrupted"
+            kill_at = now + grace
+            log.warning("job %s: %s; asking it to stop after its current batch", job.name,
+                        f"still running after {job.spec.timeout}" if asked == "timeout" else "the daemon stops")
+            with contextlib.suppress(OSError, ValueError):
+                conn.send(("stop", asked))
+        if asked is not None and now >= kill_at:
+            process.kill()
+            process.join(10)
+            what = f"still running after {job.spec.timeout}" if asked == "timeout" else "the daemon stopped"
+            outcome.killed, outcome.status = True, asked
+            outcome.summary = {"error": f"{what}; killed {grace:.0f} s after it was asked to stop (nothing is left "
+                                        "half-written: the next run goes on from the last committed batch)"}
+            log.error("job %s: %s", job.name, outcome.summary["error"])
+            return outcome
+        try:
+            message = conn.recv() if conn.poll(max(0.0, min(deadline if asked is None else kill_at, now + 0.5) - now)) \
+                else None
+        except (EOFError, OSError):
+            # the child closed its end without a last word: it ended (or was killed from outside)
+            process.join(10)
+            if outcome.run_id is not None:
+                outcome.killed, outcome.status = True, "failed"
+            outcome.summary = {"error": f"the job's process ended without an outcome (exit code {process.exitcode})"}
+            return outcome
+        if message is None:
+            continue
+        if message[0] == "started":
+            outcome.run_id = message[1]
+            if asked is None:
+                deadline = time.monotonic() + job.timeout.total_seconds()
+        elif message[0] == "skipped":
+            outcome.status, outcome.summary = "skipped", {"reason": message[1]}
+            process.join(10)
+            return outcome
+        elif message[0] == "finished":
+            _, outcome.status, outcome.summary, outcome.requests, outcome.calls = message
+            process.join(10)
+            return outcome
+
+
+def _child_main(name: str, command: Any, settings: Any, when: str, conn: Any, level: int) -> None:
+    """The job's process: its lock, its `job_runs` row, the command, the outcome (see run_job)."""
+    import signal
+
+    from crmbridge import logs
+    from crmbridge.live.worker import lower_priority
+
+    logs.setup(crmbridge_level=level)
+    lower_priority()
+    asked: list[str] = []
+    stopping = threading.Event()
+
+    def ask(reason: str) -> None:
+        if not asked:
+            asked.append(reason)
+        stopping.set()
+
+    # systemd stops the whole service (SIGTERM to every process), a terminal sends Ctrl-C to the process group
+    signal.signal(signal.SIGTERM, lambda *_: ask("interrupted"))
+    signal.signal(signal.SIGINT, lambda *_: ask("interrupted"))
+
+    def listen() -> None:
+        try:
+            while True:
+                message = conn.recv()
+                if message and message[0] == "stop":
+                    ask(message[1])
+        except (EOFError, OSError):
+            ask("interrupted")  # the parent is gone: finish the batch and stop, never run on unsupervised
+
+    def checkpoint() -> None:
+        if stopping.is_set():
+            raise JobCancelled(f"asked to stop ({asked[0] if asked else 'interrupted'})")
+
+    cache_path = Path(settings.cache_path)
+    lock = JobLock(cache_path, name)
+    if not lock.acquire():
+        conn.send(("skipped", "another process is running this job"))
+        return
+    try:
+        db = connect(cache_path)
+        try:
+            # rows a dead process left `running` (kill -9, power cut): this one holds the lock, so none of them runs
+            db.execute("UPDATE job_runs SET status = 'interrupted', finished = ? WHERE job = ? AND status = 'running'",
+                       (utc_iso(), name))
+            try:
+                db.execute("INSERT INTO job_runs (job, scheduled_for, status, started, host) VALUES (?, ?, ?, ?, ?)",
+                           (name, when, "running", utc_iso(), f"{socket.gethostname()}:{os.getpid()}"))
+                run_id = int(db.execute("SELECT last_insert_rowid()").fetchone()[0])
+            except sqlite3.IntegrityError:
+                conn.send(("skipped", "this fire time already ran"))
+                return
+            conn.send(("started", run_id))
+            threading.Thread(target=listen, name="job-supervisor", daemon=True).start()
+            requests: Counter[tuple[str, str]] = Counter()
+            calls: Counter[tuple[str, str]] = Counter()
+
+            def client() -> Any:
+                from crmbridge.connectors.registry import client_for
+
+                return client_for(settings, observer=lambda method, result: requests.update([(method, result)]),
+                                  on_call=lambda method, result: calls.update([(method, result)]))
+
+            ctx = JobContext(settings, client, checkpoint=checkpoint)
+            try:
+                checkpoint()
+                summary: dict[str, Any] = (JOB_COMMANDS[command] if isinstance(command, str) else command)(ctx)
+                status = "done"
+            except JobCancelled:
+                status = asked[0] if asked else "interrupted"
+                summary = {"error": ("stopped after its timeout" if status == "timeout" else "stopped: interrupted")
+                           + ", between two batches (the next run goes on from there)"}
+                log.warning("job %s: %s", name, summary["error"])
+            except Exception as exc:  # noqa: BLE001 - recorded in job_runs and the metrics
+                status, summary = "failed", {"error": f"{type(exc).__name__}: {exc}"}
+                log.warning("job %s failed: %s", name, exc)
+            _finish(db, run_id, status, summary)
+            conn.send(("finished", status, summary, dict(requests), dict(calls)))
+        finally:
+            db.close()
     finally:
         lock.release()
 
 
-def _finish(conn: sqlite3.Connection, run_id: int, status: str, summary: Mapping[str, Any]) -> None:
-    conn.execute("UPDATE job_runs SET status = ?, finished = ?, summary = ? WHERE id = ?",
+def _finish(conn: sqlite3.Connection, run_id: int, status: str, summary: Mapping[str, Any], *,
+            only_running: bool = False) -> None:
+    conn.execute("UPDATE job_runs SET status = ?, finished = ?, summary = ? WHERE id = ?"
+                 + (" AND status = 'running'" if only_running else ""),
                  (status, utc_iso(), json.dumps(summary, ensure_ascii=False, default=str), run_id))
 
 
@@ -433,9 +597,17 @@ class JobScheduler:
             self._stop.wait(max(0.05, min(60.0, (soonest - self.clock()).total_seconds())))
 
     def _run(self, job: Job, due: datetime) -> None:
-        run = run_job(job, self.ctx, due, metrics=self.metrics)
+        # a job the daemon's stop interrupts is killed in time for the daemon to exit within its stop timeout
+        stop_timeout = float(getattr(self.ctx.settings, "stop_timeout_seconds", CANCEL_GRACE))
+        try:
+            run = run_job(job, self.ctx, due, metrics=self.metrics, stop=self._stop,
+                          grace=max(1.0, min(CANCEL_GRACE, stop_timeout - 1.0)))
+        except Exception:  # noqa: BLE001 - a scheduler thread must never die silently
+            log.exception("job %s (%s) could not be run", job.name, due.isoformat())
+            return
         self.runs.append(run)
-        log.info("job %s (%s): %s in %.1f s", job.name, run.scheduled_for, run.status, run.seconds)
+        log.info("job %s (%s): %s in %.1f s%s", job.name, run.scheduled_for, run.status, run.seconds,
+                 f": {run.summary.get('error')}" if run.status not in ("done", "skipped") else "")
 
     def _last_scheduled(self, job: Job) -> datetime | None:
         """The newest fire time any process ran: missed fire times since then coalesce into one run."""
@@ -450,7 +622,8 @@ class JobScheduler:
         return datetime.fromisoformat(row[0]) if row and row[0] else None
 
     def shutdown(self, timeout: float = 60.0) -> None:
-        """No new runs; wait up to `timeout` for running ones (their work is resumable if cut)."""
+        """No new runs; running ones are asked to stop after their batch (killed if they do not), waited for up to
+        `timeout` (their work is resumable: nothing is left half-written)."""
         self._stop.set()
         deadline = time.monotonic() + timeout
         if self._thread is not None:

@@ -44,6 +44,9 @@ class Metrics:
                                       "Unix time of each job's last successful run.", ["job"], registry=r)
         self.crm_requests = Counter("crmbridge_crm_requests", "HTTP requests to the CRM by REST method and outcome "
                                     "(HTTP status, or the CRM's error code).", ["method", "status"], registry=r)
+        self.crm_calls = Counter("crmbridge_crm_calls", "REST methods the CRM ran, by method and outcome (ok, or the "
+                                 "CRM's error code); each command of a batch counts as its own method.",
+                                 ["method", "status"], registry=r)
         self.crm_waits = Counter("crmbridge_crm_wait_seconds", "Seconds spent waiting for the CRM's limits.",
                                  ["kind"], registry=r)
         if cache_path is not None:
@@ -52,6 +55,9 @@ class Metrics:
     # hooks handed to the Bitrix24 client and limiter
     def crm_request(self, method: str, status: str) -> None:
         self.crm_requests.labels(method=method, status=status).inc()
+
+    def crm_call(self, method: str, status: str) -> None:
+        self.crm_calls.labels(method=method, status=status).inc()
 
     def crm_wait(self, kind: str, seconds: float) -> None:
         self.crm_waits.labels(kind=kind).inc(seconds)

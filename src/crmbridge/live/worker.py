@@ -52,16 +52,24 @@ class MappingsWatcher:
     def __init__(self, directory: Path, *, crm: str | None = None) -> None:
         self.directory = Path(directory)
         self.crm = crm
-        self._stamp: tuple[float, ...] | None = None
+        self._stamp: tuple[tuple[str, int, int], ...] | None = None
         self._mappings: Mappings | None = None
         self.error: str | None = None
+        self._lock = threading.Lock()  # the worker, the jobs and /readyz ask from their own threads
 
     def current(self) -> Mappings:
-        stamp = tuple(path.stat().st_mtime for path in sorted(self.directory.glob("*.yaml")))
+        with self._lock:
+            return self._current()
+
+    def _current(self) -> Mappings:
+        stamp = _stamp(self.directory)
         if stamp != self._stamp or self._mappings is None:
             try:
+                loaded = self._mappings is not None
                 self._mappings = load_mappings(self.directory, crm=self.crm)
                 self.error = None
+                if loaded:
+                    log.info("mapping files changed: reloaded from %s", self.directory)
             except MappingError as exc:
                 self.error = f"{exc} ({len(exc.problems)} problem(s); `crmbridge check` lists them)"
                 if self._mappings is None:
@@ -69,6 +77,18 @@ class MappingsWatcher:
                 log.error("mapping files changed but do not load; keeping the last good version: %s", self.error)
             self._stamp = stamp
         return self._mappings
+
+
+def _stamp(directory: Path) -> tuple[tuple[str, int, int], ...]:
+    """Name, mtime and size of every mapping file: an edit (or a file added or removed) changes it."""
+    found = []
+    for path in sorted(directory.glob("*.yaml")):
+        try:
+            info = path.stat()
+        except OSError:
+            continue  # removed meanwhile: the next look sees the folder as it is
+        found.append((path.name, info.st_mtime_ns, info.st_size))
+    return tuple(found)
 
 
 @dataclass
@@ -88,7 +108,8 @@ class Worker:
     """Runs rounds until stopped; everything it touches is injected (the daemon builds it)."""
 
     def __init__(self, bridge: LiveBridge, client: Bitrix24Client | None, mappings: MappingsWatcher, *,
-                 writer_lock: threading.Lock, max_reverts_per_day: int = 3, allow_non_admin: bool = False,
+                 writer_lock: threading.Lock, max_reverts_per_day: int = 3, channel: str = "chat",
+                 client_id: str | None = None, allow_non_admin: bool = False,
                  now: Callable[[], datetime] = lambda: datetime.now(UTC), round_events: int = ROUND_EVENTS,
                  max_backoff: float = 300.0, sleep: Callable[[float], None] = time.sleep) -> None:
         self.bridge = bridge
@@ -97,6 +118,8 @@ class Worker:
         self.mappings = mappings
         self.writer_lock = writer_lock
         self.max_reverts_per_day = max_reverts_per_day
+        self.channel = channel  # how messages reach people (CRMBRIDGE_ENFORCE_NOTIFY_CHANNEL), as `enforce` sends them
+        self.client_id = client_id
         self.allow_non_admin = allow_non_admin
         self.now = now
         self.round_events = round_events
@@ -209,11 +232,14 @@ class Worker:
             report.deals += len(result.deals)
             report.deleted += len(result.deleted)
             report.http_requests += result.http_requests
-            if result.deals:
+            if result.deals or result.deleted:
+                # a deleted deal is judged too: it breaks nothing any more, so its violations close and the
+                # notices still waiting to tell them are cancelled (not sent about a deal that is gone)
                 before = self.client.requests_made
-                enforced = enforce(self.client, cache, mappings, now=self.now, deal_ids=sorted(result.deals),
-                                   sync=False, max_reverts_per_day=self.max_reverts_per_day,
-                                   allow_non_admin=self.allow_non_admin)
+                enforced = enforce(self.client, cache, mappings, now=self.now,
+                                   deal_ids=sorted(result.deals | result.deleted), sync=False,
+                                   max_reverts_per_day=self.max_reverts_per_day, channel=self.channel,
+                                   client_id=self.client_id, allow_non_admin=self.allow_non_admin)
                 report.http_requests += self.client.requests_made - before
                 if enforced.execution is not None:
                     report.actions_done += enforced.execution.done

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from difflib import SequenceMatcher
@@ -12,6 +13,7 @@ from crmbridge.mapping.portal import (
     BOOLEAN_TYPES,
     BOOLEAN_VALUES,
     COMPATIBLE,
+    GUESS_NOTE,
     PortalField,
     PortalSnapshot,
     users_by_department,
@@ -96,7 +98,14 @@ def _match(name: str, candidates: Iterable[tuple[str, Iterable[str]]]) -> Match:
 
 
 def _quote(text: str) -> str:
-    return text.replace("\n", " ").strip()
+    """A CRM label for a YAML comment: one line (a line break would end the comment and start YAML)."""
+    return " ".join(text.split())
+
+
+def _scalar(text: str) -> str:
+    """A CRM name as a YAML value: a JSON string is a valid YAML double-quoted scalar, so quotes, backslashes and
+    colons in the name stay data («B2B "VIP"» broke the draft)."""
+    return json.dumps(_quote(text), ensure_ascii=False)
 
 
 def draft_binding(regulation: RegulationSpec, snapshot: PortalSnapshot, *, regulation_file: str = "regulation.yaml",
@@ -122,7 +131,7 @@ def draft_binding(regulation: RegulationSpec, snapshot: PortalSnapshot, *, regul
     for category, name in snapshot.pipelines.items():
         found = _match(name, directions)
         lines.append(f"  {category}:")
-        lines.append(f'    name: "{_quote(name)}"')
+        lines.append(f"    name: {_scalar(name)}")
         options = ", ".join(direction for direction, _ in directions)
         if not found.strong:
             todo_count += 1
@@ -132,7 +141,8 @@ def draft_binding(regulation: RegulationSpec, snapshot: PortalSnapshot, *, regul
             bound_directions.add(found.id)  # type: ignore[arg-type]
             lines.append(f"    direction: {found.id}")
         lines.append("    stages:")
-        direction = regulation.directions.get(found.id) if found.strong and found.id else None
+        # under a pipeline only like a direction, that direction's stages are suggested, never bound
+        direction = regulation.directions.get(found.id) if found.id else None
         stage_choices = [(stage.id, (stage.name, stage.id)) for stage in direction.stages] if direction else []
         for crm_stage, (stage_name, semantics) in snapshot.stages.get(category, {}).items():
             mark = f" ({semantics})" if semantics in ("S", "F") else ""
@@ -142,8 +152,9 @@ def draft_binding(regulation: RegulationSpec, snapshot: PortalSnapshot, *, regul
                 target, note = LOST, ""
             else:
                 stage = _match(stage_name, stage_choices) if stage_choices else Match(None)
-                target = stage.id if stage.strong else TODO
-                note = f" — looks like {stage.id}?" if stage.id and not stage.strong else ""
+                sure = stage.strong and found.strong
+                target = stage.id if sure else TODO
+                note = GUESS_NOTE.format(stage.id) if stage.id and not sure else ""
             if target == TODO:
                 todo_count += 1
             lines.append(f"      {crm_stage}: {target}  # {_quote(stage_name)}{mark}{note}")

@@ -94,6 +94,15 @@ class PortalSnapshot:
 
 
 _SEMANTICS_MARK = re.compile(r"\s*\((S|F)\)$")
+#: what discover appends to the comment of a stage it could not decide on ("— looks like proposal?"); the comment
+#: stays when the admin settles the `todo`, so the live check must not read it as part of the stage's name
+GUESS_NOTE = " — looks like {}?"
+_GUESS_NOTE = re.compile(r"\s+—\s+looks like [\w-]+\?$")
+
+
+def same_name(left: str, right: str) -> bool:
+    """Two CRM names are the same but for case and runs of white space (a comment keeps a name on one line)."""
+    return " ".join(left.split()).casefold() == " ".join(right.split()).casefold()
 
 
 def _stage_comments(text: str) -> dict[tuple[str, str], str]:
@@ -107,9 +116,11 @@ def _stage_comments(text: str) -> dict[tuple[str, str], str]:
             for crm_stage, tokens in items.items():
                 token = tokens[2] if len(tokens) > 2 else None
                 if token is not None:
-                    label = token.value.strip().lstrip("#").strip()
-                    # discover marks final stages with " (S)" / " (F)": only that marker goes, a name may have brackets
-                    label = _SEMANTICS_MARK.sub("", label).strip()
+                    # the token may run on over the comment lines after it: the stage's own is the first
+                    label = token.value.lstrip().split("\n", 1)[0].lstrip("#").strip()
+                    # discover marks final stages with " (S)" / " (F)" and guesses with "— looks like …?": only
+                    # those go, a name may have brackets of its own
+                    label = _SEMANTICS_MARK.sub("", _GUESS_NOTE.sub("", label)).strip()
                     if label:
                         comments[(str(category), str(crm_stage))] = label
     except Exception:  # comments are a courtesy; a file that loaded fine may still have odd ones
@@ -131,7 +142,7 @@ def lint_live(mappings: Mappings, snapshot: PortalSnapshot, binding_text: str) -
                         key=True)
             continue
         portal_name = snapshot.pipelines[category]
-        if pipeline.name and portal_name and pipeline.name.strip() != portal_name.strip():
+        if pipeline.name and portal_name and not same_name(pipeline.name, portal_name):
             doc.problem(where + ("name",), f"pipeline {category} is now called «{portal_name}» on the portal, the binding says «{pipeline.name}»",
                         "check it is still the same pipeline and update `name`")
         portal_stages = snapshot.stages.get(category, {})
@@ -142,7 +153,7 @@ def lint_live(mappings: Mappings, snapshot: PortalSnapshot, binding_text: str) -
                 continue
             was = comments.get((category, crm_stage))
             now = portal_stages[crm_stage][0]
-            if was and now and was.casefold() != now.casefold():
+            if was and now and not same_name(was, now):
                 doc.problem(where + ("stages", crm_stage), f'CRM stage "{crm_stage}" was renamed on the portal: «{was}» -> «{now}»',
                             "check the mapping still fits and update the comment", key=True)
         if pipeline.direction != IGNORE:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping
 
 from crmbridge.mapping.schema import RULE_IDS, RegulationSpec
 from crmbridge.model import Deal, Mode, Outcome, RuleExplanation, Verdict, Violation
@@ -118,37 +118,62 @@ class Evaluation:
     evaluator: Evaluator
 
 
-def evaluate_stream(regulation: RegulationSpec | CompiledRegulation, now: datetime, deals: Iterable[Deal]) -> Evaluation:
-    """Every deal's violations in one pass that keeps no deal: the same violations, in the same order, as
-    `Evaluator.of(regulation, now, deals_for_purchases=deals)` finds deal by deal, with memory for the violations only.
+class StreamJudge:
+    """Judges deals one at a time, keeping none; `latest(deal id, client key)` answers R10's cross-deal question once
+    every deal was judged.
 
-    R10 is the one rule that looks across deals (it judges only a client's latest purchase). Each won deal is
-    judged as if it were its client's latest purchase; once every deal was seen, the R10 violations of won deals a
-    later purchase of the same client superseded are dropped, which is what R10 says of them (not applicable).
+    R10 is the one rule that looks across deals (it judges only a client's latest purchase). Each won deal is judged
+    as if it were its client's latest purchase (`judge`); once every deal was seen, an R10 violation of a won deal
+    that a later purchase of the same client superseded is dropped, which is what R10 says of it (not applicable).
     """
-    evaluator = Evaluator.of(regulation, now)  # no purchases: R10 judges every won deal as its client's latest
-    context = evaluator._context  # type: ignore[attr-defined]
-    paid_fields = purchase_fields(context)
-    purchases: dict[str, tuple[datetime, str]] = {}
+
+    def __init__(self, regulation: RegulationSpec | CompiledRegulation, now: datetime, *,
+                 override_modes: Mapping[str, Mode] | None = None) -> None:
+        # no purchases: R10 judges every won deal as its client's latest
+        self.evaluator = Evaluator.of(regulation, now, override_modes=override_modes)
+        self._context = self.evaluator._context  # type: ignore[attr-defined]
+        self._paid_fields = purchase_fields(self._context)
+        self.purchases: dict[str, tuple[datetime, str]] = {}
+        self.deals = 0
+
+    def judge(self, deal: Deal) -> list[Violation]:
+        """The deal's violations, its R10 one (if any) as if it were its client's latest purchase."""
+        self.deals += 1
+        if deal.outcome is Outcome.WON:
+            note_purchase(self.purchases, deal, self._paid_fields, self._context)
+        return self.evaluator.violations(deal)
+
+    def latest(self, deal_id: str, client_key: str) -> bool:
+        """After every deal was judged: is this deal its client's latest purchase (or the client has none)?"""
+        latest = self.purchases.get(client_key)
+        return latest is None or latest[1] == deal_id
+
+    def finished(self) -> Evaluator:
+        """The evaluator that knows every client's last purchase (for messages and look-back windows)."""
+        return replace(self.evaluator, purchases=self.purchases)
+
+
+def evaluate_stream(regulation: RegulationSpec | CompiledRegulation, now: datetime, deals: Iterable[Deal], *,
+                    override_modes: Mapping[str, Mode] | None = None) -> Evaluation:
+    """Every deal's violations in one pass that keeps no deal: the same violations, in the same order, as
+    `Evaluator.of(regulation, now, deals_for_purchases=deals)` finds deal by deal, with memory for the violations only
+    (R10: see StreamJudge)."""
+    judge = StreamJudge(regulation, now, override_modes=override_modes)
     found: list[Violation] = []
     judged_r10: list[tuple[int, str]] = []  # (position in found, client key) of R10 violations of won deals
-    count = 0
     won = Outcome.WON
     for deal in deals:
-        count += 1
-        violations = evaluator.violations(deal)
-        if deal.outcome is won:
-            note_purchase(purchases, deal, paid_fields, context)
+        violations = judge.judge(deal)
+        if deal.outcome is won and violations:
             key = deal.client_key
             if key is not None:
                 judged_r10 += [(len(found) + index, key) for index, violation in enumerate(violations)
                                if violation.rule == "R10"]
         found += violations
-    superseded = {position for position, key in judged_r10
-                  if key in purchases and purchases[key][1] != found[position].deal}
+    superseded = {position for position, key in judged_r10 if not judge.latest(found[position].deal, key)}
     if superseded:
         found = [violation for position, violation in enumerate(found) if position not in superseded]
-    return Evaluation(count, found, replace(evaluator, purchases=purchases))
+    return Evaluation(judge.deals, found, judge.finished())
 
 
 def beyond_look_back(violation: Violation, direction: CompiledDirection, now: datetime) -> bool:
@@ -175,17 +200,29 @@ def explain(deal: Deal, regulation: RegulationSpec | CompiledRegulation, now: da
     return Evaluator.of(regulation, now).explain(deal)
 
 
-def impact(deals: Sequence[Deal], regulation: RegulationSpec | CompiledRegulation, now: datetime) -> dict[str, dict[str, int]]:
-    """`check --impact`: per rule, how many current deals it would flag (as if every rule were on) and its mode."""
+def impact(deals: Iterable[Deal], regulation: RegulationSpec | CompiledRegulation, now: datetime) -> dict[str, dict[str, int]]:
+    """`check --impact`: per rule, how many current deals it would flag (as if every rule were on) and its mode.
+
+    One pass over `deals` that keeps no deal and no violation (a stream of the whole cache is fine)."""
     compiled = regulation if isinstance(regulation, CompiledRegulation) else compile_regulation(regulation)
-    everything_on = Evaluator.of(compiled, now, deals_for_purchases=deals,
-                                 override_modes={rule: Mode.AUDIT for rule in RULES})
+    judge = StreamJudge(compiled, now, override_modes={rule: Mode.AUDIT for rule in RULES})
     flagged: Counter[str] = Counter()
     counted: Counter[str] = Counter()
+    pending_r10: list[tuple[str, str, bool]] = []  # deal id, client key, flagged with the file's modes
     for deal in deals:
-        rules_hit = {violation.rule for violation in everything_on.violations(deal)}
-        flagged.update(rules_hit)
-        if deal.direction in compiled.directions:
-            direction = compiled.directions[deal.direction]
-            counted.update(rule for rule in rules_hit if direction.modes[rule] is not Mode.OFF)
+        rules_hit = {violation.rule for violation in judge.judge(deal)}
+        if not rules_hit:
+            continue
+        modes = compiled.directions[deal.direction].modes if deal.direction in compiled.directions else None
+        for rule in rules_hit:
+            now_on = modes is not None and modes[rule] is not Mode.OFF
+            if rule == "R10" and deal.client_key is not None:
+                pending_r10.append((deal.id, deal.client_key, now_on))  # settled once every purchase is known
+                continue
+            flagged[rule] += 1
+            counted[rule] += now_on
+    for deal_id, client_key, now_on in pending_r10:
+        if judge.latest(deal_id, client_key):
+            flagged["R10"] += 1
+            counted["R10"] += now_on
     return {rule: {"would_flag": flagged[rule], "flagged_now": counted[rule]} for rule in RULES}

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from .server import serve_forever
+from .server import DEFAULT_PORT, serve_forever
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m crmbridge.sandbox", description=__doc__)
-    parser.add_argument("--port", type=int, default=8024)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--deals", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--latency-ms", type=float, default=0)

@@ -13,6 +13,13 @@ What it follows, and where from:
   gets 401 `expired_token`, an unknown one 401 `NO_AUTH_FOUND` (D _includes/system-errors.md). Whether a
   refresh revokes the previous access token is not documented; `revoke_on_refresh` (default on) makes the
   sandbox the stricter of the two, so clients are tested against it.
+* Online handlers (`event.bind` without `event_type=offline`) are called as the queue server calls them
+  (D api-reference/events/index.md, _includes/auth-params-in-events.md): a form-encoded POST per event, once,
+  never resent, with `auth[access_token]`, `expires_in`, `scope`, `domain`, `server_endpoint`, `status` (L),
+  `client_endpoint`, `member_id`, `refresh_token` and the application's `application_token`; the tokens are
+  those of the handler's `auth_type` user, else of the user whose change fired the event (fresh ones: a pair
+  handed to a handler does not replace the pair the application keeps). `auth_connector` only filters
+  offline queues ("intended for offline events"), so the app's own changes reach its online handlers.
 * `event.bind / get / unbind`, `event.offline.get / clear / error / list`, `feature.get`, as the official
   docs (D and the RU docs' current pages) and the rest module's `Api\\Event` and `EventOfflineTable` define
   them: app context only (a webhook gets 403 WRONG_AUTH_TYPE), offline binding by an administrator only,
@@ -34,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from .events import event_data
+from .events import Delivery, EventSender, event_data
 from .methods import METHODS, ApiError, Context, Method, MethodResult
 from .wire import fmt_dt, parse_dt, truthy
 
@@ -200,6 +207,10 @@ class SandboxApp:
         self.bindings: list[Binding] = []
         self.offline: dict[int, OfflineRecord] = {}
         self._next_offline = 1
+        #: the token an installed application's event handlers receive (auth[application_token]), per install
+        self.application_token = secrets.token_hex(16)
+        self._senders: dict[str, EventSender] = {}  # online handler URL -> its queue
+        self.events_delay = 0.0
 
     # --- the authorization server -----------------------------------------------------------------
 
@@ -347,6 +358,51 @@ class SandboxApp:
                                        binding.connector)
                 self.offline[record.id] = record
                 self._next_offline += 1
+
+    def call_handlers(self, event: str, entity_id: int) -> None:
+        """A change happened: call every online handler bound to the event (each handler once per event)."""
+        auth = current_auth()
+        user = auth.user_id if auth is not None else self.portal.webhook_user
+        with self.lock:
+            handlers: dict[str, int] = {}
+            for binding in self.bindings:
+                if not binding.offline and binding.event == event:
+                    handlers.setdefault(binding.handler, binding.auth_type or user)
+            senders = []
+            for handler, as_user in handlers.items():
+                sender = self._senders.get(handler)
+                if sender is None:
+                    sender = EventSender(handler, {}, delay=self.events_delay, workers=2, auth_for=self.handler_auth)
+                    self._senders[handler] = sender
+                senders.append((sender, as_user))
+        for sender, as_user in senders:
+            sender.emit(event, entity_id, as_user)
+
+    def handler_auth(self, user_id: int) -> dict[str, str]:
+        """`auth[...]` of one online handler call: a fresh token pair of `user_id`, the portal and the app."""
+        now = time.time()
+        access, refresh = secrets.token_hex(16), secrets.token_hex(16)
+        with self.lock:
+            self._access[access] = now + self.access_ttl
+            self._refresh[refresh] = now + REFRESH_TTL
+        return {"access_token": access, "expires_in": str(int(self.access_ttl)), "scope": ",".join(self.portal.scopes),
+                "domain": f"127.0.0.1:{self.portal.port}", "server_endpoint": self.client_endpoint, "status": "L",
+                "client_endpoint": self.client_endpoint, "member_id": self.portal.member_id,
+                "refresh_token": refresh, "application_token": self.application_token}
+
+    def handler_deliveries(self, handler: str) -> list[Delivery]:
+        """The queue server's log of one online handler: every call made, with the HTTP status it got."""
+        sender = self._senders.get(handler)
+        return sender.deliveries() if sender is not None else []
+
+    def wait_handlers(self, timeout: float = 30.0) -> bool:
+        return all(sender.wait_idle(timeout) for sender in list(self._senders.values()))
+
+    def stop(self) -> None:
+        with self.lock:
+            senders, self._senders = list(self._senders.values()), {}
+        for sender in senders:
+            sender.stop()
 
     def queue(self, connector: str | None = None) -> list[OfflineRecord]:
         """The queue as it stands (tests and the demo), oldest first; `connector` None = every connector."""

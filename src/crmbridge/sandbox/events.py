@@ -60,9 +60,12 @@ class EventSender:
 
     def __init__(self, url: str, auth: dict[str, str], *, handler_id: str = "1", delay: float = 0.1,
                  timeout: float = 5.0, workers: int = 4, on_result: Callable[[bool], None] | None = None,
-                 events: tuple[str, ...] | None = None) -> None:
+                 events: tuple[str, ...] | None = None,
+                 auth_for: Callable[[Any], dict[str, str]] | None = None) -> None:
         self.url = url
         self.auth = auth
+        #: the auth data of one delivery, when it differs per event (an application's handler gets fresh tokens)
+        self.auth_for = auth_for
         self.handler_id = handler_id
         self.delay = delay
         self.timeout = timeout
@@ -72,7 +75,7 @@ class EventSender:
         self.log: list[Delivery] = []
         self._log_lock = threading.Lock()
         self._seq = 0
-        self._queue: queue.Queue[tuple[int, str, int, float] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[int, str, int, float, Any] | None] = queue.Queue()
         self._idle = threading.Condition()
         self._in_flight = 0
         self._threads = [threading.Thread(target=self._run, name=f"sandbox-events-{n}", daemon=True)
@@ -80,20 +83,22 @@ class EventSender:
         for thread in self._threads:
             thread.start()
 
-    def emit(self, event: str, entity_id: int) -> None:
+    def emit(self, event: str, entity_id: int, context: Any = None) -> None:
+        """Queue one event; `context` goes to `auth_for` (e.g. the user whose change fired it)."""
         if self.events is not None and event not in self.events:
             return
         with self._idle:
             self._seq += 1
             self._in_flight += 1
             seq = self._seq
-        self._queue.put((seq, event, entity_id, time.monotonic()))
+        self._queue.put((seq, event, entity_id, time.monotonic(), context))
 
-    def payload(self, event: str, entity_id: int) -> dict[str, Any]:
+    def payload(self, event: str, entity_id: int, context: Any = None) -> dict[str, Any]:
         body: dict[str, Any] = {"event": event, "event_handler_id": self.handler_id}
         body.update(event_data(event, entity_id))
         body["ts"] = str(int(time.time()))
-        for key, value in self.auth.items():
+        auth = self.auth_for(context) if self.auth_for is not None else self.auth
+        for key, value in auth.items():
             body[f"auth[{key}]"] = value
         return body
 
@@ -122,11 +127,11 @@ class EventSender:
                 if conn is not None:
                     conn.close()
                 return
-            seq, event, entity_id, emitted = item
+            seq, event, entity_id, emitted, context = item
             wait = emitted + self.delay - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
-            data = urlencode(self.payload(event, entity_id)).encode()
+            data = urlencode(self.payload(event, entity_id, context)).encode()
             sent_at = time.time()
             status: int | None = None
             for _ in range(2):  # a keep-alive connection the server closed meanwhile is reopened once

@@ -224,6 +224,7 @@ class SandboxPortal:
         #: offline queue; `app_options` are SandboxApp's keyword arguments
         self.app = SandboxApp(self, **(app_options or {}))
         self._events_delay = events_delay
+        self.app.events_delay = events_delay
         self._events_workers = events_workers
         self._sender: EventSender | None = None
         #: while True every REST request is dropped without an answer (the portal is unreachable);
@@ -298,6 +299,7 @@ class SandboxPortal:
         if self._sender is not None:
             self._sender.stop()
             self._sender = None
+        self.app.stop()
 
     def __enter__(self) -> "SandboxPortal":
         if self._server is None:
@@ -351,6 +353,7 @@ class SandboxPortal:
 
     def _on_event(self, event: str, entity_id: int) -> None:
         self.app.record(event, entity_id)
+        self.app.call_handlers(event, entity_id)
         sender = self._sender
         if sender is not None:
             sender.emit(event, entity_id)
@@ -712,8 +715,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve()
 
 
+#: the sandbox's default port: not crmbridge serve's 8024, so both run side by side with their defaults
+DEFAULT_PORT = 8030
+
+
 def serve_forever(
-    port: int = 8024,
+    port: int = DEFAULT_PORT,
     deals: int = 2000,
     seed: int = 1,
     latency_ms: float = 0,
@@ -730,6 +737,12 @@ def serve_forever(
         print(f"Sandbox Bitrix24 portal: {deals} deals ({planted} breaking the regulation), seed {seed}, "
               f"seeded in {time.perf_counter() - t0:.1f} s")
         print(f"Webhook URL: {portal.webhook_url}")
+        if events_url:
+            print(f"Outgoing webhook: every change is POSTed to {events_url}; "
+                  f"CRMBRIDGE_BITRIX24_APPLICATION_TOKEN={portal.application_token}")
+        else:
+            print("Outgoing webhook: none (--events-url http://127.0.0.1:8024/bitrix24/events sends the portal's "
+                  f"events to crmbridge serve, with CRMBRIDGE_BITRIX24_APPLICATION_TOKEN={portal.application_token})")
         print(f"OAuth application: CRMBRIDGE_BITRIX24_CLIENT_ID={portal.app.client_id} "
               f"CRMBRIDGE_BITRIX24_CLIENT_SECRET={portal.app.client_secret} "
               f"CRMBRIDGE_BITRIX24_OAUTH_URL={portal.app.oauth_url}; then "

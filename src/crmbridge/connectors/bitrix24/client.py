@@ -133,6 +133,7 @@ class Bitrix24Client:
         bucket: BucketFile | None = None,
         bucket_level: float | None = None,
         observer: Callable[[str, str], None] | None = None,
+        on_call: Callable[[str, str], None] | None = None,
     ) -> None:
         if (webhook_url is None) == (auth is None):
             raise ValueError("pass either webhook_url or auth")
@@ -168,6 +169,8 @@ class Bitrix24Client:
         }
         #: told of every HTTP request: (REST method, HTTP status or UNREACHABLE / TIMEOUT); the daemon's metrics
         self.observer = observer
+        #: (method, "ok" or the CRM's error code) for every method the portal ran: a call, or each command of a batch
+        self.on_call = on_call
         #: HTTP requests sent, retries included
         self.requests_made = 0
         #: retries of any kind: whole requests, batch commands, fast-list pages
@@ -241,12 +244,16 @@ class Bitrix24Client:
             self.observer(method, str(raw.status))
         try:
             answer = parse_call(method, raw.status, raw.content, raw.content_type, now=self._wall())
-        except RateLimited:
-            self.limiter.rate_limited()
+        except CrmError as exc:
+            if self.on_call is not None and method != "batch":
+                self.on_call(method, exc.code or str(raw.status))
+            if isinstance(exc, RateLimited):
+                self.limiter.rate_limited()
+            elif isinstance(exc, OperatingTimeExceeded):
+                self.limiter.block(budget, reported_reset_at(exc.body))
             raise
-        except OperatingTimeExceeded as exc:
-            self.limiter.block(budget, reported_reset_at(exc.body))
-            raise
+        if self.on_call is not None and method != "batch":  # a batch's commands are counted one by one
+            self.on_call(method, "ok")
         if method != "batch":  # the outer batch is not billed; its commands report their own time
             self.limiter.observe(method, answer.time)
         return answer
@@ -357,6 +364,12 @@ class Bitrix24Client:
         what = f"batch of {len(cmd)} ({', '.join(distinct[:3])}{', …' if len(distinct) > 3 else ''})"
         answer = self._execute("batch", {"halt": 1 if halt else 0, "cmd": cmd}, distinct, what, idempotent=idempotent)
         result = parse_batch(answer, methods, halt=halt, now=self._wall())
+        if self.on_call is not None:
+            for key, method in methods.items():
+                if key in result.results:
+                    self.on_call(method, "ok")
+                elif key in result.errors:
+                    self.on_call(method, result.errors[key].code or "error")
         for key, time_block in result.times.items():
             if key in methods:
                 self.limiter.observe(methods[key], time_block)

@@ -60,7 +60,8 @@ class _Drop(Exception):
 
 @dataclass(frozen=True)
 class AccountStats:
-    """What the account served: requests, per route, 429s, the most requests admitted in any one second."""
+    """What the account served: requests, per route, 429s, the most requests that reached it in any one second
+    (refused ones included)."""
 
     requests: int
     calls: dict[str, int]
@@ -93,7 +94,9 @@ class SlidingWindow:
     """The account's 7-per-second limit: a request over `rate` in the last second is refused (429).
 
     Repeated excess blocks the account (403 for every request, reference §7): more than `block_after`
-    refusals within a minute block it for `block_seconds`.
+    refusals within a minute block it for `block_seconds`. `peak` is the most requests that reached the
+    account within any one second, refused and blocked ones included (what a client's limiter promises to
+    keep at or under `rate`; the admitted ones alone never exceed it by construction).
     """
 
     def __init__(self, rate: int = 7, *, block_after: int = 30, block_seconds: float = 60.0,
@@ -104,14 +107,21 @@ class SlidingWindow:
         self._clock = clock
         self._admitted: deque[float] = deque()
         self._refused: deque[float] = deque()
+        self._arrived: deque[float] = deque()  # every request of the last second, as the account took it
         self._blocked_until = 0.0
         self._lock = threading.Lock()
         self.peak = 0
 
-    def admit(self) -> str:
-        """'ok', 'limited' (429) or 'blocked' (403)."""
+    def admit(self, enforce: bool = True) -> str:
+        """'ok', 'limited' (429) or 'blocked' (403); `enforce` False only counts (an account without limits)."""
         with self._lock:
             now = self._clock()
+            while self._arrived and self._arrived[0] <= now - 1.0:
+                self._arrived.popleft()
+            self._arrived.append(now)
+            self.peak = max(self.peak, len(self._arrived))
+            if not enforce:
+                return "ok"
             if now < self._blocked_until:
                 return "blocked"
             while self._admitted and self._admitted[0] <= now - 1.0:
@@ -124,7 +134,6 @@ class SlidingWindow:
                     self._blocked_until = now + self.block_seconds
                 return "limited"
             self._admitted.append(now)
-            self.peak = max(self.peak, len(self._admitted))
             return "ok"
 
 
@@ -220,8 +229,13 @@ class SandboxAccount:
                  long_lived_token: str = c.LONG_LIVED_TOKEN, client_id: str = c.CLIENT_ID,
                  client_secret: str = c.CLIENT_SECRET, redirect_uri: str = c.REDIRECT_URI,
                  access_ttl: int = 86400, now: datetime | float | None = None,
-                 slow_seconds: tuple[float, float] = (1.0, 1.5), block_after: int = 30) -> None:
+                 slow_seconds: tuple[float, float] = (1.0, 1.5), block_after: int = 30,
+                 delay_ms: tuple[float, float] = (0.0, 0.0)) -> None:
         self.latency_ms = latency_ms
+        #: each request waits a random time in this range before the account takes it (delayed on its way: a loaded
+        #: machine, a slow network), so requests sent a second apart can reach the account closer together
+        self.delay_ms = delay_ms
+        self._delay_rng = random.Random(seed * 104729 + 7)
         self.faults = faults
         self.limits = limits
         self.hooks_url = hooks_url
@@ -425,6 +439,10 @@ class SandboxAccount:
         """One HTTP request -> (status, content type, body); raises _Drop to close without an answer."""
         if self.latency_ms:
             time.sleep(self.latency_ms / 1000.0)
+        if self.delay_ms[1] > 0:
+            with self._fault_lock:
+                delay = self._delay_rng.uniform(*self.delay_ms)
+            time.sleep(delay / 1000.0)
         self._bump("requests")
         if path == "/oauth2/access_token" and verb == "POST":
             try:
@@ -442,8 +460,8 @@ class SandboxAccount:
             return 502, "text/html", HTML_502
         if fault == "drop":
             raise _Drop()
-        if self.limits:
-            verdict = self.window.admit()
+        verdict = self.window.admit(enforce=self.limits)
+        if verdict != "ok":
             if verdict == "limited":
                 self._bump("rate_limited")
                 return 429, "text/html", HTML_429
