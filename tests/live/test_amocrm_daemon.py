@@ -69,6 +69,11 @@ def test_an_illegal_move_is_reverted_after_its_hook(amocrm_live: Any, tmp_path: 
     assert account.stats.hooks_failed == 0 and account.stats.hooks_sent >= 2
     received = rows(tmp_path / "cache.db", "SELECT event, entity, entity_id, status FROM inbox WHERE source = 'amocrm.hook'")
     assert ("leads.status", "lead", str(lead_id), "done") in received
+    metrics = daemon.get("/metrics")[1]  # the account's requests by route, as for a Bitrix24 portal
+    for line in ('crmbridge_crm_requests_total{method="GET /api/v4/leads",status="200"}',
+                 'crmbridge_crm_requests_total{method="PATCH /api/v4/leads",status="200"}',
+                 'crmbridge_crm_calls_total{method="PATCH /api/v4/leads",status="ok"}'):
+        assert line in metrics, line
 
 
 def test_forged_foreign_and_malformed_hooks_are_refused(amocrm_live: Any, tmp_path: Path) -> None:

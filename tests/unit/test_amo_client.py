@@ -36,6 +36,14 @@ def hal(key: str, items: list[dict[str, Any]], *, page: int = 1, next_page: bool
     return {"_page": page, "_links": links, "_embedded": {key: items}}
 
 
+def users_after_a_429() -> None:
+    """GET /api/v4/users answers nginx's HTML 429 once, then a page of one user."""
+    responses.add(responses.GET, f"{BASE}/api/v4/users", status=429, body=b"<html><center>429 Too Many Requests"
+                                                                           b"</center><hr>nginx</html>",
+                  content_type="text/html")
+    responses.add(responses.GET, f"{BASE}/api/v4/users", json=hal("users", [{"id": 5}]))
+
+
 @pytest.mark.parametrize(("raw", "expected"), [
     ("https://acme.amocrm.ru", "https://acme.amocrm.ru"),
     ("https://Acme.AmoCRM.ru/", "https://acme.amocrm.ru"),
@@ -91,10 +99,7 @@ def test_204_is_an_empty_last_page_not_an_error() -> None:
 
 @responses.activate
 def test_429_html_holds_everyone_back_then_retries() -> None:
-    responses.add(responses.GET, f"{BASE}/api/v4/users", status=429, body=b"<html><center>429 Too Many Requests"
-                                                                           b"</center><hr>nginx</html>",
-                  content_type="text/html")
-    responses.add(responses.GET, f"{BASE}/api/v4/users", json=hal("users", [{"id": 5}]))
+    users_after_a_429()
     clock = FakeClock()
     amo = client(clock)
     assert amo.page("/api/v4/users", "users").items == [{"id": 5}]
@@ -274,3 +279,20 @@ def test_the_file_window_is_shared_by_two_objects_like_two_processes(tmp_path: A
     before = sum(clock.sleeps)
     first.release(first.acquire())
     assert 9.0 <= sum(clock.sleeps) - before <= 10.0 + 1e-6
+
+
+@responses.activate
+def test_every_request_is_told_to_the_metrics_by_route_and_outcome() -> None:
+    users_after_a_429()
+    responses.add(responses.GET, f"{BASE}/api/v4/leads/17", status=204, body=b"")
+    requests_seen: list[tuple[str, str]] = []
+    calls_seen: list[tuple[str, str]] = []
+    amo = client(observer=lambda *seen: requests_seen.append(seen), on_call=lambda *seen: calls_seen.append(seen))
+    amo.page("/api/v4/users", "users")
+    amo.get("/api/v4/leads/17")
+    # a lead's id is not a label: the route is
+    assert requests_seen == [("GET /api/v4/users", "429"), ("GET /api/v4/users", "200"),
+                             ("GET /api/v4/leads/{id}", "204")]
+    assert [call for call in calls_seen if call[1] == "ok"] == [("GET /api/v4/users", "ok"),
+                                                                 ("GET /api/v4/leads/{id}", "ok")]
+    assert len(calls_seen) == 3 and calls_seen[0][0] == "GET /api/v4/users" and calls_seen[0][1] != "ok"

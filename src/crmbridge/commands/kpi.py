@@ -1,4 +1,4 @@
-"""`crmbridge kpi | kpi snapshot | plans check|import|export | payout | report`: plans and KPIs from the cache."""
+"""`crmbridge kpi | kpi snapshot | kpi push | plans check|import|export | payout | report`: plans and KPIs from the cache."""
 
 from __future__ import annotations
 
@@ -154,6 +154,41 @@ def register(app: typer.Typer) -> None:
                 common.console.print(f"  {item['kpi']} {who} {item['direction'] or ''}: "
                                      f"{item['fact_before']} → {item['fact']}", highlight=False)
 
+    @kpi_app.command("push")
+    def push(
+        period: str = typer.Option(None, "--period", help="2026-11 (default: the last full month)."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Show the messages; write nothing to the CRM."),
+        as_json: bool = typer.Option(False, "--json", help="A JSON summary (for scheduled jobs)."),
+        mappings_dir: Path = typer.Option(None, "--mappings", help="Directory with the mapping files."),
+    ) -> None:
+        """Message each manager their plan and fact of the month, and each head of sales the managers' table: once per
+        person and period, in working hours, through the enforcement outbox (Bitrix24 chat)."""
+        from crmbridge.kpi.push_run import push_month
+
+        settings = common.settings()
+        now = _now()
+        with kpi_session(mappings_dir, now) as (session, cache):
+            chosen = parse_period(period, last_full_month(now.astimezone(portal_zone(session.mappings)).date()))
+            report = push_month(common.crm_client(settings), cache, session, chosen, dry_run=dry_run,
+                                channel=settings.enforce_notify_channel, client_id=settings.bitrix24_client_id)
+        if as_json:
+            common.print_json(report.as_dict())
+            return
+        if dry_run:
+            for key, text in report.texts.items():
+                common.console.print(f"[bold]{key}[/bold]\n{text}\n", highlight=False, markup=False)
+        execution = report.execution
+        written = execution.done if execution is not None else 0
+        common.console.print(
+            f"KPI messages {report.period}: {report.composed} composed" + ("" if dry_run else f", {written} written")
+            + f", {report.already_sent} sent by an earlier run"
+            + "".join(f", {count} waiting ({why.replace('_', ' ')})" for why, count in report.held.items()),
+            highlight=False, markup=False)
+        if execution is not None and (execution.failed or execution.unknown):
+            for error in execution.errors[:10]:
+                common.err_console.print(error, highlight=False, markup=False)
+            raise typer.Exit(1)
+
     @plans_app.command("check")
     def plans_check(
         mappings_dir: Path = typer.Option(None, "--mappings", help="Directory with the mapping files."),
@@ -245,7 +280,7 @@ def register(app: typer.Typer) -> None:
 def check_plan_files(directory: Path) -> tuple[list[str], str]:
     """plans.yaml (+ the portal's items in the cache, when there is one) and kpi.yaml / motivation.yaml."""
     from crmbridge.kpi.load import MOTIVATION_FILE, load_kpis, load_motivation
-    from crmbridge.kpi.service import fact_data
+    from crmbridge.kpi.service import people_data
     from crmbridge.mapping.load import load_mappings
 
     mappings = load_mappings(directory, crm=getattr(common.settings(), "crm", None))
@@ -257,7 +292,7 @@ def check_plan_files(directory: Path) -> tuple[list[str], str]:
         except MappingError as bad:
             problems.extend(bad.problems)
     with optional_cache() as cache:
-        data = fact_data(cache, mappings, kpis) if cache is not None else None
+        data = people_data(cache) if cache is not None else None
         state = plan_state(cache, directory, mappings, kpis, data)
     problems.extend(str(problem) for problem in state.errors)
     for warning in state.warnings:

@@ -28,7 +28,9 @@ def rate_file(cache_path: Path | str) -> Path | None:
     return Path(f"{cache_path}.amocrm-rate")
 
 
-def amocrm_client_from(settings: Settings, *, base_url: str | None = None) -> AmoCRMClient:
+def amocrm_client_from(settings: Settings, *, base_url: str | None = None,
+                       observer: Callable[[str, str], None] | None = None,
+                       on_call: Callable[[str, str], None] | None = None) -> AmoCRMClient:
     """The client for the configured amoCRM account; URL and credentials are checked before any request."""
     from crmbridge.connectors.amocrm.limiter import FileRateWindow
     from crmbridge.connectors.amocrm.transport import LongLivedTokenAuth, validate_base_url
@@ -53,7 +55,7 @@ def amocrm_client_from(settings: Settings, *, base_url: str | None = None) -> Am
     shared = rate_file(settings.cache_path)
     limiter = FileRateWindow(shared, settings.amocrm_rate) if shared is not None else None
     return AmoCRMClient(url, auth=auth, rate=settings.amocrm_rate, limiter=limiter,
-                        max_attempts=settings.amocrm_max_attempts)
+                        max_attempts=settings.amocrm_max_attempts, observer=observer, on_call=on_call)
 
 
 #: what a person must set when no Bitrix24 portal is configured
@@ -72,7 +74,7 @@ def client_for(settings: Settings, *, observer: Callable[[str, str], None] | Non
     `observer(method, status)` sees each HTTP request, `on_call(method, status)` each method run (a batch's
     commands one by one)."""
     if settings.crm == "amocrm":
-        return amocrm_client_from(settings)
+        return amocrm_client_from(settings, observer=observer, on_call=on_call)
     from crmbridge.connectors.bitrix24.app import oauth_auth
     from crmbridge.connectors.bitrix24.client import validate_webhook_url
     from crmbridge.connectors.bitrix24.limiter import bucket_file

@@ -227,25 +227,35 @@ def _summary(user: str, items: Sequence[Notice], delivery: Delivery, words: Mapp
 
 def _message(user: str, bundle: Sequence[Notice], text: str, delivery: Delivery, key: str, form: str) -> Action:
     """The write that delivers `bundle` to `user` through the configured channel, with the marker lookups use."""
+    rules = sorted({notice.rule for notice in bundle}, key=_rule_order)
+    deals = {notice.deal for notice in bundle}
+    return message_action(user, text, key, form, channel=delivery.channel, client_id=delivery.client_id,
+                          user_names=delivery.user_names, rule=",".join(rules) or "-",
+                          deal=next(iter(deals)) if len(deals) == 1 else "0", summary=f"{len(bundle)} notice(s)",
+                          reason="; ".join(rules), items=tuple(notice.key for notice in bundle))
+
+
+def message_action(user: str, text: str, key: str, form: str, *, channel: str, client_id: str | None,
+                   user_names: Mapping[str, str], rule: str = "-", deal: str = "0", summary: str = "",
+                   reason: str = "", items: tuple[str, ...] = ()) -> Action:
+    """A message (digest, summary, the monthly KPI message) to `user` through `channel`, keyed `key`, its text ending
+    in the marker by which a lost answer is looked up (execute.py)."""
     marker = marker_of(key)
     body = f"{text}\n{marker}"
     params: dict[str, Any]
-    if delivery.channel == "notify":
+    if channel == "notify":
         params = {"USER_ID": _as_int(user), "MESSAGE": body}
-        if delivery.client_id:
+        if client_id:
             # the docs: through a webhook TAG needs CLIENT_ID; then a resend of the same TAG replaces the first one
             params.update({"TAG": "crmbridge|" + marker[11:-1], "SUB_TAG": f"crmbridge|{form}|{user}",
-                           "CLIENT_ID": delivery.client_id})
+                           "CLIENT_ID": client_id})
     else:
         params = {"DIALOG_ID": str(user), "MESSAGE": body, "SYSTEM": "Y", "URL_PREVIEW": "N"}
-    rules = ",".join(sorted({notice.rule for notice in bundle}, key=_rule_order))
-    deals = {notice.deal for notice in bundle}
-    who = delivery.user_names.get(user)
-    return Action(key, ActionKind.MESSAGE, rules or "-", next(iter(deals)) if len(deals) == 1 else "0", params,
-                  f"{form} to {who + ' (' + user + ')' if who else user}: {len(bundle)} notice(s)",
-                  "; ".join(sorted({notice.rule for notice in bundle}, key=_rule_order)), "", (), user, group=key,
-                  items=tuple(notice.key for notice in bundle),
-                  crm_method="im.notify.system.add" if delivery.channel == "notify" else "")
+    who = user_names.get(user)
+    return Action(key, ActionKind.MESSAGE, rule, deal, params,
+                  f"{form} to {who + ' (' + user + ')' if who else user}" + (f": {summary}" if summary else ""),
+                  reason, "", (), user, group=key, items=items,
+                  crm_method="im.notify.system.add" if channel == "notify" else "")
 
 
 def _link(notice: Notice, delivery: Delivery, words: Mapping[str, str]) -> str:
@@ -271,4 +281,4 @@ def _as_int(value: str) -> int:
     return int(value) if str(value).isdigit() else 0
 
 
-__all__ = ["CHANNELS", "Composition", "Delivery", "Notice", "SummaryFacts", "bb_text", "compose"]
+__all__ = ["CHANNELS", "Composition", "Delivery", "Notice", "SummaryFacts", "bb_text", "compose", "message_action"]

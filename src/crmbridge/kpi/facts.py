@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from itertools import groupby, zip_longest
+from operator import itemgetter
 from typing import Any, Callable, Iterable, Iterator
 
-from crmbridge.kpi.inputs import UNBOUND, DealFact, FactData, WorkFact
+from crmbridge.kpi.inputs import UNBOUND, DealFact, FactData, WorkFact, entries_of_visits
 from crmbridge.kpi.periods import Period
 from crmbridge.kpi.plans import Owner, PlanBook
 from crmbridge.kpi.schema import KpiFileSpec, KpiSpec
@@ -34,6 +36,10 @@ class Acc:
     def add(self, value: float) -> None:
         raise NotImplementedError
 
+    def add_many(self, value: float, count: int) -> None:
+        """`count` equal values (grouped rows)."""
+        raise NotImplementedError
+
     def merge(self, other: Acc) -> None:
         raise NotImplementedError
 
@@ -49,6 +55,9 @@ class SumAcc(Acc):
 
     def add(self, value: float) -> None:
         self.total += value
+
+    def add_many(self, value: float, count: int) -> None:
+        self.total += value * count
 
     def merge(self, other: Acc) -> None:
         self.total += other.total  # type: ignore[attr-defined]
@@ -66,6 +75,10 @@ class MeanAcc(Acc):
     def add(self, value: float) -> None:
         self.total += value
         self.count += 1
+
+    def add_many(self, value: float, count: int) -> None:
+        self.total += value * count
+        self.count += count
 
     def merge(self, other: Acc) -> None:
         self.total += other.total  # type: ignore[attr-defined]
@@ -85,6 +98,9 @@ class QuantileAcc(Acc):
     def add(self, value: float) -> None:
         self.values.append(value)
 
+    def add_many(self, value: float, count: int) -> None:
+        self.values.extend([value] * count)
+
     def merge(self, other: Acc) -> None:
         self.values.extend(other.values)  # type: ignore[attr-defined]
 
@@ -103,6 +119,10 @@ class RateAcc(Acc):
     def add(self, value: float) -> None:
         self.hits += value
         self.count += 1
+
+    def add_many(self, value: float, count: int) -> None:
+        self.hits += value * count
+        self.count += count
 
     def merge(self, other: Acc) -> None:
         self.hits += other.hits  # type: ignore[attr-defined]
@@ -138,6 +158,10 @@ def _factory(spec: KpiSpec) -> Callable[[], Acc]:
 # ---------------------------------------------------------------- events
 
 
+#: one event: (day, manager, direction, value) or (day, manager, direction, value, how many alike)
+Event = tuple[Any, ...]
+
+
 @dataclass
 class Events:
     """Dated values of one KPI, sorted by day (ordinal), so a period is a bisect slice."""
@@ -146,29 +170,62 @@ class Events:
     managers: list[str | None] = field(default_factory=list)
     directions: list[str] = field(default_factory=list)
     values: list[float] = field(default_factory=list)
+    counts: list[int] | None = None  # how many alike each event stands for (None: one each)
 
     @staticmethod
-    def of(items: Iterable[tuple[date, str | None, str, float]]) -> Events:
-        ordered = sorted(items, key=lambda item: item[0])
+    def of(items: Iterable[Event]) -> Events:
+        ordered = sorted(items, key=itemgetter(0))  # stable: a day's events keep their order (the sums' order)
         events = Events()
-        events.days = [item[0].toordinal() for item in ordered]
-        events.managers = [item[1] for item in ordered]
-        events.directions = [item[2] for item in ordered]
-        events.values = [item[3] for item in ordered]
+        if not ordered:
+            return events
+        # the columns at C speed (a KPI of a big portal has hundreds of thousands of events); an event of four
+        # stands for one
+        days, managers, directions, values, *counts = zip_longest(*ordered, fillvalue=1)
+        events.days = list(map(date.toordinal, days))
+        events.managers, events.directions, events.values = list(managers), list(directions), list(values)
+        if counts and any(map((1).__ne__, counts[0])):
+            events.counts = list(counts[0])
         return events
 
     def groups(self, period: Period, factory: Callable[[], Acc]) -> dict[GroupKey, Acc]:
         low = bisect.bisect_left(self.days, period.start.toordinal())
         high = bisect.bisect_left(self.days, period.end.toordinal())
         found: dict[GroupKey, Acc] = {}
-        managers, directions, values = self.managers, self.directions, self.values
+        managers, directions, values, counts = self.managers, self.directions, self.values, self.counts
         for i in range(low, high):
             key = (managers[i], directions[i])
             acc = found.get(key)
             if acc is None:
                 acc = found[key] = factory()
-            acc.add(values[i])
+            if counts is None or counts[i] == 1:
+                acc.add(values[i])
+            else:
+                acc.add_many(values[i], counts[i])
         return found
+
+
+@dataclass
+class _GroupDeals:
+    """The deals of one (manager, direction) as day ordinals, sorted: whose are worked on in a period is counted by
+    bisecting (a closed deal is worked on from its creation to its close)."""
+
+    created: list[int] = field(default_factory=list)  # every deal
+    open_created: list[int] = field(default_factory=list)  # deals still open
+    closed: list[int] = field(default_factory=list)  # closed deals: their close, and their creation
+    closed_created: list[int] = field(default_factory=list)
+    odd: list[tuple[int, int]] = field(default_factory=list)  # (created, closed) of deals closed before creation
+
+
+@dataclass
+class _ComplianceIndex:
+    groups: dict[GroupKey, _GroupDeals]
+    deal_of: dict[int, tuple[GroupKey, int, int | None]]
+    #: cohort created: per group, the creation days of its deals with a violation, sorted
+    troubled_created: dict[GroupKey, list[int]] = field(default_factory=dict)
+    #: cohort active: per group, each troubled deal's months (ranges, inclusive) of a violation while worked on
+    troubled_months: dict[GroupKey, list[list[tuple[int, float]]]] = field(default_factory=dict)
+    #: the same counted: per group, (months where the count changes, the count from there on)
+    monthly: dict[GroupKey, tuple[list[int], list[int]]] = field(default_factory=dict)
 
 
 class KpiEngine:
@@ -182,7 +239,14 @@ class KpiEngine:
         self._groups: dict[tuple[str, Period], dict[GroupKey, Acc]] = {}
         self._index: dict[tuple[str, Period], dict[str | None, list[tuple[GroupKey, Acc]]]] = {}
         self._active: dict[Period, set[str]] = {}
-        self._steps_events: dict[str, list[tuple[date, str | None, str, float]]] | None = None
+        self._steps_events: dict[str, list[Event]] | None = None
+        self._entries: dict[str, list[dict[int, date]]] | None = None
+        self._compliance_index: dict[tuple[Any, ...], Any] = {}
+        self._by_outcome: dict[str, list[DealFact]] = {}
+        self._present: set[str] | None = None
+        self._facts: dict[tuple[Any, ...], float | None] = {}
+        self._groups_of: dict[frozenset[str] | None, tuple[dict[GroupKey, _GroupDeals],
+                                                            dict[int, tuple[GroupKey, int, int | None]]]] = {}
         self.deals_by_id = {deal.id: deal for deal in data.deals}
 
     # ---------------------------------------------------------- which rows a KPI expands to
@@ -219,7 +283,7 @@ class KpiEngine:
             self._events[kpi] = Events.of(self._event_items(kpi))
         return self._events[kpi]
 
-    def _event_items(self, kpi: str) -> Iterator[tuple[date, str | None, str, float]]:
+    def _event_items(self, kpi: str) -> Iterator[Event]:
         spec = self.spec_of(kpi)
         if spec.aggregate == "new_clients":
             yield from self._new_clients()
@@ -233,9 +297,7 @@ class KpiEngine:
     def _deal_events(self, spec: KpiSpec) -> Iterator[tuple[date, str | None, str, float]]:
         outcome = spec.where.outcome
         money = spec.unit == "money"
-        for deal in self.data.deals:
-            if outcome is not None and deal.outcome != outcome:
-                continue
+        for deal in self._deals_with(outcome):
             day = deal.closed if spec.date in (None, "closed") else deal.created
             if day is None:
                 continue
@@ -247,15 +309,12 @@ class KpiEngine:
                     continue
             yield day, deal.manager, deal.direction, value
 
-    def _work_events(self, spec: KpiSpec) -> Iterator[tuple[date, str | None, str, float]]:
-        kinds = set(spec.where.kind) or ({"call", "meeting", "email", "todo"} if spec.source == "activities"
-                                        else {"task", "todo"})
-        if spec.source == "tasks":
-            kinds &= {"task", "todo"}
+    def _work_events(self, spec: KpiSpec) -> Iterator[Event]:
+        kinds = work_kinds(spec)
         where = spec.where
         date_of: Callable[[WorkFact], date | None] = {
             "start": lambda w: w.start, "created": lambda w: w.created, "closed": lambda w: w.closed,
-            "completed": lambda w: w.closed, "deadline": lambda w: w.deadline.date() if w.deadline else None,
+            "completed": lambda w: w.closed, "deadline": WorkFact.due_date,
         }[spec.date or ("start" if spec.source == "activities" else "closed")]
         for work in self.data.work:
             if work.kind not in kinds:
@@ -268,13 +327,22 @@ class KpiEngine:
                 continue
             day = date_of(work)
             if day is not None:
-                yield day, work.manager, work.direction, 1.0
+                yield day, work.manager, work.direction, 1.0, work.count
+
+    def _deals_with(self, outcome: str | None) -> list[DealFact]:
+        """The deals of an outcome (None: all), in their order: each deal KPI reads the same few."""
+        if outcome is None:
+            return self.data.deals
+        found = self._by_outcome.get(outcome)
+        if found is None:
+            found = self._by_outcome[outcome] = [deal for deal in self.data.deals if deal.outcome == outcome]
+        return found
 
     def _new_clients(self) -> Iterator[tuple[date, str | None, str, float]]:
         """A client's first won deal (by close date, then id) makes it a new client of that deal's manager."""
         first: dict[str, DealFact] = {}
-        for deal in self.data.deals:
-            if deal.outcome != "won" or deal.client is None or deal.closed is None:
+        for deal in self._deals_with("won"):
+            if deal.client is None or deal.closed is None:
                 continue
             earlier = first.get(deal.client)
             if earlier is None or (deal.closed, deal.id) < (earlier.closed, earlier.id):  # type: ignore[operator]
@@ -282,37 +350,68 @@ class KpiEngine:
         for deal in first.values():
             yield deal.closed, deal.manager, deal.direction, 1.0  # type: ignore[misc]
 
-    def _conversion(self, step: str) -> Iterator[tuple[date, str | None, str, float]]:
+    def _conversion(self, step: str) -> Iterator[Event]:
         """Entering a stage in the period, and reaching the next one (or later) by now; no step: entry to won."""
         return iter(self._conversion_events().get(step, []))
 
-    def _conversion_events(self) -> dict[str, list[tuple[date, str | None, str, float]]]:
-        """Every step's events in one pass over the stage visits ("" = the first stage to won)."""
+    def _conversion_events(self) -> dict[str, list[Event]]:
+        """Every step's events in one pass over the first arrivals ("" = the first stage to won), counted alike
+        per (day, manager, reached or not)."""
         if self._steps_events is not None:
             return self._steps_events
-        furthest: dict[tuple[int, str], int] = {}
-        for visit in self.data.visits:
-            key = (visit.deal_id, visit.direction)
-            if furthest.get(key, -1) < visit.index:
-                furthest[key] = visit.index
-        names = {direction: [f"{a}-{b}" for a, b in zip(stages, stages[1:])]
-                 for direction, stages in self.data.funnels.items()}
-        found: dict[str, list[tuple[date, str | None, str, float]]] = defaultdict(list)
-        deals = self.deals_by_id
-        for visit in self.data.visits:
-            steps = names.get(visit.direction)
-            deal = deals.get(visit.deal_id)
-            if deal is None or not steps:
+        entries = self.entries()
+        manager_of = {deal.id: deal.manager for deal in self.data.deals}
+        won = {deal.id for deal in self.data.deals if deal.outcome == "won"}
+        found: dict[str, list[Event]] = defaultdict(list)
+        for direction, stages in self.data.funnels.items():
+            steps = [f"{a}-{b}" for a, b in zip(stages, stages[1:])]
+            per_stage = [firsts if firsts.keys() <= manager_of.keys() else
+                         {deal: day for deal, day in firsts.items() if deal in manager_of}
+                         for firsts in entries.get(direction, [])]
+            if not steps or not per_stage:
                 continue
-            reached = furthest[(visit.deal_id, visit.direction)]
-            if visit.index < len(steps):
-                found[steps[visit.index]].append((visit.entered, deal.manager, visit.direction,
-                                                  1.0 if reached > visit.index else 0.0))
-            if visit.index == 0:
-                won = deal.outcome == "won" and reached == len(steps)
-                found[""].append((visit.entered, deal.manager, visit.direction, 1.0 if won else 0.0))
+            # set operations and C-level counting: a year of a big portal is hundreds of thousands of arrivals
+            later: list[set[int]] = [set() for _ in per_stage]  # deals that got past each stage
+            for index in range(len(per_stage) - 2, -1, -1):
+                later[index] = later[index + 1] | per_stage[index + 1].keys()
+            to_won = per_stage[-1].keys() & won if len(per_stage) == len(steps) + 1 else set()
+            manager = manager_of.__getitem__
+            for index, firsts in enumerate(per_stage[:len(steps)]):
+                for day, arrived in groupby(sorted(firsts.items(), key=itemgetter(1)), key=itemgetter(1)):
+                    deals = list(map(itemgetter(0), arrived))
+                    everyone = Counter(map(manager, deals))
+                    counted = [(steps[index], later[index].intersection(deals))]
+                    if index == 0:
+                        counted.append(("", to_won.intersection(deals)))
+                    for step, hits in counted:
+                        reached = Counter(map(manager, hits))
+                        for who, count in everyone.items():
+                            if reached[who]:
+                                found[step].append((day, who, direction, 1.0, reached[who]))
+                            if count > reached[who]:
+                                found[step].append((day, who, direction, 0.0, count - reached[who]))
         self._steps_events = dict(found)
         return self._steps_events
+
+    def entries(self) -> dict[str, list[dict[int, date]]]:
+        """Per direction and regulated stage, each deal's first arrival (FactData.entries, or made of its visits)."""
+        if self._entries is None:
+            self._entries = (self.data.entries if self.data.entries is not None
+                             else entries_of_visits(self.data.visits, self.data.funnels))
+        return self._entries
+
+    def funnel(self, direction: str, start: date, end: date) -> list[int]:
+        """Deals that entered the direction in [start, end), and how many of them reached each stage by now."""
+        per_stage = self.entries().get(direction, [])
+        first: dict[int, date] = {}
+        furthest: dict[int, int] = {}
+        for index, firsts in enumerate(per_stage):
+            furthest.update(dict.fromkeys(firsts, index))
+            for deal, day in firsts.items():
+                if deal not in first or day < first[deal]:
+                    first[deal] = day
+        cohort = [furthest[deal] for deal, day in first.items() if start <= day < end]
+        return [sum(1 for reached in cohort if reached >= index) for index in range(len(self.data.funnels[direction]))]
 
     # ---------------------------------------------------------- groups per period
 
@@ -332,37 +431,181 @@ class KpiEngine:
         """Share of deals without a violation of `rules` in the period: worked on in it, or created in it."""
         if not self.data.violations_recorded:
             return {}
-        rules = set(spec.rules)
-        start, end = period.start, period.end
-        troubled: set[int] = set()
-        for violation in self.data.violations:
-            if rules and violation.rule not in rules:
+        index = self._compliance_of(spec)
+        start, end = period.start.toordinal(), period.end.toordinal()
+        found: dict[GroupKey, Acc] = {}
+        for group, deals in index.groups.items():
+            if spec.cohort == "created":
+                count = bisect.bisect_left(deals.created, end) - bisect.bisect_left(deals.created, start)
+                troubled_created = index.troubled_created.get(group, [])
+                troubled = (bisect.bisect_left(troubled_created, end)
+                            - bisect.bisect_left(troubled_created, start))
+            else:
+                # worked on in the period: created before its end and not closed before its start
+                count = (bisect.bisect_left(deals.open_created, end)
+                         + len(deals.closed) - bisect.bisect_left(deals.closed, start)
+                         - (len(deals.closed_created) - bisect.bisect_left(deals.closed_created, end))
+                         + sum(1 for created, closed in deals.odd if created < end and closed >= start))
+                troubled = -1
+            if count:
+                acc = RateAcc()
+                acc.count = count
+                acc.hits = float(count - max(troubled, 0))
+                found[group] = acc
+        if spec.cohort != "created":
+            self._troubled_while_worked(index, period, found)
+        return found
+
+    def _troubled_while_worked(self, index: _ComplianceIndex, period: Period, found: dict[GroupKey, Acc]) -> None:
+        """Takes from each group's hits its deals worked on in the period with a violation open in it."""
+        first, last = _month_number(period.start), _month_number(period.end) - 1
+        if first == last:
+            # one month (the usual question): counted per group and month once for all months
+            for group, acc in found.items():
+                months, counts = index.monthly.get(group, ([], []))
+                at = bisect.bisect_right(months, first)
+                acc.hits -= float(counts[at - 1]) if at else 0.0  # type: ignore[attr-defined]
+            return
+        for group, ranges in index.troubled_months.items():
+            hit = sum(1 for deal_ranges in ranges if any(low <= last and high >= first for low, high in deal_ranges))
+            if hit:
+                found[group].hits -= float(hit)  # type: ignore[attr-defined]
+
+    def _deal_groups(self, applies: set[str] | None) -> tuple[dict[GroupKey, _GroupDeals],
+                                                             dict[int, tuple[GroupKey, int, int | None]]]:
+        """The deals of the `applies` directions (None: all) by (manager, direction), days as ordinals, sorted; and
+        each deal's (group, created, closed), of every direction: a deal whose group is not among the groups does not
+        count. Built once for all directions; the compliance KPIs of fewer directions take some of its groups."""
+        if self._present is None:
+            self._present = {deal.direction for deal in self.data.deals}
+        key = None if applies is None or applies >= self._present else frozenset(applies & self._present)
+        found = self._groups_of.get(key)
+        if found is not None:
+            return found
+        if key is not None:
+            every, every_deal = self._deal_groups(None)
+            found = self._groups_of[key] = ({group: deals for group, deals in every.items() if group[1] in key},
+                                            every_deal)
+            return found
+        groups: dict[GroupKey, _GroupDeals] = {}
+        deal_of: dict[int, tuple[GroupKey, int, int | None]] = {}
+        ordinal = date.toordinal
+        for deal_id, manager, direction, _, _, _, created_day, closed_day, *_ in self.data.deals:
+            group = (manager, direction)
+            deals = groups.get(group)
+            if deals is None:
+                deals = groups[group] = _GroupDeals()
+            created = ordinal(created_day)
+            if closed_day is None:
+                deal_of[deal_id] = (group, created, None)
+                deals.created.append(created)
+                deals.open_created.append(created)
                 continue
-            if spec.cohort == "created" or (violation.opened < end and
-                                            (violation.resolved is None or violation.resolved >= start)):
-                troubled.add(violation.deal_id)
+            closed = ordinal(closed_day)
+            deal_of[deal_id] = (group, created, closed)
+            deals.created.append(created)
+            if closed >= created:
+                deals.closed.append(closed)
+                deals.closed_created.append(created)
+            else:
+                deals.odd.append((created, closed))  # closed before it was created: counted as it is
+        for deals in groups.values():
+            for values in (deals.created, deals.open_created, deals.closed, deals.closed_created):
+                values.sort()
+        self._groups_of[key] = (groups, deal_of)
+        return groups, deal_of
+
+    def _compliance_of(self, spec: KpiSpec) -> _ComplianceIndex:
+        """Deals (of the directions where `rules` apply) by group, and their violations, sorted for bisecting."""
+        key = (tuple(spec.rules), spec.cohort)
+        index = self._compliance_index.get(key)
+        if index is not None:
+            return index
+        rules = set(spec.rules)
         applies: set[str] | None = None
         if rules:
             applies = set().union(*(self.data.rule_directions.get(rule, set()) for rule in rules))
-        found: dict[GroupKey, Acc] = {}
-        for deal in self.data.deals:
-            if applies is not None and deal.direction not in applies:
-                continue
-            if spec.cohort == "created":
-                if not start <= deal.created < end:
+        groups, deal_of = self._deal_groups(applies)
+        index = _ComplianceIndex(groups, deal_of)
+        chosen = [v for v in self.data.violations if not rules or v.rule in rules]
+        if spec.cohort == "created":
+            for deal_id in {v.deal_id for v in chosen}:
+                where = deal_of.get(deal_id)
+                if where is not None and where[0] in groups:
+                    index.troubled_created.setdefault(where[0], []).append(where[1])
+            for created in index.troubled_created.values():
+                created.sort()
+        else:
+            # a deal is troubled while worked on in month m when one of its violations was open in m and the deal was
+            # worked on in m too: from the later of opening and creation to the earlier of resolving and closing
+            spans: dict[int, list[tuple[int, float]]] = {}
+            month_of: dict[date, int] = {}
+            deal_months: dict[int, tuple[int, float]] = {}
+            for v in chosen:
+                where = deal_of.get(v.deal_id)
+                if where is None or where[0] not in groups:
                     continue
-            elif deal.created >= end or (deal.closed is not None and deal.closed < start):
-                continue
-            acc = found.get((deal.manager, deal.direction))
-            if acc is None:
-                acc = found[(deal.manager, deal.direction)] = RateAcc()
-            acc.add(0.0 if deal.id in troubled else 1.0)
-        return found
+                worked = deal_months.get(v.deal_id)
+                if worked is None:
+                    _, created, closed = where
+                    worked = deal_months[v.deal_id] = (
+                        _month_number(date.fromordinal(created)),
+                        _month_number(date.fromordinal(closed)) if closed is not None else math.inf)
+                opened = month_of.get(v.opened)
+                if opened is None:
+                    opened = month_of[v.opened] = _month_number(v.opened)
+                resolved: float = math.inf
+                if v.resolved is not None:
+                    resolved = month_of.get(v.resolved) or month_of.setdefault(v.resolved, _month_number(v.resolved))
+                spans.setdefault(v.deal_id, []).append((max(opened, worked[0]), min(resolved, worked[1])))
+            monthly: dict[GroupKey, list[list[tuple[int, float]]]] = {}
+            for deal_id, ranges in spans.items():
+                group = deal_of[deal_id][0]
+                if len(ranges) == 1:  # the usual deal: one violation
+                    single = ranges[0]
+                    monthly.setdefault(group, []).append([single] if single[0] <= single[1] else [])
+                    index.troubled_months.setdefault(group, []).append(ranges)
+                    continue
+                merged: list[tuple[int, float]] = []
+                for low, high in sorted(range_ for range_ in ranges if range_[0] <= range_[1]):
+                    if merged and low <= merged[-1][1] + 1:
+                        merged[-1] = (merged[-1][0], max(merged[-1][1], high))
+                    else:
+                        merged.append((low, high))
+                monthly.setdefault(group, []).append(merged)
+                # a range ending before it starts (a violation resolved before it opened, a deal closed before it was
+                # created) is in no single month, yet in a longer period that holds both ends, as plain counting had it
+                index.troubled_months.setdefault(group, []).append(
+                    merged + [range_ for range_ in ranges if range_[0] > range_[1]])
+            for group, per_deal in monthly.items():
+                deltas: dict[int, int] = defaultdict(int)
+                for merged in per_deal:
+                    for low, high in merged:
+                        deltas[int(low)] += 1
+                        if high != math.inf:
+                            deltas[int(high) + 1] -= 1
+                months = sorted(deltas)
+                running, counts = 0, []
+                for month in months:
+                    running += deltas[month]
+                    counts.append(running)
+                index.monthly[group] = (months, counts)
+        self._compliance_index[key] = index
+        return index
 
     # ---------------------------------------------------------- one figure
 
     def fact(self, kpi: str, period: Period, managers: set[str | None] | None, direction: str | None) -> float | None:
-        """The KPI over the events of `managers` (None = everyone) in `direction` (None = all)."""
+        """The KPI over the events of `managers` (None = everyone) in `direction` (None = all); remembered (a
+        month's figure is the next month's trend base)."""
+        key = (kpi, period, None if managers is None else frozenset(managers), direction)
+        if key in self._facts:
+            return self._facts[key]
+        found = self._fact(kpi, period, managers, direction)
+        self._facts[key] = found
+        return found
+
+    def _fact(self, kpi: str, period: Period, managers: set[str | None] | None, direction: str | None) -> float | None:
         spec = self.spec_of(kpi)
         if spec.aggregate == "growth":
             base = spec.of or ""
@@ -410,6 +653,20 @@ class KpiEngine:
                         found.add(manager)
             self._active[period] = found
         return self._active[period]
+
+
+def _month_number(day: date) -> int:
+    """Months since year 0: the month of a day, as a number that orders and subtracts."""
+    return day.year * 12 + day.month - 1
+
+
+def work_kinds(spec: KpiSpec) -> set[str]:
+    """The kinds of calls / to-dos / tasks a KPI counts (where.kind, or its source's defaults)."""
+    kinds = set(spec.where.kind) or ({"call", "meeting", "email", "todo"} if spec.source == "activities"
+                                    else {"task", "todo"})
+    if spec.source == "tasks":
+        kinds &= {"task", "todo"}
+    return kinds
 
 
 def deal_value(deal: DealFact, value: str, money: bool) -> float | None:
@@ -556,4 +813,4 @@ def _natural(text: str | None) -> tuple[int, str]:
     return (int(text), "") if text.isdigit() else (1 << 30, text)
 
 
-__all__ = ["KpiEngine", "KpiRow", "UNBOUND", "department_members", "kpi_rows", "quantile", "share"]
+__all__ = ["KpiEngine", "KpiRow", "UNBOUND", "department_members", "kpi_rows", "quantile", "share", "work_kinds"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import datetime
 from html import escape
-from typing import Any, Iterable
+from typing import Iterable
 
 from crmbridge.cache import kpi as store
 from crmbridge.cache.store import Cache
@@ -76,7 +76,7 @@ def build_report(session: KpiSession, cache: Cache, period: Period, now: datetim
     # --- funnel per direction over the 12 months
     funnels = []
     for direction_id, stages in session.data.funnels.items():
-        counts = _funnel_counts(session, direction_id, window)
+        counts = engine.funnel(direction_id, window.start, window.end)
         if not any(counts):
             continue
         name = session.mappings.regulation.directions[direction_id].name
@@ -148,21 +148,6 @@ def _plan_fact_table(session: KpiSession, rows: list[KpiRow], language: str) -> 
         css = " class='total'" if key[0] != "manager" else ""
         body.append(f"<tr{css}><td>{escape(name)}</td>{''.join(cells)}</tr>")
     return f"<table><tr><th>{escape(w['manager'])}</th>{head}</tr>{''.join(body)}</table>"
-
-
-def _funnel_counts(session: KpiSession, direction: str, window: Span) -> list[int]:
-    """Deals that entered the direction in the window, and how many of them reached each stage by now."""
-    stages = session.data.funnels[direction]
-    first: dict[int, Any] = {}
-    furthest: dict[int, int] = defaultdict(lambda: -1)
-    for visit in session.data.visits:
-        if visit.direction != direction:
-            continue
-        furthest[visit.deal_id] = max(furthest[visit.deal_id], visit.index)
-        if visit.deal_id not in first or visit.entered < first[visit.deal_id]:
-            first[visit.deal_id] = visit.entered
-    cohort = [deal_id for deal_id, entered in first.items() if window.start <= entered < window.end]
-    return [sum(1 for deal_id in cohort if furthest[deal_id] >= index) for index in range(len(stages))]
 
 
 def _violations_table(session: KpiSession, cache: Cache, language: str) -> str:

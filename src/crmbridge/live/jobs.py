@@ -2,7 +2,7 @@
 
 A job file says what to run, when, and for how long at most:
 
-    run: sync                    # sync | sync --full | enforce | kpi snapshot (JOB_COMMANDS)
+    run: sync                    # sync | sync --full | enforce | kpi snapshot | kpi push (JOB_COMMANDS)
     every: 5m                    # or  cron: "30 2 * * *"  (minute hour day month weekday, the regulation's zone)
     window: working_hours        # optional: only fire times inside the regulation's working hours
     timeout: 10m                 # then the run stops between two batches (or is killed) and is recorded `timeout`
@@ -120,8 +120,34 @@ def _plans_entity_type(ctx: JobContext) -> int | None:
 
 def _kpi_snapshot(ctx: JobContext) -> dict[str, Any]:
     """The monthly KPI snapshot (issue 10): the last full month into kpi_snapshots, idempotent."""
+    from crmbridge.kpi.service import take_snapshot
+
+    def snapshot(cache: Any, session: Any, period: Any, now: datetime) -> dict[str, Any]:
+        result = take_snapshot(cache, session, period, now)
+        return {"period": result.period, "written": result.written, "unchanged": result.unchanged,
+                "changed": len(result.changed)}
+
+    return _last_full_month(ctx, snapshot)
+
+
+def _kpi_push(ctx: JobContext) -> dict[str, Any]:
+    """The monthly KPI message (issue 10, optional): each manager's plan and fact of the last full month and each head
+    of sales' table, once per person and month (later runs of the month write nothing)."""
+    from crmbridge.kpi.push_run import push_month
+
+    def push(cache: Any, session: Any, period: Any, now: datetime) -> dict[str, Any]:
+        return push_month(ctx.client(), cache, session, period, channel=ctx.settings.enforce_notify_channel,
+                          client_id=ctx.settings.bitrix24_client_id,
+                          # after a batch's outcomes are committed: a timed-out job stops between two batches
+                          checkpoint=lambda step: ctx.checkpoint() if step.endswith("outcomes") else None).as_dict()
+
+    return _last_full_month(ctx, push)
+
+
+def _last_full_month(ctx: JobContext, work: Callable[[Any, Any, Any, datetime], dict[str, Any]]) -> dict[str, Any]:
+    """`work` on a KPI session of the cache and the last full month in the portal's zone, holding the writer lock."""
     from crmbridge.kpi.periods import last_full_month
-    from crmbridge.kpi.service import open_session, portal_zone, take_snapshot
+    from crmbridge.kpi.service import open_session, portal_zone
 
     now = datetime.now(UTC)
     cache = open_cache(ctx.settings.cache_path)
@@ -129,10 +155,8 @@ def _kpi_snapshot(ctx: JobContext) -> dict[str, Any]:
         with ctx.writer_lock:
             session = open_session(cache, Path(ctx.settings.mappings_dir), now, crm=getattr(ctx.settings, "crm", None))
             period = last_full_month(now.astimezone(portal_zone(session.mappings)).date())
-            ctx.checkpoint()  # one transaction follows: stop before it, or let it finish
-            result = take_snapshot(cache, session, period, now)
-        return {"period": result.period, "written": result.written, "unchanged": result.unchanged,
-                "changed": len(result.changed)}
+            ctx.checkpoint()  # what follows writes: stop before it, or let it finish
+            return work(cache, session, period, now)
     finally:
         cache.close()
 
@@ -167,6 +191,7 @@ JOB_COMMANDS: dict[str, Callable[[JobContext], dict[str, Any]]] = {
     "sync --full": functools.partial(_sync, full=True),
     "enforce": _enforce,
     "kpi snapshot": _kpi_snapshot,
+    "kpi push": _kpi_push,
 }
 
 

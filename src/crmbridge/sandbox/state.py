@@ -464,6 +464,30 @@ class PortalState:
                 "companies": [rows.company_row(raw) for raw in self.companies.rows.values()],
             }
 
+    def kpi_cache_rows(self, synced_at: str) -> dict[str, list[dict[str, Any]]]:
+        """What a sync caches for the KPIs besides cache_rows: calls / meetings / e-mails and CRM to-dos, the plans
+        smart process's items, currencies, users and departments (table -> rows)."""
+        from crmbridge.cache import rows
+        from crmbridge.sandbox import catalog
+
+        with self.lock:
+            activities = list(self.activities.rows.values())
+            return {
+                "communications": [{**rows.communication_row(raw), "synced_at": synced_at} for raw in activities
+                                   if raw.get("PROVIDER_ID") != "CRM_TODO"],
+                "activities": [{**rows.activity_row(raw), "synced_at": synced_at} for raw in activities
+                               if raw.get("PROVIDER_ID") == "CRM_TODO"],
+                "plan_items": [rows.plan_item_row(raw, catalog.PLANS_ENTITY_TYPE_ID, synced_at)
+                               for raw in self.plan_items.rows.values()],
+                "currencies": [rows.currency_row({"CURRENCY": code, "AMOUNT_CNT": count, "AMOUNT": amount,
+                                                  "BASE": "Y" if code == catalog.BASE_CURRENCY else "N", "SORT": sort})
+                               for code, (count, amount, _, sort) in catalog.CURRENCIES.items()],
+                "users": [rows.user_row({"ID": str(u.id), "NAME": u.name, "LAST_NAME": u.last_name, "ACTIVE": u.active,
+                                         "UF_DEPARTMENT": [u.department]}) for u in catalog.USERS],
+                "departments": [rows.department_row({"ID": str(d), "NAME": name, "PARENT": parent, "UF_HEAD": head})
+                                for d, (name, parent, head) in catalog.DEPARTMENTS.items()],
+            }
+
     def deal_records(self) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]],
                                              dict[str, Any] | None, dict[str, Any] | None]]:
         """Per deal: (deal, its stage history, its tasks, contact, company), the arguments of DealMapper.deal.

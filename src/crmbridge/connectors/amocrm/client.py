@@ -31,6 +31,8 @@ from crmbridge.errors import AuthError, AuthExpired, CrmError, CrmRejected, CrmU
 
 __all__ = ["PAGE_LIMIT", "EVENTS_LIMIT", "FIELDS_LIMIT", "WRITE_BATCH", "AmoCRMClient", "Page"]
 
+#: a number as a whole path segment (a lead's, a task's id): metrics label routes, not records
+_ID_SEGMENT = re.compile(r"/\d+(?=/|$)")
 log = logging.getLogger("crmbridge.amocrm")
 
 #: rows per page of leads, contacts, companies, tasks, users, notes (reference §2: at most 250)
@@ -97,6 +99,8 @@ class AmoCRMClient:
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         rng: random.Random | None = None,
+        observer: Callable[[str, str], None] | None = None,
+        on_call: Callable[[str, str], None] | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -114,6 +118,11 @@ class AmoCRMClient:
         self._backoff_max = backoff_max
         self._rng = rng if rng is not None else random.Random()
         self._headers = {"User-Agent": f"crmbridge/{__version__}", "Accept": "application/hal+json, application/json"}
+        #: told of every HTTP request: ("GET /api/v4/leads", HTTP status or UNREACHABLE / TIMEOUT); the daemon's
+        #: metrics, like Bitrix24Client.observer (ids in a path read as {id}, so a label is a route, not a lead)
+        self.observer = observer
+        #: (route, "ok" or the error's code) for every request the account answered; one request is one call here
+        self.on_call = on_call
         #: HTTP requests sent, retries included
         self.requests_made = 0
         self.retries = 0
@@ -160,11 +169,14 @@ class AmoCRMClient:
         if data is not None:
             headers["Content-Type"] = "application/json"
         what = f"{verb} {path}"
+        route = f"{verb} {_ID_SEGMENT.sub('/{id}', path)}"
         ticket = self.limiter.acquire()
         self.requests_made += 1
         try:
             raw = self._transport.request(verb, url, body=data, headers=headers, timeout=self._timeout)
         except TransportError as exc:
+            if self.observer is not None:
+                self.observer(route, "TIMEOUT" if exc.timeout else "UNREACHABLE")
             text = " ".join(redact(str(exc)).split())
             raise CrmUnreachable(f"{what}: {text}", method=what, code="TIMEOUT" if exc.timeout else "UNREACHABLE",
                                  description=text, hint="check the network and CRMBRIDGE_AMOCRM_BASE_URL") from None
@@ -175,11 +187,19 @@ class AmoCRMClient:
         if stamp is not None:
             self.server_time = stamp
             self.clock_skew = stamp - self._wall()
+        if self.observer is not None:
+            self.observer(route, str(raw.status))
         try:
-            return parse_answer(what, raw)
-        except RateLimited:
-            self.limiter.hold(HOLD_AFTER_429)
+            answer = parse_answer(what, raw)
+        except CrmError as exc:
+            if self.on_call is not None:
+                self.on_call(route, exc.code or str(raw.status))
+            if isinstance(exc, RateLimited):
+                self.limiter.hold(HOLD_AFTER_429)
             raise
+        if self.on_call is not None:
+            self.on_call(route, "ok")
+        return answer
 
     def _backoff(self, attempt: int) -> float:
         base = min(self._backoff_max, self._backoff_initial * 2.0 ** max(0, attempt - 1))
