@@ -69,6 +69,7 @@ class StageEntry:
     direction: str | None  # regulated direction, None when the pipeline is not bound
     stage: str | None  # regulated stage id, WON, LOST, or None when the CRM stage is ignored
     crm_id: str = ""  # the history row's id in the CRM, for traceability
+    by_bridge: bool = False  # crmbridge's own revert moved the deal here (the audit log says so): no person's activity
 
     @property
     def key(self) -> str:

@@ -19,7 +19,7 @@ from crmbridge.connectors.bitrix24.reader import Bitrix24Reader
 from crmbridge.model import Mode
 from crmbridge.regulation.evaluate import Evaluator, beyond_look_back
 from crmbridge.sync import Syncer
-from tests.integration.enforce_kit import MAPPINGS, fast_client, run, shipped, synced, writes
+from tests.integration.enforce_kit import MAPPINGS, fast_client, run, shipped, synced, working_moment, writes
 
 pytestmark = pytest.mark.integration
 
@@ -91,6 +91,23 @@ def test_r11_counts_peoples_activity_not_crmbridges_own_tasks_comments_and_to_do
     assert again.before.by_rule.get("R11", 0) == stale - 1 and again.to_write == []
 
 
+def test_crmbridges_own_revert_is_no_activity_a_stale_deal_it_moved_back_stays_stale(make_portal, cache) -> None:
+    portal, client = synced(make_portal, cache, deals=2000)
+    modes = only(R1=Mode.ENFORCE, R2=Mode.ENFORCE, R11=Mode.WARN)
+    report = run(client, cache, shipped(), modes)
+    reverted = {a.deal for a in report.to_write if a.kind is ActionKind.REVERT_STAGE}
+    stale = {a.deal for a in report.to_write if a.kind is ActionKind.CREATE_TASK and a.rule == "R11"}
+    both = reverted & stale
+    assert both  # stale deals whose last move a person made broke R1 or R2: crmbridge moved them back
+    # its move is not the manager's work: they are as stale after the run as before ("compliance after" is honest)
+    assert report.after is not None and report.after.by_rule.get("R11", 0) == report.before.by_rule.get("R11", 0)
+    judged = evaluate(cache, shipped(), datetime.now(UTC), modes=modes, deal_ids=sorted(map(int, both)), record=False)
+    assert all(any(v.rule == "R11" for v in judged.violations.get(deal, [])) for deal in both)
+    # days later, still untouched: the same breach, the task crmbridge set stands, nothing new about these deals
+    later = run(client, cache, shipped(), modes, now=lambda: datetime.now(UTC) + timedelta(days=3))
+    assert not [a for a in later.to_write if a.deal in both]
+
+
 def test_nothing_goes_to_a_deactivated_manager_it_goes_to_the_deals_team_head(make_portal, cache) -> None:
     portal, _ = synced(make_portal, cache, deals=300)
     fired = [portal.add_deal({"TITLE": f"Сделка уволенного {n}", "CATEGORY_ID": 1, "ASSIGNED_BY_ID": 9}, user_id=9)
@@ -135,6 +152,67 @@ def test_old_breaches_are_recorded_and_shown_by_audit_not_pushed_to_people(make_
     human = subprocess.run([sys.executable, "-m", "crmbridge", "audit", "--no-record"], cwd=tmp_path, env=environment,
                            capture_output=True, text=True, timeout=120)
     assert "older than look-back" in human.stdout
+    # each of them is marked in the list, and in the deal's explanation: recorded, not pushed
+    listed = json.loads(audit.stdout)["open"]
+    assert sum(item["beyond_look_back"] for item in listed) == sum(shown.values())
+    assert {item["key"] for item in listed if item["beyond_look_back"]} >= {v.key for v in old}
+    one = old[0]
+    explained = subprocess.run([sys.executable, "-m", "crmbridge", "audit", "--deal", one.deal, "--json"],
+                               cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120)
+    assert explained.returncode == 0, explained.stderr
+    line = next(line for line in json.loads(explained.stdout)["rules"] if line["rule"] == one.rule)
+    assert line["violations"] and all(v["beyond_look_back"] for v in line["violations"])
+    told = subprocess.run([sys.executable, "-m", "crmbridge", "audit", "--deal", one.deal], cwd=tmp_path,
+                          env={**environment, "COLUMNS": "200"}, capture_output=True, text=True, timeout=120)
+    assert "look-back" in told.stdout and "not pushed" in told.stdout, told.stdout
+
+
+def rules_of(action) -> set[str]:
+    return set(action.rule.split(","))
+
+
+def test_a_lead_created_months_ago_gets_no_r7_push_a_fresh_one_does_and_state_rules_act_on_old_deals(
+        make_portal, cache) -> None:
+    moment = working_moment(days_ahead=-10, hour=11)  # 11:00 Moscow on a past working day
+    # the portal starts four months before that: the seeded deals and one inbound lead are that old
+    portal = make_portal(deals=200, seed=3, limits=False, now=moment - timedelta(days=120))
+    old_lead = portal.add_deal({"TITLE": "Заявка четыре месяца назад", "CATEGORY_ID": 3, "ASSIGNED_BY_ID": 6}, user_id=6)
+    portal.advance(120 * 86400)
+    fresh_lead = portal.add_deal({"TITLE": "Свежая заявка", "CATEGORY_ID": 3, "ASSIGNED_BY_ID": 6}, user_id=6)
+    portal.advance(3 * 3600)  # three working hours later: both leads are past R7's 1h, nobody called either
+    client = fast_client(portal)
+    Syncer(Bitrix24Reader(client), cache).run(full=True)
+    later = moment + timedelta(hours=3)
+    mappings = shipped()
+    modes = {"R1": Mode.ENFORCE, "R2": Mode.ENFORCE, "R3": Mode.ENFORCE, "R4": Mode.ENFORCE, "R5": Mode.ENFORCE,
+             "R6": Mode.WARN, "R7": Mode.ENFORCE, "R8": Mode.WARN, "R9": Mode.WARN, "R10": Mode.ENFORCE,
+             "R11": Mode.WARN}
+    judged = evaluate(cache, mappings, later, modes=modes, record=False)
+    r7 = {deal: [v for v in found if v.rule == "R7"] for deal, found in judged.violations.items()}
+    assert r7.get(str(old_lead)) and r7.get(str(fresh_lead))  # both breach R7 (still waiting for a first contact)
+    report = run(client, cache, mappings, modes, now=lambda: later)
+    by_deal: dict[str, set[str]] = {}
+    for action in report.to_write:
+        by_deal.setdefault(action.deal, set()).update(rules_of(action))
+    # the fresh lead is handed over round robin and people are told; the old one keeps its manager, nobody is told
+    assert {a.kind for a in report.to_write if a.deal == str(fresh_lead) and "R7" in rules_of(a)} >= {
+        ActionKind.REASSIGN, ActionKind.NOTIFY}
+    assert portal.state.deals.rows[fresh_lead]["ASSIGNED_BY_ID"] in ("7", "8")
+    assert not [a for a in report.to_write if a.deal == str(old_lead) and "R7" in rules_of(a)]
+    assert portal.state.deals.rows[old_lead]["ASSIGNED_BY_ID"] == "6"
+    # no breach of a moment long past is pushed (every seeded deal is months old), yet each is recorded
+    late_rules = {"R7", "R8", "R9"}
+    assert not [a for a in report.to_write if a.deal != str(fresh_lead) and rules_of(a) & late_rules]
+    recorded = Counter(v.rule for found in judged.violations.values() for v in found
+                       if v.rule in late_rules and v.deal != str(fresh_lead))
+    assert report.plan.old_breaches == dict(recorded) and recorded["R7"] >= 1
+    # rules about the deal as it is now act on the old deals, the old lead included (its stage task is due)
+    assert "R3" in by_deal.get(str(old_lead), set())
+    state_rules = {"R1", "R2", "R3", "R4", "R5", "R6", "R10", "R11"}
+    breached = {v.rule for found in judged.violations.values() for v in found if v.rule in state_rules}
+    acted = {rule for deal, rules in by_deal.items() if deal != str(fresh_lead) for rule in rules & state_rules}
+    assert len(breached) >= 6 and acted == breached, (breached, acted)
+    print(f"recorded, not pushed: {dict(recorded)}; acted on old deals: {sorted(acted, key=lambda r: int(r[1:]))}")
 
 
 def test_a_deal_moved_back_by_its_manager_into_a_stage_whose_task_is_open_gets_no_second_task(make_portal,

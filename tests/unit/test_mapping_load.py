@@ -120,6 +120,15 @@ def test_direction_override_errors_point_at_the_override() -> None:
     assert any('unknown parameter "slaa" of R7 — did you mean "sla"?' in line for line in found), found
 
 
+def test_a_look_back_of_nothing_is_refused_with_the_plain_way_to_push_nothing() -> None:
+    text = REGULATION.replace("R7: {sla: 5m, working_hours: false}", "R7: {sla: 5m, working_hours: false, look_back: 0m}")
+    found = problems_of(text)
+    line_of_override = REGULATION.splitlines().index("      R7: {sla: 5m, working_hours: false}") + 1
+    assert any(line.startswith(f"regulation.yaml:{line_of_override}:") and "look_back must be longer than 0m" in line
+               and "mode to audit" in line for line in found), found
+    assert problems_of(text.replace("look_back: 0m", "look_back: 30d")) == []
+
+
 def test_unknown_placeholder_in_a_message() -> None:
     found = problems_of(REGULATION.replace('"{rule} {actual} vs {expected}"', '"{rule} {actaul}"'))
     assert any("R4.message: unknown placeholder {actaul} — did you mean \"actual\"?" in line for line in found), found

@@ -139,6 +139,22 @@ def test_r11_stale(case: str, stage: str, entered: str, activity: str | None, ta
     else:
         assert bool(result) is violated
 
+def test_r11_crmbridges_own_revert_is_no_activity_unless_it_reopened_a_closed_deal() -> None:
+    from dataclasses import replace
+
+    # a person skipped from one to three on Nov 1 and nobody touched the deal since; crmbridge moved it back today
+    skipped = [entry("created", "one", "2026-10-20 10:00"), entry("moved", "three", "2026-11-01 10:00")]
+    moved_back = replace(entry("moved", "one", "2026-11-20 09:00"), by_bridge=True)
+    before = run("R11", deal("three", history=skipped), "2026-11-20 08:00")
+    after = run("R11", deal("one", history=[*skipped, moved_back]), "2026-11-20 12:00")
+    assert before and after and after[0].key == before[0].key  # still stale, the same breach: no second task
+    # the same move made by a person is activity: a fresh stage entry
+    assert run("R11", deal("one", history=[*skipped, replace(moved_back, by_bridge=False)]), "2026-11-20 12:00") == ()
+    # a deal it reopened (moved back from won) starts anew: the revert's notice and stage task ask for the work
+    won = [entry("created", "one", "2026-10-20 10:00"), entry("closed", WON, "2026-11-01 10:00")]
+    assert run("R11", deal("one", history=[*won, moved_back]), "2026-11-20 12:00") == ()
+
+
 # ---------------------------------------------------------------- the working calendar
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from crmbridge.cache.store import Cache
+from crmbridge.cache.tables import Tables
 
 #: SQLite's bound-parameter limit is 999 on old builds: IN lists go in chunks of this many
 _CHUNK = 500
@@ -19,7 +20,7 @@ def _chunks(values: Sequence[Any]) -> Iterator[list[Any]]:
 class ActionsRepository:
     """Reads and writes `actions` and `enforce_state`; callers pass plain values (rows as dicts, ISO stamps)."""
 
-    def __init__(self, cache: Cache) -> None:
+    def __init__(self, cache: Tables) -> None:
         self.cache = cache
 
     # ------------------------------------------------------------ outbox rows
@@ -156,6 +157,18 @@ class ActionsRepository:
     def done_of_kind(self, kind: str) -> list[dict[str, Any]]:
         return self.cache.query("SELECT deal_id, idempotency_key, payload FROM actions WHERE kind = ? AND status = 'done'",
                                 [kind])
+
+    def reverted_entries(self) -> dict[str, dict[str, str]]:
+        """Deal id -> {stage entry the bridge reverted: the CRM stage it moved the deal back to} (done reverts)."""
+        found: dict[str, dict[str, str]] = {}
+        for row in self.done_of_kind("revert_stage"):
+            prefix = f"revert:{row['deal_id']}:"
+            if row["idempotency_key"].startswith(prefix):
+                payload = json.loads(row["payload"])
+                # Bitrix24 crm.deal.update {"fields": {"STAGE_ID"}}; amoCRM PATCH /api/v4/leads item {"status_id"}
+                target = payload.get("fields", {}).get("STAGE_ID") or payload.get("status_id")
+                found.setdefault(str(row["deal_id"]), {})[row["idempotency_key"][len(prefix):]] = str(target)
+        return found
 
     def log(self, *, deal: int | None = None, since: str | None = None, rule: str | None = None,
             status: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:

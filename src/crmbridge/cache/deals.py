@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from crmbridge.cache.actions import ActionsRepository
 from crmbridge.cache.tables import Tables
 
 Row = dict[str, Any]
@@ -53,6 +54,8 @@ class DealRecords:
     companies: dict[str, RawRecord] = field(default_factory=dict)
     #: the users crmbridge writes as (see Deals.own_users): their last timeline activity is not a person's (R11)
     own_users: frozenset[str] = frozenset()
+    #: deal id -> {stage entry crmbridge reverted: the CRM stage it moved the deal back to}: that move is its own (R11)
+    reverted: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 class Deals:
@@ -179,7 +182,7 @@ class Deals:
             scope = f" AND deal_id IN ({marks})"
         with self.cache.snapshot():  # its several queries see one state of the file
             found = self._records(f"SELECT id, raw, contact_id, company_id FROM deals WHERE {where} ORDER BY id",
-                                  params, scope, params, self.own_users())
+                                  params, scope, params, self.own_users(), self.reverted())
             found.contacts = self._clients("contacts", {deal.contact for deal in found.deals})
             found.companies = self._clients("companies", {deal.company for deal in found.deals})
         return found
@@ -203,11 +206,11 @@ class Deals:
         after = -(2 ** 63)
         # one snapshot for the whole stream: a sync committing while it runs shows in none of its chunks or all
         with self.cache.snapshot():
-            own_users = self.own_users()
+            own_users, reverted = self.own_users(), self.reverted()
             while True:
                 found = self._records(
                     f"SELECT id, {raw}, contact_id, company_id FROM deals WHERE deleted = 0 AND id > ? ORDER BY id "
-                    "LIMIT ?", [*paths, after, chunk], " AND deal_id BETWEEN ? AND ?", None, own_users, keys)
+                    "LIMIT ?", [*paths, after, chunk], " AND deal_id BETWEEN ? AND ?", None, own_users, reverted, keys)
                 if not found.deals:
                     return
                 after = int(found.deals[-1].id)
@@ -218,7 +221,8 @@ class Deals:
                 yield found
 
     def _records(self, deals_sql: str, deals_params: Sequence[Any], scope: str, scope_params: Sequence[Any] | None,
-                 own_users: frozenset[str], keys: Sequence[str] | None = None) -> DealRecords:
+                 own_users: frozenset[str], reverted: dict[str, dict[str, str]],
+                 keys: Sequence[str] | None = None) -> DealRecords:
         """Deals by `deals_sql` with their history, tasks and to-dos (`scope` narrows those to the deals' ids:
         `scope_params` as given, or None for the first and last id read); clients are the caller's. With `keys`,
         the raw column read is a JSON array of those keys' values."""
@@ -230,7 +234,7 @@ class Deals:
         else:
             found = DealRecords([CachedDeal(str(deal_id), dict(zip(keys, json.loads(values))), str(contact_id or ""),
                                             str(company_id or "")) for deal_id, values, contact_id, company_id in rows])
-        found.own_users = own_users
+        found.own_users, found.reverted = own_users, reverted
         if not found.deals:
             return found
         params = scope_params if scope_params is not None else [int(found.deals[0].id), int(found.deals[-1].id)]
@@ -263,6 +267,11 @@ class Deals:
                                         "LAST_UPDATED": updated, "byBridge": own})
         found.history, found.tasks, found.todos = history, tasks, todos
         return found
+
+    def reverted(self) -> dict[str, dict[str, str]]:
+        """Deal id -> {stage entry crmbridge reverted: the CRM stage it moved the deal back to}: the entries its own
+        reverts made, which are no person's activity (R11)."""
+        return ActionsRepository(self.cache).reverted_entries()
 
     def own_users(self) -> frozenset[str]:
         """The users crmbridge writes as: the authors of the cached tasks it created (the webhook's or the

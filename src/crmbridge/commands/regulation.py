@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +25,7 @@ from crmbridge.mapping.load import Mappings, binding_file, load_mappings, load_r
 from crmbridge.mapping.portal import PortalSnapshot, lint_live
 from crmbridge.mapping.schema import json_schemas
 from crmbridge.model import Deal, Violation
+from crmbridge.regulation.compiled import CompiledRegulation
 from crmbridge.regulation.evaluate import RULES, Evaluator, beyond_look_back, evaluate_stream, impact
 
 from rich.markup import escape as markup_escape
@@ -125,14 +127,22 @@ def _webhook_rights() -> bool | None:
         return None  # checked against the cache without a reachable portal: nothing to say about its rights
 
 
-def violation_json(violation: Violation) -> dict[str, Any]:
+def violation_json(violation: Violation, *, beyond: bool = False) -> dict[str, Any]:
+    """One violation as JSON; `beyond_look_back`: older than its rule's look-back window (recorded, not pushed)."""
     return {
         "rule": violation.rule, "deal": violation.deal, "severity": violation.severity.value,
         "direction": violation.direction, "stage": violation.stage, "since": violation.since.isoformat(),
         "entry": violation.entry.key if violation.entry else None, "missing": list(violation.missing),
         "manager": violation.manager, "message": violation.message, "clause": violation.clause,
-        "key": violation.key, "details": dict(violation.details),
+        "key": violation.key, "details": dict(violation.details), "beyond_look_back": beyond,
     }
+
+
+def _too_old(regulation: CompiledRegulation, now: datetime) -> Callable[[Violation], bool]:
+    """Whether a violation is older than its rule's look-back window (R7, R8, R9): recorded, never pushed."""
+    directions = regulation.directions
+    return lambda violation: (violation.direction in directions
+                              and beyond_look_back(violation, directions[violation.direction], now))
 
 
 def register(app: typer.Typer) -> None:
@@ -274,11 +284,13 @@ def _explain_deal(cache: Cache, mappings: Mappings, now: datetime, deal_id: int,
     evaluator = _evaluator_for(cache, mapper, mappings, now, [deal_id])
     the_deal = deals[0]
     lines = evaluator.explain(the_deal)
+    too_old = _too_old(evaluator.regulation, now)
     if as_json:
         common.print_json({"deal": the_deal.id, "title": the_deal.title, "direction": the_deal.direction,
                            "stage": the_deal.stage, "crm_stage": the_deal.crm_stage,
                            "rules": [{"rule": line.rule, "verdict": line.verdict.value, "reason": line.reason,
-                                      "violations": [violation_json(v) for v in line.violations]} for line in lines]})
+                                      "violations": [violation_json(v, beyond=too_old(v)) for v in line.violations]}
+                                     for line in lines]})
         return
     common.console.print(common.markup(
         "[bold]Deal {id}[/bold] «{title}»: direction {direction}, stage {stage} (CRM {crm_stage}), manager {manager}",
@@ -289,20 +301,25 @@ def _explain_deal(cache: Cache, mappings: Mappings, now: datetime, deal_id: int,
     table = Table(show_header=True)
     for column in ("rule", "verdict", "why"):
         table.add_column(column)
+    old = False
     for line in lines:
         severity = f" ({line.violations[0].severity.value})" if line.violations else ""
+        if line.violations and all(too_old(v) for v in line.violations):
+            severity += " *"  # older than the rule's look-back window: recorded, not pushed
+            old = True
         label = getattr(labels, line.verdict.value)  # in the regulation's language
         table.add_row(line.rule, f"[{colours[line.verdict.value]}]{escape(label)}{severity}[/]", escape(line.reason))
+    if old:
+        table.caption = ("* older than the rule's look-back window (`look_back`): recorded, not pushed to people "
+                         "(nobody is tasked or told, nothing is corrected)")
     common.console.print(table)
 
 
 def _print_audit(run: AuditRun, names: dict[str, str], as_json: bool) -> None:
     by_rule: Counter[str] = Counter(violation.rule for violation in run.violations)
     # R7 / R8 / R9 breaches older than the rule's look-back window: recorded here, never pushed to people
-    directions = run.evaluator.regulation.directions
-    old: Counter[str] = Counter(violation.rule for violation in run.violations
-                                if violation.direction in directions
-                                and beyond_look_back(violation, directions[violation.direction], run.evaluator.now))
+    too_old = _too_old(run.evaluator.regulation, run.evaluator.now)
+    old: Counter[str] = Counter(violation.rule for violation in run.violations if too_old(violation))
     by_manager: dict[str, Counter[str]] = defaultdict(Counter)
     for violation in run.violations:
         by_manager[violation.manager or "—"][violation.rule] += 1
@@ -312,7 +329,7 @@ def _print_audit(run: AuditRun, names: dict[str, str], as_json: bool) -> None:
             "by_rule": dict(sorted(by_rule.items(), key=lambda item: int(item[0][1:]))),
             "beyond_look_back": dict(sorted(old.items(), key=lambda item: int(item[0][1:]))),
             "by_manager": {manager: dict(counts) for manager, counts in by_manager.items()},
-        }, "open", map(violation_json, run.violations))
+        }, "open", (violation_json(violation, beyond=too_old(violation)) for violation in run.violations))
         return
     common.console.print(f"{run.deals:,} deals evaluated: {len(run.violations):,} open violations "
                          f"({run.opened:,} newly opened, {run.resolved:,} resolved since the last audit)")

@@ -169,15 +169,7 @@ class AuditLog:
 
     def reverted_entries(self) -> dict[str, dict[str, str]]:
         """Deal id -> {stage entry the bridge reverted: the CRM stage it moved the deal back to} (done reverts)."""
-        found: dict[str, dict[str, str]] = {}
-        for row in self.rows.done_of_kind(ActionKind.REVERT_STAGE.value):
-            prefix = f"revert:{row['deal_id']}:"
-            if row["idempotency_key"].startswith(prefix):
-                payload = json.loads(row["payload"])
-                # Bitrix24 crm.deal.update {"fields": {"STAGE_ID"}}; amoCRM PATCH /api/v4/leads item {"status_id"}
-                target = payload.get("fields", {}).get("STAGE_ID") or payload.get("status_id")
-                found.setdefault(str(row["deal_id"]), {})[row["idempotency_key"][len(prefix):]] = str(target)
-        return found
+        return self.rows.reverted_entries()
 
     def rotation(self) -> dict[str, int]:
         return {team: int(index) for team, index in self.rows.state("rotation:").items()}

@@ -350,12 +350,14 @@ class DealMapper:
     def deal(self, raw: Mapping[str, Any], history: Iterable[Mapping[str, Any]] = (),
              tasks: Iterable[Mapping[str, Any]] = (), contact: Mapping[str, Any] | Client | None = None,
              company: Mapping[str, Any] | Client | None = None, todos: Iterable[Mapping[str, Any]] = (), *,
-             own_users: frozenset[str] = frozenset()) -> Deal:
+             own_users: frozenset[str] = frozenset(), reverted: Mapping[str, str] | None = None) -> Deal:
         """One raw `crm.deal.get` record with its stage history, tasks, contact, company (raw or mapped) and
         CRM to-dos (crm.activity.list records) -> Deal; the to-dos join its tasks as Tasks of kind TODO.
 
         `own_users`: the users crmbridge writes as. The deal's last timeline activity by one of them is taken for
-        crmbridge's own (a task, comment or to-do it set), not a person's: it does not make a stale deal active."""
+        crmbridge's own (a task, comment or to-do it set), not a person's: it does not make a stale deal active.
+        `reverted`: {stage entry crmbridge reverted: the CRM stage it moved the deal back to} (the audit log); the
+        entry that move made is marked `by_bridge`."""
         zone = self.zone
         raw = self.adapt_deal(raw)
         crm_stage = str(raw.get("STAGE_ID") or "")
@@ -374,6 +376,9 @@ class DealMapper:
             # the history lags behind the deal (not synced yet): the deal's own stage is the truth
             moved = parse_moment(raw.get("MOVED_TIME"), zone) or parse_moment(raw.get("DATE_MODIFY"), zone) or created
             entries.append(StageEntry(crm_stage, max(moved, entries[-1].entered), EntryKind.MOVED, direction, stage))
+        if reverted:
+            entries = [dataclass_replace(entry, by_bridge=True) if index and reverted.get(entries[index - 1].key) == entry.crm_stage
+                       else entry for index, entry in enumerate(entries)]
         semantic = str(raw.get("STAGE_SEMANTIC_ID") or "")
         if stage == WON or (stage is None and semantic == "S"):
             outcome = Outcome.WON
@@ -431,7 +436,7 @@ class DealMapper:
             for deal_id, raw, contact_id, company_id in records.deals:
                 deals.append(self.deal(raw, records.history.get(deal_id, ()), records.tasks.get(deal_id, ()),
                                        contacts.get(contact_id), companies.get(company_id), records.todos.get(deal_id, ()),
-                                       own_users=records.own_users))
+                                       own_users=records.own_users, reverted=records.reverted.get(deal_id)))
             return deals
 
     def stream(self, chunks: Iterable[DealRecords]) -> Iterator[Deal]:

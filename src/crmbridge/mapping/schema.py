@@ -212,6 +212,15 @@ class LookBack(RuleSpec):
         description="Breaches older than this (counted from when the deadline passed) are recorded and shown in "
                     "`crmbridge audit`, but nobody is notified or tasked about them and nothing is corrected.")
 
+    @field_validator("look_back")
+    @classmethod
+    def _some_window(cls, window: timedelta) -> timedelta:
+        # 0m would silently stop every push of the rule: that is what `mode: audit` says, plainly
+        if window <= timedelta(0):
+            raise ValueError("look_back must be longer than 0m — e.g. 7d; to record this rule's breaches without "
+                             "pushing any, set its mode to audit")
+        return window
+
 
 class R1Order(RuleSpec):
     """R1: a deal moves forward one stage at a time."""

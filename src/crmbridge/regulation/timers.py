@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime, time, timedelta
 
 from crmbridge.mapping.schema import format_duration
-from crmbridge.model import EMPTY, WON, Deal, Outcome, Violation, as_date
+from crmbridge.model import EMPTY, LOST, WON, Deal, Outcome, Violation, as_date
 from crmbridge.regulation.compiled import CompiledDirection, Context, Span, Text, render, say, violation
 from crmbridge.regulation.stages import NOT_APPLICABLE, Why
 
@@ -170,6 +170,11 @@ def check_r11(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why =
         return NOT_APPLICABLE
     run = deal.run
     entry = run[-1] if run else None
+    if entry is not None and entry.by_bridge and len(run) > 1 and run[-2].stage not in (WON, LOST):
+        # crmbridge moving an open deal back is no person's activity: its time in the stage counts from the move a
+        # person made (the one reverted), and a breach keeps that entry, so it is not flagged afresh. (A deal it
+        # reopened, moved back from won or lost, starts anew: the revert's notice and stage task ask for the work.)
+        entry = run[-2]
     entered = entry.entered if entry is not None else deal.created
     last = entered
     if deal.last_activity is not None and deal.last_activity > last:

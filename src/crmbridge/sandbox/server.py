@@ -171,6 +171,9 @@ class SandboxPortal:
             raise ValueError(f"error_dialect must be one of {sorted(AUTH_DIALECTS)}")
         self.latency_ms = latency_ms
         self.faults = faults
+        #: which faults `faults` injects (None: all of 500, html503, drop, slow and, on writes, applied_drop); a test
+        #: seam, e.g. {"applied_drop"}: every failed write is applied and its answer lost
+        self.fault_kinds: frozenset[str] | None = None
         self.limits = limits
         self.count_cost_per_row = count_cost_per_row
         self.page_cost = page_cost
@@ -379,6 +382,10 @@ class SandboxPortal:
             kinds = ["500", "html503", "drop", "slow"]
             if writes:
                 kinds.append("applied_drop")  # the write happens, the answer is lost
+            if self.fault_kinds is not None:
+                kinds = [kind for kind in kinds if kind in self.fault_kinds]
+                if not kinds:
+                    return None  # e.g. only `applied_drop` asked for, and this request writes nothing
             kind = self._fault_rng.choice(kinds)
             slow = self._fault_rng.uniform(*self.slow_seconds)
         self._bump("faults", kind)
