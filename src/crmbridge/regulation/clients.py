@@ -191,15 +191,14 @@ def check_r10(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why =
             if why is not None:
                 say(ctx, why, "bought_later", deal=latest[1])
             return NOT_APPLICABLE
-    age = ctx.now - bought
     segment = None
-    for item in spec.segments:
-        if item.after <= age and (item.before is None or age < item.before):
+    for item in spec.segments:  # the segment changes when its age reaches an edge (noted for the horizon)
+        if ctx.reached(bought + item.after) and (item.before is None or not ctx.reached(bought + item.before)):
             segment = item
             break
     if segment is None:
         if why is not None:
-            say(ctx, why, "between_segments", days=age.days)
+            say(ctx, why, "between_segments", days=ctx.days_since(bought))
         return NOT_APPLICABLE
     wording = ctx.regulation.spec.wording
     missing: list[str] = []
@@ -217,9 +216,9 @@ def check_r10(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why =
                 last_touch = task.closed
         if deal.last_activity is not None and deal.last_activity > last_touch:
             last_touch = deal.last_activity
-        if ctx.now - last_touch > segment.touch_every:
+        if ctx.passed(last_touch + segment.touch_every):
             missing.append("touch")
-            remarks.append(render(wording.touch_overdue, {"days": (ctx.now - last_touch).days}))
+            remarks.append(render(wording.touch_overdue, {"days": ctx.days_since(last_touch)}))
             since = max(since, last_touch + segment.touch_every)
     if not missing:
         if why is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, time, timedelta
 from typing import Any, Mapping
 
 from crmbridge.mapping.schema import (
@@ -128,14 +128,86 @@ def say(ctx: "Context", why: list[str] | None, explanation: str, /, **values: An
         why.append(render(getattr(ctx.regulation.spec.wording.explain, explanation), values))
 
 
+class Horizon:
+    """The first moment after `now` at which what a rule said of a deal (its verdict or a figure in its message)
+    may change by the clock alone: until then the judgement holds unless the deal changes (the audit's reuse)."""
+
+    __slots__ = ("next",)
+
+    def __init__(self) -> None:
+        self.next: datetime | None = None
+
+    def note(self, moment: datetime) -> None:
+        if self.next is None or moment < self.next:
+            self.next = moment
+
+
+#: a figure shown in minutes (R7's and R8's time waited) changes within a minute
+_MINUTE = timedelta(minutes=1)
+_DAY = timedelta(days=1)
+_TICK = timedelta(microseconds=1)
+
+
 @dataclass(frozen=True, slots=True)
 class Context:
-    """What a rule sees besides the deal: the clock, the regulation and cross-deal facts."""
+    """What a rule sees besides the deal: the clock, the regulation and cross-deal facts.
+
+    Rules ask the clock only through the methods below, which note on `horizon` when each answer would change:
+    that is what lets a judgement be kept until then (tests/unit/test_horizon.py checks every rule against it)."""
 
     now: datetime
     regulation: CompiledRegulation
     purchases: Mapping[str, tuple[datetime, str]] | None = None  # R10: client key -> (last purchase, deal id)
     today: date | None = None  # `now`'s date in the regulation's zone (computed once per run)
+    horizon: Horizon | None = None
+
+    def reached(self, moment: datetime) -> bool:
+        """now >= moment; a moment still ahead is when the answer changes."""
+        if self.now >= moment:
+            return True
+        if self.horizon is not None:
+            self.horizon.note(moment)
+        return False
+
+    def passed(self, moment: datetime) -> bool:
+        """now > moment (strictly); the answer changes just after a moment not yet passed."""
+        if self.now > moment:
+            return True
+        if self.horizon is not None:
+            self.horizon.note(moment + _TICK)
+        return False
+
+    def local_today(self) -> date:
+        return self.today or self.now.astimezone(self.regulation.calendar.zone).date()
+
+    def day_over(self, day: date) -> bool:
+        """`day` lies before today (in the regulation's zone); else it will from the midnight after it."""
+        if day < self.local_today():
+            return True
+        if self.horizon is not None:
+            self.horizon.note(datetime.combine(day + _DAY, time(), self.regulation.calendar.zone))
+        return False
+
+    def days_since(self, moment: datetime) -> int:
+        """Whole days (24 h) from `moment` to now; the count grows at the next full day."""
+        days = (self.now - moment).days
+        if self.horizon is not None:
+            self.horizon.note(moment + _DAY * (days + 1))
+        return days
+
+    def local_days_since(self, day: date) -> int:
+        """Calendar days from `day` to today in the regulation's zone; the count grows at the next midnight."""
+        today = self.local_today()
+        if self.horizon is not None:
+            self.horizon.note(datetime.combine(today + _DAY, time(), self.regulation.calendar.zone))
+        return (today - day).days
+
+    def counting(self, waited: timedelta) -> timedelta:
+        """`waited`, a span from some moment up to now that a message shows to the minute: it shows another minute
+        at the latest when the clock has made up the rest of this one (later outside working hours)."""
+        if self.horizon is not None:
+            self.horizon.note(self.now + (_MINUTE - waited % _MINUTE))
+        return waited
 
 
 def violation(rule: str, deal: Deal, direction: CompiledDirection, ctx: Context, *, since: datetime,

@@ -10,7 +10,14 @@ from typing import Callable, Iterable, Iterator, Mapping
 from crmbridge.mapping.schema import RULE_IDS, RegulationSpec
 from crmbridge.model import Deal, Mode, Outcome, RuleExplanation, Verdict, Violation
 from crmbridge.regulation.clients import check_r5, check_r6, check_r10, last_purchases, note_purchase, purchase_fields
-from crmbridge.regulation.compiled import CompiledDirection, CompiledRegulation, Context, compile_regulation, render
+from crmbridge.regulation.compiled import (
+    CompiledDirection,
+    CompiledRegulation,
+    Context,
+    Horizon,
+    compile_regulation,
+    render,
+)
 from crmbridge.regulation.stages import check_r1, check_r2, check_r3, check_r4
 from crmbridge.regulation.timers import check_r7, check_r8, check_r9, check_r11
 
@@ -55,7 +62,7 @@ class Evaluator:
         # `now` in the regulation's zone: the mapper puts every moment there, and same-zone comparisons are fast
         now = self.now.astimezone(self.regulation.calendar.zone)
         object.__setattr__(self, "now", now)
-        object.__setattr__(self, "_context", Context(now, self.regulation, self.purchases, now.date()))
+        object.__setattr__(self, "_context", Context(now, self.regulation, self.purchases, now.date(), Horizon()))
         plans: dict[str | None, tuple[CompiledDirection, dict[Outcome, tuple[Rule, ...]]]] = {}
         for direction_id, direction in self.regulation.directions.items():
             plans[direction_id] = (direction, {
@@ -77,6 +84,13 @@ class Evaluator:
             if result:
                 found += result
         return found
+
+    def judged(self, deal: Deal) -> tuple[list[Violation], datetime | None]:
+        """The deal's violations and the first moment after `now` at which the clock alone may change them (what is
+        found or a figure its messages show); None: only a change of the deal can."""
+        horizon = self._context.horizon  # type: ignore[attr-defined]
+        horizon.next = None
+        return self.violations(deal), horizon.next
 
     def explain(self, deal: Deal) -> list[RuleExplanation]:
         """`audit --deal`: each rule's verdict on the deal (passed / failed / not applicable) and why."""

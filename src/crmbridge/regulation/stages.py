@@ -156,7 +156,7 @@ def field_problem(deal: Deal, requirement: RequirementSpec, ctx: Context) -> str
     if requirement.future:
         zone = ctx.regulation.calendar.zone
         day = found.astimezone(zone).date() if isinstance(found, datetime) else found
-        if isinstance(day, date) and day < (ctx.today or ctx.now.astimezone(zone).date()):
+        if isinstance(day, date) and ctx.day_over(day):
             return wording.in_past
     return None
 
@@ -307,7 +307,7 @@ def check_r3(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
         grace = direction.rules.R3.create_within
         if task_in_place(deal, run, deal.stage, entry.entered, task_spec.title, match, task_spec.kind) is not None:
             current = "task_set"
-        elif ctx.now - entry.entered >= grace:
+        elif ctx.reached(entry.entered + grace):
             missing.append(f"task:{task_spec.title}")
             remarks.append((wording.task_missing, {"task": task_spec.title}))
             due = entry.entered + grace

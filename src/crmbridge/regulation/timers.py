@@ -49,11 +49,11 @@ def check_r7(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
                           details={"contacted": True, "reassign": False, "waited_minutes": int(waited.total_seconds() // 60)})
     else:
         deadline = calendar.add(created, spec.sla, working=spec.working_hours)
-        if ctx.now < deadline:
+        if not ctx.reached(deadline):
             if why is not None:
                 say(ctx, why, "waiting_contact", deadline=f"{deadline:%Y-%m-%d %H:%M}")
             return ()
-        waited = calendar.elapsed(created, ctx.now, working=spec.working_hours)
+        waited = ctx.counting(calendar.elapsed(created, ctx.now, working=spec.working_hours))
         # only a lead still waiting in its first stage(s) is worth handing to another manager
         waiting = deal.outcome is Outcome.OPEN and deal.stage in (spec.stages or (direction.first_stage,))
         wording = ctx.regulation.spec.wording
@@ -91,16 +91,16 @@ def check_r8(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
                          or (agreed_when_won and entry.stage == WON)), run[-1] if run else None)
     agreed_at = agreed_entry.entered if agreed_entry is not None else (deal.closed_at or deal.created)
     calendar = ctx.regulation.calendar
-    if not (spec.working_hours and calendar.spec) and ctx.now - agreed_at < spec.within:
+    if not (spec.working_hours and calendar.spec) and not ctx.reached(agreed_at + spec.within):
         if why is not None:
             say(ctx, why, "waiting_payment", deadline=f"{agreed_at + spec.within:%Y-%m-%d %H:%M}")
         return ()
     deadline = calendar.add(agreed_at, spec.within, working=spec.working_hours)
-    if ctx.now < deadline:
+    if not ctx.reached(deadline):
         if why is not None:
             say(ctx, why, "waiting_payment", deadline=f"{deadline:%Y-%m-%d %H:%M}")
         return ()
-    waited = calendar.elapsed(agreed_at, ctx.now, working=spec.working_hours)
+    waited = ctx.counting(calendar.elapsed(agreed_at, ctx.now, working=spec.working_hours))
     found = violation("R8", deal, direction, ctx, since=deadline, entry=agreed_entry, missing=(spec.paid_field,),
                       values={"within": Span(spec.within, ctx.regulation.spec.wording.units),
                               "waited": Span(waited, ctx.regulation.spec.wording.units)},
@@ -139,16 +139,16 @@ def check_r9(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
         return ()
     due = as_date(due_value)
     zone = ctx.regulation.calendar.zone
-    if not spec.grace and (ctx.today or ctx.now.astimezone(zone).date()) <= due:
+    if not spec.grace and not ctx.day_over(due):
         if why is not None:
             say(ctx, why, "not_due", due=due)
         return ()
     overdue_from = datetime.combine(due + timedelta(days=1), time(), zone) + spec.grace
-    if ctx.now < overdue_from:
+    if not ctx.reached(overdue_from):
         if why is not None:
             say(ctx, why, "not_due", due=due)
         return ()
-    overdue_days = (ctx.now.astimezone(zone).date() - due).days
+    overdue_days = ctx.local_days_since(due)
     found = violation("R9", deal, direction, ctx, since=overdue_from, entry=None, missing=(spec.paid_field,),
                       values={"due": due, "overdue_days": overdue_days},
                       details={"due": due, "overdue_days": overdue_days,
@@ -186,16 +186,16 @@ def check_r11(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why =
                 last = moment
     limit = direction.stages[deal.stage].stale_after or spec.stale_after  # type: ignore[union-attr]
     calendar = ctx.regulation.calendar
-    if not (spec.working_hours and calendar.spec) and ctx.now - last < limit:
+    if not (spec.working_hours and calendar.spec) and not ctx.reached(last + limit):
         if why is not None:
             say(ctx, why, "active", date=f"{last:%Y-%m-%d}", limit=_span(limit, ctx))
         return ()
     deadline = calendar.add(last, limit, working=spec.working_hours)
-    if ctx.now < deadline:
+    if not ctx.reached(deadline):
         if why is not None:
             say(ctx, why, "active", date=f"{last:%Y-%m-%d}", limit=_span(limit, ctx))
         return ()
-    idle_days = (ctx.now - last).days
+    idle_days = ctx.days_since(last)
     found = violation("R11", deal, direction, ctx, since=deadline, entry=entry, missing=("activity",),
                       values={"days": idle_days, "last_activity": last.date()},
                       details={"last_activity": last, "idle_days": idle_days})
