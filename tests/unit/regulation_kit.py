@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from crmbridge.mapping.load import parse_regulation
 from crmbridge.model import LOST, WON, Client, Deal, EntryKind, FieldValue, Outcome, StageEntry, Task, TaskStatus, Violation
 from crmbridge.regulation.compiled import compile_regulation
 from crmbridge.regulation.evaluate import Evaluator
+
+if TYPE_CHECKING:
+    from crmbridge.cache.store import Cache
 
 MSK = ZoneInfo("Europe/Moscow")
 
@@ -142,3 +146,18 @@ def assert_verdict(result: tuple[Violation, ...] | None, missing: list[str] | No
     (violation,) = result
     assert list(violation.missing) == missing
     return violation
+
+
+def seeded_cache(path: Path, *, deals: int, seed: int, now: datetime) -> Cache:
+    """The seeded sandbox portal as a sync caches it (no HTTP: the sync's own row conversions), opened at `path`."""
+    from crmbridge.cache.store import open_cache
+    from crmbridge.sandbox.seed import seed_portal
+    from crmbridge.sandbox.state import PortalState
+
+    state = PortalState(clock=now.timestamp)
+    seed_portal(state, deals=deals, seed=seed, now=now.timestamp())
+    cache = open_cache(path)
+    with cache.atomic():
+        for table, table_rows in state.cache_rows(now.isoformat()).items():
+            cache.upsert(table, table_rows)
+    return cache

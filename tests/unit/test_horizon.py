@@ -8,6 +8,7 @@ deal of a seeded portal that breaks every rule is judged at many moments before 
 from __future__ import annotations
 
 import ast
+import tempfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from crmbridge.mapping.binding import DealMapper
 from crmbridge.mapping.load import Mappings, load_mappings
 from crmbridge.model import Deal
 from crmbridge.regulation.evaluate import RULES, Evaluator
+from regulation_kit import seeded_cache
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 11, 20, 9, 30, 17, 250_000, tzinfo=timezone.utc)  # not on a whole minute: R7's waited counts
@@ -34,18 +36,7 @@ def mappings() -> Mappings:
 
 @pytest.fixture(scope="module")
 def deals(mappings: Mappings) -> list[Deal]:
-    from crmbridge.sandbox.seed import seed_portal
-    from crmbridge.sandbox.state import PortalState
-    from crmbridge.cache.store import open_cache
-
-    state = PortalState(clock=NOW.timestamp)
-    seed_portal(state, deals=1200, seed=5, now=NOW.timestamp())
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as folder, open_cache(Path(folder) / "c.db") as cache:
-        with cache.atomic():
-            for table, rows in state.cache_rows(NOW.isoformat()).items():
-                cache.upsert(table, rows)
+    with tempfile.TemporaryDirectory() as folder, seeded_cache(Path(folder) / "c.db", deals=1200, seed=5, now=NOW) as cache:
         return DealMapper(mappings.regulation, mappings.binding).deals(cache.deals.records())
 
 

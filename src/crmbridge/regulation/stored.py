@@ -1,0 +1,167 @@
+"""Deals and violations as compact JSON and back, exactly: what the audit keeps of a judgement between runs (pure).
+
+A moment is kept as microseconds since the epoch plus its zone when that is not the given default one, so a value
+read back is the same instant in the same zone (messages and keys print its offset). Values of a field or a
+violation's details keep their type (text, number, date, moment); a violation's message placeholders are kept as
+the text they render to, which is all a message reads of them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import date, datetime, timedelta, timezone, tzinfo
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from crmbridge.model import Client, Deal, EntryKind, FieldValue, Mode, Outcome, StageEntry, Task, TaskStatus, Violation
+from crmbridge.regulation.compiled import _new_violation
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICRO = timedelta(microseconds=1)
+# default=str: what the audit prints of a value nested in a raw CRM value or a list of details (text.json_text too)
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False, default=str).encode
+_loads = json.loads
+
+
+def _zone_name(zone: tzinfo | None) -> str:
+    key = getattr(zone, "key", None)
+    return key if isinstance(key, str) else str(zone)
+
+
+@lru_cache(maxsize=64)
+def _zone(name: str) -> tzinfo:
+    if name == "UTC":
+        return timezone.utc
+    if name.startswith("UTC") and len(name) > 3:  # a fixed offset: "UTC+03:00"
+        sign = -1 if name[3] == "-" else 1
+        hours, _, minutes = name[4:].partition(":")
+        return timezone(sign * timedelta(hours=int(hours), minutes=int(minutes or 0)))
+    return ZoneInfo(name)
+
+
+class Codec:
+    """Encodes and decodes with one default zone (the mapping's): its moments are kept as bare numbers."""
+
+    def __init__(self, zone: tzinfo) -> None:
+        self.zone = zone
+        self.zone_name = _zone_name(zone)
+
+    # ------------------------------------------------------------ moments and values
+
+    def moment(self, value: datetime | None) -> Any:
+        if value is None:
+            return None
+        micros = (value - _EPOCH) // _MICRO
+        name = _zone_name(value.tzinfo)
+        return micros if name == self.zone_name else [micros, name]
+
+    def to_moment(self, kept: Any) -> datetime | None:
+        if kept is None:
+            return None
+        if type(kept) is int:
+            return (_EPOCH + kept * _MICRO).astimezone(self.zone)
+        return (_EPOCH + kept[0] * _MICRO).astimezone(_zone(kept[1]))
+
+    def value(self, value: Any) -> Any:
+        """A value of any type a field or a detail holds; texts and JSON scalars stay as they are."""
+        if value is None or type(value) in (str, int, float, bool):
+            return value
+        if isinstance(value, datetime):
+            return ["t", self.moment(value)]
+        if isinstance(value, date):
+            return ["d", value.isoformat()]
+        if isinstance(value, Decimal):
+            return ["n", str(value)]
+        if isinstance(value, (Mode, Outcome, EntryKind, TaskStatus)):
+            return ["s", value.value]
+        return ["j", value]  # a raw CRM value (a list or an object) as JSON
+
+    def to_value(self, kept: Any) -> Any:
+        if type(kept) is not list:
+            return kept
+        tag, payload = kept
+        if tag == "t":
+            return self.to_moment(payload)
+        if tag == "d":
+            return date.fromisoformat(payload)
+        if tag == "n":
+            return Decimal(payload)
+        return payload  # "j" as it was; "s" an enum's value (its text is what reads it)
+
+    # ------------------------------------------------------------ deals
+
+    def entry(self, entry: StageEntry) -> list[Any]:
+        return [entry.crm_stage, self.moment(entry.entered), entry.kind.value, entry.direction, entry.stage,
+                entry.crm_id, entry.by_bridge]
+
+    def to_entry(self, kept: Sequence[Any]) -> StageEntry:
+        return StageEntry(kept[0], self.to_moment(kept[1]), EntryKind(kept[2]), kept[3], kept[4], kept[5],  # type: ignore[arg-type]
+                          kept[6])
+
+    @staticmethod
+    def client(client: Client | None) -> list[Any] | None:
+        if client is None:
+            return None
+        return [client.id, client.kind, client.name, list(client.phones), list(client.emails)]
+
+    @staticmethod
+    def to_client(kept: Sequence[Any] | None) -> Client | None:
+        if kept is None:
+            return None
+        return Client(kept[0], kept[1], kept[2], tuple(kept[3]), tuple(kept[4]))
+
+    def deal(self, deal: Deal) -> str:
+        moment, value = self.moment, self.value
+        return _dumps([
+            deal.id, deal.title, deal.direction, deal.stage, deal.crm_stage, deal.outcome.value, deal.manager,
+            moment(deal.created), moment(deal.modified), moment(deal.last_activity), moment(deal.closed_at),
+            value(deal.amount), deal.probability,
+            {name: [value(field.value), value(field.raw), field.problem] for name, field in deal.fields.items()},
+            [self.entry(entry) for entry in deal.history],
+            [[task.id, task.title, task.status.value, task.responsible, moment(task.created), moment(task.deadline),
+              moment(task.closed), task.kind, task.by_bridge] for task in deal.tasks],
+            self.client(deal.contact), self.client(deal.company), deal.ignored])
+
+    def to_deal(self, text: str) -> Deal:
+        (deal_id, title, direction, stage, crm_stage, outcome, manager, created, modified, last_activity, closed_at,
+         amount, probability, fields, history, tasks, contact, company, ignored) = _loads(text)
+        to_moment, to_value = self.to_moment, self.to_value
+        return Deal(
+            deal_id, title, direction, stage, crm_stage, Outcome(outcome), manager, to_moment(created),  # type: ignore[arg-type]
+            to_moment(modified), to_moment(last_activity), to_moment(closed_at), to_value(amount), probability,
+            {name: FieldValue(to_value(kept), to_value(raw), problem) for name, (kept, raw, problem) in fields.items()},
+            tuple(self.to_entry(entry) for entry in history),
+            tuple(Task(task_id, task_title, TaskStatus(status), responsible, to_moment(task_created),
+                       to_moment(deadline), to_moment(closed), kind, by_bridge=by_bridge)
+                  for task_id, task_title, status, responsible, task_created, deadline, closed, kind, by_bridge in tasks),
+            self.to_client(contact), self.to_client(company), ignored)
+
+    # ------------------------------------------------------------ violations
+
+    def violations(self, violations: Sequence[Violation]) -> str | None:
+        """A deal's violations (None: it has none)."""
+        if not violations:
+            return None
+        value = self.value
+        return _dumps([
+            [v.rule, v.deal, v.severity.value, v.clause, v.template, self.moment(v.since), v.direction, v.stage,
+             self.entry(v.entry) if v.entry is not None else None, list(v.missing), v.manager,
+             {name: value(item) for name, item in v.details.items()},
+             {name: str(item) for name, item in v.values.items()}]
+            for v in violations])
+
+    def to_violations(self, text: str | None) -> list[Violation]:
+        if text is None:
+            return []
+        to_value, to_moment, to_entry = self.to_value, self.to_moment, self.to_entry
+        return [_new_violation(rule, deal, Mode(severity), clause, template, to_moment(since), direction,  # type: ignore[arg-type]
+                               stage, to_entry(entry) if entry is not None else None, tuple(missing), manager,
+                               {name: to_value(item) for name, item in details.items()}, values)
+                for (rule, deal, severity, clause, template, since, direction, stage, entry, missing, manager, details,
+                     values) in _loads(text)]
+
+
+__all__ = ["Codec"]
