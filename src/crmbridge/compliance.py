@@ -1,17 +1,148 @@
-"""Edge: evaluate cached deals against the regulation and keep the `violations` ledger up to date."""
+"""Edge: evaluate cached deals against the regulation and keep the `violations` ledger up to date.
+
+`audit_cache` judges afresh only the deals whose inputs changed since their last judgement (the cache's triggers mark
+them) or whose horizon came (the clock may change what a rule says of them); every other deal's kept judgement serves
+as it is (issue 7, item 15: 100,000 deals in seconds). What it finds is what judging every deal finds.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
 
+from crmbridge.bulk import paused_gc
+from crmbridge.cache.judged import JudgedRow
 from crmbridge.cache.store import Cache
-from crmbridge.model import Violation
+from crmbridge.mapping.binding import DealMapper
+from crmbridge.mapping.load import Mappings
+from crmbridge.model import Deal, Violation
+from crmbridge.regulation.evaluate import Evaluator, StreamJudge, latest_purchases, settle_r10
 from crmbridge.regulation.ledger import LedgerChanges, reconcile
+from crmbridge.regulation.stored import Codec, micros
+
+#: a deal whose horizon is nearer than this is kept mapped with its judgement: judged again without mapping it
+KEEP_MAPPED = timedelta(days=1)
+#: the code a judgement depends on besides the files: when it changes (an upgrade), every deal is judged afresh
+_JUDGING_CODE = ("model.py", "mapping/binding.py", "mapping/records.py", "cache/deals.py", "compliance.py",
+                 "regulation")
+_PACKAGE = Path(__file__).resolve().parent
 
 
 def record_violations(cache: Cache, found: Iterable[Violation], now_iso: str,
-                      evaluated_deals: set[str] | None = None) -> LedgerChanges:
-    """Open new violations, refresh those still found, resolve those gone (of `evaluated_deals`, or of every
-    deal when None); one transaction."""
+                      evaluated_deals: set[str] | None = None, refresh: set[str] | None = None) -> LedgerChanges:
+    """Open new violations, refresh those still found (of the deals in `refresh`; None: all), resolve those gone
+    (of `evaluated_deals`, or of every deal when None); one transaction."""
     found = list(found)
-    return cache.violations.record(lambda open_rows: reconcile(open_rows, found, now_iso, evaluated_deals), now_iso)
+    return cache.violations.record(lambda open_rows: reconcile(open_rows, found, now_iso, evaluated_deals, refresh),
+                                   now_iso)
+
+
+@dataclass
+class Audit:
+    """One evaluation of every cached deal."""
+
+    deals: int  # live deals evaluated (judged afresh or by their kept judgement)
+    violations: list[Violation]  # deal by deal in id order
+    evaluator: Evaluator
+    judged: int  # deals judged afresh this time
+    opened: int = 0
+    resolved: int = 0
+
+
+@dataclass
+class _Fresh:
+    """A deal judged in this run, with what is kept of it."""
+
+    violations: list[Violation]
+    horizon: datetime | None
+    client_key: str | None
+    purchase_at: int | None
+    mapped: str | None  # the deal as JSON when its horizon is near (and the judgement is to be kept)
+
+
+def audit_cache(cache: Cache, mappings: Mappings, now: datetime, *, record: bool = True) -> Audit:
+    """Every live cached deal's violations at `now`. With `record`, the ledger (`violations`) and the kept
+    judgements are written in one transaction; without, nothing is written."""
+    mapper = DealMapper(mappings.regulation, mappings.binding)
+    judge = StreamJudge(mappings.regulation, now)
+    codec = Codec(mapper.zone, judge.evaluator.regulation)
+    at = micros(now)
+    fresh: dict[int, _Fresh] = {}
+    kept: list[JudgedRow] = []
+    gone: set[int] = set()
+
+    def judged(deals: Iterable[Deal]) -> None:
+        for deal in deals:
+            made = judge.judgement(deal)
+            mapped = None
+            if record and made.horizon is not None and made.horizon - now < KEEP_MAPPED:
+                mapped = codec.deal(deal)
+            purchase = made.purchase
+            fresh[int(deal.id)] = _Fresh(made.violations, made.horizon, purchase[0] if purchase else None,
+                                         micros(purchase[1]) if purchase else None, mapped)
+
+    with paused_gc():  # mapping and judging allocate many small objects and no reference cycles
+        with cache.snapshot():  # one state of the file: the marks, the kept judgements and the deals agree
+            mark = cache.judged.last_mark()
+            fingerprint = judging_fingerprint(mappings, cache.deals.own_users())
+            rebuilt = cache.judged.fingerprint() != fingerprint
+            if rebuilt:  # first audit, or the regulation, the binding or the code changed: every deal afresh
+                judged(mapper.stream(cache.deals.iter_records(keys=mapper.deal_keys)))
+            else:
+                changed = cache.judged.marked(mark) | cache.judged.unjudged()
+                rows = list(cache.judged.rows())
+                due = {row.deal_id for row in rows if row.deal_id not in changed and (
+                    (row.recheck_at is not None and row.recheck_at <= at) or row.judged_at > at)}
+                mapped = cache.judged.kept_deals(due)
+                judged(codec.to_deal(mapped[deal_id]) for deal_id in sorted(mapped))
+                unmapped = sorted(changed | (due - mapped.keys()))
+                for start in range(0, len(unmapped), 500):
+                    judged(mapper.deals(cache.deals.records(unmapped[start:start + 500])))
+                gone = changed - fresh.keys()  # marked, and no longer a live deal
+                kept = [row for row in rows if row.deal_id not in fresh and row.deal_id not in gone]
+        violations = _settled(fresh, kept, codec)
+    audit = Audit(len(fresh) + len(kept), violations, judge.evaluator, len(fresh))
+    if record:
+        with cache.atomic():
+            changes = record_violations(cache, violations, now.astimezone(timezone.utc).isoformat(),
+                                        refresh={str(deal_id) for deal_id in fresh})
+            cache.judged.save(_rows(fresh, at, codec), gone, mark=mark, fingerprint=fingerprint, rebuilt=rebuilt)
+        audit.opened, audit.resolved = len(changes.opened), len(changes.resolved)
+    return audit
+
+
+def _settled(fresh: dict[int, _Fresh], kept: list[JudgedRow], codec: Codec) -> list[Violation]:
+    """Every deal's violations in deal id order, R10's settled across every purchase (fresh and kept)."""
+    order: list[tuple[int, Any]] = sorted([*fresh.items(), *((row.deal_id, row) for row in kept)],
+                                          key=lambda item: item[0])
+    latest = latest_purchases((str(deal_id), item.client_key, item.purchase_at) for deal_id, item in order
+                              if item.purchase_at is not None)
+    found: list[Violation] = []
+    for _, item in order:
+        violations = item.violations if isinstance(item, _Fresh) else codec.to_violations(item.violations)
+        found += settle_r10(violations, item.client_key, latest)
+    return found
+
+
+def _rows(fresh: dict[int, _Fresh], at: int, codec: Codec) -> Iterator[tuple[Any, ...]]:
+    for deal_id, item in fresh.items():
+        yield (deal_id, at, micros(item.horizon) if item.horizon is not None else None, item.client_key,
+               item.purchase_at, codec.violations(item.violations), item.mapped)
+
+
+def judging_fingerprint(mappings: Mappings, own_users: Iterable[str]) -> str:
+    """What every kept judgement depends on besides its deal: the regulation and the binding as loaded, the code that
+    maps and judges, and the users crmbridge writes as (their activity is not a person's, R11)."""
+    digest = hashlib.sha256()
+    digest.update(mappings.regulation.model_dump_json().encode())
+    digest.update(mappings.binding.model_dump_json().encode())
+    for name in _JUDGING_CODE:
+        path = _PACKAGE / name
+        for source in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(source.read_bytes())
+    digest.update(",".join(sorted(own_users)).encode())
+    return digest.hexdigest()

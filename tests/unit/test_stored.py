@@ -15,6 +15,7 @@ from crmbridge.commands.regulation import violation_json
 from crmbridge.mapping.binding import DealMapper
 from crmbridge.mapping.load import Mappings, load_mappings
 from crmbridge.model import Deal
+from crmbridge.regulation.compiled import compile_regulation
 from crmbridge.regulation.evaluate import RULES, Evaluator
 from crmbridge.regulation.ledger import violation_row
 from crmbridge.regulation.stored import Codec
@@ -37,7 +38,7 @@ def mapped(mappings: Mappings) -> tuple[DealMapper, list[Deal]]:
 
 def test_every_deal_comes_back_the_same_in_the_same_zones(mapped: tuple[DealMapper, list[Deal]]) -> None:
     mapper, deals = mapped
-    codec = Codec(mapper.zone)
+    codec = Codec(mapper.zone, compile_regulation(mapper.regulation))
     for deal in deals:
         back = codec.to_deal(codec.deal(deal))
         assert back == deal and repr(back) == repr(deal)  # repr: the zone of every moment, the types of values
@@ -47,22 +48,23 @@ def test_every_deal_comes_back_the_same_in_the_same_zones(mapped: tuple[DealMapp
 def test_every_violation_reads_back_as_the_audit_and_the_ledger_show_it(
         mappings: Mappings, mapped: tuple[DealMapper, list[Deal]]) -> None:
     mapper, deals = mapped
-    codec = Codec(mapper.zone)
     evaluator = Evaluator.of(mappings.regulation, NOW)
+    codec = Codec(mapper.zone, evaluator.regulation)
     rules = set()
     for deal in deals:
         found = evaluator.violations(deal)
         back = codec.to_violations(codec.violations(found))
         assert [violation_json(v) for v in back] == [violation_json(v) for v in found]
         assert [violation_row(v, "t") for v in back] == [violation_row(v, "t") for v in found]
-        assert [(v.key, v.message, v.since, v.entry) for v in back] == [(v.key, v.message, v.since, v.entry) for v in found]
+        assert [(v.key, v.message, v.since, v.entry, v.clause, v.template, v.severity) for v in back] == \
+            [(v.key, v.message, v.since, v.entry, v.clause, v.template, v.severity) for v in found]
         rules |= {v.rule for v in found}
     assert rules == set(RULES)
     assert codec.violations([]) is None and codec.to_violations(None) == []
 
 
-def test_moments_keep_their_own_zone_and_values_their_type() -> None:
-    codec = Codec(ZoneInfo("Europe/Moscow"))
+def test_moments_keep_their_own_zone_and_values_their_type(mappings: Mappings) -> None:
+    codec = Codec(ZoneInfo("Europe/Moscow"), compile_regulation(mappings.regulation))
     moments = [datetime(2026, 3, 29, 1, 30, 0, 999_999, tzinfo=ZoneInfo("Europe/Berlin")),
                datetime(1969, 12, 31, 23, 59, tzinfo=timezone.utc),
                datetime(2026, 1, 1, tzinfo=timezone(timedelta(hours=-3, minutes=-30))),

@@ -183,8 +183,8 @@ class Deals:
         with self.cache.snapshot():  # its several queries see one state of the file
             found = self._records(f"SELECT id, raw, contact_id, company_id FROM deals WHERE {where} ORDER BY id",
                                   params, scope, params, self.own_users(), self.reverted())
-            found.contacts = self._clients("contacts", {deal.contact for deal in found.deals})
-            found.companies = self._clients("companies", {deal.company for deal in found.deals})
+            found.contacts = self._clients_by_id("contacts", {deal.contact for deal in found.deals} - {""})
+            found.companies = self._clients_by_id("companies", {deal.company for deal in found.deals} - {""})
         return found
 
     def iter_records(self, chunk: int = 500, keys: Sequence[str] | None = None) -> Iterator[DealRecords]:
@@ -348,11 +348,6 @@ class Deals:
                                         f"WHERE deal_id IN ({_marks(chunk)}) GROUP BY deal_id", chunk):
                 newest[int(row["deal_id"])] = int(row["top"])
         return newest
-
-    def _clients(self, table: str, wanted: set[str]) -> dict[str, RawRecord]:
-        """Rows of `table` whose id is wanted (only those are decoded)."""
-        return {str(row_id): json.loads(raw) for row_id, raw in self.cache.db.execute(f"SELECT id, raw FROM {table}")
-                if str(row_id) in wanted}
 
     def _clients_by_id(self, table: str, wanted: set[str]) -> dict[str, RawRecord]:
         """Rows of `table` with these ids, looked up by id (a few of many)."""

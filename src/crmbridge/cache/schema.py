@@ -532,6 +532,86 @@ MIGRATIONS: list[str] = [
         value TEXT
     );
     """,
+    # 16: the audit's judgements kept between runs (issue 7, item 15): a deal is judged again only when what its
+    # mapping reads changed (the triggers mark it) or its horizon came (the clock may change what a rule says).
+    """
+    CREATE TABLE judged (
+        deal_id INTEGER PRIMARY KEY,     -- deals.id
+        mark INTEGER NOT NULL,           -- the last judge_marks.seq the judgement saw: an older one never replaces it
+        judged_at INTEGER NOT NULL,      -- the clock it was judged at (microseconds since 1970, UTC)
+        recheck_at INTEGER,              -- its horizon: from then the clock may change it; NULL: only the deal can
+        client_key TEXT,                 -- R10: a won deal's client (company:5 / contact:7) ...
+        purchase_at INTEGER,             -- ... and when the client bought in it (microseconds since 1970, UTC)
+        violations TEXT                  -- its violations (JSON), R10's as if it were its client's latest purchase
+    );
+    CREATE TABLE judged_deals (
+        deal_id INTEGER PRIMARY KEY,     -- judged.deal_id of a judgement whose horizon is near
+        deal TEXT NOT NULL               -- the mapped deal (JSON): judged again at its horizon without mapping it
+    );
+    CREATE TABLE judge_marks (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- only grows: an audit clears the marks its snapshot saw, no later ones
+        deal_id INTEGER NOT NULL         -- a deal whose inputs changed since it was judged
+    );
+    -- every audit reads the open violations' keys: from this index, not from the rows with their messages
+    CREATE INDEX violations_open_deal ON violations(key, deal_id) WHERE resolved IS NULL;
+    CREATE INDEX deals_contact ON deals(contact_id);
+    CREATE INDEX deals_company ON deals(company_id);
+    CREATE TRIGGER judge_deals_insert AFTER INSERT ON deals
+    BEGIN INSERT INTO judge_marks(deal_id) VALUES (NEW.id); END;
+    CREATE TRIGGER judge_deals_update AFTER UPDATE ON deals
+    WHEN OLD.raw IS NOT NEW.raw OR OLD.deleted IS NOT NEW.deleted OR OLD.contact_id IS NOT NEW.contact_id
+         OR OLD.company_id IS NOT NEW.company_id OR OLD.id IS NOT NEW.id
+    BEGIN INSERT INTO judge_marks(deal_id) VALUES (NEW.id); INSERT INTO judge_marks(deal_id) SELECT OLD.id WHERE OLD.id IS NOT NEW.id; END;
+    CREATE TRIGGER judge_deals_delete AFTER DELETE ON deals
+    BEGIN INSERT INTO judge_marks(deal_id) VALUES (OLD.id); END;
+    CREATE TRIGGER judge_stage_history_insert AFTER INSERT ON stage_history WHEN NEW.deal_id IS NOT NULL
+    BEGIN INSERT INTO judge_marks(deal_id) VALUES (NEW.deal_id); END;
+    CREATE TRIGGER judge_stage_history_update AFTER UPDATE ON stage_history
+    WHEN OLD.raw IS NOT NEW.raw OR OLD.deal_id IS NOT NEW.deal_id OR OLD.type_id IS NOT NEW.type_id OR OLD.category_id IS NOT NEW.category_id OR OLD.stage_id IS NOT NEW.stage_id OR OLD.created_time IS NOT NEW.created_time OR OLD.crm_id IS NOT NEW.crm_id OR OLD.from_category_id IS NOT NEW.from_category_id OR OLD.from_stage_id IS NOT NEW.from_stage_id
+    BEGIN
+        INSERT INTO judge_marks(deal_id) SELECT OLD.deal_id WHERE OLD.deal_id IS NOT NULL;
+        INSERT INTO judge_marks(deal_id) SELECT NEW.deal_id WHERE NEW.deal_id IS NOT NULL AND NEW.deal_id IS NOT OLD.deal_id;
+    END;
+    CREATE TRIGGER judge_stage_history_delete AFTER DELETE ON stage_history WHEN OLD.deal_id IS NOT NULL
+    BEGIN INSERT INTO judge_marks(deal_id) VALUES (OLD.deal_id); END;
+    CREATE TRIGGER judge_tasks_insert AFTER INSERT ON tasks WHEN NEW.deal_id IS NOT NULL
+    BEGIN INSERT INTO judge_marks(deal_id) VALUES (NEW.deal_id); END;
+    CREATE TRIGGER judge_tasks_update AFTER UPDATE ON tasks
+    WHEN OLD.raw IS NOT NEW.raw OR OLD.deal_id IS NOT NEW.deal_id OR OLD.title IS NOT NEW.title OR OLD.status IS NOT NEW.status OR OLD.responsible_id IS NOT NEW.responsible_id OR OLD.deadline IS NOT NEW.deadline OR OLD.created_date IS NOT NEW.created_date OR OLD.closed_date IS NOT NEW.closed_date
+    BEGIN
+        INSERT INTO judge_marks(deal_id) SELECT OLD.deal_id WHERE OLD.deal_id IS NOT NULL;
+        INSERT INTO judge_marks(deal_id) SELECT NEW.deal_id WHERE NEW.deal_id IS NOT NULL AND NEW.deal_id IS NOT OLD.deal_id;
+    END;
+    CREATE TRIGGER judge_tasks_delete AFTER DELETE ON tasks WHEN OLD.deal_id IS NOT NULL
+    BEGIN INSERT INTO judge_marks(deal_id) VALUES (OLD.deal_id); END;
+    CREATE TRIGGER judge_activities_insert AFTER INSERT ON activities WHEN NEW.deal_id IS NOT NULL
+    BEGIN INSERT INTO judge_marks(deal_id) VALUES (NEW.deal_id); END;
+    CREATE TRIGGER judge_activities_update AFTER UPDATE ON activities
+    WHEN OLD.raw IS NOT NEW.raw OR OLD.deal_id IS NOT NEW.deal_id OR OLD.subject IS NOT NEW.subject OR OLD.completed IS NOT NEW.completed OR OLD.responsible_id IS NOT NEW.responsible_id OR OLD.deadline IS NOT NEW.deadline OR OLD.created IS NOT NEW.created OR OLD.last_updated IS NOT NEW.last_updated
+    BEGIN
+        INSERT INTO judge_marks(deal_id) SELECT OLD.deal_id WHERE OLD.deal_id IS NOT NULL;
+        INSERT INTO judge_marks(deal_id) SELECT NEW.deal_id WHERE NEW.deal_id IS NOT NULL AND NEW.deal_id IS NOT OLD.deal_id;
+    END;
+    CREATE TRIGGER judge_activities_delete AFTER DELETE ON activities WHEN OLD.deal_id IS NOT NULL
+    BEGIN INSERT INTO judge_marks(deal_id) VALUES (OLD.deal_id); END;
+    CREATE TRIGGER judge_contacts_insert AFTER INSERT ON contacts
+    BEGIN INSERT INTO judge_marks(deal_id) SELECT id FROM deals WHERE contact_id = NEW.id; END;
+    CREATE TRIGGER judge_contacts_update AFTER UPDATE ON contacts WHEN OLD.raw IS NOT NEW.raw OR OLD.id IS NOT NEW.id
+    BEGIN INSERT INTO judge_marks(deal_id) SELECT id FROM deals WHERE contact_id IN (OLD.id, NEW.id); END;
+    CREATE TRIGGER judge_contacts_delete AFTER DELETE ON contacts
+    BEGIN INSERT INTO judge_marks(deal_id) SELECT id FROM deals WHERE contact_id = OLD.id; END;
+    CREATE TRIGGER judge_companies_insert AFTER INSERT ON companies
+    BEGIN INSERT INTO judge_marks(deal_id) SELECT id FROM deals WHERE company_id = NEW.id; END;
+    CREATE TRIGGER judge_companies_update AFTER UPDATE ON companies WHEN OLD.raw IS NOT NEW.raw OR OLD.id IS NOT NEW.id
+    BEGIN INSERT INTO judge_marks(deal_id) SELECT id FROM deals WHERE company_id IN (OLD.id, NEW.id); END;
+    CREATE TRIGGER judge_companies_delete AFTER DELETE ON companies
+    BEGIN INSERT INTO judge_marks(deal_id) SELECT id FROM deals WHERE company_id = OLD.id; END;
+    CREATE TRIGGER judge_actions_insert AFTER INSERT ON actions WHEN NEW.status = 'done'
+    BEGIN INSERT INTO judge_marks(deal_id) VALUES (NEW.deal_id); END;
+    CREATE TRIGGER judge_actions_update AFTER UPDATE ON actions
+    WHEN (OLD.status = 'done') IS NOT (NEW.status = 'done') OR (NEW.status = 'done' AND OLD.crm_ids IS NOT NEW.crm_ids)
+    BEGIN INSERT INTO judge_marks(deal_id) VALUES (NEW.deal_id); END;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

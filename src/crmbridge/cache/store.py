@@ -11,6 +11,7 @@ import sqlite_utils
 
 from crmbridge.cache.account import Account
 from crmbridge.cache.deals import Deals
+from crmbridge.cache.judged import Judged
 from crmbridge.cache.kpi import Kpi
 from crmbridge.cache.meta import Meta
 from crmbridge.cache.reference import Reference
@@ -26,7 +27,7 @@ class Cache(Tables):
     """The local SQLite file: one repository per table family, and the transactions they share.
 
     `cache.deals`, `cache.reference`, `cache.violations`, `cache.syncs`, `cache.account`, `cache.kpi`, `cache.rejected`
-    (records a sync could not use) and `cache.meta` (facts about the file) hold every query of their tables
+    (records a sync could not use), `cache.meta` (facts about the file) and `cache.judged` (the audit's kept judgements) hold every query of their tables
     (`cache.actions.ActionsRepository(cache)` those of the enforcement's outbox).
     """
 
@@ -40,6 +41,7 @@ class Cache(Tables):
         self.kpi = Kpi(self)
         self.rejected = RejectedRecords(self)
         self.meta = Meta(self)
+        self.judged = Judged(self)
 
 
 def open_cache(path: Path | str) -> Cache:

@@ -17,7 +17,7 @@ from crmbridge import files
 from crmbridge.bulk import paused_gc
 from crmbridge.cache.store import Cache
 from crmbridge.commands import common
-from crmbridge.compliance import record_violations
+from crmbridge.compliance import Audit, audit_cache
 from crmbridge.errors import CrmBridgeError, MappingError
 from crmbridge.mapping.binding import DealMapper
 from crmbridge.mapping.discover import draft_binding, todo_left
@@ -26,7 +26,7 @@ from crmbridge.mapping.portal import PortalSnapshot, lint_live
 from crmbridge.mapping.schema import json_schemas
 from crmbridge.model import Deal, Violation
 from crmbridge.regulation.compiled import CompiledRegulation
-from crmbridge.regulation.evaluate import RULES, Evaluator, beyond_look_back, evaluate_stream, impact
+from crmbridge.regulation.evaluate import RULES, Evaluator, beyond_look_back, impact
 
 from rich.markup import escape as markup_escape
 
@@ -37,40 +37,6 @@ def escape(text: object) -> str:
     """CRM text inside our rich markup: markup escaped and control characters shown escaped."""
     return markup_escape(for_terminal(text))
 
-
-
-@dataclass
-class AuditRun:
-    """One evaluation of the cached deals."""
-
-    deals: int  # how many were evaluated
-    violations: list[Violation]
-    evaluator: Evaluator
-    opened: int = 0
-    resolved: int = 0
-
-
-def evaluate_cache(cache: Cache, mappings: Mappings, now: datetime, *, record: bool = True,
-                   deal_ids: Sequence[int | str] | None = None) -> AuditRun:
-    """Map and evaluate cached deals; with `record`, open / resolve rows of the `violations` table.
-
-    Every deal: streamed from the cache a chunk at a time and judged as it is mapped, so memory holds one chunk
-    and the violations, not the cache (issue 8: 1.8 GB at 100,000 deals before)."""
-    mapper = DealMapper(mappings.regulation, mappings.binding)
-    with paused_gc():  # mapping and evaluation allocate many small objects and no reference cycles
-        if deal_ids is None:
-            evaluation = evaluate_stream(mappings.regulation, now, mapper.stream(cache.deals.iter_records(keys=mapper.deal_keys)))
-            run = AuditRun(evaluation.deals, evaluation.violations, evaluation.evaluator)
-        else:
-            deals = mapper.deals(cache.deals.records(deal_ids))
-            evaluator = _evaluator_for(cache, mapper, mappings, now, deal_ids)
-            run = AuditRun(len(deals), [violation for deal in deals for violation in evaluator.violations(deal)],
-                           evaluator)
-    if record:
-        scope = None if deal_ids is None else {str(deal_id) for deal_id in deal_ids}
-        changes = record_violations(cache, run.violations, now.astimezone(timezone.utc).isoformat(), scope)
-        run.opened, run.resolved = len(changes.opened), len(changes.resolved)
-    return run
 
 
 def _evaluator_for(cache: Cache, mapper: DealMapper, mappings: Mappings, now: datetime,
@@ -271,7 +237,7 @@ def register(app: typer.Typer) -> None:
             if deal is not None:
                 _explain_deal(cache, mappings, now, deal, as_json)
                 return
-            run = evaluate_cache(cache, mappings, now, record=record)
+            run = audit_cache(cache, mappings, now, record=record)
             names = cache.reference.user_names()
         _print_audit(run, names, as_json)
 
@@ -315,24 +281,27 @@ def _explain_deal(cache: Cache, mappings: Mappings, now: datetime, deal_id: int,
     common.console.print(table)
 
 
-def _print_audit(run: AuditRun, names: dict[str, str], as_json: bool) -> None:
+def _print_audit(run: Audit, names: dict[str, str], as_json: bool) -> None:
     by_rule: Counter[str] = Counter(violation.rule for violation in run.violations)
     # R7 / R8 / R9 breaches older than the rule's look-back window: recorded here, never pushed to people
     too_old = _too_old(run.evaluator.regulation, run.evaluator.now)
-    old: Counter[str] = Counter(violation.rule for violation in run.violations if too_old(violation))
+    beyond = [too_old(violation) for violation in run.violations]
+    old: Counter[str] = Counter(violation.rule for violation, past in zip(run.violations, beyond) if past)
     by_manager: dict[str, Counter[str]] = defaultdict(Counter)
     for violation in run.violations:
         by_manager[violation.manager or "—"][violation.rule] += 1
     if as_json:
         common.print_json_list({
-            "deals": run.deals, "violations": len(run.violations), "opened": run.opened, "resolved": run.resolved,
+            "deals": run.deals, "judged": run.judged, "violations": len(run.violations), "opened": run.opened,
+            "resolved": run.resolved,
             "by_rule": dict(sorted(by_rule.items(), key=lambda item: int(item[0][1:]))),
             "beyond_look_back": dict(sorted(old.items(), key=lambda item: int(item[0][1:]))),
             "by_manager": {manager: dict(counts) for manager, counts in by_manager.items()},
-        }, "open", (violation_json(violation, beyond=too_old(violation)) for violation in run.violations))
+        }, "open", (violation_json(violation, beyond=past) for violation, past in zip(run.violations, beyond)))
         return
-    common.console.print(f"{run.deals:,} deals evaluated: {len(run.violations):,} open violations "
-                         f"({run.opened:,} newly opened, {run.resolved:,} resolved since the last audit)")
+    common.console.print(f"{run.deals:,} deals evaluated ({run.judged:,} judged afresh, the others unchanged since "
+                         f"the last audit): {len(run.violations):,} open violations ({run.opened:,} newly opened, "
+                         f"{run.resolved:,} resolved since the last audit)")
     clauses = {violation.rule: violation.clause.split(".")[0] for violation in run.violations}
     deals_by_rule: dict[str, set[str]] = defaultdict(set)
     for violation in run.violations:

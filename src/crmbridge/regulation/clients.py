@@ -161,19 +161,30 @@ def purchase_fields(ctx: Context) -> dict[str, str | None]:
     return {direction_id: direction.rules.R8.paid_field for direction_id, direction in ctx.regulation.directions.items()}
 
 
-def note_purchase(found: dict[str, tuple[datetime, str]], deal: Deal, paid_fields: dict[str, str | None],
-                  ctx: Context) -> None:
-    """Count one deal into `last_purchases` (deals taken in the same order give the same answer)."""
+def purchase_of(deal: Deal, paid_fields: dict[str, str | None], ctx: Context) -> tuple[str, datetime] | None:
+    """(client key, moment) when a won deal is a purchase of a known client; None otherwise."""
     if deal.outcome is not Outcome.WON or deal.direction not in paid_fields:
-        return
+        return None
     key = deal.client_key
     if key is None:
-        return
+        return None
     moment = purchase_moment(deal, paid_fields[deal.direction], ctx)
-    if moment is not None:
-        known = found.get(key)
-        if known is None or moment > known[0]:
-            found[key] = (moment, deal.id)
+    return None if moment is None else (key, moment)
+
+
+def note_purchase(found: dict[str, tuple[Any, str]], deal: Deal, paid_fields: dict[str, str | None],
+                  ctx: Context) -> None:
+    """Count one deal into `last_purchases` (deals taken in the same order give the same answer)."""
+    purchase = purchase_of(deal, paid_fields, ctx)
+    if purchase is not None:
+        note_latest(found, purchase[0], purchase[1], deal.id)
+
+
+def note_latest(found: dict[str, tuple[Any, str]], client_key: str, moment: Any, deal_id: str) -> None:
+    """Keep the client's latest purchase (moment, deal id); of equal moments the one noted first stays."""
+    known = found.get(client_key)
+    if known is None or moment > known[0]:
+        found[client_key] = (moment, deal_id)
 
 
 def check_r10(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = None) -> tuple[Violation, ...] | None:

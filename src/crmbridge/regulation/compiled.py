@@ -210,6 +210,16 @@ class Context:
         return waited
 
 
+#: a rule's message when the regulation gives none
+DEFAULT_MESSAGE = "{rule}: deal «{title}» ({stage_name}): {missing}"
+
+
+def texts(direction: CompiledDirection, rule: str) -> tuple[str, str]:
+    """A rule's clause and message template in a direction, as its violations carry them."""
+    spec = direction.specs[rule]
+    return spec.clause or rule, spec.message or DEFAULT_MESSAGE
+
+
 def violation(rule: str, deal: Deal, direction: CompiledDirection, ctx: Context, *, since: datetime,
               entry: StageEntry | None, missing: tuple[str, ...] = (), stage: str | None = None,
               values: Mapping[str, Any] | None = None, details: Mapping[str, Any] | None = None) -> Violation:
@@ -223,7 +233,7 @@ def violation(rule: str, deal: Deal, direction: CompiledDirection, ctx: Context,
     if values:
         filled.update(values)
     return _new_violation(rule, deal.id, direction.modes[rule], spec.clause or rule,
-                          spec.message or "{rule}: deal «{title}» ({stage_name}): {missing}", since, direction.id, stage,
+                          spec.message or DEFAULT_MESSAGE, since, direction.id, stage,
                           entry, missing, deal.manager, details or {}, filled)
 
 

@@ -5,11 +5,20 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from crmbridge.mapping.schema import RULE_IDS, RegulationSpec
 from crmbridge.model import Deal, Mode, Outcome, RuleExplanation, Verdict, Violation
-from crmbridge.regulation.clients import check_r5, check_r6, check_r10, last_purchases, note_purchase, purchase_fields
+from crmbridge.regulation.clients import (
+    check_r5,
+    check_r6,
+    check_r10,
+    last_purchases,
+    note_latest,
+    note_purchase,
+    purchase_fields,
+    purchase_of,
+)
 from crmbridge.regulation.compiled import (
     CompiledDirection,
     CompiledRegulation,
@@ -157,6 +166,15 @@ class StreamJudge:
             note_purchase(self.purchases, deal, self._paid_fields, self._context)
         return self.evaluator.violations(deal)
 
+    def judgement(self, deal: Deal) -> "Judgement":
+        """`judge`, with what an audit keeps of it: the horizon and the deal's purchase (R10 settles across deals)."""
+        self.deals += 1
+        purchase = purchase_of(deal, self._paid_fields, self._context) if deal.outcome is Outcome.WON else None
+        if purchase is not None:
+            note_latest(self.purchases, purchase[0], purchase[1], deal.id)
+        violations, horizon = self.evaluator.judged(deal)
+        return Judgement(deal.id, violations, horizon, purchase)
+
     def latest(self, deal_id: str, client_key: str) -> bool:
         """After every deal was judged: is this deal its client's latest purchase (or the client has none)?"""
         latest = self.purchases.get(client_key)
@@ -165,6 +183,38 @@ class StreamJudge:
     def finished(self) -> Evaluator:
         """The evaluator that knows every client's last purchase (for messages and look-back windows)."""
         return replace(self.evaluator, purchases=self.purchases)
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """One deal judged, as an audit keeps it: its violations (R10's as if it were its client's latest purchase), the
+    horizon (the first moment the clock alone may change them; None: only a change of the deal can) and the purchase
+    it is, when it is one: (client key, moment)."""
+
+    deal: str
+    violations: list[Violation]
+    horizon: datetime | None
+    purchase: tuple[str, Any] | None
+
+
+def latest_purchases(purchases: Iterable[tuple[str, str, Any]]) -> dict[str, tuple[Any, str]]:
+    """Client key -> (moment, deal id) of its latest purchase, from (deal id, client key, moment) in deal order: what
+    `StreamJudge.purchases` holds after the same deals."""
+    found: dict[str, tuple[Any, str]] = {}
+    for deal_id, client_key, moment in purchases:
+        note_latest(found, client_key, moment, deal_id)
+    return found
+
+
+def settle_r10(violations: list[Violation], client_key: str | None, latest: Mapping[str, tuple[Any, str]]) -> list[Violation]:
+    """A deal's violations once every purchase is known: R10's is dropped when a later purchase of the same client
+    superseded the deal (R10 judges only the client's latest purchase)."""
+    if client_key is None or not violations:
+        return violations
+    known = latest.get(client_key)
+    if known is None or known[1] == violations[0].deal:
+        return violations
+    return [violation for violation in violations if violation.rule != "R10"]
 
 
 def evaluate_stream(regulation: RegulationSpec | CompiledRegulation, now: datetime, deals: Iterable[Deal], *,

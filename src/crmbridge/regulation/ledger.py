@@ -67,11 +67,13 @@ def violation_row(violation: Violation, now_iso: str) -> dict[str, Any]:
 
 
 def reconcile(open_rows: Mapping[str, Mapping[str, Any]], found: Iterable[Violation], now_iso: str,
-              evaluated_deals: set[str] | None = None) -> LedgerChanges:
+              evaluated_deals: set[str] | None = None, refresh: set[str] | None = None) -> LedgerChanges:
     """Compare the open rows (by key) with this evaluation's violations.
 
     `evaluated_deals` limits resolving to the deals evaluated this time (None: every deal was evaluated,
-    so an open row of a deal that is gone or no longer regulated resolves too).
+    so an open row of a deal that is gone or no longer regulated resolves too). `refresh` limits rewriting the rows
+    still open to the deals judged afresh (None: all): a kept judgement's rows were written when it was made, and
+    nothing in them changed since (the audit's reuse, issue 7 item 15).
     """
     opened: list[Violation] = []
     refreshed: list[tuple[int, Violation]] = []
@@ -85,7 +87,7 @@ def reconcile(open_rows: Mapping[str, Mapping[str, Any]], found: Iterable[Violat
         row = open_rows.get(key)
         if row is None:
             opened.append(violation)
-        else:
+        elif refresh is None or violation.deal in refresh:
             refreshed.append((int(row["id"]), violation))
     for key, row in open_rows.items():
         if key in seen:

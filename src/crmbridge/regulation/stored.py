@@ -17,13 +17,18 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from crmbridge.model import Client, Deal, EntryKind, FieldValue, Mode, Outcome, StageEntry, Task, TaskStatus, Violation
-from crmbridge.regulation.compiled import _new_violation
+from crmbridge.regulation.compiled import CompiledRegulation, _new_violation, texts
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICRO = timedelta(microseconds=1)
 # default=str: what the audit prints of a value nested in a raw CRM value or a list of details (text.json_text too)
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False, default=str).encode
 _loads = json.loads
+
+
+def micros(moment: datetime) -> int:
+    """An aware moment as microseconds since 1970 (UTC): exact, and ordered as the moments are."""
+    return (moment - _EPOCH) // _MICRO
 
 
 def _zone_name(zone: tzinfo | None) -> str:
@@ -42,21 +47,33 @@ def _zone(name: str) -> tzinfo:
     return ZoneInfo(name)
 
 
-class Codec:
-    """Encodes and decodes with one default zone (the mapping's): its moments are kept as bare numbers."""
+class KeptViolation(Violation):
+    """A violation read back from a kept judgement: its message as rendered when it was judged (its horizon vouches
+    that it still reads so), not rendered again."""
 
-    def __init__(self, zone: tzinfo) -> None:
+    __slots__ = ("_message",)
+
+    @property
+    def message(self) -> str:
+        return self._message  # type: ignore[no-any-return]
+
+
+class Codec:
+    """Encodes and decodes with one default zone (the mapping's): its moments are kept as bare numbers. A violation's
+    clause and template are the regulation's (not kept): the regulation it was judged with (the audit's fingerprint)."""
+
+    def __init__(self, zone: tzinfo, regulation: CompiledRegulation) -> None:
         self.zone = zone
         self.zone_name = _zone_name(zone)
+        self.regulation = regulation
 
     # ------------------------------------------------------------ moments and values
 
     def moment(self, value: datetime | None) -> Any:
         if value is None:
             return None
-        micros = (value - _EPOCH) // _MICRO
         name = _zone_name(value.tzinfo)
-        return micros if name == self.zone_name else [micros, name]
+        return micros(value) if name == self.zone_name else [micros(value), name]
 
     def to_moment(self, kept: Any) -> datetime | None:
         if kept is None:
@@ -147,21 +164,34 @@ class Codec:
             return None
         value = self.value
         return _dumps([
-            [v.rule, v.deal, v.severity.value, v.clause, v.template, self.moment(v.since), v.direction, v.stage,
+            [v.rule, v.deal, v.severity.value, self.moment(v.since), v.direction, v.stage,
              self.entry(v.entry) if v.entry is not None else None, list(v.missing), v.manager,
-             {name: value(item) for name, item in v.details.items()},
-             {name: str(item) for name, item in v.values.items()}]
+             {name: value(item) for name, item in v.details.items()}, v.message]
             for v in violations])
 
     def to_violations(self, text: str | None) -> list[Violation]:
         if text is None:
             return []
-        to_value, to_moment, to_entry = self.to_value, self.to_moment, self.to_entry
-        return [_new_violation(rule, deal, Mode(severity), clause, template, to_moment(since), direction,  # type: ignore[arg-type]
-                               stage, to_entry(entry) if entry is not None else None, tuple(missing), manager,
-                               {name: to_value(item) for name, item in details.items()}, values)
-                for (rule, deal, severity, clause, template, since, direction, stage, entry, missing, manager, details,
-                     values) in _loads(text)]
+        to_value, to_moment, to_entry, directions = self.to_value, self.to_moment, self.to_entry, self.regulation.directions
+        found: list[Violation] = []
+        for rule, deal, severity, since, direction, stage, entry, missing, manager, details, message in _loads(text):
+            clause, template = texts(directions[direction], rule)
+            kept = _new_violation(rule, deal, Mode(severity), clause, template, to_moment(since), direction,  # type: ignore[arg-type]
+                                  stage, to_entry(entry) if entry is not None else None, tuple(missing), manager,
+                                  {name: to_value(item) for name, item in details.items()}, _NO_VALUES, _new=_new_kept)
+            _set_message(kept, message)
+            found.append(kept)
+        return found
 
 
-__all__ = ["Codec"]
+_NO_VALUES: dict[str, Any] = {}  # the message is kept rendered: nothing to fill in
+
+
+def _new_kept(_: type) -> KeptViolation:
+    return object.__new__(KeptViolation)
+
+
+_set_message = KeptViolation.__dict__["_message"].__set__
+
+
+__all__ = ["Codec", "KeptViolation", "micros"]
