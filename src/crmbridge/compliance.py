@@ -15,21 +15,34 @@ from pathlib import Path
 from typing import Any
 
 from crmbridge.bulk import paused_gc
-from crmbridge.cache.judged import JudgedRow
+from crmbridge.cache.judged import UNCHANGED, JudgedRow
 from crmbridge.cache.store import Cache
 from crmbridge.mapping.binding import DealMapper
 from crmbridge.mapping.load import Mappings
 from crmbridge.model import Deal, Violation
 from crmbridge.regulation.evaluate import Evaluator, StreamJudge, latest_purchases, settle_r10
 from crmbridge.regulation.ledger import LedgerChanges, reconcile
-from crmbridge.regulation.stored import Codec, micros
+from crmbridge.regulation.stored import Codec, micros, rendered
 
 #: a deal whose horizon is nearer than this is kept mapped with its judgement: judged again without mapping it
 KEEP_MAPPED = timedelta(days=1)
+_NONE: list[Violation] = []
 #: the code a judgement depends on besides the files: when it changes (an upgrade), every deal is judged afresh
 _JUDGING_CODE = ("model.py", "mapping/binding.py", "mapping/records.py", "cache/deals.py", "compliance.py",
                  "regulation")
 _PACKAGE = Path(__file__).resolve().parent
+
+
+def violation_json(violation: Violation, *, beyond: bool = False) -> dict[str, Any]:
+    """One violation as `audit --json` shows it; `beyond_look_back`: older than its rule's look-back window (recorded,
+    not pushed)."""
+    return {
+        "rule": violation.rule, "deal": violation.deal, "severity": violation.severity.value,
+        "direction": violation.direction, "stage": violation.stage, "since": violation.since.isoformat(),
+        "entry": violation.entry.key if violation.entry else None, "missing": list(violation.missing),
+        "manager": violation.manager, "message": violation.message, "clause": violation.clause,
+        "key": violation.key, "details": dict(violation.details), "beyond_look_back": beyond,
+    }
 
 
 def record_violations(cache: Cache, found: Iterable[Violation], now_iso: str,
@@ -53,7 +66,7 @@ class Audit:
     resolved: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class _Fresh:
     """A deal judged in this run, with what is kept of it."""
 
@@ -75,37 +88,45 @@ def audit_cache(cache: Cache, mappings: Mappings, now: datetime, *, record: bool
     kept: list[JudgedRow] = []
     gone: set[int] = set()
 
-    def judged(deals: Iterable[Deal]) -> None:
+    def judged(deals: Iterable[Deal], keep_mapped: bool = True, unchanged: bool = False) -> None:
         for deal in deals:
             made = judge.judgement(deal)
             mapped = None
-            if record and made.horizon is not None and made.horizon - now < KEEP_MAPPED:
-                mapped = codec.deal(deal)
+            if keep_mapped and record and made.horizon is not None and made.horizon - now < KEEP_MAPPED:
+                mapped = UNCHANGED if unchanged else codec.deal(deal)  # judged again from its kept mapping: kept as is
             purchase = made.purchase
-            fresh[int(deal.id)] = _Fresh(made.violations, made.horizon, purchase[0] if purchase else None,
+            # judged again at a horizon: its message is read by the ledger, the output and the kept judgement
+            violations = [rendered(violation) for violation in made.violations] if keep_mapped else made.violations
+            if not violations:
+                violations = _NONE  # one shared empty list: most deals have no violation (100,000 lists otherwise)
+            fresh[int(deal.id)] = _Fresh(violations, made.horizon, purchase[0] if purchase else None,
                                          micros(purchase[1]) if purchase else None, mapped)
 
     with paused_gc():  # mapping and judging allocate many small objects and no reference cycles
         with cache.snapshot():  # one state of the file: the marks, the kept judgements and the deals agree
             mark = cache.judged.last_mark()
-            fingerprint = judging_fingerprint(mappings, cache.deals.own_users())
+            own = (cache.deals.own_users(), cache.deals.reverted())
+            fingerprint = judging_fingerprint(mappings, own[0])
             rebuilt = cache.judged.fingerprint() != fingerprint
             if rebuilt:  # first audit, or the regulation, the binding or the code changed: every deal afresh
-                judged(mapper.stream(cache.deals.iter_records(keys=mapper.deal_keys)))
+                # not kept mapped (memory: a whole cache's near horizons); the next audit keeps those it judges again
+                judged(mapper.stream(cache.deals.iter_records(keys=mapper.deal_keys)), keep_mapped=False)
             else:
                 changed = cache.judged.marked(mark) | cache.judged.unjudged()
                 rows = list(cache.judged.rows())
                 due = {row.deal_id for row in rows if row.deal_id not in changed and (
                     (row.recheck_at is not None and row.recheck_at <= at) or row.judged_at > at)}
                 mapped = cache.judged.kept_deals(due)
-                judged(codec.to_deal(mapped[deal_id]) for deal_id in sorted(mapped))
+                judged((codec.to_deal(mapped[deal_id]) for deal_id in sorted(mapped)), unchanged=True)
                 unmapped = sorted(changed | (due - mapped.keys()))
                 for start in range(0, len(unmapped), 500):
-                    judged(mapper.deals(cache.deals.records(unmapped[start:start + 500])))
+                    judged(mapper.deals(cache.deals.records(unmapped[start:start + 500], own=own)))
                 gone = changed - fresh.keys()  # marked, and no longer a live deal
                 kept = [row for row in rows if row.deal_id not in fresh and row.deal_id not in gone]
-        violations = _settled(fresh, kept, codec)
-    audit = Audit(len(fresh) + len(kept), violations, judge.evaluator, len(fresh))
+                del rows
+        deals = len(fresh) + len(kept)
+        violations = _settled(fresh, kept, codec)  # empties `kept`: its texts are read once
+    audit = Audit(deals, violations, judge.evaluator, len(fresh))
     if record:
         with cache.atomic():
             changes = record_violations(cache, violations, now.astimezone(timezone.utc).isoformat(),
@@ -119,12 +140,15 @@ def _settled(fresh: dict[int, _Fresh], kept: list[JudgedRow], codec: Codec) -> l
     """Every deal's violations in deal id order, R10's settled across every purchase (fresh and kept)."""
     order: list[tuple[int, Any]] = sorted([*fresh.items(), *((row.deal_id, row) for row in kept)],
                                           key=lambda item: item[0])
+    kept.clear()
     latest = latest_purchases((str(deal_id), item.client_key, item.purchase_at) for deal_id, item in order
                               if item.purchase_at is not None)
     found: list[Violation] = []
-    for _, item in order:
+    for index, (_, item) in enumerate(order):
         violations = item.violations if isinstance(item, _Fresh) else codec.to_violations(item.violations)
         found += settle_r10(violations, item.client_key, latest)
+        if not isinstance(item, _Fresh):
+            order[index] = None  # type: ignore[call-overload]  # the kept text is read: let it go
     return found
 
 

@@ -170,8 +170,12 @@ class Deals:
             "SELECT COUNT(*) AS n FROM deals d LEFT JOIN stages s ON s.category_id = d.category_id "
             "AND s.status_id = d.stage_id WHERE d.deleted = 0 AND s.status_id IS NULL")[0]["n"])
 
-    def records(self, deal_ids: Iterable[int | str] | None = None) -> DealRecords:
-        """Every non-deleted cached deal (or the given ones) with its history, tasks, to-dos, contact and company."""
+    def records(self, deal_ids: Iterable[int | str] | None = None, *,
+                own: tuple[frozenset[str], dict[str, dict[str, str]]] | None = None) -> DealRecords:
+        """Every non-deleted cached deal (or the given ones) with its history, tasks, to-dos, contact and company.
+
+        `own`: `own_users()` and `reverted()` when the caller read them already (both scan the file: a caller
+        reading many chunks of deals reads them once)."""
         where, scope, params = "deleted = 0", "", []
         if deal_ids is not None:
             params = [int(deal_id) for deal_id in deal_ids]
@@ -182,7 +186,7 @@ class Deals:
             scope = f" AND deal_id IN ({marks})"
         with self.cache.snapshot():  # its several queries see one state of the file
             found = self._records(f"SELECT id, raw, contact_id, company_id FROM deals WHERE {where} ORDER BY id",
-                                  params, scope, params, self.own_users(), self.reverted())
+                                  params, scope, params, *(own or (self.own_users(), self.reverted())))
             found.contacts = self._clients_by_id("contacts", {deal.contact for deal in found.deals} - {""})
             found.companies = self._clients_by_id("companies", {deal.company for deal in found.deals} - {""})
         return found

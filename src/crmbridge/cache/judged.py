@@ -12,6 +12,8 @@ from crmbridge.cache.meta import Meta
 from crmbridge.cache.tables import Tables
 
 _FINGERPRINT = "judged_fingerprint"
+#: in place of a mapped deal: the one kept with the judgement stays as it is (the deal was judged again from it)
+UNCHANGED = ""
 
 
 class JudgedRow(NamedTuple):
@@ -94,10 +96,10 @@ class Judged:
             "violations = excluded.violations, mark = excluded.mark WHERE excluded.mark >= judged.mark", judgements())
         # the mapped deal goes with the judgement that was kept (not one a newer snapshot's judgement replaced)
         db.conn.executemany("DELETE FROM judged_deals WHERE deal_id = ? AND (SELECT mark FROM judged WHERE deal_id = ?) "
-                            "= ?", ((deal_id, deal_id, mark) for deal_id, _ in mapped))
+                            "= ?", ((deal_id, deal_id, mark) for deal_id, deal in mapped if deal != UNCHANGED))
         db.conn.executemany("INSERT INTO judged_deals (deal_id, deal) SELECT ?, ? WHERE (SELECT mark FROM judged "
                             "WHERE deal_id = ?) = ?", ((deal_id, deal, deal_id, mark) for deal_id, deal in mapped
-                                                       if deal is not None))
+                                                       if deal))
         for deal_id in gone:
             db.execute("DELETE FROM judged_deals WHERE deal_id = ? AND deal_id IN (SELECT deal_id FROM judged "
                        "WHERE mark <= ?)", [deal_id, mark])

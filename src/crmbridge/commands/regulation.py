@@ -17,7 +17,7 @@ from crmbridge import files
 from crmbridge.bulk import paused_gc
 from crmbridge.cache.store import Cache
 from crmbridge.commands import common
-from crmbridge.compliance import Audit, audit_cache
+from crmbridge.compliance import Audit, audit_cache, violation_json
 from crmbridge.errors import CrmBridgeError, MappingError
 from crmbridge.mapping.binding import DealMapper
 from crmbridge.mapping.discover import draft_binding, todo_left
@@ -91,17 +91,6 @@ def _webhook_rights() -> bool | None:
         return Bitrix24Reader(common.crm_client(settings)).webhook_admin()
     except (ConfigError, CrmError):
         return None  # checked against the cache without a reachable portal: nothing to say about its rights
-
-
-def violation_json(violation: Violation, *, beyond: bool = False) -> dict[str, Any]:
-    """One violation as JSON; `beyond_look_back`: older than its rule's look-back window (recorded, not pushed)."""
-    return {
-        "rule": violation.rule, "deal": violation.deal, "severity": violation.severity.value,
-        "direction": violation.direction, "stage": violation.stage, "since": violation.since.isoformat(),
-        "entry": violation.entry.key if violation.entry else None, "missing": list(violation.missing),
-        "manager": violation.manager, "message": violation.message, "clause": violation.clause,
-        "key": violation.key, "details": dict(violation.details), "beyond_look_back": beyond,
-    }
 
 
 def _too_old(regulation: CompiledRegulation, now: datetime) -> Callable[[Violation], bool]:

@@ -187,6 +187,18 @@ class Codec:
 _NO_VALUES: dict[str, Any] = {}  # the message is kept rendered: nothing to fill in
 
 
+def rendered(violation: Violation) -> KeptViolation:
+    """The violation with its message rendered once: a fresh judgement's violations are read by the ledger, the
+    output and the kept judgement alike."""
+    if isinstance(violation, KeptViolation):
+        return violation
+    v = violation
+    kept = _new_violation(v.rule, v.deal, v.severity, v.clause, v.template, v.since, v.direction, v.stage, v.entry,
+                          v.missing, v.manager, v.details, v.values, _new=_new_kept)
+    _set_message(kept, v.message)
+    return kept
+
+
 def _new_kept(_: type) -> KeptViolation:
     return object.__new__(KeptViolation)
 
@@ -194,4 +206,4 @@ def _new_kept(_: type) -> KeptViolation:
 _set_message = KeptViolation.__dict__["_message"].__set__
 
 
-__all__ = ["Codec", "KeptViolation", "micros"]
+__all__ = ["Codec", "KeptViolation", "micros", "rendered"]
