@@ -125,31 +125,41 @@ def audit_cache(cache: Cache, mappings: Mappings, now: datetime, *, record: bool
                 kept = [row for row in rows if row.deal_id not in fresh and row.deal_id not in gone]
                 del rows
         deals = len(fresh) + len(kept)
-        violations = _settled(fresh, kept, codec)  # empties `kept`: its texts are read once
+        # empties `kept`: its texts are read once
+        violations, grown = _settled(fresh, kept, codec, judge.evaluator)
     audit = Audit(deals, violations, judge.evaluator, len(fresh))
     if record:
         with cache.atomic():
             changes = record_violations(cache, violations, now.astimezone(timezone.utc).isoformat(),
-                                        refresh={str(deal_id) for deal_id in fresh})
+                                        refresh={str(deal_id) for deal_id in fresh} | grown)
             cache.judged.save(_rows(fresh, at, codec), gone, mark=mark, fingerprint=fingerprint, rebuilt=rebuilt)
         audit.opened, audit.resolved = len(changes.opened), len(changes.resolved)
     return audit
 
 
-def _settled(fresh: dict[int, _Fresh], kept: list[JudgedRow], codec: Codec) -> list[Violation]:
-    """Every deal's violations in deal id order, R10's settled across every purchase (fresh and kept)."""
+def _settled(fresh: dict[int, _Fresh], kept: list[JudgedRow], codec: Codec,
+             evaluator: Evaluator) -> tuple[list[Violation], set[str]]:
+    """Every deal's violations in deal id order, R10's settled across every purchase (fresh and kept), a kept time
+    waited (R7, R8) counted up to now; and the deals whose kept violations grew so (their ledger rows are rewritten)."""
     order: list[tuple[int, Any]] = sorted([*fresh.items(), *((row.deal_id, row) for row in kept)],
                                           key=lambda item: item[0])
     kept.clear()
     latest = latest_purchases((str(deal_id), item.client_key, item.purchase_at) for deal_id, item in order
                               if item.purchase_at is not None)
     found: list[Violation] = []
+    grown: set[str] = set()
     for index, (_, item) in enumerate(order):
-        violations = item.violations if isinstance(item, _Fresh) else codec.to_violations(item.violations)
-        found += settle_r10(violations, item.client_key, latest)
-        if not isinstance(item, _Fresh):
+        if isinstance(item, _Fresh):
+            violations = item.violations
+        else:
+            violations = codec.to_violations(item.violations)
             order[index] = None  # type: ignore[call-overload]  # the kept text is read: let it go
-    return found
+            for position, violation in enumerate(violations):
+                if violation.grows is not None:
+                    violations[position] = evaluator.grown(violation)
+                    grown.add(violation.deal)
+        found += settle_r10(violations, item.client_key, latest)
+    return found, grown
 
 
 def _rows(fresh: dict[int, _Fresh], at: int, codec: Codec) -> Iterator[tuple[Any, ...]]:

@@ -212,6 +212,9 @@ class Violation:
     manager: str | None = None
     details: Mapping[str, Any] = field(default_factory=dict)
     values: Mapping[str, Any] = field(default_factory=dict)  # placeholders of the template
+    #: (moment, working hours only) a figure of time waited counts from (R7, R8): its message grows with the clock
+    #: (`regulation.timers.grown` counts it again at another moment), not its verdict
+    grows: tuple[datetime, bool] | None = None
 
     @property
     def message(self) -> str:

@@ -142,8 +142,6 @@ class Horizon:
             self.next = moment
 
 
-#: a figure shown in minutes (R7's and R8's time waited) changes within a minute
-_MINUTE = timedelta(minutes=1)
 _DAY = timedelta(days=1)
 _TICK = timedelta(microseconds=1)
 
@@ -202,13 +200,6 @@ class Context:
             self.horizon.note(datetime.combine(today + _DAY, time(), self.regulation.calendar.zone))
         return (today - day).days
 
-    def counting(self, waited: timedelta) -> timedelta:
-        """`waited`, a span from some moment up to now that a message shows to the minute: it shows another minute
-        at the latest when the clock has made up the rest of this one (later outside working hours)."""
-        if self.horizon is not None:
-            self.horizon.note(self.now + (_MINUTE - waited % _MINUTE))
-        return waited
-
 
 #: a rule's message when the regulation gives none
 DEFAULT_MESSAGE = "{rule}: deal «{title}» ({stage_name}): {missing}"
@@ -222,7 +213,8 @@ def texts(direction: CompiledDirection, rule: str) -> tuple[str, str]:
 
 def violation(rule: str, deal: Deal, direction: CompiledDirection, ctx: Context, *, since: datetime,
               entry: StageEntry | None, missing: tuple[str, ...] = (), stage: str | None = None,
-              values: Mapping[str, Any] | None = None, details: Mapping[str, Any] | None = None) -> Violation:
+              values: Mapping[str, Any] | None = None, details: Mapping[str, Any] | None = None,
+              grows: tuple[datetime, bool] | None = None) -> Violation:
     """Build a Violation with the rule's clause and its message rendered from the regulation file."""
     spec = direction.specs[rule]
     if stage is None:
@@ -234,23 +226,24 @@ def violation(rule: str, deal: Deal, direction: CompiledDirection, ctx: Context,
         filled.update(values)
     return _new_violation(rule, deal.id, direction.modes[rule], spec.clause or rule,
                           spec.message or DEFAULT_MESSAGE, since, direction.id, stage,
-                          entry, missing, deal.manager, details or {}, filled)
+                          entry, missing, deal.manager, details or {}, filled, grows)
 
 
 _SET = [Violation.__dict__[name].__set__ for name in Violation.__dataclass_fields__]
-assert len(_SET) == 13
+assert len(_SET) == 14
 
 
 def _new_violation(rule: str, deal: str, severity: Mode, clause: str, template: str, since: datetime,
                    direction: str | None, stage: str | None, entry: StageEntry | None, missing: tuple[str, ...],
                    manager: str | None, details: Mapping[str, Any], values: Mapping[str, Any],
-                   _new: Any = object.__new__, _s: list[Any] = _SET) -> Violation:
+                   grows: tuple[datetime, bool] | None = None, _new: Any = object.__new__,
+                   _s: list[Any] = _SET) -> Violation:
     """Violation(...) without the frozen dataclass's per-field __setattr__ (2 µs of a 20 µs budget per deal)."""
     found = _new(Violation)
     _s[0](found, rule); _s[1](found, deal); _s[2](found, severity); _s[3](found, clause)  # noqa: E702
     _s[4](found, template); _s[5](found, since); _s[6](found, direction); _s[7](found, stage)  # noqa: E702
     _s[8](found, entry); _s[9](found, missing); _s[10](found, manager); _s[11](found, details)  # noqa: E702
-    _s[12](found, values)
+    _s[12](found, values); _s[13](found, grows)  # noqa: E702
     return found
 
 

@@ -28,7 +28,7 @@ from crmbridge.regulation.compiled import (
     render,
 )
 from crmbridge.regulation.stages import check_r1, check_r2, check_r3, check_r4
-from crmbridge.regulation.timers import check_r7, check_r8, check_r9, check_r11
+from crmbridge.regulation.timers import check_r7, check_r8, check_r9, check_r11, grown
 
 Rule = Callable[..., "tuple[Violation, ...] | None"]
 
@@ -100,6 +100,11 @@ class Evaluator:
         horizon = self._context.horizon  # type: ignore[attr-defined]
         horizon.next = None
         return self.violations(deal), horizon.next
+
+    def grown(self, violation: Violation) -> Violation:
+        """A violation judged earlier as judging now would show it: a time waited it shows (R7, R8) counted up to
+        `now` (`regulation.timers.grown`)."""
+        return grown(violation, self._context)  # type: ignore[attr-defined]
 
     def explain(self, deal: Deal) -> list[RuleExplanation]:
         """`audit --deal`: each rule's verdict on the deal (passed / failed / not applicable) and why."""

@@ -159,40 +159,51 @@ class Codec:
     # ------------------------------------------------------------ violations
 
     def violations(self, violations: Sequence[Violation]) -> str | None:
-        """A deal's violations (None: it has none)."""
+        """A deal's violations (None: it has none). One whose figures grow with the clock (`Violation.grows`) keeps
+        its placeholders as text, to be rendered again; the others keep their message rendered."""
         if not violations:
             return None
         value = self.value
         return _dumps([
             [v.rule, v.deal, v.severity.value, self.moment(v.since), v.direction, v.stage,
              self.entry(v.entry) if v.entry is not None else None, list(v.missing), v.manager,
-             {name: value(item) for name, item in v.details.items()}, v.message]
+             {name: value(item) for name, item in v.details.items()},
+             v.message if v.grows is None else {name: str(item) for name, item in v.values.items()},
+             None if v.grows is None else [self.moment(v.grows[0]), v.grows[1]]]
             for v in violations])
 
     def to_violations(self, text: str | None) -> list[Violation]:
+        """The kept violations; those whose figures grow come back with the figures of when they were judged (the
+        caller counts them again: `Evaluator.grown`)."""
         if text is None:
             return []
         to_value, to_moment, to_entry, directions = self.to_value, self.to_moment, self.to_entry, self.regulation.directions
         found: list[Violation] = []
-        for rule, deal, severity, since, direction, stage, entry, missing, manager, details, message in _loads(text):
+        for rule, deal, severity, since, direction, stage, entry, missing, manager, details, shown, grows in _loads(text):
             clause, template = texts(directions[direction], rule)
-            kept = _new_violation(rule, deal, Mode(severity), clause, template, to_moment(since), direction,  # type: ignore[arg-type]
+            made = _new_violation(rule, deal, Mode(severity), clause, template, to_moment(since), direction,  # type: ignore[arg-type]
                                   stage, to_entry(entry) if entry is not None else None, tuple(missing), manager,
-                                  {name: to_value(item) for name, item in details.items()}, _NO_VALUES, _new=_new_kept)
-            _set_message(kept, message)
-            found.append(kept)
+                                  {name: to_value(item) for name, item in details.items()},
+                                  _NO_VALUES if grows is None else shown,
+                                  None if grows is None else (to_moment(grows[0]), grows[1]),
+                                  _new=object.__new__ if grows else _new_kept)
+            if grows is None:
+                _set_message(made, shown)
+            found.append(made)
         return found
 
 
 _NO_VALUES: dict[str, Any] = {}  # the message is kept rendered: nothing to fill in
 
 
-def rendered(violation: Violation) -> KeptViolation:
+def rendered(violation: Violation) -> Violation:
     """The violation with its message rendered once: a fresh judgement's violations are read by the ledger, the
     output and the kept judgement alike."""
     if isinstance(violation, KeptViolation):
         return violation
     v = violation
+    if v.grows is not None:
+        return v  # its message is rendered again with the figures of each moment
     kept = _new_violation(v.rule, v.deal, v.severity, v.clause, v.template, v.since, v.direction, v.stage, v.entry,
                           v.missing, v.manager, v.details, v.values, _new=_new_kept)
     _set_message(kept, v.message)

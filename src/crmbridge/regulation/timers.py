@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import date, datetime, time, timedelta
+from typing import Any, Callable
 
 from crmbridge.mapping.schema import format_duration
 from crmbridge.model import EMPTY, LOST, WON, Deal, Outcome, Violation, as_date
@@ -12,6 +14,41 @@ from crmbridge.regulation.stages import NOT_APPLICABLE, Why
 
 def _span(span: timedelta, ctx: Context | None = None) -> str:
     return format_duration(span, ctx.regulation.spec.wording.units if ctx is not None else "d h m")
+
+
+# ---------------------------------------------------------------- time waited, which grows with the clock
+
+Figures = tuple[dict[str, Any], dict[str, Any]]
+
+
+def _still_waiting_r7(waited: timedelta, ctx: Context) -> Figures:
+    """R7's figures of a lead not contacted yet: the message's time waited, and the details' minutes."""
+    wording = ctx.regulation.spec.wording
+    span = Span(waited, wording.units)
+    return ({"waited": span, "missing": Text(render, wording.not_contacted, {"waited": span})},
+            {"waited_minutes": int(waited.total_seconds() // 60)})
+
+
+def _still_waiting_r8(waited: timedelta, ctx: Context) -> Figures:
+    """R8's figures of a deal still waiting for payment: the message's time waited, and the details' hours."""
+    return ({"waited": Span(waited, ctx.regulation.spec.wording.units)},
+            {"waited_hours": int(waited.total_seconds() // 3600)})
+
+
+#: the rules whose violation shows a time waited up to now: its figures, counted again at another moment by `grown`
+GROWING: dict[str, Callable[[timedelta, Context], Figures]] = {"R7": _still_waiting_r7, "R8": _still_waiting_r8}
+
+
+def grown(found: Violation, ctx: Context) -> Violation:
+    """The violation as judging at `ctx.now` would show it: a time waited it shows (R7, R8) counted up to then.
+
+    Only the figures grow: whether it is a violation, and everything else it says, changes at the judgement's horizon
+    (a deal's kept judgement is reused until then, with this applied)."""
+    if found.grows is None:
+        return found
+    start, working = found.grows
+    values, details = GROWING[found.rule](ctx.regulation.calendar.elapsed(start, ctx.now, working=working), ctx)
+    return replace(found, values={**found.values, **values}, details={**found.details, **details})
 
 
 # ---------------------------------------------------------------- R7
@@ -53,15 +90,15 @@ def check_r7(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
             if why is not None:
                 say(ctx, why, "waiting_contact", deadline=f"{deadline:%Y-%m-%d %H:%M}")
             return ()
-        waited = ctx.counting(calendar.elapsed(created, ctx.now, working=spec.working_hours))
+        waited = calendar.elapsed(created, ctx.now, working=spec.working_hours)
         # only a lead still waiting in its first stage(s) is worth handing to another manager
         waiting = deal.outcome is Outcome.OPEN and deal.stage in (spec.stages or (direction.first_stage,))
         wording = ctx.regulation.spec.wording
+        values, details = _still_waiting_r7(waited, ctx)
         found = violation("R7", deal, direction, ctx, since=deadline, entry=entry, missing=(spec.contact_field,),
-                          values={"sla": Span(spec.sla, wording.units), "waited": Span(waited, wording.units),
-                                  "missing": Text(render, wording.not_contacted, {"waited": Span(waited, wording.units)})},
-                          details={"contacted": False, "waited_minutes": int(waited.total_seconds() // 60),
-                                   "reassign": spec.reassign and waiting})
+                          values={"sla": Span(spec.sla, wording.units), **values},
+                          details={"contacted": False, **details, "reassign": spec.reassign and waiting},
+                          grows=(created, spec.working_hours))
     if why is not None:
         why.append(found.message)
     return (found,)
@@ -100,11 +137,11 @@ def check_r8(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = 
         if why is not None:
             say(ctx, why, "waiting_payment", deadline=f"{deadline:%Y-%m-%d %H:%M}")
         return ()
-    waited = ctx.counting(calendar.elapsed(agreed_at, ctx.now, working=spec.working_hours))
+    waited = calendar.elapsed(agreed_at, ctx.now, working=spec.working_hours)
+    values, details = _still_waiting_r8(waited, ctx)
     found = violation("R8", deal, direction, ctx, since=deadline, entry=agreed_entry, missing=(spec.paid_field,),
-                      values={"within": Span(spec.within, ctx.regulation.spec.wording.units),
-                              "waited": Span(waited, ctx.regulation.spec.wording.units)},
-                      details={"agreed_at": agreed_at, "waited_hours": int(waited.total_seconds() // 3600)})
+                      values={"within": Span(spec.within, ctx.regulation.spec.wording.units), **values},
+                      details={"agreed_at": agreed_at, **details}, grows=(agreed_at, spec.working_hours))
     if why is not None:
         why.append(found.message)
     return (found,)
