@@ -212,6 +212,9 @@ class Violation:
     manager: str | None = None
     details: Mapping[str, Any] = field(default_factory=dict)
     values: Mapping[str, Any] = field(default_factory=dict)  # placeholders of the template
+    #: when the deal was won or lost (None: it is open): a closed deal's stage breaches age with its closing
+    #: (`closed_look_back`, see regulation.evaluate.beyond_look_back)
+    closed: datetime | None = None
 
     @property
     def message(self) -> str:
