@@ -205,7 +205,7 @@ class RuleSpec(Strict):
                           "grouped by rule) or individual (a message per breach); empty = notifications.form.")
 
 
-def some_window(cls: type, window: timedelta, info: ValidationInfo) -> timedelta:
+def _positive_window(cls: type, window: timedelta, info: ValidationInfo) -> timedelta:
     """A look-back window (`look_back`, `closed_look_back`) is longer than 0m: 0m would silently stop every push of
     the rule, which is what `mode: audit` says, plainly."""
     if window <= timedelta(0):
@@ -222,7 +222,7 @@ class LookBack(RuleSpec):
         description="Breaches older than this (counted from when the deadline passed) are recorded and shown in "
                     "`crmbridge audit`, but nobody is notified or tasked about them and nothing is corrected.")
 
-    _some_window = field_validator("look_back")(some_window)
+    _window = field_validator("look_back")(_positive_window)
 
 
 class ClosedLookBack(RuleSpec):
@@ -238,7 +238,7 @@ class ClosedLookBack(RuleSpec):
                     "of this rule are recorded and shown in `crmbridge audit`, but the deal is not reverted or "
                     "corrected and nobody is tasked or told. Open deals are acted on however old.")
 
-    _some_window = field_validator("closed_look_back")(some_window)
+    _window = field_validator("closed_look_back")(_positive_window)
 
 
 class R1Order(ClosedLookBack):

@@ -152,8 +152,7 @@ def violation(rule: str, deal: Deal, direction: CompiledDirection, ctx: Context,
         filled.update(values)
     return _new_violation(rule, deal.id, direction.modes[rule], spec.clause or rule,
                           spec.message or "{rule}: deal «{title}» ({stage_name}): {missing}", since, direction.id, stage,
-                          entry, missing, deal.manager, details or {}, filled,
-                          None if deal.outcome is Outcome.OPEN else closed_moment(deal))
+                          entry, missing, deal.manager, details or {}, filled, closed_moment(deal))
 
 
 def closed_moment(deal: Deal) -> datetime | None:
