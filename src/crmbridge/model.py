@@ -212,6 +212,9 @@ class Violation:
     manager: str | None = None
     details: Mapping[str, Any] = field(default_factory=dict)
     values: Mapping[str, Any] = field(default_factory=dict)  # placeholders of the template
+    #: when the deal was won or lost (None: it is open): a closed deal's stage breaches age with its closing
+    #: (`closed_look_back`, see regulation.evaluate.beyond_look_back)
+    closed: datetime | None = None
     #: (moment, working hours only) a figure of time waited counts from (R7, R8): its message grows with the clock
     #: (`regulation.timers.grown` counts it again at another moment), not its verdict
     grows: tuple[datetime, bool] | None = None

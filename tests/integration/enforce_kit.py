@@ -29,6 +29,9 @@ ALL_KINDS = {"R1": Mode.ENFORCE, "R2": Mode.ENFORCE, "R3": Mode.ENFORCE, "R4": M
 #: without R10: reverting a won deal changes which deal is its client's last purchase, so R10 may then
 #: (rightly) judge another deal of the client; every other correction settles in one run
 SETTLING = {rule: mode for rule, mode in ALL_KINDS.items() if rule != "R10"}
+#: the stage rules acting on closed deals however long ago they closed (`closed_look_back` of ten years): the
+#: sandbox's full volume of breaches, for tests of delivery at scale rather than of what is history
+EVERY_CLOSED_DEAL = {rule: {"closed_look_back": "3650d"} for rule in ("R1", "R2", "R3", "R4", "R6")}
 WRITE_METHODS = ("tasks.task.add", "crm.deal.update", "crm.timeline.comment.add", "im.notify.system.add", "im.message.add")
 
 

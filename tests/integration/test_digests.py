@@ -14,6 +14,7 @@ from crmbridge.enforce.plan import ActionKind
 from crmbridge.model import Mode
 from crmbridge.sandbox import SandboxPortal
 from tests.integration.enforce_kit import (
+    EVERY_CLOSED_DEAL,
     SETTLING,
     assert_each_lands_once,
     regulation_with,
@@ -38,7 +39,8 @@ def received(portal: SandboxPortal) -> Counter[int]:
 
 def test_one_digest_per_person_per_run_grouped_by_rule_with_links_clauses_and_what_to_do(make_portal, cache) -> None:
     portal, client = synced(make_portal, cache, deals=200)
-    mappings = regulation_with(shipped(any_hour_=False), rules={"R4": {"remedy": "Исправьте вероятность по этапу"}})
+    mappings = regulation_with(shipped(any_hour_=False), rules={
+        **EVERY_CLOSED_DEAL, "R4": {"remedy": "Исправьте вероятность по этапу", "closed_look_back": "3650d"}})
     report = run(client, cache, mappings, SETTLING, now=lambda: working_moment())
     notices = [a for a in report.to_write if a.kind is ActionKind.NOTIFY]
     per_person = received(portal)
@@ -146,7 +148,8 @@ def test_hundreds_of_messages_land_once_when_the_portal_applies_writes_and_drops
     every breach told in a message of its own; "applied, then the connection dropped" on 40 % of the writes, and
     `false` answers. Each message is on the portal once, and the audit log says so."""
     portal, client = synced(make_portal, cache, deals=2000)
-    mappings = regulation_with(shipped(), notifications={"form": "individual", "max_per_person_per_day": 200})
+    mappings = regulation_with(shipped(), notifications={"form": "individual", "max_per_person_per_day": 200},
+                               rules=EVERY_CLOSED_DEAL)
     client_id = "local.crmbridge.1" if channel == "notify" else None
     modes = {**SETTLING, **{rule: Mode.WARN for rule in ("R6", "R8", "R9", "R11")}}
     sent: Counter[str] = Counter()

@@ -148,7 +148,8 @@ def test_old_breaches_are_recorded_and_shown_by_audit_not_pushed_to_people(make_
                            env=environment, capture_output=True, text=True, timeout=120)
     assert audit.returncode == 0, audit.stderr
     shown = json.loads(audit.stdout)["beyond_look_back"]
-    assert sum(shown.values()) >= len(old) and set(shown) <= {"R7", "R8", "R9"}
+    # (R7-R9 past their `look_back`; the stage rules on deals closed before their `closed_look_back`)
+    assert sum(shown.values()) >= len(old) and set(shown) <= {"R1", "R2", "R3", "R4", "R6", "R7", "R8", "R9"}
     human = subprocess.run([sys.executable, "-m", "crmbridge", "audit", "--no-record"], cwd=tmp_path, env=environment,
                            capture_output=True, text=True, timeout=120)
     assert "older than look-back" in human.stdout
@@ -205,14 +206,24 @@ def test_a_lead_created_months_ago_gets_no_r7_push_a_fresh_one_does_and_state_ru
     assert not [a for a in report.to_write if a.deal != str(fresh_lead) and rules_of(a) & late_rules]
     recorded = Counter(v.rule for found in judged.violations.values() for v in found
                        if v.rule in late_rules and v.deal != str(fresh_lead))
-    assert report.plan.old_breaches == dict(recorded) and recorded["R7"] >= 1
-    # rules about the deal as it is now act on the old deals, the old lead included (its stage task is due)
+    # nor is a stage rule's breach on a deal won or lost more than a week before (`closed_look_back: 7d`): history
+    stage_rules = {"R1", "R2", "R3", "R4", "R6"}
+    history = [v for found in judged.violations.values() for v in found
+               if v.rule in stage_rules and v.closed is not None and v.closed < later - timedelta(days=7)]
+    assert not [a for a in report.to_write if a.deal in {v.deal for v in history} and rules_of(a) & stage_rules]
+    assert report.plan.old_breaches == dict(recorded + Counter(v.rule for v in history)) and recorded["R7"] >= 1
+    assert Counter(v.rule for v in history)["R1"] >= 1
+    # rules about the deal as it is now act on the old open deals, the old lead included (its stage task is due),
+    # and R5 / R10 (the client's next contact, its segment) on closed ones too
     assert "R3" in by_deal.get(str(old_lead), set())
-    state_rules = {"R1", "R2", "R3", "R4", "R5", "R6", "R10", "R11"}
-    breached = {v.rule for found in judged.violations.values() for v in found if v.rule in state_rules}
+    state_rules = stage_rules | {"R5", "R10", "R11"}
+    history_keys = {v.key for v in history}
+    breached = {v.rule for found in judged.violations.values() for v in found
+                if v.rule in state_rules and v.key not in history_keys}
     acted = {rule for deal, rules in by_deal.items() if deal != str(fresh_lead) for rule in rules & state_rules}
     assert len(breached) >= 6 and acted == breached, (breached, acted)
-    print(f"recorded, not pushed: {dict(recorded)}; acted on old deals: {sorted(acted, key=lambda r: int(r[1:]))}")
+    print(f"recorded, not pushed: {dict(recorded)} and {dict(Counter(v.rule for v in history))} of long-closed deals; "
+          f"acted on old deals: {sorted(acted, key=lambda r: int(r[1:]))}")
 
 
 def test_a_deal_moved_back_by_its_manager_into_a_stage_whose_task_is_open_gets_no_second_task(make_portal,
@@ -239,3 +250,53 @@ def test_a_deal_moved_back_by_its_manager_into_a_stage_whose_task_is_open_gets_n
     # and R3 is satisfied by the open task: the deal is compliant, not a breach nobody acts on
     judged = evaluate(cache, mappings, later, modes=modes, deal_ids=[deal_id], record=False)
     assert not [v for v in judged.violations.get(str(deal_id), []) if v.rule == "R3"]
+
+
+def test_a_deal_won_long_ago_through_an_illegal_move_is_history_one_won_so_yesterday_is_moved_back(
+        make_portal, cache, tmp_path: Path) -> None:
+    # the portal starts 200 days ago and its clock is moved on to today: the three deals are that old
+    portal = make_portal(deals=200, seed=3, limits=False, now=datetime.now(UTC) - timedelta(days=200))
+    b2b = {"CATEGORY_ID": 1, "ASSIGNED_BY_ID": 3}
+    won_long_ago = portal.add_deal({"TITLE": "Выиграна давно в обход этапов", **b2b}, user_id=3)
+    open_long_ago = portal.add_deal({"TITLE": "Открыта давно, этап пропущен", **b2b}, user_id=3)
+    portal.advance(3600)
+    portal.update_deal(won_long_ago, {"STAGE_ID": "C1:WON"}, user_id=3)  # Won straight from the first stage: R1
+    portal.update_deal(open_long_ago, {"STAGE_ID": "C1:EXECUTING"}, user_id=3)  # skips the general proposal: R1
+    portal.advance(199 * 86400 - 3600)
+    won_yesterday = portal.add_deal({"TITLE": "Выиграна вчера в обход этапов", **b2b}, user_id=3)
+    portal.advance(600)
+    portal.update_deal(won_yesterday, {"STAGE_ID": "C1:WON"}, user_id=3)
+    portal.advance(86400 - 600)  # the portal's clock is today's again
+    client = fast_client(portal)
+    Syncer(Bitrix24Reader(client), cache).run(full=True)
+    mappings = shipped()
+    modes = only(R1=Mode.ENFORCE, R2=Mode.ENFORCE, R3=Mode.ENFORCE, R4=Mode.ENFORCE, R6=Mode.WARN)
+    judged = evaluate(cache, mappings, datetime.now(UTC), modes=modes, record=False)
+    assert "R1" in {v.rule for v in judged.violations[str(won_long_ago)]}  # a breach all the same: recorded
+    report = run(client, cache, mappings, modes)
+    by_deal: dict[str, set[ActionKind]] = {}
+    for action in report.to_write:
+        by_deal.setdefault(action.deal, set()).add(action.kind)
+    # won 200 days ago: history. Not reopened, nobody tasked or told
+    assert str(won_long_ago) not in by_deal and portal.state.deals.rows[won_long_ago]["STAGE_ID"] == "C1:WON"
+    assert report.plan.old_breaches.get("R1", 0) >= 1
+    # won the same way yesterday: moved back, its manager told; the open deal is moved back however old its move
+    for deal_id in (won_yesterday, open_long_ago):
+        assert {ActionKind.REVERT_STAGE, ActionKind.NOTIFY} <= by_deal.get(str(deal_id), set()), deal_id
+        assert portal.state.deals.rows[deal_id]["STAGE_ID"] == "C1:NEW", deal_id
+    # `audit` shows the old one as older than look-back, in the list, the counts and the deal's explanation
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("CRMBRIDGE_")}
+    environment.update({"CRMBRIDGE_CACHE_PATH": str(cache.path), "CRMBRIDGE_MAPPINGS_DIR": str(MAPPINGS)})
+    audit = subprocess.run([sys.executable, "-m", "crmbridge", "audit", "--json", "--no-record"], cwd=tmp_path,
+                           env=environment, capture_output=True, text=True, timeout=120)
+    assert audit.returncode == 0, audit.stderr
+    shown = json.loads(audit.stdout)
+    old_r1 = [item for item in shown["open"] if item["deal"] == str(won_long_ago) and item["rule"] == "R1"]
+    assert old_r1 and all(item["beyond_look_back"] for item in old_r1) and shown["beyond_look_back"]["R1"] >= 1
+    assert not [item for item in shown["open"] if item["deal"] == str(open_long_ago) and item["beyond_look_back"]
+                and item["rule"] in ("R1", "R2", "R3", "R4", "R6")]
+    told = subprocess.run([sys.executable, "-m", "crmbridge", "audit", "--deal", str(won_long_ago)], cwd=tmp_path,
+                          env={**environment, "COLUMNS": "200"}, capture_output=True, text=True, timeout=120)
+    assert told.returncode == 0, told.stderr
+    r1_line = next(line for line in told.stdout.splitlines() if line.lstrip("│ ").startswith("R1 "))
+    assert "*" in r1_line and "closed_look_back" in told.stdout, told.stdout

@@ -10,8 +10,9 @@ from crmbridge.cache.store import open_cache
 from crmbridge.mapping.binding import DealMapper
 from crmbridge.compliance import record_violations
 from crmbridge.mapping.load import parse_binding
-from crmbridge.model import Mode, Verdict
-from crmbridge.regulation.evaluate import Evaluator, evaluate, explain, impact
+from crmbridge.model import Deal, Mode, Verdict
+from crmbridge.regulation.compiled import closed_moment, compile_regulation
+from crmbridge.regulation.evaluate import Evaluator, beyond_look_back, evaluate, explain, impact
 from crmbridge.regulation.ledger import reconcile
 from regulation_kit import COMPILED, REGULATION, SPEC, at, deal, entry, regulation, task
 from test_mapping_load import BINDING
@@ -139,3 +140,43 @@ def test_explanations_use_the_regulations_wording() -> None:
     lines = {line.rule: line.reason for line in explain(SKIPPING, worded, at("2026-11-04 12:00"))}
     assert lines["R5"] == "сделка не провалена"
     assert {line.rule: line.reason for line in explain(SKIPPING, quiet, at("2026-11-04 12:00"))}["R1"] == "выключено"
+
+
+def won_by_skipping(closed: str) -> Deal:
+    """Won straight from Two (R1: Three and Four skipped), without payment terms (R2), at 50% (R4), no client (R6)."""
+    history = [entry("created", "one", "2026-01-10 10:00"), entry("moved", "two", "2026-01-12 10:00"),
+               entry("closed", "won", closed)]
+    return deal("won", history=history, probability=50, fields={"interest": "yes", "budget": 5, "meeting": "x"},
+                tasks=[task("Do one", "2026-01-10 10:01", status="completed", closed="2026-01-11 09:00")])
+
+
+def test_a_deal_closed_longer_ago_than_closed_look_back_is_history_an_open_deal_never_is() -> None:
+    now = at("2026-11-20 12:00")
+    stage_rules = {"R1", "R2", "R4", "R6"}
+
+    def history(the_deal: Deal, compiled=COMPILED) -> set[str]:
+        """The stage rules the deal breaks, and those of them too old to push."""
+        found = [v for v in evaluate(the_deal, compiled, now) if v.rule in stage_rules]
+        assert {v.rule for v in found} == stage_rules
+        return {v.rule for v in found if beyond_look_back(v, compiled.directions["sales"], now)}
+
+    assert history(won_by_skipping("2025-06-01 10:00")) == stage_rules  # won a year and a half ago: recorded only
+    assert all(v.closed == at("2025-06-01 10:00") for v in evaluate(won_by_skipping("2025-06-01 10:00"), COMPILED, now))
+    assert history(won_by_skipping("2026-11-19 10:00")) == set()  # won the same way yesterday: acted on
+    assert history(won_by_skipping("2026-11-12 10:00")) == stage_rules  # 8 days ago: beyond the default 7d
+    # the window is the rule's (a direction may override it too)
+    wider = compile_regulation(regulation(REGULATION.replace("R1: {mode: warn,", "R1: {mode: warn, closed_look_back: 30d,")))
+    assert history(won_by_skipping("2026-11-12 10:00"), wider) == stage_rules - {"R1"}
+    # an open deal that skipped a stage long ago still breaks R1 now: acted on however old (closed is None)
+    skipped_long_ago = deal("three", history=[entry("created", "one", "2025-03-02 10:00"),
+                                              entry("moved", "three", "2025-03-03 10:00")], probability=80)
+    open_found = [v for v in evaluate(skipped_long_ago, COMPILED, now) if v.rule in stage_rules]
+    assert {v.rule for v in open_found} == stage_rules and all(v.closed is None for v in open_found)
+    assert not [v for v in open_found if beyond_look_back(v, COMPILED.directions["sales"], now)]
+
+
+def test_the_closing_of_a_deal_without_its_entry_into_won_is_the_crms_close_date() -> None:
+    lost = deal("lost", history=[entry("created", "one", "2025-01-10 10:00")], closed_at="2025-02-01 10:00")
+    assert closed_moment(lost) == at("2025-02-01 10:00")
+    assert closed_moment(won_by_skipping("2025-06-01 10:00")) == at("2025-06-01 10:00")
+    assert closed_moment(SKIPPING) is None

@@ -127,6 +127,12 @@ def test_a_look_back_of_nothing_is_refused_with_the_plain_way_to_push_nothing() 
     assert any(line.startswith(f"regulation.yaml:{line_of_override}:") and "look_back must be longer than 0m" in line
                and "mode to audit" in line for line in found), found
     assert problems_of(text.replace("look_back: 0m", "look_back: 30d")) == []
+    # the same for the stage rules' window on closed deals, in `rules:` itself
+    closed = REGULATION.replace("R1: {mode: warn,", "R1: {mode: warn, closed_look_back: 0m,")
+    line_of_rule = next(n for n, line in enumerate(REGULATION.splitlines(), 1) if line.startswith("  R1: {mode: warn,"))
+    assert any(line.startswith(f"regulation.yaml:{line_of_rule}:") and "closed_look_back must be longer than 0m" in line
+               and "mode to audit" in line for line in problems_of(closed)), problems_of(closed)
+    assert problems_of(closed.replace("closed_look_back: 0m", "closed_look_back: 30d")) == []
 
 
 def test_unknown_placeholder_in_a_message() -> None:

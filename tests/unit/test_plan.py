@@ -170,6 +170,34 @@ def test_breaches_older_than_their_rules_look_back_are_recorded_not_acted_on() -
     assert {a.rule for a in later.actions} == {"R4"} and later.old_breaches == {"R9": 1}
 
 
+def test_a_deal_closed_long_ago_is_history_not_reverted_nor_told_one_closed_yesterday_is_reverted() -> None:
+    def won_from_two(closed: str) -> Deal:  # R1: Three and Four skipped; R2: no payment terms; R4: 50%
+        history = [entry("created", "one", "2025-01-10 10:00"), entry("moved", "two", "2025-01-12 10:00"),
+                   entry("closed", "won", closed)]
+        return deal("won", history=history, probability=50, fields={"interest": "yes", "budget": 5, "meeting": "x"},
+                    tasks=[task("Do one", "2025-01-10 10:01", status="completed", closed="2025-01-11 09:00")])
+
+    acting = {rule: Mode.OFF for rule in type(SPEC.rules).model_fields} | {
+        "R1": Mode.ENFORCE, "R2": Mode.ENFORCE, "R3": Mode.ENFORCE, "R4": Mode.ENFORCE, "R6": Mode.WARN}
+    evaluator = Evaluator.of(SPEC, at(NOW), override_modes=acting)
+    old = won_from_two("2025-06-01 10:00")  # won a year and a half ago through an illegal move
+    violations = evaluator.violations(old)
+    assert {v.rule for v in violations} == {"R1", "R2", "R4", "R6"}  # recorded: audit shows them
+    result = plan([(old, violations)], PlanContext(evaluator.regulation, BINDING, at(NOW)))
+    assert result.actions == [] and result.old_breaches == {"R1": 1, "R2": 1, "R4": 1, "R6": 1}
+    fresh = won_from_two("2026-11-19 10:00")  # the same illegal move yesterday: moved back, told, tasked
+    acted = plan([(fresh, evaluator.violations(fresh))], PlanContext(evaluator.regulation, BINDING, at(NOW)))
+    assert {a.kind for a in acted.actions} >= {ActionKind.REVERT_STAGE, ActionKind.NOTIFY, ActionKind.CREATE_TASK}
+    assert acted.old_breaches == {}
+    # an open deal whose illegal move is as old is still moved back: its state now breaks R1
+    open_old = deal("four", history=[entry("created", "one", "2025-01-10 10:00"), entry("moved", "two", "2025-01-12 10:00"),
+                                     entry("moved", "four", "2025-06-01 10:00")], probability=90,
+                    fields={"interest": "yes", "budget": 5, "meeting": "x"},
+                    tasks=[task("Do one", "2025-01-10 10:01", status="completed", closed="2025-01-11 09:00")])
+    still = plan([(open_old, evaluator.violations(open_old))], PlanContext(evaluator.regulation, BINDING, at(NOW)))
+    assert ActionKind.REVERT_STAGE in {a.kind for a in still.actions} and still.old_breaches == {}
+
+
 def _with_probability(the_deal: Deal, probability: int) -> Deal:
     from dataclasses import replace
 

@@ -56,8 +56,8 @@ def test_every_violation_reads_back_as_the_audit_and_the_ledger_show_it(
         back = codec.to_violations(codec.violations(found))
         assert [violation_json(v) for v in back] == [violation_json(v) for v in found]
         assert [violation_row(v, "t") for v in back] == [violation_row(v, "t") for v in found]
-        assert [(v.key, v.message, v.since, v.entry, v.clause, v.template, v.severity) for v in back] == \
-            [(v.key, v.message, v.since, v.entry, v.clause, v.template, v.severity) for v in found]
+        assert [(v.key, v.message, v.since, v.entry, v.clause, v.template, v.severity, v.closed, v.grows) for v in back] == \
+            [(v.key, v.message, v.since, v.entry, v.clause, v.template, v.severity, v.closed, v.grows) for v in found]
         rules |= {v.rule for v in found}
     assert rules == set(RULES)
     assert codec.violations([]) is None and codec.to_violations(None) == []

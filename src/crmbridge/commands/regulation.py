@@ -94,7 +94,8 @@ def _webhook_rights() -> bool | None:
 
 
 def _too_old(regulation: CompiledRegulation, now: datetime) -> Callable[[Violation], bool]:
-    """Whether a violation is older than its rule's look-back window (R7, R8, R9): recorded, never pushed."""
+    """Whether a violation is older than its rule's look-back window (R7, R8, R9 `look_back`; a stage rule's breach on a
+    deal closed longer ago than its `closed_look_back`): recorded, never pushed."""
     directions = regulation.directions
     return lambda violation: (violation.direction in directions
                               and beyond_look_back(violation, directions[violation.direction], now))
@@ -265,14 +266,16 @@ def _explain_deal(cache: Cache, mappings: Mappings, now: datetime, deal_id: int,
         label = getattr(labels, line.verdict.value)  # in the regulation's language
         table.add_row(line.rule, f"[{colours[line.verdict.value]}]{escape(label)}{severity}[/]", escape(line.reason))
     if old:
-        table.caption = ("* older than the rule's look-back window (`look_back`): recorded, not pushed to people "
-                         "(nobody is tasked or told, nothing is corrected)")
+        table.caption = ("* older than the rule's look-back window (`look_back`, or the deal was closed before its "
+                         "`closed_look_back`): recorded, not pushed to people (nobody is tasked or told, nothing is "
+                         "corrected)")
     common.console.print(table)
 
 
 def _print_audit(run: Audit, names: dict[str, str], as_json: bool) -> None:
     by_rule: Counter[str] = Counter(violation.rule for violation in run.violations)
-    # R7 / R8 / R9 breaches older than the rule's look-back window: recorded here, never pushed to people
+    # breaches older than the rule's look-back window (R7 / R8 / R9; R1-R4, R6 on deals closed long ago): recorded
+    # here, never pushed to people
     too_old = _too_old(run.evaluator.regulation, run.evaluator.now)
     beyond = [too_old(violation) for violation in run.violations]
     old: Counter[str] = Counter(violation.rule for violation, past in zip(run.violations, beyond) if past)
@@ -303,8 +306,8 @@ def _print_audit(run: Audit, names: dict[str, str], as_json: bool) -> None:
             table.add_row(rule, f"{by_rule[rule]:,}", f"{len(deals_by_rule[rule]):,}", f"{old[rule]:,}" if old[rule] else "",
                           common.cell(clauses[rule]))
     if old:
-        table.caption = ("older than look-back: breaches of a moment long past (R7, R8, R9 `look_back`): recorded, "
-                         "not pushed to people")
+        table.caption = ("older than look-back: breaches of a moment long past (R7, R8, R9 `look_back`) or of a deal "
+                         "won or lost long ago (`closed_look_back`): recorded, not pushed to people")
     common.console.print(table)
     rules = [rule for rule in RULES if by_rule[rule]]
     table = Table(title="Open violations by manager", title_justify="left")

@@ -161,7 +161,8 @@ class Plan:
     actions: list[Action] = field(default_factory=list)
     rotation: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what the planner could not do, and why
-    #: breaches older than their rule's look-back window: recorded in `violations`, not acted on (by rule)
+    #: breaches older than their rule's look-back window (`look_back`, or of a deal closed before its rule's
+    #: `closed_look_back`): recorded in `violations`, not acted on (by rule)
     old_breaches: dict[str, int] = field(default_factory=dict)
     #: deals whose manager is deactivated: deal id -> who gets their tasks and notices instead (or the new manager)
     rerouted: dict[str, str] = field(default_factory=dict)
@@ -203,7 +204,8 @@ class _DealPlanner:
         acting = []
         for violation in violations:
             if beyond_look_back(violation, direction, self.now):
-                # a deadline that passed long ago: recorded (violations, audit), nobody is told or tasked
+                # a deadline that passed long ago, or a deal closed long ago (history): recorded (violations, audit),
+                # nobody is told or tasked, nothing is corrected
                 self.result.old_breaches[violation.rule] = self.result.old_breaches.get(violation.rule, 0) + 1
             else:
                 acting.append(violation)

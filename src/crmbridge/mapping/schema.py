@@ -14,6 +14,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -204,6 +205,15 @@ class RuleSpec(Strict):
                           "grouped by rule) or individual (a message per breach); empty = notifications.form.")
 
 
+def _positive_window(cls: type, window: timedelta, info: ValidationInfo) -> timedelta:
+    """A look-back window (`look_back`, `closed_look_back`) is longer than 0m: 0m would silently stop every push of
+    the rule, which is what `mode: audit` says, plainly."""
+    if window <= timedelta(0):
+        raise ValueError(f"{info.field_name} must be longer than 0m — e.g. 7d; to record this rule's breaches without "
+                         "pushing any, set its mode to audit")
+    return window
+
+
 class LookBack(RuleSpec):
     """A rule whose breach is a moment in the past (a deadline that passed): old breaches are recorded, not pushed."""
 
@@ -212,17 +222,26 @@ class LookBack(RuleSpec):
         description="Breaches older than this (counted from when the deadline passed) are recorded and shown in "
                     "`crmbridge audit`, but nobody is notified or tasked about them and nothing is corrected.")
 
-    @field_validator("look_back")
-    @classmethod
-    def _some_window(cls, window: timedelta) -> timedelta:
-        # 0m would silently stop every push of the rule: that is what `mode: audit` says, plainly
-        if window <= timedelta(0):
-            raise ValueError("look_back must be longer than 0m — e.g. 7d; to record this rule's breaches without "
-                             "pushing any, set its mode to audit")
-        return window
+    _window = field_validator("look_back")(_positive_window)
 
 
-class R1Order(RuleSpec):
+class ClosedLookBack(RuleSpec):
+    """A stage rule (R1-R4, R6): on an open deal it acts however old the breach; a won or lost deal closed longer ago
+    than `closed_look_back` is history: its breaches are recorded, not pushed."""
+
+    # 7d, like `look_back`: a breach is normally caught within minutes (webhook) or one scheduled run, so the window
+    # only matters when enforcement is first switched on or after the bridge was down; a week covers an outage over
+    # a long weekend, while reopening a deal won weeks ago would change KPIs and reports people already acted on
+    closed_look_back: Duration = Field(
+        timedelta(days=7),
+        description="A won or lost deal closed longer ago than this (counted from when it was closed): its breaches "
+                    "of this rule are recorded and shown in `crmbridge audit`, but the deal is not reverted or "
+                    "corrected and nobody is tasked or told. Open deals are acted on however old.")
+
+    _window = field_validator("closed_look_back")(_positive_window)
+
+
+class R1Order(ClosedLookBack):
     """R1: a deal moves forward one stage at a time."""
 
     allow_backward: bool = True
@@ -233,13 +252,13 @@ class R1Order(RuleSpec):
     pipeline_change_any_stage: bool = Field(True, description="A deal moved into this direction may arrive in any stage.")
 
 
-class R2RequiredFields(RuleSpec):
+class R2RequiredFields(ClosedLookBack):
     """R2: required fields of the stages a deal entered or left."""
 
     cumulative: bool = Field(True, description="A deal in stage N also needs the leave-fields of stages 1..N-1.")
 
 
-class R3StageTask(RuleSpec):
+class R3StageTask(ClosedLookBack):
     """R3: the stage's formal task exists (and is completed before leaving, where required)."""
 
     create_within: Duration = Field(timedelta(minutes=15), description="Grace after entering a stage before the task must exist.")
@@ -247,7 +266,7 @@ class R3StageTask(RuleSpec):
         "exact", description="How a CRM task is recognised as the stage task: same title, title contains it, or any task.")
 
 
-class R4Probability(RuleSpec):
+class R4Probability(ClosedLookBack):
     """R4: the deal's probability equals its stage's."""
 
     @field_validator("message")
@@ -268,7 +287,7 @@ class R5Postponed(RuleSpec):
     follow_up_task: TaskSpec = Field(default_factory=lambda: TaskSpec(title="Follow up with the client"))
 
 
-class R6ContactData(RuleSpec):
+class R6ContactData(ClosedLookBack):
     """R6: the client's card carries a phone and an e-mail from the named stages on."""
 
     stages: list[Id] = Field(default_factory=list, description="From these stages on (any direction that has them) contact data is required.")

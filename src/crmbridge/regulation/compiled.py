@@ -15,7 +15,7 @@ from crmbridge.mapping.schema import (
     RulesSpec,
     StageSpec,
 )
-from crmbridge.model import LOST, WON, Deal, Mode, StageEntry, Violation, fill
+from crmbridge.model import LOST, WON, Deal, Mode, Outcome, StageEntry, Violation, fill
 from crmbridge.regulation.calendar import WorkingCalendar
 
 
@@ -226,16 +226,26 @@ def violation(rule: str, deal: Deal, direction: CompiledDirection, ctx: Context,
         filled.update(values)
     return _new_violation(rule, deal.id, direction.modes[rule], spec.clause or rule,
                           spec.message or DEFAULT_MESSAGE, since, direction.id, stage,
-                          entry, missing, deal.manager, details or {}, filled, grows)
+                          entry, missing, deal.manager, details or {}, filled, closed_moment(deal), grows)
+
+
+def closed_moment(deal: Deal) -> datetime | None:
+    """When a won or lost deal was closed: its entry into Won / Lost, else the CRM's close date (or last change)."""
+    if deal.outcome is Outcome.OPEN:
+        return None
+    history = deal.history
+    if history and history[-1].stage in (WON, LOST):
+        return history[-1].entered
+    return deal.closed_at or deal.modified
 
 
 _SET = [Violation.__dict__[name].__set__ for name in Violation.__dataclass_fields__]
-assert len(_SET) == 14
+assert len(_SET) == 15
 
 
 def _new_violation(rule: str, deal: str, severity: Mode, clause: str, template: str, since: datetime,
                    direction: str | None, stage: str | None, entry: StageEntry | None, missing: tuple[str, ...],
-                   manager: str | None, details: Mapping[str, Any], values: Mapping[str, Any],
+                   manager: str | None, details: Mapping[str, Any], values: Mapping[str, Any], closed: datetime | None,
                    grows: tuple[datetime, bool] | None = None, _new: Any = object.__new__,
                    _s: list[Any] = _SET) -> Violation:
     """Violation(...) without the frozen dataclass's per-field __setattr__ (2 µs of a 20 µs budget per deal)."""
@@ -243,7 +253,7 @@ def _new_violation(rule: str, deal: str, severity: Mode, clause: str, template: 
     _s[0](found, rule); _s[1](found, deal); _s[2](found, severity); _s[3](found, clause)  # noqa: E702
     _s[4](found, template); _s[5](found, since); _s[6](found, direction); _s[7](found, stage)  # noqa: E702
     _s[8](found, entry); _s[9](found, missing); _s[10](found, manager); _s[11](found, details)  # noqa: E702
-    _s[12](found, values); _s[13](found, grows)  # noqa: E702
+    _s[12](found, values); _s[13](found, closed); _s[14](found, grows)  # noqa: E702
     return found
 
 

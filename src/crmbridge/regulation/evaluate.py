@@ -246,11 +246,18 @@ def evaluate_stream(regulation: RegulationSpec | CompiledRegulation, now: dateti
 
 
 def beyond_look_back(violation: Violation, direction: CompiledDirection, now: datetime) -> bool:
-    """A breach that is a moment in the past (R7's first response, R8's or R9's deadline) older than its rule's
-    `look_back` window: recorded and shown by `audit`, never pushed to people. Rules about the deal's state now have
-    no window: they act on every open deal, however old."""
-    window = getattr(getattr(direction.rules, violation.rule, None), "look_back", None)
-    return window is not None and violation.since < now - window
+    """A breach too old to push: recorded and shown by `audit`, never pushed to people (no task, notice or correction).
+
+    Either a moment in the past (R7's first response, R8's or R9's deadline) older than its rule's `look_back`, or a
+    stage rule's breach (R1-R4, R6) on a deal won or lost longer ago than the rule's `closed_look_back`: reverting a
+    deal won a year ago would reopen it and rewrite past KPIs. Rules about the deal's state now act on every open deal,
+    however old."""
+    spec = getattr(direction.rules, violation.rule, None)
+    window = getattr(spec, "look_back", None)
+    if window is not None and violation.since < now - window:
+        return True
+    closed, closed_window = violation.closed, getattr(spec, "closed_look_back", None)
+    return closed is not None and closed_window is not None and closed < now - closed_window
 
 
 def _with_modes(compiled: CompiledRegulation, modes: Mapping[str, Mode]) -> CompiledRegulation:

@@ -169,7 +169,7 @@ class Codec:
              self.entry(v.entry) if v.entry is not None else None, list(v.missing), v.manager,
              {name: value(item) for name, item in v.details.items()},
              v.message if v.grows is None else {name: str(item) for name, item in v.values.items()},
-             None if v.grows is None else [self.moment(v.grows[0]), v.grows[1]]]
+             None if v.grows is None else [self.moment(v.grows[0]), v.grows[1]], self.moment(v.closed)]
             for v in violations])
 
     def to_violations(self, text: str | None) -> list[Violation]:
@@ -179,12 +179,13 @@ class Codec:
             return []
         to_value, to_moment, to_entry, directions = self.to_value, self.to_moment, self.to_entry, self.regulation.directions
         found: list[Violation] = []
-        for rule, deal, severity, since, direction, stage, entry, missing, manager, details, shown, grows in _loads(text):
+        for (rule, deal, severity, since, direction, stage, entry, missing, manager, details, shown, grows,
+             closed) in _loads(text):
             clause, template = texts(directions[direction], rule)
             made = _new_violation(rule, deal, Mode(severity), clause, template, to_moment(since), direction,  # type: ignore[arg-type]
                                   stage, to_entry(entry) if entry is not None else None, tuple(missing), manager,
                                   {name: to_value(item) for name, item in details.items()},
-                                  _NO_VALUES if grows is None else shown,
+                                  _NO_VALUES if grows is None else shown, to_moment(closed),
                                   None if grows is None else (to_moment(grows[0]), grows[1]),
                                   _new=object.__new__ if grows else _new_kept)
             if grows is None:
@@ -205,7 +206,7 @@ def rendered(violation: Violation) -> Violation:
     if v.grows is not None:
         return v  # its message is rendered again with the figures of each moment
     kept = _new_violation(v.rule, v.deal, v.severity, v.clause, v.template, v.since, v.direction, v.stage, v.entry,
-                          v.missing, v.manager, v.details, v.values, _new=_new_kept)
+                          v.missing, v.manager, v.details, v.values, v.closed, _new=_new_kept)
     _set_message(kept, v.message)
     return kept
 
