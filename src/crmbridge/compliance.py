@@ -8,6 +8,7 @@ as it is (issue 7, item 15: 100,000 deals in seconds). What it finds is what jud
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -47,21 +48,30 @@ def violation_json(violation: Violation, *, beyond: bool = False) -> dict[str, A
 
 
 _NOT_BEYOND = ', "beyond_look_back": false}'
+#: where a kept text leaves the clause out (a JSON string's own quotes are escaped: this cannot occur inside one)
+_NO_CLAUSE = '"clause": null'
 
 
 def violation_text(violation: Violation, beyond: bool) -> JsonText:
     """`violation_json` as JSON text: a kept violation's was made when it was judged (45,000 of them are neither
-    decoded nor encoded again at every audit); only `beyond_look_back`, which moves with the clock, is set now."""
+    decoded nor encoded again at every audit); the clause (the regulation's) and `beyond_look_back` (which moves with
+    the clock) are set now."""
     if isinstance(violation, KeptViolation):
-        text = violation.text.decode()
+        text = violation.text.decode().replace(_NO_CLAUSE, f'"clause": {_clause_json(violation.clause)}', 1)
         return JsonText(text[:-len(_NOT_BEYOND)] + ', "beyond_look_back": true}' if beyond else text)
     return JsonText(json_text(violation_json(violation, beyond=beyond), indent=None))
 
 
+@lru_cache(maxsize=256)
+def _clause_json(clause: str) -> str:
+    return json_text(clause, indent=None)
+
+
 def shown(violation: Violation) -> str:
-    """What `violation_text` prints of a violation within its look-back windows (kept with its judgement)."""
-    text = json_text(violation_json(violation), indent=None)
-    if not text.endswith(_NOT_BEYOND) or "\n" in text:  # the codec keeps a text a line
+    """What `violation_text` prints of a violation within its look-back windows, without its clause (the regulation
+    has it): kept with its judgement, on a line of its own."""
+    text = json_text({**violation_json(violation), "clause": None}, indent=None)
+    if not text.endswith(_NOT_BEYOND) or "\n" in text or text.count(_NO_CLAUSE) != 1:
         raise AssertionError(f"violation_json's shape moved: {text[-40:]}")
     return text
 
@@ -133,7 +143,9 @@ def audit_cache(cache: Cache, mappings: Mappings, now: datetime, *, record: bool
                 # not kept mapped (memory: a whole cache's near horizons); the next audit keeps those it judges again
                 judged(mapper.stream(cache.deals.iter_records(keys=mapper.deal_keys)), keep_mapped=False)
             else:
-                changed = cache.judged.marked(mark) | cache.judged.unjudged()
+                # every live deal was judged when the judgements were rebuilt; a deal written or restored since is
+                # marked by the triggers
+                changed = cache.judged.marked(mark)
                 rows = list(cache.judged.rows())
                 due = {row.deal_id for row in rows if row.deal_id not in changed and (
                     (row.recheck_at is not None and row.recheck_at <= at) or row.judged_at > at)}

@@ -48,11 +48,6 @@ class Judged:
         return {deal_id for (deal_id,) in self.cache.db.execute(
             "SELECT DISTINCT deal_id FROM judge_marks WHERE seq <= ?", [up_to])}
 
-    def unjudged(self) -> set[int]:
-        """Live deals without a kept judgement (a cache from before migration 16 has marks for none of them)."""
-        return {deal_id for (deal_id,) in self.cache.db.execute(
-            "SELECT id FROM deals WHERE deleted = 0 AND id NOT IN (SELECT deal_id FROM judged)")}
-
     def rows(self) -> Iterator[JudgedRow]:
         """Every kept judgement, in deal id order, without its violations (`violations` reads those as it goes)."""
         for row in self.cache.db.execute(

@@ -49,8 +49,9 @@ def _zone(name: str) -> tzinfo:
 
 class KeptViolation(Violation):
     """A violation as a kept judgement holds it: what the audit counts and compares (rule, deal, severity, since,
-    direction, stage, manager, closed, key) and `text`, the JSON `audit --json` prints of it (UTF-8: Cyrillic takes
-    half the memory of a str), made when it was judged (its horizon vouches that it still reads so). Its message, missing items, details and entry are read
+    direction, stage, manager, closed, key, the clause: the regulation's own string) and `text`, the JSON
+    `audit --json` prints of it without the clause (UTF-8: Cyrillic takes half the memory of a str), made when it was
+    judged (its horizon vouches that it still reads so). Its message, missing items, details and entry are read
     from that text when asked (a row newly opened in the ledger); its template and values are not kept."""
 
     __slots__ = ("_key", "text")
@@ -78,9 +79,6 @@ class KeptViolation(Violation):
     def details(self) -> dict[str, Any]:
         return self._shown()["details"]  # type: ignore[no-any-return]
 
-    @property  # type: ignore[override]
-    def clause(self) -> str:
-        return self._shown()["clause"]  # type: ignore[no-any-return]
 
 
 _FIELD = {name: Violation.__dict__[name].__set__ for name in Violation.__dataclass_fields__}
@@ -95,16 +93,18 @@ def kept_as(violation: Violation, shown: Callable[[Violation], str]) -> Violatio
     if isinstance(violation, KeptViolation) or violation.grows is not None:
         return violation
     return _kept(violation.rule, violation.deal, violation.severity, violation.since, violation.direction,
-                 violation.stage, violation.manager, violation.closed, violation.key, shown(violation).encode())
+                 violation.stage, violation.manager, violation.closed, violation.key, shown(violation).encode(),
+                 violation.clause)
 
 
 def _kept(rule: str, deal: str, severity: Mode, since: datetime, direction: str | None, stage: str | None,
-          manager: str | None, closed: datetime | None, key: str, text: bytes) -> KeptViolation:
+          manager: str | None, closed: datetime | None, key: str, text: bytes, clause: str) -> KeptViolation:
     made = object.__new__(KeptViolation)
     field = _FIELD
     field["rule"](made, rule); field["deal"](made, deal); field["severity"](made, severity)  # noqa: E702
     field["since"](made, since); field["direction"](made, direction); field["stage"](made, stage)  # noqa: E702
     field["manager"](made, manager); field["closed"](made, closed); field["grows"](made, None)  # noqa: E702
+    field["clause"](made, clause)
     _SET_KEY(made, key)
     _SET_TEXT(made, text)
     return made
@@ -245,7 +245,8 @@ class Codec:
             if item[0] == "k":
                 _, rule, deal, severity, since, direction, stage, manager, closed, key = item
                 found.append(_kept(rule, deal, modes[severity], to_moment(since), direction, stage,  # type: ignore[arg-type]
-                                   manager, to_moment(closed), key, lines[next_text].encode()))
+                                   manager, to_moment(closed), key, lines[next_text].encode(),
+                                   texts(self.regulation.directions[direction], rule)[0]))  # type: ignore[index]
                 next_text += 1
                 continue
             _, rule, deal, severity, since, direction, stage, entry, missing, manager, details, values, closed, grows = item
