@@ -108,9 +108,30 @@ class _Fresh:
     mapped: str | None  # the deal as JSON when its horizon is near (and the judgement is to be kept)
 
 
-def audit_cache(cache: Cache, mappings: Mappings, now: datetime, *, record: bool = True) -> Audit:
+def judge_after_sync(cache: Cache, mappings_dir: Path, crm: str, now: datetime) -> int | None:
+    """`judge_changed` with the admin's mapping files; None when they cannot be read (none yet before `discover`, or
+    a mistake `crmbridge check` names): the sync is not the place to report them, the next audit judges then."""
+    from crmbridge.errors import CrmBridgeError
+    from crmbridge.mapping.load import load_mappings
+
+    try:
+        mappings = load_mappings(mappings_dir, crm=crm)
+    except (CrmBridgeError, OSError):
+        return None
+    return judge_changed(cache, mappings, now)
+
+
+def judge_changed(cache: Cache, mappings: Mappings, now: datetime) -> int:
+    """After a sync: judge the deals it changed (every deal when the regulation, the binding or the code changed) and
+    keep the judgements, so the next audit reads them instead of judging then (it writes them to the ledger).
+    Returns how many deals were judged."""
+    return audit_cache(cache, mappings, now, settle=False).judged
+
+
+def audit_cache(cache: Cache, mappings: Mappings, now: datetime, *, record: bool = True, settle: bool = True) -> Audit:
     """Every live cached deal's violations at `now`. With `record`, the ledger (`violations`) and the kept
-    judgements are written in one transaction; without, nothing is written."""
+    judgements are written in one transaction; without, nothing is written. Without `settle` (`judge_changed`),
+    only the changed deals are judged and kept, nothing else is read and no violation is returned."""
     mapper = DealMapper(mappings.regulation, mappings.binding)
     judge = StreamJudge(mappings.regulation, now)
     codec = Codec(mapper.zone, judge.evaluator.regulation)
@@ -146,7 +167,7 @@ def audit_cache(cache: Cache, mappings: Mappings, now: datetime, *, record: bool
                 # every live deal was judged when the judgements were rebuilt; a deal written or restored since is
                 # marked by the triggers
                 changed = cache.judged.marked(mark)
-                rows = list(cache.judged.rows())
+                rows = list(cache.judged.rows()) if settle else []
                 due = {row.deal_id for row in rows if row.deal_id not in changed and (
                     (row.recheck_at is not None and row.recheck_at <= at) or row.judged_at > at)}
                 mapped = cache.judged.kept_deals(due)
@@ -158,11 +179,16 @@ def audit_cache(cache: Cache, mappings: Mappings, now: datetime, *, record: bool
                 kept = [row for row in rows if row.deal_id not in fresh and row.deal_id not in gone]
                 del rows
             deals = len(fresh) + len(kept)
-            violations, grown = _settled(fresh, kept, cache.judged.violations(), codec, judge.evaluator)
+            violations, rewrite = _settled(fresh, kept, cache.judged.violations(), codec, judge.evaluator) if settle \
+                else ([], set())
     audit = Audit(deals, violations, judge.evaluator, len(fresh))
-    if record:
+    if not settle:
         with cache.atomic():
-            refresh = {violation.key for item in fresh.values() for violation in item.violations} | grown
+            cache.judged.save(_rows(fresh, at, codec), gone, mark=mark, fingerprint=fingerprint, rebuilt=rebuilt,
+                              recorded=False)
+    elif record:
+        with cache.atomic():
+            refresh = {violation.key for item in fresh.values() for violation in item.violations} | rewrite
             changes = record_violations(cache, violations, now.astimezone(timezone.utc).isoformat(), refresh=refresh)
             cache.judged.save(_rows(fresh, at, codec), gone, mark=mark, fingerprint=fingerprint, rebuilt=rebuilt)
         audit.opened, audit.resolved = len(changes.opened), len(changes.resolved)
@@ -172,8 +198,8 @@ def audit_cache(cache: Cache, mappings: Mappings, now: datetime, *, record: bool
 def _settled(fresh: dict[int, _Fresh], kept: list[JudgedRow], texts: Iterator[tuple[int, str]], codec: Codec,
              evaluator: Evaluator) -> tuple[list[Violation], set[str]]:
     """Every deal's violations in deal id order (fresh, or kept: `texts` in deal id order), R10's settled across every
-    purchase, a kept time waited (R7, R8) counted up to now; and the keys of the kept violations that grew so (their
-    ledger rows are rewritten). Empties `kept`."""
+    purchase, a kept time waited (R7, R8) counted up to now; and the keys of the kept violations whose ledger rows are
+    to be rewritten (grown so, or judged after a sync and not in the ledger yet). Empties `kept`."""
     order: list[tuple[int, Any]] = sorted([*fresh.items(), *((row.deal_id, row) for row in kept)],
                                           key=lambda item: item[0])
     kept.clear()
@@ -192,6 +218,8 @@ def _settled(fresh: dict[int, _Fresh], kept: list[JudgedRow], texts: Iterator[tu
             for position, violation in enumerate(violations):
                 if violation.grows is not None:
                     violations[position] = evaluator.grown(violation)
+                    grown.add(violation.key)
+                elif item.unrecorded:
                     grown.add(violation.key)
         found += settle_r10(violations, item.client_key, latest)
     return found, grown

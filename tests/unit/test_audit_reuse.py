@@ -16,7 +16,7 @@ import pytest
 from regulation_kit import seeded_cache
 
 from crmbridge.cache.store import Cache
-from crmbridge.compliance import audit_cache, violation_text
+from crmbridge.compliance import audit_cache, judge_changed, violation_text
 from crmbridge.mapping.binding import DealMapper
 from crmbridge.mapping.load import Mappings, load_mappings
 from crmbridge.regulation.evaluate import RULES, evaluate_stream
@@ -147,3 +147,26 @@ def test_without_record_the_audit_writes_nothing(cache: Cache, mappings: Mapping
     run = audit_cache(cache, mappings, T0 + timedelta(days=2), record=False)
     assert [printed(v) for v in run.violations] == afresh(cache, mappings, T0 + timedelta(days=2))
     assert (cache.query("SELECT * FROM judged ORDER BY deal_id"), cache.query("SELECT * FROM violations")) == before
+
+
+def test_a_sync_judges_what_it_changed_and_the_next_audit_writes_it_to_the_ledger(cache: Cache,
+                                                                                 mappings: Mappings) -> None:
+    """After a sync, `judge_changed` judges the deals it wrote (every deal the first time); the next audit reads
+    those judgements instead of judging, and still writes what changed into the ledger."""
+    assert judge_changed(cache, mappings, T0) == 900  # a first sync: every deal
+    assert cache.count("judged", "unrecorded = 1") == 900 and cache.count("violations") == 0
+    deals, judged = audited(cache, mappings, T0 + timedelta(seconds=5))
+    assert judged == 0 and cache.count("judged", "unrecorded = 1") == 0
+    db = cache.db
+    deal_id, raw = db.execute("SELECT d.id, d.raw FROM violations v JOIN deals d ON d.id = v.deal_id WHERE "
+                              "v.resolved IS NULL AND instr(v.message, d.title) > 0 ORDER BY d.id LIMIT 1").fetchone()
+    record = json.loads(raw)
+    record["TITLE"] = "Переименована"  # every message of the deal names it: the ledger's rows must be rewritten
+    with cache.atomic():
+        db.execute("UPDATE deals SET raw = ? WHERE id = ?", [json.dumps(record, ensure_ascii=False), deal_id])
+    assert judge_changed(cache, mappings, T0 + timedelta(seconds=10)) == 1
+    assert judge_changed(cache, mappings, T0 + timedelta(seconds=11)) == 0  # its marks were cleared
+    deals, judged = audited(cache, mappings, T0 + timedelta(seconds=20))  # the ledger's rows equal a fresh judgement
+    assert judged == 0
+    assert any("Переименована" in row["message"] for row in cache.query(
+        "SELECT message FROM violations WHERE deal_id = ? AND resolved IS NULL", [deal_id]))

@@ -24,6 +24,7 @@ class JudgedRow(NamedTuple):
     recheck_at: int | None
     client_key: str | None
     purchase_at: int | None
+    unrecorded: int  # 1: judged after a sync, its violations not written to the ledger yet
 
 
 class Judged:
@@ -51,7 +52,7 @@ class Judged:
     def rows(self) -> Iterator[JudgedRow]:
         """Every kept judgement, in deal id order, without its violations (`violations` reads those as it goes)."""
         for row in self.cache.db.execute(
-                "SELECT deal_id, judged_at, recheck_at, client_key, purchase_at FROM judged ORDER BY deal_id"):
+                "SELECT deal_id, judged_at, recheck_at, client_key, purchase_at, unrecorded FROM judged ORDER BY deal_id"):
             yield JudgedRow(*row)
 
     def violations(self) -> Iterator[tuple[int, str]]:
@@ -82,10 +83,12 @@ class Judged:
                 "DELETE FROM judge_marks WHERE seq NOT IN (SELECT MAX(seq) FROM judge_marks GROUP BY deal_id)").rowcount)
 
     def save(self, rows: Iterable[Sequence[Any]], gone: Iterable[int], *, mark: int, fingerprint: str,
-             rebuilt: bool) -> None:
+             rebuilt: bool, recorded: bool = True) -> None:
         """Keep fresh judgements (deal_id, judged_at, recheck_at, client_key, purchase_at, violations, mapped deal or
         None) made from a snapshot that saw marks up to `mark`; forget those of deals `gone`; clear the marks it saw.
-        `rebuilt`: every live deal was judged, so older judgements of deals not among `rows` go.
+        `rebuilt`: every live deal was judged, so older judgements of deals not among `rows` go. `recorded`: the
+        ledger was written in the same transaction (an audit), with every judgement the snapshot saw; else (after a
+        sync) these wait for the next audit to write them.
 
         A judgement from an older snapshot never replaces one from a newer (two audits at once)."""
         db = self.cache.db
@@ -97,12 +100,15 @@ class Judged:
         def judgements() -> Iterator[tuple[Any, ...]]:
             for *judgement, deal in rows:
                 mapped.append((judgement[0], deal))
-                yield (*judgement, mark)
+                yield (*judgement, mark, 0 if recorded else 1)
+        if recorded:
+            db.execute("UPDATE judged SET unrecorded = 0 WHERE unrecorded = 1 AND mark <= ?", [mark])
         db.conn.executemany(
-            "INSERT INTO judged (deal_id, judged_at, recheck_at, client_key, purchase_at, violations, mark) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (deal_id) DO UPDATE SET judged_at = excluded.judged_at, "
+            "INSERT INTO judged (deal_id, judged_at, recheck_at, client_key, purchase_at, violations, mark, unrecorded) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (deal_id) DO UPDATE SET judged_at = excluded.judged_at, "
             "recheck_at = excluded.recheck_at, client_key = excluded.client_key, purchase_at = excluded.purchase_at, "
-            "violations = excluded.violations, mark = excluded.mark WHERE excluded.mark >= judged.mark", judgements())
+            "violations = excluded.violations, mark = excluded.mark, unrecorded = excluded.unrecorded "
+            "WHERE excluded.mark >= judged.mark", judgements())
         # the mapped deal goes with the judgement that was kept (not one a newer snapshot's judgement replaced)
         db.conn.executemany("DELETE FROM judged_deals WHERE deal_id = ? AND (SELECT mark FROM judged WHERE deal_id = ?) "
                             "= ?", ((deal_id, deal_id, mark) for deal_id, deal in mapped if deal != UNCHANGED))

@@ -617,6 +617,11 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX tasks_own ON tasks(id) WHERE instr(raw, '[crmbridge:') > 0;
     """,
+    # 18: a sync judges the deals it changed (issue 7, item 15): its judgements wait for the next audit to write
+    # them to the ledger.
+    """
+    ALTER TABLE judged ADD COLUMN unrecorded INTEGER NOT NULL DEFAULT 0;  -- 1: judged after a sync, not in violations yet
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator
 
@@ -12,6 +12,7 @@ import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from crmbridge.commands import common
+from crmbridge.config import Settings
 from crmbridge.connectors.registry import syncer_for
 from crmbridge.errors import MappingError
 from crmbridge.sync import ProgressCallback, SyncSummary
@@ -79,6 +80,14 @@ def run_sync(webhook_url: str | None, *, full: bool, show_progress: bool, break_
         return syncer.run(full=full)
 
 
+def judge_synced(settings: Settings) -> int | None:
+    """The deals the sync changed judged for the next audit (`compliance.judge_after_sync`)."""
+    from crmbridge.compliance import judge_after_sync
+
+    with common.cache(settings) as cache:
+        return judge_after_sync(cache, settings.mappings_dir, settings.crm, datetime.now(timezone.utc))
+
+
 def print_summary(summary: SyncSummary, cache_path: object) -> None:
     resumed = " (resumed an interrupted full sync)" if summary.resumed else ""
     common.console.print(common.markup(
@@ -106,10 +115,13 @@ def register(app: typer.Typer) -> None:
         """Sync the CRM into the local SQLite cache (first run full, then incremental by modification time)."""
         summary = run_sync(None, full=full, show_progress=not as_json and sys.stderr.isatty(), break_lock=break_lock,
                            confirm_deletions=confirm_deletions)
+        judged = judge_synced(common.settings())
         if as_json:
             common.print_json(summary.as_dict())
         else:
             print_summary(summary, common.settings().cache_path)
+            if judged:
+                common.console.print(f"judged {judged:,} changed deals for the next audit")
         if summary.webhook_admin is False:  # on stderr, so a job's --json stays JSON and its log shows why
             common.err_console.print(common.markup("[yellow]warning[/yellow]: {text}", text=common.RIGHTS_WARNING), highlight=False)
         if getattr(summary, "deletions_held", None):

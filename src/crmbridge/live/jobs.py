@@ -89,16 +89,20 @@ def job_duration(text: Any) -> timedelta:
 
 
 def _sync(ctx: JobContext, *, full: bool) -> dict[str, Any]:
+    from crmbridge.compliance import judge_after_sync
     from crmbridge.connectors.registry import syncer_for
 
     cache = open_cache(ctx.settings.cache_path)
     try:
         with ctx.writer_lock:
-            return syncer_for(ctx.client(), cache, overlap=timedelta(minutes=ctx.settings.sync_overlap_minutes),
-                              refresh=timedelta(minutes=ctx.settings.amocrm_refresh_minutes),
-                              plan_entity_type=_plans_entity_type(ctx),
-                              # each committed chunk is a point where a timed-out job stops cleanly
-                              progress=lambda entity, count: ctx.checkpoint()).run(full=full).as_dict()
+            summary = syncer_for(ctx.client(), cache, overlap=timedelta(minutes=ctx.settings.sync_overlap_minutes),
+                                 refresh=timedelta(minutes=ctx.settings.amocrm_refresh_minutes),
+                                 plan_entity_type=_plans_entity_type(ctx),
+                                 # each committed chunk is a point where a timed-out job stops cleanly
+                                 progress=lambda entity, count: ctx.checkpoint()).run(full=full).as_dict()
+            # the deals it changed judged for the next audit (which then reads, not judges, them)
+            summary["judged"] = judge_after_sync(cache, ctx.settings.mappings_dir, ctx.settings.crm, datetime.now(UTC))
+            return summary
     finally:
         cache.close()
 
