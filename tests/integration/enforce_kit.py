@@ -57,6 +57,12 @@ def _merged(base: Any, change: Mapping[str, Any]) -> Any:
                        for key, value in change.items()}}
 
 
+def kill_volume() -> Mappings:
+    """The shipped files acting on long-closed deals too (`EVERY_CLOSED_DEAL`): the crash tests kill a run at the n-th
+    batch of writes or messages, so they need the plan's volume they were written for (`closed_look_back` cut it)."""
+    return regulation_with(shipped(), rules=EVERY_CLOSED_DEAL)
+
+
 def any_hour(loaded: Mappings) -> Mappings:
     """Messages going out at any hour (the shipped regulation holds them outside working hours, and these tests run
     at any time of day; test_digests covers holding)."""

@@ -12,7 +12,7 @@ import signal
 import sys
 
 from crmbridge.cache.store import open_cache
-from tests.integration.enforce_kit import SETTLING, fast_client, run, shipped
+from tests.integration.enforce_kit import SETTLING, fast_client, kill_volume, run
 
 
 def main(url: str, cache_path: str, step: str, occurrence: str) -> None:
@@ -27,7 +27,7 @@ def main(url: str, cache_path: str, step: str, occurrence: str) -> None:
 
     cache = open_cache(cache_path)
     print("started", flush=True)
-    run(fast_client(url), cache, shipped(), SETTLING, checkpoint=checkpoint)
+    run(fast_client(url), cache, kill_volume(), SETTLING, checkpoint=checkpoint)
     cache.close()
     print("finished", flush=True)
 

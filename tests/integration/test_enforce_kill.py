@@ -26,7 +26,7 @@ from crmbridge.cache.store import Cache, open_cache
 from crmbridge.enforce.plan import Action, ActionKind, same_value
 from crmbridge.sandbox import SandboxPortal
 from crmbridge.sandbox.methods import ApiError
-from tests.integration.enforce_kit import SETTLING, WRITE_METHODS, fast_client, run, shipped, synced, writes
+from tests.integration.enforce_kit import SETTLING, WRITE_METHODS, fast_client, kill_volume, run, synced, writes
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -62,7 +62,7 @@ def child(portal: SandboxPortal, cache_path: Path, step: str = "none", occurrenc
 
 def planned(portal: SandboxPortal, cache: Cache) -> list[Action]:
     """The plan before any write (a dry run), the reference every resumed run is compared with."""
-    return run(fast_client(portal), cache, shipped(), SETTLING, dry_run=True).to_write
+    return run(fast_client(portal), cache, kill_volume(), SETTLING, dry_run=True).to_write
 
 
 def assert_portal_matches(plan: list[Action], portal: SandboxPortal, cache: Cache) -> None:
@@ -99,7 +99,7 @@ def assert_portal_matches(plan: list[Action], portal: SandboxPortal, cache: Cach
 
 def assert_settled(portal: SandboxPortal, cache: Cache) -> None:
     before = writes(portal)
-    again = run(fast_client(portal), cache, shipped(), SETTLING)
+    again = run(fast_client(portal), cache, kill_volume(), SETTLING)
     assert again.to_write == [] and again.owed == 0 and writes(portal) == before
 
 
@@ -121,7 +121,7 @@ def test_killed_at_a_point_then_resumed_the_portal_holds_the_plan_once(
     assert len(plan) > 100
     code = child(portal, cache_path, step, occurrence or 1, write)
     assert code == -signal.SIGKILL  # it died at that point (kill -9), not at the end
-    resumed = run(fast_client(portal), cache, shipped(), SETTLING)  # the lock of the dead run is gone at once
+    resumed = run(fast_client(portal), cache, kill_volume(), SETTLING)  # the lock of the dead run is gone at once
     assert resumed.execution is not None and resumed.execution.failed == 0 and resumed.execution.unknown == 0
     assert_portal_matches(plan, portal, cache)
     assert_settled(portal, cache)
@@ -177,7 +177,7 @@ def test_a_revert_whose_comment_did_not_land_before_the_kill_gets_its_comment(
     reverted_deal = int(reverts[0].deal)
     assert portal.state.deals.rows[reverted_deal]["STAGE_ID"] == reverts[0].params["fields"]["STAGE_ID"]
     assert not any(comment.marker in (c.get("COMMENT") or "") for c in portal.state.comments.rows.values())
-    resumed = run(fast_client(portal), cache, shipped(), SETTLING)
+    resumed = run(fast_client(portal), cache, kill_volume(), SETTLING)
     assert comment.idempotency_key not in {a.idempotency_key for a in resumed.to_write}  # not planned any more...
     assert resumed.owed >= 1  # ...but owed: its revert landed
     assert sum(comment.marker in (c.get("COMMENT") or "") for c in portal.state.comments.rows.values()) == 1
