@@ -2,8 +2,9 @@
 
 The cache is written as a sync leaves it (the sandbox seeder's deals, history, tasks and clients through the
 sync's own row conversions, and the portal's reference lists). Then `crmbridge audit --json` runs in its own
-process, as an admin or a scheduled job runs it: the first run opens the violations, the next ones refresh
-them. Reported per run: wall time (process start to exit), CPU seconds and the process's peak RSS (its VmHWM
+process, as an admin or a scheduled job runs it: the first run judges every deal and opens the violations; before
+each later run an incremental sync's worth of deals (`--changed`, 1 %) is written again, and the audit judges
+afresh those and the deals whose horizon came, reusing every other judgement (issue 7, item 15). Reported per run: wall time (process start to exit), CPU seconds and the process's peak RSS (its VmHWM
 read from /proc every 20 ms while it runs); then the same runs without --json (the terminal tables).
 
     .venv/bin/python bench/bench_audit.py                  # 100,000 deals, 3 runs
@@ -92,8 +93,22 @@ def run_audit(path: Path, args: tuple[str, ...] = ("--json",)) -> dict[str, obje
             return figures
         out.seek(0)
         report = json.loads(out.read())
-    return {**figures, "deals": report["deals"], "violations": report["violations"], "opened": report["opened"],
-            "resolved": report["resolved"]}
+    return {**figures, "deals": report["deals"], "judged": report["judged"], "violations": report["violations"],
+            "opened": report["opened"], "resolved": report["resolved"]}
+
+
+def change_deals(path: Path, count: int, round_: int) -> None:
+    """What an incremental sync leaves: `count` deals written again with a changed record (their amount), so
+    their judgements are stale (the cache's triggers mark them)."""
+    import sqlite3
+
+    if not count:
+        return
+    with sqlite3.connect(path, timeout=60) as db:
+        ids = [row[0] for row in db.execute("SELECT id FROM deals WHERE deleted = 0 ORDER BY (id * 7919 + ?) % 1000003 "
+                                            "LIMIT ?", [round_, count])]
+        db.executemany("UPDATE deals SET raw = json_set(raw, '$.OPPORTUNITY', ?) WHERE id = ?",
+                       [(str(1000 + round_ * 10 + index % 7), deal_id) for index, deal_id in enumerate(ids)])
 
 
 def main() -> None:
@@ -101,6 +116,8 @@ def main() -> None:
     parser.add_argument("--deals", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--changed", type=int, default=1000, help="deals a sync changes before each later audit")
+    parser.add_argument("--gap", type=float, default=0.0, help="seconds between audits (60: R7/R8 waits grow)")
     parser.add_argument("--keep", type=Path, help="write (or reuse) the cache here instead of a temporary file")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
@@ -108,14 +125,21 @@ def main() -> None:
         report: dict[str, object] = {"deals": args.deals}
         if not path.exists():
             report["write_cache_s"] = round(write_cache(path, args.deals, args.seed), 1)
-        runs = [run_audit(path) for _ in range(args.runs)]
+        # the first audit of a cache (or after a new regulation, binding or crmbridge) judges every deal
+        report["first_run"] = run_audit(path)
+        runs = []
+        for round_ in range(args.runs):  # a scheduled audit after an incremental sync
+            time.sleep(args.gap)
+            change_deals(path, args.changed, round_)
+            runs.append(run_audit(path))
         report["runs"] = runs
         report["table_runs"] = [run_audit(path, ()) for _ in range(args.runs)]  # the terminal tables, no JSON
-        every = runs + report["table_runs"]  # type: ignore[operator]
+        every = [report["first_run"], *runs, *report["table_runs"]]  # type: ignore[list-item]
         report["best_wall_s"] = min(run["wall_s"] for run in runs)  # type: ignore[type-var]
+        report["worst_wall_s"] = max(run["wall_s"] for run in runs)  # type: ignore[type-var]
         report["best_cpu_s"] = min(run["cpu_s"] for run in runs)  # type: ignore[type-var]
-        report["peak_rss_mb"] = max(run["peak_rss_mb"] for run in every)  # type: ignore[type-var]
-        report["goal_met"] = report["best_wall_s"] < 3.0 and report["peak_rss_mb"] < 200  # type: ignore[operator]
+        report["peak_rss_mb"] = max(run["peak_rss_mb"] for run in every)  # type: ignore[index]
+        report["goal_met"] = report["worst_wall_s"] < 3.0 and report["peak_rss_mb"] < 200  # type: ignore[operator]
         print(json.dumps(report, ensure_ascii=False, indent=2))
 
 

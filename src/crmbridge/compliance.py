@@ -8,6 +8,7 @@ as it is (issue 7, item 15: 100,000 deals in seconds). What it finds is what jud
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -22,7 +23,8 @@ from crmbridge.mapping.load import Mappings
 from crmbridge.model import Deal, Violation
 from crmbridge.regulation.evaluate import Evaluator, StreamJudge, latest_purchases, settle_r10
 from crmbridge.regulation.ledger import LedgerChanges, reconcile
-from crmbridge.regulation.stored import Codec, micros, rendered
+from crmbridge.regulation.stored import Codec, KeptViolation, kept_as, micros
+from crmbridge.text import JsonText, json_text
 
 #: a deal whose horizon is nearer than this is kept mapped with its judgement: judged again without mapping it
 KEEP_MAPPED = timedelta(days=1)
@@ -35,20 +37,49 @@ _PACKAGE = Path(__file__).resolve().parent
 
 def violation_json(violation: Violation, *, beyond: bool = False) -> dict[str, Any]:
     """One violation as `audit --json` shows it; `beyond_look_back`: older than its rule's look-back window (recorded,
-    not pushed)."""
+    not pushed). `beyond_look_back` stays the last key: `violation_text` sets it in a kept violation's text."""
     return {
         "rule": violation.rule, "deal": violation.deal, "severity": violation.severity.value,
         "direction": violation.direction, "stage": violation.stage, "since": violation.since.isoformat(),
-        "entry": violation.entry.key if violation.entry else None, "missing": list(violation.missing),
+        "entry": violation.entry_key, "missing": list(violation.missing),
         "manager": violation.manager, "message": violation.message, "clause": violation.clause,
         "key": violation.key, "details": dict(violation.details), "beyond_look_back": beyond,
     }
 
 
+_NOT_BEYOND = ', "beyond_look_back": false}'
+#: where a kept text leaves the clause out (a JSON string's own quotes are escaped: this cannot occur inside one)
+_NO_CLAUSE = '"clause": null'
+
+
+def violation_text(violation: Violation, beyond: bool) -> JsonText:
+    """`violation_json` as JSON text: a kept violation's was made when it was judged (45,000 of them are neither
+    decoded nor encoded again at every audit); the clause (the regulation's) and `beyond_look_back` (which moves with
+    the clock) are set now."""
+    if isinstance(violation, KeptViolation):
+        text = violation.text.decode().replace(_NO_CLAUSE, f'"clause": {_clause_json(violation.clause)}', 1)
+        return JsonText(text[:-len(_NOT_BEYOND)] + ', "beyond_look_back": true}' if beyond else text)
+    return JsonText(json_text(violation_json(violation, beyond=beyond), indent=None))
+
+
+@lru_cache(maxsize=256)
+def _clause_json(clause: str) -> str:
+    return json_text(clause, indent=None)
+
+
+def shown(violation: Violation) -> str:
+    """What `violation_text` prints of a violation within its look-back windows, without its clause (the regulation
+    has it): kept with its judgement, on a line of its own."""
+    text = json_text({**violation_json(violation), "clause": None}, indent=None)
+    if not text.endswith(_NOT_BEYOND) or "\n" in text or text.count(_NO_CLAUSE) != 1:
+        raise AssertionError(f"violation_json's shape moved: {text[-40:]}")
+    return text
+
+
 def record_violations(cache: Cache, found: Iterable[Violation], now_iso: str,
                       evaluated_deals: set[str] | None = None, refresh: set[str] | None = None) -> LedgerChanges:
-    """Open new violations, refresh those still found (of the deals in `refresh`; None: all), resolve those gone
-    (of `evaluated_deals`, or of every deal when None); one transaction."""
+    """Open new violations, refresh those still found (those whose keys are in `refresh`; None: all), resolve those
+    gone (of `evaluated_deals`, or of every deal when None); one transaction."""
     found = list(found)
     return cache.violations.record(lambda open_rows: reconcile(open_rows, found, now_iso, evaluated_deals, refresh),
                                    now_iso)
@@ -95,8 +126,8 @@ def audit_cache(cache: Cache, mappings: Mappings, now: datetime, *, record: bool
             if keep_mapped and record and made.horizon is not None and made.horizon - now < KEEP_MAPPED:
                 mapped = UNCHANGED if unchanged else codec.deal(deal)  # judged again from its kept mapping: kept as is
             purchase = made.purchase
-            # judged again at a horizon: its message is read by the ledger, the output and the kept judgement
-            violations = [rendered(violation) for violation in made.violations] if keep_mapped else made.violations
+            # what the ledger, the output and the kept judgement read of each violation, made once
+            violations = [kept_as(violation, shown) for violation in made.violations] if record else made.violations
             if not violations:
                 violations = _NONE  # one shared empty list: most deals have no violation (100,000 lists otherwise)
             fresh[int(deal.id)] = _Fresh(violations, made.horizon, purchase[0] if purchase else None,
@@ -112,7 +143,9 @@ def audit_cache(cache: Cache, mappings: Mappings, now: datetime, *, record: bool
                 # not kept mapped (memory: a whole cache's near horizons); the next audit keeps those it judges again
                 judged(mapper.stream(cache.deals.iter_records(keys=mapper.deal_keys)), keep_mapped=False)
             else:
-                changed = cache.judged.marked(mark) | cache.judged.unjudged()
+                # every live deal was judged when the judgements were rebuilt; a deal written or restored since is
+                # marked by the triggers
+                changed = cache.judged.marked(mark)
                 rows = list(cache.judged.rows())
                 due = {row.deal_id for row in rows if row.deal_id not in changed and (
                     (row.recheck_at is not None and row.recheck_at <= at) or row.judged_at > at)}
@@ -124,23 +157,23 @@ def audit_cache(cache: Cache, mappings: Mappings, now: datetime, *, record: bool
                 gone = changed - fresh.keys()  # marked, and no longer a live deal
                 kept = [row for row in rows if row.deal_id not in fresh and row.deal_id not in gone]
                 del rows
-        deals = len(fresh) + len(kept)
-        # empties `kept`: its texts are read once
-        violations, grown = _settled(fresh, kept, codec, judge.evaluator)
+            deals = len(fresh) + len(kept)
+            violations, grown = _settled(fresh, kept, cache.judged.violations(), codec, judge.evaluator)
     audit = Audit(deals, violations, judge.evaluator, len(fresh))
     if record:
         with cache.atomic():
-            changes = record_violations(cache, violations, now.astimezone(timezone.utc).isoformat(),
-                                        refresh={str(deal_id) for deal_id in fresh} | grown)
+            refresh = {violation.key for item in fresh.values() for violation in item.violations} | grown
+            changes = record_violations(cache, violations, now.astimezone(timezone.utc).isoformat(), refresh=refresh)
             cache.judged.save(_rows(fresh, at, codec), gone, mark=mark, fingerprint=fingerprint, rebuilt=rebuilt)
         audit.opened, audit.resolved = len(changes.opened), len(changes.resolved)
     return audit
 
 
-def _settled(fresh: dict[int, _Fresh], kept: list[JudgedRow], codec: Codec,
+def _settled(fresh: dict[int, _Fresh], kept: list[JudgedRow], texts: Iterator[tuple[int, str]], codec: Codec,
              evaluator: Evaluator) -> tuple[list[Violation], set[str]]:
-    """Every deal's violations in deal id order, R10's settled across every purchase (fresh and kept), a kept time
-    waited (R7, R8) counted up to now; and the deals whose kept violations grew so (their ledger rows are rewritten)."""
+    """Every deal's violations in deal id order (fresh, or kept: `texts` in deal id order), R10's settled across every
+    purchase, a kept time waited (R7, R8) counted up to now; and the keys of the kept violations that grew so (their
+    ledger rows are rewritten). Empties `kept`."""
     order: list[tuple[int, Any]] = sorted([*fresh.items(), *((row.deal_id, row) for row in kept)],
                                           key=lambda item: item[0])
     kept.clear()
@@ -148,16 +181,18 @@ def _settled(fresh: dict[int, _Fresh], kept: list[JudgedRow], codec: Codec,
                               if item.purchase_at is not None)
     found: list[Violation] = []
     grown: set[str] = set()
-    for index, (_, item) in enumerate(order):
+    text_of, text = -1, None
+    for deal_id, item in order:
         if isinstance(item, _Fresh):
             violations = item.violations
         else:
-            violations = codec.to_violations(item.violations)
-            order[index] = None  # type: ignore[call-overload]  # the kept text is read: let it go
+            while text_of < deal_id:  # the kept texts come in deal id order too (those of fresh deals are skipped)
+                text_of, text = next(texts, (2 ** 63, None))
+            violations = codec.to_violations(text) if text_of == deal_id else []
             for position, violation in enumerate(violations):
                 if violation.grows is not None:
                     violations[position] = evaluator.grown(violation)
-                    grown.add(violation.deal)
+                    grown.add(violation.key)
         found += settle_r10(violations, item.client_key, latest)
     return found, grown
 

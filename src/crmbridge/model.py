@@ -231,6 +231,11 @@ class Violation:
         return fill(self.template, values)
 
     @property
+    def entry_key(self) -> str | None:
+        """The key of the stage entry it belongs to (None: none)."""
+        return self.entry.key if self.entry is not None else None
+
+    @property
     def key(self) -> str:
         """Stable identity of this violation across runs: rule, deal and the stage entry (or since)."""
         anchor = self.entry.key if self.entry is not None else self.since.isoformat()

@@ -12,7 +12,7 @@ import json
 import re
 from typing import Any
 
-__all__ = ["bb_safe", "for_terminal", "json_text", "yaml_comment", "yaml_quoted"]
+__all__ = ["JsonText", "bb_safe", "for_terminal", "json_text", "yaml_comment", "yaml_quoted"]
 
 #: characters that steer a terminal or reorder what it shows: C0 and C1 controls, DEL, bidi overrides and
 #: isolates (a "Trojan source" title reads differently from what it is), and Unicode line / paragraph separators
@@ -46,6 +46,12 @@ def for_terminal(text: Any, *, multiline: bool = False) -> str:
 #: JSON text outside strings is ASCII, so escaping these characters anywhere keeps the JSON valid and equal
 _JSON_RAW = {code: f"\\u{code:04x}" for code in _STEERING if code >= 0x7F}
 _ANY_JSON_RAW = re.compile("[" + "".join(re.escape(chr(code)) for code in _JSON_RAW) + "]")
+
+
+class JsonText(str):
+    """Text `json_text(..., indent=None)` made already: written as it is where JSON is written item by item."""
+
+    __slots__ = ()
 
 
 def json_text(payload: Any, *, indent: int | None = 2) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -18,7 +19,8 @@ from crmbridge.model import Deal
 from crmbridge.regulation.compiled import compile_regulation
 from crmbridge.regulation.evaluate import RULES, Evaluator
 from crmbridge.regulation.ledger import violation_row
-from crmbridge.regulation.stored import Codec
+from crmbridge.regulation.stored import Codec, kept_as
+from crmbridge.text import json_text
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 11, 20, 9, 30, 17, 250_001, tzinfo=timezone.utc)
@@ -76,3 +78,28 @@ def test_moments_keep_their_own_zone_and_values_their_type(mappings: Mappings) -
     for value in ["text", 7, 2.5, True, None, Decimal("19999.990"), datetime(2026, 1, 2).date(), ["a", {"b": 1}]]:
         back = codec.to_value(codec.value(value))
         assert back == value and type(back) is type(value)
+
+
+def test_kept_violations_read_back_as_printed_and_as_the_ledger_opens_them(
+        mappings: Mappings, mapped: tuple[DealMapper, list[Deal]]) -> None:
+    """What the audit keeps of a judgement (`kept_as`: the fields it counts and compares, and the text it prints)
+    reads back exactly; one whose time waited grows (R7, R8) is kept whole."""
+    from crmbridge.compliance import shown, violation_text
+
+    mapper, deals = mapped
+    evaluator = Evaluator.of(mappings.regulation, NOW)
+    codec = Codec(mapper.zone, evaluator.regulation)
+    kinds = set()
+    for deal in deals:
+        found = evaluator.violations(deal)
+        back = codec.to_violations(codec.violations([kept_as(v, shown) for v in found]))
+        for fresh, read in zip(found, back, strict=True):
+            kinds.add((type(read).__name__, fresh.grows is not None))
+            for beyond in (False, True):
+                assert json.loads(violation_text(read, beyond)) == json.loads(json_text(violation_json(fresh, beyond=beyond)))
+            assert violation_row(read, "t") == violation_row(fresh, "t")
+            assert (read.key, read.rule, read.deal, read.since, read.closed, read.manager, read.direction, read.stage,
+                    read.severity, read.clause) == (fresh.key, fresh.rule, fresh.deal, fresh.since, fresh.closed,
+                                                    fresh.manager, fresh.direction, fresh.stage, fresh.severity,
+                                                    fresh.clause)
+    assert kinds == {("KeptViolation", False), ("Violation", True)}

@@ -24,7 +24,6 @@ class JudgedRow(NamedTuple):
     recheck_at: int | None
     client_key: str | None
     purchase_at: int | None
-    violations: str | None  # JSON; None: none
 
 
 class Judged:
@@ -49,16 +48,17 @@ class Judged:
         return {deal_id for (deal_id,) in self.cache.db.execute(
             "SELECT DISTINCT deal_id FROM judge_marks WHERE seq <= ?", [up_to])}
 
-    def unjudged(self) -> set[int]:
-        """Live deals without a kept judgement (a cache from before migration 16 has marks for none of them)."""
-        return {deal_id for (deal_id,) in self.cache.db.execute(
-            "SELECT id FROM deals WHERE deleted = 0 AND id NOT IN (SELECT deal_id FROM judged)")}
-
     def rows(self) -> Iterator[JudgedRow]:
-        """Every kept judgement, in deal id order (without the kept deals: `kept_deals` reads those wanted)."""
+        """Every kept judgement, in deal id order, without its violations (`violations` reads those as it goes)."""
         for row in self.cache.db.execute(
-                "SELECT deal_id, judged_at, recheck_at, client_key, purchase_at, violations FROM judged ORDER BY deal_id"):
+                "SELECT deal_id, judged_at, recheck_at, client_key, purchase_at FROM judged ORDER BY deal_id"):
             yield JudgedRow(*row)
+
+    def violations(self) -> Iterator[tuple[int, str]]:
+        """(deal id, kept violations) of the judgements that found some, in deal id order: read as they are used,
+        not all at once (100 MB of text at 100,000 deals)."""
+        yield from self.cache.db.execute(
+            "SELECT deal_id, violations FROM judged WHERE violations IS NOT NULL ORDER BY deal_id")
 
     def kept_deals(self, deal_ids: Iterable[int]) -> dict[int, str]:
         """The mapped deals (JSON) kept with these deals' judgements (those with a near horizon)."""

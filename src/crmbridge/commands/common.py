@@ -20,7 +20,7 @@ from crmbridge.connectors.bitrix24.client import Bitrix24Client, validate_webhoo
 from crmbridge.connectors.bitrix24.limiter import bucket_file
 from crmbridge.connectors.bitrix24.app import authorization_server, effective_connector, oauth_auth
 from crmbridge.errors import CacheError
-from crmbridge.text import for_terminal, json_text
+from crmbridge.text import JsonText, for_terminal, json_text
 
 #: the largest id a portal record can have in the cache (SQLite's INTEGER): larger --deal values are refused
 MAX_ID = 2**63 - 1
@@ -138,7 +138,7 @@ def print_json_list(payload: dict[str, Any], name: str, items: Iterable[Any]) ->
     batch: list[str] = []
     for item in itertools.chain(items, [None]):
         if item is not None:
-            batch.append(encode(item))
+            batch.append(item if isinstance(item, JsonText) else encode(item))
         if batch and (item is None or len(batch) == 1000):
             write((",\n    " if written else "\n    ") + ",\n    ".join(batch))
             written, batch = True, []

@@ -17,7 +17,7 @@ from crmbridge import files
 from crmbridge.bulk import paused_gc
 from crmbridge.cache.store import Cache
 from crmbridge.commands import common
-from crmbridge.compliance import Audit, audit_cache, violation_json
+from crmbridge.compliance import Audit, audit_cache, violation_json, violation_text
 from crmbridge.errors import CrmBridgeError, MappingError
 from crmbridge.mapping.binding import DealMapper
 from crmbridge.mapping.discover import draft_binding, todo_left
@@ -289,12 +289,15 @@ def _print_audit(run: Audit, names: dict[str, str], as_json: bool) -> None:
             "by_rule": dict(sorted(by_rule.items(), key=lambda item: int(item[0][1:]))),
             "beyond_look_back": dict(sorted(old.items(), key=lambda item: int(item[0][1:]))),
             "by_manager": {manager: dict(counts) for manager, counts in by_manager.items()},
-        }, "open", (violation_json(violation, beyond=past) for violation, past in zip(run.violations, beyond)))
+        }, "open", (violation_text(violation, past) for violation, past in zip(run.violations, beyond)))
         return
     common.console.print(f"{run.deals:,} deals evaluated ({run.judged:,} judged afresh, the others unchanged since "
                          f"the last audit): {len(run.violations):,} open violations ({run.opened:,} newly opened, "
                          f"{run.resolved:,} resolved since the last audit)")
-    clauses = {violation.rule: violation.clause.split(".")[0] for violation in run.violations}
+    clauses: dict[str, str] = {}
+    for violation in run.violations:  # a rule's clause is the same in each of its violations: read once
+        if violation.rule not in clauses:
+            clauses[violation.rule] = violation.clause.split(".")[0]
     deals_by_rule: dict[str, set[str]] = defaultdict(set)
     for violation in run.violations:
         deals_by_rule[violation.rule].add(violation.deal)

@@ -53,7 +53,7 @@ def violation_row(violation: Violation, now_iso: str) -> dict[str, Any]:
         "rule": violation.rule,
         "direction": violation.direction,
         "stage": violation.stage,
-        "entry": violation.entry.key if violation.entry is not None else None,
+        "entry": violation.entry_key,
         "severity": violation.severity.value,
         "manager_id": int(violation.manager) if violation.manager and violation.manager.isdigit() else None,
         "opened": violation.since.isoformat(),
@@ -72,8 +72,8 @@ def reconcile(open_rows: Mapping[str, Mapping[str, Any]], found: Iterable[Violat
 
     `evaluated_deals` limits resolving to the deals evaluated this time (None: every deal was evaluated,
     so an open row of a deal that is gone or no longer regulated resolves too). `refresh` limits rewriting the rows
-    still open to the deals judged afresh (None: all): a kept judgement's rows were written when it was made, and
-    nothing in them changed since (the audit's reuse, issue 7 item 15).
+    still open to these violation keys (None: all): those judged afresh, or whose time waited grew; a kept
+    judgement's rows were written when it was made, and nothing else in them changed since (issue 7, item 15).
     """
     opened: list[Violation] = []
     refreshed: list[tuple[int, Violation]] = []
@@ -87,7 +87,7 @@ def reconcile(open_rows: Mapping[str, Mapping[str, Any]], found: Iterable[Violat
         row = open_rows.get(key)
         if row is None:
             opened.append(violation)
-        elif refresh is None or violation.deal in refresh:
+        elif refresh is None or key in refresh:
             refreshed.append((int(row["id"]), violation))
     for key, row in open_rows.items():
         if key in seen:

@@ -9,7 +9,7 @@ the text they render to, which is all a message reads of them.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
 from functools import lru_cache
@@ -48,14 +48,66 @@ def _zone(name: str) -> tzinfo:
 
 
 class KeptViolation(Violation):
-    """A violation read back from a kept judgement: its message as rendered when it was judged (its horizon vouches
-    that it still reads so), not rendered again."""
+    """A violation as a kept judgement holds it: what the audit counts and compares (rule, deal, severity, since,
+    direction, stage, manager, closed, key, the clause: the regulation's own string) and `text`, the JSON
+    `audit --json` prints of it without the clause (UTF-8: Cyrillic takes half the memory of a str), made when it was
+    judged (its horizon vouches that it still reads so). Its message, missing items, details and entry are read
+    from that text when asked (a row newly opened in the ledger); its template and values are not kept."""
 
-    __slots__ = ("_message",)
+    __slots__ = ("_key", "text")
+
+    def _shown(self) -> dict[str, Any]:
+        return _loads(self.text)  # type: ignore[no-any-return]
+
+    @property
+    def key(self) -> str:
+        return self._key  # type: ignore[no-any-return]
+
+    @property
+    def entry_key(self) -> str | None:
+        return self._shown()["entry"]  # type: ignore[no-any-return]
 
     @property
     def message(self) -> str:
-        return self._message  # type: ignore[no-any-return]
+        return self._shown()["message"]  # type: ignore[no-any-return]
+
+    @property  # type: ignore[override]
+    def missing(self) -> tuple[str, ...]:
+        return tuple(self._shown()["missing"])
+
+    @property  # type: ignore[override]
+    def details(self) -> dict[str, Any]:
+        return self._shown()["details"]  # type: ignore[no-any-return]
+
+
+
+_FIELD = {name: Violation.__dict__[name].__set__ for name in Violation.__dataclass_fields__}
+_SET_KEY = KeptViolation.__dict__["_key"].__set__
+_SET_TEXT = KeptViolation.__dict__["text"].__set__
+_MODES = {mode.value: mode for mode in Mode}
+
+
+def kept_as(violation: Violation, shown: Callable[[Violation], str]) -> Violation:
+    """The violation as a kept judgement holds it, `shown` making its text (one whose figures grow with the clock
+    stays whole: its message is rendered again at each moment)."""
+    if isinstance(violation, KeptViolation) or violation.grows is not None:
+        return violation
+    return _kept(violation.rule, violation.deal, violation.severity, violation.since, violation.direction,
+                 violation.stage, violation.manager, violation.closed, violation.key, shown(violation).encode(),
+                 violation.clause)
+
+
+def _kept(rule: str, deal: str, severity: Mode, since: datetime, direction: str | None, stage: str | None,
+          manager: str | None, closed: datetime | None, key: str, text: bytes, clause: str) -> KeptViolation:
+    made = object.__new__(KeptViolation)
+    field = _FIELD
+    field["rule"](made, rule); field["deal"](made, deal); field["severity"](made, severity)  # noqa: E702
+    field["since"](made, since); field["direction"](made, direction); field["stage"](made, stage)  # noqa: E702
+    field["manager"](made, manager); field["closed"](made, closed); field["grows"](made, None)  # noqa: E702
+    field["clause"](made, clause)
+    _SET_KEY(made, key)
+    _SET_TEXT(made, text)
+    return made
 
 
 class Codec:
@@ -159,63 +211,52 @@ class Codec:
     # ------------------------------------------------------------ violations
 
     def violations(self, violations: Sequence[Violation]) -> str | None:
-        """A deal's violations (None: it has none). One whose figures grow with the clock (`Violation.grows`) keeps
-        its placeholders as text, to be rendered again; the others keep their message rendered."""
+        """A deal's violations as kept (`kept_as` made them; None: it has none): a JSON list of their fields, then
+        on a line each the texts of the kept ones (read without unescaping them out of a JSON string). One whose
+        figures grow with the clock (`Violation.grows`) is kept whole, its placeholders as text, to be rendered again."""
         if not violations:
             return None
-        value = self.value
-        return _dumps([
-            [v.rule, v.deal, v.severity.value, self.moment(v.since), v.direction, v.stage,
-             self.entry(v.entry) if v.entry is not None else None, list(v.missing), v.manager,
-             {name: value(item) for name, item in v.details.items()},
-             v.message if v.grows is None else {name: str(item) for name, item in v.values.items()},
-             None if v.grows is None else [self.moment(v.grows[0]), v.grows[1]], self.moment(v.closed)]
-            for v in violations])
+        moment, value = self.moment, self.value
+        heads: list[list[Any]] = []
+        texts: list[str] = []
+        for v in violations:
+            if isinstance(v, KeptViolation):
+                heads.append(["k", v.rule, v.deal, v.severity.value, moment(v.since), v.direction, v.stage, v.manager,
+                              moment(v.closed), v.key])
+                texts.append(v.text.decode())
+            else:
+                heads.append(["g", v.rule, v.deal, v.severity.value, moment(v.since), v.direction, v.stage,
+                              self.entry(v.entry) if v.entry is not None else None, list(v.missing), v.manager,
+                              {name: value(item) for name, item in v.details.items()},
+                              {name: str(item) for name, item in v.values.items()}, moment(v.closed),
+                              [moment(v.grows[0]), v.grows[1]] if v.grows is not None else None])
+        return "\n".join([_dumps(heads), *texts])
 
     def to_violations(self, text: str | None) -> list[Violation]:
         """The kept violations; those whose figures grow come back with the figures of when they were judged (the
         caller counts them again: `Evaluator.grown`)."""
         if text is None:
             return []
-        to_value, to_moment, to_entry, directions = self.to_value, self.to_moment, self.to_entry, self.regulation.directions
+        lines = text.split("\n")
+        to_moment, modes = self.to_moment, _MODES
         found: list[Violation] = []
-        for (rule, deal, severity, since, direction, stage, entry, missing, manager, details, shown, grows,
-             closed) in _loads(text):
-            clause, template = texts(directions[direction], rule)
-            made = _new_violation(rule, deal, Mode(severity), clause, template, to_moment(since), direction,  # type: ignore[arg-type]
-                                  stage, to_entry(entry) if entry is not None else None, tuple(missing), manager,
-                                  {name: to_value(item) for name, item in details.items()},
-                                  _NO_VALUES if grows is None else shown, to_moment(closed),
-                                  None if grows is None else (to_moment(grows[0]), grows[1]),
-                                  _new=object.__new__ if grows else _new_kept)
-            if grows is None:
-                _set_message(made, shown)
-            found.append(made)
+        next_text = 1
+        for item in _loads(lines[0]):
+            if item[0] == "k":
+                _, rule, deal, severity, since, direction, stage, manager, closed, key = item
+                found.append(_kept(rule, deal, modes[severity], to_moment(since), direction, stage,  # type: ignore[arg-type]
+                                   manager, to_moment(closed), key, lines[next_text].encode(),
+                                   texts(self.regulation.directions[direction], rule)[0]))  # type: ignore[index]
+                next_text += 1
+                continue
+            _, rule, deal, severity, since, direction, stage, entry, missing, manager, details, values, closed, grows = item
+            clause, template = texts(self.regulation.directions[direction], rule)
+            found.append(_new_violation(
+                rule, deal, modes[severity], clause, template, to_moment(since), direction, stage,  # type: ignore[arg-type]
+                self.to_entry(entry) if entry is not None else None, tuple(missing), manager,
+                {name: self.to_value(value) for name, value in details.items()}, values, to_moment(closed),
+                (to_moment(grows[0]), grows[1]) if grows is not None else None))
         return found
 
 
-_NO_VALUES: dict[str, Any] = {}  # the message is kept rendered: nothing to fill in
-
-
-def rendered(violation: Violation) -> Violation:
-    """The violation with its message rendered once: a fresh judgement's violations are read by the ledger, the
-    output and the kept judgement alike."""
-    if isinstance(violation, KeptViolation):
-        return violation
-    v = violation
-    if v.grows is not None:
-        return v  # its message is rendered again with the figures of each moment
-    kept = _new_violation(v.rule, v.deal, v.severity, v.clause, v.template, v.since, v.direction, v.stage, v.entry,
-                          v.missing, v.manager, v.details, v.values, v.closed, _new=_new_kept)
-    _set_message(kept, v.message)
-    return kept
-
-
-def _new_kept(_: type) -> KeptViolation:
-    return object.__new__(KeptViolation)
-
-
-_set_message = KeptViolation.__dict__["_message"].__set__
-
-
-__all__ = ["Codec", "KeptViolation", "micros", "rendered"]
+__all__ = ["Codec", "KeptViolation", "kept_as", "micros"]
