@@ -272,6 +272,7 @@ class Syncer:
         summary.operating_seconds = dict(self.reader.client.operating_seconds())
         self._tell(summary)
         self.cache.syncs.finish_run(run_id, "done", self.now(), summary.as_dict())
+        self.cache.judged.compact_marks()  # one mark per changed deal until the next audit reads them
         return summary
 
     # --- what cannot be used, and what the person running the sync should know ------------------------------

@@ -153,6 +153,7 @@ class AmoCRMSyncer:
         summary.http_requests = self.reader.client.requests_made - requests_before
         summary.seconds = round(self.monotonic() - started, 3)
         self.cache.syncs.finish_run(run_id, "done", self.now(), summary.as_dict())
+        self.cache.judged.compact_marks()  # one mark per changed deal until the next audit reads them
         return summary
 
     def _due(self, entity: str, every: timedelta) -> bool:

@@ -83,6 +83,20 @@ def test_incremental_sync_fetches_just_what_changed(make_portal: Any, cache: Cac
     assert_cache_equals_portal(cache, portal)
 
 
+def test_syncs_leave_one_audit_mark_per_changed_deal(make_portal: Any, cache: Cache) -> None:
+    """The audit's marks (deals to judge afresh, written by the cache's triggers) do not pile up while no audit runs:
+    a sync leaves one per deal whatever it wrote (issue 7, item 15)."""
+    portal = make_portal(deals=400, seed=7)
+    make_syncer(portal, cache).run()
+    assert cache.count("judge_marks") == cache.count("deals")  # a new cache: every deal, once
+    for round_ in range(3):
+        portal.update_deal(17, {"TITLE": f"changed {round_}", "OPPORTUNITY": f"{700 + round_}.00"})
+        make_syncer(portal, cache).run()
+    assert cache.query("SELECT deal_id FROM judge_marks GROUP BY deal_id HAVING COUNT(*) > 1") == []
+    assert cache.count("judge_marks", "deal_id = 17") == 1
+    assert cache.count("judge_marks") == cache.count("deals")
+
+
 def test_stage_change_arrives_with_its_history(make_portal: Any, cache: Cache) -> None:
     portal = make_portal(deals=500, seed=5)
     make_syncer(portal, cache).run()

@@ -72,6 +72,15 @@ class Judged:
 
     # --- writes -----------------------------------------------------------------------------
 
+    def compact_marks(self) -> int:
+        """Keep one mark per deal, its latest: the audit asks of the marks only whether a deal changed after a point,
+        so older ones say nothing more. Without it the marks would grow with every change a sync writes while no
+        audit runs (the shipped jobs run none). Safe beside an audit in flight: its snapshot saw the marks it clears,
+        and a later mark of the same deal stays. Returns how many went."""
+        with self.cache.atomic():
+            return int(self.cache.db.execute(
+                "DELETE FROM judge_marks WHERE seq NOT IN (SELECT MAX(seq) FROM judge_marks GROUP BY deal_id)").rowcount)
+
     def save(self, rows: Iterable[Sequence[Any]], gone: Iterable[int], *, mark: int, fingerprint: str,
              rebuilt: bool) -> None:
         """Keep fresh judgements (deal_id, judged_at, recheck_at, client_key, purchase_at, violations, mapped deal or
