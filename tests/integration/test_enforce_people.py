@@ -148,8 +148,9 @@ def test_old_breaches_are_recorded_and_shown_by_audit_not_pushed_to_people(make_
                            env=environment, capture_output=True, text=True, timeout=120)
     assert audit.returncode == 0, audit.stderr
     shown = json.loads(audit.stdout)["beyond_look_back"]
-    # (R7-R9 past their `look_back`; the stage rules on deals closed before their `closed_look_back`)
-    assert sum(shown.values()) >= len(old) and set(shown) <= {"R1", "R2", "R3", "R4", "R6", "R7", "R8", "R9"}
+    # (R7-R9 past their `look_back`; the stage rules on deals closed before their `closed_look_back`; R5 of clients
+    # postponed longer ago than its last next-contact option)
+    assert sum(shown.values()) >= len(old) and set(shown) <= {"R1", "R2", "R3", "R4", "R5", "R6", "R7", "R8", "R9"}
     human = subprocess.run([sys.executable, "-m", "crmbridge", "audit", "--no-record"], cwd=tmp_path, env=environment,
                            capture_output=True, text=True, timeout=120)
     assert "older than look-back" in human.stdout
@@ -211,10 +212,17 @@ def test_a_lead_created_months_ago_gets_no_r7_push_a_fresh_one_does_and_state_ru
     history = [v for found in judged.violations.values() for v in found
                if v.rule in stage_rules and v.closed is not None and v.closed < later - timedelta(days=7)]
     assert not [a for a in report.to_write if a.deal in {v.deal for v in history} and rules_of(a) & stage_rules]
+    # nor is R5's of a client postponed longer ago than its last next-contact option (3/6/9 months): no date is left
+    regulation = Evaluator.of(mappings.regulation, later).regulation
+    postponed_long_ago = [v for found in judged.violations.values() for v in found
+                          if v.rule == "R5" and beyond_look_back(v, regulation.directions[v.direction], later)]
+    assert postponed_long_ago and not [a for a in report.to_write if a.deal in {v.deal for v in postponed_long_ago}
+                                       and "R5" in rules_of(a)]
+    history += postponed_long_ago
     assert report.plan.old_breaches == dict(recorded + Counter(v.rule for v in history)) and recorded["R7"] >= 1
     assert Counter(v.rule for v in history)["R1"] >= 1
     # rules about the deal as it is now act on the old open deals, the old lead included (its stage task is due),
-    # and R5 / R10 (the client's next contact, its segment) on closed ones too
+    # and R5 / R10 (the client's next contact, its segment) on closed ones too (R5 while a next-contact option is ahead)
     assert "R3" in by_deal.get(str(old_lead), set())
     state_rules = stage_rules | {"R5", "R10", "R11"}
     history_keys = {v.key for v in history}

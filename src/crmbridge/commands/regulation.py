@@ -267,8 +267,8 @@ def _explain_deal(cache: Cache, mappings: Mappings, now: datetime, deal_id: int,
         table.add_row(line.rule, f"[{colours[line.verdict.value]}]{escape(label)}{severity}[/]", escape(line.reason))
     if old:
         table.caption = ("* older than the rule's look-back window (`look_back`, or the deal was closed before its "
-                         "`closed_look_back`): recorded, not pushed to people (nobody is tasked or told, nothing is "
-                         "corrected)")
+                         "`closed_look_back`, or R5's last next-contact option passed): recorded, not pushed to people "
+                         "(nobody is tasked or told, nothing is corrected)")
     common.console.print(table)
 
 
@@ -309,8 +309,9 @@ def _print_audit(run: Audit, names: dict[str, str], as_json: bool) -> None:
             table.add_row(rule, f"{by_rule[rule]:,}", f"{len(deals_by_rule[rule]):,}", f"{old[rule]:,}" if old[rule] else "",
                           common.cell(clauses[rule]))
     if old:
-        table.caption = ("older than look-back: breaches of a moment long past (R7, R8, R9 `look_back`) or of a deal "
-                         "won or lost long ago (`closed_look_back`): recorded, not pushed to people")
+        table.caption = ("older than look-back: breaches of a moment long past (R7, R8, R9 `look_back`), of a deal "
+                         "won or lost long ago (`closed_look_back`) or of a client postponed past R5's last "
+                         "next-contact option: recorded, not pushed to people")
     common.console.print(table)
     rules = [rule for rule in RULES if by_rule[rule]]
     table = Table(title="Open violations by manager", title_justify="left")

@@ -18,7 +18,7 @@ from typing import Any
 from crmbridge.enforce.portal_text import literal_deal, literal_names, literal_violations
 from crmbridge.mapping.schema import BindingSpec, StageTaskSpec, TaskSpec
 from crmbridge.model import LOST, TODO, WON, Deal, Mode, StageEntry, Violation
-from crmbridge.regulation.clients import add_months
+from crmbridge.regulation.clients import next_contact_day
 from crmbridge.regulation.compiled import CompiledDirection, CompiledRegulation
 from crmbridge.regulation.evaluate import beyond_look_back
 from crmbridge.regulation.stages import current_run, previous_regulated, task_in_place
@@ -547,17 +547,16 @@ class _DealPlanner:
 
     def _r5(self, deal: Deal, direction: CompiledDirection, violation: Violation, actions: list[Action],
             reverted: frozenset[str]) -> None:
-        """R5 postponed client: a follow-up task on the next-contact date; enforce sets a missing date."""
+        """R5 postponed client: a follow-up task on the next-contact date; enforce sets a missing date, the nearest of
+        the regulated options (3/6/9 months after the refusal) that is not in the past."""
         spec = direction.rules.R5
         next_contact = violation.details.get("next_contact")
         follow_up_missing = any(item.startswith("task:") for item in violation.missing)
-        if next_contact is None and violation.severity is Mode.ENFORCE and spec.months:
+        if next_contact is None and violation.severity is Mode.ENFORCE:
+            # the nearest option not yet passed (a breach past every option is history: beyond_look_back held it back)
+            day = next_contact_day(violation.since, spec.months, self.now, self.zone)
             crm_field = self._crm_field(spec.next_contact_field)
-            lost_at = violation.details.get("lost_at") or violation.since
-            lost_day = lost_at.astimezone(self.zone).date()
-            options = [add_months(lost_day, months) for months in sorted(spec.months)]
-            day = next((option for option in options if option >= self.now.date()), options[-1])
-            if crm_field:
+            if day is not None and crm_field:
                 label = self.ctx.regulation.label(spec.next_contact_field)
                 self._update(actions, f"{violation.key}|next_contact", ActionKind.SET_FIELD, "R5", deal,
                              {crm_field: day.isoformat()}, f"{label} → {day.isoformat()}", violation.message,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import calendar as months_calendar
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, time, timedelta, tzinfo
 from typing import Any, Iterable
 
 from crmbridge.model import EMPTY, LOST, WON, Deal, Outcome, Violation, as_date
@@ -26,6 +26,15 @@ def _local_day(moment: datetime, ctx: Context) -> date:
 
 
 # ---------------------------------------------------------------- R5
+
+
+def next_contact_day(lost: datetime, months: Iterable[int], now: datetime, zone: tzinfo) -> date | None:
+    """R5: the next-contact date to set for a client postponed at `lost`: the nearest regulated option (3, 6 or 9
+    months after the refusal, in the regulation's zone) that is today or later; None when every option has passed
+    (the breach is history: recorded, not acted on, see evaluate.beyond_look_back). Never a date in the past: a
+    manager tasked for a day long gone, or a next-contact field saying so, helps nobody."""
+    lost_day, today = lost.astimezone(zone).date(), now.astimezone(zone).date()
+    return next((day for day in sorted(add_months(lost_day, count) for count in months) if day >= today), None)
 
 
 def check_r5(deal: Deal, direction: CompiledDirection, ctx: Context, why: Why = None) -> tuple[Violation, ...] | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from typing import Any, Mapping
 
 from crmbridge.mapping.schema import (
@@ -39,6 +39,8 @@ class CompiledDirection:
     # looked up by every deal, so read once here instead of through the specs per deal:
     created_in: frozenset[str] = frozenset()  # R1: where a deal may be created (first stage, `created_in`, Lost)
     stage_tasks: Mapping[str, Any] = field(default_factory=dict)  # R3: stage -> its task spec (stages that have one)
+    #: the regulation's zone (its calendar's), in which a rule's days are counted: R5's next-contact dates
+    zone: tzinfo = timezone.utc
 
     def position_of(self, stages: list[str]) -> int | None:
         positions = [self.order[stage] for stage in stages if stage in self.order]
@@ -74,6 +76,7 @@ class CompiledRegulation:
 def compile_regulation(spec: RegulationSpec) -> CompiledRegulation:
     """Precompute per-direction lookups once per run."""
     directions: dict[str, CompiledDirection] = {}
+    calendar = WorkingCalendar(spec.calendar)
     for direction_id, direction in spec.directions.items():
         rules = spec.rules_for(direction_id)
         order = {stage.id: index for index, stage in enumerate(direction.stages)}
@@ -96,7 +99,8 @@ def compile_regulation(spec: RegulationSpec) -> CompiledRegulation:
         compiled = CompiledDirection(
             direction_id, direction, rules, order, stages, required, modes, specs,
             created_in=frozenset((LOST, direction.stages[0].id, *rules.R1.created_in)),
-            stage_tasks={stage: spec.task for stage, spec in stages.items() if spec.task is not None})
+            stage_tasks={stage: spec.task for stage, spec in stages.items() if spec.task is not None},
+            zone=calendar.zone)
         compiled.plain_required.update({stage: tuple(r.field for r in requirements if r.plain)  # type: ignore[attr-defined]
                                         for stage, requirements in required.items()})
         compiled.conditioned_required.update({stage: tuple((r.field, r.equals, r.future)  # type: ignore[attr-defined]
@@ -107,7 +111,7 @@ def compile_regulation(spec: RegulationSpec) -> CompiledRegulation:
         compiled.from_position.update({"R6": compiled.position_of(rules.R6.stages),  # type: ignore[attr-defined]
                                        "R8": compiled.position_of(rules.R8.from_stages)})
         directions[direction_id] = compiled
-    return CompiledRegulation(spec, directions, WorkingCalendar(spec.calendar), dict(spec.fields))
+    return CompiledRegulation(spec, directions, calendar, dict(spec.fields))
 
 
 def _unique(requirements: list[RequirementSpec]) -> tuple[RequirementSpec, ...]:

@@ -14,6 +14,7 @@ from crmbridge.regulation.clients import (
     check_r6,
     check_r10,
     last_purchases,
+    next_contact_day,
     note_latest,
     note_purchase,
     purchase_fields,
@@ -250,9 +251,12 @@ def beyond_look_back(violation: Violation, direction: CompiledDirection, now: da
 
     Either a moment in the past (R7's first response, R8's or R9's deadline) older than its rule's `look_back`, or a
     stage rule's breach (R1-R4, R6) on a deal won or lost longer ago than the rule's `closed_look_back`: reverting a
-    deal won a year ago would reopen it and rewrite past KPIs. Rules about the deal's state now act on every open deal,
-    however old."""
+    deal won a year ago would reopen it and rewrite past KPIs. R5's remedy is a next-contact date 3, 6 or 9 months
+    after the refusal (its `since`): once the last of them has passed there is no date left to set or task anyone
+    for. Rules about the deal's state now act on every open deal, however old."""
     spec = getattr(direction.rules, violation.rule, None)
+    if violation.rule == "R5" and spec is not None and spec.months:
+        return next_contact_day(violation.since, spec.months, now, direction.zone) is None
     window = getattr(spec, "look_back", None)
     if window is not None and violation.since < now - window:
         return True
