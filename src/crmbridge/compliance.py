@@ -8,6 +8,7 @@ as it is (issue 7, item 15: 100,000 deals in seconds). What it finds is what jud
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from functools import lru_cache
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -116,9 +117,10 @@ def judge_after_sync(cache: Cache, mappings_dir: Path, crm: str, now: datetime) 
 
     try:
         mappings = load_mappings(mappings_dir, crm=crm)
-    except (CrmBridgeError, OSError):
+        return judge_changed(cache, mappings, now)
+    except (CrmBridgeError, OSError, sqlite3.Error):
+        # the sync itself succeeded; what stops judging (a record SQLite cannot read as JSON, say) the audit reports
         return None
-    return judge_changed(cache, mappings, now)
 
 
 def judge_changed(cache: Cache, mappings: Mappings, now: datetime) -> int:
